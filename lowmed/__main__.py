@@ -1,0 +1,3 @@
+from lowmed.cli import main
+
+main()

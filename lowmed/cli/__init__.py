@@ -1,0 +1,65 @@
+"""The ``lowmed`` command line: one module per command, each a thin wrapper over a core function."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Annotated, Optional
+
+import typer
+
+import lowmed
+from lowmed.cli.prepare import prepare_command
+from lowmed.cli.subsample import subsample_command
+from lowmed.console import console
+from lowmed.errors import LowmedError, RunFailed
+
+app = typer.Typer(
+    name="lowmed",
+    help="Does transfer learning help at 100-200 labelled images per class? A controlled, reproducible study.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+app.command("prepare")(prepare_command)
+app.command("subsample")(subsample_command)
+
+_debug = {"on": bool(os.environ.get("LOWMED_DEBUG"))}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lowmed {lowmed.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    _debug["on"] = _debug["on"] or debug
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: exit 2 for bad input, 1 for a failed run; tracebacks only with --debug.
+
+    Typer reports usage errors itself (exit 2); lowmed's own errors pass through it to here.
+    """
+    try:
+        app(args=argv, prog_name="lowmed")
+    except (LowmedError, RunFailed) as exc:
+        if _debug["on"]:
+            traceback.print_exc()
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # an unforeseen failure during a run
+        if _debug["on"]:
+            traceback.print_exc()
+        console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                      highlight=False, soft_wrap=True)
+        sys.exit(1)

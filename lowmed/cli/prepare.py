@@ -1,0 +1,70 @@
+"""lowmed prepare: read a raw dataset in its native layout and write a prepared dir."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lowmed.cli._options import OutDir, Overwrite, Quiet, Seed, Workers
+from lowmed.cli._render import counts_table, stdout
+from lowmed.console import warn
+from lowmed.data.formats import CsvColumns
+from lowmed.data.prepare import prepare
+from lowmed.data.subsample import DEFAULT_PREPARED_ROOT
+
+_SHOWN_EXCLUSIONS = 10
+
+
+def prepare_command(
+    src: Annotated[Path, typer.Argument(help="Raw dataset: a folder in its native layout, or a CSV file.")],
+    out: OutDir = None,
+    format: Annotated[str, typer.Option("--format", "-f",
+                                        help="auto | imagefolder | ham10000 | chexpert | nih | csv")] = "auto",
+    seed: Seed = 0,
+    val_fraction: Annotated[float, typer.Option(help="Share of images for a val split lowmed makes.")] = 0.1,
+    test_fraction: Annotated[float, typer.Option(help="Share of images for a test split lowmed makes.")] = 0.25,
+    min_val_per_class: Annotated[int, typer.Option(
+        help="A given val split with fewer images of any class is folded into train and rebuilt.")] = 20,
+    cache_size: Annotated[Optional[int], typer.Option(
+        help="Also write resized copies (shorter side N px) so training never decodes the originals.")] = None,
+    workers: Workers = None,
+    frontal_only: Annotated[bool, typer.Option(help="CheXpert: keep frontal views only.")] = False,
+    uncertain: Annotated[str, typer.Option(
+        help="Multi-label: how uncertain (-1) labels train: ignore (masked) | zeros | ones.")] = "ignore",
+    path_column: Annotated[str, typer.Option(help="csv format: column with image paths.")] = "path",
+    label_column: Annotated[str, typer.Option(help="csv format: column with the class name.")] = "label",
+    label_columns: Annotated[Optional[str], typer.Option(
+        help="csv format, multi-label: comma-separated finding columns (1/0/-1/empty).")] = None,
+    group_column: Annotated[Optional[str], typer.Option(help="csv format: patient/lesion id column.")] = None,
+    split_column: Annotated[Optional[str], typer.Option(help="csv format: column with train/val/test.")] = None,
+    allow_outside_root: Annotated[bool, typer.Option(
+        help="csv format: allow image paths outside the CSV's folder.")] = False,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Verify every image, remove duplicates and leakage, make missing splits by patient, write manifest.csv + dataset.yaml."""
+    columns = CsvColumns(path=path_column, label=label_column, group=group_column, split=split_column,
+                         labels=[c.strip() for c in label_columns.split(",")] if label_columns else None)
+    out = out or DEFAULT_PREPARED_ROOT / src.expanduser().resolve().name
+    dataset = prepare(src, out, format=format, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                      min_val_per_class=min_val_per_class, cache_size=cache_size, workers=workers,
+                      frontal_only=frontal_only, uncertain=uncertain, csv_columns=columns,
+                      allow_outside_root=allow_outside_root, overwrite=overwrite, quiet=quiet)
+    info = dataset.info
+    images = dataset.manifest["split"].value_counts().to_dict()
+    what = "positives per finding" if dataset.task == "multilabel" else "images per class"
+    stdout.print(counts_table(f"{info['source']['format']} · {dataset.task} · {what}", info["counts"], images))
+    stdout.print("groups (patients/lesions): " + ", ".join(f"{s} {n}" for s, n in info["groups"].items()))
+    stdout.print("splits: " + ", ".join(f"{s} {o}" for s, o in info["splits"]["origin"].items()))
+    for note in info["notes"] + ([info["splits"]["val_rebuilt"]] if "val_rebuilt" in info["splits"] else []):
+        stdout.print(f"[dim]note: {note}")
+    for message in info["warnings"]:
+        warn(message)
+    excluded = info["excluded"]
+    if excluded:
+        stdout.print(f"[yellow]{len(excluded)} file(s) excluded[/] (all listed in dataset.yaml):")
+        for item in excluded[:_SHOWN_EXCLUSIONS]:
+            stdout.print(f"  {item['path']}: {item['reason']}", highlight=False)
+        if len(excluded) > _SHOWN_EXCLUSIONS:
+            stdout.print(f"  … and {len(excluded) - _SHOWN_EXCLUSIONS} more")
+    stdout.print(f"Wrote {dataset.root}/manifest.csv ({len(dataset.manifest)} images) and dataset.yaml")

@@ -1,0 +1,36 @@
+"""The one place lowmed talks to the terminal: a stderr console and a progress bar."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+T = TypeVar("T")
+
+console = Console(stderr=True)
+
+
+def progress_bar(transient: bool = True) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=transient,
+    )
+
+
+def track(items: Iterable[T], total: int, description: str, quiet: bool = False) -> Iterator[T]:
+    """Iterate with a progress bar on stderr (none when ``quiet``)."""
+    if quiet:
+        yield from items
+        return
+    with progress_bar() as bar:
+        task = bar.add_task(description, total=total, status="")
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)

@@ -1,0 +1,1 @@
+"""Reading raw datasets, writing prepared ones, and feeding images to models."""

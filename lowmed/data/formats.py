@@ -1,0 +1,391 @@
+"""One reader per native dataset layout.
+
+Each reader turns a raw dataset into a ``SourceRecords``: one row per candidate image with its
+absolute path, label(s), patient/lesion group and the split the source assigns (or none).
+Readers only look at names and tables; opening the images is ``prepare``'s job.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lowmed.data.images import IMAGE_EXTENSIONS, list_files
+from lowmed.errors import LowmedError
+
+FORMATS = ("auto", "imagefolder", "ham10000", "chexpert", "nih", "csv")
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val",
+    "test": "test", "testing": "test",
+}
+CHEXPERT_FINDINGS = [
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
+    "Fracture", "Support Devices",
+]
+NIH_FINDINGS = [
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+]
+_KERMANY_PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
+_KERMANY_IM = re.compile(r"(?:^|-)(IM-\d{4})(?=-|\.|$)", re.IGNORECASE)
+_CHEXPERT_PATIENT = re.compile(r"(patient\d+)")
+
+
+@dataclass
+class SourceRecords:
+    """What a reader found: candidate images and the facts of the source layout."""
+
+    format: str
+    task: str  # binary | multiclass | multilabel
+    classes: list[str]
+    records: pd.DataFrame  # path, group, given_split, label or one column per finding, metadata
+    notes: list[str] = field(default_factory=list)
+    excluded: list[dict] = field(default_factory=list)
+    root: Path | None = None  # the SRC it was read from
+
+    @property
+    def label_columns(self) -> list[str]:
+        return self.classes if self.task == "multilabel" else ["label"]
+
+
+@dataclass
+class CsvColumns:
+    """Column names for the generic ``csv`` format."""
+
+    path: str = "path"
+    label: str | None = "label"
+    labels: list[str] | None = None  # several columns → multi-label
+    group: str | None = None
+    split: str | None = None
+
+
+def single_label_task(classes: list[str]) -> str:
+    return "binary" if len(classes) == 2 else "multiclass"
+
+
+def kermany_group(filename: str) -> str | None:
+    """Patient id from a Kermany file name: ``person123_bacteria_4.jpeg`` → ``person123``,
+    ``IM-0115-0001.jpeg`` and ``NORMAL2-IM-0115-0001.jpeg`` → ``IM-0115``."""
+    match = _KERMANY_PERSON.match(filename) or _KERMANY_IM.search(filename)
+    return match.group(1) if match else None
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise LowmedError(f"--format {fmt!r} is not known; expected one of {', '.join(FORMATS)}")
+
+
+def detect_format(src: Path) -> str:
+    if src.is_file():
+        if src.suffix.lower() == ".csv":
+            return "ham10000" if src.name.lower().startswith("ham10000_metadata") else "csv"
+        raise LowmedError(f"{src}: expected a dataset folder or a CSV file")
+    if _find_one(src, "HAM10000_metadata*.csv"):
+        return "ham10000"
+    if _find_one(src, "Data_Entry_2017*.csv"):
+        return "nih"
+    if _chexpert_csvs(src):
+        return "chexpert"
+    if any(d.is_dir() and not d.name.startswith(".") for d in src.iterdir()):
+        return "imagefolder"
+    raise LowmedError(
+        f"{src}: cannot tell the dataset layout (no class folders, HAM10000_metadata.csv, "
+        "Data_Entry_2017.csv or CheXpert train.csv found); pass --format"
+    )
+
+
+def read_source(src: Path, fmt: str = "auto", *, frontal_only: bool = False,
+                csv_columns: CsvColumns | None = None, allow_outside_root: bool = False) -> SourceRecords:
+    src = Path(src).expanduser().resolve()
+    if not src.exists():
+        raise LowmedError(f"{src}: no such file or folder")
+    if fmt == "auto":
+        fmt = detect_format(src)
+    if fmt == "imagefolder":
+        found = read_imagefolder(src)
+    elif fmt == "ham10000":
+        found = read_ham10000(src)
+    elif fmt == "chexpert":
+        found = read_chexpert(src, frontal_only=frontal_only)
+    elif fmt == "nih":
+        found = read_nih(src)
+    elif fmt == "csv":
+        found = read_csv_dataset(src, csv_columns or CsvColumns(), allow_outside_root=allow_outside_root)
+    else:
+        check_format(fmt)
+    if found.records.empty:
+        raise LowmedError(f"{src}: no images found for format {fmt!r}")
+    found.root = src
+    return found
+
+
+# --- imagefolder -------------------------------------------------------------------------------
+
+def read_imagefolder(src: Path) -> SourceRecords:
+    if not src.is_dir():
+        raise LowmedError(f"{src}: the imagefolder format needs a folder")
+    subdirs = [d for d in sorted(src.iterdir()) if d.is_dir() and not d.name.startswith(".")
+               and d.name.lower() != "__macosx"]
+    split_dirs = [(d, _SPLIT_ALIASES[d.name.lower()]) for d in subdirs if d.name.lower() in _SPLIT_ALIASES]
+    if split_dirs:
+        split_dirs.sort(key=lambda item: SPLITS.index(item[1]))
+        layout = [(split, class_dir) for split_dir, split in split_dirs for class_dir in _class_dirs(split_dir)]
+        notes = [f"splits given by folders: {', '.join(s for _, s in split_dirs)}"]
+    else:
+        layout = [(None, class_dir) for class_dir in _class_dirs(src)]
+        notes = ["no split folders: lowmed makes train/val/test"]
+
+    canonical: dict[str, str] = {}  # lower-case name → the spelling seen first (train first)
+    rows = []
+    for split, class_dir in layout:
+        label = canonical.setdefault(class_dir.name.lower(), class_dir.name)
+        files = list_files(class_dir)
+        if not files:
+            raise LowmedError(f"{class_dir}: class folder is empty; expected image files for class {label!r}")
+        for path in files:
+            rows.append({"path": str(path), "label": label, "given_split": split,
+                         "group": kermany_group(path.name) or path.relative_to(src).as_posix()})
+    classes = sorted(canonical.values())
+    if len(classes) < 2:
+        raise LowmedError(f"{src}: found {len(classes)} class folder(s); expected at least 2 (one folder per class)")
+    if split_dirs:
+        train_classes = {r["label"] for r in rows if r["given_split"] == "train"}
+        missing = [c for c in classes if c not in train_classes]
+        if any(s == "train" for _, s in split_dirs) and missing:
+            raise LowmedError(f"{src}: class(es) {', '.join(missing)} have no folder under train/")
+    return SourceRecords("imagefolder", single_label_task(classes), classes, pd.DataFrame(rows), notes)
+
+
+def _class_dirs(parent: Path) -> list[Path]:
+    dirs = [d for d in sorted(parent.iterdir()) if d.is_dir() and not d.name.startswith(".")
+            and d.name.lower() != "__macosx"]
+    if not dirs:
+        raise LowmedError(f"{parent}: no class folders; expected one sub-folder per class")
+    return dirs
+
+
+# --- HAM10000 ----------------------------------------------------------------------------------
+
+def read_ham10000(src: Path) -> SourceRecords:
+    metadata_path = src if src.is_file() else _find_one(src, "HAM10000_metadata*.csv")
+    if metadata_path is None:
+        raise LowmedError(f"{src}: HAM10000_metadata.csv not found")
+    root = metadata_path.parent if src.is_file() else src
+    table = _read_csv(metadata_path, required=["lesion_id", "image_id", "dx"])
+    _refuse_blank(table, ["lesion_id", "image_id", "dx"], metadata_path)
+    _refuse_duplicates(table, "image_id", metadata_path)
+    images = _index_images(root)
+    rows, excluded = [], []
+    for record in table.to_dict("records"):
+        path = images.get(str(record["image_id"]))
+        if path is None:
+            excluded.append({"path": str(record["image_id"]), "reason": "listed in metadata, image file not found"})
+            continue
+        extra = {k: v for k, v in record.items() if k not in ("lesion_id", "image_id", "dx")}
+        rows.append({"path": str(path), "label": str(record["dx"]), "group": str(record["lesion_id"]),
+                     "given_split": None, "image_id": record["image_id"], **extra})
+    classes = sorted(table["dx"].astype(str).unique())
+    notes = ["HAM10000 has no official split: lowmed makes train/val/test, disjoint by lesion_id"]
+    return SourceRecords("ham10000", single_label_task(classes), classes, pd.DataFrame(rows), notes, excluded)
+
+
+# --- CheXpert ----------------------------------------------------------------------------------
+
+def _chexpert_csvs(src: Path) -> dict[str, Path]:
+    for base in (src, src / "CheXpert-v1.0-small", src / "CheXpert-v1.0"):
+        found = {split: base / name for name, split in (("train.csv", "train"), ("valid.csv", "test"))
+                 if (base / name).is_file()}
+        if "train" in found:
+            header = pd.read_csv(found["train"], nrows=0).columns
+            if "Path" in header:
+                return found
+    return {}
+
+
+def read_chexpert(src: Path, *, frontal_only: bool = False) -> SourceRecords:
+    csvs = _chexpert_csvs(src) if src.is_dir() else {}
+    if not csvs:
+        raise LowmedError(f"{src}: CheXpert train.csv (with a 'Path' column) not found")
+    frames = []
+    for split, csv_path in csvs.items():
+        table = _read_csv(csv_path, required=["Path", *CHEXPERT_FINDINGS])
+        _refuse_duplicates(table, "Path", csv_path)
+        for finding in CHEXPERT_FINDINGS:
+            table[finding] = _uncertain_labels(table[finding], csv_path, finding)
+        table["given_split"] = split
+        table["source_csv"] = csv_path
+        frames.append(table)
+    table = pd.concat(frames, ignore_index=True)
+    if frontal_only:
+        frontal = (table["Frontal/Lateral"].astype(str).str.lower() == "frontal" if "Frontal/Lateral" in table
+                   else table["Path"].str.contains("frontal", case=False))
+        table = table[frontal]
+    rows, excluded = [], []
+    for record in table.to_dict("records"):
+        path = _resolve_chexpert_path(record["Path"], record["source_csv"].parent)
+        if path is None:
+            excluded.append({"path": record["Path"], "reason": "listed in CSV, image file not found"})
+            continue
+        patient = _CHEXPERT_PATIENT.search(record["Path"])
+        extra = {k: v for k, v in record.items() if k not in ("Path", "source_csv")}
+        rows.append({"path": str(path), "group": patient.group(1) if patient else record["Path"], **extra})
+    notes = ["valid.csv (radiologist-labelled) is the test split; val is made from train by patient"]
+    if frontal_only:
+        notes.append("frontal views only")
+    return SourceRecords("chexpert", "multilabel", list(CHEXPERT_FINDINGS), pd.DataFrame(rows), notes, excluded)
+
+
+def _resolve_chexpert_path(listed: str, csv_dir: Path) -> Path | None:
+    """CheXpert paths start with ``CheXpert-v1.0-small/``; the CSV may sit inside or beside that folder."""
+    relative = Path(listed)
+    for candidate in (csv_dir.parent / relative, csv_dir / relative, csv_dir / Path(*relative.parts[1:])):
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+def _uncertain_labels(column: pd.Series, csv_path: Path, name: str) -> pd.Series:
+    values = pd.to_numeric(column, errors="coerce")
+    bad = column.notna() & ~values.isin([1.0, 0.0, -1.0])
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise LowmedError(f"{csv_path}: row {row + 2}, column {name!r}: value {column.iloc[row]!r} "
+                          "is not 1, 0, -1 or empty")
+    return values
+
+
+# --- NIH ChestX-ray14 --------------------------------------------------------------------------
+
+def read_nih(src: Path) -> SourceRecords:
+    entry_path = src if src.is_file() else _find_one(src, "Data_Entry_2017*.csv")
+    if entry_path is None:
+        raise LowmedError(f"{src}: Data_Entry_2017.csv not found")
+    root = entry_path.parent if src.is_file() else src
+    table = _read_csv(entry_path, required=["Image Index", "Finding Labels", "Patient ID"])
+    _refuse_blank(table, ["Image Index", "Finding Labels", "Patient ID"], entry_path)
+    _refuse_duplicates(table, "Image Index", entry_path)
+    test_list, train_list = _find_one(root, "test_list.txt"), _find_one(root, "train_val_list.txt")
+    official_test = set(test_list.read_text().split()) if test_list and train_list else None
+    images = _index_images(root, by="name")
+    rows, excluded = [], []
+    for line, record in enumerate(table.to_dict("records"), start=2):
+        name = str(record["Image Index"])
+        findings = [f for f in str(record["Finding Labels"]).split("|") if f != "No Finding"]
+        unknown = [f for f in findings if f not in NIH_FINDINGS]
+        if unknown:
+            raise LowmedError(f"{entry_path}: row {line}: unknown finding {unknown[0]!r}; "
+                              f"expected 'No Finding' or any of {', '.join(NIH_FINDINGS)}")
+        path = images.get(name)
+        if path is None:
+            excluded.append({"path": name, "reason": "listed in Data_Entry CSV, image file not found"})
+            continue
+        split = None if official_test is None else ("test" if name in official_test else "train")
+        row = {"path": str(path), "group": f"patient{record['Patient ID']}", "given_split": split}
+        row.update({finding: int(finding in findings) for finding in NIH_FINDINGS})
+        for key in ("Patient Age", "Patient Gender", "View Position"):
+            if key in record:
+                row[key] = record[key]
+        rows.append(row)
+    notes = (["official test_list.txt is the test split; val is made from train_val by patient"]
+             if official_test is not None else ["no official split lists: lowmed makes train/val/test by patient"])
+    return SourceRecords("nih", "multilabel", list(NIH_FINDINGS), pd.DataFrame(rows), notes, excluded)
+
+
+# --- generic CSV -------------------------------------------------------------------------------
+
+def read_csv_dataset(src: Path, columns: CsvColumns, *, allow_outside_root: bool = False) -> SourceRecords:
+    if not src.is_file():
+        raise LowmedError(f"{src}: the csv format needs the CSV file itself as SRC")
+    root = src.parent.resolve()
+    label_columns = columns.labels or ([columns.label] if columns.label else [])
+    if not label_columns:
+        raise LowmedError("the csv format needs --label-column or --label-columns")
+    wanted = [columns.path, *label_columns] + [c for c in (columns.group, columns.split) if c]
+    table = _read_csv(src, required=wanted)
+    _refuse_blank(table, [columns.path], src)
+    _refuse_duplicates(table, columns.path, src)
+    multilabel = columns.labels is not None and len(columns.labels) > 1
+    if multilabel:
+        for name in label_columns:
+            table[name] = _uncertain_labels(table[name], src, name)
+    else:
+        _refuse_blank(table, label_columns, src)
+    rows = []
+    for line, record in enumerate(table.to_dict("records"), start=2):
+        path = (root / str(record[columns.path])).resolve()
+        if not allow_outside_root and not path.is_relative_to(root):
+            raise LowmedError(f"{src}: row {line}: path {record[columns.path]!r} points outside {root}; "
+                              "pass --allow-outside-root if that is intended")
+        split = None
+        if columns.split:
+            split = _SPLIT_ALIASES.get(str(record[columns.split]).strip().lower())
+            if split is None:
+                raise LowmedError(f"{src}: row {line}, column {columns.split!r}: {record[columns.split]!r} "
+                                  "is not a split name (train, val, test)")
+        row = {"path": str(path), "given_split": split,
+               "group": str(record[columns.group]) if columns.group else str(record[columns.path])}
+        if multilabel:
+            row.update({name: record[name] for name in label_columns})
+        else:
+            row["label"] = str(record[label_columns[0]])
+        rows.append(row)
+    records = pd.DataFrame(rows)
+    if multilabel:
+        return SourceRecords("csv", "multilabel", list(label_columns), records)
+    classes = sorted(records["label"].unique())
+    if len(classes) < 2:
+        raise LowmedError(f"{src}: column {label_columns[0]!r} has {len(classes)} distinct label(s); expected at least 2")
+    return SourceRecords("csv", single_label_task(classes), classes, records)
+
+
+# --- shared helpers ----------------------------------------------------------------------------
+
+def _find_one(root: Path, pattern: str) -> Path | None:
+    direct = sorted(root.glob(pattern))
+    if direct:
+        return direct[0]
+    nested = sorted(root.glob(f"*/{pattern}"))
+    return nested[0] if nested else None
+
+
+def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise LowmedError(f"{path}: not a readable CSV ({exc})") from None
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise LowmedError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
+                          f"found {', '.join(map(repr, table.columns))}")
+    return table
+
+
+def _refuse_blank(table: pd.DataFrame, columns: list[str], path: Path) -> None:
+    for column in columns:
+        blank = table[column].isna() | (table[column].astype(str).str.strip() == "")
+        if blank.any():
+            row = int(np.flatnonzero(blank.to_numpy())[0]) + 2
+            raise LowmedError(f"{path}: row {row}, column {column!r} is empty")
+
+
+def _refuse_duplicates(table: pd.DataFrame, column: str, path: Path) -> None:
+    duplicated = table[column].duplicated()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated.to_numpy())[0]) + 2
+        raise LowmedError(f"{path}: row {row}: {column} {table[column].iloc[row - 2]!r} appears more than once")
+
+
+def _index_images(root: Path, by: str = "stem") -> dict[str, Path]:
+    """Image files anywhere below ``root`` by stem (or name); the first in sorted order wins."""
+    index: dict[str, Path] = {}
+    for path in list_files(root):
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            index.setdefault(path.stem if by == "stem" else path.name, path)
+    return index

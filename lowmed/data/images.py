@@ -1,0 +1,107 @@
+"""Opening, verifying and normalising medical image files of any common mode."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
+# Files operating systems and archivers leave behind; never worth a word in the report.
+_SYSTEM_FILES = {".ds_store", "thumbs.db", "desktop.ini", "icon\r"}
+_SKIPPED_DIRS = {"__macosx"}
+
+
+def is_system_file(path: Path) -> bool:
+    name = path.name.lower()
+    return name in _SYSTEM_FILES or name.startswith(".")
+
+
+def list_files(root: Path) -> list[Path]:
+    """Every file below ``root`` (sorted, hidden and system files and folders skipped)."""
+    found = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d.lower() not in _SKIPPED_DIRS)
+        found.extend(Path(directory) / f for f in sorted(files) if not is_system_file(Path(f)))
+    return found
+
+
+def to_standard_mode(image: Image.Image) -> Image.Image:
+    """Return the image as 8-bit greyscale ("L") or "RGB", whatever mode it came in.
+
+    16-bit and float greyscale (common for X-rays exported from DICOM) are windowed to their own
+    min..max, because clipping at 255 would turn most of them white.
+    """
+    if image.mode in ("L", "RGB"):
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        pixels = np.asarray(image, dtype=np.float32)
+        low, high = float(pixels.min()), float(pixels.max())
+        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+        return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if image.mode in ("1", "LA"):
+        return image.convert("L")
+    return image.convert("RGB")
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Decode a file to an "L" or "RGB" image (raises OSError / Pillow errors on bad files)."""
+    with Image.open(path) as image:
+        image.load()
+        return to_standard_mode(image)
+
+
+def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
+    width, height = image.size
+    scale = size / min(width, height)
+    if scale >= 1:
+        return image
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+
+def inspect_image(path: str, cache_dir: str | None = None, cache_size: int | None = None) -> dict:
+    """Open and fully decode one file; report what it is or why it is unusable.
+
+    With ``cache_dir`` and ``cache_size`` also writes a resized copy (shorter side ``cache_size``)
+    named by the file's content hash, so identical files share one cached copy.
+    Runs in worker processes: takes and returns plain values only.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return {"ok": False, "reason": f"cannot read file: {exc.strerror or exc}"}
+    if not data:
+        return {"ok": False, "reason": "empty file (0 bytes)"}
+    sha1 = hashlib.sha1(data).hexdigest()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                original_mode, (width, height) = image.mode, image.size
+                if cache_size and image.format == "JPEG":
+                    image.draft(image.mode, (cache_size, cache_size))
+                image.load()
+                standard = to_standard_mode(image)
+    except Image.DecompressionBombError as exc:
+        return {"ok": False, "reason": f"decompression bomb refused ({exc})"}
+    except UnidentifiedImageError:
+        return {"ok": False, "reason": "not an image file"}
+    except (OSError, SyntaxError, ValueError) as exc:
+        return {"ok": False, "reason": f"unreadable image ({exc})"}
+    result = {"ok": True, "reason": None, "sha1": sha1, "width": width, "height": height, "mode": original_mode}
+    if cache_dir and cache_size:
+        relative = Path("cache") / sha1[:2] / f"{sha1}.png"
+        target = Path(cache_dir) / relative
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+            resize_shorter_side(standard, cache_size).save(tmp, format="PNG", compress_level=1)
+            os.replace(tmp, target)
+        result["cache_path"] = relative.as_posix()
+    return result

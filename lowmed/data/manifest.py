@@ -1,0 +1,132 @@
+"""The prepared-dataset contract: ``manifest.csv`` + ``dataset.yaml``, and subset manifests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from lowmed.data.formats import SPLITS
+from lowmed.errors import LowmedError
+
+MANIFEST = "manifest.csv"
+DATASET_INFO = "dataset.yaml"
+NO_FINDING = "(no finding)"
+
+
+@dataclass
+class PreparedDataset:
+    """A prepared dataset dir (or one of its subset manifests) loaded into memory."""
+
+    root: Path  # the prepared dir: relative paths in the manifest are relative to it
+    info: dict  # dataset.yaml
+    manifest: pd.DataFrame
+    manifest_path: Path
+    subset: dict | None = None  # the subset sidecar, when this is a subset manifest
+
+    @property
+    def task(self) -> str:
+        return self.info["task"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info["classes"])
+
+    @property
+    def label_columns(self) -> list[str]:
+        return self.classes if self.task == "multilabel" else ["label"]
+
+    @classmethod
+    def load(cls, location: str | Path) -> "PreparedDataset":
+        """Load a prepared dir, or a subset manifest CSV written by ``subsample``."""
+        location = Path(location).expanduser()
+        if location.is_dir():
+            return cls._load_dir(location)
+        if location.is_file() and location.suffix == ".csv":
+            sidecar_path = location.with_suffix(".yaml")
+            if not sidecar_path.is_file():
+                raise LowmedError(f"{location}: subset manifest without its sidecar {sidecar_path.name}")
+            sidecar = _read_yaml(sidecar_path)
+            dataset = cls._load_dir(Path(sidecar["prepared_dir"]))
+            return cls(dataset.root, dataset.info, _read_manifest(location, dataset.info), location, sidecar)
+        raise LowmedError(f"{location}: not a prepared dataset dir or subset manifest (.csv)")
+
+    @classmethod
+    def _load_dir(cls, root: Path) -> "PreparedDataset":
+        manifest_path, info_path = root / MANIFEST, root / DATASET_INFO
+        if not manifest_path.is_file() or not info_path.is_file():
+            raise LowmedError(f"{root}: not a prepared dataset (expected {MANIFEST} and {DATASET_INFO}; "
+                              "run 'lowmed prepare' first)")
+        info = _read_yaml(info_path)
+        for key in ("task", "classes"):
+            if key not in info:
+                raise LowmedError(f"{info_path}: missing field {key!r}")
+        return cls(root.resolve(), info, _read_manifest(manifest_path, info), manifest_path.resolve())
+
+    def image_paths(self, frame: pd.DataFrame | None = None, prefer_cache: bool = True) -> list[Path]:
+        """Absolute paths to read, the resized cache copy where ``prepare --cache-size`` made one."""
+        frame = self.manifest if frame is None else frame
+        column = frame["path"]
+        if prefer_cache and "cache_path" in frame:
+            column = frame["cache_path"].where(frame["cache_path"].notna(), column)
+        return [p if p.is_absolute() else self.root / p for p in map(Path, column)]
+
+    def split(self, name: str) -> pd.DataFrame:
+        return self.manifest[self.manifest["split"] == name].reset_index(drop=True)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise LowmedError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise LowmedError(f"{path}: expected a mapping of fields")
+    return data
+
+
+def _read_manifest(path: Path, info: dict) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, dtype={"path": str, "split": str, "group": str, "label": str,
+                                         "cache_path": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise LowmedError(f"{path}: not a readable manifest ({exc})") from None
+    label_columns = info["classes"] if info["task"] == "multilabel" else ["label"]
+    missing = [c for c in ("path", "split", "group", *label_columns) if c not in frame.columns]
+    if missing:
+        raise LowmedError(f"{path}: missing column(s) {', '.join(map(repr, missing))}")
+    unknown_splits = set(frame["split"]) - set(SPLITS)
+    if unknown_splits:
+        raise LowmedError(f"{path}: unknown split(s) {sorted(unknown_splits)}; expected train, val or test")
+    if info["task"] != "multilabel":
+        unknown = set(frame["label"]) - set(info["classes"])
+        if unknown:
+            raise LowmedError(f"{path}: label(s) {sorted(unknown)} are not in the class list {info['classes']}")
+    return frame
+
+
+def positives_matrix(frame: pd.DataFrame, task: str, classes: list[str]) -> np.ndarray:
+    """(images × buckets) 0/1: one-hot classes, or positive findings plus a "no finding" bucket."""
+    if task == "multilabel":
+        positive = (frame[classes].to_numpy(dtype=float, na_value=0.0) == 1).astype(float)
+        return np.hstack([positive, (positive.sum(axis=1) == 0)[:, None].astype(float)])
+    return (frame["label"].to_numpy()[:, None] == np.asarray(classes)[None, :]).astype(float)
+
+
+def bucket_names(task: str, classes: list[str]) -> list[str]:
+    return [*classes, NO_FINDING] if task == "multilabel" else list(classes)
+
+
+def count_table(frame: pd.DataFrame, task: str, classes: list[str]) -> dict[str, dict[str, int]]:
+    """{split: {class or finding: images (positives for multi-label)}} in split order."""
+    counts = {}
+    names = bucket_names(task, classes)
+    for split in SPLITS:
+        part = frame[frame["split"] == split]
+        if len(part):
+            totals = positives_matrix(part, task, classes).sum(axis=0)
+            counts[split] = {name: int(total) for name, total in zip(names, totals)}
+    return counts

@@ -1,0 +1,232 @@
+"""``lowmed prepare``: raw dataset in its native layout → verified, split, leakage-free manifest."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
+from functools import partial
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import lowmed
+from lowmed.console import track
+from lowmed.data.formats import SPLITS, CsvColumns, SourceRecords, check_format, read_source
+from lowmed.data.images import inspect_image
+from lowmed.data.manifest import (DATASET_INFO, MANIFEST, PreparedDataset, bucket_names, count_table,
+                                  positives_matrix)
+from lowmed.data.splits import group_stratified_split
+from lowmed.errors import LowmedError
+from lowmed.io import sha256_file, write_csv, write_yaml
+
+UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
+_SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}  # a duplicate is kept in the split listed first
+
+
+def prepare(src: str | os.PathLike, out: str | os.PathLike, *, format: str = "auto", seed: int = 0,
+            val_fraction: float = 0.1, test_fraction: float = 0.25, min_val_per_class: int = 20,
+            cache_size: int | None = None, workers: int | None = None, frontal_only: bool = False,
+            uncertain: str = "ignore", csv_columns: CsvColumns | None = None, allow_outside_root: bool = False,
+            overwrite: bool = False, quiet: bool = False) -> PreparedDataset:
+    """Read ``src``, verify every image, remove duplicates and leakage, make the missing splits,
+    and write ``manifest.csv`` and ``dataset.yaml`` (and resized copies with ``cache_size``) to ``out``.
+
+    The output dir appears whole or not at all: everything is written to a staging dir first.
+    """
+    _check_options(format, val_fraction, test_fraction, min_val_per_class, cache_size, uncertain)
+    out = Path(out).expanduser().resolve()
+    _check_out_dir(out, overwrite)
+    source = read_source(Path(src), format, frontal_only=frontal_only, csv_columns=csv_columns,
+                         allow_outside_root=allow_outside_root)
+    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        records, excluded = _inspect_all(source, staging, cache_size, workers, quiet)
+        records, excluded, leakage, warnings = _drop_duplicates(records, excluded)
+        records, split_info = _assign_splits(records, source, seed, val_fraction, test_fraction, min_val_per_class)
+        manifest = _manifest_frame(records, source)
+        overlap = _group_overlap(manifest)
+        write_csv(staging / MANIFEST, manifest)
+        info = {
+            "lowmed_version": lowmed.__version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "task": source.task,
+            "classes": source.classes,
+            "source": {"format": source.format, "path": str(source.root)},
+            "seed": seed,
+            "splits": split_info,
+            **({"uncertain": uncertain} if source.task == "multilabel" else {}),
+            **({"frontal_only": frontal_only} if source.format == "chexpert" else {}),
+            "cache": {"size": cache_size} if cache_size else None,
+            "images": {"found": len(source.records) + len(source.excluded), "usable": len(manifest),
+                       "excluded": len(excluded)},
+            "counts": count_table(manifest, source.task, source.classes),
+            "groups": {s: int(manifest.loc[manifest["split"] == s, "group"].nunique())
+                       for s in SPLITS if (manifest["split"] == s).any()},
+            "group_overlap": overlap,
+            "leakage_removed": leakage,
+            "warnings": warnings + [
+                f"{pair}: {item['groups']} patient/lesion group(s) appear in both splits "
+                f"(e.g. {', '.join(item['examples'][:3])}); the source gave these splits and they were kept"
+                for pair, item in overlap.items()],
+            "notes": source.notes,
+            "excluded": excluded,
+            "manifest_sha256": sha256_file(staging / MANIFEST),
+        }
+        write_yaml(staging / DATASET_INFO, info)
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return PreparedDataset.load(out)
+
+
+def _check_options(format: str, val_fraction: float, test_fraction: float, min_val_per_class: int,
+                   cache_size: int | None, uncertain: str) -> None:
+    check_format(format)
+    if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise LowmedError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction}: "
+                          "expected each between 0 and 1 and together below 1")
+    if min_val_per_class < 1:
+        raise LowmedError(f"--min-val-per-class {min_val_per_class}: expected at least 1")
+    if cache_size is not None and cache_size < 16:
+        raise LowmedError(f"--cache-size {cache_size}: expected at least 16 (pixels, shorter side)")
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise LowmedError(f"--uncertain {uncertain!r}: expected one of {', '.join(UNCERTAIN_POLICIES)}")
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.is_file():
+        raise LowmedError(f"--out {out}: is a file; expected a folder for the prepared dataset")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        what = "holds a prepared dataset" if (out / MANIFEST).exists() else "is not empty"
+        raise LowmedError(f"--out {out}: {what}; choose another folder or pass --overwrite")
+
+
+def _inspect_all(source: SourceRecords, staging: Path, cache_size: int | None, workers: int | None,
+                 quiet: bool) -> tuple[pd.DataFrame, list[dict]]:
+    """Open every image once (in parallel); keep the good ones, list the others with a reason."""
+    paths = source.records["path"].tolist()
+    inspect = partial(inspect_image, cache_dir=str(staging) if cache_size else None, cache_size=cache_size)
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and len(paths) > 64:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(track(pool.map(inspect, paths, chunksize=16), len(paths), "Verifying images", quiet))
+    else:
+        results = list(track(map(inspect, paths), len(paths), "Verifying images", quiet))
+    found = pd.DataFrame(results, index=source.records.index)
+    records = pd.concat([source.records, found.drop(columns=["ok", "reason"])], axis=1)
+    bad = ~found["ok"].astype(bool)
+    excluded = list(source.excluded) + [
+        {"path": path, "reason": reason} for path, reason in zip(records.loc[bad, "path"], found.loc[bad, "reason"])
+    ]
+    if bad.all():
+        raise LowmedError(f"{source.root}: none of the {len(paths)} files is a usable image")
+    good = records[~bad].astype({"width": int, "height": int})
+    return good.reset_index(drop=True), excluded
+
+
+def _drop_duplicates(records: pd.DataFrame, excluded: list[dict]):
+    """Keep one copy of each exact duplicate, preferring test, then val, then train.
+
+    A copy in another split is leakage: it is removed from the lower split and reported.
+    """
+    rank = records["given_split"].map(_SPLIT_PRIORITY).fillna(len(_SPLIT_PRIORITY))
+    records = records.assign(_rank=rank).sort_values("_rank", kind="stable")
+    first = records.drop_duplicates("sha1").set_index("sha1")
+    duplicated = records["sha1"].duplicated()
+    leakage, warnings = [], []
+    excluded = list(excluded)
+    for row in records[duplicated].itertuples():
+        kept = first.loc[row.sha1]
+        if isinstance(kept["given_split"], str) and kept["given_split"] != row.given_split:
+            reason = f"exact duplicate of {kept['path']} in {kept['given_split']}: removed from {row.given_split} (leakage)"
+            leakage.append({"path": row.path, "split": row.given_split, "duplicate_of": kept["path"],
+                            "duplicate_split": kept["given_split"]})
+        else:
+            reason = f"exact duplicate of {kept['path']}"
+        if "label" in records and kept["label"] != row.label:
+            warnings.append(f"{row.path} and {kept['path']} are the same image labelled "
+                            f"{row.label!r} and {kept['label']!r}")
+        excluded.append({"path": row.path, "reason": reason})
+    records = records[~duplicated].sort_index().drop(columns="_rank").reset_index(drop=True)
+    return records, excluded, leakage, warnings
+
+
+def _assign_splits(records: pd.DataFrame, source: SourceRecords, seed: int, val_fraction: float,
+                   test_fraction: float, min_val_per_class: int) -> tuple[pd.DataFrame, dict]:
+    """Keep the source's own splits; make the missing ones, stratified and disjoint by group.
+
+    A given val split too small to be useful is folded into train and rebuilt from it.
+    A given test split is never touched.
+    """
+    targets = positives_matrix(records, source.task, source.classes)
+    buckets = bucket_names(source.task, source.classes)
+    split = records["given_split"].copy()
+    origin = {s: "given" for s in SPLITS if (split == s).any()}
+    info: dict = {}
+    val_rows = (split == "val").to_numpy()
+    if val_rows.any():
+        val_counts = targets[val_rows].sum(axis=0)
+        too_small = (val_rows.sum() < min_val_per_class if source.task == "multilabel"
+                     else bool((val_counts < min_val_per_class).any()))
+        if too_small:
+            split[val_rows] = "train"
+            del origin["val"]
+            info["val_rebuilt"] = (f"the given val split had {int(val_rows.sum())} images "
+                                   f"(fewer than {min_val_per_class} per class): folded into train, "
+                                   "and a new val split was made from train")
+    pool = split.isna() | (split == "train") if origin else split.isna()
+    pool_counts = targets[pool.to_numpy()].sum(axis=0)
+    wanted = {}
+    if "test" not in origin:
+        wanted["test"] = test_fraction * pool_counts
+    if "val" not in origin:
+        val_wanted = val_fraction * pool_counts
+        if source.task != "multilabel":
+            val_wanted = np.minimum(np.maximum(val_wanted, min_val_per_class), pool_counts / 2)
+        wanted["val"] = val_wanted
+    if wanted:
+        split[pool] = group_stratified_split(records.loc[pool, "group"], targets[pool.to_numpy()], wanted, seed)
+        origin.update({name: "made" for name in wanted})
+        origin["train"] = "given, less the splits made from it" if origin.get("train") == "given" else "made"
+    if not (split == "train").any():
+        raise LowmedError(f"no training images left after making splits (classes: {', '.join(buckets)})")
+    info = {"origin": {s: origin[s] for s in SPLITS if s in origin}, **info, "val_fraction": val_fraction, "test_fraction": test_fraction,
+            "min_val_per_class": min_val_per_class}
+    return records.assign(split=split), info
+
+
+def _manifest_frame(records: pd.DataFrame, source: SourceRecords) -> pd.DataFrame:
+    leading = ["path", "split", "group", *source.label_columns, "width", "height", "mode", "sha1"]
+    if "cache_path" in records:
+        leading.append("cache_path")
+    metadata = [c for c in records.columns if c not in leading and c != "given_split"]
+    order = records["split"].map({s: i for i, s in enumerate(SPLITS)})
+    return records.assign(_order=order).sort_values(["_order", "path"], kind="stable")[leading + metadata]
+
+
+def _group_overlap(manifest: pd.DataFrame) -> dict:
+    overlap = {}
+    groups = {s: set(manifest.loc[manifest["split"] == s, "group"]) for s in SPLITS}
+    for a, b in combinations(SPLITS, 2):
+        shared = sorted(groups[a] & groups[b])
+        if shared:
+            overlap[f"{a}/{b}"] = {"groups": len(shared), "examples": shared[:5]}
+    return overlap
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the finished staging dir into place, replacing ``out`` only once all is written."""
+    if out.exists():
+        retired = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, retired)
+        os.replace(staging, out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, out)

@@ -1,0 +1,183 @@
+"""``lowmed subsample``: N training images per class, nested across N, the val and test sets untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import lowmed
+from lowmed.console import console
+from lowmed.data.manifest import DATASET_INFO, MANIFEST, PreparedDataset, bucket_names, count_table, positives_matrix
+from lowmed.errors import LowmedError
+from lowmed.io import sha256_file, write_csv, write_yaml
+
+DEFAULT_PREPARED_ROOT = Path("lowmed-data")
+
+
+@dataclass
+class Subset:
+    """A written subset manifest and what it holds."""
+
+    path: Path
+    dataset: PreparedDataset
+    per_class: int
+    seed: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def subsample(data: str | os.PathLike, per_class: int, *, seed: int = 0, out: str | os.PathLike | None = None,
+              strict: bool = False, materialize: str | os.PathLike | None = None,
+              prepared_dir: str | os.PathLike | None = None, quiet: bool = False) -> Subset:
+    """Write a manifest whose train rows are ``per_class`` images per class (val/test rows unchanged).
+
+    For one seed the subset of a smaller N is contained in that of a larger N, and picks are spread
+    over as many patients/lesions as possible. For multi-label data N means about N positives per
+    finding (and N images with no finding), chosen greedily. ``data`` may be a raw dataset folder:
+    it is then prepared with default options first (into ``prepared_dir``, by default
+    ``./lowmed-data/<name>``, reused when it was prepared from the same source).
+    """
+    if per_class < 1:
+        raise LowmedError(f"--per-class {per_class}: expected a positive number of images per class")
+    dataset = _prepared(Path(data).expanduser(), prepared_dir, quiet)
+    train = dataset.split("train")
+    picked, shortfalls = _pick_nested(train, dataset.task, dataset.classes, per_class, seed)
+    if shortfalls and strict:
+        raise LowmedError(f"--per-class {per_class} --strict: {shortfalls[0]}")
+    chosen = set(train.loc[picked, "path"])
+    manifest = dataset.manifest
+    keep = (manifest["split"] != "train") | manifest["path"].isin(chosen)
+    subset_frame = manifest[keep]
+    out = Path(out) if out else dataset.root / "subsets" / f"subset-{per_class}-seed{seed}.csv"
+    if out.suffix != ".csv":
+        raise LowmedError(f"--out {out}: expected a .csv file name for the subset manifest")
+    write_csv(out, subset_frame)
+    write_yaml(out.with_suffix(".yaml"), {
+        "lowmed_version": lowmed.__version__,
+        "prepared_dir": str(dataset.root),
+        "source_manifest_sha256": sha256_file(dataset.root / MANIFEST),
+        "per_class": per_class,
+        "seed": seed,
+        "task": dataset.task,
+        "meaning": "positives per finding (greedy)" if dataset.task == "multilabel" else "images per class",
+        "counts": count_table(subset_frame, dataset.task, dataset.classes),
+        "images": {str(k): int(v) for k, v in subset_frame["split"].value_counts().items()},
+        "train_available": {"counts": dataset.info["counts"].get("train", {}), "images": len(train)},
+        "shortfalls": shortfalls,
+    })
+    subset = Subset(out, PreparedDataset.load(out), per_class, seed, shortfalls)
+    if materialize:
+        materialize_tree(subset.dataset, Path(materialize))
+    return subset
+
+
+def _prepared(data: Path, prepared_dir: str | os.PathLike | None, quiet: bool) -> PreparedDataset:
+    if (data / MANIFEST).is_file() or data.suffix == ".csv" and data.with_suffix(".yaml").is_file():
+        return PreparedDataset.load(data)
+    if not data.exists():
+        raise LowmedError(f"{data}: no such file or folder")
+    target = Path(prepared_dir) if prepared_dir else DEFAULT_PREPARED_ROOT / data.resolve().name
+    if (target / DATASET_INFO).is_file():
+        existing = PreparedDataset.load(target)
+        if existing.info.get("source", {}).get("path") == str(data.resolve()):
+            if not quiet:
+                console.print(f"Using {target}, prepared earlier from {data}")
+            return existing
+        raise LowmedError(f"{target} holds a dataset prepared from another source; pass --prepared-dir")
+    from lowmed.data.prepare import prepare
+
+    if not quiet:
+        console.print(f"{data} is a raw dataset: preparing it into {target} with default options")
+    return prepare(data, target, quiet=quiet)
+
+
+def _pick_nested(train: pd.DataFrame, task: str, classes: list[str], per_class: int,
+                 seed: int) -> tuple[list[int], list[str]]:
+    """Row positions in ``train`` to keep; a fixed order per seed makes subsets nested in N."""
+    if task == "multilabel":
+        return _pick_multilabel(train, classes, per_class, seed)
+    picked, shortfalls = [], []
+    for name in classes:
+        rows = np.flatnonzero(train["label"].to_numpy() == name)
+        order = rows[_spread_order(train["group"].to_numpy()[rows], _rng(seed, name))]
+        picked.extend(order[:per_class].tolist())
+        if len(rows) < per_class:
+            shortfalls.append(f"class {name!r} has only {len(rows)} training images (wanted {per_class}); all are used")
+    return sorted(picked), shortfalls
+
+
+def _pick_multilabel(train: pd.DataFrame, classes: list[str], per_class: int,
+                     seed: int) -> tuple[list[int], list[str]]:
+    """Greedy: keep serving the bucket (finding, or "no finding") with the fewest positives so far."""
+    positives = positives_matrix(train, "multilabel", classes).astype(bool)
+    base = _spread_order(train["group"].to_numpy(), _rng(seed, "multilabel"))
+    queues = [[i for i in base if positives[i, b]] for b in range(positives.shape[1])]
+    heads = [0] * len(queues)
+    counts = np.zeros(positives.shape[1], dtype=int)
+    available = positives.sum(axis=0)
+    selected = np.zeros(len(train), dtype=bool)
+    picked = []
+    # The choice never looks at per_class (only the stopping rule does), so subsets are nested in N.
+    while (counts < np.minimum(per_class, available)).any():
+        unfinished = np.flatnonzero(counts < available)
+        bucket = unfinished[np.argmin(counts[unfinished])]
+        queue = queues[bucket]
+        while selected[queue[heads[bucket]]]:
+            heads[bucket] += 1
+        image = queue[heads[bucket]]
+        selected[image] = True
+        counts += positives[image]
+        picked.append(image)
+    names = bucket_names("multilabel", classes)
+    shortfalls = [f"finding {names[b]!r} has only {available[b]} positive training images (wanted {per_class})"
+                  for b in range(len(names)) if available[b] < per_class]
+    return sorted(picked), shortfalls
+
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    """A generator per (seed, class) so that one class's picks never depend on another's."""
+    return np.random.default_rng([seed, int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)])
+
+
+def _spread_order(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A permutation visiting groups round-robin: one image of every group before a second of any."""
+    if len(groups) == 0:
+        return np.zeros(0, dtype=int)
+    shuffled = rng.permutation(len(groups))
+    _, group_ids = np.unique(groups[shuffled], return_inverse=True)
+    group_rank = rng.permutation(group_ids.max() + 1)[group_ids]
+    position_in_group = pd.Series(group_ids).groupby(group_ids).cumcount().to_numpy()
+    return shuffled[np.lexsort((group_rank, position_in_group))]
+
+
+def materialize_tree(dataset: PreparedDataset, target: Path) -> None:
+    """Write ``target/{split}/{class}/file`` (hard links where possible, copies otherwise)."""
+    if dataset.task == "multilabel":
+        raise LowmedError("--materialize writes one folder per class; it needs single-label data")
+    if target.exists() and any(target.iterdir()):
+        raise LowmedError(f"--materialize {target}: folder is not empty; choose a new one")
+    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        frame = dataset.manifest
+        for source, split, label, group in zip(dataset.image_paths(prefer_cache=False), frame["split"],
+                                               frame["label"], frame["group"]):
+            destination = staging / split / label / source.name
+            if destination.exists():  # same file name from two folders: keep both
+                destination = destination.with_name(f"{Path(str(group)).name}_{source.name}")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, destination)
+            except OSError:
+                shutil.copy2(source, destination)
+        if target.exists():
+            target.rmdir()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
