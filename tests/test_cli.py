@@ -64,3 +64,39 @@ def test_usage_error_exit_2(capsys):
 def test_python_dash_m():
     result = subprocess.run([sys.executable, "-m", "lowmed", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == f"lowmed {lowmed.__version__}"
+
+
+def test_train_then_finetune_from_the_command_line(capsys, kermany, tmp_path):
+    run_cli(capsys, "prepare", str(kermany), "--out", str(tmp_path / "p"), "-q")
+    common = ["--image-size", "32", "--batch-size", "16", "-q"]
+    code, out, err = run_cli(capsys, "train", str(tmp_path / "p"), "--per-class", "20", "--epochs", "2",
+                             "--lr", "1e-3", "--out", str(tmp_path / "a"), *common)
+    assert code == 0, err
+    assert "simplecnn" in out and "best epoch" in out
+    code, out, err = run_cli(capsys, "finetune", str(tmp_path / "a"), str(tmp_path / "p"), "--epochs", "1",
+                             "--fine-tune-epochs", "1", "--out", str(tmp_path / "c"), *common)
+    assert code == 0, err
+    assert "frozen → finetune" in out
+
+
+def test_train_config_file_and_flags(capsys, kermany, tmp_path):
+    run_cli(capsys, "prepare", str(kermany), "--out", str(tmp_path / "p"), "-q")
+    (tmp_path / "run.yaml").write_text(f"data: {tmp_path / 'p'}\nepochs: 1\nimage_size: 32\nbatch_size: 8\n")
+    code, _, err = run_cli(capsys, "train", "--config", str(tmp_path / "run.yaml"), "--epochs", "2",
+                           "--out", str(tmp_path / "a"), "-q")
+    assert code == 0, err
+    saved = (tmp_path / "a" / "config.yaml").read_text()
+    assert "epochs: 2" in saved and "batch_size: 8" in saved
+    code, _, err = run_cli(capsys, "train", "--config", str(tmp_path / "a" / "config.yaml"), "-q")
+    assert code == 2 and "exists; continue it with --resume" in err
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["train", "--epochs", "0", "/tmp"], "--epochs 0: expected at least 1"),
+    (["train", "--model", "resnet51", "/tmp"], "--model 'resnet51' is not known"),
+    (["train", "--resume", "/no/such/run"], "--resume /no/such/run: no config.yaml"),
+    (["finetune", "/no/such/run", "/tmp"], "SOURCE /no/such/run: no such run dir or checkpoint file"),
+])
+def test_train_bad_input_exit_2(capsys, args, culprit):
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and culprit in err and len(err.strip().splitlines()) == 1

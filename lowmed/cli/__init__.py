@@ -10,8 +10,10 @@ from typing import Annotated, Optional
 import typer
 
 import lowmed
+from lowmed.cli.models import models_command
 from lowmed.cli.prepare import prepare_command
 from lowmed.cli.subsample import subsample_command
+from lowmed.cli.train import finetune_command, train_command
 from lowmed.console import console
 from lowmed.errors import LowmedError, RunFailed
 
@@ -26,8 +28,11 @@ app = typer.Typer(
 )
 app.command("prepare")(prepare_command)
 app.command("subsample")(subsample_command)
+app.command("train")(train_command)
+app.command("finetune")(finetune_command)
+app.command("models")(models_command)
 
-_debug = {"on": bool(os.environ.get("LOWMED_DEBUG"))}
+_debug = {"on": False}  # set by --debug or LOWMED_DEBUG=1 for the current invocation
 
 
 def _version(value: bool) -> None:
@@ -42,7 +47,7 @@ def _root(
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
 ) -> None:
-    _debug["on"] = _debug["on"] or debug
+    _debug["on"] = debug or bool(os.environ.get("LOWMED_DEBUG"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
 
     Typer reports usage errors itself (exit 2); lowmed's own errors pass through it to here.
     """
+    _debug["on"] = bool(os.environ.get("LOWMED_DEBUG"))
     try:
         app(args=argv, prog_name="lowmed")
     except (LowmedError, RunFailed) as exc:

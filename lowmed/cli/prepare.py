@@ -64,7 +64,7 @@ def prepare_command(
     if excluded:
         stdout.print(f"[yellow]{len(excluded)} file(s) excluded[/] (all listed in dataset.yaml):")
         for item in excluded[:_SHOWN_EXCLUSIONS]:
-            stdout.print(f"  {item['path']}: {item['reason']}", highlight=False)
+            stdout.print(f"  {item['path']}: {item['reason']}", highlight=False, soft_wrap=True)
         if len(excluded) > _SHOWN_EXCLUSIONS:
             stdout.print(f"  … and {len(excluded) - _SHOWN_EXCLUSIONS} more")
     stdout.print(f"Wrote {dataset.root}/manifest.csv ({len(dataset.manifest)} images) and dataset.yaml")

@@ -44,7 +44,7 @@ def subsample(data: str | os.PathLike, per_class: int, *, seed: int = 0, out: st
     """
     if per_class < 1:
         raise LowmedError(f"--per-class {per_class}: expected a positive number of images per class")
-    dataset = _prepared(Path(data).expanduser(), prepared_dir, quiet)
+    dataset = load_or_prepare(Path(data).expanduser(), prepared_dir, quiet)
     train = dataset.split("train")
     picked, shortfalls = _pick_nested(train, dataset.task, dataset.classes, per_class, seed)
     if shortfalls and strict:
@@ -76,7 +76,8 @@ def subsample(data: str | os.PathLike, per_class: int, *, seed: int = 0, out: st
     return subset
 
 
-def _prepared(data: Path, prepared_dir: str | os.PathLike | None, quiet: bool) -> PreparedDataset:
+def load_or_prepare(data: Path, prepared_dir: str | os.PathLike | None, quiet: bool) -> PreparedDataset:
+    """A prepared dir or subset manifest as is; a raw dataset folder prepared with defaults (once)."""
     if (data / MANIFEST).is_file() or data.suffix == ".csv" and data.with_suffix(".yaml").is_file():
         return PreparedDataset.load(data)
     if not data.exists():

@@ -1,0 +1,126 @@
+"""Run configuration as a dataclass that round-trips to YAML, with field-named validation errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lowmed.errors import LowmedError
+
+MONITORS = ("val_loss", "val_auroc", "val_accuracy")
+HEADS = ("mlp", "linear")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. ``config.yaml`` in a run dir is this, fully resolved."""
+
+    data: str | None = None  # prepared dir, subset manifest, or raw dataset folder
+    subset: str | None = None  # subset manifest (overrides data's own train rows)
+    per_class: int | None = None  # subsample on the fly when no subset is given
+    model: str = "simplecnn"
+    weights: str = "auto"  # none | imagenet | PATH | RUN_DIR; auto = imagenet, or none for simplecnn
+    allow_partial_weights: bool = False
+    head: str = "mlp"
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    freeze_base: bool = True
+    fine_tune_epochs: int = 10
+    fine_tune_layers: int = 50
+    fine_tune_lr: float = 1e-5
+    image_size: int | None = None  # None = the model's default input size
+    augment_strength: float = 0.5
+    patience: int = 10
+    monitor: str = "val_loss"
+    class_weights: str = "auto"
+    balanced_sampler: bool = False
+    device: str = "auto"
+    amp: bool | None = None  # None = on for CUDA, off elsewhere
+    workers: int = 0
+    seed: int = 0
+    out: str | None = None
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 2, "at least 2"),
+            ("lr", self.lr > 0, "positive"),
+            ("fine_tune_lr", self.fine_tune_lr > 0, "positive"),
+            ("weight_decay", self.weight_decay >= 0, "0 or more"),
+            ("fine_tune_epochs", self.fine_tune_epochs >= 0, "0 or more"),
+            ("fine_tune_layers", self.fine_tune_layers >= 0, "0 or more"),
+            ("patience", self.patience >= 1, "at least 1"),
+            ("augment_strength", 0 <= self.augment_strength <= 1, "between 0 and 1"),
+            ("image_size", self.image_size is None or self.image_size >= 16, "at least 16 (pixels)"),
+            ("per_class", self.per_class is None or self.per_class >= 1, "at least 1"),
+            ("workers", self.workers >= 0, "0 or more"),
+            ("monitor", self.monitor in MONITORS, f"one of {', '.join(MONITORS)}"),
+            ("head", self.head in HEADS, f"one of {', '.join(HEADS)}"),
+            ("device", self.device in DEVICES, f"one of {', '.join(DEVICES)}"),
+            ("class_weights", self.class_weights in ("auto", "none"), "auto or none"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise LowmedError(f"{_flag(name)} {getattr(self, name)!r}: expected {expected}")
+        if self.data is None and self.subset is None:
+            raise LowmedError("no dataset: give DATA (a prepared dir, subset manifest or raw dataset) or --subset")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise LowmedError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(known)}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{name: _coerce(value, hints[name], f"{source}: {name}") for name, value in values.items()})
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise LowmedError(f"--config {path}: cannot read ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise LowmedError(f"--config {path}: not valid YAML ({exc})") from None
+        if not isinstance(values, dict):
+            raise LowmedError(f"--config {path}: expected a mapping of option names to values")
+        return cls.from_dict(values, source=str(path))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Accept a YAML value for a field typed ``hint`` (ints for floats are fine; strings for ints are not)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise LowmedError(f"{where}: must not be empty")
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    expected = " or ".join(o.__name__ for o in options if o is not type(None))
+    raise LowmedError(f"{where}: {value!r} is not a valid {expected}")

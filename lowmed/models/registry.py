@@ -1,0 +1,162 @@
+"""The model registry: name → backbone builder, feature size, preprocessing, ImageNet weights.
+
+Every backbone maps an image batch to pooled features; lowmed puts its own head on top. Keeping the
+torchvision module names inside each backbone means torchvision's (and timm's) own state dicts load
+by name, with only the original classifier left over.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from lowmed.errors import LowmedError
+from lowmed.models.heads import build_head
+from lowmed.models.simple_cnn import SimpleCNN
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the weights expect of an input; recorded in every run so it travels with them."""
+
+    input_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build_backbone: Callable[[], nn.Module]
+    feature_dim: int
+    preprocessing: Preprocessing
+    description: str
+    imagenet_weights: str | None = None  # torchvision weights enum, e.g. "ResNet50_Weights.IMAGENET1K_V2"
+    timm_name: str | None = None  # for timm:<name> entries (ImageNet weights come through timm)
+    min_input_size: int = 32
+
+
+class PooledFeatures(nn.Module):
+    """torchvision's ``features`` trunk + global average pooling (VGG, DenseNet, EfficientNet)."""
+
+    def __init__(self, features: nn.Module, final_relu: bool = False) -> None:
+        super().__init__()
+        self.features = features
+        self.final_relu = final_relu
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        x = self.features(x)
+        if self.final_relu:  # DenseNet's features end in a norm layer; torchvision applies ReLU after it
+            x = torch.relu(x)
+        return self.pool(x).flatten(1)
+
+
+def _resnet(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        model = getattr(torchvision.models, name)(weights=None)
+        model.fc = nn.Identity()
+        return model
+    return build
+
+
+def _trunk(name: str, final_relu: bool = False) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        return PooledFeatures(getattr(torchvision.models, name)(weights=None).features, final_relu)
+    return build
+
+
+def _inception() -> nn.Module:
+    """Inception v3 with both classifiers removed: returns features, and (features, aux features)
+    in training mode; ``transform_input`` as torchvision sets it for its ImageNet weights."""
+    model = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=True)
+    model.fc = nn.Identity()
+    model.AuxLogits.fc = nn.Identity()
+    return model
+
+
+_SPECS = [
+    ModelSpec("simplecnn", SimpleCNN, 256, Preprocessing(224), "Model A: 4 conv blocks, trained from scratch",
+              min_input_size=16),
+    ModelSpec("resnet18", _resnet("resnet18"), 512, Preprocessing(224), "ResNet-18", "ResNet18_Weights.IMAGENET1K_V1"),
+    ModelSpec("resnet50", _resnet("resnet50"), 2048, Preprocessing(224), "ResNet-50", "ResNet50_Weights.IMAGENET1K_V2"),
+    ModelSpec("vgg19", _trunk("vgg19"), 512, Preprocessing(224), "VGG-19 conv trunk", "VGG19_Weights.IMAGENET1K_V1"),
+    ModelSpec("vgg19_bn", _trunk("vgg19_bn"), 512, Preprocessing(224), "VGG-19 with batch norm",
+              "VGG19_BN_Weights.IMAGENET1K_V1"),
+    # the auxiliary classifier's 5x5 convolution needs the full 299 px input
+    ModelSpec("inception_v3", _inception, 2048, Preprocessing(299), "Inception v3 (299 px, auxiliary head)",
+              "Inception_V3_Weights.IMAGENET1K_V1", min_input_size=299),
+    ModelSpec("densenet121", _trunk("densenet121", final_relu=True), 1024, Preprocessing(224), "DenseNet-121",
+              "DenseNet121_Weights.IMAGENET1K_V1"),
+    ModelSpec("efficientnet_b0", _trunk("efficientnet_b0"), 1280, Preprocessing(224), "EfficientNet-B0",
+              "EfficientNet_B0_Weights.IMAGENET1K_V1"),
+]
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
+ALIASES = {"inceptionv3": "inception_v3"}  # the seed project's spelling
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    name = ALIASES.get(name, name)
+    if name.startswith("timm:"):
+        return _timm_spec(name)
+    if name not in MODELS:
+        raise LowmedError(f"--model {name!r} is not known; expected one of {', '.join(MODELS)} or timm:<name>")
+    return MODELS[name]
+
+
+def _timm_spec(name: str) -> ModelSpec:
+    if importlib.util.find_spec("timm") is None:
+        raise LowmedError(f"--model {name}: timm is not installed; install it with: pip install 'lowmed[timm]'")
+    import timm
+
+    timm_name = name.split(":", 1)[1]
+    if not timm.list_models(timm_name):
+        raise LowmedError(f"--model {name}: timm has no model named {timm_name!r}")
+
+    def build() -> nn.Module:
+        return timm.create_model(timm_name, pretrained=False, num_classes=0)
+
+    probe = build()
+    cfg = probe.pretrained_cfg
+    preprocessing = Preprocessing(int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
+    return ModelSpec(name, build, probe.num_features, preprocessing, f"timm {timm_name}", timm_name=timm_name)
+
+
+class Classifier(nn.Module):
+    """Backbone features → head. Inception's auxiliary features get their own linear head in training."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.aux_head = aux_head
+
+    def forward(self, x):
+        features = self.backbone(x)
+        if isinstance(features, tuple):
+            main, aux = features
+            return self.head(main), self.aux_head(aux)
+        return self.head(features)
+
+
+def build_model(spec: ModelSpec, classes: int, head: str = "mlp") -> Classifier:
+    aux_head = nn.Linear(768, classes) if spec.name == "inception_v3" else None
+    return Classifier(spec.build_backbone(), build_head(head, spec.feature_dim, classes), aux_head)
+
+
+def layer_groups(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone's layers in forward order, as unfrozen by "the last N layers": every module
+    with weights of its own (convolution, normalisation, linear)."""
+    return [m for m in backbone.modules() if any(True for _ in m.parameters(recurse=False))]
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,180 @@
+"""Weight sources: none, ImageNet (torchvision's weights API), a weights file, or an earlier lowmed run.
+
+Weights are matched to the backbone by name and shape; the source's classifier is dropped; a report of
+matched, missing and unexpected keys is returned. A partial match is refused unless allowed, so no part
+of a "pretrained" backbone is ever silently left random.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+import torchvision
+from torch import nn
+
+from lowmed.errors import LowmedError
+from lowmed.io import sha256_file
+from lowmed.models.registry import ModelSpec
+
+CHECKPOINT_NAMES = ("best.pt", "last.pt")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile
+
+
+@dataclass
+class WeightsReport:
+    source: str  # none | imagenet | file | run
+    path: str | None = None
+    sha256: str | None = None
+    source_model: str | None = None
+    source_preprocessing: dict | None = None
+    matched: int = 0
+    backbone_tensors: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatch: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if self.source == "none":
+            return "weights: none (random initialisation)"
+        text = (f"weights: {self.source} {self.path or ''} — matched {self.matched}/{self.backbone_tensors} backbone "
+                f"tensors, {len(self.missing)} missing, {len(self.unexpected)} unexpected (dropped)")
+        if self.shape_mismatch:
+            text += f", {len(self.shape_mismatch)} of another shape"
+        if self.adapted:
+            text += f", {len(self.adapted)} adapted from 1 to 3 input channels"
+        return text
+
+
+def resolve_weights(weights: str, model: str) -> str:
+    """``auto`` means ImageNet for a pretrainable backbone and random init for the scratch CNN."""
+    if weights == "auto":
+        return "none" if model == "simplecnn" else "imagenet"
+    return weights
+
+
+def load_weights(backbone: nn.Module, spec: ModelSpec, weights: str, allow_partial: bool = False) -> WeightsReport:
+    if weights == "none":
+        return WeightsReport("none")
+    if weights == "imagenet":
+        state, report = _imagenet_state(spec)
+    else:
+        path = Path(weights).expanduser()
+        if path.is_dir():
+            path = _run_checkpoint(path)
+            report = WeightsReport("run", str(path.parent))
+        elif path.is_file():
+            report = WeightsReport("file", str(path))
+        else:
+            raise LowmedError(f"--weights {weights}: expected none, imagenet, a weights file or a lowmed run dir")
+        state = read_state_dict(path, report)
+        report.sha256 = sha256_file(path)
+    _match_into(backbone, state, report)
+    if report.missing and not allow_partial:
+        raise LowmedError(
+            f"--weights {report.path or weights}: matched only {report.matched} of {report.backbone_tensors} "
+            f"backbone tensors of {spec.name} (missing e.g. {', '.join(report.missing[:3])}); is it another "
+            "architecture? Pass --allow-partial-weights to train with the rest left random")
+    return report
+
+
+def _run_checkpoint(run_dir: Path) -> Path:
+    for name in CHECKPOINT_NAMES:
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise LowmedError(f"{run_dir}: no best.pt or last.pt; expected a lowmed run dir")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """``torch.load`` with ``weights_only=True``: a file that would run code is refused, never executed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LowmedError(f"{path}: not a loadable weights file ({first_line})") from None
+
+
+def read_state_dict(path: Path, report: WeightsReport) -> dict[str, torch.Tensor]:
+    """A backbone state dict from a plain state dict, a lowmed checkpoint or a {"state_dict": ...} file."""
+    loaded = load_checkpoint(path)
+    if not isinstance(loaded, dict):
+        raise LowmedError(f"{path}: expected a state dict (a mapping of names to tensors)")
+    if "model" in loaded and "config" in loaded:  # a lowmed checkpoint
+        report.source_model = loaded["config"].get("model")
+        report.source_preprocessing = loaded.get("preprocessing")
+        return {k.removeprefix("backbone."): v for k, v in loaded["model"].items() if k.startswith("backbone.")}
+    state = loaded.get("state_dict", loaded)
+    cleaned = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise LowmedError(f"{path}: entry {key!r} is not a tensor; expected a state dict")
+        for prefix in _WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        cleaned[key] = value
+    return cleaned
+
+
+def _imagenet_state(spec: ModelSpec) -> tuple[dict[str, torch.Tensor], WeightsReport]:
+    if spec.timm_name:
+        import timm
+
+        try:
+            model = timm.create_model(spec.timm_name, pretrained=True, num_classes=0)
+        except Exception as exc:  # timm fetches from the Hugging Face hub; any failure there means no weights
+            raise LowmedError(f"--weights imagenet: timm could not load pretrained {spec.timm_name} ({exc}); "
+                              "offline, download them elsewhere and pass the file with --weights PATH") from None
+        return model.state_dict(), WeightsReport("imagenet", f"timm:{spec.timm_name}")
+    if spec.imagenet_weights is None:
+        raise LowmedError(f"--weights imagenet: {spec.name} has no ImageNet weights; use --weights none or a file")
+    url = torchvision.models.get_weight(spec.imagenet_weights).url
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / os.path.basename(url)
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        try:
+            torch.hub.download_url_to_file(url, str(partial), progress=True)
+        except (URLError, OSError, ConnectionError) as exc:
+            partial.unlink(missing_ok=True)
+            raise LowmedError(
+                f"--weights imagenet: {path.name} is not cached and cannot be downloaded ({exc}); "
+                f"fetch {url} and put it in {folder}") from None
+        os.replace(partial, path)
+    report = WeightsReport("imagenet", str(path), sha256_file(path))
+    return read_state_dict(path, report), report
+
+
+def _match_into(backbone: nn.Module, state: dict[str, torch.Tensor], report: WeightsReport) -> None:
+    """Copy tensors whose name and shape match; adapt 1↔3-channel stems explicitly."""
+    target = backbone.state_dict()
+    matched = {}
+    for key, value in state.items():
+        if key not in target:
+            report.unexpected.append(key)
+        elif value.shape == target[key].shape:
+            matched[key] = value
+        elif _channel_adaptable(value, target[key]):
+            # 1 → 3: a grey image copied into three channels gives the same response; 3 → 1: the sum.
+            matched[key] = value.repeat(1, 3, 1, 1) / 3 if value.shape[1] == 1 else value.sum(1, keepdim=True)
+            report.adapted.append(key)
+        else:
+            report.shape_mismatch.append(f"{key} {tuple(value.shape)} → {tuple(target[key].shape)}")
+    backbone.load_state_dict(matched, strict=False)
+    counted = [k for k in target if not k.endswith("num_batches_tracked")]  # a counter, not a weight
+    report.matched = sum(k in matched for k in counted)
+    report.backbone_tensors = len(counted)
+    report.missing = [k for k in counted if k not in matched]
+    report.unexpected = [k for k in report.unexpected if not k.endswith("num_batches_tracked")]
+
+
+def _channel_adaptable(source: torch.Tensor, target: torch.Tensor) -> bool:
+    return (source.ndim == 4 and target.ndim == 4 and source.shape[0] == target.shape[0]
+            and source.shape[2:] == target.shape[2:] and {source.shape[1], target.shape[1]} == {1, 3})

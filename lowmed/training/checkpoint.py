@@ -1,0 +1,29 @@
+"""Checkpoints written atomically (temporary file, fsync, rename) and read with ``weights_only=True``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lowmed.errors import LowmedError
+from lowmed.io import atomic_path
+from lowmed.models.weights import load_checkpoint
+
+BEST = "best.pt"
+LAST = "last.pt"
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def read_training_state(run_dir: Path) -> dict:
+    """The state ``last.pt`` holds; a damaged file is reported, never half-used."""
+    state = load_checkpoint(run_dir / LAST)
+    for key in ("model", "optimizer", "phase_index", "epoch", "history"):
+        if key not in state:
+            raise LowmedError(f"{run_dir / LAST}: not a lowmed training checkpoint (no {key!r}); "
+                              "start the run again with --overwrite")
+    return state

@@ -1,0 +1,308 @@
+"""The training loop: phases (frozen head, then fine-tuning), AMP, early stopping, checkpoints, resume.
+
+Randomness is re-seeded from (seed, phase, epoch) at the start of every epoch — shuffling, augmentation
+and dropout alike — so a resumed run replays exactly what the uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from lowmed.config import TrainConfig
+from lowmed.console import console, progress_bar
+from lowmed.data.augment import augment_batch
+from lowmed.data.loading import LabelledImages
+from lowmed.errors import RunFailed
+from lowmed.evaluation.metrics import accuracy, auroc, probabilities
+from lowmed.io import write_csv
+from lowmed.models.registry import Classifier, layer_groups
+from lowmed.training.checkpoint import BEST, LAST, save_checkpoint
+
+HISTORY = "history.csv"
+AUX_LOSS_WEIGHT = 0.4  # Inception v3's auxiliary classifier, as in the paper
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # frozen | finetune | full
+    epochs: int
+    lr: float
+
+
+def plan_phases(config: TrainConfig, pretrained: bool) -> list[Phase]:
+    """Pretrained + --freeze-base: train the head on a frozen backbone, then unfreeze the last N layers at a
+    lower learning rate. Otherwise everything trains from the start."""
+    if pretrained and config.freeze_base:
+        phases = [Phase("frozen", config.epochs, config.lr)]
+        if config.fine_tune_epochs > 0 and config.fine_tune_layers > 0:
+            phases.append(Phase("finetune", config.fine_tune_epochs, config.fine_tune_lr))
+        return phases
+    return [Phase("full", config.epochs, config.lr)]
+
+
+@dataclass
+class Precision:
+    """Autocast settings: bf16 where the device supports it, fp16 with a gradient scaler otherwise."""
+
+    enabled: bool
+    dtype: torch.dtype | None = None
+
+    @classmethod
+    def choose(cls, device: torch.device, amp: bool) -> "Precision":
+        if not amp:
+            return cls(False)
+        if device.type == "cuda":
+            return cls(True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        return cls(True, torch.bfloat16 if device.type == "cpu" else torch.float16)
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=self.dtype) if self.enabled else nullcontext()
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.enabled and self.dtype == torch.float16
+
+    def describe(self) -> str:
+        return str(self.dtype).removeprefix("torch.") if self.enabled else "off"
+
+
+class Criterion:
+    """Cross-entropy (class-weighted) or masked binary cross-entropy for multi-label data."""
+
+    def __init__(self, task: str, weights: torch.Tensor | None) -> None:
+        self.task = task
+        self.weights = weights
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        logits = logits.float()
+        if self.task != "multilabel":
+            return nn.functional.cross_entropy(logits, targets, weight=self.weights)
+        losses = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none",
+                                                                 pos_weight=self.weights)
+        return (losses * mask).sum() / mask.sum().clamp(min=1)
+
+
+def class_weights(task: str, targets: torch.Tensor, mask: torch.Tensor | None, classes: int) -> torch.Tensor:
+    """Inverse-frequency weights from the train counts (``pos_weight`` = negatives/positives for multi-label)."""
+    if task != "multilabel":
+        counts = torch.bincount(targets, minlength=classes).float().clamp(min=1)
+        return counts.sum() / (classes * counts)
+    positives = (targets * mask).sum(0)
+    negatives = ((1 - targets) * mask).sum(0)
+    return torch.where(positives > 0, negatives / positives.clamp(min=1), torch.ones_like(positives)).clamp(max=100)
+
+
+def set_trainable(model: Classifier, phase: Phase, fine_tune_layers: int) -> list[nn.Module]:
+    """Freeze/unfreeze for the phase; returns the backbone layers that stay frozen."""
+    groups = layer_groups(model.backbone)
+    if phase.name == "full":
+        frozen = []
+    elif phase.name == "frozen":
+        frozen = groups
+    else:
+        frozen = groups[: max(0, len(groups) - fine_tune_layers)]
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    for module in frozen:
+        for parameter in module.parameters(recurse=False):
+            parameter.requires_grad_(False)
+    return frozen
+
+
+def train_mode(model: Classifier, frozen: list[nn.Module]) -> None:
+    """Training mode, except that frozen layers keep their normalisation statistics fixed."""
+    model.train()
+    for module in frozen:
+        module.eval()
+
+
+@dataclass
+class LoopInputs:
+    model: Classifier
+    train: LabelledImages
+    val: LabelledImages
+    task: str
+    criterion: Criterion
+    mean: torch.Tensor
+    std: torch.Tensor
+    device: torch.device
+    precision: Precision
+    run_dir: Path
+    checkpoint_extras: dict  # config, preprocessing, classes... stored with every checkpoint
+
+
+def _epoch_generator(seed: int, phase_index: int, epoch: int) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed(seed * 1_000_003 + phase_index * 10_007 + epoch)
+    return generator
+
+
+def _to_model_input(images: torch.Tensor, inputs: LoopInputs, strength: float,
+                    generator: torch.Generator | None) -> torch.Tensor:
+    x = images.to(inputs.device, non_blocking=True).float().div_(255)
+    if generator is not None:
+        x = augment_batch(x, strength, generator)
+    x = (x - inputs.mean) / inputs.std
+    return x.contiguous(memory_format=torch.channels_last) if inputs.device.type == "cuda" else x
+
+
+def evaluate_split(inputs: LoopInputs, split: LabelledImages, batch_size: int) -> dict[str, float]:
+    """Loss, accuracy and AUROC on a split, in inference mode with large batches."""
+    model = inputs.model
+    model.eval()
+    outputs = []
+    with torch.inference_mode(), inputs.precision.autocast(inputs.device):
+        for images, _ in split.batches(torch.arange(len(split)), batch_size * 2, drop_last=False):
+            outputs.append(model(_to_model_input(images, inputs, 0, None)).float().cpu())
+    logits = torch.cat(outputs)
+    loss = inputs.criterion(logits, split.targets, split.mask).item()
+    probs = probabilities(logits, inputs.task).numpy()
+    targets = split.targets.numpy()
+    mask = None if split.mask is None else split.mask.numpy()
+    return {"val_loss": loss, "val_accuracy": accuracy(inputs.task, targets, probs, mask),
+            "val_auroc": auroc(inputs.task, targets, probs, mask)}
+
+
+def _is_better(monitor: str, value: float, best: float | None) -> bool:
+    if math.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value < best if monitor == "val_loss" else value > best
+
+
+def run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], state: dict | None,
+               quiet: bool) -> dict:
+    """Train through ``phases``, starting from ``state`` (a ``last.pt``) when resuming.
+
+    Returns the final loop state: history, best epoch and value, stop reasons.
+    """
+    model, device = inputs.model, inputs.device
+    history: list[dict] = list(state["history"]) if state else []
+    best = state["best"] if state else {"value": None, "epoch": None, "phase": None}
+    start_phase = state["phase_index"] if state else 0
+    for phase_index in range(start_phase, len(phases)):
+        phase = phases[phase_index]
+        resuming_here = state is not None and phase_index == state["phase_index"]
+        if phase_index > 0 and not resuming_here:
+            # each new phase starts from the best weights so far, not from the last epoch's
+            model.load_state_dict(torch.load(inputs.run_dir / BEST, map_location=device, weights_only=True)["model"])
+        frozen = set_trainable(model, phase, config.fine_tune_layers)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=phase.lr, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5,
+                                                               patience=max(1, config.patience // 2))
+        scaler = torch.amp.GradScaler(device.type, enabled=inputs.precision.needs_scaler)
+        phase_epoch, stale = 0, 0
+        if resuming_here:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            phase_epoch, stale = state["phase_epoch"], state["stale_epochs"]
+            if state.get("phase_done"):
+                continue
+        while phase_epoch < phase.epochs:
+            phase_epoch += 1
+            epoch = len(history) + 1
+            generator = _epoch_generator(config.seed, phase_index, phase_epoch)
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+            started = time.perf_counter()
+            train_loss, seen = _train_one_epoch(inputs, config, phase, frozen, optimizer, scaler, generator,
+                                                epoch, quiet)
+            seconds = time.perf_counter() - started
+            metrics = evaluate_split(inputs, inputs.val, config.batch_size)
+            scheduler.step(metrics["val_loss"])
+            row = {"phase": phase.name, "epoch": epoch, "phase_epoch": phase_epoch,
+                   "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, **metrics,
+                   "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)}
+            history.append(row)
+            value = metrics[config.monitor]
+            if _is_better(config.monitor, value, best["value"]):
+                best = {"value": value, "epoch": epoch, "phase": phase.name}
+                save_checkpoint(inputs.run_dir / BEST, {"model": model.state_dict(), "epoch": epoch,
+                                                        "phase": phase.name, "metrics": metrics,
+                                                        **inputs.checkpoint_extras})
+            improved_loss = min(h["val_loss"] for h in history if h["phase"] == phase.name) == metrics["val_loss"]
+            stale = 0 if improved_loss else stale + 1
+            phase_done = phase_epoch >= phase.epochs or stale >= config.patience
+            save_checkpoint(inputs.run_dir / LAST, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "phase_index": phase_index, "phase_epoch": phase_epoch,
+                "phase_done": phase_done, "epoch": epoch, "stale_epochs": stale, "best": best, "history": history,
+                **inputs.checkpoint_extras})
+            write_csv(inputs.run_dir / HISTORY, pd.DataFrame(history))
+            if not quiet:
+                _print_epoch(row, config.monitor, best["epoch"] == epoch)
+            if stale >= config.patience:
+                if not quiet:
+                    console.print(f"[dim]early stop in {phase.name}: val_loss did not improve for "
+                                  f"{config.patience} epochs")
+                break
+        state = None
+    return {"history": history, "best": best}
+
+
+def _train_one_epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, frozen: list[nn.Module],
+                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, generator: torch.Generator,
+                     epoch: int, quiet: bool) -> tuple[float, int]:
+    model, train, device = inputs.model, inputs.train, inputs.device
+    train_mode(model, frozen)
+    if config.balanced_sampler:
+        counts = torch.bincount(train.targets).float()
+        order = torch.multinomial((1 / counts)[train.targets], len(train), replacement=True, generator=generator)
+    else:
+        order = torch.randperm(len(train), generator=generator)
+    total_loss, seen = 0.0, 0
+    batches = math.ceil(len(order) / config.batch_size)
+    with progress_bar() if not quiet else nullcontext() as bar:
+        task = bar.add_task(f"{phase.name} epoch {epoch}", total=batches, status="") if bar else None
+        for step, (images, rows) in enumerate(train.batches(order, config.batch_size,
+                                                            drop_last=len(order) > config.batch_size,
+                                                            workers=config.workers), start=1):
+            x = _to_model_input(images, inputs, config.augment_strength, generator)
+            targets = train.targets[rows].to(device, non_blocking=True)
+            mask = None if train.mask is None else train.mask[rows].to(device, non_blocking=True)
+            with inputs.precision.autocast(device):
+                output = model(x)
+            if isinstance(output, tuple):
+                loss = inputs.criterion(output[0], targets, mask) + AUX_LOSS_WEIGHT * inputs.criterion(
+                    output[1], targets, mask)
+            else:
+                loss = inputs.criterion(output, targets, mask)
+            if not torch.isfinite(loss):
+                raise RunFailed(f"the loss became {loss.item()} at epoch {epoch}, batch {step} ({phase.name} phase); "
+                                f"try a lower --lr (now {phase.lr:g}) or --no-amp")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total_loss += loss.item() * len(rows)
+            seen += len(rows)
+            if bar:
+                bar.update(task, advance=1, status=f"loss {total_loss / seen:.4f}")
+    return total_loss / max(seen, 1), seen
+
+
+def _print_epoch(row: dict, monitor: str, is_best: bool) -> None:
+    mark = " [green]★ best" if is_best else ""
+    console.print(
+        f"{row['phase']:>8} epoch {row['epoch']:>3}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}"
+        f"  val_acc {row['val_accuracy']:.3f}  val_auroc {row['val_auroc']:.3f}  lr {row['lr']:.1e}"
+        f"  {row['images_per_s']:.0f} img/s{mark}", highlight=False, soft_wrap=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

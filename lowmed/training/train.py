@@ -1,0 +1,287 @@
+"""``lowmed train`` / ``finetune``: resolve a config, set up the run dir, data and model, run the loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+
+import lowmed
+from lowmed.config import TrainConfig
+from lowmed.console import console, warn
+from lowmed.data.loading import label_tensors, load_split, too_many_unreadable
+from lowmed.data.manifest import PreparedDataset
+from lowmed.data.subsample import load_or_prepare, subsample
+from lowmed.errors import Interrupted, LowmedError, RunFailed
+from lowmed.io import sha256_file, write_json, write_yaml
+from lowmed.models.registry import build_model, count_parameters, get_model_spec
+from lowmed.models.weights import WeightsReport, load_checkpoint, load_weights, resolve_weights
+from lowmed.training.checkpoint import BEST, LAST, read_training_state
+from lowmed.training.loop import (HISTORY, Criterion, LoopInputs, Precision, class_weights, plan_phases,
+                                  run_phases, seed_everything)
+
+CONFIG = "config.yaml"
+SUMMARY = "train.json"
+DEFAULT_RUNS_ROOT = Path("runs")
+
+
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+          runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT) -> dict:
+    """Train one run; returns the summary also written to ``train.json``.
+
+    With ``resume`` the run dir in ``config.out`` is continued from its ``last.pt``.
+    """
+    config.validate()
+    spec = get_model_spec(config.model)
+    dataset = _dataset(config, quiet)
+    config = _resolved(config, spec, dataset, Path(runs_root))
+    run_dir = Path(config.out)
+    state = _open_run_dir(run_dir, config, resume, overwrite)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    model = build_model(spec, len(dataset.classes), config.head)
+    if state is None:
+        report = load_weights(model.backbone, spec, config.weights, config.allow_partial_weights)
+        _check_source_model(report, spec.name)
+    else:
+        report = WeightsReport(**_read_summary(run_dir)["weights"])
+    if not quiet:
+        console.print(f"[bold]{run_dir}[/]: {spec.name}, {report.summary()}", highlight=False)
+    preprocessing = {"input_size": config.image_size,
+                     "mean": list((report.source_preprocessing or {}).get("mean", spec.preprocessing.mean)),
+                     "std": list((report.source_preprocessing or {}).get("std", spec.preprocessing.std))}
+    summary = _summary(config, dataset, report, preprocessing, device, count_parameters(model))
+    write_json(run_dir / SUMMARY, {**summary, "status": "running"})
+
+    uncertain = dataset.info.get("uncertain", "ignore")
+    splits = {}
+    for name in ("train", "val"):
+        frame = dataset.split(name)
+        if frame.empty:
+            raise LowmedError(f"{dataset.manifest_path}: no {name} rows; expected a prepared dataset with a {name} split")
+        targets, mask = label_tensors(frame, dataset.task, dataset.classes, uncertain)
+        splits[name] = load_split(dataset.image_paths(frame), targets, mask, config.image_size)
+        _report_unreadable(name, splits[name])
+    precision = Precision.choose(device, bool(config.amp))
+    weights = (class_weights(dataset.task, splits["train"].targets, splits["train"].mask, len(dataset.classes))
+               if config.class_weights == "auto" and not config.balanced_sampler else None)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    inputs = LoopInputs(
+        model=model, train=splits["train"], val=splits["val"], task=dataset.task,
+        criterion=Criterion(dataset.task, None if weights is None else weights.to(device)),
+        mean=torch.tensor(preprocessing["mean"], device=device).view(1, 3, 1, 1),
+        std=torch.tensor(preprocessing["std"], device=device).view(1, 3, 1, 1),
+        device=device, precision=precision, run_dir=run_dir,
+        checkpoint_extras={"config": config.to_dict(), "preprocessing": preprocessing, "task": dataset.task,
+                           "classes": dataset.classes, "lowmed_version": lowmed.__version__},
+    )
+    phases = plan_phases(config, pretrained=report.source != "none")
+    started = time.perf_counter()
+    try:
+        result = run_phases(inputs, config, phases, state, quiet)
+    except KeyboardInterrupt:
+        write_json(run_dir / SUMMARY, {**summary, "status": "interrupted"})
+        raise Interrupted(f"interrupted; continue with: lowmed train --resume {run_dir}") from None
+    except RunFailed as exc:
+        write_json(run_dir / SUMMARY, {**summary, "status": "failed", "error": str(exc)})
+        raise
+    history = result["history"]
+    summary.update({
+        "status": "completed",
+        "phases": [p.name for p in phases],
+        "epochs_run": len(history),
+        "best": {"epoch": result["best"]["epoch"], "phase": result["best"]["phase"], "monitor": config.monitor,
+                 "value": result["best"]["value"],
+                 "metrics": {k: v for k, v in history[result["best"]["epoch"] - 1].items()
+                             if k.startswith("val_")}},
+        "wall_seconds": round(time.perf_counter() - started, 2),  # this invocation (a resumed run: since resume)
+        "resumed": state is not None,
+        "epoch_seconds_total": round(sum(row["seconds"] for row in history), 2),
+        "train_images_per_s": round(sum(row["images_per_s"] for row in history) / len(history), 1),
+        "precision": precision.describe(),
+        "unreadable_files": {name: split.unreadable for name, split in splits.items() if split.unreadable},
+    })
+    write_json(run_dir / SUMMARY, summary)
+    return summary
+
+
+def resume_run(run_dir: str | os.PathLike, *, quiet: bool = False) -> dict:
+    """Continue an interrupted run from its ``last.pt`` with its own ``config.yaml``."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise LowmedError(f"--resume {run_dir}: no {CONFIG}; expected a lowmed run dir")
+    config = TrainConfig.from_yaml(run_dir / CONFIG)
+    return train(replace(config, out=str(run_dir)), resume=True, quiet=quiet)
+
+
+def finetune(source: str | os.PathLike, data: str | os.PathLike | None = None, *, overwrite: bool = False,
+             quiet: bool = False, runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT, **options: Any) -> dict:
+    """Model C: train on ``data`` starting from the backbone of ``source`` (a run dir or a checkpoint file).
+
+    Same as ``train`` with ``weights=source``; the model defaults to the one the source was trained as.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise LowmedError(f"SOURCE {source}: no such run dir or checkpoint file")
+    values = {**options, "weights": str(source)}
+    if data is not None:
+        values["data"] = str(data)
+    if values.get("model") is None:
+        values["model"] = source_model_name(source)
+        if values["model"] is None:
+            raise LowmedError(f"SOURCE {source} is a plain weights file; say which architecture with --model")
+    return train(TrainConfig.from_dict(values, source="finetune"), overwrite=overwrite, quiet=quiet,
+                 runs_root=runs_root)
+
+
+def source_model_name(source: Path) -> str | None:
+    """The model an earlier lowmed run (or its checkpoint) was trained with, if it is one."""
+    if source.is_dir():
+        return TrainConfig.from_yaml(source / CONFIG).model if (source / CONFIG).is_file() else None
+    checkpoint = load_checkpoint(source)
+    return checkpoint.get("config", {}).get("model") if isinstance(checkpoint, dict) else None
+
+
+def train_model(model_name: str | None = None, dataset_root: str | os.PathLike | None = None, *,
+                checkpoint_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
+                overwrite: bool = False, quiet: bool = False, **options: Any) -> dict:
+    """Python entry point in the seed project's spelling: ``train_model(model_name="vgg19",
+    dataset_root="./dataset", epochs=30, learning_rate=1e-4, checkpoint_dir="./checkpoints")``.
+
+    Any ``TrainConfig`` field is accepted as a keyword. Returns the summary with ``run_dir`` and
+    ``model_path`` (the best checkpoint).
+    """
+    if resume:
+        summary = resume_run(resume, quiet=quiet)
+    else:
+        values = dict(options)
+        if "learning_rate" in values:
+            values["lr"] = values.pop("learning_rate")
+        if model_name:
+            values["model"] = model_name
+        if dataset_root:
+            values["data"] = str(dataset_root)
+        config = TrainConfig.from_dict(values, source="train_model()")
+        summary = train(config, overwrite=overwrite, quiet=quiet, runs_root=checkpoint_dir or DEFAULT_RUNS_ROOT)
+    return {**summary, "model_path": str(Path(summary["run_dir"]) / BEST)}
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise LowmedError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise LowmedError("--device mps: Apple MPS is not available here; use --device cpu or auto")
+    return torch.device(requested)
+
+
+def _dataset(config: TrainConfig, quiet: bool) -> PreparedDataset:
+    if config.subset:
+        return PreparedDataset.load(config.subset)
+    if config.per_class:
+        return subsample(config.data, config.per_class, seed=config.seed, quiet=quiet).dataset
+    return load_or_prepare(Path(config.data).expanduser(), None, quiet)
+
+
+def _resolved(config: TrainConfig, spec, dataset: PreparedDataset, runs_root: Path) -> TrainConfig:
+    """The config as it will run: paths, image size, weights, AMP and run dir filled in."""
+    subset = str(dataset.manifest_path) if dataset.subset else None
+    per_class = dataset.subset["per_class"] if dataset.subset else config.per_class
+    weights = resolve_weights(config.weights, spec.name)
+    weights = str(Path(weights).resolve()) if weights not in ("none", "imagenet") else weights
+    config = replace(config, data=str(dataset.root), subset=subset, per_class=per_class, model=spec.name,
+                     weights=weights, image_size=config.image_size or spec.preprocessing.input_size,
+                     amp=config.amp if config.amp is not None else resolve_device(config.device).type == "cuda")
+    if config.image_size < spec.min_input_size:
+        raise LowmedError(f"--image-size {config.image_size}: {spec.name} needs at least {spec.min_input_size} px")
+    if config.out is None:
+        config = replace(config, out=str(runs_root / _run_name(config, dataset)))
+    return config
+
+
+def _run_name(config: TrainConfig, dataset: PreparedDataset) -> str:
+    if config.weights in ("none", "imagenet"):
+        source = "scratch" if config.weights == "none" else "imagenet"
+    else:
+        path = Path(config.weights)
+        source = "from-" + (path.name if path.is_dir() else path.stem)
+    size = f"n{config.per_class}" if config.per_class else "all"
+    return f"{dataset.root.name}-{config.model}-{source}-{size}-seed{config.seed}"
+
+
+def _open_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> dict | None:
+    """A new run gets an empty dir; an existing one is only continued (--resume) or replaced (--overwrite)."""
+    if resume:
+        if not (run_dir / LAST).is_file():
+            raise LowmedError(f"--resume {run_dir}: no {LAST} to continue from; start the run without --resume")
+        return read_training_state(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise LowmedError(f"run dir {run_dir} exists; continue it with --resume {run_dir}, "
+                              "start again with --overwrite, or choose --out")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(run_dir / CONFIG, config.to_dict())
+    return None
+
+
+def _check_source_model(report: WeightsReport, model: str) -> None:
+    if report.source_model and report.source_model != model:
+        raise LowmedError(f"--weights {report.path}: trained as {report.source_model}, but --model is {model}")
+
+
+def _report_unreadable(name: str, split) -> None:
+    if split.unreadable:
+        warn(f"{len(split.unreadable)} {name} image(s) could not be read and were skipped "
+             f"(e.g. {split.unreadable[0]}); they changed after prepare")
+        if too_many_unreadable(split):
+            raise RunFailed(f"{len(split.unreadable)} {name} images are unreadable — too many to go on; "
+                            "run 'lowmed prepare' again")
+
+
+def _read_summary(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / SUMMARY).read_text())
+    except (OSError, ValueError) as exc:
+        raise LowmedError(f"{run_dir / SUMMARY}: cannot read the run summary ({exc})") from None
+
+
+def _summary(config: TrainConfig, dataset: PreparedDataset, report: WeightsReport, preprocessing: dict,
+             device: torch.device, parameters: int) -> dict:
+    counts = (dataset.subset or dataset.info)["counts"]
+    return {
+        "run_dir": config.out,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": config.model,
+        "parameters": parameters,
+        "weights": report.to_dict(),
+        "weight_source": report.source,
+        "dataset": {"prepared_dir": str(dataset.root), "task": dataset.task, "classes": dataset.classes,
+                    "subset": config.subset, "per_class": config.per_class,
+                    "manifest_sha256": sha256_file(dataset.manifest_path),
+                    "train_counts": counts.get("train"), "val_counts": counts.get("val")},
+        "seed": config.seed,
+        "preprocessing": preprocessing,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "amp": bool(config.amp),
+        "versions": {"lowmed": lowmed.__version__, "torch": torch.__version__,
+                     "torchvision": torchvision.__version__, "python": platform.python_version()},
+    }

@@ -1,0 +1,165 @@
+"""Training: learning really happens, phases freeze what they should, resume replays exactly, AMP steps once."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from lowmed import prepare
+from lowmed.config import TrainConfig
+from lowmed.errors import Interrupted, LowmedError, RunFailed
+from lowmed.training import loop
+from lowmed.training.train import finetune, resume_run, train, train_model
+from tests.factory import make_kermany
+
+FAST = {"image_size": 32, "batch_size": 16, "lr": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def separable(tmp_path_factory):
+    """Two classes told apart by where a bright bar sits: easy, but only if the model learns."""
+    root = tmp_path_factory.mktemp("separable")
+    src = make_kermany(root / "src", {"train": {"NORMAL": 60, "PNEUMONIA": 60},
+                                      "test": {"NORMAL": 10, "PNEUMONIA": 10}})
+    return prepare(src, root / "prepared", min_val_per_class=15, quiet=True).root
+
+
+def history(run_dir):
+    return pd.read_csv(run_dir / "history.csv")
+
+
+def test_simplecnn_learns_the_separable_task(separable, tmp_path):
+    summary = train(TrainConfig(data=str(separable), epochs=8, out=str(tmp_path / "run"), **FAST), quiet=True)
+    assert summary["status"] == "completed"
+    assert summary["best"]["metrics"]["val_accuracy"] >= 0.95
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "history.csv", "best.pt", "last.pt", "train.json"}
+    rows = history(run)
+    assert list(rows.columns[:5]) == ["phase", "epoch", "phase_epoch", "lr", "train_loss"]
+    assert rows["train_loss"].iloc[-1] < rows["train_loss"].iloc[0]
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["classes"] == ["NORMAL", "PNEUMONIA"] and best["preprocessing"]["input_size"] == 32
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(separable, tmp_path, monkeypatch):
+    config = TrainConfig(data=str(separable), epochs=5, **FAST)
+    train(TrainConfig(**{**config.to_dict(), "out": str(tmp_path / "whole")}), quiet=True)
+
+    real_evaluate, calls = loop.evaluate_split, []
+
+    def evaluate_then_stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_split", evaluate_then_stop)
+    with pytest.raises(Interrupted, match="lowmed train --resume"):
+        train(TrainConfig(**{**config.to_dict(), "out": str(tmp_path / "cut")}), quiet=True)
+    assert len(history(tmp_path / "cut")) == 2
+    monkeypatch.setattr(loop, "evaluate_split", real_evaluate)
+    summary = resume_run(tmp_path / "cut", quiet=True)
+    assert summary["resumed"] is True and summary["epochs_run"] == 5
+    whole, resumed = history(tmp_path / "whole"), history(tmp_path / "cut")
+    columns = ["epoch", "phase", "lr", "train_loss", "val_loss", "val_accuracy"]
+    pd.testing.assert_frame_equal(whole[columns], resumed[columns], rtol=1e-5)
+
+
+def test_existing_run_dir_is_not_overwritten(separable, tmp_path):
+    config = TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "run"), **FAST)
+    train(config, quiet=True)
+    with pytest.raises(LowmedError, match="exists; continue it with --resume"):
+        train(config, quiet=True)
+    assert train(config, overwrite=True, quiet=True)["status"] == "completed"
+
+
+def test_frozen_phase_leaves_the_backbone_untouched(separable, tmp_path):
+    train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "source"), **FAST), quiet=True)
+    summary = finetune(tmp_path / "source", separable, epochs=2, fine_tune_epochs=0, out=str(tmp_path / "c"),
+                       quiet=True, **FAST)
+    assert summary["phases"] == ["frozen"] and summary["weight_source"] == "run"
+    assert summary["weights"]["matched"] == summary["weights"]["backbone_tensors"] and not summary["weights"]["missing"]
+    source = torch.load(tmp_path / "source" / "best.pt", weights_only=True)["model"]
+    tuned = torch.load(tmp_path / "c" / "last.pt", weights_only=True)["model"]
+    for key, value in source.items():
+        if key.startswith("backbone."):
+            assert torch.equal(value, tuned[key]), key  # weights and batch-norm statistics alike
+    assert any(not torch.equal(source[k], tuned[k]) for k in source if k.startswith("head."))
+
+
+def test_finetune_equals_train_with_run_dir_weights(separable, tmp_path):
+    train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "source"), **FAST), quiet=True)
+    options = {"epochs": 2, "fine_tune_epochs": 2, "fine_tune_layers": 4, **FAST}
+    finetune(tmp_path / "source", separable, out=str(tmp_path / "a"), quiet=True, **options)
+    train(TrainConfig(data=str(separable), weights=str(tmp_path / "source"), out=str(tmp_path / "b"), **options),
+          quiet=True)
+    a, b = history(tmp_path / "a"), history(tmp_path / "b")
+    assert list(a["phase"]) == ["frozen", "frozen", "finetune", "finetune"]
+    pd.testing.assert_frame_equal(a[["train_loss", "val_loss"]], b[["train_loss", "val_loss"]], rtol=1e-6)
+
+
+def test_cpu_autocast_takes_one_optimizer_step_per_batch(separable, tmp_path):
+    steps = []
+    handle = register_optimizer_step_post_hook(lambda *args: steps.append(1))
+    try:
+        summary = train(TrainConfig(data=str(separable), epochs=2, amp=True, out=str(tmp_path / "run"), **FAST),
+                        quiet=True)
+    finally:
+        handle.remove()
+    train_images = sum(summary["dataset"]["train_counts"].values())
+    assert summary["precision"] == "bfloat16"
+    assert len(steps) == 2 * (train_images // FAST["batch_size"])  # drop_last: full batches only
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_amp_path(separable, tmp_path):
+    summary = train(TrainConfig(data=str(separable), epochs=2, device="cuda", out=str(tmp_path / "run"), **FAST),
+                    quiet=True)
+    assert summary["amp"] is True and summary["precision"] in ("bfloat16", "float16")
+    assert summary["device"].startswith("cuda")
+
+
+def test_nan_loss_stops_the_run_and_marks_it_failed(separable, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop.Criterion, "__call__", lambda self, *args: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(RunFailed, match=r"the loss became nan at epoch 1, batch 1"):
+        train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "run"), **FAST), quiet=True)
+    summary = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert summary["status"] == "failed" and "loss became nan" in summary["error"]
+
+
+def test_seed_project_python_api(separable, tmp_path):
+    results = train_model(model_name="simplecnn", dataset_root=separable, epochs=1, learning_rate=1e-3,
+                          image_size=32, batch_size=16, checkpoint_dir=tmp_path / "checkpoints", quiet=True)
+    assert results["model_path"].endswith("best.pt") and (tmp_path / "checkpoints").is_dir()
+    assert results["run_dir"].startswith(str(tmp_path / "checkpoints"))
+
+
+def test_inception_auxiliary_head_trains_at_299_px(tmp_path):
+    src = make_kermany(tmp_path / "src", {"train": {"NORMAL": 4, "PNEUMONIA": 4}})
+    data = prepare(src, tmp_path / "p", min_val_per_class=1, quiet=True).root
+    with pytest.raises(LowmedError, match="--image-size 224: inception_v3 needs at least 299 px"):
+        train(TrainConfig(data=str(data), model="inception_v3", weights="none", image_size=224), quiet=True)
+    summary = train(TrainConfig(data=str(data), model="inception_v3", weights="none", epochs=1, batch_size=3,
+                                out=str(tmp_path / "run")), quiet=True)
+    assert summary["status"] == "completed" and summary["preprocessing"]["input_size"] == 299
+    tuned = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
+    assert tuned["aux_head.weight"].shape == (2, 768)
+
+
+def test_multilabel_training_masks_uncertain_labels(chexpert, tmp_path):
+    data = prepare(chexpert, tmp_path / "p", uncertain="ignore", quiet=True).root
+    summary = train(TrainConfig(data=str(data), epochs=1, out=str(tmp_path / "run"), **FAST), quiet=True)
+    assert summary["dataset"]["task"] == "multilabel" and summary["status"] == "completed"
+
+
+def test_config_yaml_repeats_the_run(separable, tmp_path):
+    train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "a"), **FAST), quiet=True)
+    saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    assert saved["image_size"] == 32 and saved["weights"] == "none" and saved["amp"] is False
+    again = TrainConfig.from_yaml(tmp_path / "a" / "config.yaml")
+    train(TrainConfig(**{**again.to_dict(), "out": str(tmp_path / "b")}), quiet=True)
+    pd.testing.assert_frame_equal(history(tmp_path / "a").drop(columns=["seconds", "images_per_s"]),
+                                  history(tmp_path / "b").drop(columns=["seconds", "images_per_s"]))
