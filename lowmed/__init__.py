@@ -1,12 +1,24 @@
 """lowmed: a controlled study of transfer learning on small medical image datasets.
 
-The public Python API mirrors the command line: every ``lowmed`` command is one call
-into one of these functions.
+The public Python API mirrors the command line: every ``lowmed`` command is one call into one of
+these functions. They are imported on first use, so ``import lowmed`` stays light (no torch).
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
-from lowmed.data.prepare import prepare  # noqa: E402
-from lowmed.data.subsample import subsample  # noqa: E402
+_API = {
+    "prepare": "lowmed.data.prepare",
+    "subsample": "lowmed.data.subsample",
+    "train": "lowmed.training.train",
+    "train_model": "lowmed.training.train",
+    "finetune": "lowmed.training.train",
+}
+__all__ = ["__version__", *_API]
 
-__all__ = ["__version__", "prepare", "subsample"]
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'lowmed' has no attribute {name!r}")

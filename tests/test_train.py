@@ -1,6 +1,7 @@
 """Training: learning really happens, phases freeze what they should, resume replays exactly, AMP steps once."""
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -115,11 +116,19 @@ def test_cpu_autocast_takes_one_optimizer_step_per_batch(separable, tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_amp_path(separable, tmp_path):
-    summary = train(TrainConfig(data=str(separable), epochs=2, device="cuda", out=str(tmp_path / "run"), **FAST),
-                    quiet=True)
-    assert summary["amp"] is True and summary["precision"] in ("bfloat16", "float16")
-    assert summary["device"].startswith("cuda")
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp16-gradscaler"])
+def test_cuda_amp_path(separable, tmp_path, monkeypatch, bf16):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    steps = []
+    handle = register_optimizer_step_post_hook(lambda *args: steps.append(1))
+    try:
+        summary = train(TrainConfig(data=str(separable), epochs=2, device="cuda", out=str(tmp_path / "run"), **FAST),
+                        quiet=True)
+    finally:
+        handle.remove()
+    assert summary["amp"] is True and summary["precision"] == ("bfloat16" if bf16 else "float16")
+    assert summary["device"].startswith("cuda") and math.isfinite(summary["best"]["metrics"]["val_loss"])
+    assert len(steps) <= 2 * (sum(summary["dataset"]["train_counts"].values()) // FAST["batch_size"])
 
 
 def test_nan_loss_stops_the_run_and_marks_it_failed(separable, tmp_path, monkeypatch):

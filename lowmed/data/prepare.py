@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -114,7 +115,9 @@ def _inspect_all(source: SourceRecords, staging: Path, cache_size: int | None, w
     inspect = partial(inspect_image, cache_dir=str(staging) if cache_size else None, cache_size=cache_size)
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(paths) > 64:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # forkserver: forking a process that already runs threads (torch, a progress bar) can deadlock
+        context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             results = list(track(pool.map(inspect, paths, chunksize=16), len(paths), "Verifying images", quiet))
     else:
         results = list(track(map(inspect, paths), len(paths), "Verifying images", quiet))

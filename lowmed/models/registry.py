@@ -85,7 +85,7 @@ def _inception() -> nn.Module:
 
 _SPECS = [
     ModelSpec("simplecnn", SimpleCNN, 256, Preprocessing(224), "Model A: 4 conv blocks, trained from scratch",
-              min_input_size=16),
+              min_input_size=32),
     ModelSpec("resnet18", _resnet("resnet18"), 512, Preprocessing(224), "ResNet-18", "ResNet18_Weights.IMAGENET1K_V1"),
     ModelSpec("resnet50", _resnet("resnet50"), 2048, Preprocessing(224), "ResNet-50", "ResNet50_Weights.IMAGENET1K_V2"),
     ModelSpec("vgg19", _trunk("vgg19"), 512, Preprocessing(224), "VGG-19 conv trunk", "VGG19_Weights.IMAGENET1K_V1"),

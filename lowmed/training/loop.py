@@ -30,6 +30,7 @@ from lowmed.training.checkpoint import BEST, LAST, save_checkpoint
 
 HISTORY = "history.csv"
 AUX_LOSS_WEIGHT = 0.4  # Inception v3's auxiliary classifier, as in the paper
+SYNC_EVERY = 20  # batches between copies of the loss to the CPU (each copy waits for the GPU)
 
 
 @dataclass(frozen=True)
@@ -163,12 +164,12 @@ def evaluate_split(inputs: LoopInputs, split: LabelledImages, batch_size: int) -
     outputs = []
     with torch.inference_mode(), inputs.precision.autocast(inputs.device):
         for images, _ in split.batches(torch.arange(len(split)), batch_size * 2, drop_last=False):
-            outputs.append(model(_to_model_input(images, inputs, 0, None)).float().cpu())
+            outputs.append(model(_to_model_input(images, inputs, 0, None)).float())
     logits = torch.cat(outputs)
-    loss = inputs.criterion(logits, split.targets, split.mask).item()
-    probs = probabilities(logits, inputs.task).numpy()
-    targets = split.targets.numpy()
-    mask = None if split.mask is None else split.mask.numpy()
+    device_mask = None if split.mask is None else split.mask.to(inputs.device)
+    loss = inputs.criterion(logits, split.targets.to(inputs.device), device_mask).item()
+    probs = probabilities(logits, inputs.task).cpu().numpy()
+    targets, mask = split.targets.numpy(), None if split.mask is None else split.mask.numpy()
     return {"val_loss": loss, "val_accuracy": accuracy(inputs.task, targets, probs, mask),
             "val_auroc": auroc(inputs.task, targets, probs, mask)}
 
@@ -263,10 +264,24 @@ def _train_one_epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, froz
         order = torch.multinomial((1 / counts)[train.targets], len(train), replacement=True, generator=generator)
     else:
         order = torch.randperm(len(train), generator=generator)
-    total_loss, seen = 0.0, 0
-    batches = math.ceil(len(order) / config.batch_size)
+    pending: list[torch.Tensor] = []  # losses not yet copied to the CPU: one sync per SYNC_EVERY batches
+    losses: list[float] = []
+    sizes: list[int] = []
+
+    def check_pending(bar_status) -> None:
+        values = torch.stack(pending).float().cpu().tolist()
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                raise RunFailed(f"the loss became {value} at epoch {epoch}, batch {len(losses) + offset + 1} "
+                                f"({phase.name} phase); try a lower --lr (now {phase.lr:g}) or --no-amp")
+        losses.extend(values)
+        pending.clear()
+        bar_status(f"loss {np.average(losses, weights=sizes[:len(losses)]):.4f}")
+
     with progress_bar() if not quiet else nullcontext() as bar:
-        task = bar.add_task(f"{phase.name} epoch {epoch}", total=batches, status="") if bar else None
+        task = bar.add_task(f"{phase.name} epoch {epoch}", total=math.ceil(len(order) / config.batch_size),
+                            status="") if bar else None
+        show = (lambda text: bar.update(task, status=text)) if bar else (lambda text: None)
         for step, (images, rows) in enumerate(train.batches(order, config.batch_size,
                                                             drop_last=len(order) > config.batch_size,
                                                             workers=config.workers), start=1):
@@ -280,18 +295,19 @@ def _train_one_epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, froz
                     output[1], targets, mask)
             else:
                 loss = inputs.criterion(output, targets, mask)
-            if not torch.isfinite(loss):
-                raise RunFailed(f"the loss became {loss.item()} at epoch {epoch}, batch {step} ({phase.name} phase); "
-                                f"try a lower --lr (now {phase.lr:g}) or --no-amp")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            total_loss += loss.item() * len(rows)
-            seen += len(rows)
+            pending.append(loss.detach())
+            sizes.append(len(rows))
+            if step % SYNC_EVERY == 0:
+                check_pending(show)
             if bar:
-                bar.update(task, advance=1, status=f"loss {total_loss / seen:.4f}")
-    return total_loss / max(seen, 1), seen
+                bar.advance(task)
+        if pending:
+            check_pending(show)
+    return float(np.average(losses, weights=sizes)), sum(sizes)
 
 
 def _print_epoch(row: dict, monitor: str, is_best: bool) -> None:
