@@ -14,6 +14,8 @@ _API = {
     "train": "lowmed.training.train",
     "train_model": "lowmed.training.train",
     "finetune": "lowmed.training.train",
+    "evaluate": "lowmed.evaluation.evaluate",
+    "evaluate_model": "lowmed.evaluation.evaluate",
 }
 __all__ = ["__version__", *_API]
 

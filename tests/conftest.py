@@ -1,6 +1,10 @@
 import pytest
 
+from lowmed import prepare, train
+from lowmed.config import TrainConfig
 from tests.factory import make_chexpert, make_ham10000, make_kermany, make_nih
+
+FAST = {"image_size": 32, "batch_size": 16, "lr": 1e-3}  # tiny images, quick learning
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +25,19 @@ def chexpert(tmp_path_factory):
 @pytest.fixture(scope="session")
 def nih(tmp_path_factory):
     return make_nih(tmp_path_factory.mktemp("nih"))
+
+
+@pytest.fixture(scope="session")
+def separable(tmp_path_factory):
+    """Two classes told apart by where a bright bar sits: easy, but only if the model learns."""
+    root = tmp_path_factory.mktemp("separable")
+    src = make_kermany(root / "src", {"train": {"NORMAL": 60, "PNEUMONIA": 60},
+                                      "test": {"NORMAL": 10, "PNEUMONIA": 10}})
+    return prepare(src, root / "prepared", min_val_per_class=15, quiet=True).root
+
+
+@pytest.fixture(scope="session")
+def trained_run(separable, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "simplecnn"
+    train(TrainConfig(data=str(separable), epochs=3, out=str(run), **FAST), quiet=True)
+    return run

@@ -100,3 +100,12 @@ def test_train_config_file_and_flags(capsys, kermany, tmp_path):
 def test_train_bad_input_exit_2(capsys, args, culprit):
     code, _, err = run_cli(capsys, *args)
     assert code == 2 and culprit in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_prints_the_table_and_writes_reports(capsys, trained_run, tmp_path):
+    code, out, err = run_cli(capsys, "evaluate", str(trained_run), "--bootstrap", "50", "--out", str(tmp_path / "e"),
+                             "-q")
+    assert code == 0, err
+    assert "auroc" in out and "95% CI" in out and (tmp_path / "e" / "metrics.json").is_file()
+    code, _, err = run_cli(capsys, "evaluate", "--checkpoint", str(trained_run / "nothing.pt"))
+    assert code == 2 and "no such checkpoint" in err

@@ -14,18 +14,8 @@ from lowmed.config import TrainConfig
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.training import loop
 from lowmed.training.train import finetune, resume_run, train, train_model
+from tests.conftest import FAST
 from tests.factory import make_kermany
-
-FAST = {"image_size": 32, "batch_size": 16, "lr": 1e-3}
-
-
-@pytest.fixture(scope="module")
-def separable(tmp_path_factory):
-    """Two classes told apart by where a bright bar sits: easy, but only if the model learns."""
-    root = tmp_path_factory.mktemp("separable")
-    src = make_kermany(root / "src", {"train": {"NORMAL": 60, "PNEUMONIA": 60},
-                                      "test": {"NORMAL": 10, "PNEUMONIA": 10}})
-    return prepare(src, root / "prepared", min_val_per_class=15, quiet=True).root
 
 
 def history(run_dir):

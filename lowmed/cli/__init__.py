@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 import lowmed
+from lowmed.cli.evaluate import evaluate_command
 from lowmed.cli.models import models_command
 from lowmed.cli.prepare import prepare_command
 from lowmed.cli.subsample import subsample_command
@@ -30,6 +31,7 @@ app.command("prepare")(prepare_command)
 app.command("subsample")(subsample_command)
 app.command("train")(train_command)
 app.command("finetune")(finetune_command)
+app.command("evaluate")(evaluate_command)
 app.command("models")(models_command)
 
 _debug = {"on": False}  # set by --debug or LOWMED_DEBUG=1 for the current invocation

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from functools import partial
@@ -22,7 +21,7 @@ from lowmed.data.manifest import (DATASET_INFO, MANIFEST, PreparedDataset, bucke
                                   positives_matrix)
 from lowmed.data.splits import group_stratified_split
 from lowmed.errors import LowmedError
-from lowmed.io import sha256_file, write_csv, write_yaml
+from lowmed.io import sha256_file, staged_dir, write_csv, write_yaml
 
 UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
 _SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}  # a duplicate is kept in the split listed first
@@ -43,10 +42,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, *, format: str = "au
     _check_out_dir(out, overwrite)
     source = read_source(Path(src), format, frontal_only=frontal_only, csv_columns=csv_columns,
                          allow_outside_root=allow_outside_root)
-    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staged_dir(out) as staging:
         records, excluded = _inspect_all(source, staging, cache_size, workers, quiet)
         records, excluded, leakage, warnings = _drop_duplicates(records, excluded)
         records, split_info = _assign_splits(records, source, seed, val_fraction, test_fraction, min_val_per_class)
@@ -80,9 +76,6 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, *, format: str = "au
             "manifest_sha256": sha256_file(staging / MANIFEST),
         }
         write_yaml(staging / DATASET_INFO, info)
-        _publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return PreparedDataset.load(out)
 
 
@@ -221,15 +214,3 @@ def _group_overlap(manifest: pd.DataFrame) -> dict:
         if shared:
             overlap[f"{a}/{b}"] = {"groups": len(shared), "examples": shared[:5]}
     return overlap
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Move the finished staging dir into place, replacing ``out`` only once all is written."""
-    if out.exists():
-        retired = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, retired)
-        os.replace(staging, out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, out)

@@ -15,7 +15,7 @@ import lowmed
 from lowmed.console import console
 from lowmed.data.manifest import DATASET_INFO, MANIFEST, PreparedDataset, bucket_names, count_table, positives_matrix
 from lowmed.errors import LowmedError
-from lowmed.io import sha256_file, write_csv, write_yaml
+from lowmed.io import sha256_file, staged_dir, write_csv, write_yaml
 
 DEFAULT_PREPARED_ROOT = Path("lowmed-data")
 
@@ -162,9 +162,7 @@ def materialize_tree(dataset: PreparedDataset, target: Path) -> None:
         raise LowmedError("--materialize writes one folder per class; it needs single-label data")
     if target.exists() and any(target.iterdir()):
         raise LowmedError(f"--materialize {target}: folder is not empty; choose a new one")
-    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staged_dir(target) as staging:
         frame = dataset.manifest
         for source, split, label, group in zip(dataset.image_paths(prefer_cache=False), frame["split"],
                                                frame["label"], frame["group"]):
@@ -176,9 +174,3 @@ def materialize_tree(dataset: PreparedDataset, target: Path) -> None:
                 os.link(source, destination)
             except OSError:
                 shutil.copy2(source, destination)
-        if target.exists():
-            target.rmdir()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

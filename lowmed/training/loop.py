@@ -22,7 +22,9 @@ from lowmed.config import TrainConfig
 from lowmed.console import console, progress_bar
 from lowmed.data.augment import augment_batch
 from lowmed.data.loading import LabelledImages
+from lowmed.device import Precision
 from lowmed.errors import RunFailed
+from lowmed.evaluation.predict import model_input, predict_logits
 from lowmed.evaluation.metrics import accuracy, auroc, probabilities
 from lowmed.io import write_csv
 from lowmed.models.registry import Classifier, layer_groups
@@ -49,32 +51,6 @@ def plan_phases(config: TrainConfig, pretrained: bool) -> list[Phase]:
             phases.append(Phase("finetune", config.fine_tune_epochs, config.fine_tune_lr))
         return phases
     return [Phase("full", config.epochs, config.lr)]
-
-
-@dataclass
-class Precision:
-    """Autocast settings: bf16 where the device supports it, fp16 with a gradient scaler otherwise."""
-
-    enabled: bool
-    dtype: torch.dtype | None = None
-
-    @classmethod
-    def choose(cls, device: torch.device, amp: bool) -> "Precision":
-        if not amp:
-            return cls(False)
-        if device.type == "cuda":
-            return cls(True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-        return cls(True, torch.bfloat16 if device.type == "cpu" else torch.float16)
-
-    def autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=self.dtype) if self.enabled else nullcontext()
-
-    @property
-    def needs_scaler(self) -> bool:
-        return self.enabled and self.dtype == torch.float16
-
-    def describe(self) -> str:
-        return str(self.dtype).removeprefix("torch.") if self.enabled else "off"
 
 
 class Criterion:
@@ -148,24 +124,10 @@ def _epoch_generator(seed: int, phase_index: int, epoch: int) -> torch.Generator
     return generator
 
 
-def _to_model_input(images: torch.Tensor, inputs: LoopInputs, strength: float,
-                    generator: torch.Generator | None) -> torch.Tensor:
-    x = images.to(inputs.device, non_blocking=True).float().div_(255)
-    if generator is not None:
-        x = augment_batch(x, strength, generator)
-    x = (x - inputs.mean) / inputs.std
-    return x.contiguous(memory_format=torch.channels_last) if inputs.device.type == "cuda" else x
-
-
 def evaluate_split(inputs: LoopInputs, split: LabelledImages, batch_size: int) -> dict[str, float]:
     """Loss, accuracy and AUROC on a split, in inference mode with large batches."""
-    model = inputs.model
-    model.eval()
-    outputs = []
-    with torch.inference_mode(), inputs.precision.autocast(inputs.device):
-        for images, _ in split.batches(torch.arange(len(split)), batch_size * 2, drop_last=False):
-            outputs.append(model(_to_model_input(images, inputs, 0, None)).float())
-    logits = torch.cat(outputs)
+    logits = predict_logits(inputs.model, split, inputs.mean, inputs.std, inputs.device, inputs.precision,
+                            batch_size * 2)
     device_mask = None if split.mask is None else split.mask.to(inputs.device)
     loss = inputs.criterion(logits, split.targets.to(inputs.device), device_mask).item()
     probs = probabilities(logits, inputs.task).cpu().numpy()
@@ -285,7 +247,8 @@ def _train_one_epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, froz
         for step, (images, rows) in enumerate(train.batches(order, config.batch_size,
                                                             drop_last=len(order) > config.batch_size,
                                                             workers=config.workers), start=1):
-            x = _to_model_input(images, inputs, config.augment_strength, generator)
+            x = model_input(images, inputs.mean, inputs.std, device,
+                            lambda batch: augment_batch(batch, config.augment_strength, generator))
             targets = train.targets[rows].to(device, non_blocking=True)
             mask = None if train.mask is None else train.mask[rows].to(device, non_blocking=True)
             with inputs.precision.autocast(device):

@@ -21,13 +21,13 @@ from lowmed.console import console, warn
 from lowmed.data.loading import label_tensors, load_split, too_many_unreadable
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import load_or_prepare, subsample
+from lowmed.device import Precision, resolve_device
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.io import sha256_file, write_json, write_yaml
 from lowmed.models.registry import build_model, count_parameters, get_model_spec
 from lowmed.models.weights import WeightsReport, load_checkpoint, load_weights, resolve_weights
 from lowmed.training.checkpoint import BEST, LAST, read_training_state
-from lowmed.training.loop import (HISTORY, Criterion, LoopInputs, Precision, class_weights, plan_phases,
-                                  run_phases, seed_everything)
+from lowmed.training.loop import Criterion, LoopInputs, class_weights, plan_phases, run_phases, seed_everything
 
 CONFIG = "config.yaml"
 SUMMARY = "train.json"
@@ -176,20 +176,6 @@ def train_model(model_name: str | None = None, dataset_root: str | os.PathLike |
         config = TrainConfig.from_dict(values, source="train_model()")
         summary = train(config, overwrite=overwrite, quiet=quiet, runs_root=checkpoint_dir or DEFAULT_RUNS_ROOT)
     return {**summary, "model_path": str(Path(summary["run_dir"]) / BEST)}
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise LowmedError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise LowmedError("--device mps: Apple MPS is not available here; use --device cpu or auto")
-    return torch.device(requested)
 
 
 def _dataset(config: TrainConfig, quiet: bool) -> PreparedDataset:

@@ -1,0 +1,230 @@
+"""``lowmed evaluate``: a trained model on a split, with bootstrap intervals, calibration, plots and reports."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_curve
+
+import lowmed
+from lowmed.console import warn
+from lowmed.data.loading import label_tensors, load_split
+from lowmed.data.manifest import PreparedDataset
+from lowmed.data.subsample import load_or_prepare
+from lowmed.device import Precision, resolve_device
+from lowmed.errors import LowmedError
+from lowmed.evaluation.metrics import compute_metrics, counted_labels, expected_calibration_error, probabilities
+from lowmed.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
+from lowmed.evaluation.predict import predict_logits
+from lowmed.evaluation.stats import bootstrap_ci
+from lowmed.io import staged_dir, write_csv, write_json
+from lowmed.models.registry import build_model, get_model_spec
+from lowmed.models.weights import load_checkpoint
+from lowmed.training.checkpoint import BEST, LAST
+
+METRICS_JSON = "metrics.json"
+
+
+def evaluate(run_dir: str | os.PathLike | None = None, *, split: str = "test", data: str | os.PathLike | None = None,
+             checkpoint: str = "best", threshold: str | float = 0.5, bootstrap: int = 2000, tta: bool = False,
+             out: str | os.PathLike | None = None, device: str = "auto", batch_size: int = 64, seed: int = 0,
+             quiet: bool = False) -> dict:
+    """Evaluate a run's checkpoint on ``split`` of its own prepared dataset (or of ``data``: external
+    validation) and write ``metrics.json``, ``metrics.csv``, ``predictions.csv`` and PNG plots.
+
+    ``threshold``: a number, or ``"youden"`` — chosen on the run's own validation split, never on the split
+    being evaluated (unless that split is val itself, which the report then says). Returns metrics.json's content.
+    """
+    started = time.perf_counter()
+    if split not in ("test", "val", "train"):
+        raise LowmedError(f"--split {split!r}: expected test, val or train")
+    if bootstrap < 0:
+        raise LowmedError(f"--bootstrap {bootstrap}: expected 0 (no intervals) or more resamples")
+    checkpoint_path = _checkpoint_path(run_dir, checkpoint)
+    trained = load_checkpoint(checkpoint_path)
+    if not (isinstance(trained, dict) and {"model", "config", "classes", "task", "preprocessing"} <= set(trained)):
+        raise LowmedError(f"{checkpoint_path}: not a checkpoint written by 'lowmed train'")
+    task, classes, config = trained["task"], list(trained["classes"]), trained["config"]
+    dataset = load_or_prepare(Path(data).expanduser(), None, quiet) if data else PreparedDataset.load(config["data"])
+    external = dataset.root != Path(config["data"]).resolve()
+    if dataset.task != task or dataset.classes != classes:
+        raise LowmedError(f"--data {data}: its task/classes ({dataset.task}: {', '.join(dataset.classes)}) differ "
+                          f"from the model's ({task}: {', '.join(classes)})")
+    torch_device = resolve_device(device)
+    precision = Precision.choose(torch_device, torch_device.type == "cuda")
+    model = build_model(get_model_spec(config["model"]), len(classes), config["head"])
+    try:
+        model.load_state_dict(trained["model"])
+    except RuntimeError as exc:
+        raise LowmedError(f"{checkpoint_path}: weights do not fit {config['model']} ({str(exc).splitlines()[0]})") from None
+    model.to(torch_device)
+    preprocessing = trained["preprocessing"]
+    mean = torch.tensor(preprocessing["mean"], device=torch_device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocessing["std"], device=torch_device).view(1, 3, 1, 1)
+
+    def predict(source: PreparedDataset, name: str):
+        frame = source.split(name)
+        if frame.empty:
+            raise LowmedError(f"{source.manifest_path}: no {name} rows to evaluate")
+        targets, mask = label_tensors(frame, task, classes, source.info.get("uncertain", "ignore"))
+        paths = source.image_paths(frame)
+        images = load_split(paths, targets, mask, preprocessing["input_size"])
+        if images.unreadable:
+            warn(f"{len(images.unreadable)} {name} image(s) could not be read and are left out "
+                 f"(e.g. {images.unreadable[0]})")
+            readable = {str(p) for p in images.paths}
+            frame = frame[[str(p) in readable for p in paths]].reset_index(drop=True)
+        logits = predict_logits(model, images, mean, std, torch_device, precision, batch_size, tta)
+        return (frame, images.targets.numpy(), None if images.mask is None else images.mask.numpy(),
+                probabilities(logits, task).cpu().numpy())
+
+    frame, targets, mask, probs = predict(dataset, split)
+    cut, cut_source = _threshold(threshold, task, split, lambda: predict(PreparedDataset.load(config["data"]), "val"))
+    result = compute_metrics(task, classes, targets, probs, mask, cut)
+
+    # strata for the bootstrap: the class, or for multi-label data whether any counted finding is positive
+    strata = targets if task != "multilabel" else ((targets > 0) & (mask > 0 if mask is not None else True)).any(axis=1)
+    groups_known = bool((frame["group"] != frame["path"]).any())
+    groups = frame["group"].to_numpy() if groups_known else np.arange(len(frame))
+    intervals = {}
+    if bootstrap:
+        def statistic(indices: np.ndarray) -> dict[str, float]:
+            return compute_metrics(task, classes, targets[indices], probs[indices],
+                                   None if mask is None else mask[indices], cut).flat()
+
+        intervals = bootstrap_ci(statistic, groups, np.asarray(strata), bootstrap, seed, quiet)
+    seconds = time.perf_counter() - started
+    report = {
+        "task": task, "split": split, "n": int(len(frame)), "classes": classes,
+        **({"positive_class": classes[1]} if task == "binary" else {}),
+        "threshold": _plain(cut), "threshold_source": cut_source,
+        "metrics": result.metrics,
+        "ci95": {k: v for k, v in intervals.items() if "/" not in k},
+        "per_class": {name: {**values, **{f"{key}_ci95": intervals[f"{name}/{key}"] for key in values
+                                          if f"{name}/{key}" in intervals and key in ("auroc", "auprc")}}
+                      for name, values in result.per_class.items()},
+        "confusion_matrix": result.confusion_matrix,
+        "bootstrap": {"resamples": bootstrap, "unit": "patient/lesion group" if groups_known else "image",
+                      "groups": int(len(np.unique(groups))), "stratified_by": "class", "seed": seed, "level": 0.95},
+        "checkpoint": {"path": str(checkpoint_path), "epoch": trained.get("epoch"), "model": config["model"]},
+        "dataset": {"prepared_dir": str(dataset.root), "external": external},
+        "tta": tta, "device": str(torch_device),
+        "seconds": round(seconds, 2), "images_per_s": round(len(frame) / seconds, 1),
+        "lowmed_version": lowmed.__version__,
+    }
+    out = Path(out) if out else checkpoint_path.parent / "eval" / (
+        f"external-{dataset.root.name}-{split}" if external else split)
+    with staged_dir(out) as staging:
+        write_json(staging / METRICS_JSON, report)
+        write_csv(staging / "metrics.csv", _metrics_table(result.flat(), intervals))
+        write_csv(staging / "predictions.csv", _predictions(frame, task, classes, probs, cut))
+        _plots(staging, task, classes, targets, probs, mask, result, report)
+    report["out"] = str(out)
+    return report
+
+
+def evaluate_model(model_path: str | os.PathLike, dataset_root: str | os.PathLike | None = None,
+                   model_name: str | None = None, split: str = "test", **options: Any) -> dict:
+    """The seed project's call: ``evaluate_model(model_path=".../best.pt", dataset_root="./dataset",
+    model_name="vgg19", split="test")``; returns metrics.json's content (``["metrics"]["f1"]`` and all)."""
+    trained = load_checkpoint(Path(model_path))
+    trained_as = trained.get("config", {}).get("model") if isinstance(trained, dict) else None
+    if model_name and trained_as and model_name != trained_as:
+        raise LowmedError(f"{model_path}: trained as {trained_as}, not {model_name}")
+    return evaluate(None, checkpoint=str(model_path), data=dataset_root, split=split, **options)
+
+
+def _checkpoint_path(run_dir, checkpoint: str) -> Path:
+    if checkpoint in ("best", "last"):
+        if run_dir is None:
+            raise LowmedError("give RUN_DIR, or --checkpoint PATH with --data")
+        path = Path(run_dir) / (BEST if checkpoint == "best" else LAST)
+    else:
+        path = Path(checkpoint)
+    if not path.is_file():
+        raise LowmedError(f"{path}: no such checkpoint; expected a lowmed run dir with {BEST} or a .pt file")
+    return path
+
+
+def _threshold(requested, task: str, split: str, predict_val) -> tuple[float | np.ndarray, str]:
+    if str(requested) == "youden":
+        if task == "multiclass":
+            raise LowmedError("--threshold youden: multi-class predictions take the most probable class; "
+                              "thresholds apply to binary and multi-label tasks")
+        _, targets, mask, probs = predict_val()
+        where = "val split (the evaluated split itself)" if split == "val" else "val split, applied unchanged"
+        if task == "binary":
+            return _youden(targets, probs[:, 1]), f"youden on the {where}"
+        cuts = [_youden(*counted_labels(targets, probs, mask, k)) for k in range(targets.shape[1])]
+        return np.asarray(cuts), f"youden per finding on the {where}"
+    try:
+        value = float(requested)
+    except ValueError:
+        raise LowmedError(f"--threshold {requested!r}: expected a probability, or youden") from None
+    if not 0 <= value <= 1:
+        raise LowmedError(f"--threshold {value}: expected a probability between 0 and 1")
+    if task == "multiclass" and value != 0.5:
+        raise LowmedError("--threshold: multi-class predictions take the most probable class; "
+                          "thresholds apply to binary and multi-label tasks")
+    return value, "fixed"
+
+
+def _youden(y: np.ndarray, score: np.ndarray) -> float:
+    """The threshold maximising sensitivity + specificity − 1 (0.5 when one outcome is missing)."""
+    if len(np.unique(y)) < 2:
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(y, score)
+    finite = np.isfinite(thresholds)
+    best = np.argmax((tpr - fpr)[finite])
+    return float(min(thresholds[finite][best], 1.0))
+
+
+def _plain(value):
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
+def _metrics_table(flat: dict[str, float], intervals: dict[str, list[float]]) -> pd.DataFrame:
+    rows = [{"metric": name, "value": value, "ci_low": intervals.get(name, [np.nan])[0],
+             "ci_high": intervals.get(name, [np.nan, np.nan])[1]} for name, value in flat.items()]
+    return pd.DataFrame(rows)
+
+
+def _predictions(frame: pd.DataFrame, task: str, classes: list[str], probs: np.ndarray, cut) -> pd.DataFrame:
+    label_columns = classes if task == "multilabel" else ["label"]
+    table = frame[["path", "group", *label_columns]].copy()
+    if task == "multilabel":
+        table = table.rename(columns={c: f"true:{c}" for c in classes})
+        for k, name in enumerate(classes):
+            table[f"prob:{name}"] = probs[:, k]
+            table[f"pred:{name}"] = (probs[:, k] >= np.broadcast_to(cut, (len(classes),))[k]).astype(int)
+        return table
+    for k, name in enumerate(classes):
+        table[f"prob:{name}"] = probs[:, k]
+    predicted = (probs[:, 1] >= cut).astype(int) if task == "binary" else probs.argmax(axis=1)
+    table["predicted"] = [classes[i] for i in predicted]
+    return table
+
+
+def _plots(folder: Path, task: str, classes, targets, probs, mask, result, report) -> None:
+    plot_roc(folder / "roc.png", task, classes, targets, probs, mask, result.metrics, report["ci95"],
+             report["threshold"] if task == "binary" else None)
+    plot_pr(folder / "pr.png", task, classes, targets, probs, mask)
+    if result.confusion_matrix is not None:
+        plot_confusion(folder / "confusion.png", classes, result.confusion_matrix)
+    if task == "binary":
+        plot_reliability(folder / "reliability.png", probs[:, 1], targets == 1,
+                         f"predicted probability of {classes[1]}", result.metrics["ece"])
+    elif task == "multiclass":
+        plot_reliability(folder / "reliability.png", probs.max(axis=1), probs.argmax(axis=1) == targets,
+                         "confidence (top-class probability)", result.metrics["ece"])
+    else:
+        counted = mask > 0 if mask is not None else np.ones_like(targets, dtype=bool)
+        confidence, observed = probs[counted], targets[counted] > 0.5
+        plot_reliability(folder / "reliability.png", confidence, observed, "predicted probability (all findings)",
+                         expected_calibration_error(confidence, observed))

@@ -1,0 +1,106 @@
+"""PNG plots of an evaluation: ROC and precision–recall curves, confusion matrix, reliability diagram."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+from lowmed.evaluation.metrics import ECE_BINS  # noqa: E402
+
+
+def _curves(task: str, classes: list[str], targets: np.ndarray, probs: np.ndarray,
+            mask: np.ndarray | None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, y, score) per curve: the positive class, each class one-vs-rest, or each finding."""
+    if task == "binary":
+        return [(classes[1], targets, probs[:, 1])]
+    if task == "multiclass":
+        return [(name, (targets == c).astype(int), probs[:, c]) for c, name in enumerate(classes)]
+    curves = []
+    for k, name in enumerate(classes):
+        keep = mask[:, k] > 0 if mask is not None else slice(None)
+        y = targets[keep, k].astype(int)
+        if 0 < y.sum() < len(y):
+            curves.append((name, y, probs[keep, k]))
+    return curves
+
+
+def _save(figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_roc(path: Path, task: str, classes: list[str], targets: np.ndarray, probs: np.ndarray,
+             mask: np.ndarray | None, metrics: dict, ci95: dict, threshold: float | None) -> None:
+    figure, axes = plt.subplots(figsize=(5.5, 5))
+    for name, y, score in _curves(task, classes, targets, probs, mask):
+        fpr, tpr, _ = roc_curve(y, score)
+        axes.plot(fpr, tpr, lw=1.6, label=name if task != "binary" else "ROC")
+    axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    if task == "binary":
+        low, high = ci95.get("auroc", [np.nan, np.nan])
+        axes.plot(1 - metrics["specificity"], metrics["sensitivity"], "o", color="crimson", ms=8,
+                  label=f"operating point (threshold {threshold:.3g})")
+        axes.set_title(f"ROC — AUROC {metrics['auroc']:.3f} [{low:.3f}, {high:.3f}]")
+    else:
+        key = "macro_auroc" if task == "multiclass" else "mean_auroc"
+        axes.set_title(f"ROC — {key.replace('_', ' ')} {metrics[key]:.3f}")
+    axes.set(xlabel="1 − specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
+             xlim=(0, 1), ylim=(0, 1.01))
+    axes.legend(loc="lower right", fontsize=7)
+    _save(figure, path)
+
+
+def plot_pr(path: Path, task: str, classes: list[str], targets: np.ndarray, probs: np.ndarray,
+            mask: np.ndarray | None) -> None:
+    figure, axes = plt.subplots(figsize=(5.5, 5))
+    for name, y, score in _curves(task, classes, targets, probs, mask):
+        precision, recall, _ = precision_recall_curve(y, score)
+        axes.step(recall, precision, where="post", lw=1.6, label=f"{name} (prevalence {y.mean():.2f})")
+    axes.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.01),
+             title="Precision–recall")
+    axes.legend(loc="lower left", fontsize=7)
+    _save(figure, path)
+
+
+def plot_confusion(path: Path, classes: list[str], confusion: list[list[int]]) -> None:
+    counts = np.asarray(confusion)
+    rows = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.zeros_like(counts, dtype=float), where=rows > 0)
+    size = max(4.0, 0.6 * len(classes) + 2)
+    figure, panels = plt.subplots(1, 2, figsize=(2 * size, size))
+    for axes, values, title, fmt in ((panels[0], counts, "counts", "d"), (panels[1], normalised, "row-normalised", ".2f")):
+        axes.imshow(values, cmap="Blues")
+        for (i, j), value in np.ndenumerate(values):
+            axes.text(j, i, format(value, fmt), ha="center", va="center",
+                      color="white" if values[i, j] > values.max() / 2 else "black", fontsize=8)
+        axes.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true",
+                 title=f"Confusion matrix ({title})")
+        axes.set_xticklabels(classes, rotation=45, ha="right")
+        axes.set_yticklabels(classes)
+    _save(figure, path)
+
+
+def plot_reliability(path: Path, confidence: np.ndarray, observed: np.ndarray, title: str, ece: float) -> None:
+    """Mean predicted probability vs observed frequency in equal-width bins, with a histogram of predictions."""
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    index = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
+    counts = np.bincount(index, minlength=ECE_BINS)
+    filled = counts > 0
+    mean_confidence = np.bincount(index, confidence, ECE_BINS)[filled] / counts[filled]
+    frequency = np.bincount(index, observed.astype(float), ECE_BINS)[filled] / counts[filled]
+    figure, (axes, histogram) = plt.subplots(2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]},
+                                             sharex=True)
+    axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    axes.plot(mean_confidence, frequency, "o-", color="tab:blue", label="model")
+    axes.set(ylabel="observed frequency", ylim=(0, 1.01), title=f"Reliability — ECE {ece:.3f}")
+    axes.legend(loc="upper left", fontsize=8)
+    histogram.bar(edges[:-1], counts, width=1 / ECE_BINS, align="edge", color="tab:gray", edgecolor="white")
+    histogram.set(xlabel=title, ylabel="images", xlim=(0, 1))
+    _save(figure, path)
