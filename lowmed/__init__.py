@@ -16,6 +16,9 @@ _API = {
     "finetune": "lowmed.training.train",
     "evaluate": "lowmed.evaluation.evaluate",
     "evaluate_model": "lowmed.evaluation.evaluate",
+    "compare_runs": "lowmed.compare",
+    "compare_models": "lowmed.compare",
+    "run_experiment": "lowmed.experiment",
 }
 __all__ = ["__version__", *_API]
 

@@ -12,20 +12,18 @@ T = TypeVar("T")
 console = Console(stderr=True)
 
 
-def progress_bar(transient: bool = True) -> Progress:
+def progress_bar(transient: bool = True, disable: bool = False) -> Progress:
+    """A progress bar on stderr; ``disable`` (for --quiet) keeps the same calls but shows nothing."""
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=transient,
+        console=console, transient=transient, disable=disable,
     )
 
 
 def track(items: Iterable[T], total: int, description: str, quiet: bool = False) -> Iterator[T]:
     """Iterate with a progress bar on stderr (none when ``quiet``)."""
-    if quiet:
-        yield from items
-        return
-    with progress_bar() as bar:
+    with progress_bar(disable=quiet) as bar:
         task = bar.add_task(description, total=total, status="")
         for item in items:
             yield item

@@ -10,7 +10,9 @@ from typing import Annotated, Optional
 import typer
 
 import lowmed
+from lowmed.cli.compare import compare_command
 from lowmed.cli.evaluate import evaluate_command
+from lowmed.cli.experiment import experiment_command
 from lowmed.cli.models import models_command
 from lowmed.cli.prepare import prepare_command
 from lowmed.cli.subsample import subsample_command
@@ -32,6 +34,8 @@ app.command("subsample")(subsample_command)
 app.command("train")(train_command)
 app.command("finetune")(finetune_command)
 app.command("evaluate")(evaluate_command)
+app.command("compare")(compare_command)
+app.command("experiment")(experiment_command)
 app.command("models")(models_command)
 
 _debug = {"on": False}  # set by --debug or LOWMED_DEBUG=1 for the current invocation

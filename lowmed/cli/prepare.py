@@ -11,13 +11,19 @@ from lowmed.console import warn
 from lowmed.data.formats import CsvColumns
 from lowmed.data.prepare import prepare
 from lowmed.data.subsample import DEFAULT_PREPARED_ROOT
+from lowmed.data.synthetic import prepare_demo
+from lowmed.errors import LowmedError
 
 _SHOWN_EXCLUSIONS = 10
 
 
 def prepare_command(
-    src: Annotated[Path, typer.Argument(help="Raw dataset: a folder in its native layout, or a CSV file.")],
+    src: Annotated[Optional[Path], typer.Argument(help="Raw dataset: a folder in its native layout, or a CSV file.",
+                                                  show_default=False)] = None,
     out: OutDir = None,
+    demo: Annotated[bool, typer.Option("--demo", help=(
+        "Write lowmed's synthetic demo data (a pneumonia-like target task and a multi-label pretraining corpus) "
+        "and prepare both into --out (default lowmed-data/demo)."))] = False,
     format: Annotated[str, typer.Option("--format", "-f",
                                         help="auto | imagefolder | ham10000 | chexpert | nih | csv")] = "auto",
     seed: Seed = 0,
@@ -43,6 +49,12 @@ def prepare_command(
     quiet: Quiet = False,
 ) -> None:
     """Verify every image, remove duplicates and leakage, make missing splits by patient, write manifest.csv + dataset.yaml."""
+    if demo:
+        for dataset in prepare_demo(out or DEFAULT_PREPARED_ROOT / "demo", quiet=quiet).values():
+            render_prepared(dataset)
+        return
+    if src is None:
+        raise LowmedError("give SRC (a raw dataset folder or CSV file), or --demo")
     columns = CsvColumns(path=path_column, label=label_column, group=group_column, split=split_column,
                          labels=[c.strip() for c in label_columns.split(",")] if label_columns else None)
     out = out or DEFAULT_PREPARED_ROOT / src.expanduser().resolve().name
@@ -50,6 +62,10 @@ def prepare_command(
                       min_val_per_class=min_val_per_class, cache_size=cache_size, workers=workers,
                       frontal_only=frontal_only, uncertain=uncertain, csv_columns=columns,
                       allow_outside_root=allow_outside_root, overwrite=overwrite, quiet=quiet)
+    render_prepared(dataset)
+
+
+def render_prepared(dataset) -> None:
     info = dataset.info
     images = dataset.manifest["split"].value_counts().to_dict()
     what = "positives per finding" if dataset.task == "multilabel" else "images per class"

@@ -104,3 +104,27 @@ def plot_reliability(path: Path, confidence: np.ndarray, observed: np.ndarray, t
     histogram.bar(edges[:-1], counts, width=1 / ECE_BINS, align="edge", color="tab:gray", edgecolor="white")
     histogram.set(xlabel=title, ylabel="images", xlim=(0, 1))
     _save(figure, path)
+
+
+def plot_learning_curves(folder: Path, curves) -> list[Path]:
+    """One PNG per dataset: the metric against training images per class, a line per arm and model, with its
+    95 % interval as a band. ``curves``: rows of dataset, arm, model, per_class, metric, mean, ci_low, ci_high."""
+    written = []
+    if curves.empty:  # no run was trained on a per-class subset
+        return written
+    for dataset, part in curves.groupby("dataset"):
+        figure, axes = plt.subplots(figsize=(6.5, 4.5))
+        for (arm, model), line in part.groupby(["arm", "model"]):
+            line = line.sort_values("per_class")
+            x = line["per_class"].astype(float)
+            axes.plot(x, line["mean"], "o-", lw=1.8, label=f"{arm} · {model}")
+            axes.fill_between(x, line["ci_low"].astype(float), line["ci_high"].astype(float), alpha=0.2)
+        axes.set(xlabel="training images per class", ylabel=part["metric"].iloc[0],
+                 title=f"Learning curves — {dataset}")
+        axes.set_xticks(sorted(part["per_class"].astype(float).unique()))
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+        path = folder / f"learning_curve_{dataset}.png"
+        _save(figure, path)
+        written.append(path)
+    return written

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,10 +239,9 @@ def _train_one_epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, froz
         pending.clear()
         bar_status(f"loss {np.average(losses, weights=sizes[:len(losses)]):.4f}")
 
-    with progress_bar() if not quiet else nullcontext() as bar:
-        task = bar.add_task(f"{phase.name} epoch {epoch}", total=math.ceil(len(order) / config.batch_size),
-                            status="") if bar else None
-        show = (lambda text: bar.update(task, status=text)) if bar else (lambda text: None)
+    with progress_bar(disable=quiet) as bar:
+        task = bar.add_task(f"{phase.name} epoch {epoch}", total=math.ceil(len(order) / config.batch_size), status="")
+        show = lambda text: bar.update(task, status=text)  # noqa: E731
         for step, (images, rows) in enumerate(train.batches(order, config.batch_size,
                                                             drop_last=len(order) > config.batch_size,
                                                             workers=config.workers), start=1):
@@ -266,8 +264,7 @@ def _train_one_epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, froz
             sizes.append(len(rows))
             if step % SYNC_EVERY == 0:
                 check_pending(show)
-            if bar:
-                bar.advance(task)
+            bar.advance(task)
         if pending:
             check_pending(show)
     return float(np.average(losses, weights=sizes)), sum(sizes)

@@ -1,0 +1,71 @@
+"""lowmed compare: runs side by side, aggregated over seeds, with paired tests between arms."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from lowmed.cli._options import Quiet, Seed
+from lowmed.cli._render import stdout
+from lowmed.compare import compare_runs, format_p
+
+
+def compare_command(
+    runs: Annotated[list[Path], typer.Argument(help="Run dirs, or folders searched for run dirs.", show_default=False)],
+    split: Annotated[str, typer.Option(help="The evaluation split compared.")] = "test",
+    metric: Annotated[str, typer.Option(help="auroc (the task's headline AUROC), accuracy, or any metric of metrics.json.")] = "auroc",
+    by: Annotated[str, typer.Option(help="Fields that define a group for aggregation over seeds.")] = "dataset,arm,model,per_class",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output dir. [default: the first RUNS path]")] = None,
+    evaluate_missing: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Evaluate runs that lack an evaluation.")] = True,
+    resamples: Annotated[int, typer.Option(help="Paired-bootstrap resamples per comparison.")] = 1000,
+    seed: Seed = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Tables with 95 % intervals, seed aggregates, DeLong / McNemar / paired-bootstrap tests (Holm), learning curves."""
+    result = compare_runs(runs, split=split, metric=metric, by=tuple(by.split(",")), out=out,
+                          evaluate_missing=evaluate_missing, resamples=resamples, seed=seed, quiet=quiet)
+    render_comparison(result)
+
+
+def _number(value) -> str:
+    return "—" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+
+
+def render_comparison(result: dict) -> None:
+    runs = Table(title=f"runs · {result['split']} · {result['metric']}", title_justify="left")
+    for column in ("dataset", "arm", "model", "N/class", "seed", "metric", "value [95% CI]", "train s"):
+        runs.add_column(column, justify="right" if column in ("N/class", "seed", "train s") else "left")
+    best = {}
+    for row in result["runs"]:
+        key = (row["dataset"], row["per_class"])
+        best[key] = max(best.get(key, -np.inf), row["value"])
+    for row in result["runs"]:
+        mark = " ★" if row["value"] == best[(row["dataset"], row["per_class"])] else ""
+        runs.add_row(row["dataset"], row["arm"], row["model"], str(row["per_class"]), str(row["seed"]), row["metric"],
+                     f"{_number(row['value'])} [{_number(row['ci_low'])}, {_number(row['ci_high'])}]{mark}",
+                     f"{row['train_seconds']:.0f}")
+    stdout.print(runs)
+    groups = Table(title="over seeds (mean, SD, n, 95% interval)", title_justify="left")
+    keys = [k for k in result["groups"][0] if k not in ("metric", "mean", "sd", "n", "ci_low", "ci_high",
+                                                         "interval", "train_seconds")]
+    for column in (*keys, "mean [95% CI]", "SD", "n"):
+        groups.add_column(column)
+    for row in result["groups"]:
+        groups.add_row(*(str(row[k]) for k in keys),
+                       f"{_number(row['mean'])} [{_number(row['ci_low'])}, {_number(row['ci_high'])}]",
+                       _number(row["sd"]), str(row["n"]))
+    stdout.print(groups)
+    if result["comparisons"]:
+        tests = Table(title="paired comparisons (a − b; Holm within each test)", title_justify="left")
+        for column in ("dataset", "N/class", "a", "b", "test", "seeds", "difference [95% CI]", "p", "p Holm", ""):
+            tests.add_column(column)
+        for row in result["comparisons"]:
+            interval = "" if row["ci_low"] is None or np.isnan(row["ci_low"]) else \
+                f" [{_number(row['ci_low'])}, {_number(row['ci_high'])}]"
+            tests.add_row(row["dataset"], str(row["per_class"]), row["a"], row["b"], row["test"], str(row["seeds"]),
+                          f"{_number(row['estimate'])}{interval}", format_p(row["p"]), format_p(row["p_holm"]),
+                          "[bold green]significant" if row["significant"] else "")
+        stdout.print(tests)
+    stdout.print(f"Wrote compare.csv, compare.json, compare.md, stats.csv and learning curves to {result['out']}")

@@ -1,0 +1,349 @@
+"""``lowmed experiment STUDY.yaml``: the three-way study as one resumable command, ending in a report.
+
+A study is a grid: datasets × arms (model + weight source) × per-class sizes × seeds, trained under identical
+conditions (the same subsets, augmentation, epoch budget and evaluation for every arm). An arm's weights may be a
+**pretrain stage**: a run on a broader medical corpus, trained once and then fine-tuned on every small subset
+(Model C). Finished runs are skipped, interrupted ones resumed, failed ones retried once; one failure never stops
+the others; an arm whose weights cannot be had is reported as skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import lowmed
+from lowmed.compare import compare_runs, format_p
+from lowmed.config import TrainConfig
+from lowmed.console import progress_bar
+from lowmed.data.formats import CsvColumns
+from lowmed.data.manifest import DATASET_INFO, MANIFEST, PreparedDataset
+from lowmed.data.prepare import prepare
+from lowmed.data.subsample import subsample
+from lowmed.data.synthetic import prepare_demo_dataset
+from lowmed.errors import Interrupted, LowmedError
+from lowmed.evaluation.evaluate import METRICS_JSON, evaluate
+from lowmed.io import write_text
+from lowmed.training.checkpoint import LAST
+from lowmed.training.train import SUMMARY, resume_run, train
+
+_STUDY_KEYS = {"name", "out", "datasets", "arms", "per_class", "seeds", "train", "evaluate", "compare"}
+_DATASET_KEYS = {"name", "data", "demo", "prepare"}
+_ARM_KEYS = {"name", "model", "weights", "pretrain", "options"}
+# a dataset's prepare options, as in 'lowmed prepare', that name CSV columns
+_CSV_COLUMN_OPTIONS = {"path_column": "path", "label_column": "label", "label_columns": "labels",
+                       "group_column": "group", "split_column": "split"}
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    data: str | None = None  # prepared dir or raw dataset
+    demo: str | None = None  # target | corpus: lowmed's synthetic demo data
+    prepare: dict = field(default_factory=dict)  # options for prepare() when data is raw
+
+
+@dataclass
+class Arm:
+    name: str
+    model: str
+    weights: str = "none"  # none | imagenet | PATH | RUN_DIR; replaced by the pretrain run when pretrain is set
+    pretrain: dict | None = None  # {dataset: DatasetSpec fields, and TrainConfig options for the pretraining}
+    options: dict = field(default_factory=dict)  # TrainConfig options for this arm only
+
+
+@dataclass
+class Study:
+    name: str
+    out: Path
+    datasets: list[DatasetSpec]
+    arms: list[Arm]
+    per_class: list[int]
+    seeds: list[int]
+    train: dict = field(default_factory=dict)
+    evaluate: dict = field(default_factory=dict)
+    compare: dict = field(default_factory=dict)
+
+
+@dataclass
+class PlannedRun:
+    name: str
+    run_dir: Path
+    values: dict  # TrainConfig fields
+    arm: Arm | None = None  # None for a pretrain stage
+    dataset: str = ""
+    status: str = "planned"
+    detail: str = ""
+
+
+def _checked_keys(values: Any, allowed: set[str], where: str) -> dict:
+    if not isinstance(values, dict):
+        raise LowmedError(f"{where}: expected a mapping")
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise LowmedError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}")
+    return values
+
+
+def _dataset_spec(values: Any, where: str) -> DatasetSpec:
+    values = _checked_keys(values, _DATASET_KEYS, where)
+    if "name" not in values or bool(values.get("data")) == bool(values.get("demo")):
+        raise LowmedError(f"{where}: needs a name and exactly one of data (a dataset path) or demo (target|corpus)")
+    if values.get("demo") not in (None, "target", "corpus"):
+        raise LowmedError(f"{where}.demo: {values['demo']!r}; expected target or corpus")
+    return DatasetSpec(**values)
+
+
+def load_study(path: str | os.PathLike) -> Study:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise LowmedError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise LowmedError(f"{path}: not valid YAML ({exc})") from None
+    raw = _checked_keys(raw, _STUDY_KEYS, str(path))
+    for key in ("datasets", "arms", "per_class", "seeds"):
+        if not isinstance(raw.get(key), list) or not raw[key]:
+            raise LowmedError(f"{path}: {key} must be a non-empty list")
+    datasets = [_dataset_spec(d, f"{path}: datasets[{i}]") for i, d in enumerate(raw["datasets"])]
+    arms = []
+    for i, values in enumerate(raw["arms"]):
+        values = _checked_keys(values, _ARM_KEYS, f"{path}: arms[{i}]")
+        if "model" not in values:
+            raise LowmedError(f"{path}: arms[{i}] needs a model")
+        pretrain = values.get("pretrain")
+        if pretrain is not None:
+            pretrain = dict(_checked_keys(pretrain, {"dataset", *TrainConfig.__dataclass_fields__},
+                                          f"{path}: arms[{i}].pretrain"))
+            pretrain["dataset"] = _dataset_spec(pretrain.get("dataset"), f"{path}: arms[{i}].pretrain.dataset")
+        arms.append(Arm(name=str(values.get("name", f"arm{i + 1}")), model=str(values["model"]),
+                        weights=str(values.get("weights", "none")), pretrain=pretrain,
+                        options=dict(values.get("options") or {})))
+    for key in ("per_class", "seeds"):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in raw[key]):
+            raise LowmedError(f"{path}: {key} must be a list of whole numbers")
+    if any(n < 1 for n in raw["per_class"]):
+        raise LowmedError(f"{path}: per_class sizes must be at least 1")
+    shared = dict(raw.get("train") or {})
+    TrainConfig.from_dict({**shared, "data": "."}, source=f"{path}: train").validate()  # field-named errors now
+    for arm in arms:
+        TrainConfig.from_dict({**shared, **arm.options, "data": "."}, source=f"{path}: arm {arm.name} options")
+    return Study(name=str(raw.get("name", path.stem)), out=Path(raw.get("out", f"runs/{path.stem}")),
+                 datasets=datasets, arms=arms, per_class=sorted(raw["per_class"]), seeds=list(raw["seeds"]),
+                 train=shared, evaluate=dict(raw.get("evaluate") or {}), compare=dict(raw.get("compare") or {}))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-").lower()
+
+
+def _prepared(spec: DatasetSpec, out: Path, quiet: bool) -> PreparedDataset:
+    """The dataset, prepared once inside the study's folder (demo data generated there)."""
+    target = out / "data" / _slug(spec.name)
+    if (target / DATASET_INFO).is_file():
+        return PreparedDataset.load(target)
+    if spec.demo:
+        return prepare_demo_dataset(spec.demo, out / "data" / "raw" / _slug(spec.name), target, quiet)
+    source = Path(spec.data).expanduser()
+    if (source / MANIFEST).is_file() or source.suffix == ".csv" and source.with_suffix(".yaml").is_file():
+        return PreparedDataset.load(source)
+    options = dict(spec.prepare)
+    columns = {field: options.pop(key) for key, field in _CSV_COLUMN_OPTIONS.items() if key in options}
+    return prepare(source, target, csv_columns=CsvColumns(**columns), quiet=quiet, **options)
+
+
+def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], list[PlannedRun]]:
+    """The pretrain stages and the grid of runs, with stable, readable names. With ``prepare_data`` the datasets
+    are prepared and the subsets drawn (a dry run leaves both out)."""
+    pretrains, runs = [], []
+    pretrain_dirs: dict[str, Path] = {}
+    for arm in study.arms:
+        if arm.pretrain is None:
+            continue
+        spec: DatasetSpec = arm.pretrain["dataset"]
+        options = {k: v for k, v in arm.pretrain.items() if k != "dataset"}
+        name = _slug(f"{arm.model}-on-{spec.name}")
+        run_dir = study.out / "pretrain" / name
+        pretrain_dirs[arm.name] = run_dir
+        if all(p.name != name for p in pretrains):
+            data = str(_prepared(spec, study.out, quiet=True).root) if prepare_data else spec.data or spec.demo
+            values = {**study.train, **options, "data": data, "model": arm.model, "out": str(run_dir)}
+            values.setdefault("weights", "none")
+            pretrains.append(PlannedRun(name, run_dir, values, dataset=spec.name))
+    for spec in study.datasets:
+        dataset = _prepared(spec, study.out, quiet=True) if prepare_data else None
+        for per_class in study.per_class:
+            for seed in study.seeds:
+                subset = study.out / "subsets" / _slug(spec.name) / f"subset-{per_class}-seed{seed}.csv"
+                if dataset is not None and not subset.is_file():
+                    subsample(dataset.root, per_class, seed=seed, out=subset, quiet=True)
+                for arm in study.arms:
+                    name = _slug(f"{spec.name}-{arm.name}-{arm.model}-n{per_class}-seed{seed}")
+                    weights = str(pretrain_dirs[arm.name]) if arm.name in pretrain_dirs else arm.weights
+                    values = {**study.train, **arm.options, "data": str(dataset.root) if dataset else spec.name,
+                              "subset": str(subset),
+                              "model": arm.model, "weights": weights, "seed": seed,
+                              "out": str(study.out / "runs" / name)}
+                    runs.append(PlannedRun(name, study.out / "runs" / name, values, arm, spec.name))
+    return pretrains, runs
+
+
+def _status(run_dir: Path) -> str:
+    if not (run_dir / SUMMARY).is_file():
+        return "resumable" if (run_dir / LAST).is_file() else "new"
+    status = json.loads((run_dir / SUMMARY).read_text()).get("status")
+    if status == "completed":
+        return "completed"
+    return "resumable" if (run_dir / LAST).is_file() and status != "failed" else "new"
+
+
+def _execute(job: PlannedRun, evaluate_options: dict, skip_reasons: dict[str, str]) -> None:
+    """Train (or resume) one run and evaluate it; record what happened in ``job.status``.
+
+    An input error (say, ImageNet weights that cannot be downloaded) skips the rest of its arm too.
+    """
+    if job.arm is not None and job.arm.name in skip_reasons:
+        job.status, job.detail = "skipped", skip_reasons[job.arm.name]
+        return
+    state = _status(job.run_dir)
+    if state == "completed":
+        job.status = "done before"
+    else:
+        for attempt in (1, 2):
+            try:
+                if state == "resumable" and attempt == 1:
+                    resume_run(job.run_dir, quiet=True)
+                else:
+                    train(TrainConfig.from_dict(job.values, source=job.name), overwrite=True, quiet=True)
+                job.status, job.detail = "trained", f"on the second try, after {job.detail}" if attempt == 2 else ""
+                break
+            except Interrupted:
+                raise
+            except LowmedError as exc:
+                job.status, job.detail = "skipped", str(exc)
+                if job.arm is not None:
+                    skip_reasons[job.arm.name] = str(exc)
+                return
+            except Exception as exc:  # a failure during the run: once more, from scratch
+                job.status, job.detail = "failed", f"{type(exc).__name__}: {exc}"
+        if job.status == "failed":
+            return
+    if job.arm is not None and not (job.run_dir / "eval" / "test" / METRICS_JSON).is_file():
+        evaluate(job.run_dir, quiet=True, **evaluate_options)
+
+
+def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quiet: bool = False) -> dict:
+    """Run (or resume) the whole study and write ``report.md``; with ``dry_run`` only plan it."""
+    started = time.perf_counter()
+    study = load_study(study_path)
+    pretrains, runs = plan(study, prepare_data=not dry_run)
+    if dry_run:
+        return {"study": study, "pretrain": pretrains, "runs": runs}
+    skip_reasons: dict[str, str] = {}
+    jobs = pretrains + runs
+    with progress_bar(transient=False, disable=quiet) as bar:
+        task = bar.add_task(f"study {study.name}", total=len(jobs), status="")
+        for index, job in enumerate(jobs, start=1):
+            bar.update(task, status=f"{job.name}")
+            _execute(job, study.evaluate, skip_reasons)
+            if job.arm is None and job.status in ("failed", "skipped"):
+                for run in runs:  # the arm that needed this pretraining cannot run
+                    if run.arm.pretrain is not None and run.values["weights"] == str(job.run_dir):
+                        skip_reasons[run.arm.name] = f"pretrain stage {job.name} {job.status}: {job.detail}"
+            if not quiet:
+                bar.console.print(f"[{index}/{len(jobs)}] {job.name}: {job.status}"
+                                  + (f" — {job.detail}" if job.detail else ""), highlight=False, soft_wrap=True)
+            bar.advance(task)
+    finished = [r for r in runs if r.status in ("trained", "done before")]
+    comparison = None
+    if finished:
+        comparison = compare_runs([study.out / "runs"], out=study.out, quiet=True, **study.compare)
+    wall = time.perf_counter() - started
+    report = study_report(study, pretrains, runs, comparison, wall)
+    write_text(study.out / "report.md", report)
+    return {"study": study, "pretrain": pretrains, "runs": runs, "compare": comparison,
+            "report": str(study.out / "report.md"), "wall_seconds": wall}
+
+
+def _p_text(p: float) -> str:
+    text = format_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
+def _sentence(row: dict, baseline: str) -> str:
+    """One plain-language line for a primary comparison, phrased as (other arm − baseline)."""
+    sign = 1 if row["b"] == baseline else -1
+    other = row["a"] if sign == 1 else row["b"]
+    difference = sign * row["estimate"]
+    low, high = sorted((sign * row["ci_low"], sign * row["ci_high"]))
+    metric = row["metric"].replace("auroc", "AUROC").replace("_", " ")
+    numbers = (f"{difference:+.3f} [{low:+.3f}, {high:+.3f}], {_p_text(row['p'])} "
+               f"(Holm-adjusted {_p_text(row['p_holm'])})")
+    if not row["significant"]:
+        return (f"At {row['per_class']} per class, {other} did not differ significantly from {baseline} in "
+                f"{metric}: {numbers}.")
+    verb = "improved" if difference > 0 else "lowered"
+    return f"At {row['per_class']} per class, {other} {verb} {metric} over {baseline} by {numbers}."
+
+
+def study_report(study: Study, pretrains: list[PlannedRun], runs: list[PlannedRun], comparison: dict | None,
+                 wall_seconds: float) -> str:
+    """``report.md``: the question, the setup, the results table with intervals and p-values, learning curves,
+    and conclusions written from the numbers."""
+    lines = [f"# {study.name}: does transfer learning help at small training-set sizes?", "",
+             "**Question.** Does a pretrained backbone (ImageNet, Model B; or a broader medical corpus, Model C) "
+             "beat the same budget trained from scratch (Model A) when only a few labelled images per class are "
+             "available — and by how much, with what certainty?", "", "## Setup", ""]
+    for spec in study.datasets:
+        dataset = _prepared(spec, study.out, quiet=True)
+        counts = dataset.info["counts"]
+        lines.append(f"- **{spec.name}** ({dataset.task}; classes: {', '.join(dataset.classes)}): "
+                     + "; ".join(f"{split} {sum(c.values())} images" for split, c in counts.items())
+                     + f"; splits {', '.join(f'{s} {o}' for s, o in dataset.info['splits']['origin'].items())}.")
+    lines.append(f"- Training images per class: {', '.join(map(str, study.per_class))}; seeds: "
+                 f"{', '.join(map(str, study.seeds))} (one seed draws the same subset for every arm; subsets are "
+                 "nested in N).")
+    for arm in study.arms:
+        source = (f"pretrained on {arm.pretrain['dataset'].name} by lowmed" if arm.pretrain else arm.weights)
+        lines.append(f"- Arm **{arm.name}**: {arm.model}, weights {source}"
+                     + (f", own options {arm.options}" if arm.options else "") + ".")
+    lines.append(f"- Shared training options: {study.train or 'lowmed defaults'}; evaluation: "
+                 f"{study.evaluate or 'defaults'} (95 % bootstrap intervals over patients).")
+    summaries = [json.loads((r.run_dir / SUMMARY).read_text()) for r in runs if (r.run_dir / SUMMARY).is_file()]
+    if summaries:
+        first = summaries[0]
+        lines.append(f"- Hardware: {first['device']} ({first['device_name']}), AMP {first.get('precision', 'off')}; "
+                     f"lowmed {lowmed.__version__}, torch {torch.__version__}, Python {platform.python_version()}.")
+    done = sum(r.status in ("trained", "done before") for r in pretrains + runs)
+    training = sum(s.get("epoch_seconds_total", 0) for s in summaries)
+    lines.append(f"- Runs: {done} of {len(pretrains) + len(runs)} completed; {training / 60:.1f} min of training "
+                 f"epochs in all; this invocation took {wall_seconds / 60:.1f} min.")
+    if comparison:
+        lines += ["", "## Results", ""]
+        lines.append((study.out / "compare.md").read_text().split("\n", 2)[2] if (study.out / "compare.md").is_file()
+                     else "")
+        for figure in comparison["figures"]:
+            lines += [f"![learning curve]({Path(figure).name})", ""]
+        lines += ["## Conclusions", ""]
+        primary = [row for row in comparison["comparisons"] if row["test"].startswith("paired bootstrap")]
+        baselines = {row["a"] for row in primary if row["a"].startswith("A ")} | \
+                    {row["b"] for row in primary if row["b"].startswith("A ")}
+        sentences = [_sentence(row, baseline) for baseline in sorted(baselines) for row in primary
+                     if baseline in (row["a"], row["b"])]
+        sentences += [_sentence(row, row["b"]) for row in primary if not ({row["a"], row["b"]} & baselines)]
+        lines += [f"- {s}" for s in sentences] or ["- No pair of arms shared test images to compare."]
+    problems = [r for r in pretrains + runs if r.status in ("failed", "skipped")]
+    if problems:
+        lines += ["", "## Skipped or failed runs", ""]
+        lines += [f"- {r.name}: {r.status} — {r.detail}" for r in problems]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,114 @@
+"""A tiny study end to end: grid, pretrain stage, skipped arm, retry, resume, compare and report."""
+
+import json
+from urllib.error import URLError
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from lowmed import compare_runs, run_experiment
+from lowmed.errors import LowmedError
+from lowmed.experiment import load_study
+from lowmed.training import train as train_module
+
+
+@pytest.fixture
+def study(tmp_path, kermany, chexpert):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny",
+        "out": str(tmp_path / "study"),
+        "datasets": [{"name": "cxr", "data": str(kermany), "prepare": {"min_val_per_class": 4}}],
+        "arms": [
+            {"name": "A", "model": "simplecnn", "weights": "none"},
+            {"name": "B", "model": "resnet18", "weights": "imagenet"},
+            {"name": "C", "model": "simplecnn", "pretrain": {"dataset": {"name": "cx", "data": str(chexpert)},
+                                                             "epochs": 1}},
+        ],
+        "per_class": [5, 10],
+        "seeds": [0, 1],
+        "train": {"image_size": 32, "batch_size": 8, "epochs": 2, "fine_tune_epochs": 1, "lr": 0.001},
+        "evaluate": {"bootstrap": 40},
+        "compare": {"resamples": 40},
+    }))
+    return path
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def no_network(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+
+
+def test_dry_run_plans_the_grid_without_training(study, tmp_path):
+    result = run_experiment(study, dry_run=True)
+    assert len(result["pretrain"]) == 1 and len(result["runs"]) == 12  # 1 dataset × 3 arms × 2 sizes × 2 seeds
+    assert [r.name for r in result["runs"][:3]] == ["cxr-a-simplecnn-n5-seed0", "cxr-b-resnet18-n5-seed0",
+                                                    "cxr-c-simplecnn-n5-seed0"]
+    assert not (tmp_path / "study" / "runs").exists()
+
+
+def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, monkeypatch):
+    real_train, failures = train_module.train, []
+
+    def flaky_train(config, **kwargs):  # the first attempt of one run crashes
+        if config.out.endswith("cxr-a-simplecnn-n10-seed1") and not failures:
+            failures.append(1)
+            raise RuntimeError("simulated crash")
+        return real_train(config, **kwargs)
+
+    monkeypatch.setattr("lowmed.experiment.train", flaky_train)
+    result = run_experiment(study, quiet=True)
+    statuses = {run.name: (run.status, run.detail) for run in result["runs"]}
+    assert result["pretrain"][0].status == "trained"
+    assert all(statuses[f"cxr-b-resnet18-n{n}-seed{s}"][0] == "skipped" for n in (5, 10) for s in (0, 1))
+    assert "is not cached and cannot be downloaded" in statuses["cxr-b-resnet18-n5-seed0"][1]
+    assert statuses["cxr-a-simplecnn-n10-seed1"] == ("trained", "on the second try, after RuntimeError: simulated crash")
+    assert sum(status == "trained" for status, _ in statuses.values()) == 8
+
+    out = tmp_path / "study"
+    report = (out / "report.md").read_text()
+    assert "## Conclusions" in report and "C medical · simplecnn" in report and "A scratch · simplecnn" in report
+    assert "cxr-b-resnet18-n5-seed0: skipped" in report
+    stats = pd.read_csv(out / "stats.csv")
+    primary = stats[stats["test"] == "paired bootstrap (seed-averaged)"]
+    assert len(primary) == 2 and set(primary["seeds"]) == {2}  # A vs C at N = 5 and 10, two seeds each
+    assert {"DeLong", "McNemar"} <= set(stats["test"])
+    assert (out / "learning_curve_cxr.png").is_file()
+    source = json.loads((out / "runs" / "cxr-c-simplecnn-n5-seed0" / "train.json").read_text())
+    assert source["weight_source"] == "run" and source["weights"]["missing"] == []
+
+    again = run_experiment(study, quiet=True)  # resumable: nothing is trained twice
+    assert {run.status for run in again["runs"]} == {"done before", "skipped"}
+    assert again["pretrain"][0].status == "done before"
+
+
+def test_compare_aggregates_seeds_and_reports_missing_evaluations(trained_run, tmp_path):
+    with pytest.raises(LowmedError, match="no completed, evaluated runs"):
+        compare_runs([trained_run], evaluate_missing=False, out=tmp_path, quiet=True, split="val")
+    result = compare_runs([trained_run.parent], bootstrap=30, resamples=30, out=tmp_path, quiet=True)
+    assert len(result["runs"]) == 1 and result["groups"][0]["n"] == 1
+    assert result["runs"][0]["arm"] == "A scratch"
+    for name in ("compare.csv", "compare.json", "compare.md", "stats.csv"):
+        assert (tmp_path / name).is_file()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"arms": []}, "arms must be a non-empty list"),
+    ({"per_class": [0]}, "per_class sizes must be at least 1"),
+    ({"train": {"epochs": -1}}, "--epochs -1: expected at least 1"),
+    ({"color": "red"}, "unknown key\\(s\\) color"),
+    ({"datasets": [{"name": "x"}]}, "needs a name and exactly one of data"),
+])
+def test_bad_study_files_name_the_field(study, change, message):
+    values = yaml.safe_load(study.read_text())
+    values.update(change)
+    study.write_text(yaml.safe_dump(values))
+    with pytest.raises(LowmedError, match=message):
+        load_study(study)
