@@ -40,6 +40,7 @@ class TrainConfig:
     fine_tune_lr: float = 1e-5
     image_size: int | None = None  # None = the model's default input size
     augment_strength: float = 0.5
+    cached_views: int = 4  # frozen phase: augmented views of each image whose backbone features are cached; 0 = off
     patience: int = 10
     monitor: str = "val_loss"
     class_weights: str = "auto"
@@ -64,6 +65,7 @@ class TrainConfig:
             ("image_size", self.image_size is None or self.image_size >= 16, "at least 16 (pixels)"),
             ("per_class", self.per_class is None or self.per_class >= 1, "at least 1"),
             ("workers", self.workers >= 0, "0 or more"),
+            ("cached_views", self.cached_views >= 0, "0 or more"),
             ("monitor", self.monitor in MONITORS, f"one of {', '.join(MONITORS)}"),
             ("head", self.head in HEADS, f"one of {', '.join(HEADS)}"),
             ("device", self.device in DEVICES, f"one of {', '.join(DEVICES)}"),

@@ -95,12 +95,22 @@ def _checked_keys(values: Any, allowed: set[str], where: str) -> dict:
 
 
 def _dataset_spec(values: Any, where: str) -> DatasetSpec:
-    values = _checked_keys(values, _DATASET_KEYS, where)
+    values = dict(_checked_keys(values, _DATASET_KEYS, where))
     if "name" not in values or bool(values.get("data")) == bool(values.get("demo")):
         raise LowmedError(f"{where}: needs a name and exactly one of data (a dataset path) or demo (target|corpus)")
     if values.get("demo") not in (None, "target", "corpus"):
         raise LowmedError(f"{where}.demo: {values['demo']!r}; expected target or corpus")
+    if values.get("data"):
+        values["data"] = _expand(str(values["data"]), where)
     return DatasetSpec(**values)
+
+
+def _expand(path: str, where: str) -> str:
+    """``${VAR}`` in a study path is the environment variable's value; an unset one is an error."""
+    expanded = os.path.expandvars(path)
+    if "$" in expanded:
+        raise LowmedError(f"{where}: {path!r} names an environment variable that is not set")
+    return expanded
 
 
 def load_study(path: str | os.PathLike) -> Study:
@@ -138,7 +148,8 @@ def load_study(path: str | os.PathLike) -> Study:
     TrainConfig.from_dict({**shared, "data": "."}, source=f"{path}: train").validate()  # field-named errors now
     for arm in arms:
         TrainConfig.from_dict({**shared, **arm.options, "data": "."}, source=f"{path}: arm {arm.name} options")
-    return Study(name=str(raw.get("name", path.stem)), out=Path(raw.get("out", f"runs/{path.stem}")),
+    return Study(name=str(raw.get("name", path.stem)), out=Path(_expand(str(raw.get("out", f"runs/{path.stem}")),
+                                                                         f"{path}: out")),
                  datasets=datasets, arms=arms, per_class=sorted(raw["per_class"]), seeds=list(raw["seeds"]),
                  train=shared, evaluate=dict(raw.get("evaluate") or {}), compare=dict(raw.get("compare") or {}))
 

@@ -1,6 +1,7 @@
 """A tiny study end to end: grid, pretrain stage, skipped arm, retry, resume, compare and report."""
 
 import json
+from pathlib import Path
 from urllib.error import URLError
 
 import pandas as pd
@@ -112,3 +113,10 @@ def test_bad_study_files_name_the_field(study, change, message):
     study.write_text(yaml.safe_dump(values))
     with pytest.raises(LowmedError, match=message):
         load_study(study)
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (Path(__file__).parent.parent / "examples").glob("*.yaml")))
+def test_every_example_study_plans(example, monkeypatch):
+    monkeypatch.setenv("LOWMED_SHARED_DATA", "/data/packs")
+    result = run_experiment(Path(__file__).parent.parent / "examples" / example, dry_run=True)
+    assert result["runs"] and all(run.values["model"] for run in result["runs"])

@@ -12,6 +12,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from lowmed import prepare
 from lowmed.config import TrainConfig
 from lowmed.errors import Interrupted, LowmedError, RunFailed
+from lowmed.models.simple_cnn import SimpleCNN
 from lowmed.training import loop
 from lowmed.training.train import finetune, resume_run, train, train_model
 from tests.conftest import FAST
@@ -162,3 +163,41 @@ def test_config_yaml_repeats_the_run(separable, tmp_path):
     train(TrainConfig(**{**again.to_dict(), "out": str(tmp_path / "b")}), quiet=True)
     pd.testing.assert_frame_equal(history(tmp_path / "a").drop(columns=["seconds", "images_per_s"]),
                                   history(tmp_path / "b").drop(columns=["seconds", "images_per_s"]))
+
+
+def test_frozen_phase_runs_the_backbone_once_per_view_not_per_epoch(separable, tmp_path, monkeypatch):
+    train(TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "source"), **FAST), quiet=True)
+    calls = []
+    real_forward = SimpleCNN.forward
+    monkeypatch.setattr(SimpleCNN, "forward", lambda self, x: calls.append(len(x)) or real_forward(self, x))
+    summary = finetune(tmp_path / "source", separable, epochs=6, fine_tune_epochs=0, cached_views=2,
+                       out=str(tmp_path / "cached"), quiet=True, **FAST)
+    train_images = sum(summary["dataset"]["train_counts"].values())
+    val_images = sum(summary["dataset"]["val_counts"].values())
+    assert summary["epochs_run"] == 6
+    assert sum(calls) == 2 * train_images + val_images  # two views of the train set, the val set once
+    calls.clear()
+    finetune(tmp_path / "source", separable, epochs=6, fine_tune_epochs=0, cached_views=0,
+             out=str(tmp_path / "uncached"), quiet=True, **FAST)
+    assert sum(calls) >= 6 * (train_images // FAST["batch_size"] * FAST["batch_size"] + val_images)
+
+
+def test_resume_inside_the_cached_frozen_phase(separable, tmp_path, monkeypatch):
+    train(TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "source"), **FAST), quiet=True)
+    options = {"epochs": 4, "fine_tune_epochs": 2, "fine_tune_layers": 6, **FAST}
+    finetune(tmp_path / "source", separable, out=str(tmp_path / "whole"), quiet=True, **options)
+    real_metrics, calls = loop.validation_metrics, []
+
+    def stop_at_third_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_metrics(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "validation_metrics", stop_at_third_epoch)
+    with pytest.raises(Interrupted):
+        finetune(tmp_path / "source", separable, out=str(tmp_path / "cut"), quiet=True, **options)
+    monkeypatch.setattr(loop, "validation_metrics", real_metrics)
+    resume_run(tmp_path / "cut", quiet=True)
+    columns = ["phase", "epoch", "train_loss", "val_loss"]
+    pd.testing.assert_frame_equal(history(tmp_path / "whole")[columns], history(tmp_path / "cut")[columns], rtol=1e-5)

@@ -36,6 +36,7 @@ def train_command(
     fine_tune_lr: Annotated[Optional[float], typer.Option(help=f"[default: {_D.fine_tune_lr:g}]")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input size in px. [default: the model's, e.g. 224; 299 for inception_v3]")] = None,
     augment_strength: Annotated[Optional[float], typer.Option(help=f"0..1: rotation, shift, scale, flip, brightness/contrast. [default: {_D.augment_strength}]")] = None,
+    cached_views: Annotated[Optional[int], typer.Option(help=f"Frozen phase: train the head on backbone features cached for this many augmented views per image (0 = run the backbone every epoch). [default: {_D.cached_views}]")] = None,
     patience: Annotated[Optional[int], typer.Option(help=f"Early stop after this many epochs without a lower val_loss. [default: {_D.patience}]")] = None,
     monitor: Annotated[Optional[str], typer.Option(help=f"Metric that picks best.pt: val_loss | val_auroc | val_accuracy. [default: {_D.monitor}]")] = None,
     class_weights: Annotated[Optional[str], typer.Option(help=f"auto (inverse train frequency) | none. [default: {_D.class_weights}]")] = None,

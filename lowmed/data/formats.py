@@ -131,8 +131,7 @@ def read_source(src: Path, fmt: str = "auto", *, frontal_only: bool = False,
 def read_imagefolder(src: Path) -> SourceRecords:
     if not src.is_dir():
         raise LowmedError(f"{src}: the imagefolder format needs a folder")
-    subdirs = [d for d in sorted(src.iterdir()) if d.is_dir() and not d.name.startswith(".")
-               and d.name.lower() != "__macosx"]
+    subdirs = _visible_dirs(src)
     split_dirs = [(d, _SPLIT_ALIASES[d.name.lower()]) for d in subdirs if d.name.lower() in _SPLIT_ALIASES]
     if split_dirs:
         split_dirs.sort(key=lambda item: SPLITS.index(item[1]))
@@ -163,9 +162,13 @@ def read_imagefolder(src: Path) -> SourceRecords:
     return SourceRecords("imagefolder", single_label_task(classes), classes, pd.DataFrame(rows), notes)
 
 
-def _class_dirs(parent: Path) -> list[Path]:
-    dirs = [d for d in sorted(parent.iterdir()) if d.is_dir() and not d.name.startswith(".")
+def _visible_dirs(parent: Path) -> list[Path]:
+    return [d for d in sorted(parent.iterdir()) if d.is_dir() and not d.name.startswith(".")
             and d.name.lower() != "__macosx"]
+
+
+def _class_dirs(parent: Path) -> list[Path]:
+    dirs = _visible_dirs(parent)
     if not dirs:
         raise LowmedError(f"{parent}: no class folders; expected one sub-folder per class")
     return dirs
@@ -174,13 +177,8 @@ def _class_dirs(parent: Path) -> list[Path]:
 # --- HAM10000 ----------------------------------------------------------------------------------
 
 def read_ham10000(src: Path) -> SourceRecords:
-    metadata_path = src if src.is_file() else _find_one(src, "HAM10000_metadata*.csv")
-    if metadata_path is None:
-        raise LowmedError(f"{src}: HAM10000_metadata.csv not found")
-    root = metadata_path.parent if src.is_file() else src
-    table = _read_csv(metadata_path, required=["lesion_id", "image_id", "dx"])
-    _refuse_blank(table, ["lesion_id", "image_id", "dx"], metadata_path)
-    _refuse_duplicates(table, "image_id", metadata_path)
+    table, metadata_path, root = _metadata_table(src, "HAM10000_metadata*.csv", ["lesion_id", "image_id", "dx"],
+                                                   "image_id")
     images = _index_images(root)
     rows, excluded = [], []
     for record in table.to_dict("records"):
@@ -264,13 +262,8 @@ def _uncertain_labels(column: pd.Series, csv_path: Path, name: str) -> pd.Series
 # --- NIH ChestX-ray14 --------------------------------------------------------------------------
 
 def read_nih(src: Path) -> SourceRecords:
-    entry_path = src if src.is_file() else _find_one(src, "Data_Entry_2017*.csv")
-    if entry_path is None:
-        raise LowmedError(f"{src}: Data_Entry_2017.csv not found")
-    root = entry_path.parent if src.is_file() else src
-    table = _read_csv(entry_path, required=["Image Index", "Finding Labels", "Patient ID"])
-    _refuse_blank(table, ["Image Index", "Finding Labels", "Patient ID"], entry_path)
-    _refuse_duplicates(table, "Image Index", entry_path)
+    table, entry_path, root = _metadata_table(src, "Data_Entry_2017*.csv",
+                                             ["Image Index", "Finding Labels", "Patient ID"], "Image Index")
     test_list, train_list = _find_one(root, "test_list.txt"), _find_one(root, "train_val_list.txt")
     official_test = set(test_list.read_text().split()) if test_list and train_list else None
     images = _index_images(root, by="name")
@@ -346,6 +339,18 @@ def read_csv_dataset(src: Path, columns: CsvColumns, *, allow_outside_root: bool
 
 
 # --- shared helpers ----------------------------------------------------------------------------
+
+def _metadata_table(src: Path, pattern: str, required: list[str], image_id: str) -> tuple[pd.DataFrame, Path, Path]:
+    """The metadata CSV (SRC itself, or found in SRC or one level down), with its required columns filled in and
+    each image id once; also the folder below which the images are searched."""
+    path = src if src.is_file() else _find_one(src, pattern)
+    if path is None:
+        raise LowmedError(f"{src}: {pattern.replace('*', '')} not found")
+    table = _read_csv(path, required=required)
+    _refuse_blank(table, required, path)
+    _refuse_duplicates(table, image_id, path)
+    return table, path, path.parent if src.is_file() else src
+
 
 def _find_one(root: Path, pattern: str) -> Path | None:
     direct = sorted(root.glob(pattern))

@@ -49,12 +49,8 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def batches(self, order: torch.Tensor, batch_size: int, drop_last: bool,
-                workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (uint8 images, row indices) in ``order``."""
-        chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        if drop_last and len(chunks) > 1 and len(chunks[-1]) < batch_size:
-            chunks.pop()
+    def batches(self, chunks: list[torch.Tensor], workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (uint8 images, row indices) for each chunk of row indices (see ``index_chunks``)."""
         if self.pixels is not None:
             for rows in chunks:
                 yield self.pixels[rows], rows
@@ -62,6 +58,14 @@ class LabelledImages:
         loader = torch.utils.data.DataLoader(_FileImages(self.paths, self.size), batch_sampler=chunks,
                                              num_workers=workers, persistent_workers=False)
         yield from loader
+
+
+def index_chunks(order: torch.Tensor, batch_size: int, drop_last: bool) -> list[torch.Tensor]:
+    """``order`` cut into batches; with ``drop_last`` a short final batch is dropped (unless it is the only one)."""
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if drop_last and len(chunks) > 1 and len(chunks[-1]) < batch_size:
+        chunks.pop()
+    return chunks
 
 
 class _FileImages(torch.utils.data.Dataset):

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lowmed.data.loading import LabelledImages
+from lowmed.data.loading import LabelledImages, index_chunks
 from lowmed.device import Precision
 
 
@@ -30,7 +30,7 @@ def predict_logits(model: nn.Module, split: LabelledImages, mean: torch.Tensor, 
     model.eval()
     outputs = []
     with torch.inference_mode(), precision.autocast(device):
-        for images, _ in split.batches(torch.arange(len(split)), batch_size, drop_last=False):
+        for images, _ in split.batches(index_chunks(torch.arange(len(split)), batch_size, drop_last=False)):
             x = model_input(images, mean, std, device)
             logits = model(x).float()
             if tta:

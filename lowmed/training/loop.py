@@ -20,7 +20,7 @@ from torch import nn
 from lowmed.config import TrainConfig
 from lowmed.console import console, progress_bar
 from lowmed.data.augment import augment_batch
-from lowmed.data.loading import LabelledImages
+from lowmed.data.loading import LabelledImages, index_chunks
 from lowmed.device import Precision
 from lowmed.errors import RunFailed
 from lowmed.evaluation.predict import model_input, predict_logits
@@ -28,6 +28,7 @@ from lowmed.evaluation.metrics import accuracy, auroc, probabilities
 from lowmed.io import write_csv
 from lowmed.models.registry import Classifier, layer_groups
 from lowmed.training.checkpoint import BEST, LAST, save_checkpoint
+from lowmed.training.features import FeatureCache
 
 HISTORY = "history.csv"
 AUX_LOSS_WEIGHT = 0.4  # Inception v3's auxiliary classifier, as in the paper
@@ -127,6 +128,10 @@ def evaluate_split(inputs: LoopInputs, split: LabelledImages, batch_size: int) -
     """Loss, accuracy and AUROC on a split, in inference mode with large batches."""
     logits = predict_logits(inputs.model, split, inputs.mean, inputs.std, inputs.device, inputs.precision,
                             batch_size * 2)
+    return validation_metrics(inputs, split, logits)
+
+
+def validation_metrics(inputs: LoopInputs, split: LabelledImages, logits: torch.Tensor) -> dict[str, float]:
     device_mask = None if split.mask is None else split.mask.to(inputs.device)
     loss = inputs.criterion(logits, split.targets.to(inputs.device), device_mask).item()
     probs = probabilities(logits, inputs.task).cpu().numpy()
@@ -174,16 +179,34 @@ def run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], sta
             phase_epoch, stale = state["phase_epoch"], state["stale_epochs"]
             if state.get("phase_done"):
                 continue
+        cache = FeatureCache.build(inputs, config, quiet) if phase.name == "frozen" else None
         while phase_epoch < phase.epochs:
             phase_epoch += 1
             epoch = len(history) + 1
             generator = _epoch_generator(config.seed, phase_index, phase_epoch)
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
             started = time.perf_counter()
-            train_loss, seen = _train_one_epoch(inputs, config, phase, frozen, optimizer, scaler, generator,
-                                                epoch, quiet)
-            seconds = time.perf_counter() - started
-            metrics = evaluate_split(inputs, inputs.val, config.batch_size)
+            order = _epoch_order(inputs.train, config.balanced_sampler, generator)
+            chunks = index_chunks(order, config.batch_size, drop_last=len(order) > config.batch_size)
+            if cache is not None:
+                view = cache.train_views[(phase_epoch - 1) % len(cache.train_views)]
+                model.head.train()
+                train_loss, seen = _train_one_epoch(inputs, phase, [(None, rows) for rows in chunks], len(chunks),
+                                                    lambda _, rows: model.head(view[rows]), optimizer, scaler,
+                                                    epoch, quiet)
+                seconds = time.perf_counter() - started
+                metrics = validation_metrics(inputs, inputs.val, cache.head_logits(model.head, inputs.precision))
+            else:
+                train_mode(model, frozen)
+
+                def forward(images, rows):
+                    return model(model_input(images, inputs.mean, inputs.std, device,
+                                             lambda batch: augment_batch(batch, config.augment_strength, generator)))
+
+                train_loss, seen = _train_one_epoch(inputs, phase, inputs.train.batches(chunks, config.workers),
+                                                    len(chunks), forward, optimizer, scaler, epoch, quiet)
+                seconds = time.perf_counter() - started
+                metrics = evaluate_split(inputs, inputs.val, config.batch_size)
             scheduler.step(metrics["val_loss"])
             row = {"phase": phase.name, "epoch": epoch, "phase_epoch": phase_epoch,
                    "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, **metrics,
@@ -215,21 +238,27 @@ def run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], sta
     return {"history": history, "best": best}
 
 
-def _train_one_epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, frozen: list[nn.Module],
-                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, generator: torch.Generator,
-                     epoch: int, quiet: bool) -> tuple[float, int]:
-    model, train, device = inputs.model, inputs.train, inputs.device
-    train_mode(model, frozen)
-    if config.balanced_sampler:
+def _epoch_order(train: LabelledImages, balanced: bool, generator: torch.Generator) -> torch.Tensor:
+    if balanced:
         counts = torch.bincount(train.targets).float()
-        order = torch.multinomial((1 / counts)[train.targets], len(train), replacement=True, generator=generator)
-    else:
-        order = torch.randperm(len(train), generator=generator)
-    pending: list[torch.Tensor] = []  # losses not yet copied to the CPU: one sync per SYNC_EVERY batches
+        return torch.multinomial((1 / counts)[train.targets], len(train), replacement=True, generator=generator)
+    return torch.randperm(len(train), generator=generator)
+
+
+def _train_one_epoch(inputs: LoopInputs, phase: Phase, batches, total: int, forward,
+                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, epoch: int,
+                     quiet: bool) -> tuple[float, int]:
+    """One pass over ``batches`` ((images, rows) pairs), one optimizer step per batch.
+
+    ``forward(images, rows)`` gives the model's output: the whole model on augmented images, or the head alone
+    on cached features. The loss is copied to the CPU every SYNC_EVERY batches, not every batch.
+    """
+    train, device = inputs.train, inputs.device
+    pending: list[torch.Tensor] = []
     losses: list[float] = []
     sizes: list[int] = []
 
-    def check_pending(bar_status) -> None:
+    def check_pending(show) -> None:
         values = torch.stack(pending).float().cpu().tolist()
         for offset, value in enumerate(values):
             if not math.isfinite(value):
@@ -237,20 +266,19 @@ def _train_one_epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, froz
                                 f"({phase.name} phase); try a lower --lr (now {phase.lr:g}) or --no-amp")
         losses.extend(values)
         pending.clear()
-        bar_status(f"loss {np.average(losses, weights=sizes[:len(losses)]):.4f}")
+        show(f"loss {np.average(losses, weights=sizes[:len(losses)]):.4f}")
 
     with progress_bar(disable=quiet) as bar:
-        task = bar.add_task(f"{phase.name} epoch {epoch}", total=math.ceil(len(order) / config.batch_size), status="")
-        show = lambda text: bar.update(task, status=text)  # noqa: E731
-        for step, (images, rows) in enumerate(train.batches(order, config.batch_size,
-                                                            drop_last=len(order) > config.batch_size,
-                                                            workers=config.workers), start=1):
-            x = model_input(images, inputs.mean, inputs.std, device,
-                            lambda batch: augment_batch(batch, config.augment_strength, generator))
+        task = bar.add_task(f"{phase.name} epoch {epoch}", total=total, status="")
+
+        def show(text: str) -> None:
+            bar.update(task, status=text)
+
+        for step, (images, rows) in enumerate(batches, start=1):
             targets = train.targets[rows].to(device, non_blocking=True)
             mask = None if train.mask is None else train.mask[rows].to(device, non_blocking=True)
             with inputs.precision.autocast(device):
-                output = model(x)
+                output = forward(images, rows)
             if isinstance(output, tuple):
                 loss = inputs.criterion(output[0], targets, mask) + AUX_LOSS_WEIGHT * inputs.criterion(
                     output[1], targets, mask)
