@@ -24,7 +24,7 @@ MAX_UNREADABLE_SHARE = 0.01
 def decode_square(path: Path, size: int) -> torch.Tensor:
     """One file → uint8 (3, size, size): greyscale copied to three channels, resized to a square
     (the whole field of view is kept; nothing is cropped)."""
-    image = load_image(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    image = load_image(path, size_hint=size).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 

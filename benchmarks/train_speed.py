@@ -1,0 +1,382 @@
+"""lowmed against a naive reference, measured in the same run on the same data, subset, model and batch size.
+
+The reference is written the way most projects (and the seed README) do it: a torchvision ``ImageFolder`` over
+the original files, PIL decoding and transforms per item every epoch, fp32, a default ``DataLoader``; the frozen
+phase runs the whole network every epoch. Every measurement runs in a fresh child process, so its peak resident
+memory is its own.
+
+    python benchmarks/train_speed.py --data ../shared/data/chest_xray --out benchmarks/results-cpu.json
+    python benchmarks/train_speed.py --only scaling --sizes 300,3000,30000
+
+Parts (``--only``): epoch (images/s per model), fullrun (the two-phase recipe at --per-class), prepare, evaluate,
+fullres (the pack scaled up to ~1500 px, as the original Kaggle files are), scaling (300 / 3 000 / 30 000 images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import datasets, transforms
+
+from lowmed.config import TrainConfig
+from lowmed.data.augment import augment_batch
+from lowmed.data.loading import index_chunks, label_tensors, load_split
+from lowmed.data.manifest import PreparedDataset
+from lowmed.data.prepare import prepare
+from lowmed.data.subsample import materialize_tree, subsample
+from lowmed.device import Precision
+from lowmed.evaluation.metrics import binary_auroc
+from lowmed.evaluation.predict import model_input, predict_logits
+from lowmed.models.registry import IMAGENET_MEAN, IMAGENET_STD, build_model, get_model_spec, layer_groups
+from lowmed.training.train import train
+
+MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- the naive reference -------------------------------------------------------------------------------------
+
+def reference_transform(size: int, train: bool) -> transforms.Compose:
+    steps = [transforms.Grayscale(3), transforms.Resize((size, size))]
+    if train:
+        steps += [transforms.RandomAffine(10, translate=(0.05, 0.05), scale=(0.9, 1.1)),
+                  transforms.RandomHorizontalFlip(), transforms.ColorJitter(0.2, 0.2)]
+    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def reference_loader(folder: Path, size: int, train: bool, batch_size: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(datasets.ImageFolder(folder, reference_transform(size, train)),
+                                       batch_size=batch_size, shuffle=train)
+
+
+def reference_epoch(model: nn.Module, loader, optimizer, max_batches: int | None = None) -> tuple[float, int]:
+    model.train()
+    seen, started = 0, time.perf_counter()
+    for step, (x, y) in enumerate(loader):
+        if max_batches is not None and step >= max_batches:
+            break
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seen += len(y)
+    return time.perf_counter() - started, seen
+
+
+def reference_evaluate(model: nn.Module, loader) -> tuple[float, float, int]:
+    """Validation loss and AUROC, image by image through the DataLoader as the seed project does."""
+    model.eval()
+    losses, scores, labels = [], [], []
+    with torch.no_grad():
+        for x, y in loader:
+            logits = model(x)
+            losses.append(nn.functional.cross_entropy(logits, y, reduction="sum").item())
+            scores.append(torch.softmax(logits, 1)[:, 1])
+            labels.append(y)
+    y = torch.cat(labels).numpy()
+    return sum(losses) / len(y), binary_auroc(y, torch.cat(scores).numpy()), len(y)
+
+
+def reference_full_run(tree: Path, model_name: str, weights: Path, size: int, batch_size: int, epochs: int,
+                       fine_tune_epochs: int, fine_tune_layers: int) -> dict:
+    """The two-phase recipe, naively: frozen backbone for ``epochs``, then the last layers for ``fine_tune_epochs``."""
+    torch.manual_seed(0)
+    model = build_model(get_model_spec(model_name), 2)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.backbone.load_state_dict({k: v for k, v in state.items() if k in model.backbone.state_dict()}, strict=False)
+    train_loader = reference_loader(tree / "train", size, True, batch_size)
+    val_loader = reference_loader(tree / "val", size, False, batch_size)
+    phases, best_auroc, started = {}, 0.0, time.perf_counter()
+    groups = layer_groups(model.backbone)
+    for phase, count, lr, trainable in (("frozen", epochs, 1e-4, []),
+                                        ("finetune", fine_tune_epochs, 1e-5, groups[-fine_tune_layers:])):
+        phase_started = time.perf_counter()
+        for parameter in model.backbone.parameters():
+            parameter.requires_grad_(False)
+        for module in trainable:
+            for parameter in module.parameters(recurse=False):
+                parameter.requires_grad_(True)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+        for _ in range(count):
+            reference_epoch(model, train_loader, optimizer)
+            _, auroc, _ = reference_evaluate(model, val_loader)
+            best_auroc = max(best_auroc, auroc)
+        phases[phase] = time.perf_counter() - phase_started
+    return {"wall_seconds": time.perf_counter() - started, "phase_seconds": phases, "best_val_auroc": best_auroc}
+
+
+# --- lowmed's side -------------------------------------------------------------------------------------------
+
+def lowmed_epoch(model: nn.Module, images, optimizer, batch_size: int, max_batches: int | None) -> tuple[float, int]:
+    """lowmed's pipeline: uint8 images decoded once in memory, augmented per image as a batch."""
+    model.train()
+    generator = torch.Generator().manual_seed(0)
+    chunks = index_chunks(torch.randperm(len(images), generator=generator), batch_size, drop_last=True)
+    seen, started = 0, time.perf_counter()
+    for step, (pixels, rows) in enumerate(images.batches(chunks)):
+        if max_batches is not None and step >= max_batches:
+            break
+        x = model_input(pixels, MEAN, STD, torch.device("cpu"), lambda b: augment_batch(b, 0.5, generator))
+        loss = nn.functional.cross_entropy(model(x), images.targets[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seen += len(rows)
+    return time.perf_counter() - started, seen
+
+
+def split_images(dataset: PreparedDataset, split: str, size: int):
+    frame = dataset.split(split)
+    targets, mask = label_tensors(frame, dataset.task, dataset.classes)
+    return load_split(dataset.image_paths(frame), targets, mask, size)
+
+
+# --- child tasks: one measurement per process ----------------------------------------------------------------
+
+def child_epoch(args) -> dict:
+    torch.manual_seed(0)
+    dataset = PreparedDataset.load(args.subset)
+    results = {}
+    for name, run in (("reference", "reference"), ("lowmed", "lowmed")):
+        model = build_model(get_model_spec(args.model), 2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        if run == "lowmed":
+            decode_started = time.perf_counter()
+            images = split_images(dataset, "train", args.image_size)
+            decode = time.perf_counter() - decode_started
+            lowmed_epoch(model, images, optimizer, args.batch_size, 1)  # warm-up batch
+            seconds, seen = lowmed_epoch(model, images, optimizer, args.batch_size, args.max_batches)
+        else:
+            decode = 0.0
+            loader = reference_loader(Path(args.tree) / "train", args.image_size, True, args.batch_size)
+            reference_epoch(model, loader, optimizer, 1)
+            seconds, seen = reference_epoch(model, loader, optimizer, args.max_batches)
+        results[name] = {"images_per_s": seen / seconds, "batches": seen // args.batch_size,
+                         "decode_once_seconds": decode}
+    results["peak_rss_mb"] = peak_rss_mb()
+    return results
+
+
+def child_fullrun(args) -> dict:
+    if args.side == "reference":
+        result = reference_full_run(Path(args.tree), args.model, Path(args.weights), args.image_size, args.batch_size,
+                                    args.epochs, args.fine_tune_epochs, args.fine_tune_layers)
+    else:
+        with tempfile.TemporaryDirectory() as runs:
+            started = time.perf_counter()
+            summary = train(TrainConfig(subset=args.subset, model=args.model, weights=args.weights,
+                                        epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
+                                        fine_tune_layers=args.fine_tune_layers, image_size=args.image_size,
+                                        batch_size=args.batch_size, patience=100, out=f"{runs}/run",
+                                        augment_strength=0.5), quiet=True)
+            wall = time.perf_counter() - started
+            history = pd.read_csv(Path(runs) / "run" / "history.csv")
+        result = {"wall_seconds": wall, "phase_seconds": history.groupby("phase")["seconds"].sum().to_dict(),
+                  "best_val_auroc": float(history["val_auroc"].max()), "precision": summary["precision"]}
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def child_prepare(args) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        if args.side == "reference":  # open and verify every file, one process, as a plain script would
+            files = [p for p in Path(args.tree).rglob("*") if p.is_file()]
+            started = time.perf_counter()
+            for path in files:
+                with Image.open(path) as image:
+                    image.load()
+            seconds, count = time.perf_counter() - started, len(files)
+        else:
+            started = time.perf_counter()
+            dataset = prepare(args.tree, f"{out}/p", cache_size=args.cache_size, quiet=True)
+            seconds, count = time.perf_counter() - started, len(dataset.manifest)
+    return {"images": count, "seconds": seconds, "images_per_s": count / seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def child_evaluate(args) -> dict:
+    torch.manual_seed(0)
+    model = build_model(get_model_spec(args.model), 2).eval()
+    started = time.perf_counter()
+    if args.side == "reference":
+        _, _, count = reference_evaluate(model, reference_loader(Path(args.tree) / "test", args.image_size, False,
+                                                                 args.batch_size))
+    else:
+        images = split_images(PreparedDataset.load(args.subset), "test", args.image_size)
+        predict_logits(model, images, MEAN, STD, torch.device("cpu"), Precision(False), 128)
+        count = len(images)
+    seconds = time.perf_counter() - started
+    return {"images": count, "seconds": seconds, "images_per_s": count / seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def child_load(args) -> dict:
+    """Scaling: lowmed's prepare, subsample and one decode pass over the training images."""
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        dataset = prepare(args.tree, f"{out}/p", quiet=True)
+        prepared = time.perf_counter() - started
+        started = time.perf_counter()
+        subset = subsample(dataset.root, 10**9, out=f"{out}/all.csv", quiet=True).dataset
+        subsampled = time.perf_counter() - started
+        started = time.perf_counter()
+        images = split_images(subset, "train", args.image_size)
+        if images.pixels is None:  # too big for memory: one pass through the per-batch decoder instead
+            for _ in images.batches(index_chunks(torch.arange(len(images)), 256, False), workers=2):
+                pass
+        loaded = time.perf_counter() - started
+    return {"images": len(dataset.manifest), "prepare_seconds": prepared, "subsample_seconds": subsampled,
+            "decode_seconds": loaded, "in_memory": images.pixels is not None, "peak_rss_mb": peak_rss_mb()}
+
+
+CHILDREN = {"epoch": child_epoch, "fullrun": child_fullrun, "prepare": child_prepare, "evaluate": child_evaluate,
+            "load": child_load}
+
+
+def run_child(task: str, **options) -> dict:
+    command = [sys.executable, __file__, "--child", task]
+    for key, value in options.items():
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if done.returncode != 0:
+        raise SystemExit(f"child {task} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- data set-up ---------------------------------------------------------------------------------------------
+
+def scaled_tree(source: Path, target: Path, images: int, longer_side: int | None = None) -> Path:
+    """A Kaggle-style tree of ``images`` distinct files made from ``source`` (each copy re-encoded with one pixel
+    changed, so that duplicate detection keeps them), optionally scaled up to ``longer_side`` px."""
+    files = sorted(p for p in source.rglob("*.jpeg"))
+    for index in range(images):
+        original = files[index % len(files)]
+        relative = original.relative_to(source)
+        destination = target / relative.parent / f"copy{index // len(files)}-{relative.name}"
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(original) as image:
+            image = image.convert("L")
+            if longer_side:
+                image = image.resize((longer_side, round(longer_side * 0.8)), Image.Resampling.BICUBIC)
+            pixels = np.asarray(image).copy()
+            pixels[0, 0] = (int(pixels[0, 0]) + index // len(files)) % 256
+            Image.fromarray(pixels).save(destination, quality=92)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.environ.get("LOWMED_SHARED_DATA", "../shared/data") + "/chest_xray")
+    parser.add_argument("--weights", help="backbone weights for the full-run recipe (default: a random-init file)")
+    parser.add_argument("--only", default="epoch,fullrun,prepare,evaluate,fullres")
+    parser.add_argument("--models", default="simplecnn,resnet18,resnet50")
+    parser.add_argument("--fullrun-model", default="resnet18")
+    parser.add_argument("--per-class", type=int, default=150)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-batches", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--fine-tune-epochs", type=int, default=3)
+    parser.add_argument("--fine-tune-layers", type=int, default=20)
+    parser.add_argument("--sizes", default="300,3000,30000")
+    parser.add_argument("--out", default="benchmarks/results.json")
+    # child-process arguments
+    parser.add_argument("--child")
+    parser.add_argument("--side")
+    parser.add_argument("--tree")
+    parser.add_argument("--subset")
+    parser.add_argument("--model")
+    parser.add_argument("--cache-size", type=int)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](args)))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="lowmed-bench-"))
+    parts = args.only.split(",")
+    results = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+               "settings": vars(args)}
+    try:
+        prepared = prepare(args.data, work / "prepared", quiet=True)
+        subset = subsample(prepared.root, args.per_class, out=work / "subset.csv", quiet=True).dataset
+        materialize_tree(subset, work / "tree")  # the reference reads exactly the same subset, as files
+        common = {"subset": work / "subset.csv", "tree": work / "tree", "image_size": args.image_size,
+                  "batch_size": args.batch_size}
+        if "epoch" in parts:
+            results["epoch"] = {m: run_child("epoch", model=m, max_batches=args.max_batches, **common)
+                                for m in args.models.split(",")}
+            for m, r in results["epoch"].items():
+                print(f"epoch {m:>10}: lowmed {r['lowmed']['images_per_s']:6.1f} img/s, reference "
+                      f"{r['reference']['images_per_s']:6.1f} img/s, ratio "
+                      f"{r['lowmed']['images_per_s'] / r['reference']['images_per_s']:.2f}")
+        if "fullrun" in parts:
+            weights = args.weights or str(work / "init.pth")
+            if not args.weights:
+                torch.manual_seed(0)
+                torch.save(build_model(get_model_spec(args.fullrun_model), 2).backbone.state_dict(), weights)
+            options = {**common, "model": args.fullrun_model, "weights": weights, "epochs": args.epochs,
+                       "fine_tune_epochs": args.fine_tune_epochs, "fine_tune_layers": args.fine_tune_layers}
+            results["fullrun"] = {side: run_child("fullrun", side=side, **options) for side in ("lowmed", "reference")}
+            ours, theirs = results["fullrun"]["lowmed"], results["fullrun"]["reference"]
+            print(f"full run {args.fullrun_model}: lowmed {ours['wall_seconds']:.1f} s (frozen "
+                  f"{ours['phase_seconds'].get('frozen', 0):.1f} s, val AUROC {ours['best_val_auroc']:.3f}), reference "
+                  f"{theirs['wall_seconds']:.1f} s (frozen {theirs['phase_seconds']['frozen']:.1f} s, val AUROC "
+                  f"{theirs['best_val_auroc']:.3f}); ratio {theirs['wall_seconds'] / ours['wall_seconds']:.2f}x, "
+                  f"frozen {theirs['phase_seconds']['frozen'] / max(ours['phase_seconds'].get('frozen', 1e-9), 1e-9):.1f}x")
+        if "prepare" in parts:
+            results["prepare"] = {"lowmed": run_child("prepare", side="lowmed", tree=args.data),
+                                  "lowmed_cache256": run_child("prepare", side="lowmed", tree=args.data, cache_size=256),
+                                  "reference": run_child("prepare", side="reference", tree=args.data)}
+            print("prepare: " + ", ".join(f"{k} {v['images_per_s']:.0f} img/s" for k, v in results["prepare"].items()))
+        if "evaluate" in parts:
+            results["evaluate"] = {side: run_child("evaluate", side=side, model=args.fullrun_model, **common)
+                                   for side in ("lowmed", "reference")}
+            print("evaluate: " + ", ".join(f"{k} {v['images_per_s']:.0f} img/s" for k, v in results["evaluate"].items()))
+        if "fullres" in parts:
+            big = scaled_tree(work / "tree", work / "fullres", 2 * args.per_class * 2, longer_side=1500)
+            big_prepared = prepare(big, work / "fullres-prepared", min_val_per_class=5, quiet=True)
+            big_subset = subsample(big_prepared.root, 10**9, out=work / "fullres.csv", quiet=True)
+            materialize_tree(big_subset.dataset, work / "fullres-tree")
+            results["fullres"] = run_child("epoch", model="simplecnn", max_batches=args.max_batches,
+                                           subset=work / "fullres.csv", tree=work / "fullres-tree",
+                                           image_size=args.image_size, batch_size=args.batch_size)
+            r = results["fullres"]
+            print(f"1500 px originals, simplecnn: lowmed {r['lowmed']['images_per_s']:.1f} img/s after decoding once "
+                  f"({r['lowmed']['decode_once_seconds']:.1f} s), reference {r['reference']['images_per_s']:.1f} img/s")
+        if "scaling" in parts:
+            results["scaling"] = {}
+            for size in map(int, args.sizes.split(",")):
+                scaled_tree(Path(args.data) / "train", work / f"scale-{size}" / "train", size)
+                for label in ("NORMAL", "PNEUMONIA"):  # a small val and test split so prepare keeps train whole
+                    for split in ("val", "test"):
+                        shutil.copytree(Path(args.data) / split / label, work / f"scale-{size}" / split / label)
+                results["scaling"][size] = run_child("load", tree=work / f"scale-{size}", image_size=args.image_size)
+                r = results["scaling"][size]
+                print(f"{size:>6} images: prepare {r['prepare_seconds']:.1f} s, subsample {r['subsample_seconds']:.2f} s, "
+                      f"decode {r['decode_seconds']:.1f} s ({'in memory' if r['in_memory'] else 'per batch'}), "
+                      f"peak RSS {r['peak_rss_mb']:.0f} MB")
+                shutil.rmtree(work / f"scale-{size}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
