@@ -102,7 +102,8 @@ def render_summary(summary: dict) -> None:
         ("best epoch", f"{best['epoch']} ({best['phase']}, by {best['monitor']})"),
         ("val loss / acc / AUROC", f"{metrics['val_loss']:.4f} / {metrics['val_accuracy']:.3f} / {metrics['val_auroc']:.3f}"),
         ("wall time", f"{summary['wall_seconds']:.1f} s"),
-        ("throughput", f"{summary['train_images_per_s']:.0f} train images/s"),
+        ("throughput", ", ".join(f"{phase} {speed:.0f}" for phase, speed in summary["train_images_per_s"].items())
+         + " train images/s (median per epoch)"),
         ("device", f"{summary['device']} ({summary['device_name']}), AMP {summary['precision']}"),
     ]
     for name, value in rows:

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torchvision
 
@@ -109,7 +110,10 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         "wall_seconds": round(time.perf_counter() - started, 2),  # this invocation (a resumed run: since resume)
         "resumed": state is not None,
         "epoch_seconds_total": round(sum(row["seconds"] for row in history), 2),
-        "train_images_per_s": round(sum(row["images_per_s"] for row in history) / len(history), 1),
+        # per phase: a frozen phase on cached features runs the head alone and is far faster
+        "train_images_per_s": {phase.name: round(float(np.median([r["images_per_s"] for r in history
+                                                                  if r["phase"] == phase.name])), 1)
+                               for phase in phases if any(r["phase"] == phase.name for r in history)},
         "precision": precision.describe(),
         "unreadable_files": {name: split.unreadable for name, split in splits.items() if split.unreadable},
     })
