@@ -241,11 +241,13 @@ def read_chexpert(src: Path, *, frontal_only: bool = False) -> SourceRecords:
 
 
 def _resolve_chexpert_path(listed: str, csv_dir: Path) -> Path | None:
-    """CheXpert paths start with ``CheXpert-v1.0-small/``; the CSV may sit inside or beside that folder."""
+    """CheXpert paths start with ``CheXpert-v1.0-small/``; the CSV may sit inside or beside that folder.
+    A path that leads outside the dataset (``../``) is treated as missing."""
     relative = Path(listed)
-    for candidate in (csv_dir.parent / relative, csv_dir / relative, csv_dir / Path(*relative.parts[1:])):
-        if candidate.is_file():
-            return candidate.resolve()
+    for base, candidate in ((csv_dir.parent, relative), (csv_dir, relative), (csv_dir, Path(*relative.parts[1:]))):
+        path = (base / candidate).resolve()
+        if path.is_file() and path.is_relative_to(base.resolve()):
+            return path
     return None
 
 

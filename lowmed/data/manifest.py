@@ -11,6 +11,7 @@ import yaml
 
 from lowmed.data.formats import SPLITS
 from lowmed.errors import LowmedError
+from lowmed.io import sha256_file
 
 MANIFEST = "manifest.csv"
 DATASET_INFO = "dataset.yaml"
@@ -50,7 +51,13 @@ class PreparedDataset:
             if not sidecar_path.is_file():
                 raise LowmedError(f"{location}: subset manifest without its sidecar {sidecar_path.name}")
             sidecar = _read_yaml(sidecar_path)
+            if "prepared_dir" not in sidecar:
+                raise LowmedError(f"{sidecar_path}: missing field 'prepared_dir'; expected a sidecar from 'lowmed subsample'")
             dataset = cls._load_dir(Path(sidecar["prepared_dir"]))
+            expected = sidecar.get("source_manifest_sha256")
+            if expected and expected != sha256_file(dataset.manifest_path):
+                raise LowmedError(f"{location}: drawn from another version of {dataset.root} (its manifest changed "
+                                  "since); draw the subset again with 'lowmed subsample'")
             return cls(dataset.root, dataset.info, _read_manifest(location, dataset.info), location, sidecar)
         raise LowmedError(f"{location}: not a prepared dataset dir or subset manifest (.csv)")
 

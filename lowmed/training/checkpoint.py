@@ -21,7 +21,11 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 def read_training_state(run_dir: Path) -> dict:
     """The state ``last.pt`` holds; a damaged file is reported, never half-used."""
-    state = load_checkpoint(run_dir / LAST)
+    try:
+        state = load_checkpoint(run_dir / LAST)
+    except LowmedError as exc:  # e.g. cut short by a crash of an older version, or a full disk
+        raise LowmedError(f"{run_dir / LAST} is damaged and cannot be resumed ({exc}); "
+                          "start the run again with --overwrite") from None
     for key in ("model", "optimizer", "phase_index", "epoch", "history"):
         if key not in state:
             raise LowmedError(f"{run_dir / LAST}: not a lowmed training checkpoint (no {key!r}); "

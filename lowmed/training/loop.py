@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,12 +150,46 @@ def _is_better(monitor: str, value: float, best: float | None) -> bool:
     return value < best if monitor == "val_loss" else value > best
 
 
+class StopAfterBatch:
+    """Ctrl-C once: finish the current batch, then stop (the last finished epoch's last.pt stays the resume point).
+    Ctrl-C twice: stop at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "StopAfterBatch":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        console.print("[yellow]stopping after this batch (Ctrl-C again to stop at once)")
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
 def run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], state: dict | None,
                quiet: bool) -> dict:
     """Train through ``phases``, starting from ``state`` (a ``last.pt``) when resuming.
 
     Returns the final loop state: history, best epoch and value, stop reasons.
     """
+    with StopAfterBatch() as stop:
+        return _run_phases(inputs, config, phases, state, quiet, stop)
+
+
+def _run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], state: dict | None, quiet: bool,
+                stop: StopAfterBatch) -> dict:
     model, device = inputs.model, inputs.device
     history: list[dict] = list(state["history"]) if state else []
     best = state["best"] if state else {"value": None, "epoch": None, "phase": None}
@@ -193,7 +229,7 @@ def run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], sta
                 model.head.train()
                 train_loss, seen = _train_one_epoch(inputs, phase, [(None, rows) for rows in chunks], len(chunks),
                                                     lambda _, rows: model.head(view[rows]), optimizer, scaler,
-                                                    epoch, quiet)
+                                                    epoch, quiet, stop)
                 seconds = time.perf_counter() - started
                 metrics = validation_metrics(inputs, inputs.val, cache.head_logits(model.head, inputs.precision))
             else:
@@ -204,7 +240,7 @@ def run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], sta
                                              lambda batch: augment_batch(batch, config.augment_strength, generator)))
 
                 train_loss, seen = _train_one_epoch(inputs, phase, inputs.train.batches(chunks, config.workers),
-                                                    len(chunks), forward, optimizer, scaler, epoch, quiet)
+                                                    len(chunks), forward, optimizer, scaler, epoch, quiet, stop)
                 seconds = time.perf_counter() - started
                 metrics = evaluate_split(inputs, inputs.val, config.batch_size)
             scheduler.step(metrics["val_loss"])
@@ -247,7 +283,7 @@ def _epoch_order(train: LabelledImages, balanced: bool, generator: torch.Generat
 
 def _train_one_epoch(inputs: LoopInputs, phase: Phase, batches, total: int, forward,
                      optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, epoch: int,
-                     quiet: bool) -> tuple[float, int]:
+                     quiet: bool, stop: StopAfterBatch) -> tuple[float, int]:
     """One pass over ``batches`` ((images, rows) pairs), one optimizer step per batch.
 
     ``forward(images, rows)`` gives the model's output: the whole model on augmented images, or the head alone
@@ -293,6 +329,7 @@ def _train_one_epoch(inputs: LoopInputs, phase: Phase, batches, total: int, forw
             if step % SYNC_EVERY == 0:
                 check_pending(show)
             bar.advance(task)
+            stop.check()
         if pending:
             check_pending(show)
     return float(np.average(losses, weights=sizes)), sum(sizes)

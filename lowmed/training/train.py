@@ -46,20 +46,21 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     dataset = _dataset(config, quiet)
     config = _resolved(config, spec, dataset, Path(runs_root))
     run_dir = Path(config.out)
-    state = _open_run_dir(run_dir, config, resume, overwrite)
     device = resolve_device(config.device)
     seed_everything(config.seed)
     model = build_model(spec, len(dataset.classes), config.head)
-    if state is None:
+    if not resume:  # weights that cannot be had or do not fit are refused before anything is written
         report = load_weights(model.backbone, spec, config.weights, config.allow_partial_weights)
         _check_source_model(report, spec.name)
-    else:
+    state = _open_run_dir(run_dir, config, resume, overwrite)
+    if resume:
         report = WeightsReport(**_read_summary(run_dir)["weights"])
     if not quiet:
         console.print(f"[bold]{run_dir}[/]: {spec.name}, {report.summary()}", highlight=False)
     preprocessing = {"input_size": config.image_size,
                      "mean": list((report.source_preprocessing or {}).get("mean", spec.preprocessing.mean)),
                      "std": list((report.source_preprocessing or {}).get("std", spec.preprocessing.std))}
+    _check_disk_space(run_dir, count_parameters(model))
     summary = _summary(config, dataset, report, preprocessing, device, count_parameters(model))
     write_json(run_dir / SUMMARY, {**summary, "status": "running"})
 
@@ -94,7 +95,13 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         result = run_phases(inputs, config, phases, state, quiet)
     except KeyboardInterrupt:
         write_json(run_dir / SUMMARY, {**summary, "status": "interrupted"})
-        raise Interrupted(f"interrupted; continue with: lowmed train --resume {run_dir}") from None
+        raise Interrupted(f"interrupted; last.pt holds the last finished epoch; continue with: "
+                          f"lowmed train --resume {run_dir}") from None
+    except torch.cuda.OutOfMemoryError:
+        message = (f"out of GPU memory at --batch-size {config.batch_size}, --image-size {config.image_size} "
+                   f"({config.model}); try --batch-size {max(2, config.batch_size // 2)} or a smaller --image-size")
+        write_json(run_dir / SUMMARY, {**summary, "status": "failed", "error": message})
+        raise RunFailed(message) from None
     except RunFailed as exc:
         write_json(run_dir / SUMMARY, {**summary, "status": "failed", "error": str(exc)})
         raise
@@ -227,9 +234,22 @@ def _open_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite: b
             raise LowmedError(f"run dir {run_dir} exists; continue it with --resume {run_dir}, "
                               "start again with --overwrite, or choose --out")
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(run_dir / CONFIG, config.to_dict())
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml(run_dir / CONFIG, config.to_dict())
+    except OSError as exc:
+        raise LowmedError(f"run dir {run_dir}: cannot write there ({exc.strerror or exc}); choose another --out") from None
     return None
+
+
+def _check_disk_space(run_dir: Path, parameters: int) -> None:
+    """Refuse to start when the disk cannot hold the checkpoints: best.pt, and last.pt with its optimizer state,
+    each written beside the one it replaces."""
+    needed = parameters * 4 * (1 + 3) * 2
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise LowmedError(f"run dir {run_dir}: {free / 2**20:.0f} MB free, but the checkpoints of this model need "
+                          f"about {needed / 2**20:.0f} MB; free some space or choose another --out")
 
 
 def _check_source_model(report: WeightsReport, model: str) -> None:
