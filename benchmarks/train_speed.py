@@ -291,9 +291,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-batches", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--fine-tune-epochs", type=int, default=3)
-    parser.add_argument("--fine-tune-layers", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--fine-tune-epochs", type=int, default=10)
+    parser.add_argument("--fine-tune-layers", type=int, default=50)
     parser.add_argument("--sizes", default="300,3000,30000")
     parser.add_argument("--out", default="benchmarks/results.json")
     # child-process arguments

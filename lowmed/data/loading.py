@@ -56,7 +56,7 @@ class LabelledImages:
                 yield self.pixels[rows], rows
             return
         loader = torch.utils.data.DataLoader(_FileImages(self.paths, self.size), batch_sampler=chunks,
-                                             num_workers=workers, persistent_workers=False)
+                                             num_workers=workers, pin_memory=torch.cuda.is_available())
         yield from loader
 
 

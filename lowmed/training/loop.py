@@ -182,7 +182,7 @@ def run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], sta
                quiet: bool) -> dict:
     """Train through ``phases``, starting from ``state`` (a ``last.pt``) when resuming.
 
-    Returns the final loop state: history, best epoch and value, stop reasons.
+    Returns the history (one row per epoch) and the best epoch with its monitored value.
     """
     with StopAfterBatch() as stop:
         return _run_phases(inputs, config, phases, state, quiet, stop)
@@ -221,28 +221,8 @@ def _run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], st
             epoch = len(history) + 1
             generator = _epoch_generator(config.seed, phase_index, phase_epoch)
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-            started = time.perf_counter()
-            order = _epoch_order(inputs.train, config.balanced_sampler, generator)
-            chunks = index_chunks(order, config.batch_size, drop_last=len(order) > config.batch_size)
-            if cache is not None:
-                view = cache.train_views[(phase_epoch - 1) % len(cache.train_views)]
-                model.head.train()
-                train_loss, seen = _train_one_epoch(inputs, phase, [(None, rows) for rows in chunks], len(chunks),
-                                                    lambda _, rows: model.head(view[rows]), optimizer, scaler,
-                                                    epoch, quiet, stop)
-                seconds = time.perf_counter() - started
-                metrics = validation_metrics(inputs, inputs.val, cache.head_logits(model.head, inputs.precision))
-            else:
-                train_mode(model, frozen)
-
-                def forward(images, rows):
-                    return model(model_input(images, inputs.mean, inputs.std, device,
-                                             lambda batch: augment_batch(batch, config.augment_strength, generator)))
-
-                train_loss, seen = _train_one_epoch(inputs, phase, inputs.train.batches(chunks, config.workers),
-                                                    len(chunks), forward, optimizer, scaler, epoch, quiet, stop)
-                seconds = time.perf_counter() - started
-                metrics = evaluate_split(inputs, inputs.val, config.batch_size)
+            train_loss, seen, seconds, metrics = _epoch(inputs, config, phase, cache, frozen, optimizer, scaler,
+                                                        generator, phase_epoch, epoch, quiet, stop)
             scheduler.step(metrics["val_loss"])
             row = {"phase": phase.name, "epoch": epoch, "phase_epoch": phase_epoch,
                    "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, **metrics,
@@ -279,6 +259,38 @@ def _epoch_order(train: LabelledImages, balanced: bool, generator: torch.Generat
         counts = torch.bincount(train.targets).float()
         return torch.multinomial((1 / counts)[train.targets], len(train), replacement=True, generator=generator)
     return torch.randperm(len(train), generator=generator)
+
+
+def _epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, cache: FeatureCache | None,
+           frozen: list[nn.Module], optimizer, scaler, generator: torch.Generator, phase_epoch: int, epoch: int,
+           quiet: bool, stop: StopAfterBatch) -> tuple[float, int, float, dict[str, float]]:
+    """Train one epoch — the head on cached features, or the whole model on augmented images — and validate.
+
+    Returns the train loss, the images seen, the training seconds and the validation metrics.
+    """
+    model, device = inputs.model, inputs.device
+    started = time.perf_counter()
+    order = _epoch_order(inputs.train, config.balanced_sampler, generator)
+    chunks = index_chunks(order, config.batch_size, drop_last=len(order) > config.batch_size)
+    if cache is not None:
+        view = cache.train_views[(phase_epoch - 1) % len(cache.train_views)]
+        model.head.train()
+        train_loss, seen = _train_one_epoch(inputs, phase, [(None, rows) for rows in chunks], len(chunks),
+                                            lambda _, rows: model.head(view[rows]), optimizer, scaler, epoch,
+                                            quiet, stop)
+        seconds = time.perf_counter() - started
+        return train_loss, seen, seconds, validation_metrics(inputs, inputs.val,
+                                                             cache.head_logits(model.head, inputs.precision))
+    train_mode(model, frozen)
+
+    def forward(images, rows):
+        return model(model_input(images, inputs.mean, inputs.std, device,
+                                 lambda batch: augment_batch(batch, config.augment_strength, generator)))
+
+    train_loss, seen = _train_one_epoch(inputs, phase, inputs.train.batches(chunks, config.workers), len(chunks),
+                                        forward, optimizer, scaler, epoch, quiet, stop)
+    seconds = time.perf_counter() - started
+    return train_loss, seen, seconds, evaluate_split(inputs, inputs.val, config.batch_size)
 
 
 def _train_one_epoch(inputs: LoopInputs, phase: Phase, batches, total: int, forward,

@@ -73,6 +73,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         targets, mask = label_tensors(frame, dataset.task, dataset.classes, uncertain)
         splits[name] = load_split(dataset.image_paths(frame), targets, mask, config.image_size)
         _report_unreadable(name, splits[name])
+        if device.type == "cuda" and splits[name].pixels is not None:
+            splits[name].pixels = splits[name].pixels.to(device)  # decoded once, then no host-to-GPU copies
     precision = Precision.choose(device, bool(config.amp))
     weights = (class_weights(dataset.task, splits["train"].targets, splits["train"].mask, len(dataset.classes))
                if config.class_weights == "auto" and not config.balanced_sampler else None)
