@@ -15,6 +15,7 @@ fullres (the pack scaled up to ~1500 px, as the original Kaggle files are), scal
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -264,7 +265,11 @@ def run_child(task: str, **options) -> dict:
 def scaled_tree(source: Path, target: Path, images: int, longer_side: int | None = None) -> Path:
     """A Kaggle-style tree of ``images`` distinct files made from ``source`` (each copy re-encoded with one pixel
     changed, so that duplicate detection keeps them), optionally scaled up to ``longer_side`` px."""
-    files = sorted(p for p in source.rglob("*.jpeg"))
+    by_folder: dict[Path, list[Path]] = {}
+    for path in sorted(source.rglob("*.jpeg")):
+        by_folder.setdefault(path.parent, []).append(path)
+    # classes interleaved, so that any prefix is balanced
+    files = [path for group in itertools.zip_longest(*by_folder.values()) for path in group if path is not None]
     for index in range(images):
         original = files[index % len(files)]
         relative = original.relative_to(source)
@@ -349,8 +354,10 @@ def main() -> None:
                                    for side in ("lowmed", "reference")}
             print("evaluate: " + ", ".join(f"{k} {v['images_per_s']:.0f} img/s" for k, v in results["evaluate"].items()))
         if "fullres" in parts:
-            big = scaled_tree(work / "tree", work / "fullres", 2 * args.per_class * 2, longer_side=1500)
-            big_prepared = prepare(big, work / "fullres-prepared", min_val_per_class=5, quiet=True)
+            for split in ("train", "val"):  # the subset's own images, as ~1500 px originals
+                count = sum(1 for _ in (work / "tree" / split).rglob("*.jpeg"))
+                scaled_tree(work / "tree" / split, work / "fullres" / split, count, longer_side=1500)
+            big_prepared = prepare(work / "fullres", work / "fullres-prepared", min_val_per_class=5, quiet=True)
             big_subset = subsample(big_prepared.root, 10**9, out=work / "fullres.csv", quiet=True)
             materialize_tree(big_subset.dataset, work / "fullres-tree")
             results["fullres"] = run_child("epoch", model="simplecnn", max_batches=args.max_batches,

@@ -34,38 +34,39 @@ def _number(value) -> str:
 
 
 def render_comparison(result: dict) -> None:
-    runs = Table(title=f"runs · {result['split']} · {result['metric']}", title_justify="left")
-    for column in ("dataset", "arm", "model", "N/class", "seed", "metric", "value [95% CI]", "train s"):
-        runs.add_column(column, justify="right" if column in ("N/class", "seed", "train s") else "left")
+    runs = Table(title=f"runs · {result['split']} · {result['runs'][0]['metric']} (★ best per dataset and N)",
+                 title_justify="left")
+    for column in ("dataset", "arm · model", "N", "seed", "value", "95% CI", "train s"):
+        text = column in ("dataset", "arm · model")
+        runs.add_column(column, justify="left" if text else "right", no_wrap=not text, overflow="fold")
     best = {}
     for row in result["runs"]:
         key = (row["dataset"], row["per_class"])
         best[key] = max(best.get(key, -np.inf), row["value"])
     for row in result["runs"]:
-        mark = " ★" if row["value"] == best[(row["dataset"], row["per_class"])] else ""
-        runs.add_row(row["dataset"], row["arm"], row["model"], str(row["per_class"]), str(row["seed"]), row["metric"],
-                     f"{_number(row['value'])} [{_number(row['ci_low'])}, {_number(row['ci_high'])}]{mark}",
+        mark = "★ " if row["value"] == best[(row["dataset"], row["per_class"])] else ""
+        runs.add_row(row["dataset"], f"{row['arm']} · {row['model']}", str(row["per_class"]), str(row["seed"]),
+                     f"{mark}{_number(row['value'])}", f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]",
                      f"{row['train_seconds']:.0f}")
     stdout.print(runs)
-    groups = Table(title="over seeds (mean, SD, n, 95% interval)", title_justify="left")
+    groups = Table(title="over seeds (mean, 95% interval, SD, n)", title_justify="left")
     keys = [k for k in result["groups"][0] if k not in ("metric", "mean", "sd", "n", "ci_low", "ci_high",
                                                          "interval", "train_seconds")]
-    for column in (*keys, "mean [95% CI]", "SD", "n"):
-        groups.add_column(column)
+    for column in (*keys, "mean", "95% CI", "SD", "n"):
+        groups.add_column(column, no_wrap=column in ("mean", "95% CI", "SD", "n"), overflow="fold")
     for row in result["groups"]:
-        groups.add_row(*(str(row[k]) for k in keys),
-                       f"{_number(row['mean'])} [{_number(row['ci_low'])}, {_number(row['ci_high'])}]",
-                       _number(row["sd"]), str(row["n"]))
+        groups.add_row(*(str(row[k]) for k in keys), _number(row["mean"]),
+                       f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]", _number(row["sd"]), str(row["n"]))
     stdout.print(groups)
-    if result["comparisons"]:
-        tests = Table(title="paired comparisons (a − b; Holm within each test)", title_justify="left")
-        for column in ("dataset", "N/class", "a", "b", "test", "seeds", "difference [95% CI]", "p", "p Holm", ""):
-            tests.add_column(column)
-        for row in result["comparisons"]:
-            interval = "" if row["ci_low"] is None or np.isnan(row["ci_low"]) else \
-                f" [{_number(row['ci_low'])}, {_number(row['ci_high'])}]"
-            tests.add_row(row["dataset"], str(row["per_class"]), row["a"], row["b"], row["test"], str(row["seeds"]),
-                          f"{_number(row['estimate'])}{interval}", format_p(row["p"]), format_p(row["p_holm"]),
-                          "[bold green]significant" if row["significant"] else "")
+    primary = [row for row in result["comparisons"] if row["test"].startswith("paired bootstrap")]
+    if primary:
+        tests = Table(title="paired bootstrap of the seed-averaged difference (a − b; Holm; * = significant); "
+                            "DeLong and McNemar per seed in stats.csv", title_justify="left")
+        for column in ("dataset", "N", "a", "b", "seeds", "difference", "95% CI", "p Holm"):
+            tests.add_column(column, overflow="fold", no_wrap=column in ("difference", "95% CI", "p Holm"))
+        for row in primary:
+            tests.add_row(row["dataset"], str(row["per_class"]), row["a"], row["b"], str(row["seeds"]),
+                          _number(row["estimate"]), f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]",
+                          format_p(row["p_holm"]) + (" *" if row["significant"] else ""))
         stdout.print(tests)
     stdout.print(f"Wrote compare.csv, compare.json, compare.md, stats.csv and learning curves to {result['out']}")

@@ -108,8 +108,11 @@ def _inspect_all(source: SourceRecords, staging: Path, cache_size: int | None, w
     inspect = partial(inspect_image, cache_dir=str(staging) if cache_size else None, cache_size=cache_size)
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(paths) > 64:
-        # forkserver: forking a process that already runs threads (torch, a progress bar) can deadlock
+        # forkserver: forking a process that already runs threads (torch, a progress bar) can deadlock. Its server
+        # preloads only the light module the workers need, not __main__ (which may be the whole CLI, torch and all).
         context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+        if os.name == "posix":
+            context.set_forkserver_preload(["lowmed.data.images"])
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             results = list(track(pool.map(inspect, paths, chunksize=16), len(paths), "Verifying images", quiet))
     else:

@@ -50,7 +50,9 @@ def plot_roc(path: Path, task: str, classes: list[str], targets: np.ndarray, pro
         axes.set_title(f"ROC — AUROC {metrics['auroc']:.3f} [{low:.3f}, {high:.3f}]")
     else:
         key = "macro_auroc" if task == "multiclass" else "mean_auroc"
-        axes.set_title(f"ROC — {key.replace('_', ' ')} {metrics[key]:.3f}")
+        low, high = ci95.get(key, [np.nan, np.nan])
+        interval = "" if np.isnan(low) else f" [{low:.3f}, {high:.3f}]"
+        axes.set_title(f"ROC — {key.split('_')[0]} AUROC {metrics[key]:.3f}{interval}")
     axes.set(xlabel="1 − specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
              xlim=(0, 1), ylim=(0, 1.01))
     axes.legend(loc="lower right", fontsize=7)
