@@ -31,7 +31,9 @@ class TrainConfig:
     allow_partial_weights: bool = False
     head: str = "mlp"
     epochs: int = 30
-    batch_size: int = 32
+    batch_size: int = 32  # per process; the global batch is batch_size × processes × accumulate
+    accumulate: int = 1  # batches whose gradients add up before one optimizer step
+    sync_bn: bool = False  # under torchrun on GPUs: batch-norm statistics over all processes
     lr: float = 1e-4
     weight_decay: float = 1e-4
     freeze_base: bool = True
@@ -55,6 +57,7 @@ class TrainConfig:
         checks = [
             ("epochs", self.epochs >= 1, "at least 1"),
             ("batch_size", self.batch_size >= 2, "at least 2"),
+            ("accumulate", self.accumulate >= 1, "at least 1"),
             ("lr", self.lr > 0, "positive"),
             ("fine_tune_lr", self.fine_tune_lr > 0, "positive"),
             ("weight_decay", self.weight_decay >= 0, "0 or more"),

@@ -49,6 +49,11 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def part(self, rows: slice) -> "LabelledImages":
+        """The images in ``rows`` (for one process's share of a split)."""
+        return LabelledImages(self.paths[rows], self.targets[rows], None if self.mask is None else self.mask[rows],
+                              self.size, None if self.pixels is None else self.pixels[rows])
+
     def batches(self, chunks: list[torch.Tensor], workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (uint8 images, row indices) for each chunk of row indices (see ``index_chunks``)."""
         if self.pixels is not None:

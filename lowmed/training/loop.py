@@ -11,7 +11,8 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from lowmed.console import console, progress_bar
 from lowmed.data.augment import augment_batch
 from lowmed.data.loading import LabelledImages, index_chunks
 from lowmed.device import Precision
+from lowmed.distributed import Distributed
 from lowmed.errors import RunFailed
 from lowmed.evaluation.predict import model_input, predict_logits
 from lowmed.evaluation.metrics import accuracy, auroc, probabilities
@@ -118,6 +120,7 @@ class LoopInputs:
     precision: Precision
     run_dir: Path
     checkpoint_extras: dict  # config, preprocessing, classes... stored with every checkpoint
+    dist: Distributed = field(default_factory=Distributed)
 
 
 def _epoch_generator(seed: int, phase_index: int, epoch: int) -> torch.Generator:
@@ -128,9 +131,10 @@ def _epoch_generator(seed: int, phase_index: int, epoch: int) -> torch.Generator
 
 def evaluate_split(inputs: LoopInputs, split: LabelledImages, batch_size: int) -> dict[str, float]:
     """Loss, accuracy and AUROC on a split, in inference mode with large batches."""
-    logits = predict_logits(inputs.model, split, inputs.mean, inputs.std, inputs.device, inputs.precision,
+    share = split.part(inputs.dist.shard(len(split))) if inputs.dist.enabled else split
+    logits = predict_logits(inputs.model, share, inputs.mean, inputs.std, inputs.device, inputs.precision,
                             batch_size * 2)
-    return validation_metrics(inputs, split, logits)
+    return validation_metrics(inputs, split, inputs.dist.gather(logits))
 
 
 def validation_metrics(inputs: LoopInputs, split: LabelledImages, logits: torch.Tensor) -> dict[str, float]:
@@ -199,6 +203,7 @@ def _run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], st
         resuming_here = state is not None and phase_index == state["phase_index"]
         if phase_index > 0 and not resuming_here:
             # each new phase starts from the best weights so far, not from the last epoch's
+            inputs.dist.barrier()  # rank 0 has written best.pt
             model.load_state_dict(torch.load(inputs.run_dir / BEST, map_location=device, weights_only=True)["model"])
         frozen = set_trainable(model, phase, config.fine_tune_layers)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -216,13 +221,16 @@ def _run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], st
             if state.get("phase_done"):
                 continue
         cache = FeatureCache.build(inputs, config, quiet) if phase.name == "frozen" else None
+        # under torchrun, the module that trains this phase is wrapped once its frozen layers are set
+        trained = inputs.dist.wrap(model.head) if cache is not None else inputs.dist.wrap(
+            model, find_unused=model.aux_head is not None)
         while phase_epoch < phase.epochs:
             phase_epoch += 1
             epoch = len(history) + 1
             generator = _epoch_generator(config.seed, phase_index, phase_epoch)
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-            train_loss, seen, seconds, metrics = _epoch(inputs, config, phase, cache, frozen, optimizer, scaler,
-                                                        generator, phase_epoch, epoch, quiet, stop)
+            train_loss, seen, seconds, metrics = _epoch(inputs, config, phase, phase_index, cache, frozen, trained,
+                                                        optimizer, scaler, generator, phase_epoch, epoch, quiet, stop)
             scheduler.step(metrics["val_loss"])
             row = {"phase": phase.name, "epoch": epoch, "phase_epoch": phase_epoch,
                    "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, **metrics,
@@ -231,18 +239,20 @@ def _run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], st
             value = metrics[config.monitor]
             if _is_better(config.monitor, value, best["value"]):
                 best = {"value": value, "epoch": epoch, "phase": phase.name}
-                save_checkpoint(inputs.run_dir / BEST, {"model": model.state_dict(), "epoch": epoch,
-                                                        "phase": phase.name, "metrics": metrics,
-                                                        **inputs.checkpoint_extras})
+                if inputs.dist.is_main:
+                    save_checkpoint(inputs.run_dir / BEST, {"model": model.state_dict(), "epoch": epoch,
+                                                            "phase": phase.name, "metrics": metrics,
+                                                            **inputs.checkpoint_extras})
             improved_loss = min(h["val_loss"] for h in history if h["phase"] == phase.name) == metrics["val_loss"]
             stale = 0 if improved_loss else stale + 1
             phase_done = phase_epoch >= phase.epochs or stale >= config.patience
-            save_checkpoint(inputs.run_dir / LAST, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "phase_index": phase_index, "phase_epoch": phase_epoch,
-                "phase_done": phase_done, "epoch": epoch, "stale_epochs": stale, "best": best, "history": history,
-                **inputs.checkpoint_extras})
-            write_csv(inputs.run_dir / HISTORY, pd.DataFrame(history))
+            if inputs.dist.is_main:
+                save_checkpoint(inputs.run_dir / LAST, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "phase_index": phase_index,
+                    "phase_epoch": phase_epoch, "phase_done": phase_done, "epoch": epoch, "stale_epochs": stale,
+                    "best": best, "history": history, **inputs.checkpoint_extras})
+                write_csv(inputs.run_dir / HISTORY, pd.DataFrame(history))
             if not quiet:
                 _print_epoch(row, config.monitor, best["epoch"] == epoch)
             if stale >= config.patience:
@@ -261,42 +271,49 @@ def _epoch_order(train: LabelledImages, balanced: bool, generator: torch.Generat
     return torch.randperm(len(train), generator=generator)
 
 
-def _epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, cache: FeatureCache | None,
-           frozen: list[nn.Module], optimizer, scaler, generator: torch.Generator, phase_epoch: int, epoch: int,
-           quiet: bool, stop: StopAfterBatch) -> tuple[float, int, float, dict[str, float]]:
+def _epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, phase_index: int, cache: FeatureCache | None,
+           frozen: list[nn.Module], trained: nn.Module, optimizer, scaler, generator: torch.Generator,
+           phase_epoch: int, epoch: int, quiet: bool, stop: StopAfterBatch) -> tuple[float, int, float, dict]:
     """Train one epoch — the head on cached features, or the whole model on augmented images — and validate.
 
-    Returns the train loss, the images seen, the training seconds and the validation metrics.
+    ``trained`` is the module that takes the steps (the head or the model; under torchrun, wrapped in DDP).
+    Returns the train loss, the images seen (by all processes), the training seconds and the validation metrics.
     """
-    model, device = inputs.model, inputs.device
+    model, device, dist = inputs.model, inputs.device, inputs.dist
     started = time.perf_counter()
-    order = _epoch_order(inputs.train, config.balanced_sampler, generator)
+    if dist.enabled:
+        order = dist.epoch_order(len(inputs.train), config.seed * 1_000 + phase_index, phase_epoch)
+    else:
+        order = _epoch_order(inputs.train, config.balanced_sampler, generator)
     chunks = index_chunks(order, config.batch_size, drop_last=len(order) > config.batch_size)
     if cache is not None:
         view = cache.train_views[(phase_epoch - 1) % len(cache.train_views)]
         model.head.train()
-        train_loss, seen = _train_one_epoch(inputs, phase, [(None, rows) for rows in chunks], len(chunks),
-                                            lambda _, rows: model.head(view[rows]), optimizer, scaler, epoch,
+        train_loss, seen = _train_one_epoch(inputs, config, phase, [(None, rows) for rows in chunks], len(chunks),
+                                            lambda _, rows: trained(view[rows]), trained, optimizer, scaler, epoch,
                                             quiet, stop)
-        seconds = time.perf_counter() - started
-        return train_loss, seen, seconds, validation_metrics(inputs, inputs.val,
-                                                             cache.head_logits(model.head, inputs.precision))
-    train_mode(model, frozen)
+        metrics = validation_metrics(inputs, inputs.val, cache.head_logits(model.head, inputs.precision))
+    else:
+        train_mode(model, frozen)
 
-    def forward(images, rows):
-        return model(model_input(images, inputs.mean, inputs.std, device,
-                                 lambda batch: augment_batch(batch, config.augment_strength, generator)))
+        def forward(images, rows):
+            return trained(model_input(images, inputs.mean, inputs.std, device,
+                                       lambda batch: augment_batch(batch, config.augment_strength, generator)))
 
-    train_loss, seen = _train_one_epoch(inputs, phase, inputs.train.batches(chunks, config.workers), len(chunks),
-                                        forward, optimizer, scaler, epoch, quiet, stop)
+        train_loss, seen = _train_one_epoch(inputs, config, phase, inputs.train.batches(chunks, config.workers),
+                                            len(chunks), forward, trained, optimizer, scaler, epoch, quiet, stop)
+        metrics = None
     seconds = time.perf_counter() - started
-    return train_loss, seen, seconds, evaluate_split(inputs, inputs.val, config.batch_size)
+    if metrics is None:
+        metrics = evaluate_split(inputs, inputs.val, config.batch_size)
+    return dist.mean(train_loss, seen), seen * dist.world_size, seconds, metrics
 
 
-def _train_one_epoch(inputs: LoopInputs, phase: Phase, batches, total: int, forward,
-                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, epoch: int,
+def _train_one_epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, batches, total: int, forward,
+                     trained: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, epoch: int,
                      quiet: bool, stop: StopAfterBatch) -> tuple[float, int]:
-    """One pass over ``batches`` ((images, rows) pairs), one optimizer step per batch.
+    """One pass over ``batches`` ((images, rows) pairs); an optimizer step every ``config.accumulate`` batches
+    (one per batch by default), gradients averaged over processes only on those steps.
 
     ``forward(images, rows)`` gives the model's output: the whole model on augmented images, or the head alone
     on cached features. The loss is copied to the CPU every SYNC_EVERY batches, not every batch.
@@ -316,6 +333,7 @@ def _train_one_epoch(inputs: LoopInputs, phase: Phase, batches, total: int, forw
         pending.clear()
         show(f"loss {np.average(losses, weights=sizes[:len(losses)]):.4f}")
 
+    optimizer.zero_grad(set_to_none=True)
     with progress_bar(disable=quiet) as bar:
         task = bar.add_task(f"{phase.name} epoch {epoch}", total=total, status="")
 
@@ -323,19 +341,23 @@ def _train_one_epoch(inputs: LoopInputs, phase: Phase, batches, total: int, forw
             bar.update(task, status=text)
 
         for step, (images, rows) in enumerate(batches, start=1):
+            steps_now = step % config.accumulate == 0 or step == total
             targets = train.targets[rows].to(device, non_blocking=True)
             mask = None if train.mask is None else train.mask[rows].to(device, non_blocking=True)
-            with inputs.precision.autocast(device):
-                output = forward(images, rows)
-            if isinstance(output, tuple):
-                loss = inputs.criterion(output[0], targets, mask) + AUX_LOSS_WEIGHT * inputs.criterion(
-                    output[1], targets, mask)
-            else:
-                loss = inputs.criterion(output, targets, mask)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            gradient_sync = trained.no_sync() if hasattr(trained, "no_sync") and not steps_now else nullcontext()
+            with gradient_sync:
+                with inputs.precision.autocast(device):
+                    output = forward(images, rows)
+                if isinstance(output, tuple):
+                    loss = inputs.criterion(output[0], targets, mask) + AUX_LOSS_WEIGHT * inputs.criterion(
+                        output[1], targets, mask)
+                else:
+                    loss = inputs.criterion(output, targets, mask)
+                scaler.scale(loss / config.accumulate).backward()
+            if steps_now:
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
             pending.append(loss.detach())
             sizes.append(len(rows))
             if step % SYNC_EVERY == 0:

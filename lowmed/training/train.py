@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision
+from torch import nn
 
 import lowmed
 from lowmed.config import TrainConfig
@@ -23,6 +24,7 @@ from lowmed.data.loading import label_tensors, load_split, too_many_unreadable
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import load_or_prepare, subsample
 from lowmed.device import Precision, resolve_device
+from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.io import sha256_file, write_json, write_yaml
 from lowmed.models.registry import build_model, count_parameters, get_model_spec
@@ -42,17 +44,26 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     With ``resume`` the run dir in ``config.out`` is continued from its ``last.pt``.
     """
     config.validate()
+    dist = Distributed.from_environment(config.device)  # one process, or one of torchrun's
+    quiet = quiet or not dist.is_main
+    if dist.enabled and config.balanced_sampler:
+        raise LowmedError("--balanced-sampler: not available under torchrun; use --class-weights auto")
     spec = get_model_spec(config.model)
     dataset = _dataset(config, quiet)
     config = _resolved(config, spec, dataset, Path(runs_root))
     run_dir = Path(config.out)
-    device = resolve_device(config.device)
+    device = dist.device(config.device)
     seed_everything(config.seed)
     model = build_model(spec, len(dataset.classes), config.head)
+    if config.sync_bn and dist.enabled:
+        if device.type != "cuda":
+            raise LowmedError("--sync-bn: synchronised batch norm needs GPUs (NCCL); leave it off on CPUs")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if not resume:  # weights that cannot be had or do not fit are refused before anything is written
         report = load_weights(model.backbone, spec, config.weights, config.allow_partial_weights)
         _check_source_model(report, spec.name)
-    state = _open_run_dir(run_dir, config, resume, overwrite)
+    dist.on_main(lambda: _open_run_dir(run_dir, config, resume, overwrite))  # only rank 0 writes the run dir
+    state = read_training_state(run_dir) if resume else None
     if resume:
         report = WeightsReport(**_read_summary(run_dir)["weights"])
     if not quiet:
@@ -60,9 +71,14 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     preprocessing = {"input_size": config.image_size,
                      "mean": list((report.source_preprocessing or {}).get("mean", spec.preprocessing.mean)),
                      "std": list((report.source_preprocessing or {}).get("std", spec.preprocessing.std))}
-    _check_disk_space(run_dir, count_parameters(model))
-    summary = _summary(config, dataset, report, preprocessing, device, count_parameters(model))
-    write_json(run_dir / SUMMARY, {**summary, "status": "running"})
+    dist.on_main(lambda: _check_disk_space(run_dir, count_parameters(model)))
+    summary = _summary(config, dataset, report, preprocessing, device, count_parameters(model), dist)
+
+    def record(status: dict) -> None:
+        if dist.is_main:
+            write_json(run_dir / SUMMARY, {**summary, **status})
+
+    record({"status": "running"})
 
     uncertain = dataset.info.get("uncertain", "ignore")
     splits = {}
@@ -87,7 +103,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         criterion=Criterion(dataset.task, None if weights is None else weights.to(device)),
         mean=torch.tensor(preprocessing["mean"], device=device).view(1, 3, 1, 1),
         std=torch.tensor(preprocessing["std"], device=device).view(1, 3, 1, 1),
-        device=device, precision=precision, run_dir=run_dir,
+        device=device, precision=precision, run_dir=run_dir, dist=dist,
         checkpoint_extras={"config": config.to_dict(), "preprocessing": preprocessing, "task": dataset.task,
                            "classes": dataset.classes, "lowmed_version": lowmed.__version__},
     )
@@ -96,16 +112,16 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     try:
         result = run_phases(inputs, config, phases, state, quiet)
     except KeyboardInterrupt:
-        write_json(run_dir / SUMMARY, {**summary, "status": "interrupted"})
+        record({"status": "interrupted"})
         raise Interrupted(f"interrupted; last.pt holds the last finished epoch; continue with: "
                           f"lowmed train --resume {run_dir}") from None
     except torch.cuda.OutOfMemoryError:
         message = (f"out of GPU memory at --batch-size {config.batch_size}, --image-size {config.image_size} "
                    f"({config.model}); try --batch-size {max(2, config.batch_size // 2)} or a smaller --image-size")
-        write_json(run_dir / SUMMARY, {**summary, "status": "failed", "error": message})
+        record({"status": "failed", "error": message})
         raise RunFailed(message) from None
     except RunFailed as exc:
-        write_json(run_dir / SUMMARY, {**summary, "status": "failed", "error": str(exc)})
+        record({"status": "failed", "error": str(exc)})
         raise
     history = result["history"]
     summary.update({
@@ -126,7 +142,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         "precision": precision.describe(),
         "unreadable_files": {name: split.unreadable for name, split in splits.items() if split.unreadable},
     })
-    write_json(run_dir / SUMMARY, summary)
+    record({})
     return summary
 
 
@@ -225,12 +241,12 @@ def _run_name(config: TrainConfig, dataset: PreparedDataset) -> str:
     return f"{dataset.root.name}-{config.model}-{source}-{size}-seed{config.seed}"
 
 
-def _open_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> dict | None:
+def _open_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> None:
     """A new run gets an empty dir; an existing one is only continued (--resume) or replaced (--overwrite)."""
     if resume:
         if not (run_dir / LAST).is_file():
             raise LowmedError(f"--resume {run_dir}: no {LAST} to continue from; start the run without --resume")
-        return read_training_state(run_dir)
+        return
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise LowmedError(f"run dir {run_dir} exists; continue it with --resume {run_dir}, "
@@ -241,7 +257,6 @@ def _open_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite: b
         write_yaml(run_dir / CONFIG, config.to_dict())
     except OSError as exc:
         raise LowmedError(f"run dir {run_dir}: cannot write there ({exc.strerror or exc}); choose another --out") from None
-    return None
 
 
 def _check_disk_space(run_dir: Path, parameters: int) -> None:
@@ -276,7 +291,7 @@ def _read_summary(run_dir: Path) -> dict:
 
 
 def _summary(config: TrainConfig, dataset: PreparedDataset, report: WeightsReport, preprocessing: dict,
-             device: torch.device, parameters: int) -> dict:
+             device: torch.device, parameters: int, dist: Distributed) -> dict:
     counts = (dataset.subset or dataset.info)["counts"]
     return {
         "run_dir": config.out,
@@ -294,6 +309,8 @@ def _summary(config: TrainConfig, dataset: PreparedDataset, report: WeightsRepor
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "amp": bool(config.amp),
+        "processes": dist.world_size,
+        "global_batch_size": config.batch_size * dist.world_size * config.accumulate,
         "versions": {"lowmed": lowmed.__version__, "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "python": platform.python_version()},
     }

@@ -1,0 +1,105 @@
+"""Multi-process training on PyTorch's own engine: ``torchrun`` sets the environment, lowmed joins the group.
+
+Every rank holds the model and the (small) image tensors; each epoch a seeded ``DistributedSampler`` gives every
+rank its share of the training images, ``DistributedDataParallel`` averages the gradients, validation predictions
+are gathered so every rank computes the same metrics (and so makes the same early-stopping decision), and only
+rank 0 writes files, logs and progress bars.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
+
+from lowmed.device import resolve_device
+from lowmed.errors import LowmedError
+
+
+@dataclass(frozen=True)
+class Distributed:
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    enabled: bool = False  # launched by torchrun (even with one process): a process group and DDP
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, requested_device: str) -> "Distributed":
+        """Join the process group torchrun describes (NCCL on GPUs, gloo on CPUs); one process otherwise."""
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            return cls()
+        world_size, local_rank = int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = resolve_device(requested_device).type == "cuda"
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+        return cls(world_size, int(os.environ["RANK"]), local_rank, enabled=True)
+
+    def device(self, requested: str) -> torch.device:
+        device = resolve_device(requested)
+        return torch.device("cuda", self.local_rank) if self.enabled and device.type == "cuda" else device
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def wrap(self, module: nn.Module, find_unused: bool = False) -> nn.Module:
+        """The module under DistributedDataParallel (built after freezing: DDP syncs what trains at construction)."""
+        if not self.enabled or not any(p.requires_grad for p in module.parameters()):
+            return module
+        device_ids = [self.local_rank] if next(module.parameters()).is_cuda else None
+        return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused)
+
+    def epoch_order(self, size: int, seed: int, epoch: int) -> torch.Tensor:
+        """This rank's share of a seeded shuffle; every rank gets as many images (the shuffle wraps around)."""
+        sampler = DistributedSampler(range(size), num_replicas=self.world_size, rank=self.rank, shuffle=True,
+                                     seed=seed)
+        sampler.set_epoch(epoch)
+        return torch.tensor(list(sampler), dtype=torch.long)
+
+    def shard(self, size: int) -> slice:
+        """A contiguous block of ``range(size)`` for this rank (for validation, gathered afterwards)."""
+        per_rank = -(-size // self.world_size)
+        return slice(self.rank * per_rank, min(size, (self.rank + 1) * per_rank))
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's tensor, concatenated in rank order, on every rank."""
+        if not self.enabled:
+            return tensor
+        parts: list = [None] * self.world_size
+        dist.all_gather_object(parts, tensor.cpu())
+        return torch.cat(parts).to(tensor.device)
+
+    def mean(self, value: float, weight: float) -> float:
+        """The weighted mean of one number per rank."""
+        if not self.enabled:
+            return value
+        totals = torch.tensor([value * weight, weight], dtype=torch.float64)
+        dist.all_reduce(totals)
+        return float(totals[0] / totals[1])
+
+    def on_main(self, action) -> None:
+        """Run ``action`` on rank 0 only (file writes); an input error there is raised on every rank, so no rank
+        waits forever for one that gave up."""
+        message = None
+        if self.is_main:
+            try:
+                action()
+            except LowmedError as exc:
+                message = str(exc)
+        if self.enabled:
+            box = [message]
+            dist.broadcast_object_list(box, src=0)
+            message = box[0]
+        if message:
+            raise LowmedError(message)
