@@ -84,7 +84,8 @@ class Distributed:
         """The weighted mean of one number per rank."""
         if not self.enabled:
             return value
-        totals = torch.tensor([value * weight, weight], dtype=torch.float64)
+        device = torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+        totals = torch.tensor([value * weight, weight], dtype=torch.float64, device=device)  # NCCL: GPU tensors only
         dist.all_reduce(totals)
         return float(totals[0] / totals[1])
 
@@ -103,3 +104,9 @@ class Distributed:
             message = box[0]
         if message:
             raise LowmedError(message)
+
+
+def leave_process_group() -> None:
+    """Close the process group torchrun made us join (PyTorch warns about leaked resources otherwise)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

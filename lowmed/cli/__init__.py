@@ -18,6 +18,7 @@ from lowmed.cli.prepare import prepare_command
 from lowmed.cli.subsample import subsample_command
 from lowmed.cli.train import finetune_command, train_command
 from lowmed.console import console
+from lowmed.distributed import leave_process_group
 from lowmed.errors import LowmedError, RunFailed
 
 app = typer.Typer(
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     _debug["on"] = bool(os.environ.get("LOWMED_DEBUG"))
     try:
         app(args=argv, prog_name="lowmed")
+    except SystemExit:
+        leave_process_group()
+        raise
     except (LowmedError, RunFailed) as exc:
         if _debug["on"]:
             traceback.print_exc()
