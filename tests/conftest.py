@@ -41,3 +41,11 @@ def trained_run(separable, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "simplecnn"
     train(TrainConfig(data=str(separable), epochs=3, out=str(run), **FAST), quiet=True)
     return run
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory):
+    """A prepared binary dataset of 64 training images: for tests that start real processes."""
+    root = tmp_path_factory.mktemp("small")
+    src = make_kermany(root / "src", {"train": {"NORMAL": 32, "PNEUMONIA": 32}, "test": {"NORMAL": 4, "PNEUMONIA": 4}})
+    return prepare(src, root / "prepared", min_val_per_class=6, quiet=True).root

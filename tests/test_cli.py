@@ -109,3 +109,11 @@ def test_evaluate_prints_the_table_and_writes_reports(capsys, trained_run, tmp_p
     assert "auroc" in out and "95% CI" in out and (tmp_path / "e" / "metrics.json").is_file()
     code, _, err = run_cli(capsys, "evaluate", "--checkpoint", str(trained_run / "nothing.pt"))
     assert code == 2 and "no such checkpoint" in err
+
+
+def test_prepare_demo_writes_both_demo_datasets(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "prepare", "--demo", "--out", str(tmp_path / "demo"), "-q")
+    assert code == 0, err
+    assert (tmp_path / "demo" / "target" / "manifest.csv").is_file()
+    assert (tmp_path / "demo" / "corpus" / "manifest.csv").is_file()
+    assert "PNEUMONIA" in out and "opacity" in out

@@ -8,20 +8,9 @@ import sys
 import time
 
 import pandas as pd
-import pytest
 
-from lowmed import prepare
-from tests.factory import make_kermany
-
-FLAGS = ["--image-size", "32", "--lr", "0.002", "--head", "linear", "--augment-strength", "0", "--patience", "100", "--seed", "3",
-         "-q"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
-    src = make_kermany(root / "src", {"train": {"NORMAL": 32, "PNEUMONIA": 32}, "test": {"NORMAL": 4, "PNEUMONIA": 4}})
-    return prepare(src, root / "prepared", min_val_per_class=6, quiet=True).root
+FLAGS = ["--image-size", "32", "--lr", "0.002", "--head", "linear", "--augment-strength", "0", "--patience", "100",
+         "--seed", "3", "-q"]
 
 
 def torchrun(*args):
@@ -29,12 +18,12 @@ def torchrun(*args):
             "-m", "lowmed", *map(str, args)]
 
 
-def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
-    single = subprocess.run([sys.executable, "-m", "lowmed", "train", data, "--epochs", "12", "--batch-size", "16",
+def test_two_processes_match_one_with_the_same_global_batch(small, tmp_path):
+    single = subprocess.run([sys.executable, "-m", "lowmed", "train", small, "--epochs", "12", "--batch-size", "16",
                              "--out", tmp_path / "one", *FLAGS], capture_output=True, text=True)
     assert single.returncode == 0, single.stderr
     started = time.time()
-    double = subprocess.run(torchrun("train", data, "--epochs", "12", "--batch-size", "8", "--out", tmp_path / "two",
+    double = subprocess.run(torchrun("train", small, "--epochs", "12", "--batch-size", "8", "--out", tmp_path / "two",
                                      *FLAGS), capture_output=True, text=True, timeout=300)
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = (pd.read_csv(tmp_path / name / "history.csv") for name in ("one", "two"))
@@ -46,8 +35,8 @@ def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
     assert time.time() - started < 300
 
 
-def test_resume_under_torchrun(data, tmp_path):
-    process = subprocess.Popen(torchrun("train", data, "--epochs", "40", "--batch-size", "8", "--out",
+def test_resume_under_torchrun(small, tmp_path):
+    process = subprocess.Popen(torchrun("train", small, "--epochs", "40", "--batch-size", "8", "--out",
                                         tmp_path / "run", *FLAGS), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     history = tmp_path / "run" / "history.csv"

@@ -9,10 +9,12 @@ import pytest
 import torch
 import yaml
 
-from lowmed import compare_runs, run_experiment
+from lowmed import compare_models, compare_runs, run_experiment, train
+from lowmed.config import TrainConfig
 from lowmed.errors import LowmedError
 from lowmed.experiment import load_study
 from lowmed.training import train as train_module
+from tests.conftest import FAST
 
 
 @pytest.fixture
@@ -120,3 +122,12 @@ def test_every_example_study_plans(example, monkeypatch):
     monkeypatch.setenv("LOWMED_SHARED_DATA", "/data/packs")
     result = run_experiment(Path(__file__).parent.parent / "examples" / example, dry_run=True)
     assert result["runs"] and all(run.values["model"] for run in result["runs"])
+
+
+def test_seed_project_compare_models(trained_run, separable, tmp_path):
+    train(TrainConfig(data=str(separable), epochs=2, seed=5, out=str(tmp_path / "other"), **FAST), quiet=True)
+    comparison = compare_models({"first": trained_run / "best.pt", "second": tmp_path / "other" / "best.pt"},
+                                separable, split="test", bootstrap=20, quiet=True)
+    assert set(comparison["metrics"]) == {"first", "second"} and "auroc" in comparison["ci95"]["first"]
+    assert {row["test"] for row in comparison["tests"]} == {"DeLong", "McNemar"}
+    assert all(0 <= row["p_holm"] <= 1 for row in comparison["tests"])

@@ -22,13 +22,6 @@ from tests.factory import make_kermany
 TRAIN_FLAGS = ["--image-size", "32", "--batch-size", "16", "--lr", "0.001", "--patience", "100", "-q"]
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    root = tmp_path_factory.mktemp("small")
-    src = make_kermany(root / "src", {"train": {"NORMAL": 24, "PNEUMONIA": 24}, "test": {"NORMAL": 4, "PNEUMONIA": 4}})
-    return prepare(src, root / "prepared", min_val_per_class=4, quiet=True).root
-
-
 def lowmed(*args):
     return [sys.executable, "-m", "lowmed", *map(str, args)]
 
