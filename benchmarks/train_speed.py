@@ -263,8 +263,8 @@ def run_child(task: str, **options) -> dict:
 # --- data set-up ---------------------------------------------------------------------------------------------
 
 def scaled_tree(source: Path, target: Path, images: int, longer_side: int | None = None) -> Path:
-    """A Kaggle-style tree of ``images`` distinct files made from ``source`` (each copy re-encoded with one pixel
-    changed, so that duplicate detection keeps them), optionally scaled up to ``longer_side`` px."""
+    """A Kaggle-style tree of ``images`` distinct files made from ``source`` (each copy re-encoded with its
+    copy number stamped in a corner, so that duplicate detection keeps them), optionally scaled up to ``longer_side`` px."""
     by_folder: dict[Path, list[Path]] = {}
     for path in sorted(source.rglob("*.jpeg")):
         by_folder.setdefault(path.parent, []).append(path)
@@ -280,7 +280,8 @@ def scaled_tree(source: Path, target: Path, images: int, longer_side: int | None
             if longer_side:
                 image = image.resize((longer_side, round(longer_side * 0.8)), Image.Resampling.BICUBIC)
             pixels = np.asarray(image).copy()
-            pixels[0, 0] = (int(pixels[0, 0]) + index // len(files)) % 256
+            copy = index // len(files)  # stamped into two 8x8 blocks, which JPEG keeps distinct
+            pixels[:8, :8], pixels[:8, 8:16] = copy % 256, copy // 256
             Image.fromarray(pixels).save(destination, quality=92)
     return target
 
@@ -375,7 +376,7 @@ def main() -> None:
                         shutil.copytree(Path(args.data) / split / label, work / f"scale-{size}" / split / label)
                 results["scaling"][size] = run_child("load", tree=work / f"scale-{size}", image_size=args.image_size)
                 r = results["scaling"][size]
-                print(f"{size:>6} images: prepare {r['prepare_seconds']:.1f} s, subsample {r['subsample_seconds']:.2f} s, "
+                print(f"{size:>6} train images ({r['images']} in all): prepare {r['prepare_seconds']:.1f} s, subsample {r['subsample_seconds']:.2f} s, "
                       f"decode {r['decode_seconds']:.1f} s ({'in memory' if r['in_memory'] else 'per batch'}), "
                       f"peak RSS {r['peak_rss_mb']:.0f} MB")
                 shutil.rmtree(work / f"scale-{size}")

@@ -95,14 +95,21 @@ def load_split(paths: list[Path], targets: torch.Tensor, mask: torch.Tensor | No
     """
     if len(paths) * 3 * size * size > IN_MEMORY_LIMIT_BYTES:
         return LabelledImages(paths, targets, mask, size)
+    pixels = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)  # filled in place: one copy in memory
+
+    def decode_into(index: int) -> bool:
+        image = _decode_or_none(paths[index], size)
+        if image is not None:
+            pixels[index] = image
+        return image is not None
+
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        decoded = list(pool.map(lambda p: _decode_or_none(p, size), paths))
-    ok = [i for i, image in enumerate(decoded) if image is not None]
-    unreadable = [str(paths[i]) for i, image in enumerate(decoded) if image is None]
-    pixels = torch.stack([decoded[i] for i in ok]) if ok else torch.zeros(0, 3, size, size, dtype=torch.uint8)
-    keep = torch.tensor(ok, dtype=torch.long)
-    return LabelledImages([paths[i] for i in ok], targets[keep], None if mask is None else mask[keep], size,
-                          pixels, unreadable)
+        readable = list(pool.map(decode_into, range(len(paths))))
+    if all(readable):
+        return LabelledImages(list(paths), targets, mask, size, pixels, [])
+    keep = torch.tensor([i for i, ok in enumerate(readable) if ok], dtype=torch.long)
+    return LabelledImages([paths[i] for i in keep.tolist()], targets[keep], None if mask is None else mask[keep], size,
+                          pixels[keep], [str(paths[i]) for i, ok in enumerate(readable) if not ok])
 
 
 def too_many_unreadable(split: LabelledImages) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from functools import partial
@@ -108,12 +109,12 @@ def _inspect_all(source: SourceRecords, staging: Path, cache_size: int | None, w
     inspect = partial(inspect_image, cache_dir=str(staging) if cache_size else None, cache_size=cache_size)
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(paths) > 64:
-        # forkserver: forking a process that already runs threads (torch, a progress bar) can deadlock. Its server
-        # preloads only the light module the workers need, not __main__ (which may be the whole CLI, torch and all).
-        context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
-        if os.name == "posix":
-            context.set_forkserver_preload(["lowmed.data.images"])
+        # fork on Linux: workers inherit the loaded modules instead of re-importing the caller's __main__ (the whole
+        # CLI, torch and all). They are started before the progress bar's thread exists, so the fork copies no
+        # thread's locks; elsewhere, spawn.
+        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            pool.submit(int).result()
             results = list(track(pool.map(inspect, paths, chunksize=16), len(paths), "Verifying images", quiet))
     else:
         results = list(track(map(inspect, paths), len(paths), "Verifying images", quiet))

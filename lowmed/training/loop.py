@@ -220,7 +220,9 @@ def _run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], st
             phase_epoch, stale = state["phase_epoch"], state["stale_epochs"]
             if state.get("phase_done"):
                 continue
+        cache_started = time.perf_counter()
         cache = FeatureCache.build(inputs, config, quiet) if phase.name == "frozen" else None
+        setup_seconds = time.perf_counter() - cache_started  # counted in the phase's first epoch
         # under torchrun, the module that trains this phase is wrapped once its frozen layers are set
         trained = inputs.dist.wrap(model.head) if cache is not None else inputs.dist.wrap(
             model, find_unused=model.aux_head is not None)
@@ -229,12 +231,16 @@ def _run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], st
             epoch = len(history) + 1
             generator = _epoch_generator(config.seed, phase_index, phase_epoch)
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-            train_loss, seen, seconds, metrics = _epoch(inputs, config, phase, phase_index, cache, frozen, trained,
-                                                        optimizer, scaler, generator, phase_epoch, epoch, quiet, stop)
+            epoch_started = time.perf_counter()
+            train_loss, seen, train_seconds, metrics = _epoch(inputs, config, phase, phase_index, cache, frozen,
+                                                              trained, optimizer, scaler, generator, phase_epoch,
+                                                              epoch, quiet, stop)
             scheduler.step(metrics["val_loss"])
+            seconds = time.perf_counter() - epoch_started + setup_seconds  # training and validation
+            setup_seconds = 0.0
             row = {"phase": phase.name, "epoch": epoch, "phase_epoch": phase_epoch,
                    "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, **metrics,
-                   "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)}
+                   "seconds": round(seconds, 3), "images_per_s": round(seen / train_seconds, 1)}
             history.append(row)
             value = metrics[config.monitor]
             if _is_better(config.monitor, value, best["value"]):
@@ -277,7 +283,8 @@ def _epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, phase_index: i
     """Train one epoch — the head on cached features, or the whole model on augmented images — and validate.
 
     ``trained`` is the module that takes the steps (the head or the model; under torchrun, wrapped in DDP).
-    Returns the train loss, the images seen (by all processes), the training seconds and the validation metrics.
+    Returns the train loss, the images seen (by all processes), the seconds spent training (for images/s; the
+    epoch's wall time adds validation) and the validation metrics.
     """
     model, device, dist = inputs.model, inputs.device, inputs.dist
     started = time.perf_counter()
@@ -292,7 +299,6 @@ def _epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, phase_index: i
         train_loss, seen = _train_one_epoch(inputs, config, phase, [(None, rows) for rows in chunks], len(chunks),
                                             lambda _, rows: trained(view[rows]), trained, optimizer, scaler, epoch,
                                             quiet, stop)
-        metrics = validation_metrics(inputs, inputs.val, cache.head_logits(model.head, inputs.precision))
     else:
         train_mode(model, frozen)
 
@@ -302,11 +308,12 @@ def _epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, phase_index: i
 
         train_loss, seen = _train_one_epoch(inputs, config, phase, inputs.train.batches(chunks, config.workers),
                                             len(chunks), forward, trained, optimizer, scaler, epoch, quiet, stop)
-        metrics = None
-    seconds = time.perf_counter() - started
-    if metrics is None:
+    train_seconds = time.perf_counter() - started
+    if cache is not None:
+        metrics = validation_metrics(inputs, inputs.val, cache.head_logits(model.head, inputs.precision))
+    else:
         metrics = evaluate_split(inputs, inputs.val, config.batch_size)
-    return dist.mean(train_loss, seen), seen * dist.world_size, seconds, metrics
+    return dist.mean(train_loss, seen), seen * dist.world_size, train_seconds, metrics
 
 
 def _train_one_epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, batches, total: int, forward,
