@@ -301,6 +301,7 @@ def main() -> None:
     parser.add_argument("--fine-tune-epochs", type=int, default=10)
     parser.add_argument("--fine-tune-layers", type=int, default=50)
     parser.add_argument("--sizes", default="300,3000,30000")
+    parser.add_argument("--sides", default="lowmed,reference", help="fullrun: which sides to run")
     parser.add_argument("--out", default="benchmarks/results.json")
     # child-process arguments
     parser.add_argument("--child")
@@ -338,8 +339,13 @@ def main() -> None:
                 torch.save(build_model(get_model_spec(args.fullrun_model), 2).backbone.state_dict(), weights)
             options = {**common, "model": args.fullrun_model, "weights": weights, "epochs": args.epochs,
                        "fine_tune_epochs": args.fine_tune_epochs, "fine_tune_layers": args.fine_tune_layers}
-            results["fullrun"] = {side: run_child("fullrun", side=side, **options) for side in ("lowmed", "reference")}
-            ours, theirs = results["fullrun"]["lowmed"], results["fullrun"]["reference"]
+            results["fullrun"] = {side: run_child("fullrun", side=side, **options) for side in args.sides.split(",")}
+            ours, theirs = results["fullrun"].get("lowmed"), results["fullrun"].get("reference")
+            for side, result in results["fullrun"].items():
+                print(f"full run {args.fullrun_model} {side}: {result['wall_seconds']:.1f} s, phases "
+                      f"{ {k: round(v, 1) for k, v in result['phase_seconds'].items()} }, "
+                      f"val AUROC {result['best_val_auroc']:.3f}, peak RSS {result['peak_rss_mb']:.0f} MB")
+        if "fullrun" in parts and ours and theirs:
             print(f"full run {args.fullrun_model}: lowmed {ours['wall_seconds']:.1f} s (frozen "
                   f"{ours['phase_seconds'].get('frozen', 0):.1f} s, val AUROC {ours['best_val_auroc']:.3f}), reference "
                   f"{theirs['wall_seconds']:.1f} s (frozen {theirs['phase_seconds']['frozen']:.1f} s, val AUROC "
