@@ -201,3 +201,11 @@ def test_resume_inside_the_cached_frozen_phase(separable, tmp_path, monkeypatch)
     resume_run(tmp_path / "cut", quiet=True)
     columns = ["phase", "epoch", "train_loss", "val_loss"]
     pd.testing.assert_frame_equal(history(tmp_path / "whole")[columns], history(tmp_path / "cut")[columns], rtol=1e-5)
+
+
+def test_compile_trains_and_saves_plain_names(separable, tmp_path):
+    summary = train(TrainConfig(data=str(separable), epochs=1, compile=True, out=str(tmp_path / "run"), **FAST),
+                    quiet=True)
+    assert summary["status"] == "completed"
+    saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
+    assert not any(key.startswith("_orig_mod") for key in saved)

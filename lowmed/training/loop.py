@@ -226,6 +226,8 @@ def _run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], st
         # under torchrun, the module that trains this phase is wrapped once its frozen layers are set
         trained = inputs.dist.wrap(model.head) if cache is not None else inputs.dist.wrap(
             model, find_unused=model.aux_head is not None)
+        if config.compile:  # compiles what takes the steps; checkpoints keep the plain module's names
+            trained = torch.compile(trained)
         while phase_epoch < phase.epochs:
             phase_epoch += 1
             epoch = len(history) + 1
