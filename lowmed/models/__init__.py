@@ -1,0 +1,1 @@
+"""The model registry, classifier heads, Model A, and weight sources."""
