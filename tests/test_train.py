@@ -2,6 +2,7 @@
 
 import json
 import math
+from contextlib import contextmanager
 
 import pandas as pd
 import pytest
@@ -23,6 +24,22 @@ def history(run_dir):
     return pd.read_csv(run_dir / "history.csv")
 
 
+@contextmanager
+def interrupted_at_epoch(monkeypatch, epoch: int):
+    """Ctrl-C while the given epoch validates (every training path validates through validation_metrics)."""
+    real, calls = loop.validation_metrics, []
+
+    def stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == epoch:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "validation_metrics", stop)
+        yield
+
+
 def test_simplecnn_learns_the_separable_task(separable, tmp_path):
     summary = train(TrainConfig(data=str(separable), epochs=8, out=str(tmp_path / "run"), **FAST), quiet=True)
     assert summary["status"] == "completed"
@@ -40,19 +57,9 @@ def test_resume_after_interruption_equals_uninterrupted_run(separable, tmp_path,
     config = TrainConfig(data=str(separable), epochs=5, **FAST)
     train(TrainConfig(**{**config.to_dict(), "out": str(tmp_path / "whole")}), quiet=True)
 
-    real_evaluate, calls = loop.evaluate_split, []
-
-    def evaluate_then_stop(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "evaluate_split", evaluate_then_stop)
-    with pytest.raises(Interrupted, match="lowmed train --resume"):
+    with interrupted_at_epoch(monkeypatch, 3), pytest.raises(Interrupted, match="lowmed train --resume"):
         train(TrainConfig(**{**config.to_dict(), "out": str(tmp_path / "cut")}), quiet=True)
     assert len(history(tmp_path / "cut")) == 2
-    monkeypatch.setattr(loop, "evaluate_split", real_evaluate)
     summary = resume_run(tmp_path / "cut", quiet=True)
     assert summary["resumed"] is True and summary["epochs_run"] == 5
     whole, resumed = history(tmp_path / "whole"), history(tmp_path / "cut")
@@ -186,18 +193,8 @@ def test_resume_inside_the_cached_frozen_phase(separable, tmp_path, monkeypatch)
     train(TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "source"), **FAST), quiet=True)
     options = {"epochs": 4, "fine_tune_epochs": 2, "fine_tune_layers": 6, **FAST}
     finetune(tmp_path / "source", separable, out=str(tmp_path / "whole"), quiet=True, **options)
-    real_metrics, calls = loop.validation_metrics, []
-
-    def stop_at_third_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_metrics(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "validation_metrics", stop_at_third_epoch)
-    with pytest.raises(Interrupted):
+    with interrupted_at_epoch(monkeypatch, 3), pytest.raises(Interrupted):
         finetune(tmp_path / "source", separable, out=str(tmp_path / "cut"), quiet=True, **options)
-    monkeypatch.setattr(loop, "validation_metrics", real_metrics)
     resume_run(tmp_path / "cut", quiet=True)
     columns = ["phase", "epoch", "train_loss", "val_loss"]
     pd.testing.assert_frame_equal(history(tmp_path / "whole")[columns], history(tmp_path / "cut")[columns], rtol=1e-5)
