@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import combinations
 from pathlib import Path
 
@@ -56,6 +57,20 @@ class Run:
     def entity(self) -> str:
         return f"{self.arm} · {self.summary['model']}"
 
+    @cached_property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Targets, probabilities and loss mask from predictions.csv (rows sorted by path), read once per run."""
+        table = self.predictions.sort_values("path", kind="stable").reset_index(drop=True)
+        task, classes = self.report["task"], self.report["classes"]
+        probs = table[[f"prob:{c}" for c in classes]].to_numpy(dtype=float)
+        if task == "multilabel":
+            truth = table[[f"true:{c}" for c in classes]].set_axis(classes, axis=1)
+            uncertain = PreparedDataset.load(self.summary["dataset"]["prepared_dir"]).info.get("uncertain", "ignore")
+            targets, mask = label_tensors(truth, task, classes, uncertain)
+            return targets.numpy(), probs, mask.numpy()
+        targets, _ = label_tensors(table, task, classes)
+        return targets.numpy(), probs, None
+
 
 def headline_name(task: str, metric: str) -> str:
     """``auroc`` means the task's headline AUROC: binary, macro one-vs-rest, or mean over findings."""
@@ -94,27 +109,13 @@ def load_runs(run_dirs: list[Path], split: str, evaluate_missing: bool, bootstra
     return runs, skipped
 
 
-def _arrays(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Targets, probabilities and loss mask from a run's predictions.csv (rows sorted by path)."""
-    table = run.predictions.sort_values("path", kind="stable").reset_index(drop=True)
-    task, classes = run.report["task"], run.report["classes"]
-    probs = table[[f"prob:{c}" for c in classes]].to_numpy(dtype=float)
-    if task == "multilabel":
-        truth = table[[f"true:{c}" for c in classes]].set_axis(classes, axis=1)
-        uncertain = PreparedDataset.load(run.summary["dataset"]["prepared_dir"]).info.get("uncertain", "ignore")
-        targets, mask = label_tensors(truth, task, classes, uncertain)
-        return targets.numpy(), probs, mask.numpy()
-    targets, _ = label_tensors(table, task, classes)
-    return targets.numpy(), probs, None
-
-
-def _metric_on(task: str, name: str, targets, probs, mask, threshold) -> float:
+def _metric_on(task: str, classes: list[str], name: str, targets, probs, mask, threshold) -> float:
+    """One metric on (resampled) predictions; the AUROCs and multi-class accuracy by their fast paths."""
     if name in ("auroc", "macro_auroc", "mean_auroc"):
         return auroc(task, targets, probs, mask)
     if name == "accuracy" and task == "multiclass":
         return accuracy(task, targets, probs)
-    return compute_metrics(task, [str(i) for i in range(probs.shape[1])], targets, probs, mask,
-                           threshold).metrics[name]
+    return compute_metrics(task, classes, targets, probs, mask, threshold).metrics[name]
 
 
 def _correct(run: Run) -> np.ndarray:
@@ -214,9 +215,9 @@ def _paired_tests(runs: list[Run], metric: str, resamples: int, seed: int, quiet
 
 def _tests_for_pair(dataset, per_class, a: str, b: str, pairs: list[tuple[Run, Run]], metric: str,
                     resamples: int, seed: int) -> list[dict]:
-    task = pairs[0][0].report["task"]
+    task, classes = pairs[0][0].report["task"], pairs[0][0].report["classes"]
     name = headline_name(task, metric)
-    arrays = [(_arrays(x), _arrays(y), x.report["threshold"], y.report["threshold"]) for x, y in pairs]
+    arrays = [(x.arrays, y.arrays, x.report["threshold"], y.report["threshold"]) for x, y in pairs]
     (targets, _, mask), _, _, _ = arrays[0]
     table = pairs[0][0].predictions.sort_values("path", kind="stable")
     groups = table["group"].to_numpy()
@@ -224,8 +225,8 @@ def _tests_for_pair(dataset, per_class, a: str, b: str, pairs: list[tuple[Run, R
 
     def seed_averaged_difference(indices: np.ndarray) -> float:
         differences = [
-            _metric_on(task, name, ta[indices], pa[indices], None if ma is None else ma[indices], cut_a)
-            - _metric_on(task, name, tb[indices], pb[indices], None if mb is None else mb[indices], cut_b)
+            _metric_on(task, classes, name, ta[indices], pa[indices], None if ma is None else ma[indices], cut_a)
+            - _metric_on(task, classes, name, tb[indices], pb[indices], None if mb is None else mb[indices], cut_b)
             for (ta, pa, ma), (tb, pb, mb), cut_a, cut_b in arrays]
         return float(np.mean(differences))
 

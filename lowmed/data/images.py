@@ -56,10 +56,15 @@ def load_image(path: str | os.PathLike, size_hint: int | None = None) -> Image.I
     multi-megapixel originals several times cheaper to read.
     """
     with Image.open(path) as image:
-        if size_hint and image.format == "JPEG":
-            image.draft(image.mode, (size_hint, size_hint))
-        image.load()
-        return to_standard_mode(image)
+        return _decode(image, size_hint)
+
+
+def _decode(image: Image.Image, size_hint: int | None) -> Image.Image:
+    """Load an opened file (a JPEG at a reduced DCT scale when ``size_hint`` allows) in a standard mode."""
+    if size_hint and image.format == "JPEG":
+        image.draft(image.mode, (size_hint, size_hint))
+    image.load()
+    return to_standard_mode(image)
 
 
 def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
@@ -90,10 +95,7 @@ def inspect_image(path: str, cache_dir: str | None = None, cache_size: int | Non
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 original_mode, (width, height) = image.mode, image.size
-                if cache_size and image.format == "JPEG":
-                    image.draft(image.mode, (cache_size, cache_size))
-                image.load()
-                standard = to_standard_mode(image)
+                standard = _decode(image, cache_size)
     except Image.DecompressionBombError as exc:
         return {"ok": False, "reason": f"decompression bomb refused ({exc})"}
     except UnidentifiedImageError:

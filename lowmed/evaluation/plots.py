@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-from lowmed.evaluation.metrics import ECE_BINS  # noqa: E402
+from lowmed.evaluation.metrics import ECE_BINS, counted_labels  # noqa: E402
 
 
 def _curves(task: str, classes: list[str], targets: np.ndarray, probs: np.ndarray,
@@ -21,13 +21,8 @@ def _curves(task: str, classes: list[str], targets: np.ndarray, probs: np.ndarra
         return [(classes[1], targets, probs[:, 1])]
     if task == "multiclass":
         return [(name, (targets == c).astype(int), probs[:, c]) for c, name in enumerate(classes)]
-    curves = []
-    for k, name in enumerate(classes):
-        keep = mask[:, k] > 0 if mask is not None else slice(None)
-        y = targets[keep, k].astype(int)
-        if 0 < y.sum() < len(y):
-            curves.append((name, y, probs[keep, k]))
-    return curves
+    counted = [(name, *counted_labels(targets, probs, mask, k)) for k, name in enumerate(classes)]
+    return [(name, y, score) for name, y, score in counted if 0 < y.sum() < len(y)]
 
 
 def _save(figure, path: Path) -> None:
