@@ -1,9 +1,9 @@
 """GPU training throughput: lowmed's whole pipeline vs. the same model on random tensors already on the GPU.
 
 The ratio says whether the data pipeline (in-memory uint8 images, GPU augmentation, normalisation) keeps
-the GPU busy. Run on a machine with CUDA:
+the GPU busy. With ``--compile`` the same run is also timed with ``torch.compile``. Run on a machine with CUDA:
 
-    python benchmarks/gpu_train.py --data PREPARED_DIR --model resnet50 --out gpu_train.json
+    python benchmarks/gpu_train.py --data PREPARED_DIR --model resnet50 --compile --out gpu_train.json
 """
 
 import argparse
@@ -20,18 +20,20 @@ from lowmed.models.registry import build_model, get_model_spec
 from lowmed.training.train import train
 
 
-def lowmed_images_per_s(data: str, model: str, per_class: int, batch_size: int, epochs: int) -> dict:
-    """A real ``lowmed train`` run (from scratch, one phase); the first epoch is warm-up and not counted."""
+def lowmed_images_per_s(data: str, model: str, per_class: int, batch_size: int, epochs: int,
+                        compile: bool = False) -> dict:
+    """A real ``lowmed train`` run (from scratch, one phase); the first epoch is warm-up (and compiling) and not
+    counted."""
     with tempfile.TemporaryDirectory() as runs:
         config = TrainConfig(data=data, per_class=per_class, model=model, weights="none", epochs=epochs,
-                             batch_size=batch_size, device="cuda", out=f"{runs}/run")
+                             batch_size=batch_size, device="cuda", compile=compile, out=f"{runs}/run")
         started = time.perf_counter()
         summary = train(config, quiet=True)
         wall = time.perf_counter() - started
         rows = pd.read_csv(Path(runs) / "run" / "history.csv")
     steady = rows["images_per_s"].iloc[1:] if len(rows) > 1 else rows["images_per_s"]
     return {"images_per_s": float(steady.median()), "epoch_seconds": float(rows["seconds"].iloc[1:].median()),
-            "wall_seconds": round(wall, 2), "precision": summary["precision"], "epochs": len(rows)}
+            "first_epoch_seconds": float(rows["seconds"].iloc[0]), "wall_seconds": round(wall, 2), "precision": summary["precision"], "epochs": len(rows)}
 
 
 def random_tensor_images_per_s(model_name: str, batch_size: int, image_size: int, steps: int = 60) -> float:
@@ -64,6 +66,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=150)
     parser.add_argument("--batch-sizes", default="32,128")
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--compile", action="store_true", help="also time lowmed with torch.compile")
     parser.add_argument("--out", default="gpu_train.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -77,6 +80,11 @@ def main() -> None:
         results["runs"].append({"batch_size": batch_size, "lowmed": ours, "random_tensor_images_per_s": ceiling,
                                 "ratio": ratio})
         print(f"{batch_size:>5} {ours['images_per_s']:>13.0f} {ceiling:>20.0f} {ratio:>6.2f} {ours['epoch_seconds']:>8.2f}")
+        if args.compile:
+            compiled = lowmed_images_per_s(args.data, args.model, args.per_class, batch_size, args.epochs, compile=True)
+            results["runs"][-1]["lowmed_compiled"] = compiled
+            print(f"{'':>5} --compile: {compiled['images_per_s']:.0f} img/s ({compiled['images_per_s'] / ours['images_per_s']:.2f}"
+                  f" × without), first epoch {compiled['first_epoch_seconds']:.1f} s vs {ours['first_epoch_seconds']:.1f} s")
     Path(args.out).write_text(json.dumps(results, indent=2))
 
 

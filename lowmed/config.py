@@ -34,7 +34,7 @@ class TrainConfig:
     batch_size: int = 32  # per process; the global batch is batch_size × processes × accumulate
     accumulate: int = 1  # batches whose gradients add up before one optimizer step
     sync_bn: bool = False  # under torchrun on GPUs: batch-norm statistics over all processes
-    compile: bool = False  # torch.compile the trained module (pays on GPUs for long runs; compiling takes minutes)
+    compile: bool = False  # torch.compile the trained module (no faster on small runs: benchmarks/README.md)
     lr: float = 1e-4
     weight_decay: float = 1e-4
     freeze_base: bool = True

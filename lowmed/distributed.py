@@ -4,12 +4,17 @@ Every rank holds the model and the (small) image tensors; each epoch a seeded ``
 rank its share of the training images, ``DistributedDataParallel`` averages the gradients, validation predictions
 are gathered so every rank computes the same metrics (and so makes the same early-stopping decision), and only
 rank 0 writes files, logs and progress bars.
+
+``lowmed experiment`` under torchrun trains its pretrain stages across all processes and spreads the grid's small
+runs over them, one run per process at a time.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -33,8 +38,12 @@ class Distributed:
         return self.rank == 0
 
     @classmethod
-    def from_environment(cls, requested_device: str) -> "Distributed":
-        """Join the process group torchrun describes (NCCL on GPUs, gloo on CPUs); one process otherwise."""
+    def from_environment(cls, requested_device: str, timeout: timedelta | None = None) -> "Distributed":
+        """Join the process group torchrun describes (NCCL on GPUs, gloo on CPUs); one process otherwise.
+
+        ``timeout`` bounds every collective wait (PyTorch's default when None); it only applies to the call that
+        creates the group. A process's GPU becomes its current device, so ``cuda`` means that GPU from here on.
+        """
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
             return cls()
         world_size, local_rank = int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -42,12 +51,17 @@ class Distributed:
         if cuda:
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo")
+            dist.init_process_group("nccl" if cuda else "gloo", **({"timeout": timeout} if timeout else {}))
         return cls(world_size, int(os.environ["RANK"]), local_rank, enabled=True)
 
     def device(self, requested: str) -> torch.device:
+        """The device this process trains on; a GPU always by its index (torchrun's processes: each its own)."""
         device = resolve_device(requested)
-        return torch.device("cuda", self.local_rank) if self.enabled and device.type == "cuda" else device
+        if device.type != "cuda":
+            return device
+        if self.enabled:
+            return torch.device("cuda", self.local_rank)
+        return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
 
     def barrier(self) -> None:
         if self.enabled:
@@ -72,13 +86,27 @@ class Distributed:
         per_rank = -(-size // self.world_size)
         return slice(self.rank * per_rank, min(size, (self.rank + 1) * per_rank))
 
+    def gather_objects(self, value: Any) -> list:
+        """Every rank's (picklable) ``value``, in rank order, on every rank."""
+        if not self.enabled:
+            return [value]
+        parts: list = [None] * self.world_size
+        dist.all_gather_object(parts, value)
+        return parts
+
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every rank's tensor, concatenated in rank order, on every rank."""
         if not self.enabled:
             return tensor
-        parts: list = [None] * self.world_size
-        dist.all_gather_object(parts, tensor.cpu())
-        return torch.cat(parts).to(tensor.device)
+        return torch.cat(self.gather_objects(tensor.cpu())).to(tensor.device)
+
+    def share(self, value: Any) -> Any:
+        """Rank 0's (picklable) ``value`` on every rank: one decision taken once, so no rank goes another way."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def mean(self, value: float, weight: float) -> float:
         """The weighted mean of one number per rank."""
@@ -98,10 +126,7 @@ class Distributed:
                 action()
             except LowmedError as exc:
                 message = str(exc)
-        if self.enabled:
-            box = [message]
-            dist.broadcast_object_list(box, src=0)
-            message = box[0]
+        message = self.share(message)
         if message:
             raise LowmedError(message)
 

@@ -5,6 +5,10 @@ conditions (the same subsets, augmentation, epoch budget and evaluation for ever
 **pretrain stage**: a run on a broader medical corpus, trained once and then fine-tuned on every small subset
 (Model C). Finished runs are skipped, interrupted ones resumed, failed ones retried once; one failure never stops
 the others; an arm whose weights cannot be had is reported as skipped, with the reason.
+
+Under ``torchrun`` the pretrain stages train data-parallel across all processes, and each process then takes the
+grid's next unclaimed run and trains it alone on its own GPU; rank 0 prepares the data, draws the subsets, and
+writes the comparison and the report once every process has finished.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import json
 import os
 import platform
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +36,8 @@ from lowmed.data.manifest import DATASET_INFO, MANIFEST, PreparedDataset
 from lowmed.data.prepare import prepare
 from lowmed.data.subsample import subsample
 from lowmed.data.synthetic import prepare_demo_dataset
-from lowmed.errors import Interrupted, LowmedError
+from lowmed.distributed import Distributed
+from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.evaluation.evaluate import METRICS_JSON, evaluate
 from lowmed.io import write_text
 from lowmed.training.checkpoint import LAST
@@ -42,6 +49,8 @@ _ARM_KEYS = {"name", "model", "weights", "pretrain", "options"}
 # a dataset's prepare options, as in 'lowmed prepare', that name CSV columns
 _CSV_COLUMN_OPTIONS = {"path_column": "path", "label_column": "label", "label_columns": "labels",
                        "group_column": "group", "split_column": "split"}
+# under torchrun, a process that has finished its share of the grid waits this long for the slowest one
+GRID_WAIT = timedelta(hours=24)
 
 
 @dataclass
@@ -218,24 +227,27 @@ def _status(run_dir: Path) -> str:
     return "resumable" if (run_dir / LAST).is_file() and status != "failed" else "new"
 
 
-def _execute(job: PlannedRun, evaluate_options: dict, skip_reasons: dict[str, str]) -> None:
-    """Train (or resume) one run and evaluate it; record what happened in ``job.status``.
+def _execute(job: PlannedRun, evaluate_options: dict, skip_reasons: dict[str, str], dist: Distributed) -> None:
+    """Train (or resume) one run across ``dist``'s processes and evaluate it; record what happened in
+    ``job.status``.
 
-    An input error (say, ImageNet weights that cannot be downloaded) skips the rest of its arm too.
+    An input error (say, ImageNet weights that cannot be downloaded) skips the rest of its arm too. A crash is
+    retried once from scratch, except in a run shared by several processes: they cannot retry in step after one
+    of them crashed alone, so the study stops there (run it again to resume).
     """
     if job.arm is not None and job.arm.name in skip_reasons:
         job.status, job.detail = "skipped", skip_reasons[job.arm.name]
         return
-    state = _status(job.run_dir)
+    state = dist.share(_status(job.run_dir))  # rank 0's reading, before any rank writes there
     if state == "completed":
         job.status = "done before"
     else:
         for attempt in (1, 2):
             try:
                 if state == "resumable" and attempt == 1:
-                    resume_run(job.run_dir, quiet=True)
+                    resume_run(job.run_dir, quiet=True, dist=dist)
                 else:
-                    train(TrainConfig.from_dict(job.values, source=job.name), overwrite=True, quiet=True)
+                    train(TrainConfig.from_dict(job.values, source=job.name), overwrite=True, quiet=True, dist=dist)
                 job.status, job.detail = "trained", f"on the second try, after {job.detail}" if attempt == 2 else ""
                 break
             except Interrupted:
@@ -246,6 +258,9 @@ def _execute(job: PlannedRun, evaluate_options: dict, skip_reasons: dict[str, st
                     skip_reasons[job.arm.name] = str(exc)
                 return
             except Exception as exc:  # a failure during the run: once more, from scratch
+                if dist.enabled:
+                    raise RunFailed(f"{job.name} failed in process {dist.rank}: {type(exc).__name__}: {exc}; "
+                                    "run the same command again to resume the study") from exc
                 job.status, job.detail = "failed", f"{type(exc).__name__}: {exc}"
         if job.status == "failed":
             return
@@ -253,37 +268,82 @@ def _execute(job: PlannedRun, evaluate_options: dict, skip_reasons: dict[str, st
         evaluate(job.run_dir, quiet=True, **evaluate_options)
 
 
+def _claim(path: Path) -> bool:
+    """True for the one process that creates ``path`` first (an atomic create, also on a shared filesystem), so
+    a process that finishes early takes the next run instead of idling behind a fixed share."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quiet: bool = False) -> dict:
-    """Run (or resume) the whole study and write ``report.md``; with ``dry_run`` only plan it."""
+    """Run (or resume) the whole study and write ``report.md``; with ``dry_run`` only plan it.
+
+    Under torchrun every process returns the runs' outcomes; only rank 0's result names the report.
+    """
     started = time.perf_counter()
     study = load_study(study_path)
-    pretrains, runs = plan(study, prepare_data=not dry_run)
     if dry_run:
+        pretrains, runs = plan(study, prepare_data=False)
         return {"study": study, "pretrain": pretrains, "runs": runs}
+    dist = Distributed.from_environment(str(study.train.get("device", "auto")), timeout=GRID_WAIT)
+    claims = study.out / ".claims"  # under torchrun: which process took which grid run
+    planned: list = []
+
+    def prepare_study() -> None:  # rank 0 prepares the data and draws the subsets; the others then read them
+        shutil.rmtree(claims, ignore_errors=True)  # left by an invocation that was stopped
+        planned.append(plan(study))
+
+    dist.on_main(prepare_study)
+    pretrains, runs = planned[0] if planned else plan(study)
+    alone = Distributed()  # a grid run is small: each process trains its own, on its own GPU
+    own_runs: list[PlannedRun] = []
     skip_reasons: dict[str, str] = {}
     jobs = pretrains + runs
-    with progress_bar(transient=False, disable=quiet) as bar:
+    prefix = f"[process {dist.rank}] " if dist.world_size > 1 else ""
+    with progress_bar(transient=False, disable=quiet or not dist.is_main) as bar:
         task = bar.add_task(f"study {study.name}", total=len(jobs), status="")
         for index, job in enumerate(jobs, start=1):
+            if job.arm is not None and dist.world_size > 1 and not _claim(claims / job.name):
+                bar.advance(task)  # another process has it
+                continue
             bar.update(task, status=f"{job.name}")
-            _execute(job, study.evaluate, skip_reasons)
+            if job.arm is None:
+                _execute(job, study.evaluate, skip_reasons, dist)
+            else:
+                _execute(job, study.evaluate, skip_reasons, alone)
+                own_runs.append(job)
             if job.arm is None and job.status in ("failed", "skipped"):
                 for run in runs:  # the arm that needed this pretraining cannot run
                     if run.arm.pretrain is not None and run.values["weights"] == str(job.run_dir):
                         skip_reasons[run.arm.name] = f"pretrain stage {job.name} {job.status}: {job.detail}"
             if not quiet:
-                bar.console.print(f"[{index}/{len(jobs)}] {job.name}: {job.status}"
-                                  + (f" — {job.detail}" if job.detail else ""), highlight=False, soft_wrap=True)
+                bar.console.print(f"{prefix}[{index}/{len(jobs)}] {job.name}: {job.status}"
+                                  + (f" — {job.detail}" if job.detail else ""), markup=False, highlight=False,
+                                  soft_wrap=True)
             bar.advance(task)
+    if dist.enabled:  # every process's outcomes, on every process (waiting for the slowest)
+        outcomes = {name: (status, detail) for share in dist.gather_objects([(r.name, r.status, r.detail)
+                                                                             for r in own_runs])
+                    for name, status, detail in share}
+        for run in runs:
+            run.status, run.detail = outcomes[run.name]
+        if dist.is_main:
+            shutil.rmtree(claims, ignore_errors=True)
+    result = {"study": study, "pretrain": pretrains, "runs": runs, "report": None}
+    if not dist.is_main:
+        return result
     finished = [r for r in runs if r.status in ("trained", "done before")]
     comparison = None
     if finished:
         comparison = compare_runs([study.out / "runs"], out=study.out, quiet=True, **study.compare)
     wall = time.perf_counter() - started
-    report = study_report(study, pretrains, runs, comparison, wall)
+    report = study_report(study, pretrains, runs, comparison, wall, processes=dist.world_size)
     write_text(study.out / "report.md", report)
-    return {"study": study, "pretrain": pretrains, "runs": runs, "compare": comparison,
-            "report": str(study.out / "report.md"), "wall_seconds": wall}
+    return {**result, "compare": comparison, "report": str(study.out / "report.md"), "wall_seconds": wall}
 
 
 def _p_text(p: float) -> str:
@@ -308,7 +368,7 @@ def _sentence(row: dict, baseline: str) -> str:
 
 
 def study_report(study: Study, pretrains: list[PlannedRun], runs: list[PlannedRun], comparison: dict | None,
-                 wall_seconds: float) -> str:
+                 wall_seconds: float, processes: int = 1) -> str:
     """``report.md``: the question, the setup, the results table with intervals and p-values, learning curves,
     and conclusions written from the numbers."""
     lines = [f"# {study.name}: does transfer learning help at small training-set sizes?", "",
@@ -338,7 +398,9 @@ def study_report(study: Study, pretrains: list[PlannedRun], runs: list[PlannedRu
     done = sum(r.status in ("trained", "done before") for r in pretrains + runs)
     training = sum(s.get("epoch_seconds_total", 0) for s in summaries)
     lines.append(f"- Runs: {done} of {len(pretrains) + len(runs)} completed; {training / 60:.1f} min of training "
-                 f"epochs in all; this invocation took {wall_seconds / 60:.1f} min.")
+                 f"epochs in all; this invocation took {wall_seconds / 60:.1f} min"
+                 + (f" on {processes} processes (torchrun: pretrain stages data-parallel, grid runs one per process)."
+                    if processes > 1 else "."))
     if comparison:
         lines += ["", "## Results", ""]
         lines.append((study.out / "compare.md").read_text().split("\n", 2)[2] if (study.out / "compare.md").is_file()

@@ -1,4 +1,4 @@
-"""``torchrun --nproc_per_node 2`` on this CPU (gloo): one run dir, the single-process result, resume."""
+"""``torchrun --nproc_per_node 2`` on this CPU (gloo): one run dir, the single-process result, resume; a study."""
 
 import json
 import os
@@ -6,8 +6,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
+import pytest
+import yaml
 
 FLAGS = ["--image-size", "32", "--lr", "0.002", "--head", "linear", "--augment-strength", "0", "--patience", "100",
          "--seed", "3", "-q"]
@@ -16,6 +19,29 @@ FLAGS = ["--image-size", "32", "--lr", "0.002", "--head", "linear", "--augment-s
 def torchrun(*args):
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             "-m", "lowmed", *map(str, args)]
+
+
+def kill_launcher_and_workers(launcher: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its workers, as a pre-empted node loses them (torchrun starts each worker in a session
+    of its own, so killing the launcher's process group would leave them running)."""
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == launcher.pid:
+            workers.append(int(stat.parent.name))
+    assert workers, "torchrun has started no worker yet"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    launcher.kill()
+    launcher.wait()
+    deadline = time.time() + 20
+    while any(Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+              for pid in workers):
+        assert time.time() < deadline
+        time.sleep(0.05)
 
 
 def test_two_processes_match_one_with_the_same_global_batch(small, tmp_path):
@@ -38,16 +64,71 @@ def test_two_processes_match_one_with_the_same_global_batch(small, tmp_path):
 def test_resume_under_torchrun(small, tmp_path):
     process = subprocess.Popen(torchrun("train", small, "--epochs", "40", "--batch-size", "8", "--out",
                                         tmp_path / "run", *FLAGS), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+                               stderr=subprocess.DEVNULL)
     history = tmp_path / "run" / "history.csv"
     deadline = time.time() + 240
     while not (history.is_file() and len(pd.read_csv(history)) >= 2):
         assert time.time() < deadline and process.poll() is None
         time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers, as a pre-empted node loses them
-    process.wait()
+    kill_launcher_and_workers(process)
     done = subprocess.run(torchrun("train", "--resume", tmp_path / "run", "-q"), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = pd.read_csv(history)
     assert list(resumed["epoch"]) == list(range(1, 41))
+
+
+def test_study_under_torchrun_pretrains_together_and_shares_out_the_grid(small, chexpert, tmp_path):
+    def study(out):
+        path = tmp_path / f"{out}.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": "spread", "out": str(tmp_path / out),
+            "datasets": [{"name": "cxr", "data": str(small)}],
+            "arms": [{"name": "A", "model": "simplecnn"},
+                     {"name": "C", "model": "simplecnn", "pretrain": {"dataset": {"name": "cx", "data": str(chexpert)},
+                                                                      "epochs": 40, "patience": 100,
+                                                                      "batch_size": 4}}],
+            "per_class": [8], "seeds": [0, 1],
+            "train": {"image_size": 32, "batch_size": 8, "epochs": 3, "fine_tune_epochs": 1, "lr": 0.002,
+                      "head": "linear", "augment_strength": 0},
+            "evaluate": {"bootstrap": 40}, "compare": {"resamples": 40}}))
+        return path
+
+    out = tmp_path / "spread"
+    pretrain_dir = out / "pretrain" / "simplecnn-on-cx"
+    stopped = subprocess.Popen(torchrun("experiment", study("spread")), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not ((pretrain_dir / "history.csv").is_file() and len(pd.read_csv(pretrain_dir / "history.csv")) >= 3):
+        assert time.time() < deadline and stopped.poll() is None
+        time.sleep(0.1)
+    kill_launcher_and_workers(stopped)  # the whole study, in the middle of its pretrain stage
+    assert json.loads((pretrain_dir / "train.json").read_text())["status"] == "running"
+
+    spread = subprocess.run(torchrun("experiment", study("spread")), capture_output=True, text=True, timeout=400)
+    assert spread.returncode == 0, spread.stderr[-3000:]
+    pretrain = json.loads((pretrain_dir / "train.json").read_text())
+    assert pretrain["processes"] == 2 and pretrain["status"] == "completed" and pretrain["resumed"]
+    assert list(pd.read_csv(pretrain_dir / "history.csv")["epoch"]) == list(range(1, 41))
+    names = [f"cxr-{arm}-simplecnn-n8-seed{seed}" for seed in (0, 1) for arm in "ac"]
+    for name in names:  # each grid run trained by one process, alone, and evaluated
+        assert json.loads((out / "runs" / name / "train.json").read_text())["processes"] == 1
+        assert (out / "runs" / name / "eval" / "test" / "metrics.json").is_file()
+    assert spread.stderr.count("simplecnn-on-cx: trained") == 2  # the pretrain stage: both processes, resumed
+    assert all(spread.stderr.count(f"{name}: trained") == 1 for name in names)  # a grid run: whichever claimed it
+    report = (out / "report.md").read_text()
+    assert "5 of 5 completed" in report and "on 2 processes" in report and "## Conclusions" in report
+
+    # a grid run trained by one of torchrun's processes is the run one process trains
+    single = subprocess.run([sys.executable, "-m", "lowmed", "experiment", study("single"), "-q"],
+                            capture_output=True, text=True, timeout=400)
+    assert single.returncode == 0, single.stderr[-3000:]
+    for name in names[::2]:
+        spread_history, single_history = (pd.read_csv(tmp_path / study_out / "runs" / name / "history.csv")
+                                          for study_out in ("spread", "single"))
+        assert spread_history["val_loss"].tolist() == pytest.approx(single_history["val_loss"].tolist(), rel=1e-4)
+
+    again = subprocess.run(torchrun("experiment", study("spread")), capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("done before") == 6  # the pretrain stage seen by both processes, the grid by one each
+    assert not (out / ".claims").exists()

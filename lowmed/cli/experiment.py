@@ -16,8 +16,13 @@ def experiment_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid and its size; train nothing.")] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Run datasets × arms × per-class sizes × seeds under identical conditions, then compare and report."""
+    """Run datasets × arms × per-class sizes × seeds under identical conditions, then compare and report.
+
+    Under torchrun, pretrain stages train across all processes and each process trains grid runs of its own.
+    """
     result = run_experiment(study, dry_run=dry_run, quiet=quiet)
+    if not dry_run and result["report"] is None:
+        return  # another of torchrun's processes: rank 0 shows the study
     study_spec = result["study"]
     grid = (f"{len(study_spec.datasets)} dataset(s) × {len(study_spec.arms)} arms × {len(study_spec.per_class)} sizes"
             f" × {len(study_spec.seeds)} seeds = {len(result['runs'])} runs, + {len(result['pretrain'])} pretrain stage(s)")

@@ -29,7 +29,7 @@ def train_command(
     epochs: Annotated[Optional[int], typer.Option(help=f"Epochs (the frozen phase, for pretrained weights). [default: {_D.epochs}]")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=f"Images per step and per process (under torchrun the global batch is this × processes × --accumulate). [default: {_D.batch_size}]")] = None,
     accumulate: Annotated[Optional[int], typer.Option(help=f"Add up the gradients of N batches before each optimizer step (for small GPUs). [default: {_D.accumulate}]")] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the network (pays on GPUs for long runs; compiling takes minutes).")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the network (compiling takes about half a minute or more; no faster on small runs, see benchmarks/README.md).")] = None,
     sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn", help="Under torchrun on GPUs: batch-norm statistics over all processes.")] = None,
     lr: Annotated[Optional[float], typer.Option(help=f"Learning rate (AdamW). [default: {_D.lr:g}]")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help=f"[default: {_D.weight_decay:g}]")] = None,

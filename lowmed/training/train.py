@@ -38,13 +38,14 @@ DEFAULT_RUNS_ROOT = Path("runs")
 
 
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-          runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT) -> dict:
+          runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT, dist: Distributed | None = None) -> dict:
     """Train one run; returns the summary also written to ``train.json``.
 
-    With ``resume`` the run dir in ``config.out`` is continued from its ``last.pt``.
+    With ``resume`` the run dir in ``config.out`` is continued from its ``last.pt``. ``dist``: the processes that
+    train it together; by default the ones torchrun started (or this process alone).
     """
     config.validate()
-    dist = Distributed.from_environment(config.device)  # one process, or one of torchrun's
+    dist = dist if dist is not None else Distributed.from_environment(config.device)
     quiet = quiet or not dist.is_main
     if dist.enabled and config.balanced_sampler:
         raise LowmedError("--balanced-sampler: not available under torchrun; use --class-weights auto")
@@ -146,13 +147,13 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     return summary
 
 
-def resume_run(run_dir: str | os.PathLike, *, quiet: bool = False) -> dict:
+def resume_run(run_dir: str | os.PathLike, *, quiet: bool = False, dist: Distributed | None = None) -> dict:
     """Continue an interrupted run from its ``last.pt`` with its own ``config.yaml``."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise LowmedError(f"--resume {run_dir}: no {CONFIG}; expected a lowmed run dir")
     config = TrainConfig.from_yaml(run_dir / CONFIG)
-    return train(replace(config, out=str(run_dir)), resume=True, quiet=quiet)
+    return train(replace(config, out=str(run_dir)), resume=True, quiet=quiet, dist=dist)
 
 
 def finetune(source: str | os.PathLike, data: str | os.PathLike | None = None, *, overwrite: bool = False,
