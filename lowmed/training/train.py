@@ -291,6 +291,17 @@ def _read_summary(run_dir: Path) -> dict:
         raise LowmedError(f"{run_dir / SUMMARY}: cannot read the run summary ({exc})") from None
 
 
+def _cpu_name() -> str:
+    """The processor's model name (Linux reports it in /proc/cpuinfo; ``platform.processor()`` is often empty)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def _summary(config: TrainConfig, dataset: PreparedDataset, report: WeightsReport, preprocessing: dict,
              device: torch.device, parameters: int, dist: Distributed) -> dict:
     counts = (dataset.subset or dataset.info)["counts"]
@@ -308,7 +319,8 @@ def _summary(config: TrainConfig, dataset: PreparedDataset, report: WeightsRepor
         "seed": config.seed,
         "preprocessing": preprocessing,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "cpu_threads": torch.get_num_threads(),  # the order CPU sums run in: same threads, same run to the last bit
         "amp": bool(config.amp),
         "processes": dist.world_size,
         "global_batch_size": config.batch_size * dist.world_size * config.accumulate,
