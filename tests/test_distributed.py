@@ -20,25 +20,26 @@ def torchrun(*args):
             "-m", "lowmed", *map(str, args)]
 
 
+def _stat(pid: int) -> list[str] | None:
+    """A process's state, parent pid, ... from /proc (None once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def kill_launcher_and_workers(launcher: subprocess.Popen) -> None:
     """SIGKILL torchrun and its workers, as a pre-empted node loses them (torchrun starts each worker in a session
     of its own, so killing the launcher's process group would leave them running)."""
-    workers = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == launcher.pid:
-            workers.append(int(stat.parent.name))
+    workers = [int(entry.name) for entry in Path("/proc").iterdir()
+               if entry.name.isdigit() and (_stat(int(entry.name)) or [None, None])[1] == str(launcher.pid)]
     assert workers, "torchrun has started no worker yet"
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
     launcher.kill()
     launcher.wait()
     deadline = time.time() + 20
-    while any(Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-              for pid in workers):
+    while any((_stat(pid) or ["Z"])[0] != "Z" for pid in workers):  # dead, or a zombie not yet reaped
         assert time.time() < deadline
         time.sleep(0.05)
 
