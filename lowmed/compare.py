@@ -23,12 +23,12 @@ from scipy import stats as scipy_stats
 
 from lowmed.console import track, warn
 from lowmed.data.loading import label_tensors
-from lowmed.data.manifest import PreparedDataset
+from lowmed.data.manifest import read_info
 from lowmed.errors import LowmedError
 from lowmed.evaluation.evaluate import METRICS_JSON, evaluate
 from lowmed.evaluation.metrics import accuracy, auroc, compute_metrics
 from lowmed.evaluation.plots import plot_learning_curves
-from lowmed.evaluation.stats import delong_test, holm, mcnemar_test, paired_bootstrap
+from lowmed.evaluation.stats import delong_test, holm_by_family, mcnemar_test, paired_bootstrap
 from lowmed.io import write_csv, write_json, write_text
 from lowmed.training.train import SUMMARY
 
@@ -58,18 +58,40 @@ class Run:
         return f"{self.arm} · {self.summary['model']}"
 
     @cached_property
+    def table(self) -> pd.DataFrame:
+        """predictions.csv sorted by path: the row order every paired comparison uses."""
+        return _by_path(self.predictions)
+
+    @cached_property
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Targets, probabilities and loss mask from predictions.csv (rows sorted by path), read once per run."""
-        table = self.predictions.sort_values("path", kind="stable").reset_index(drop=True)
-        task, classes = self.report["task"], self.report["classes"]
-        probs = table[[f"prob:{c}" for c in classes]].to_numpy(dtype=float)
-        if task == "multilabel":
-            truth = table[[f"true:{c}" for c in classes]].set_axis(classes, axis=1)
-            uncertain = PreparedDataset.load(self.summary["dataset"]["prepared_dir"]).info.get("uncertain", "ignore")
-            targets, mask = label_tensors(truth, task, classes, uncertain)
-            return targets.numpy(), probs, mask.numpy()
-        targets, _ = label_tensors(table, task, classes)
-        return targets.numpy(), probs, None
+        """Targets, probabilities and loss mask, in ``table`` order."""
+        return _prediction_arrays(self.table, self.report, self.summary["dataset"]["prepared_dir"])
+
+    @cached_property
+    def correct(self) -> np.ndarray | None:
+        return _correct_calls(self.table, self.report["task"])
+
+
+def _by_path(predictions: pd.DataFrame) -> pd.DataFrame:
+    return predictions.sort_values("path", kind="stable").reset_index(drop=True)
+
+
+def _correct_calls(table: pd.DataFrame, task: str) -> np.ndarray | None:
+    """Whether each saved call (at the evaluation's threshold) was right; multi-label predictions make none."""
+    return None if task == "multilabel" else (table["predicted"] == table["label"]).to_numpy()
+
+
+def _prediction_arrays(table: pd.DataFrame, report: dict,
+                       prepared_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Targets, probabilities and (multi-label) loss mask from a predictions table and its metrics.json."""
+    task, classes = report["task"], report["classes"]
+    probs = table[[f"prob:{c}" for c in classes]].to_numpy(dtype=float)
+    if task == "multilabel":
+        truth = table[[f"true:{c}" for c in classes]].set_axis(classes, axis=1)
+        targets, mask = label_tensors(truth, task, classes, read_info(prepared_dir).get("uncertain", "ignore"))
+        return targets.numpy(), probs, mask.numpy()
+    targets, _ = label_tensors(table, task, classes)
+    return targets.numpy(), probs, None
 
 
 def headline_name(task: str, metric: str) -> str:
@@ -116,11 +138,6 @@ def _metric_on(task: str, classes: list[str], name: str, targets, probs, mask, t
     if name == "accuracy" and task == "multiclass":
         return accuracy(task, targets, probs)
     return compute_metrics(task, classes, targets, probs, mask, threshold).metrics[name]
-
-
-def _correct(run: Run) -> np.ndarray:
-    table = run.predictions.sort_values("path", kind="stable")
-    return (table["predicted"] == table["label"]).to_numpy()
 
 
 def compare_runs(paths: list[str | os.PathLike], *, split: str = "test", metric: str = "auroc",
@@ -201,14 +218,12 @@ def _paired_tests(runs: list[Run], metric: str, resamples: int, seed: int, quiet
     for key, a, b in track(jobs, len(jobs), "Paired tests", quiet):
         by_seed_a, by_seed_b = cells[key][a], cells[key][b]
         pairs = [(by_seed_a[s], by_seed_b[s]) for s in sorted(set(by_seed_a) & set(by_seed_b))]
-        pairs = [(x, y) for x, y in pairs if sorted(x.predictions["path"]) == sorted(y.predictions["path"])]
+        pairs = [(x, y) for x, y in pairs if x.table["path"].equals(y.table["path"])]
         if pairs:
             rows += _tests_for_pair(key[0], key[1], a, b, pairs, metric, resamples, seed)
     tests = pd.DataFrame(rows, columns=["dataset", "per_class", "a", "b", "test", "seeds", "metric", "estimate",
                                         "ci_low", "ci_high", "p"])
-    tests["p_holm"] = np.nan
-    for name, family in tests.groupby("test"):
-        tests.loc[family.index, "p_holm"] = holm(family["p"].tolist())
+    tests["p_holm"] = holm_by_family(tests["p"].tolist(), tests["test"].tolist())
     tests["significant"] = tests["p_holm"] < ALPHA
     return tests.sort_values(["dataset", "per_class", "a", "b", "test", "seeds"], kind="stable").reset_index(drop=True)
 
@@ -219,8 +234,7 @@ def _tests_for_pair(dataset, per_class, a: str, b: str, pairs: list[tuple[Run, R
     name = headline_name(task, metric)
     arrays = [(x.arrays, y.arrays, x.report["threshold"], y.report["threshold"]) for x, y in pairs]
     (targets, _, mask), _, _, _ = arrays[0]
-    table = pairs[0][0].predictions.sort_values("path", kind="stable")
-    groups = table["group"].to_numpy()
+    groups = pairs[0][0].table["group"].to_numpy()
     strata = targets if task != "multilabel" else (targets > 0).any(axis=1)
 
     def seed_averaged_difference(indices: np.ndarray) -> float:
@@ -236,15 +250,22 @@ def _tests_for_pair(dataset, per_class, a: str, b: str, pairs: list[tuple[Run, R
     boot = paired_bootstrap(seed_averaged_difference, groups, np.asarray(strata), resamples, seed)
     rows = [{**base, "test": "paired bootstrap (seed-averaged)", "seeds": len(pairs), "estimate": estimate, **boot}]
     for (x, y), ((tx, px, _), (_, py, _), _, _) in zip(pairs, arrays):
-        if task == "binary":
-            delong = delong_test(tx, px[:, 1], py[:, 1])
-            rows.append({**base, "metric": "auroc", "test": "DeLong", "seeds": x.summary["seed"],
-                         "estimate": delong["difference"], "ci_low": np.nan, "ci_high": np.nan, "p": delong["p"]})
-        if task != "multilabel":
-            mcnemar = mcnemar_test(_correct(x), _correct(y))
-            rows.append({**base, "metric": "accuracy", "test": "McNemar", "seeds": x.summary["seed"],
-                         "estimate": mcnemar["difference"], "ci_low": np.nan, "ci_high": np.nan, "p": mcnemar["p"]})
+        for test, test_metric, result in _per_seed_tests(task, tx, px, py, x.correct, y.correct):
+            rows.append({**base, "metric": test_metric, "test": test, "seeds": x.summary["seed"],
+                         "estimate": result["difference"], "ci_low": np.nan, "ci_high": np.nan, "p": result["p"]})
     return rows
+
+
+def _per_seed_tests(task: str, targets: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray,
+                    correct_a: np.ndarray | None, correct_b: np.ndarray | None) -> list[tuple[str, str, dict]]:
+    """(test, metric, result) for two models on the same images: DeLong on binary AUROC, exact McNemar on the
+    saved calls (single-label tasks)."""
+    tests = []
+    if task == "binary":
+        tests.append(("DeLong", "auroc", delong_test(targets, probs_a[:, 1], probs_b[:, 1])))
+    if task != "multilabel":
+        tests.append(("McNemar", "accuracy", mcnemar_test(correct_a, correct_b)))
+    return tests
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -285,21 +306,17 @@ def compare_models(model_paths: dict[str, str | os.PathLike], dataset_root: str 
     their intervals, and test every pair (DeLong for binary AUROC, McNemar for accuracy; Holm-corrected)."""
     reports = {name: evaluate(None, checkpoint=str(path), data=dataset_root, split=split, **options)
                for name, path in model_paths.items()}
-    tables = {name: pd.read_csv(Path(report["out"]) / "predictions.csv").sort_values("path", kind="stable")
+    tables = {name: _by_path(pd.read_csv(Path(report["out"]) / "predictions.csv")) for name, report in reports.items()}
+    arrays = {name: _prediction_arrays(tables[name], report, report["dataset"]["prepared_dir"])
               for name, report in reports.items()}
     rows = []
     for a, b in combinations(reports, 2):
-        if reports[a]["task"] == "binary":
-            positive = f"prob:{reports[a]['classes'][1]}"
-            truth = (tables[a]["label"] == reports[a]["classes"][1]).to_numpy().astype(int)
-            rows.append({"a": a, "b": b, "test": "DeLong", **delong_test(truth, tables[a][positive].to_numpy(),
-                                                                         tables[b][positive].to_numpy())})
-        if reports[a]["task"] != "multilabel":
-            correct = [(t["predicted"] == t["label"]).to_numpy() for t in (tables[a], tables[b])]
-            rows.append({"a": a, "b": b, "test": "McNemar", **mcnemar_test(*correct)})
-    for test in {row["test"] for row in rows}:
-        family = [row for row in rows if row["test"] == test]
-        for row, adjusted in zip(family, holm([row["p"] for row in family])):
-            row["p_holm"] = adjusted
+        task = reports[a]["task"]
+        (targets, probs_a, _), (_, probs_b, _) = arrays[a], arrays[b]
+        correct_a, correct_b = _correct_calls(tables[a], task), _correct_calls(tables[b], task)
+        for test, _, result in _per_seed_tests(task, targets, probs_a, probs_b, correct_a, correct_b):
+            rows.append({"a": a, "b": b, "test": test, **result})
+    for row, adjusted in zip(rows, holm_by_family([row["p"] for row in rows], [row["test"] for row in rows])):
+        row["p_holm"] = adjusted
     return {"metrics": {name: report["metrics"] for name, report in reports.items()},
             "ci95": {name: report["ci95"] for name, report in reports.items()}, "tests": rows}

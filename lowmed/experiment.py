@@ -32,7 +32,7 @@ from lowmed.compare import compare_runs, format_p
 from lowmed.config import TrainConfig
 from lowmed.console import progress_bar
 from lowmed.data.formats import CsvColumns
-from lowmed.data.manifest import DATASET_INFO, MANIFEST, PreparedDataset
+from lowmed.data.manifest import DATASET_INFO, MANIFEST, PreparedDataset, read_info
 from lowmed.data.prepare import prepare
 from lowmed.data.subsample import subsample
 from lowmed.data.synthetic import prepare_demo_dataset
@@ -376,11 +376,10 @@ def study_report(study: Study, pretrains: list[PlannedRun], runs: list[PlannedRu
              "beat the same budget trained from scratch (Model A) when only a few labelled images per class are "
              "available — and by how much, with what certainty?", "", "## Setup", ""]
     for spec in study.datasets:
-        dataset = _prepared(spec, study.out, quiet=True)
-        counts = dataset.info["counts"]
-        lines.append(f"- **{spec.name}** ({dataset.task}; classes: {', '.join(dataset.classes)}): "
-                     + "; ".join(f"{split} {sum(c.values())} images" for split, c in counts.items())
-                     + f"; splits {', '.join(f'{s} {o}' for s, o in dataset.info['splits']['origin'].items())}.")
+        info = read_info(next(run.values["data"] for run in runs if run.dataset == spec.name))
+        lines.append(f"- **{spec.name}** ({info['task']}; classes: {', '.join(info['classes'])}): "
+                     + "; ".join(f"{split} {sum(c.values())} images" for split, c in info["counts"].items())
+                     + f"; splits {', '.join(f'{s} {o}' for s, o in info['splits']['origin'].items())}.")
     lines.append(f"- Training images per class: {', '.join(map(str, study.per_class))}; seeds: "
                  f"{', '.join(map(str, study.seeds))} (one seed draws the same subset for every arm; subsets are "
                  "nested in N).")

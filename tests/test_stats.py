@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from lowmed.evaluation.stats import delong_test, holm, mcnemar_test, paired_bootstrap
+from lowmed.evaluation.stats import delong_test, holm, holm_by_family, mcnemar_test, paired_bootstrap
 
 
 def delong_by_definition(y, a, b):
@@ -68,6 +68,8 @@ def test_holm_on_a_known_list():
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5, float("nan")])[0] == 0.5 and math.isnan(holm([0.5, float("nan")])[1])
     assert holm([0.9, 0.8]) == [1.0, 1.0]  # 0.8 × 2 caps at 1, and no adjusted p may fall below it
+    # each family on its own: the two DeLong p-values are doubled, the lone McNemar one is not
+    assert holm_by_family([0.01, 0.04, 0.03], ["DeLong", "McNemar", "DeLong"]) == pytest.approx([0.02, 0.04, 0.03])
 
 
 def test_paired_bootstrap_detects_a_real_difference():

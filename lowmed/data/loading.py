@@ -125,7 +125,6 @@ def label_tensors(frame: pd.DataFrame, task: str, classes: list[str],
         index = {name: i for i, name in enumerate(classes)}
         return torch.tensor(frame["label"].map(index).to_numpy(), dtype=torch.long), None
     raw = frame[classes].to_numpy(dtype=float, na_value=0.0)
-    raw = np.nan_to_num(raw, nan=0.0)
     uncertain_cells = raw == -1
     values = np.where(uncertain_cells, 1.0 if uncertain == "ones" else 0.0, raw)
     mask = ~uncertain_cells if uncertain == "ignore" else np.ones_like(raw, dtype=bool)

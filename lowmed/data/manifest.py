@@ -63,14 +63,11 @@ class PreparedDataset:
 
     @classmethod
     def _load_dir(cls, root: Path) -> "PreparedDataset":
-        manifest_path, info_path = root / MANIFEST, root / DATASET_INFO
-        if not manifest_path.is_file() or not info_path.is_file():
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file() or not (root / DATASET_INFO).is_file():
             raise LowmedError(f"{root}: not a prepared dataset (expected {MANIFEST} and {DATASET_INFO}; "
                               "run 'lowmed prepare' first)")
-        info = _read_yaml(info_path)
-        for key in ("task", "classes"):
-            if key not in info:
-                raise LowmedError(f"{info_path}: missing field {key!r}")
+        info = read_info(root)
         return cls(root.resolve(), info, _read_manifest(manifest_path, info), manifest_path.resolve())
 
     def image_paths(self, frame: pd.DataFrame | None = None, prefer_cache: bool = True) -> list[Path]:
@@ -83,6 +80,19 @@ class PreparedDataset:
 
     def split(self, name: str) -> pd.DataFrame:
         return self.manifest[self.manifest["split"] == name].reset_index(drop=True)
+
+
+def read_info(root: str | Path) -> dict:
+    """A prepared dir's ``dataset.yaml`` alone (task, classes, counts, splits, uncertain policy), for readers
+    that do not need its manifest."""
+    info_path = Path(root) / DATASET_INFO
+    if not info_path.is_file():
+        raise LowmedError(f"{root}: not a prepared dataset (no {DATASET_INFO}; run 'lowmed prepare' first)")
+    info = _read_yaml(info_path)
+    for key in ("task", "classes"):
+        if key not in info:
+            raise LowmedError(f"{info_path}: missing field {key!r}")
+    return info
 
 
 def _read_yaml(path: Path) -> dict:

@@ -56,8 +56,7 @@ def subsample(data: str | os.PathLike, per_class: int, *, seed: int = 0, out: st
     out = Path(out) if out else dataset.root / "subsets" / f"subset-{per_class}-seed{seed}.csv"
     if out.suffix != ".csv":
         raise LowmedError(f"--out {out}: expected a .csv file name for the subset manifest")
-    write_csv(out, subset_frame)
-    write_yaml(out.with_suffix(".yaml"), {
+    sidecar = {
         "lowmed_version": lowmed.__version__,
         "prepared_dir": str(dataset.root),
         "source_manifest_sha256": sha256_file(dataset.root / MANIFEST),
@@ -69,8 +68,12 @@ def subsample(data: str | os.PathLike, per_class: int, *, seed: int = 0, out: st
         "images": {str(k): int(v) for k, v in subset_frame["split"].value_counts().items()},
         "train_available": {"counts": dataset.info["counts"].get("train", {}), "images": len(train)},
         "shortfalls": shortfalls,
-    })
-    subset = Subset(out, PreparedDataset.load(out), per_class, seed, shortfalls)
+    }
+    write_csv(out, subset_frame)
+    write_yaml(out.with_suffix(".yaml"), sidecar)
+    # what PreparedDataset.load(out) would read back, without reading and hashing the manifests again
+    subset = Subset(out, PreparedDataset(dataset.root, dataset.info, subset_frame.reset_index(drop=True), out, sidecar),
+                    per_class, seed, shortfalls)
     if materialize:
         materialize_tree(subset.dataset, Path(materialize))
     return subset

@@ -85,7 +85,10 @@ def evaluate(run_dir: str | os.PathLike | None = None, *, split: str = "test", d
                 probabilities(logits, task).cpu().numpy())
 
     frame, targets, mask, probs = predict(dataset, split)
-    cut, cut_source = _threshold(threshold, task, split, lambda: predict(PreparedDataset.load(config["data"]), "val"))
+    def own_val():  # a chosen threshold comes from the run's own val split (loaded again only for external data)
+        return predict(PreparedDataset.load(config["data"]) if external else dataset, "val")
+
+    cut, cut_source = _threshold(threshold, task, split, own_val)
     result = compute_metrics(task, classes, targets, probs, mask, cut)
 
     # strata for the bootstrap: the class, or for multi-label data whether any counted finding is positive

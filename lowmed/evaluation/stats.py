@@ -105,6 +105,16 @@ def paired_bootstrap(difference: Callable[[np.ndarray], float], groups: np.ndarr
     return {"ci_low": float(np.percentile(draws, tail)), "ci_high": float(np.percentile(draws, 100 - tail)), "p": float(p)}
 
 
+def holm_by_family(p_values: list[float], families: list[str]) -> list[float]:
+    """Holm-adjusted p-values, each family of tests (say, all DeLong tests) corrected on its own."""
+    adjusted = [float("nan")] * len(p_values)
+    for family in set(families):
+        members = [i for i, name in enumerate(families) if name == family]
+        for index, value in zip(members, holm([p_values[i] for i in members])):
+            adjusted[index] = value
+    return adjusted
+
+
 def holm(p_values: list[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values (NaN entries stay NaN and do not count)."""
     values = np.asarray(p_values, dtype=float)

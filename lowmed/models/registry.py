@@ -133,8 +133,10 @@ def _timm_spec(name: str) -> ModelSpec:
 class Classifier(nn.Module):
     """Backbone features → head. Inception's auxiliary features get their own linear head in training."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, feature_dim: int,
+                 aux_head: nn.Module | None = None) -> None:
         super().__init__()
+        self.feature_dim = feature_dim  # the backbone's pooled features, the head's input
         self.backbone = backbone
         self.head = head
         self.aux_head = aux_head
@@ -149,7 +151,7 @@ class Classifier(nn.Module):
 
 def build_model(spec: ModelSpec, classes: int, head: str = "mlp") -> Classifier:
     aux_head = nn.Linear(768, classes) if spec.name == "inception_v3" else None
-    return Classifier(spec.build_backbone(), build_head(head, spec.feature_dim, classes), aux_head)
+    return Classifier(spec.build_backbone(), build_head(head, spec.feature_dim, classes), spec.feature_dim, aux_head)
 
 
 def layer_groups(backbone: nn.Module) -> list[nn.Module]:

@@ -33,9 +33,7 @@ class FeatureCache:
         views = config.cached_views if config.augment_strength > 0 else min(config.cached_views, 1)
         if views == 0:
             return None
-        feature_dim = inputs.model.head[0].in_features if isinstance(inputs.model.head, nn.Sequential) \
-            else inputs.model.head.in_features
-        if views * (len(inputs.train) + len(inputs.val)) * feature_dim * 4 > CACHE_LIMIT_BYTES:
+        if views * (len(inputs.train) + len(inputs.val)) * inputs.model.feature_dim * 4 > CACHE_LIMIT_BYTES:
             return None
         backbone = inputs.model.backbone.eval()
         batch = config.batch_size * 2
