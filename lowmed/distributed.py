@@ -131,6 +131,11 @@ class Distributed:
             raise LowmedError(message)
 
 
+def is_rank_zero() -> bool:
+    """False in torchrun's other processes: they leave what is shown to rank 0 (the only process otherwise)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def leave_process_group() -> None:
     """Close the process group torchrun made us join (PyTorch warns about leaked resources otherwise)."""
     if dist.is_available() and dist.is_initialized():

@@ -54,6 +54,7 @@ def test_two_processes_match_one_with_the_same_global_batch(small, tmp_path):
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = (pd.read_csv(tmp_path / name / "history.csv") for name in ("one", "two"))
     assert list(two["epoch"]) == list(range(1, 13))  # one history, written once
+    assert double.stdout.count("best epoch") == 1  # one summary table, from rank 0
     summary = json.loads((tmp_path / "two" / "train.json").read_text())
     assert summary["processes"] == 2 and summary["global_batch_size"] == 16 and summary["status"] == "completed"
     # the same global batch and seed: validation loss within a small tolerance of the single-process run

@@ -10,6 +10,7 @@ from rich.table import Table
 from lowmed.cli._options import Overwrite, Quiet
 from lowmed.cli._render import stdout
 from lowmed.config import TrainConfig
+from lowmed.distributed import is_rank_zero
 from lowmed.training.train import finetune, resume_run, train
 
 _D = TrainConfig()  # defaults, shown in --help
@@ -92,6 +93,8 @@ finetune_command.__annotations__ = {"source": _source.annotation,
 
 
 def render_summary(summary: dict) -> None:
+    if not is_rank_zero():  # under torchrun every process returns the summary; one shows it
+        return
     best = summary["best"]
     table = Table(title=f"run {summary['run_dir']}", title_justify="left", show_header=False)
     table.add_column(style="bold")
