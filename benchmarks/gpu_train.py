@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from lowmed.config import TrainConfig
+from lowmed.contracts import RunDir
 from lowmed.models.registry import build_model, get_model_spec
 from lowmed.training.train import train
 
@@ -30,7 +31,7 @@ def lowmed_images_per_s(data: str, model: str, per_class: int, batch_size: int, 
         started = time.perf_counter()
         summary = train(config, quiet=True)
         wall = time.perf_counter() - started
-        rows = pd.read_csv(Path(runs) / "run" / "history.csv")
+        rows = pd.read_csv(RunDir(f"{runs}/run").history)
     steady = rows["images_per_s"].iloc[1:] if len(rows) > 1 else rows["images_per_s"]
     return {"images_per_s": float(steady.median()), "epoch_seconds": float(rows["seconds"].iloc[1:].median()),
             "first_epoch_seconds": float(rows["seconds"].iloc[0]), "wall_seconds": round(wall, 2), "precision": summary["precision"], "epochs": len(rows)}

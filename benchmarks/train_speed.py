@@ -34,6 +34,7 @@ from torch import nn
 from torchvision import datasets, transforms
 
 from lowmed.config import TrainConfig
+from lowmed.contracts import RunDir
 from lowmed.data.augment import augment_batch
 from lowmed.data.loading import index_chunks, label_tensors, load_split
 from lowmed.data.manifest import PreparedDataset
@@ -189,7 +190,7 @@ def child_fullrun(args) -> dict:
                                         batch_size=args.batch_size, patience=100, out=f"{runs}/run",
                                         augment_strength=0.5), quiet=True)
             wall = time.perf_counter() - started
-            history = pd.read_csv(Path(runs) / "run" / "history.csv")
+            history = pd.read_csv(RunDir(f"{runs}/run").history)
         result = {"wall_seconds": wall, "phase_seconds": history.groupby("phase")["seconds"].sum().to_dict(),
                   "best_val_auroc": float(history["val_auroc"].max()), "precision": summary["precision"]}
     result["peak_rss_mb"] = peak_rss_mb()

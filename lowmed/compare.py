@@ -1,16 +1,18 @@
 """``lowmed compare``: runs side by side, aggregated over seeds, with paired tests between arms.
 
-Arms: A = from scratch (``--weights none``), B = ImageNet, C = another model's weights (a medical pretraining run
-or an external medical checkpoint). Two arms are compared where they were evaluated on the same test images of
-the same dataset at the same per-class N; seeds pair up, since one seed draws the same training subset for every
-arm. The primary test of a pair is a paired bootstrap over patients of the seed-averaged metric difference; DeLong
-(AUROC, binary tasks) and McNemar (accuracy at the saved thresholds) are reported per seed. Each family of tests
-is Holm-corrected.
+A run belongs to the arm it was trained as (``--arm``, or a study arm's name; runs from before arms had names are
+"A scratch", "B ImageNet" or "C medical" by their weights). Runs are told apart by dataset (the hash of its
+prepared manifest), arm, model, per-class N and seed; two runs that claim the same place are an error, never
+averaged. Two arms are compared where they were evaluated on the same test images of the same dataset at the same
+N; seeds pair up, since one seed draws the same training subset for every arm. Every pair of arms is tested; with a
+baseline arm (``--baseline``, or the one arm trained from scratch) each other arm is set against it (other −
+baseline). The primary test of a pair is a paired bootstrap over patients of the seed-averaged metric difference;
+DeLong (AUROC, binary tasks) and McNemar (accuracy at the saved thresholds) are reported per seed. Each family of
+tests is Holm-corrected.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,40 +24,49 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from lowmed.console import track, warn
+from lowmed.contracts import (Comparison, ComparisonDir, EvalDir, EvalReport, RunDir, TrainSummary,
+                              find_run_dirs)
 from lowmed.data.loading import label_tensors
 from lowmed.data.manifest import read_info
 from lowmed.errors import LowmedError
-from lowmed.evaluation.evaluate import METRICS_JSON, evaluate
+from lowmed.evaluation.evaluate import evaluate
 from lowmed.evaluation.metrics import accuracy, auroc, compute_metrics
 from lowmed.evaluation.plots import plot_learning_curves
 from lowmed.evaluation.stats import delong_test, holm_by_family, mcnemar_test, paired_bootstrap
-from lowmed.io import write_csv, write_json, write_text
-from lowmed.training.train import SUMMARY
+from lowmed.io import write_csv, write_text
 
-ARMS = {"none": "A scratch", "imagenet": "B ImageNet", "run": "C medical", "file": "C medical"}
 ALPHA = 0.05
+PRIMARY_TEST = "paired bootstrap (seed-averaged)"
 
 
 @dataclass
 class Run:
     """One completed run with its evaluation on the compared split."""
 
-    path: Path
-    summary: dict  # train.json
-    report: dict  # metrics.json
+    run: RunDir
+    summary: TrainSummary
+    report: EvalReport
     predictions: pd.DataFrame
+    dataset: str = ""  # the dataset's display name, unique among the compared datasets (set by compare_runs)
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
 
     @property
     def arm(self) -> str:
-        return ARMS.get(self.summary["weight_source"], self.summary["weight_source"])
-
-    @property
-    def dataset(self) -> str:
-        return Path(self.summary["dataset"]["prepared_dir"]).name
+        return self.summary.arm
 
     @property
     def entity(self) -> str:
-        return f"{self.arm} · {self.summary['model']}"
+        """What a paired test compares: an arm's runs of one model."""
+        return f"{self.arm} · {self.summary.model}"
+
+    @property
+    def place(self) -> tuple:
+        """Where a run sits in the comparison; no two runs may share one."""
+        return (self.summary.dataset.identity, self.arm, self.summary.model, self.summary.dataset.per_class,
+                self.summary.seed)
 
     @cached_property
     def table(self) -> pd.DataFrame:
@@ -65,11 +76,11 @@ class Run:
     @cached_property
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Targets, probabilities and loss mask, in ``table`` order."""
-        return _prediction_arrays(self.table, self.report, self.summary["dataset"]["prepared_dir"])
+        return _prediction_arrays(self.table, self.report, self.summary.dataset.prepared_dir)
 
     @cached_property
     def correct(self) -> np.ndarray | None:
-        return _correct_calls(self.table, self.report["task"])
+        return _correct_calls(self.table, self.report.task)
 
 
 def _by_path(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -81,10 +92,10 @@ def _correct_calls(table: pd.DataFrame, task: str) -> np.ndarray | None:
     return None if task == "multilabel" else (table["predicted"] == table["label"]).to_numpy()
 
 
-def _prediction_arrays(table: pd.DataFrame, report: dict,
+def _prediction_arrays(table: pd.DataFrame, report: EvalReport,
                        prepared_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Targets, probabilities and (multi-label) loss mask from a predictions table and its metrics.json."""
-    task, classes = report["task"], report["classes"]
+    task, classes = report.task, report.classes
     probs = table[[f"prob:{c}" for c in classes]].to_numpy(dtype=float)
     if task == "multilabel":
         truth = table[[f"true:{c}" for c in classes]].set_axis(classes, axis=1)
@@ -101,34 +112,58 @@ def headline_name(task: str, metric: str) -> str:
     return metric
 
 
-def discover_runs(paths: list[str | os.PathLike]) -> list[Path]:
-    found = []
-    for path in map(Path, paths):
-        if not path.exists():
-            raise LowmedError(f"{path}: no such folder of runs")
-        found += [summary.parent for summary in sorted(path.rglob(SUMMARY))]
-    return sorted(set(found))
-
-
-def load_runs(run_dirs: list[Path], split: str, evaluate_missing: bool, bootstrap: int,
+def load_runs(run_dirs: list[RunDir], split: str, evaluate_missing: bool, bootstrap: int,
               quiet: bool) -> tuple[list[Run], list[dict]]:
     """Completed runs with their evaluations (made on the fly where missing), and the runs left out, with why."""
     runs, skipped = [], []
-    for run_dir in run_dirs:
-        summary = json.loads((run_dir / SUMMARY).read_text())
-        if summary.get("status") != "completed":
-            skipped.append({"run": str(run_dir), "reason": f"status {summary.get('status')!r}, not completed"})
+    for run in run_dirs:
+        summary = run.read_summary()
+        if not summary.completed:
+            skipped.append({"run": str(run.path), "reason": f"status {summary.status!r}, not completed"})
             continue
-        folder = run_dir / "eval" / split
-        if not (folder / METRICS_JSON).is_file():
+        evaluation = run.evaluation(split)
+        if not evaluation.exists():
             if not evaluate_missing:
-                skipped.append({"run": str(run_dir), "reason": f"no evaluation on {split}; "
-                                f"run: lowmed evaluate {run_dir} --split {split}"})
+                skipped.append({"run": str(run.path), "reason": f"no evaluation on {split}; "
+                                f"run: lowmed evaluate {run.path} --split {split}"})
                 continue
-            evaluate(run_dir, split=split, bootstrap=bootstrap, quiet=quiet)
-        report = json.loads((folder / METRICS_JSON).read_text())
-        runs.append(Run(run_dir, summary, report, pd.read_csv(folder / "predictions.csv")))
+            evaluate(run.path, split=split, bootstrap=bootstrap, quiet=quiet)
+        runs.append(Run(run, summary, evaluation.read_report(), pd.read_csv(evaluation.predictions)))
     return runs, skipped
+
+
+def _name_datasets(runs: list[Run]) -> None:
+    """Each run's dataset by its folder's name, with a hash prefix where two different datasets share a name."""
+    identities: dict[str, set[str]] = {}
+    for run in runs:
+        identities.setdefault(run.summary.dataset.name, set()).add(run.summary.dataset.identity)
+    for run in runs:
+        reference = run.summary.dataset
+        run.dataset = (reference.name if len(identities[reference.name]) == 1
+                       else f"{reference.name}@{reference.identity[:8]}")
+
+
+def _check_one_run_per_place(runs: list[Run]) -> None:
+    first: dict[tuple, Run] = {}
+    for run in runs:
+        other = first.setdefault(run.place, run)
+        if other is not run:
+            raise LowmedError(
+                f"{other.path} and {run.path} are the same comparison cell (dataset {run.dataset}, arm {run.arm!r}, "
+                f"model {run.summary.model}, N {run.summary.dataset.per_class}, seed {run.summary.seed}); "
+                "train one of them with another --arm, or compare them separately")
+
+
+def choose_baseline(runs: list[Run], requested: str | None) -> str | None:
+    """The arm the others are set against: the one asked for, else the one arm trained from scratch, else none."""
+    arms = sorted({run.arm for run in runs})
+    if requested is not None:
+        if requested not in arms:
+            raise LowmedError(f"--baseline {requested!r}: no such arm among the runs; they have "
+                              f"{', '.join(map(repr, arms))}")
+        return requested
+    scratch = sorted({run.arm for run in runs if run.summary.weight_source == "none"})
+    return scratch[0] if len(scratch) == 1 else None
 
 
 def _metric_on(task: str, classes: list[str], name: str, targets, probs, mask, threshold) -> float:
@@ -141,50 +176,55 @@ def _metric_on(task: str, classes: list[str], name: str, targets, probs, mask, t
 
 
 def compare_runs(paths: list[str | os.PathLike], *, split: str = "test", metric: str = "auroc",
-                 by: tuple[str, ...] = ("dataset", "arm", "model", "per_class"), out: str | os.PathLike | None = None,
-                 evaluate_missing: bool = True, bootstrap: int = 2000, resamples: int = 1000, seed: int = 0,
-                 quiet: bool = False) -> dict:
+                 by: tuple[str, ...] = ("dataset", "arm", "model", "per_class"), baseline: str | None = None,
+                 out: str | os.PathLike | None = None, evaluate_missing: bool = True, bootstrap: int = 2000,
+                 resamples: int = 1000, seed: int = 0, quiet: bool = False) -> Comparison:
     """Compare every completed run below ``paths``; write compare.csv/json/md, stats.csv and learning curves."""
     known = {"dataset", "arm", "model", "per_class", "seed", "weights"}
     if set(by) - known:
         raise LowmedError(f"--by {','.join(by)}: expected fields among {', '.join(sorted(known))}")
-    runs, skipped = load_runs(discover_runs(paths), split, evaluate_missing, bootstrap, quiet)
+    runs, skipped = load_runs(find_run_dirs(paths), split, evaluate_missing, bootstrap, quiet)
     if not runs:
         raise LowmedError(f"no completed, evaluated runs found below {', '.join(map(str, paths))}")
+    _name_datasets(runs)
+    _check_one_run_per_place(runs)
+    baseline = choose_baseline(runs, baseline)
     for item in skipped:
         warn(f"{item['run']} left out: {item['reason']}")
     table = _runs_table(runs, metric)
     groups = _aggregate(table, list(by))
-    tests = _paired_tests(runs, metric, resamples, seed, quiet)
-    out = Path(out or paths[0])
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "compare.csv", table)
-    write_csv(out / "stats.csv", tests)
+    tests = _paired_tests(runs, metric, baseline, resamples, seed, quiet)
+    target = ComparisonDir(Path(out or paths[0]))
+    target.path.mkdir(parents=True, exist_ok=True)
+    write_csv(target.table, table)
+    write_csv(target.stats, tests)
     curves = _aggregate(table.dropna(subset=["per_class"]), ["dataset", "arm", "model", "per_class"])
-    figures = plot_learning_curves(out, curves)
-    result = {"split": split, "metric": metric, "runs": table.to_dict("records"), "groups": groups.to_dict("records"),
-              "comparisons": tests.to_dict("records"), "skipped": skipped, "figures": [str(f) for f in figures],
-              "out": str(out)}
-    write_json(out / "compare.json", result)
-    write_text(out / "compare.md", markdown_report(table, groups, tests, metric))
-    return result
+    figures = plot_learning_curves(target, curves)
+    comparison = Comparison(split=split, metric=metric, baseline=baseline, runs=table.to_dict("records"),
+                            groups=groups.to_dict("records"), comparisons=tests.to_dict("records"), skipped=skipped,
+                            figures=[str(f) for f in figures], out=str(target.path))
+    comparison.write(target.record)
+    write_text(target.markdown, markdown_report(table, groups, tests, metric, baseline))
+    return comparison
 
 
 def _runs_table(runs: list[Run], metric: str) -> pd.DataFrame:
     rows = []
     for run in runs:
-        name = headline_name(run.report["task"], metric)
-        if name not in run.report["metrics"]:
+        name = headline_name(run.report.task, metric)
+        if name not in run.report.metrics:
             raise LowmedError(f"--metric {metric}: {run.path} has no such metric; "
-                              f"it has {', '.join(run.report['metrics'])}")
-        low, high = run.report["ci95"].get(name) or [np.nan, np.nan]
+                              f"it has {', '.join(run.report.metrics)}")
+        low, high = run.report.ci95.get(name) or [np.nan, np.nan]
+        summary = run.summary
         rows.append({
-            "run": str(run.path), "dataset": run.dataset, "task": run.report["task"], "arm": run.arm,
-            "model": run.summary["model"], "weights": run.summary["weights"]["path"] or run.summary["weight_source"],
-            "per_class": run.summary["dataset"]["per_class"], "seed": run.summary["seed"], "metric": name,
-            "value": run.report["metrics"][name], "ci_low": low, "ci_high": high,
-            "accuracy": run.report["metrics"].get("accuracy", np.nan), "n_test": run.report["n"],
-            "train_seconds": run.summary.get("epoch_seconds_total", np.nan), "epochs": run.summary["epochs_run"],
+            "run": str(run.path), "dataset": run.dataset, "dataset_sha256": summary.dataset.identity,
+            "task": run.report.task, "arm": run.arm, "model": summary.model,
+            "weights": summary.weights.path or summary.weight_source, "per_class": summary.dataset.per_class,
+            "seed": summary.seed, "metric": name, "value": run.report.metrics[name], "ci_low": low, "ci_high": high,
+            "accuracy": run.report.metrics.get("accuracy", np.nan), "n_test": run.report.n,
+            "train_seconds": summary.epoch_seconds_total if summary.epoch_seconds_total is not None else np.nan,
+            "epochs": summary.epochs_run,
         })
     return pd.DataFrame(rows).sort_values(["dataset", "per_class", "arm", "model", "seed"], na_position="first")
 
@@ -207,32 +247,44 @@ def _aggregate(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _paired_tests(runs: list[Run], metric: str, resamples: int, seed: int, quiet: bool) -> pd.DataFrame:
-    """Every pair of arms/models on the same dataset, N and test images; Holm within each family of tests."""
+def _paired_tests(runs: list[Run], metric: str, baseline: str | None, resamples: int, seed: int,
+                  quiet: bool) -> pd.DataFrame:
+    """Every pair of arms/models on the same dataset, N and test images, the baseline arm as ``b``; Holm within each
+    family of tests."""
     cells: dict[tuple, dict[str, dict[int, Run]]] = {}
+    arm_of: dict[str, str] = {}
     for run in runs:
-        key = (run.dataset, run.summary["dataset"]["per_class"], run.report["split"])
-        cells.setdefault(key, {}).setdefault(run.entity, {})[run.summary["seed"]] = run
-    jobs = [(key, a, b) for key, entities in cells.items() for a, b in combinations(sorted(entities), 2)]
+        key = (run.dataset, run.summary.dataset.per_class, run.report.split)
+        cells.setdefault(key, {}).setdefault(run.entity, {})[run.summary.seed] = run
+        arm_of[run.entity] = run.arm
+    jobs = []
+    for key, entities in cells.items():
+        for a, b in combinations(sorted(entities), 2):
+            if arm_of[a] == baseline and arm_of[b] != baseline:
+                a, b = b, a  # the difference reads as other arm − baseline
+            jobs.append((key, a, b))
     rows = []
     for key, a, b in track(jobs, len(jobs), "Paired tests", quiet):
         by_seed_a, by_seed_b = cells[key][a], cells[key][b]
         pairs = [(by_seed_a[s], by_seed_b[s]) for s in sorted(set(by_seed_a) & set(by_seed_b))]
         pairs = [(x, y) for x, y in pairs if x.table["path"].equals(y.table["path"])]
         if pairs:
-            rows += _tests_for_pair(key[0], key[1], a, b, pairs, metric, resamples, seed)
+            vs_baseline = arm_of[b] == baseline and arm_of[a] != baseline
+            rows += [{**row, "vs_baseline": vs_baseline}
+                     for row in _tests_for_pair(key[0], key[1], a, b, pairs, metric, resamples, seed)]
     tests = pd.DataFrame(rows, columns=["dataset", "per_class", "a", "b", "test", "seeds", "metric", "estimate",
-                                        "ci_low", "ci_high", "p"])
+                                        "ci_low", "ci_high", "p", "vs_baseline"])
     tests["p_holm"] = holm_by_family(tests["p"].tolist(), tests["test"].tolist())
     tests["significant"] = tests["p_holm"] < ALPHA
-    return tests.sort_values(["dataset", "per_class", "a", "b", "test", "seeds"], kind="stable").reset_index(drop=True)
+    return tests.sort_values(["dataset", "per_class", "vs_baseline", "a", "b", "test", "seeds"],
+                             ascending=[True, True, False, True, True, True, True], kind="stable").reset_index(drop=True)
 
 
 def _tests_for_pair(dataset, per_class, a: str, b: str, pairs: list[tuple[Run, Run]], metric: str,
                     resamples: int, seed: int) -> list[dict]:
-    task, classes = pairs[0][0].report["task"], pairs[0][0].report["classes"]
+    task, classes = pairs[0][0].report.task, pairs[0][0].report.classes
     name = headline_name(task, metric)
-    arrays = [(x.arrays, y.arrays, x.report["threshold"], y.report["threshold"]) for x, y in pairs]
+    arrays = [(x.arrays, y.arrays, x.report.threshold, y.report.threshold) for x, y in pairs]
     (targets, _, mask), _, _, _ = arrays[0]
     groups = pairs[0][0].table["group"].to_numpy()
     strata = targets if task != "multilabel" else (targets > 0).any(axis=1)
@@ -248,10 +300,10 @@ def _tests_for_pair(dataset, per_class, a: str, b: str, pairs: list[tuple[Run, R
     everything = np.arange(len(targets))
     estimate = seed_averaged_difference(everything)
     boot = paired_bootstrap(seed_averaged_difference, groups, np.asarray(strata), resamples, seed)
-    rows = [{**base, "test": "paired bootstrap (seed-averaged)", "seeds": len(pairs), "estimate": estimate, **boot}]
+    rows = [{**base, "test": PRIMARY_TEST, "seeds": len(pairs), "estimate": estimate, **boot}]
     for (x, y), ((tx, px, _), (_, py, _), _, _) in zip(pairs, arrays):
         for test, test_metric, result in _per_seed_tests(task, tx, px, py, x.correct, y.correct):
-            rows.append({**base, "metric": test_metric, "test": test, "seeds": x.summary["seed"],
+            rows.append({**base, "metric": test_metric, "test": test, "seeds": x.summary.seed,
                          "estimate": result["difference"], "ci_low": np.nan, "ci_high": np.nan, "p": result["p"]})
     return rows
 
@@ -278,7 +330,8 @@ def format_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def markdown_report(table: pd.DataFrame, groups: pd.DataFrame, tests: pd.DataFrame, metric: str) -> str:
+def markdown_report(table: pd.DataFrame, groups: pd.DataFrame, tests: pd.DataFrame, metric: str,
+                    baseline: str | None) -> str:
     lines = [f"# lowmed compare — {metric}", "", "## Groups (mean over seeds, 95 % interval)", ""]
     columns = [c for c in groups.columns if c not in ("metric", "ci_low", "ci_high", "interval", "sd", "mean")]
     lines.append("| " + " | ".join([*columns, "metric", "mean [95 % CI]", "SD"]) + " |")
@@ -288,7 +341,9 @@ def markdown_report(table: pd.DataFrame, groups: pd.DataFrame, tests: pd.DataFra
                                           for c in columns), row["metric"],
                                         f"{_fmt(row['mean'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
                                         _fmt(row["sd"])]) + " |")
-    lines += ["", "## Paired comparisons (a − b; Holm-adjusted within each test)", "",
+    against = (f"every other arm against the baseline arm {baseline} (b), then the remaining pairs" if baseline
+               else "every pair of arms; no baseline arm")
+    lines += ["", "## Paired comparisons (a − b; Holm-adjusted within each test)", "", f"Pairs: {against}.", "",
               "| dataset | N/class | a | b | test | seeds | metric | difference [95 % CI] | p | p (Holm) | significant |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in tests.to_dict("records"):
@@ -306,17 +361,17 @@ def compare_models(model_paths: dict[str, str | os.PathLike], dataset_root: str 
     their intervals, and test every pair (DeLong for binary AUROC, McNemar for accuracy; Holm-corrected)."""
     reports = {name: evaluate(None, checkpoint=str(path), data=dataset_root, split=split, **options)
                for name, path in model_paths.items()}
-    tables = {name: _by_path(pd.read_csv(Path(report["out"]) / "predictions.csv")) for name, report in reports.items()}
-    arrays = {name: _prediction_arrays(tables[name], report, report["dataset"]["prepared_dir"])
+    tables = {name: _by_path(pd.read_csv(EvalDir(Path(report.out)).predictions)) for name, report in reports.items()}
+    arrays = {name: _prediction_arrays(tables[name], report, report.dataset["prepared_dir"])
               for name, report in reports.items()}
     rows = []
     for a, b in combinations(reports, 2):
-        task = reports[a]["task"]
+        task = reports[a].task
         (targets, probs_a, _), (_, probs_b, _) = arrays[a], arrays[b]
         correct_a, correct_b = _correct_calls(tables[a], task), _correct_calls(tables[b], task)
         for test, _, result in _per_seed_tests(task, targets, probs_a, probs_b, correct_a, correct_b):
             rows.append({"a": a, "b": b, "test": test, **result})
     for row, adjusted in zip(rows, holm_by_family([row["p"] for row in rows], [row["test"] for row in rows])):
         row["p_holm"] = adjusted
-    return {"metrics": {name: report["metrics"] for name, report in reports.items()},
-            "ci95": {name: report["ci95"] for name, report in reports.items()}, "tests": rows}
+    return {"metrics": {name: report.metrics for name, report in reports.items()},
+            "ci95": {name: report.ci95 for name, report in reports.items()}, "tests": rows}

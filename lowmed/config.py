@@ -10,8 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from lowmed.contracts import read_yaml
 from lowmed.errors import LowmedError
 
 MONITORS = ("val_loss", "val_auroc", "val_accuracy")
@@ -26,6 +25,7 @@ class TrainConfig:
     data: str | None = None  # prepared dir, subset manifest, or raw dataset folder
     subset: str | None = None  # subset manifest (overrides data's own train rows)
     per_class: int | None = None  # subsample on the fly when no subset is given
+    arm: str | None = None  # the study arm this run belongs to; None = derived from the weights (A scratch, ...)
     model: str = "simplecnn"
     weights: str = "auto"  # none | imagenet | PATH | RUN_DIR; auto = imagenet, or none for simplecnn
     allow_partial_weights: bool = False
@@ -74,6 +74,7 @@ class TrainConfig:
             ("head", self.head in HEADS, f"one of {', '.join(HEADS)}"),
             ("device", self.device in DEVICES, f"one of {', '.join(DEVICES)}"),
             ("class_weights", self.class_weights in ("auto", "none"), "auto or none"),
+            ("arm", self.arm is None or bool(self.arm.strip()), "a non-empty name"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -96,16 +97,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
-        path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise LowmedError(f"--config {path}: cannot read ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise LowmedError(f"--config {path}: not valid YAML ({exc})") from None
-        if not isinstance(values, dict):
-            raise LowmedError(f"--config {path}: expected a mapping of option names to values")
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_yaml(path, f"--config {path}"), source=str(path))
 
 
 def _flag(name: str) -> str:

@@ -15,7 +15,7 @@ def test_yaml_round_trip(tmp_path):
     ("epochs: 3\nlearning_rate: 0.1\n", "unknown key(s) learning_rate"),
     ("epochs: three\n", "epochs: 'three' is not a valid int"),
     ("freeze_base: 1\n", "freeze_base: 1 is not a valid bool"),
-    ("- a\n- b\n", "expected a mapping of option names"),
+    ("- a\n- b\n", "expected a mapping of names to values"),
     ("epochs: [1\n", "not valid YAML"),
 ])
 def test_bad_yaml_names_the_field(tmp_path, text, message):

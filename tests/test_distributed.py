@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from lowmed import run_experiment
+
 FLAGS = ["--image-size", "32", "--lr", "0.002", "--head", "linear", "--augment-strength", "0", "--patience", "100",
          "--seed", "3", "-q"]
 
@@ -96,7 +98,7 @@ def test_study_under_torchrun_pretrains_together_and_shares_out_the_grid(small, 
         return path
 
     out = tmp_path / "spread"
-    pretrain_dir = out / "pretrain" / "simplecnn-on-cx"
+    pretrain_dir = run_experiment(study("spread"), dry_run=True).pretrain[0].run_dir  # simplecnn-on-cx-<hash>
     stopped = subprocess.Popen(torchrun("experiment", study("spread")), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -115,7 +117,7 @@ def test_study_under_torchrun_pretrains_together_and_shares_out_the_grid(small, 
     for name in names:  # each grid run trained by one process, alone, and evaluated
         assert json.loads((out / "runs" / name / "train.json").read_text())["processes"] == 1
         assert (out / "runs" / name / "eval" / "test" / "metrics.json").is_file()
-    assert spread.stderr.count("simplecnn-on-cx: trained") == 2  # the pretrain stage: both processes, resumed
+    assert spread.stderr.count(f"{pretrain_dir.name}: trained") == 2  # the pretrain stage: both processes, resumed
     assert all(spread.stderr.count(f"{name}: trained") == 1 for name in names)  # a grid run: whichever claimed it
     report = (out / "report.md").read_text()
     assert "5 of 5 completed" in report and "on 2 processes" in report and "## Conclusions" in report

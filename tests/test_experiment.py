@@ -1,6 +1,7 @@
 """A tiny study end to end: grid, pretrain stage, skipped arm, retry, resume, compare and report."""
 
 import json
+import os
 from pathlib import Path
 from urllib.error import URLError
 
@@ -51,8 +52,8 @@ def offline(tmp_path, monkeypatch):
 
 def test_dry_run_plans_the_grid_without_training(study, tmp_path):
     result = run_experiment(study, dry_run=True)
-    assert len(result["pretrain"]) == 1 and len(result["runs"]) == 12  # 1 dataset × 3 arms × 2 sizes × 2 seeds
-    assert [r.name for r in result["runs"][:3]] == ["cxr-a-simplecnn-n5-seed0", "cxr-b-resnet18-n5-seed0",
+    assert len(result.pretrain) == 1 and len(result.runs) == 12  # 1 dataset × 3 arms × 2 sizes × 2 seeds
+    assert [r.name for r in result.runs[:3]] == ["cxr-a-simplecnn-n5-seed0", "cxr-b-resnet18-n5-seed0",
                                                     "cxr-c-simplecnn-n5-seed0"]
     assert not (tmp_path / "study" / "runs").exists()
 
@@ -66,10 +67,10 @@ def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, m
             raise RuntimeError("simulated crash")
         return real_train(config, **kwargs)
 
-    monkeypatch.setattr("lowmed.experiment.train", flaky_train)
+    monkeypatch.setattr("lowmed.experiment.execute.train", flaky_train)
     result = run_experiment(study, quiet=True)
-    statuses = {run.name: (run.status, run.detail) for run in result["runs"]}
-    assert result["pretrain"][0].status == "trained"
+    statuses = {run.name: (run.status, run.detail) for run in result.runs}
+    assert result.pretrain[0].status == "trained"
     assert all(statuses[f"cxr-b-resnet18-n{n}-seed{s}"][0] == "skipped" for n in (5, 10) for s in (0, 1))
     assert "is not cached and cannot be downloaded" in statuses["cxr-b-resnet18-n5-seed0"][1]
     assert statuses["cxr-a-simplecnn-n10-seed1"] == ("trained", "on the second try, after RuntimeError: simulated crash")
@@ -77,7 +78,7 @@ def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, m
 
     out = tmp_path / "study"
     report = (out / "report.md").read_text()
-    assert "## Conclusions" in report and "C medical · simplecnn" in report and "A scratch · simplecnn" in report
+    assert "## Conclusions" in report and "C · simplecnn" in report and "A · simplecnn" in report
     assert "cxr-b-resnet18-n5-seed0: skipped" in report
     stats = pd.read_csv(out / "stats.csv")
     primary = stats[stats["test"] == "paired bootstrap (seed-averaged)"]
@@ -88,16 +89,16 @@ def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, m
     assert source["weight_source"] == "run" and source["weights"]["missing"] == []
 
     again = run_experiment(study, quiet=True)  # resumable: nothing is trained twice
-    assert {run.status for run in again["runs"]} == {"done before", "skipped"}
-    assert again["pretrain"][0].status == "done before"
+    assert {run.status for run in again.runs} == {"done before", "skipped"}
+    assert again.pretrain[0].status == "done before"
 
 
 def test_compare_aggregates_seeds_and_reports_missing_evaluations(trained_run, tmp_path):
     with pytest.raises(LowmedError, match="no completed, evaluated runs"):
         compare_runs([trained_run], evaluate_missing=False, out=tmp_path, quiet=True, split="val")
     result = compare_runs([trained_run.parent], bootstrap=30, resamples=30, out=tmp_path, quiet=True)
-    assert len(result["runs"]) == 1 and result["groups"][0]["n"] == 1
-    assert result["runs"][0]["arm"] == "A scratch"
+    assert len(result.runs) == 1 and result.groups[0]["n"] == 1
+    assert result.runs[0]["arm"] == "A scratch"
     for name in ("compare.csv", "compare.json", "compare.md", "stats.csv"):
         assert (tmp_path / name).is_file()
 
@@ -118,10 +119,19 @@ def test_bad_study_files_name_the_field(study, change, message):
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in (Path(__file__).parent.parent / "examples").glob("*.yaml")))
-def test_every_example_study_plans(example, monkeypatch):
-    monkeypatch.setenv("LOWMED_SHARED_DATA", "/data/packs")
-    result = run_experiment(Path(__file__).parent.parent / "examples" / example, dry_run=True)
-    assert result["runs"] and all(run.values["model"] for run in result["runs"])
+def test_every_example_study_plans(example, tmp_path, monkeypatch):
+    """Each example checks and plans where its data paths exist (here: empty folders of those names)."""
+    path = Path(__file__).parent.parent / "examples" / example
+    monkeypatch.setenv("LOWMED_SHARED_DATA", str(tmp_path / "packs"))
+    monkeypatch.chdir(tmp_path)
+    study = yaml.safe_load(path.read_text())
+    specs = study["datasets"] + [arm["pretrain"]["dataset"] for arm in study["arms"] if "pretrain" in arm]
+    for spec in specs:
+        if "data" in spec:
+            Path(os.path.expandvars(spec["data"])).mkdir(parents=True)
+    result = run_experiment(path, dry_run=True)
+    assert result.runs and all(run.values["model"] for run in result.runs)
+    assert {run.values["arm"] for run in result.runs} == {arm["name"] for arm in study["arms"]}
 
 
 def test_seed_project_compare_models(trained_run, separable, tmp_path):

@@ -1,4 +1,8 @@
-"""The ``lowmed`` command line: one module per command, each a thin wrapper over a core function."""
+"""The ``lowmed`` command line: one module per command, each a thin wrapper over a core function.
+
+Nothing heavy is imported here or at the top of a command module: ``lowmed --help`` and ``--version`` answer at
+once, and each command imports its core module (torch, pandas, matplotlib) when it runs.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,6 @@ from lowmed.cli.prepare import prepare_command
 from lowmed.cli.subsample import subsample_command
 from lowmed.cli.train import finetune_command, train_command
 from lowmed.console import console
-from lowmed.distributed import leave_process_group
 from lowmed.errors import LowmedError, RunFailed
 
 app = typer.Typer(
@@ -57,6 +60,13 @@ def _root(
     _debug["on"] = debug or bool(os.environ.get("LOWMED_DEBUG"))
 
 
+def _leave_process_group() -> None:
+    """Only a command that imported lowmed.distributed can have joined torchrun's process group."""
+    distributed = sys.modules.get("lowmed.distributed")
+    if distributed is not None:
+        distributed.leave_process_group()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: exit 2 for bad input, 1 for a failed run; tracebacks only with --debug.
 
@@ -66,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="lowmed")
     except SystemExit:
-        leave_process_group()
+        _leave_process_group()
         raise
     except (LowmedError, RunFailed) as exc:
         if _debug["on"]:

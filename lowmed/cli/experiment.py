@@ -4,36 +4,41 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from lowmed.cli._options import Quiet
-from lowmed.cli._render import stdout
-from lowmed.experiment import run_experiment
 
 
 def experiment_command(
     study: Annotated[Path, typer.Argument(help="Study YAML (see examples/).", show_default=False)],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid and its size; train nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the study, print the grid and its size; train nothing.")] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Run datasets × arms × per-class sizes × seeds under identical conditions, then compare and report.
+    """Run datasets × named arms × per-class sizes × seeds under identical conditions, then compare and report.
 
-    Under torchrun, pretrain stages train across all processes and each process trains grid runs of its own.
+    The whole study file is checked first (arm names, models, weights, data paths). Under torchrun, pretrain stages
+    train across all processes and each process trains grid runs of its own.
     """
+    from rich.table import Table
+
+    from lowmed.cli._render import stdout
+    from lowmed.experiment import run_experiment
+
     result = run_experiment(study, dry_run=dry_run, quiet=quiet)
-    if not dry_run and result["report"] is None:
+    if not dry_run and result.report is None:
         return  # another of torchrun's processes: rank 0 shows the study
-    study_spec = result["study"]
-    grid = (f"{len(study_spec.datasets)} dataset(s) × {len(study_spec.arms)} arms × {len(study_spec.per_class)} sizes"
-            f" × {len(study_spec.seeds)} seeds = {len(result['runs'])} runs, + {len(result['pretrain'])} pretrain stage(s)")
-    table = Table(title=f"study {study_spec.name}: {grid}", title_justify="left")
+    spec = result.study
+    grid = (f"{len(spec.datasets)} dataset(s) × {len(spec.arms)} arms × {len(spec.per_class)} sizes"
+            f" × {len(spec.seeds)} seeds = {len(result.runs)} runs, + {len(result.pretrain)} pretrain stage(s)")
+    table = Table(title=f"study {spec.name}: {grid}", title_justify="left")
     table.add_column("run", overflow="fold")
+    table.add_column("arm", overflow="fold")
     table.add_column("weights", overflow="fold")
     table.add_column("status", overflow="fold")
-    for job in result["pretrain"] + result["runs"]:
+    for job in result.pretrain + result.runs:
         weights = job.values.get("weights", "none")
-        table.add_row(job.name, Path(weights).name if "/" in weights else weights,
+        table.add_row(job.name, job.arm.name if job.arm else "(pretrain stage)",
+                      Path(weights).name if "/" in weights else weights,
                       job.status + (f": {job.detail}" if job.detail else ""))
     stdout.print(table)
     if not dry_run:
-        stdout.print(f"Report: {result['report']} ({result['wall_seconds'] / 60:.1f} min)")
+        stdout.print(f"Report: {result.report} ({result.wall_seconds / 60:.1f} min)")

@@ -1,14 +1,15 @@
 """lowmed models: the registry as a table."""
 
-from lowmed.cli._render import stdout
-from lowmed.models.registry import MODELS, count_parameters
-from rich.table import Table
-
 
 def models_command() -> None:
     """List the registered models: parameters, default input size, ImageNet weights.
 
     Every model also takes --weights none, a weights file or a lowmed run dir."""
+    from rich.table import Table
+
+    from lowmed.cli._render import stdout
+    from lowmed.models.registry import MODELS, count_parameters
+
     table = Table(title="lowmed models (also timm:<name> when timm is installed)", title_justify="left")
     for column in ("name", "backbone params", "input px", "ImageNet weights", "description"):
         table.add_column(column, justify="left" if column in ("name", "description") else "right")

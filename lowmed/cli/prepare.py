@@ -6,12 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from lowmed.cli._options import OutDir, Overwrite, Quiet, Seed, Workers
-from lowmed.cli._render import counts_table, stdout
-from lowmed.console import warn
-from lowmed.data.formats import CsvColumns
-from lowmed.data.prepare import prepare
-from lowmed.data.subsample import DEFAULT_PREPARED_ROOT
-from lowmed.data.synthetic import prepare_demo
+from lowmed.contracts import DEFAULT_PREPARED_ROOT
 from lowmed.errors import LowmedError
 
 _SHOWN_EXCLUSIONS = 10
@@ -49,6 +44,10 @@ def prepare_command(
     quiet: Quiet = False,
 ) -> None:
     """Verify every image, remove duplicates and leakage, make missing splits by patient, write manifest.csv + dataset.yaml."""
+    from lowmed.data.formats import CsvColumns
+    from lowmed.data.prepare import prepare
+    from lowmed.data.synthetic import prepare_demo
+
     if demo:
         for dataset in prepare_demo(out or DEFAULT_PREPARED_ROOT / "demo", quiet=quiet).values():
             render_prepared(dataset)
@@ -66,6 +65,9 @@ def prepare_command(
 
 
 def render_prepared(dataset) -> None:
+    from lowmed.cli._render import counts_table, stdout
+    from lowmed.console import warn
+
     info = dataset.info
     images = dataset.manifest["split"].value_counts().to_dict()
     what = "positives per finding" if dataset.task == "multilabel" else "images per class"

@@ -6,9 +6,6 @@ from typing import Annotated, Optional
 import typer
 
 from lowmed.cli._options import Quiet, Seed
-from lowmed.cli._render import counts_table, stdout
-from lowmed.console import warn
-from lowmed.data.subsample import subsample
 
 
 def subsample_command(
@@ -27,6 +24,10 @@ def subsample_command(
     quiet: Quiet = False,
 ) -> None:
     """Keep N training images per class, spread over patients; nested in N for one seed."""
+    from lowmed.cli._render import counts_table, stdout
+    from lowmed.console import warn
+    from lowmed.data.subsample import subsample
+
     subset = subsample(data, per_class, seed=seed, out=out, strict=strict, materialize=materialize,
                        prepared_dir=prepared_dir, quiet=quiet)
     sidecar = subset.dataset.subset

@@ -2,16 +2,15 @@
 
 import inspect
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from lowmed.cli._options import Overwrite, Quiet
-from lowmed.cli._render import stdout
 from lowmed.config import TrainConfig
-from lowmed.distributed import is_rank_zero
-from lowmed.training.train import finetune, resume_run, train
+
+if TYPE_CHECKING:
+    from lowmed.contracts import TrainSummary
 
 _D = TrainConfig()  # defaults, shown in --help
 
@@ -23,38 +22,41 @@ def train_command(
         "--config", help="YAML of these options (a run's config.yaml repeats it); flags given here win.")] = None,
     subset: Annotated[Optional[Path], typer.Option(help="Subset manifest from 'lowmed subsample'.")] = None,
     per_class: Annotated[Optional[int], typer.Option(help="Subsample N train images per class on the fly.")] = None,
-    model: Annotated[Optional[str], typer.Option(help=f"Registry name or timm:<name> (see 'lowmed models'). [default: {_D.model}]")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="none | imagenet | PATH (weights file) | RUN_DIR (Model C); auto = imagenet, none for simplecnn. [default: auto]")] = None,
+    arm: Annotated[Optional[str], typer.Option(help="The study arm this run belongs to, as compare groups runs (e.g. A, B-imagenet, C-nih). \\[default: A scratch, B ImageNet or C medical, from --weights]")] = None,
+    model: Annotated[Optional[str], typer.Option(help=f"Registry name or timm:<name> (see 'lowmed models'). \\[default: {_D.model}]")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="none | imagenet | PATH (weights file) | RUN_DIR (Model C); auto = imagenet, none for simplecnn. \\[default: auto]")] = None,
     allow_partial_weights: Annotated[Optional[bool], typer.Option("--allow-partial-weights", help="Train even when the weights cover only part of the backbone.")] = None,
-    head: Annotated[Optional[str], typer.Option(help=f"mlp (512→256, the seed study's) | linear. [default: {_D.head}]")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help=f"Epochs (the frozen phase, for pretrained weights). [default: {_D.epochs}]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=f"Images per step and per process (under torchrun the global batch is this × processes × --accumulate). [default: {_D.batch_size}]")] = None,
-    accumulate: Annotated[Optional[int], typer.Option(help=f"Add up the gradients of N batches before each optimizer step (for small GPUs). [default: {_D.accumulate}]")] = None,
+    head: Annotated[Optional[str], typer.Option(help=f"mlp (512→256, the seed study's) | linear. \\[default: {_D.head}]")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help=f"Epochs (the frozen phase, for pretrained weights). \\[default: {_D.epochs}]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Images per step and per process (under torchrun the global batch is this × processes × --accumulate). \\[default: {_D.batch_size}]")] = None,
+    accumulate: Annotated[Optional[int], typer.Option(help=f"Add up the gradients of N batches before each optimizer step (for small GPUs). \\[default: {_D.accumulate}]")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the network (compiling takes about half a minute or more; no faster on small runs, see benchmarks/README.md).")] = None,
     sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn", help="Under torchrun on GPUs: batch-norm statistics over all processes.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help=f"Learning rate (AdamW). [default: {_D.lr:g}]")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help=f"[default: {_D.weight_decay:g}]")] = None,
-    freeze_base: Annotated[Optional[bool], typer.Option("--freeze-base/--no-freeze-base", help="Pretrained: train the head on a frozen backbone first. [default: freeze]")] = None,
-    fine_tune_epochs: Annotated[Optional[int], typer.Option(help=f"Epochs of phase 2 (last layers unfrozen). [default: {_D.fine_tune_epochs}]")] = None,
-    fine_tune_layers: Annotated[Optional[int], typer.Option(help=f"Backbone layers (modules with weights) unfrozen in phase 2, counted from the top. [default: {_D.fine_tune_layers}]")] = None,
-    fine_tune_lr: Annotated[Optional[float], typer.Option(help=f"[default: {_D.fine_tune_lr:g}]")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Input size in px. [default: the model's, e.g. 224; 299 for inception_v3]")] = None,
-    augment_strength: Annotated[Optional[float], typer.Option(help=f"0..1: rotation, shift, scale, flip, brightness/contrast. [default: {_D.augment_strength}]")] = None,
-    cached_views: Annotated[Optional[int], typer.Option(help=f"Frozen phase: train the head on backbone features cached for this many augmented views per image (0 = run the backbone every epoch). [default: {_D.cached_views}]")] = None,
-    patience: Annotated[Optional[int], typer.Option(help=f"Early stop after this many epochs without a lower val_loss. [default: {_D.patience}]")] = None,
-    monitor: Annotated[Optional[str], typer.Option(help=f"Metric that picks best.pt: val_loss | val_auroc | val_accuracy. [default: {_D.monitor}]")] = None,
-    class_weights: Annotated[Optional[str], typer.Option(help=f"auto (inverse train frequency) | none. [default: {_D.class_weights}]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"Learning rate (AdamW). \\[default: {_D.lr:g}]")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help=f"\\[default: {_D.weight_decay:g}]")] = None,
+    freeze_base: Annotated[Optional[bool], typer.Option("--freeze-base/--no-freeze-base", help="Pretrained: train the head on a frozen backbone first. \\[default: freeze]")] = None,
+    fine_tune_epochs: Annotated[Optional[int], typer.Option(help=f"Epochs of phase 2 (last layers unfrozen). \\[default: {_D.fine_tune_epochs}]")] = None,
+    fine_tune_layers: Annotated[Optional[int], typer.Option(help=f"Backbone layers (modules with weights) unfrozen in phase 2, counted from the top. \\[default: {_D.fine_tune_layers}]")] = None,
+    fine_tune_lr: Annotated[Optional[float], typer.Option(help=f"\\[default: {_D.fine_tune_lr:g}]")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input size in px. \\[default: the model's, e.g. 224; 299 for inception_v3]")] = None,
+    augment_strength: Annotated[Optional[float], typer.Option(help=f"0..1: rotation, shift, scale, flip, brightness/contrast. \\[default: {_D.augment_strength}]")] = None,
+    cached_views: Annotated[Optional[int], typer.Option(help=f"Frozen phase: train the head on backbone features cached for this many augmented views per image (0 = run the backbone every epoch). \\[default: {_D.cached_views}]")] = None,
+    patience: Annotated[Optional[int], typer.Option(help=f"Early stop after this many epochs without a lower val_loss. \\[default: {_D.patience}]")] = None,
+    monitor: Annotated[Optional[str], typer.Option(help=f"Metric that picks best.pt: val_loss | val_auroc | val_accuracy. \\[default: {_D.monitor}]")] = None,
+    class_weights: Annotated[Optional[str], typer.Option(help=f"auto (inverse train frequency) | none. \\[default: {_D.class_weights}]")] = None,
     balanced_sampler: Annotated[Optional[bool], typer.Option("--balanced-sampler", help="Sample classes equally instead of weighting the loss.")] = None,
-    device: Annotated[Optional[str], typer.Option(help=f"auto | cpu | cuda | mps. [default: {_D.device}]")] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision. [default: on for CUDA]")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers when images do not fit in memory. [default: 0]")] = None,
-    seed: Annotated[Optional[int], typer.Option(help=f"[default: {_D.seed}]")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run dir. [default: runs/<dataset>-<model>-<weights>-n<N>-seed<K>]")] = None,
+    device: Annotated[Optional[str], typer.Option(help=f"auto | cpu | cuda | mps. \\[default: {_D.device}]")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision. \\[default: on for CUDA]")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers when images do not fit in memory. \\[default: 0]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"\\[default: {_D.seed}]")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run dir. \\[default: runs/<dataset>-<model>-<weights>-n<N>-seed<K>]")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run dir from its last.pt.")] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Train one model: from scratch (Model A), from ImageNet (Model B) or from a medical run (Model C)."""
+    from lowmed.training.train import resume_run, train
+
     if resume:
         summary = resume_run(resume, quiet=quiet)
     else:
@@ -78,6 +80,8 @@ def _config(arguments: dict) -> TrainConfig:
 
 def finetune_command(source: Path, **arguments) -> None:
     """Model C: fine-tune from an earlier run's (or a checkpoint's) backbone; the model defaults to the source's."""
+    from lowmed.training.train import finetune
+
     summary = finetune(source, overwrite=arguments["overwrite"], quiet=arguments["quiet"],
                        **_given_options(arguments))
     render_summary(summary)
@@ -92,25 +96,31 @@ finetune_command.__annotations__ = {"source": _source.annotation,
                                     **{k: v for k, v in train_command.__annotations__.items() if k != "resume"}}
 
 
-def render_summary(summary: dict) -> None:
+def render_summary(summary: "TrainSummary") -> None:
+    from rich.table import Table
+
+    from lowmed.cli._render import stdout
+    from lowmed.distributed import is_rank_zero
+
     if not is_rank_zero():  # under torchrun every process returns the summary; one shows it
         return
-    best = summary["best"]
-    table = Table(title=f"run {summary['run_dir']}", title_justify="left", show_header=False)
+    best = summary.best
+    table = Table(title=f"run {summary.run_dir}", title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     metrics = best["metrics"]
     rows = [
-        ("model", f"{summary['model']} ({summary['parameters'] / 1e6:.2f} M parameters)"),
-        ("weights", summary["weight_source"] + (f" {summary['weights']['path']}" if summary["weights"]["path"] else "")),
-        ("train images", str(sum((summary["dataset"]["train_counts"] or {}).values()))),
-        ("epochs", f"{summary['epochs_run']} ({' → '.join(summary['phases'])})"),
+        ("arm", summary.arm),
+        ("model", f"{summary.model} ({summary.parameters / 1e6:.2f} M parameters)"),
+        ("weights", summary.weight_source + (f" {summary.weights.path}" if summary.weights.path else "")),
+        ("train images", str(sum((summary.dataset.train_counts or {}).values()))),
+        ("epochs", f"{summary.epochs_run} ({' → '.join(summary.phases)})"),
         ("best epoch", f"{best['epoch']} ({best['phase']}, by {best['monitor']})"),
         ("val loss / acc / AUROC", f"{metrics['val_loss']:.4f} / {metrics['val_accuracy']:.3f} / {metrics['val_auroc']:.3f}"),
-        ("wall time", f"{summary['wall_seconds']:.1f} s"),
-        ("throughput", ", ".join(f"{phase} {speed:.0f}" for phase, speed in summary["train_images_per_s"].items())
+        ("wall time", f"{summary.wall_seconds:.1f} s"),
+        ("throughput", ", ".join(f"{phase} {speed:.0f}" for phase, speed in summary.train_images_per_s.items())
          + " train images/s (median per epoch)"),
-        ("device", f"{summary['device']} ({summary['device_name']}), AMP {summary['precision']}"),
+        ("device", f"{summary.device} ({summary.device_name}), AMP {summary.precision}"),
     ]
     for name, value in rows:
         table.add_row(name, value)

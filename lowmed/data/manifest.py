@@ -7,14 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from lowmed.contracts import DATASET_INFO, MANIFEST, read_yaml, subset_sidecar
 from lowmed.data.formats import SPLITS
 from lowmed.errors import LowmedError
 from lowmed.io import sha256_file
 
-MANIFEST = "manifest.csv"
-DATASET_INFO = "dataset.yaml"
 NO_FINDING = "(no finding)"
 
 
@@ -47,10 +45,10 @@ class PreparedDataset:
         if location.is_dir():
             return cls._load_dir(location)
         if location.is_file() and location.suffix == ".csv":
-            sidecar_path = location.with_suffix(".yaml")
+            sidecar_path = subset_sidecar(location)
             if not sidecar_path.is_file():
                 raise LowmedError(f"{location}: subset manifest without its sidecar {sidecar_path.name}")
-            sidecar = _read_yaml(sidecar_path)
+            sidecar = read_yaml(sidecar_path)
             if "prepared_dir" not in sidecar:
                 raise LowmedError(f"{sidecar_path}: missing field 'prepared_dir'; expected a sidecar from 'lowmed subsample'")
             dataset = cls._load_dir(Path(sidecar["prepared_dir"]))
@@ -88,21 +86,11 @@ def read_info(root: str | Path) -> dict:
     info_path = Path(root) / DATASET_INFO
     if not info_path.is_file():
         raise LowmedError(f"{root}: not a prepared dataset (no {DATASET_INFO}; run 'lowmed prepare' first)")
-    info = _read_yaml(info_path)
+    info = read_yaml(info_path)
     for key in ("task", "classes"):
         if key not in info:
             raise LowmedError(f"{info_path}: missing field {key!r}")
     return info
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise LowmedError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise LowmedError(f"{path}: expected a mapping of fields")
-    return data
 
 
 def _read_manifest(path: Path, info: dict) -> pd.DataFrame:

@@ -18,7 +18,8 @@ import lowmed
 from lowmed.console import track
 from lowmed.data.formats import SPLITS, CsvColumns, SourceRecords, check_format, read_source
 from lowmed.data.images import inspect_image
-from lowmed.data.manifest import (DATASET_INFO, MANIFEST, PreparedDataset, bucket_names, count_table,
+from lowmed.contracts import DATASET_INFO, MANIFEST
+from lowmed.data.manifest import (PreparedDataset, bucket_names, count_table,
                                   positives_matrix)
 from lowmed.data.splits import group_stratified_split
 from lowmed.errors import LowmedError

@@ -13,11 +13,11 @@ import pandas as pd
 
 import lowmed
 from lowmed.console import console
-from lowmed.data.manifest import DATASET_INFO, MANIFEST, PreparedDataset, bucket_names, count_table, positives_matrix
+from lowmed.contracts import DATASET_INFO, DEFAULT_PREPARED_ROOT, MANIFEST, SUBSETS, is_prepared, subset_path, subset_sidecar
+from lowmed.data.manifest import PreparedDataset, bucket_names, count_table, positives_matrix
 from lowmed.errors import LowmedError
 from lowmed.io import sha256_file, staged_dir, write_csv, write_yaml
 
-DEFAULT_PREPARED_ROOT = Path("lowmed-data")
 
 
 @dataclass
@@ -53,7 +53,7 @@ def subsample(data: str | os.PathLike, per_class: int, *, seed: int = 0, out: st
     manifest = dataset.manifest
     keep = (manifest["split"] != "train") | manifest["path"].isin(chosen)
     subset_frame = manifest[keep]
-    out = Path(out) if out else dataset.root / "subsets" / f"subset-{per_class}-seed{seed}.csv"
+    out = Path(out) if out else subset_path(dataset.root / SUBSETS, per_class, seed)
     if out.suffix != ".csv":
         raise LowmedError(f"--out {out}: expected a .csv file name for the subset manifest")
     sidecar = {
@@ -70,7 +70,7 @@ def subsample(data: str | os.PathLike, per_class: int, *, seed: int = 0, out: st
         "shortfalls": shortfalls,
     }
     write_csv(out, subset_frame)
-    write_yaml(out.with_suffix(".yaml"), sidecar)
+    write_yaml(subset_sidecar(out), sidecar)
     # what PreparedDataset.load(out) would read back, without reading and hashing the manifests again
     subset = Subset(out, PreparedDataset(dataset.root, dataset.info, subset_frame.reset_index(drop=True), out, sidecar),
                     per_class, seed, shortfalls)
@@ -81,7 +81,7 @@ def subsample(data: str | os.PathLike, per_class: int, *, seed: int = 0, out: st
 
 def load_or_prepare(data: Path, prepared_dir: str | os.PathLike | None, quiet: bool) -> PreparedDataset:
     """A prepared dir or subset manifest as is; a raw dataset folder prepared with defaults (once)."""
-    if (data / MANIFEST).is_file() or data.suffix == ".csv" and data.with_suffix(".yaml").is_file():
+    if is_prepared(data):
         return PreparedDataset.load(data)
     if not data.exists():
         raise LowmedError(f"{data}: no such file or folder")

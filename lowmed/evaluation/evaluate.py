@@ -14,6 +14,7 @@ from sklearn.metrics import roc_curve
 
 import lowmed
 from lowmed.console import warn
+from lowmed.contracts import EvalDir, EvalReport, RunDir
 from lowmed.data.loading import label_tensors, load_split
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import load_or_prepare
@@ -23,23 +24,20 @@ from lowmed.evaluation.metrics import compute_metrics, counted_labels, expected_
 from lowmed.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
 from lowmed.evaluation.predict import predict_logits
 from lowmed.evaluation.stats import bootstrap_ci
-from lowmed.io import staged_dir, write_csv, write_json
+from lowmed.io import staged_dir, write_csv
 from lowmed.models.registry import build_model, get_model_spec
 from lowmed.models.weights import load_checkpoint
-from lowmed.training.checkpoint import BEST, LAST
-
-METRICS_JSON = "metrics.json"
 
 
 def evaluate(run_dir: str | os.PathLike | None = None, *, split: str = "test", data: str | os.PathLike | None = None,
              checkpoint: str = "best", threshold: str | float = 0.5, bootstrap: int = 2000, tta: bool = False,
              out: str | os.PathLike | None = None, device: str = "auto", batch_size: int = 64, seed: int = 0,
-             quiet: bool = False) -> dict:
+             quiet: bool = False) -> EvalReport:
     """Evaluate a run's checkpoint on ``split`` of its own prepared dataset (or of ``data``: external
     validation) and write ``metrics.json``, ``metrics.csv``, ``predictions.csv`` and PNG plots.
 
     ``threshold``: a number, or ``"youden"`` — chosen on the run's own validation split, never on the split
-    being evaluated (unless that split is val itself, which the report then says). Returns metrics.json's content.
+    being evaluated (unless that split is val itself, which the report then says). Returns metrics.json's record.
     """
     started = time.perf_counter()
     if split not in ("test", "val", "train"):
@@ -103,37 +101,38 @@ def evaluate(run_dir: str | os.PathLike | None = None, *, split: str = "test", d
 
         intervals = bootstrap_ci(statistic, groups, np.asarray(strata), bootstrap, seed, quiet)
     seconds = time.perf_counter() - started
-    report = {
-        "task": task, "split": split, "n": int(len(frame)), "classes": classes,
-        **({"positive_class": classes[1]} if task == "binary" else {}),
-        "threshold": _plain(cut), "threshold_source": cut_source,
-        "metrics": result.metrics,
-        "ci95": {k: v for k, v in intervals.items() if "/" not in k},
-        "per_class": {name: {**values, **{f"{key}_ci95": intervals[f"{name}/{key}"] for key in values
-                                          if f"{name}/{key}" in intervals and key in ("auroc", "auprc")}}
-                      for name, values in result.per_class.items()},
-        "confusion_matrix": result.confusion_matrix,
-        "bootstrap": {"resamples": bootstrap, "unit": "patient/lesion group" if groups_known else "image",
-                      "groups": int(len(np.unique(groups))), "stratified_by": "class", "seed": seed, "level": 0.95},
-        "checkpoint": {"path": str(checkpoint_path), "epoch": trained.get("epoch"), "model": config["model"]},
-        "dataset": {"prepared_dir": str(dataset.root), "external": external},
-        "tta": tta, "device": str(torch_device),
-        "seconds": round(seconds, 2), "images_per_s": round(len(frame) / seconds, 1),
-        "lowmed_version": lowmed.__version__,
-    }
-    out = Path(out) if out else checkpoint_path.parent / "eval" / (
-        f"external-{dataset.root.name}-{split}" if external else split)
-    with staged_dir(out) as staging:
-        write_json(staging / METRICS_JSON, report)
-        write_csv(staging / "metrics.csv", _metrics_table(result.flat(), intervals))
-        write_csv(staging / "predictions.csv", _predictions(frame, task, classes, probs, cut))
-        _plots(staging, task, classes, targets, probs, mask, result, report)
-    report["out"] = str(out)
+    report = EvalReport(
+        task=task, split=split, n=int(len(frame)), classes=classes,
+        positive_class=classes[1] if task == "binary" else None,
+        threshold=_plain(cut), threshold_source=cut_source,
+        metrics=result.metrics,
+        ci95={k: v for k, v in intervals.items() if "/" not in k},
+        per_class={name: {**values, **{f"{key}_ci95": intervals[f"{name}/{key}"] for key in values
+                                       if f"{name}/{key}" in intervals and key in ("auroc", "auprc")}}
+                   for name, values in result.per_class.items()},
+        confusion_matrix=result.confusion_matrix,
+        bootstrap={"resamples": bootstrap, "unit": "patient/lesion group" if groups_known else "image",
+                   "groups": int(len(np.unique(groups))), "stratified_by": "class", "seed": seed, "level": 0.95},
+        checkpoint={"path": str(checkpoint_path), "epoch": trained.get("epoch"), "model": config["model"]},
+        dataset={"prepared_dir": str(dataset.root), "external": external},
+        tta=tta, device=str(torch_device),
+        seconds=round(seconds, 2), images_per_s=round(len(frame) / seconds, 1),
+        lowmed_version=lowmed.__version__,
+    )
+    out = EvalDir(Path(out)) if out else RunDir(checkpoint_path.parent).evaluation(
+        split, dataset.root.name if external else None)
+    with staged_dir(out.path) as staging:
+        written = EvalDir(staging)
+        report.write(written.metrics)
+        write_csv(written.metrics_table, _metrics_table(result.flat(), intervals))
+        write_csv(written.predictions, _predictions(frame, task, classes, probs, cut))
+        _plots(written, task, classes, targets, probs, mask, result, report)
+    report.out = str(out.path)
     return report
 
 
 def evaluate_model(model_path: str | os.PathLike, dataset_root: str | os.PathLike | None = None,
-                   model_name: str | None = None, split: str = "test", **options: Any) -> dict:
+                   model_name: str | None = None, split: str = "test", **options: Any) -> EvalReport:
     """The seed project's call: ``evaluate_model(model_path=".../best.pt", dataset_root="./dataset",
     model_name="vgg19", split="test")``; returns metrics.json's content (``["metrics"]["f1"]`` and all)."""
     trained = load_checkpoint(Path(model_path))
@@ -147,11 +146,12 @@ def _checkpoint_path(run_dir, checkpoint: str) -> Path:
     if checkpoint in ("best", "last"):
         if run_dir is None:
             raise LowmedError("give RUN_DIR, or --checkpoint PATH with --data")
-        path = Path(run_dir) / (BEST if checkpoint == "best" else LAST)
+        path = RunDir(run_dir).checkpoint(checkpoint)
     else:
         path = Path(checkpoint)
     if not path.is_file():
-        raise LowmedError(f"{path}: no such checkpoint; expected a lowmed run dir with {BEST} or a .pt file")
+        raise LowmedError(f"{path}: no such checkpoint; expected a lowmed run dir with {RunDir(path.parent).best.name} "
+                          "or a .pt file")
     return path
 
 
@@ -214,20 +214,20 @@ def _predictions(frame: pd.DataFrame, task: str, classes: list[str], probs: np.n
     return table
 
 
-def _plots(folder: Path, task: str, classes, targets, probs, mask, result, report) -> None:
-    plot_roc(folder / "roc.png", task, classes, targets, probs, mask, result.metrics, report["ci95"],
-             report["threshold"] if task == "binary" else None)
-    plot_pr(folder / "pr.png", task, classes, targets, probs, mask)
+def _plots(folder: EvalDir, task: str, classes, targets, probs, mask, result, report) -> None:
+    plot_roc(folder.plot("roc"), task, classes, targets, probs, mask, result.metrics, report.ci95,
+             report.threshold if task == "binary" else None)
+    plot_pr(folder.plot("pr"), task, classes, targets, probs, mask)
     if result.confusion_matrix is not None:
-        plot_confusion(folder / "confusion.png", classes, result.confusion_matrix)
+        plot_confusion(folder.plot("confusion"), classes, result.confusion_matrix)
     if task == "binary":
-        plot_reliability(folder / "reliability.png", probs[:, 1], targets == 1,
+        plot_reliability(folder.plot("reliability"), probs[:, 1], targets == 1,
                          f"predicted probability of {classes[1]}", result.metrics["ece"])
     elif task == "multiclass":
-        plot_reliability(folder / "reliability.png", probs.max(axis=1), probs.argmax(axis=1) == targets,
+        plot_reliability(folder.plot("reliability"), probs.max(axis=1), probs.argmax(axis=1) == targets,
                          "confidence (top-class probability)", result.metrics["ece"])
     else:
         counted = mask > 0 if mask is not None else np.ones_like(targets, dtype=bool)
         confidence, observed = probs[counted], targets[counted] > 0.5
-        plot_reliability(folder / "reliability.png", confidence, observed, "predicted probability (all findings)",
+        plot_reliability(folder.plot("reliability"), confidence, observed, "predicted probability (all findings)",
                          expected_calibration_error(confidence, observed))

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
+from lowmed.contracts import ComparisonDir  # noqa: E402
 from lowmed.evaluation.metrics import ECE_BINS, counted_labels  # noqa: E402
 
 
@@ -103,7 +104,7 @@ def plot_reliability(path: Path, confidence: np.ndarray, observed: np.ndarray, t
     _save(figure, path)
 
 
-def plot_learning_curves(folder: Path, curves) -> list[Path]:
+def plot_learning_curves(target: ComparisonDir, curves) -> list[Path]:
     """One PNG per dataset: the metric against training images per class, a line per arm and model, with its
     95 % interval as a band. ``curves``: rows of dataset, arm, model, per_class, metric, mean, ci_low, ci_high."""
     written = []
@@ -121,7 +122,7 @@ def plot_learning_curves(folder: Path, curves) -> list[Path]:
         axes.set_xticks(sorted(part["per_class"].astype(float).unique()))
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
-        path = folder / f"learning_curve_{dataset}.png"
+        path = target.learning_curve(dataset)
         _save(figure, path)
         written.append(path)
     return written

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.error import URLError
 
@@ -17,41 +16,12 @@ import torch
 import torchvision
 from torch import nn
 
+from lowmed.contracts import RunDir, WeightsReport
 from lowmed.errors import LowmedError
 from lowmed.io import sha256_file
 from lowmed.models.registry import ModelSpec
 
-CHECKPOINT_NAMES = ("best.pt", "last.pt")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile
-
-
-@dataclass
-class WeightsReport:
-    source: str  # none | imagenet | file | run
-    path: str | None = None
-    sha256: str | None = None
-    source_model: str | None = None
-    source_preprocessing: dict | None = None
-    matched: int = 0
-    backbone_tensors: int = 0
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    shape_mismatch: list[str] = field(default_factory=list)
-    adapted: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def summary(self) -> str:
-        if self.source == "none":
-            return "weights: none (random initialisation)"
-        text = (f"weights: {self.source} {self.path or ''} — matched {self.matched}/{self.backbone_tensors} backbone "
-                f"tensors, {len(self.missing)} missing, {len(self.unexpected)} unexpected (dropped)")
-        if self.shape_mismatch:
-            text += f", {len(self.shape_mismatch)} of another shape"
-        if self.adapted:
-            text += f", {len(self.adapted)} adapted from 1 to 3 input channels"
-        return text
 
 
 def resolve_weights(weights: str, model: str) -> str:
@@ -61,20 +31,35 @@ def resolve_weights(weights: str, model: str) -> str:
     return weights
 
 
+def weights_kind(weights: str, spec: ModelSpec | None = None) -> str:
+    """none | imagenet | file | run for a resolved ``--weights`` value; an unusable one is refused by name
+    (with ``spec``, also ImageNet weights the model does not have)."""
+    if weights in ("none", "imagenet"):
+        if weights == "imagenet" and spec is not None and spec.imagenet_weights is None and not spec.timm_name:
+            raise LowmedError(f"--weights imagenet: {spec.name} has no ImageNet weights; use --weights none or a file")
+        return weights
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        return "run"
+    if path.is_file():
+        return "file"
+    raise LowmedError(f"--weights {weights}: no such file or folder; expected none, imagenet, a weights file or a "
+                      "lowmed run dir")
+
+
 def load_weights(backbone: nn.Module, spec: ModelSpec, weights: str, allow_partial: bool = False) -> WeightsReport:
-    if weights == "none":
+    kind = weights_kind(weights, spec)
+    if kind == "none":
         return WeightsReport("none")
-    if weights == "imagenet":
+    if kind == "imagenet":
         state, report = _imagenet_state(spec)
     else:
         path = Path(weights).expanduser()
-        if path.is_dir():
+        if kind == "run":
             path = _run_checkpoint(path)
             report = WeightsReport("run", str(path.parent))
-        elif path.is_file():
-            report = WeightsReport("file", str(path))
         else:
-            raise LowmedError(f"--weights {weights}: expected none, imagenet, a weights file or a lowmed run dir")
+            report = WeightsReport("file", str(path))
         state = read_state_dict(path, report)
         report.sha256 = sha256_file(path)
     _match_into(backbone, state, report)
@@ -87,10 +72,12 @@ def load_weights(backbone: nn.Module, spec: ModelSpec, weights: str, allow_parti
 
 
 def _run_checkpoint(run_dir: Path) -> Path:
-    for name in CHECKPOINT_NAMES:
-        if (run_dir / name).is_file():
-            return run_dir / name
-    raise LowmedError(f"{run_dir}: no best.pt or last.pt; expected a lowmed run dir")
+    """A run dir's best checkpoint, else its last."""
+    run = RunDir(run_dir)
+    for path in (run.best, run.last):
+        if path.is_file():
+            return path
+    raise LowmedError(f"{run_dir}: no {run.best.name} or {run.last.name}; expected a lowmed run dir")
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -132,8 +119,6 @@ def _imagenet_state(spec: ModelSpec) -> tuple[dict[str, torch.Tensor], WeightsRe
             raise LowmedError(f"--weights imagenet: timm could not load pretrained {spec.timm_name} ({exc}); "
                               "offline, download them elsewhere and pass the file with --weights PATH") from None
         return model.state_dict(), WeightsReport("imagenet", f"timm:{spec.timm_name}")
-    if spec.imagenet_weights is None:
-        raise LowmedError(f"--weights imagenet: {spec.name} has no ImageNet weights; use --weights none or a file")
     url = torchvision.models.get_weight(spec.imagenet_weights).url
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     path = folder / os.path.basename(url)

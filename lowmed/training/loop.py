@@ -13,7 +13,6 @@ import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from lowmed.config import TrainConfig
+from lowmed.contracts import RunDir
 from lowmed.console import console, progress_bar
 from lowmed.data.augment import augment_batch
 from lowmed.data.loading import LabelledImages, index_chunks
@@ -31,10 +31,9 @@ from lowmed.evaluation.predict import model_input, predict_logits
 from lowmed.evaluation.metrics import accuracy, auroc, probabilities
 from lowmed.io import write_csv
 from lowmed.models.registry import Classifier, layer_groups
-from lowmed.training.checkpoint import BEST, LAST, save_checkpoint
+from lowmed.training.checkpoint import save_checkpoint
 from lowmed.training.features import FeatureCache
 
-HISTORY = "history.csv"
 AUX_LOSS_WEIGHT = 0.4  # Inception v3's auxiliary classifier, as in the paper
 SYNC_EVERY = 20  # batches between copies of the loss to the CPU (each copy waits for the GPU)
 
@@ -118,7 +117,7 @@ class LoopInputs:
     std: torch.Tensor
     device: torch.device
     precision: Precision
-    run_dir: Path
+    run_dir: RunDir
     checkpoint_extras: dict  # config, preprocessing, classes... stored with every checkpoint
     dist: Distributed = field(default_factory=Distributed)
 
@@ -204,7 +203,7 @@ def _run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], st
         if phase_index > 0 and not resuming_here:
             # each new phase starts from the best weights so far, not from the last epoch's
             inputs.dist.barrier()  # rank 0 has written best.pt
-            model.load_state_dict(torch.load(inputs.run_dir / BEST, map_location=device, weights_only=True)["model"])
+            model.load_state_dict(torch.load(inputs.run_dir.best, map_location=device, weights_only=True)["model"])
         frozen = set_trainable(model, phase, config.fine_tune_layers)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=phase.lr, weight_decay=config.weight_decay)
@@ -248,19 +247,19 @@ def _run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], st
             if _is_better(config.monitor, value, best["value"]):
                 best = {"value": value, "epoch": epoch, "phase": phase.name}
                 if inputs.dist.is_main:
-                    save_checkpoint(inputs.run_dir / BEST, {"model": model.state_dict(), "epoch": epoch,
+                    save_checkpoint(inputs.run_dir.best, {"model": model.state_dict(), "epoch": epoch,
                                                             "phase": phase.name, "metrics": metrics,
                                                             **inputs.checkpoint_extras})
             improved_loss = min(h["val_loss"] for h in history if h["phase"] == phase.name) == metrics["val_loss"]
             stale = 0 if improved_loss else stale + 1
             phase_done = phase_epoch >= phase.epochs or stale >= config.patience
             if inputs.dist.is_main:
-                save_checkpoint(inputs.run_dir / LAST, {
+                save_checkpoint(inputs.run_dir.last, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "phase_index": phase_index,
                     "phase_epoch": phase_epoch, "phase_done": phase_done, "epoch": epoch, "stale_epochs": stale,
                     "best": best, "history": history, **inputs.checkpoint_extras})
-                write_csv(inputs.run_dir / HISTORY, pd.DataFrame(history))
+                write_csv(inputs.run_dir.history, pd.DataFrame(history))
             if not quiet:
                 _print_epoch(row, config.monitor, best["epoch"] == epoch)
             if stale >= config.patience:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
+import re
 import shutil
 import time
 from dataclasses import replace
@@ -20,25 +20,24 @@ from torch import nn
 import lowmed
 from lowmed.config import TrainConfig
 from lowmed.console import console, warn
+from lowmed.contracts import DERIVED_ARMS, MANIFEST, DatasetRef, RunDir, TrainSummary, WeightsReport
 from lowmed.data.loading import label_tensors, load_split, too_many_unreadable
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import load_or_prepare, subsample
 from lowmed.device import Precision, resolve_device
 from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
-from lowmed.io import sha256_file, write_json, write_yaml
+from lowmed.io import sha256_file, write_yaml
 from lowmed.models.registry import build_model, count_parameters, get_model_spec
-from lowmed.models.weights import WeightsReport, load_checkpoint, load_weights, resolve_weights
-from lowmed.training.checkpoint import BEST, LAST, read_training_state
+from lowmed.models.weights import load_checkpoint, load_weights, resolve_weights, weights_kind
+from lowmed.training.checkpoint import read_training_state
 from lowmed.training.loop import Criterion, LoopInputs, class_weights, plan_phases, run_phases, seed_everything
 
-CONFIG = "config.yaml"
-SUMMARY = "train.json"
 DEFAULT_RUNS_ROOT = Path("runs")
 
 
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-          runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT, dist: Distributed | None = None) -> dict:
+          runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT, dist: Distributed | None = None) -> TrainSummary:
     """Train one run; returns the summary also written to ``train.json``.
 
     With ``resume`` the run dir in ``config.out`` is continued from its ``last.pt``. ``dist``: the processes that
@@ -52,7 +51,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     spec = get_model_spec(config.model)
     dataset = _dataset(config, quiet)
     config = _resolved(config, spec, dataset, Path(runs_root))
-    run_dir = Path(config.out)
+    run_dir = RunDir(config.out)
     device = dist.device(config.device)
     seed_everything(config.seed)
     model = build_model(spec, len(dataset.classes), config.head)
@@ -66,20 +65,22 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     dist.on_main(lambda: _open_run_dir(run_dir, config, resume, overwrite))  # only rank 0 writes the run dir
     state = read_training_state(run_dir) if resume else None
     if resume:
-        report = WeightsReport(**_read_summary(run_dir)["weights"])
+        report = run_dir.read_summary().weights
     if not quiet:
-        console.print(f"[bold]{run_dir}[/]: {spec.name}, {report.summary()}", highlight=False)
+        console.print(f"[bold]{run_dir.path}[/] (arm {config.arm}): {spec.name}, {report.summary()}", highlight=False)
     preprocessing = {"input_size": config.image_size,
                      "mean": list((report.source_preprocessing or {}).get("mean", spec.preprocessing.mean)),
                      "std": list((report.source_preprocessing or {}).get("std", spec.preprocessing.std))}
-    dist.on_main(lambda: _check_disk_space(run_dir, count_parameters(model)))
+    dist.on_main(lambda: _check_disk_space(run_dir.path, count_parameters(model)))
     summary = _summary(config, dataset, report, preprocessing, device, count_parameters(model), dist)
 
-    def record(status: dict) -> None:
+    def record(**changes) -> None:
+        for name, value in changes.items():
+            setattr(summary, name, value)
         if dist.is_main:
-            write_json(run_dir / SUMMARY, {**summary, **status})
+            summary.write(run_dir.summary)
 
-    record({"status": "running"})
+    record(status="running")
 
     uncertain = dataset.info.get("uncertain", "ignore")
     splits = {}
@@ -113,51 +114,49 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     try:
         result = run_phases(inputs, config, phases, state, quiet)
     except KeyboardInterrupt:
-        record({"status": "interrupted"})
-        raise Interrupted(f"interrupted; last.pt holds the last finished epoch; continue with: "
-                          f"lowmed train --resume {run_dir}") from None
+        record(status="interrupted")
+        raise Interrupted(f"interrupted; {run_dir.last.name} holds the last finished epoch; continue with: "
+                          f"lowmed train --resume {run_dir.path}") from None
     except torch.cuda.OutOfMemoryError:
         message = (f"out of GPU memory at --batch-size {config.batch_size}, --image-size {config.image_size} "
                    f"({config.model}); try --batch-size {max(2, config.batch_size // 2)} or a smaller --image-size")
-        record({"status": "failed", "error": message})
+        record(status="failed", error=message)
         raise RunFailed(message) from None
     except RunFailed as exc:
-        record({"status": "failed", "error": str(exc)})
+        record(status="failed", error=str(exc))
         raise
     history = result["history"]
-    summary.update({
-        "status": "completed",
-        "phases": [p.name for p in phases],
-        "epochs_run": len(history),
-        "best": {"epoch": result["best"]["epoch"], "phase": result["best"]["phase"], "monitor": config.monitor,
-                 "value": result["best"]["value"],
-                 "metrics": {k: v for k, v in history[result["best"]["epoch"] - 1].items()
-                             if k.startswith("val_")}},
-        "wall_seconds": round(time.perf_counter() - started, 2),  # this invocation (a resumed run: since resume)
-        "resumed": state is not None,
-        "epoch_seconds_total": round(sum(row["seconds"] for row in history), 2),
+    record(
+        status="completed",
+        phases=[p.name for p in phases],
+        epochs_run=len(history),
+        best={"epoch": result["best"]["epoch"], "phase": result["best"]["phase"], "monitor": config.monitor,
+              "value": result["best"]["value"],
+              "metrics": {k: v for k, v in history[result["best"]["epoch"] - 1].items() if k.startswith("val_")}},
+        wall_seconds=round(time.perf_counter() - started, 2),  # this invocation (a resumed run: since resume)
+        resumed=state is not None,
+        epoch_seconds_total=round(sum(row["seconds"] for row in history), 2),
         # per phase: a frozen phase on cached features runs the head alone and is far faster
-        "train_images_per_s": {phase.name: round(float(np.median([r["images_per_s"] for r in history
-                                                                  if r["phase"] == phase.name])), 1)
-                               for phase in phases if any(r["phase"] == phase.name for r in history)},
-        "precision": precision.describe(),
-        "unreadable_files": {name: split.unreadable for name, split in splits.items() if split.unreadable},
-    })
-    record({})
+        train_images_per_s={phase.name: round(float(np.median([r["images_per_s"] for r in history
+                                                               if r["phase"] == phase.name])), 1)
+                            for phase in phases if any(r["phase"] == phase.name for r in history)},
+        precision=precision.describe(),
+        unreadable_files={name: split.unreadable for name, split in splits.items() if split.unreadable},
+    )
     return summary
 
 
-def resume_run(run_dir: str | os.PathLike, *, quiet: bool = False, dist: Distributed | None = None) -> dict:
+def resume_run(run_dir: str | os.PathLike, *, quiet: bool = False, dist: Distributed | None = None) -> TrainSummary:
     """Continue an interrupted run from its ``last.pt`` with its own ``config.yaml``."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise LowmedError(f"--resume {run_dir}: no {CONFIG}; expected a lowmed run dir")
-    config = TrainConfig.from_yaml(run_dir / CONFIG)
-    return train(replace(config, out=str(run_dir)), resume=True, quiet=quiet, dist=dist)
+    run = RunDir(run_dir)
+    if not run.config.is_file():
+        raise LowmedError(f"--resume {run.path}: no {run.config.name}; expected a lowmed run dir")
+    config = TrainConfig.from_yaml(run.config)
+    return train(replace(config, out=str(run.path)), resume=True, quiet=quiet, dist=dist)
 
 
 def finetune(source: str | os.PathLike, data: str | os.PathLike | None = None, *, overwrite: bool = False,
-             quiet: bool = False, runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT, **options: Any) -> dict:
+             quiet: bool = False, runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT, **options: Any) -> TrainSummary:
     """Model C: train on ``data`` starting from the backbone of ``source`` (a run dir or a checkpoint file).
 
     Same as ``train`` with ``weights=source``; the model defaults to the one the source was trained as.
@@ -179,19 +178,20 @@ def finetune(source: str | os.PathLike, data: str | os.PathLike | None = None, *
 def source_model_name(source: Path) -> str | None:
     """The model an earlier lowmed run (or its checkpoint) was trained with, if it is one."""
     if source.is_dir():
-        return TrainConfig.from_yaml(source / CONFIG).model if (source / CONFIG).is_file() else None
+        config = RunDir(source).config
+        return TrainConfig.from_yaml(config).model if config.is_file() else None
     checkpoint = load_checkpoint(source)
     return checkpoint.get("config", {}).get("model") if isinstance(checkpoint, dict) else None
 
 
 def train_model(model_name: str | None = None, dataset_root: str | os.PathLike | None = None, *,
                 checkpoint_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-                overwrite: bool = False, quiet: bool = False, **options: Any) -> dict:
+                overwrite: bool = False, quiet: bool = False, **options: Any) -> TrainSummary:
     """Python entry point in the seed project's spelling: ``train_model(model_name="vgg19",
     dataset_root="./dataset", epochs=30, learning_rate=1e-4, checkpoint_dir="./checkpoints")``.
 
-    Any ``TrainConfig`` field is accepted as a keyword. Returns the summary with ``run_dir`` and
-    ``model_path`` (the best checkpoint).
+    Any ``TrainConfig`` field is accepted as a keyword. Returns the summary; ``summary["run_dir"]`` and
+    ``summary["model_path"]`` (the best checkpoint) read as in the seed project.
     """
     if resume:
         summary = resume_run(resume, quiet=quiet)
@@ -205,7 +205,7 @@ def train_model(model_name: str | None = None, dataset_root: str | os.PathLike |
             values["data"] = str(dataset_root)
         config = TrainConfig.from_dict(values, source="train_model()")
         summary = train(config, overwrite=overwrite, quiet=quiet, runs_root=checkpoint_dir or DEFAULT_RUNS_ROOT)
-    return {**summary, "model_path": str(Path(summary["run_dir"]) / BEST)}
+    return summary
 
 
 def _dataset(config: TrainConfig, quiet: bool) -> PreparedDataset:
@@ -222,18 +222,23 @@ def _resolved(config: TrainConfig, spec, dataset: PreparedDataset, runs_root: Pa
     per_class = dataset.subset["per_class"] if dataset.subset else config.per_class
     weights = resolve_weights(config.weights, spec.name)
     weights = str(Path(weights).resolve()) if weights not in ("none", "imagenet") else weights
+    named_arm = config.arm
     config = replace(config, data=str(dataset.root), subset=subset, per_class=per_class, model=spec.name,
-                     weights=weights, image_size=config.image_size or spec.preprocessing.input_size,
+                     weights=weights, arm=config.arm or DERIVED_ARMS[weights_kind(weights, spec)],
+                     image_size=config.image_size or spec.preprocessing.input_size,
                      amp=config.amp if config.amp is not None else resolve_device(config.device).type == "cuda")
     if config.image_size < spec.min_input_size:
         raise LowmedError(f"--image-size {config.image_size}: {spec.name} needs at least {spec.min_input_size} px")
     if config.out is None:
-        config = replace(config, out=str(runs_root / _run_name(config, dataset)))
+        config = replace(config, out=str(runs_root / _run_name(config, dataset, named_arm)))
     return config
 
 
-def _run_name(config: TrainConfig, dataset: PreparedDataset) -> str:
-    if config.weights in ("none", "imagenet"):
+def _run_name(config: TrainConfig, dataset: PreparedDataset, named_arm: str | None) -> str:
+    """``<dataset>-<model>-<arm, or where the weights came from>-n<N>-seed<K>``."""
+    if named_arm:
+        source = re.sub(r"[^A-Za-z0-9_.-]+", "-", named_arm).strip("-").lower()
+    elif config.weights in ("none", "imagenet"):
         source = "scratch" if config.weights == "none" else "imagenet"
     else:
         path = Path(config.weights)
@@ -242,11 +247,12 @@ def _run_name(config: TrainConfig, dataset: PreparedDataset) -> str:
     return f"{dataset.root.name}-{config.model}-{source}-{size}-seed{config.seed}"
 
 
-def _open_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> None:
+def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool, overwrite: bool) -> None:
     """A new run gets an empty dir; an existing one is only continued (--resume) or replaced (--overwrite)."""
+    run_dir = run.path
     if resume:
-        if not (run_dir / LAST).is_file():
-            raise LowmedError(f"--resume {run_dir}: no {LAST} to continue from; start the run without --resume")
+        if not run.last.is_file():
+            raise LowmedError(f"--resume {run_dir}: no {run.last.name} to continue from; start the run without --resume")
         return
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
@@ -255,7 +261,7 @@ def _open_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite: b
         shutil.rmtree(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_yaml(run_dir / CONFIG, config.to_dict())
+        write_yaml(run.config, config.to_dict())
     except OSError as exc:
         raise LowmedError(f"run dir {run_dir}: cannot write there ({exc.strerror or exc}); choose another --out") from None
 
@@ -284,13 +290,6 @@ def _report_unreadable(name: str, split) -> None:
                             "run 'lowmed prepare' again")
 
 
-def _read_summary(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / SUMMARY).read_text())
-    except (OSError, ValueError) as exc:
-        raise LowmedError(f"{run_dir / SUMMARY}: cannot read the run summary ({exc})") from None
-
-
 def _cpu_name() -> str:
     """The processor's model name (Linux reports it in /proc/cpuinfo; ``platform.processor()`` is often empty)."""
     try:
@@ -303,27 +302,29 @@ def _cpu_name() -> str:
 
 
 def _summary(config: TrainConfig, dataset: PreparedDataset, report: WeightsReport, preprocessing: dict,
-             device: torch.device, parameters: int, dist: Distributed) -> dict:
+             device: torch.device, parameters: int, dist: Distributed) -> TrainSummary:
     counts = (dataset.subset or dataset.info)["counts"]
-    return {
-        "run_dir": config.out,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": config.model,
-        "parameters": parameters,
-        "weights": report.to_dict(),
-        "weight_source": report.source,
-        "dataset": {"prepared_dir": str(dataset.root), "task": dataset.task, "classes": dataset.classes,
-                    "subset": config.subset, "per_class": config.per_class,
-                    "manifest_sha256": sha256_file(dataset.manifest_path),
-                    "train_counts": counts.get("train"), "val_counts": counts.get("val")},
-        "seed": config.seed,
-        "preprocessing": preprocessing,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        "cpu_threads": torch.get_num_threads(),  # the order CPU sums run in: same threads, same run to the last bit
-        "amp": bool(config.amp),
-        "processes": dist.world_size,
-        "global_batch_size": config.batch_size * dist.world_size * config.accumulate,
-        "versions": {"lowmed": lowmed.__version__, "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "python": platform.python_version()},
-    }
+    return TrainSummary(
+        run_dir=config.out,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        arm=config.arm,
+        model=config.model,
+        parameters=parameters,
+        weights=report,
+        weight_source=report.source,
+        dataset=DatasetRef(prepared_dir=str(dataset.root), task=dataset.task, classes=dataset.classes,
+                           manifest_sha256=sha256_file(dataset.root / MANIFEST), subset=config.subset,
+                           subset_sha256=sha256_file(dataset.manifest_path) if dataset.subset else None,
+                           per_class=config.per_class, train_counts=counts.get("train"),
+                           val_counts=counts.get("val")),
+        seed=config.seed,
+        preprocessing=preprocessing,
+        device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        cpu_threads=torch.get_num_threads(),  # the order CPU sums run in: same threads, same run to the last bit
+        amp=bool(config.amp),
+        processes=dist.world_size,
+        global_batch_size=config.batch_size * dist.world_size * config.accumulate,
+        versions={"lowmed": lowmed.__version__, "torch": torch.__version__,
+                  "torchvision": torchvision.__version__, "python": platform.python_version()},
+    )

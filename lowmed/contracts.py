@@ -1,0 +1,430 @@
+"""The files that pass between lowmed's stages: every file name, and typed readers and writers for the JSON ones.
+
+A prepared dir, a subset manifest, a run dir and an eval dir are named here and nowhere else; ``train.json`` and
+``metrics.json`` are dataclasses with ``read``/``write`` and a ``schema`` version, so that every reader goes through
+one place and a later lowmed still reads the run dirs an earlier one wrote (files without ``schema`` are schema 1:
+no arm name, and ``dataset.manifest_sha256`` hashed the subset manifest when there was one).
+
+This module is light (no torch, no pandas) so that the command line and ``lowmed compare`` can use it freely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from lowmed.errors import LowmedError
+from lowmed.io import sha256_file, write_json
+
+SCHEMA = 2  # of train.json and metrics.json as this lowmed writes them
+
+# A prepared dataset dir (lowmed prepare), by default below DEFAULT_PREPARED_ROOT
+DEFAULT_PREPARED_ROOT = Path("lowmed-data")
+MANIFEST = "manifest.csv"
+DATASET_INFO = "dataset.yaml"
+SUBSETS = "subsets"
+
+# The arm a run belongs to when nobody named it (--arm): derived from its kind of weight source, as lowmed did
+# before arms had names.
+DERIVED_ARMS = {"none": "A scratch", "imagenet": "B ImageNet", "run": "C medical", "file": "C medical"}
+
+
+def subset_path(folder: str | os.PathLike, per_class: int, seed: int) -> Path:
+    """Where ``lowmed subsample`` puts the subset of ``per_class`` images per class drawn with ``seed``."""
+    return Path(folder) / f"subset-{per_class}-seed{seed}.csv"
+
+
+def subset_sidecar(manifest: str | os.PathLike) -> Path:
+    """A subset manifest's sidecar: N, seed and the hash of the manifest it was drawn from."""
+    return Path(manifest).with_suffix(".yaml")
+
+
+def is_prepared(path: Path) -> bool:
+    """A prepared dir or a subset manifest (as opposed to a raw dataset)."""
+    return (path / MANIFEST).is_file() or (path.suffix == ".csv" and subset_sidecar(path).is_file())
+
+
+def read_yaml(path: str | os.PathLike, what: str | None = None) -> dict:
+    """A YAML file that must hold a mapping; ``what`` names it in errors (default: its path)."""
+    path = Path(path)
+    what = what or str(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise LowmedError(f"{what}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise LowmedError(f"{what}: not a text file; expected YAML") from None
+    except yaml.YAMLError as exc:
+        raise LowmedError(f"{what}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise LowmedError(f"{what}: expected a mapping of names to values")
+    return data
+
+
+class ReadsLikeADict:
+    """Fields read like a mapping too (``summary["best"]["epoch"]``), as the seed project's API returned dicts."""
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return getattr(self, name)
+        except AttributeError:
+            raise KeyError(name) from None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name, default)
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self)]
+
+
+class Record(ReadsLikeADict):
+    """A JSON file as a dataclass: read with its schema checked (older ones upgraded), written atomically."""
+
+    FILE: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: value for name, value in asdict(self).items()
+                if not self.__dataclass_fields__[name].metadata.get("transient")}
+
+    def write(self, path: str | os.PathLike) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def read(cls, path: str | os.PathLike):
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise LowmedError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        except ValueError as exc:
+            raise LowmedError(f"{path}: not valid JSON ({exc}); expected a lowmed {cls.FILE}") from None
+        if not isinstance(values, dict):
+            raise LowmedError(f"{path}: expected a JSON object; not a lowmed {cls.FILE}")
+        return cls.from_dict(values, path)
+
+    @classmethod
+    def from_dict(cls, values: dict, path: Path):
+        schema = values.get("schema", 1)
+        if not isinstance(schema, int) or schema < 1:
+            raise LowmedError(f"{path}: schema {schema!r} is not a version number; not a lowmed {cls.FILE}")
+        if schema > SCHEMA:
+            raise LowmedError(f"{path}: written by a newer lowmed (schema {schema}; this one reads up to {SCHEMA}); "
+                              "upgrade lowmed to read it")
+        values = cls._upgraded({**values}, schema, path)
+        known = {f.name: f for f in fields(cls)}
+        required = [name for name, f in known.items() if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in values]
+        if missing:
+            raise LowmedError(f"{path}: missing field(s) {', '.join(missing)}; not a complete lowmed {cls.FILE}")
+        return cls(**{name: value for name, value in values.items() if name in known and name != "schema"})
+
+    @classmethod
+    def _upgraded(cls, values: dict, schema: int, path: Path) -> dict:
+        """``values`` read from a file of ``schema`` in this version's shape, nested records typed."""
+        return values
+
+
+@dataclass
+class WeightsReport(ReadsLikeADict):
+    """Where a backbone's weights came from and how they matched it (``train.json``'s ``weights``)."""
+
+    source: str  # none | imagenet | file | run
+    path: str | None = None
+    sha256: str | None = None
+    source_model: str | None = None
+    source_preprocessing: dict | None = None
+    matched: int = 0
+    backbone_tensors: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatch: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if self.source == "none":
+            return "weights: none (random initialisation)"
+        text = (f"weights: {self.source} {self.path or ''} — matched {self.matched}/{self.backbone_tensors} backbone "
+                f"tensors, {len(self.missing)} missing, {len(self.unexpected)} unexpected (dropped)")
+        if self.shape_mismatch:
+            text += f", {len(self.shape_mismatch)} of another shape"
+        if self.adapted:
+            text += f", {len(self.adapted)} adapted from 1 to 3 input channels"
+        return text
+
+
+@dataclass(kw_only=True)
+class DatasetRef(ReadsLikeADict):
+    """The data a run trained on. The prepared manifest's hash identifies the dataset; its name is for display."""
+
+    prepared_dir: str
+    task: str
+    classes: list[str]
+    manifest_sha256: str | None  # of the prepared dir's manifest.csv
+    subset: str | None = None
+    subset_sha256: str | None = None
+    per_class: int | None = None
+    train_counts: dict | None = None
+    val_counts: dict | None = None
+
+    @property
+    def name(self) -> str:
+        return Path(self.prepared_dir).name
+
+    @property
+    def identity(self) -> str:
+        """The prepared manifest's hash (of the dir's path for an old run whose manifest is gone)."""
+        return self.manifest_sha256 or hashlib.sha256(str(Path(self.prepared_dir).resolve()).encode()).hexdigest()
+
+
+@dataclass(kw_only=True)
+class TrainSummary(Record):
+    """``train.json``: what a run is (arm, model, weights, data, seed) and how it went (status, best epoch, time)."""
+
+    FILE: ClassVar[str] = "train.json"
+
+    schema: int = SCHEMA
+    run_dir: str
+    created: str
+    arm: str
+    model: str
+    parameters: int
+    weights: WeightsReport
+    weight_source: str
+    dataset: DatasetRef
+    seed: int
+    preprocessing: dict
+    device: str
+    device_name: str
+    cpu_threads: int | None = None
+    amp: bool = False
+    processes: int = 1
+    global_batch_size: int | None = None
+    versions: dict = field(default_factory=dict)
+    status: str = "running"  # running | interrupted | failed | completed
+    error: str | None = None
+    phases: list[str] = field(default_factory=list)
+    epochs_run: int = 0
+    best: dict | None = None  # epoch, phase, monitor, value, metrics (the val metrics of that epoch)
+    wall_seconds: float | None = None
+    resumed: bool = False
+    epoch_seconds_total: float | None = None
+    train_images_per_s: dict = field(default_factory=dict)
+    precision: str | None = None
+    unreadable_files: dict = field(default_factory=dict)
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def model_path(self) -> str:
+        """The best checkpoint (the seed project's ``train_model`` returned it)."""
+        return str(RunDir(self.run_dir).best)
+
+    @classmethod
+    def _upgraded(cls, values: dict, schema: int, path: Path) -> dict:
+        dataset = dict(values.get("dataset") or {})
+        if schema == 1:
+            values.setdefault("arm", DERIVED_ARMS.get(values.get("weight_source"), values.get("weight_source")))
+            if dataset.get("subset"):  # schema 1 hashed the manifest it loaded: the subset's
+                dataset["subset_sha256"] = dataset.get("manifest_sha256")
+                dataset["manifest_sha256"] = _prepared_manifest_sha256(dataset)
+        values["dataset"] = _typed(DatasetRef, dataset, f"{path}: dataset")
+        values["weights"] = _typed(WeightsReport, values.get("weights") or {}, f"{path}: weights")
+        return values
+
+
+def _prepared_manifest_sha256(dataset: dict) -> str | None:
+    """For an old run: the hash of its prepared manifest, from the subset's sidecar or the manifest itself."""
+    sidecar = subset_sidecar(dataset["subset"])
+    if sidecar.is_file():
+        recorded = read_yaml(sidecar).get("source_manifest_sha256")
+        if recorded:
+            return recorded
+    manifest = Path(dataset.get("prepared_dir", "")) / MANIFEST
+    return sha256_file(manifest) if manifest.is_file() else None
+
+
+def _typed(cls, values: dict, where: str):
+    known = {f.name for f in fields(cls)}
+    try:
+        return cls(**{name: value for name, value in values.items() if name in known})
+    except TypeError as exc:
+        raise LowmedError(f"{where}: incomplete ({exc})") from None
+
+
+@dataclass(kw_only=True)
+class EvalReport(Record):
+    """``metrics.json``: one checkpoint evaluated on one split, with 95 % intervals."""
+
+    FILE: ClassVar[str] = "metrics.json"
+
+    schema: int = SCHEMA
+    task: str
+    split: str
+    n: int
+    classes: list[str]
+    positive_class: str | None = None  # binary tasks: the class whose probability is thresholded
+    threshold: float | list[float] | None = None
+    threshold_source: str = "fixed"
+    metrics: dict[str, float]
+    ci95: dict[str, list[float]] = field(default_factory=dict)
+    per_class: dict[str, dict] = field(default_factory=dict)
+    confusion_matrix: list[list[int]] | None = None
+    bootstrap: dict = field(default_factory=dict)
+    checkpoint: dict = field(default_factory=dict)
+    dataset: dict = field(default_factory=dict)  # prepared_dir, external
+    tta: bool = False
+    device: str = ""
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    lowmed_version: str = ""
+    out: str | None = field(default=None, metadata={"transient": True})  # the eval dir it was read from or written to
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "EvalReport":
+        report = super().read(path)
+        report.out = str(Path(path).parent)
+        return report
+
+
+@dataclass(frozen=True)
+class EvalDir:
+    """``RUN/eval/<split>/`` (or an external set's): metrics.json, metrics.csv, predictions.csv, plots."""
+
+    path: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / EvalReport.FILE
+
+    @property
+    def metrics_table(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / "predictions.csv"
+
+    def plot(self, name: str) -> Path:
+        """A PNG: roc, pr, confusion or reliability."""
+        return self.path / f"{name}.png"
+
+    def exists(self) -> bool:
+        return self.metrics.is_file()
+
+    def read_report(self) -> EvalReport:
+        return EvalReport.read(self.metrics)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run dir: config.yaml, history.csv, best.pt, last.pt, train.json and eval/."""
+
+    path: Path
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / TrainSummary.FILE
+
+    def checkpoint(self, which: str) -> Path:
+        """``best`` or ``last``."""
+        return self.best if which == "best" else self.last
+
+    def evaluation(self, split: str, external: str | None = None) -> EvalDir:
+        """The eval dir of ``split``; of another prepared dataset's split when ``external`` names it."""
+        return EvalDir(self.path / "eval" / (f"external-{external}-{split}" if external else split))
+
+    def read_summary(self) -> TrainSummary:
+        return TrainSummary.read(self.summary)
+
+    def state(self) -> str:
+        """new | resumable | completed: what ``lowmed experiment`` does with it."""
+        if not self.summary.is_file():
+            return "resumable" if self.last.is_file() else "new"
+        status = self.read_summary().status
+        if status == "completed":
+            return "completed"
+        return "resumable" if self.last.is_file() and status != "failed" else "new"
+
+
+def find_run_dirs(paths: list[str | os.PathLike]) -> list[RunDir]:
+    """Every run dir at or below ``paths`` (a folder holding a train.json), each once, in path order."""
+    found = set()
+    for path in map(Path, paths):
+        if not path.exists():
+            raise LowmedError(f"{path}: no such folder of runs")
+        found.update(summary.parent for summary in path.rglob(TrainSummary.FILE))
+    return [RunDir(path) for path in sorted(found)]
+
+
+@dataclass(kw_only=True)
+class Comparison(Record):
+    """``compare.json``: every run's value, the seed aggregates and the paired tests, as ``lowmed compare`` made them."""
+
+    FILE: ClassVar[str] = "compare.json"
+
+    schema: int = SCHEMA
+    split: str
+    metric: str
+    baseline: str | None  # the arm every other arm is set against (as a − baseline); None: all pairs as they sort
+    runs: list[dict]  # compare.csv's rows
+    groups: list[dict]
+    comparisons: list[dict]  # stats.csv's rows
+    skipped: list[dict] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    out: str
+
+
+@dataclass(frozen=True)
+class ComparisonDir:
+    """Where ``lowmed compare`` writes: compare.csv/.json/.md, stats.csv and one learning curve per dataset."""
+
+    path: Path
+
+    @property
+    def table(self) -> Path:
+        return self.path / "compare.csv"
+
+    @property
+    def record(self) -> Path:
+        return self.path / Comparison.FILE
+
+    @property
+    def markdown(self) -> Path:
+        return self.path / "compare.md"
+
+    @property
+    def stats(self) -> Path:
+        return self.path / "stats.csv"
+
+    def learning_curve(self, dataset: str) -> Path:
+        return self.path / f"learning_curve_{dataset}.png"

@@ -1,0 +1,171 @@
+"""Running a study: each planned run trained (or resumed) and evaluated, under torchrun shared out by claims.
+
+Finished runs are skipped, interrupted ones resumed, failed ones retried once; one failure never stops the others;
+an arm whose weights cannot be had is reported as skipped, with the reason. Under ``torchrun`` the pretrain stages
+train data-parallel across all processes, and each process then takes the grid's next unclaimed run and trains it
+alone on its own GPU; rank 0 prepares the data, draws the subsets, and writes the comparison and the report once
+every process has finished.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from lowmed.compare import compare_runs
+from lowmed.config import TrainConfig
+from lowmed.console import progress_bar
+from lowmed.contracts import Comparison, RunDir
+from lowmed.distributed import Distributed
+from lowmed.errors import Interrupted, LowmedError, RunFailed
+from lowmed.evaluation.evaluate import evaluate
+from lowmed.experiment.plan import PlannedRun, plan
+from lowmed.experiment.report import study_report
+from lowmed.experiment.study import Study, load_study
+from lowmed.io import write_text
+from lowmed.training.train import resume_run, train
+
+# under torchrun, a process that has finished its share of the grid waits this long for the slowest one
+GRID_WAIT = timedelta(hours=24)
+
+
+@dataclass
+class StudyResult:
+    """What ``run_experiment`` returns: the study, its pretrain stages and runs with their outcomes, the comparison
+    and the report (``report`` is None for a dry run, and in torchrun's other processes)."""
+
+    study: Study
+    pretrain: list[PlannedRun]
+    runs: list[PlannedRun]
+    comparison: Comparison | None = None
+    report: str | None = None
+    wall_seconds: float = 0.0
+
+
+def _execute(job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: Distributed) -> None:
+    """Train (or resume) one run across ``dist``'s processes and evaluate it; record what happened in
+    ``job.status``.
+
+    An input error (say, ImageNet weights that cannot be downloaded) skips the rest of its arm too. A crash is
+    retried once from scratch, except in a run shared by several processes: they cannot retry in step after one
+    of them crashed alone, so the study stops there (run it again to resume).
+    """
+    if job.arm is not None and job.arm.name in skip_reasons:
+        job.status, job.detail = "skipped", skip_reasons[job.arm.name]
+        return
+    run = RunDir(job.run_dir)
+    state = dist.share(run.state())  # rank 0's reading, before any rank writes there
+    if state == "completed":
+        job.status = "done before"
+    else:
+        for attempt in (1, 2):
+            try:
+                if state == "resumable" and attempt == 1:
+                    resume_run(job.run_dir, quiet=True, dist=dist)
+                else:
+                    train(TrainConfig.from_dict(job.values, source=job.name), overwrite=True, quiet=True, dist=dist)
+                job.status, job.detail = "trained", f"on the second try, after {job.detail}" if attempt == 2 else ""
+                break
+            except Interrupted:
+                raise
+            except LowmedError as exc:
+                job.status, job.detail = "skipped", str(exc)
+                if job.arm is not None:
+                    skip_reasons[job.arm.name] = str(exc)
+                return
+            except Exception as exc:  # a failure during the run: once more, from scratch
+                if dist.enabled:
+                    raise RunFailed(f"{job.name} failed in process {dist.rank}: {type(exc).__name__}: {exc}; "
+                                    "run the same command again to resume the study") from exc
+                job.status, job.detail = "failed", f"{type(exc).__name__}: {exc}"
+        if job.status == "failed":
+            return
+    if job.arm is not None and not run.evaluation(study.split).exists():
+        evaluate(job.run_dir, quiet=True, **study.evaluate)
+
+
+def _claim(path: Path) -> bool:
+    """True for the one process that creates ``path`` first (an atomic create, also on a shared filesystem), so
+    a process that finishes early takes the next run instead of idling behind a fixed share."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quiet: bool = False) -> StudyResult:
+    """Run (or resume) the whole study and write ``report.md``; with ``dry_run`` only plan it.
+
+    Under torchrun every process returns the runs' outcomes; only rank 0's result names the report.
+    """
+    started = time.perf_counter()
+    study = load_study(study_path)
+    if dry_run:
+        pretrains, runs = plan(study, prepare_data=False)
+        return StudyResult(study, pretrains, runs)
+    dist = Distributed.from_environment(str(study.train.get("device", "auto")), timeout=GRID_WAIT)
+    claims = study.out / ".claims"  # under torchrun: which process took which grid run
+    planned: list = []
+
+    def prepare_study() -> None:  # rank 0 prepares the data and draws the subsets; the others then read them
+        shutil.rmtree(claims, ignore_errors=True)  # left by an invocation that was stopped
+        planned.append(plan(study))
+
+    dist.on_main(prepare_study)
+    pretrains, runs = planned[0] if planned else plan(study)
+    alone = Distributed()  # a grid run is small: each process trains its own, on its own GPU
+    own_runs: list[PlannedRun] = []
+    skip_reasons: dict[str, str] = {}
+    jobs = pretrains + runs
+    prefix = f"[process {dist.rank}] " if dist.world_size > 1 else ""
+    with progress_bar(transient=False, disable=quiet or not dist.is_main) as bar:
+        task = bar.add_task(f"study {study.name}", total=len(jobs), status="")
+        for index, job in enumerate(jobs, start=1):
+            if job.arm is not None and dist.world_size > 1 and not _claim(claims / job.name):
+                bar.advance(task)  # another process has it
+                continue
+            bar.update(task, status=f"{job.name}")
+            if job.arm is None:
+                _execute(job, study, skip_reasons, dist)
+            else:
+                _execute(job, study, skip_reasons, alone)
+                own_runs.append(job)
+            if job.arm is None and job.status in ("failed", "skipped"):
+                for run in runs:  # the arm that needed this pretraining cannot run
+                    if run.arm.pretrain is not None and run.values["weights"] == str(job.run_dir):
+                        skip_reasons[run.arm.name] = f"pretrain stage {job.name} {job.status}: {job.detail}"
+            if not quiet:
+                bar.console.print(f"{prefix}[{index}/{len(jobs)}] {job.name}: {job.status}"
+                                  + (f" — {job.detail}" if job.detail else ""), markup=False, highlight=False,
+                                  soft_wrap=True)
+            bar.advance(task)
+    if dist.enabled:  # every process's outcomes, on every process (waiting for the slowest)
+        outcomes = {name: (status, detail) for share in dist.gather_objects([(r.name, r.status, r.detail)
+                                                                             for r in own_runs])
+                    for name, status, detail in share}
+        for run in runs:
+            run.status, run.detail = outcomes[run.name]
+        if dist.is_main:
+            shutil.rmtree(claims, ignore_errors=True)
+    result = StudyResult(study, pretrains, runs)
+    if not dist.is_main:
+        return result
+    finished = [r for r in runs if r.status in ("trained", "done before")]
+    if finished:
+        options = dict(study.compare)
+        if isinstance(options.get("by"), str):
+            options["by"] = tuple(options["by"].split(","))
+        result.comparison = compare_runs([r.run_dir for r in finished], split=study.split, out=study.out, quiet=True,
+                                         **options)
+    result.wall_seconds = time.perf_counter() - started
+    report = study.out / "report.md"
+    write_text(report, study_report(study, pretrains, runs, result.comparison, result.wall_seconds,
+                                    processes=dist.world_size))
+    result.report = str(report)
+    return result

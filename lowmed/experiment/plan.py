@@ -1,0 +1,98 @@
+"""A study's plan: its pretrain stages and its grid of runs, with stable, readable names.
+
+A pretrain stage is identified by everything that makes it — model, weights, corpus and every training option —
+so two arms share one only when they would have trained the very same run; its folder name carries a short hash
+of all that. A grid run is named ``<dataset>-<arm>-<model>-n<N>-seed<K>``; arm names are unique, so these are too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lowmed.contracts import DATASET_INFO, SUBSETS, is_prepared, subset_path
+from lowmed.data.manifest import PreparedDataset
+from lowmed.experiment.study import Arm, DatasetSpec, Study, slug
+
+# a dataset's prepare options, as in 'lowmed prepare', that name CSV columns
+_CSV_COLUMN_OPTIONS = {"path_column": "path", "label_column": "label", "label_columns": "labels",
+                       "group_column": "group", "split_column": "split"}
+
+
+@dataclass
+class PlannedRun:
+    name: str
+    run_dir: Path
+    values: dict  # TrainConfig fields
+    arm: Arm | None = None  # None for a pretrain stage
+    dataset: str = ""
+    status: str = "planned"
+    detail: str = ""
+
+
+def prepared(spec: DatasetSpec, out: Path, quiet: bool) -> PreparedDataset:
+    """The dataset, prepared once inside the study's folder (demo data generated there)."""
+    from lowmed.data.formats import CsvColumns
+    from lowmed.data.prepare import prepare
+    from lowmed.data.synthetic import prepare_demo_dataset
+
+    target = out / "data" / slug(spec.name)
+    if (target / DATASET_INFO).is_file():
+        return PreparedDataset.load(target)
+    if spec.demo:
+        return prepare_demo_dataset(spec.demo, out / "data" / "raw" / slug(spec.name), target, quiet)
+    source = Path(spec.data).expanduser()
+    if is_prepared(source):
+        return PreparedDataset.load(source)
+    options = dict(spec.prepare)
+    columns = {field: options.pop(key) for key, field in _CSV_COLUMN_OPTIONS.items() if key in options}
+    return prepare(source, target, csv_columns=CsvColumns(**columns), quiet=quiet, **options)
+
+
+def pretrain_stage(study: Study, arm: Arm) -> tuple[str, dict]:
+    """The stage's name and its TrainConfig values (all but ``data`` and ``out``)."""
+    spec: DatasetSpec = arm.pretrain["dataset"]
+    options = {k: v for k, v in arm.pretrain.items() if k != "dataset"}
+    values = {"weights": "none", **study.train, **options, "model": arm.model}
+    identity = json.dumps({"values": values, "dataset": asdict(spec)}, sort_keys=True, default=str)
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
+    return slug(f"{arm.model}-on-{spec.name}-{digest}"), values
+
+
+def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], list[PlannedRun]]:
+    """The pretrain stages and the grid of runs. With ``prepare_data`` the datasets are prepared and the subsets
+    drawn (a dry run leaves both out)."""
+    from lowmed.data.subsample import subsample
+
+    pretrains: dict[str, PlannedRun] = {}
+    pretrain_of: dict[str, PlannedRun] = {}  # arm name -> its stage
+    for arm in study.arms:
+        if arm.pretrain is None:
+            continue
+        name, values = pretrain_stage(study, arm)
+        if name not in pretrains:
+            spec: DatasetSpec = arm.pretrain["dataset"]
+            run_dir = study.out / "pretrain" / name
+            data = str(prepared(spec, study.out, quiet=True).root) if prepare_data else spec.data or spec.demo
+            pretrains[name] = PlannedRun(name, run_dir, {**values, "arm": name, "data": data, "out": str(run_dir)},
+                                         dataset=spec.name)
+        pretrain_of[arm.name] = pretrains[name]
+    runs = []
+    for spec in study.datasets:
+        dataset = prepared(spec, study.out, quiet=True) if prepare_data else None
+        for per_class in study.per_class:
+            for seed in study.seeds:
+                subset = subset_path(study.out / SUBSETS / slug(spec.name), per_class, seed)
+                if dataset is not None and not subset.is_file():
+                    subsample(dataset.root, per_class, seed=seed, out=subset, quiet=True)
+                for arm in study.arms:
+                    name = slug(f"{spec.name}-{arm.name}-{arm.model}-n{per_class}-seed{seed}")
+                    weights = str(pretrain_of[arm.name].run_dir) if arm.name in pretrain_of else arm.weights
+                    values = {**study.train, **arm.options, "arm": arm.name,
+                              "data": str(dataset.root) if dataset else spec.name, "subset": str(subset),
+                              "model": arm.model, "weights": weights, "seed": seed,
+                              "out": str(study.out / "runs" / name)}
+                    runs.append(PlannedRun(name, study.out / "runs" / name, values, arm, spec.name))
+    return list(pretrains.values()), runs

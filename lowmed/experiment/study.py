@@ -1,0 +1,178 @@
+"""The study file: ``STUDY.yaml`` read into dataclasses and checked as a whole before anything runs.
+
+Every mistake a study can hold — an unknown key, two arms of one name, a model or weights that do not exist, a data
+path that is not there, a baseline that is no arm — is one ``LowmedError`` naming the field or the arm, so that a
+typo costs seconds, not a half-trained grid.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lowmed.config import TrainConfig
+from lowmed.contracts import read_yaml
+from lowmed.errors import LowmedError
+
+_STUDY_KEYS = {"name", "out", "datasets", "arms", "per_class", "seeds", "train", "evaluate", "compare"}
+_DATASET_KEYS = {"name", "data", "demo", "prepare"}
+_ARM_KEYS = {"name", "model", "weights", "pretrain", "options"}
+# the options of lowmed evaluate and lowmed compare a study may set (the compared split is the evaluated one)
+_EVALUATE_KEYS = {"split", "checkpoint", "threshold", "bootstrap", "tta", "device", "batch_size", "seed"}
+_COMPARE_KEYS = {"metric", "by", "baseline", "resamples", "seed"}
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    data: str | None = None  # prepared dir or raw dataset
+    demo: str | None = None  # target | corpus: lowmed's synthetic demo data
+    prepare: dict = field(default_factory=dict)  # options for prepare() when data is raw
+
+
+@dataclass
+class Arm:
+    name: str
+    model: str
+    weights: str = "none"  # none | imagenet | PATH | RUN_DIR; replaced by the pretrain run when pretrain is set
+    pretrain: dict | None = None  # {dataset: DatasetSpec, and TrainConfig options for the pretraining}
+    options: dict = field(default_factory=dict)  # TrainConfig options for this arm only
+
+
+@dataclass
+class Study:
+    name: str
+    out: Path
+    datasets: list[DatasetSpec]
+    arms: list[Arm]
+    per_class: list[int]
+    seeds: list[int]
+    train: dict = field(default_factory=dict)
+    evaluate: dict = field(default_factory=dict)
+    compare: dict = field(default_factory=dict)
+
+    @property
+    def split(self) -> str:
+        """The split every run is evaluated and compared on."""
+        return str(self.evaluate.get("split", "test"))
+
+
+def slug(text: str) -> str:
+    """A name as it appears in folder names."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-").lower()
+
+
+def load_study(path: str | os.PathLike) -> Study:
+    """Read and check ``path``; nothing is prepared or trained here."""
+    path = Path(path)
+    raw = _checked_keys(read_yaml(path), _STUDY_KEYS, str(path))
+    for key in ("datasets", "arms", "per_class", "seeds"):
+        if not isinstance(raw.get(key), list) or not raw[key]:
+            raise LowmedError(f"{path}: {key} must be a non-empty list")
+    datasets = [_dataset_spec(d, f"{path}: datasets[{i}]") for i, d in enumerate(raw["datasets"])]
+    arms = [_arm(values, f"{path}: arms[{i}]", i) for i, values in enumerate(raw["arms"])]
+    for key in ("per_class", "seeds"):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in raw[key]):
+            raise LowmedError(f"{path}: {key} must be a list of whole numbers")
+    if any(n < 1 for n in raw["per_class"]):
+        raise LowmedError(f"{path}: per_class sizes must be at least 1")
+    shared = dict(raw.get("train") or {})
+    TrainConfig.from_dict({**shared, "data": "."}, source=f"{path}: train").validate()  # field-named errors now
+    for arm in arms:
+        TrainConfig.from_dict({**shared, **arm.options, "data": "."}, source=f"{path}: arm {arm.name} options")
+    study = Study(name=str(raw.get("name", path.stem)),
+                  out=Path(_expand(str(raw.get("out", f"runs/{path.stem}")), f"{path}: out")),
+                  datasets=datasets, arms=arms, per_class=sorted(raw["per_class"]), seeds=list(raw["seeds"]),
+                  train=shared, evaluate=dict(_checked_keys(raw.get("evaluate") or {}, _EVALUATE_KEYS,
+                                                            f"{path}: evaluate")),
+                  compare=dict(_checked_keys(raw.get("compare") or {}, _COMPARE_KEYS, f"{path}: compare")))
+    _check_whole(study, path)
+    return study
+
+
+def _checked_keys(values: Any, allowed: set[str], where: str) -> dict:
+    if not isinstance(values, dict):
+        raise LowmedError(f"{where}: expected a mapping")
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise LowmedError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}")
+    return values
+
+
+def _dataset_spec(values: Any, where: str) -> DatasetSpec:
+    values = dict(_checked_keys(values, _DATASET_KEYS, where))
+    if "name" not in values or bool(values.get("data")) == bool(values.get("demo")):
+        raise LowmedError(f"{where}: needs a name and exactly one of data (a dataset path) or demo (target|corpus)")
+    if values.get("demo") not in (None, "target", "corpus"):
+        raise LowmedError(f"{where}.demo: {values['demo']!r}; expected target or corpus")
+    values["name"] = str(values["name"])
+    if values.get("data"):
+        values["data"] = _expand(str(values["data"]), where)
+    return DatasetSpec(**values)
+
+
+def _arm(values: Any, where: str, index: int) -> Arm:
+    values = _checked_keys(values, _ARM_KEYS, where)
+    if "model" not in values:
+        raise LowmedError(f"{where} needs a model")
+    pretrain = values.get("pretrain")
+    if pretrain is not None:
+        pretrain = dict(_checked_keys(pretrain, {"dataset", *TrainConfig.__dataclass_fields__}, f"{where}.pretrain"))
+        pretrain["dataset"] = _dataset_spec(pretrain.get("dataset"), f"{where}.pretrain.dataset")
+    return Arm(name=str(values.get("name", f"arm{index + 1}")), model=str(values["model"]),
+               weights=str(values.get("weights", "none")), pretrain=pretrain, options=dict(values.get("options") or {}))
+
+
+def _expand(path: str, where: str) -> str:
+    """``${VAR}`` in a study path is the environment variable's value; an unset one is an error."""
+    expanded = os.path.expandvars(path)
+    if "$" in expanded:
+        raise LowmedError(f"{where}: {path!r} names an environment variable that is not set")
+    return expanded
+
+
+def _check_whole(study: Study, path: Path) -> None:
+    """What no single field shows: names that collide, models and weights that cannot be had, missing data."""
+    from lowmed.models.registry import get_model_spec
+    from lowmed.models.weights import resolve_weights, weights_kind
+
+    _check_unique([arm.name for arm in study.arms], f"{path}: arms", "arm")
+    _check_unique([spec.name for spec in study.datasets], f"{path}: datasets", "dataset")
+    specs = {spec.name: spec for spec in study.datasets}
+    for arm in study.arms:
+        where = f"{path}: arm {arm.name!r}"
+        try:
+            model = get_model_spec(arm.model)
+            weights = {**study.train, **arm.pretrain}.get("weights", "none") if arm.pretrain else arm.weights
+            weights_kind(resolve_weights(str(weights), model.name), model)
+        except LowmedError as exc:
+            raise LowmedError(f"{where}: {exc}") from None
+        if arm.pretrain:
+            corpus = arm.pretrain["dataset"]
+            if specs.setdefault(corpus.name, corpus) != corpus:
+                raise LowmedError(f"{where}: pretrain dataset {corpus.name!r} differs from another dataset of that "
+                                  "name in the study; give it its own name")
+    for spec in specs.values():
+        if spec.data and not Path(spec.data).expanduser().exists():
+            users = [arm.name for arm in study.arms if arm.pretrain and arm.pretrain["dataset"].name == spec.name]
+            whose = f" (pretraining of arm {', '.join(map(repr, users))})" if users else ""
+            raise LowmedError(f"{path}: dataset {spec.name!r}{whose}: data {spec.data} does not exist")
+    if study.split not in ("test", "val", "train"):
+        raise LowmedError(f"{path}: evaluate.split {study.split!r}: expected test, val or train")
+    baseline = study.compare.get("baseline")
+    if baseline is not None and str(baseline) not in {arm.name for arm in study.arms}:
+        raise LowmedError(f"{path}: compare.baseline {baseline!r} is not an arm; the arms are "
+                          f"{', '.join(repr(arm.name) for arm in study.arms)}")
+
+
+def _check_unique(names: list[str], where: str, what: str) -> None:
+    """Names must differ, also as they appear in folder names (``A`` and ``a`` would share a run dir)."""
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        other = names[seen.setdefault(slug(name), index)]
+        if seen[slug(name)] != index:
+            same = "the same name" if other == name else f"names that make the same folder name ({slug(name)!r})"
+            raise LowmedError(f"{where}: two {what}s have {same}: {other!r} and {name!r}; give each its own name")
