@@ -19,8 +19,10 @@ COMMANDS = {
     "python -c pass": ["-c", "pass"],
     "lowmed --version": ["-m", "lowmed", "--version"],
     "lowmed --help": ["-m", "lowmed", "--help"],
-    **{f"lowmed {name} --help": ["-m", "lowmed", name, "--help"]
-       for name in ("prepare", "subsample", "train", "finetune", "evaluate", "compare", "experiment", "models")},
+    **{
+        f"lowmed {name} --help": ["-m", "lowmed", name, "--help"]
+        for name in ("prepare", "subsample", "train", "finetune", "evaluate", "compare", "experiment", "models")
+    },
 }
 
 

@@ -21,20 +21,36 @@ from lowmed.models.registry import build_model, get_model_spec
 from lowmed.training.train import train
 
 
-def lowmed_images_per_s(data: str, model: str, per_class: int, batch_size: int, epochs: int,
-                        compile: bool = False) -> dict:
+def lowmed_images_per_s(
+    data: str, model: str, per_class: int, batch_size: int, epochs: int, compile: bool = False
+) -> dict:
     """A real ``lowmed train`` run (from scratch, one phase); the first epoch is warm-up (and compiling) and not
     counted."""
     with tempfile.TemporaryDirectory() as runs:
-        config = TrainConfig(data=data, per_class=per_class, model=model, weights="none", epochs=epochs,
-                             batch_size=batch_size, device="cuda", compile=compile, out=f"{runs}/run")
+        config = TrainConfig(
+            data=data,
+            per_class=per_class,
+            model=model,
+            weights="none",
+            epochs=epochs,
+            batch_size=batch_size,
+            device="cuda",
+            compile=compile,
+            out=f"{runs}/run",
+        )
         started = time.perf_counter()
         summary = train(config, quiet=True)
         wall = time.perf_counter() - started
         rows = pd.read_csv(RunDir(f"{runs}/run").history)
     steady = rows["images_per_s"].iloc[1:] if len(rows) > 1 else rows["images_per_s"]
-    return {"images_per_s": float(steady.median()), "epoch_seconds": float(rows["seconds"].iloc[1:].median()),
-            "first_epoch_seconds": float(rows["seconds"].iloc[0]), "wall_seconds": round(wall, 2), "precision": summary["precision"], "epochs": len(rows)}
+    return {
+        "images_per_s": float(steady.median()),
+        "epoch_seconds": float(rows["seconds"].iloc[1:].median()),
+        "first_epoch_seconds": float(rows["seconds"].iloc[0]),
+        "wall_seconds": round(wall, 2),
+        "precision": summary["precision"],
+        "epochs": len(rows),
+    }
 
 
 def random_tensor_images_per_s(model_name: str, batch_size: int, image_size: int, steps: int = 60) -> float:
@@ -78,14 +94,21 @@ def main() -> None:
         ours = lowmed_images_per_s(args.data, args.model, args.per_class, batch_size, args.epochs)
         ceiling = random_tensor_images_per_s(args.model, batch_size, 224)
         ratio = ours["images_per_s"] / ceiling
-        results["runs"].append({"batch_size": batch_size, "lowmed": ours, "random_tensor_images_per_s": ceiling,
-                                "ratio": ratio})
-        print(f"{batch_size:>5} {ours['images_per_s']:>13.0f} {ceiling:>20.0f} {ratio:>6.2f} {ours['epoch_seconds']:>8.2f}")
+        results["runs"].append(
+            {"batch_size": batch_size, "lowmed": ours, "random_tensor_images_per_s": ceiling, "ratio": ratio}
+        )
+        print(
+            f"{batch_size:>5} {ours['images_per_s']:>13.0f} {ceiling:>20.0f} {ratio:>6.2f} "
+            f"{ours['epoch_seconds']:>8.2f}"
+        )
         if args.compile:
             compiled = lowmed_images_per_s(args.data, args.model, args.per_class, batch_size, args.epochs, compile=True)
             results["runs"][-1]["lowmed_compiled"] = compiled
-            print(f"{'':>5} --compile: {compiled['images_per_s']:.0f} img/s ({compiled['images_per_s'] / ours['images_per_s']:.2f}"
-                  f" × without), first epoch {compiled['first_epoch_seconds']:.1f} s vs {ours['first_epoch_seconds']:.1f} s")
+            print(
+                f"{'':>5} --compile: {compiled['images_per_s']:.0f} img/s "
+                f"({compiled['images_per_s'] / ours['images_per_s']:.2f} × without), "
+                f"first epoch {compiled['first_epoch_seconds']:.1f} s vs {ours['first_epoch_seconds']:.1f} s"
+            )
     Path(args.out).write_text(json.dumps(results, indent=2))
 
 

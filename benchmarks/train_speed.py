@@ -56,17 +56,22 @@ def peak_rss_mb() -> float:
 
 # --- the naive reference -------------------------------------------------------------------------------------
 
+
 def reference_transform(size: int, train: bool) -> transforms.Compose:
     steps = [transforms.Grayscale(3), transforms.Resize((size, size))]
     if train:
-        steps += [transforms.RandomAffine(10, translate=(0.05, 0.05), scale=(0.9, 1.1)),
-                  transforms.RandomHorizontalFlip(), transforms.ColorJitter(0.2, 0.2)]
+        steps += [
+            transforms.RandomAffine(10, translate=(0.05, 0.05), scale=(0.9, 1.1)),
+            transforms.RandomHorizontalFlip(),
+            transforms.ColorJitter(0.2, 0.2),
+        ]
     return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def reference_loader(folder: Path, size: int, train: bool, batch_size: int) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(datasets.ImageFolder(folder, reference_transform(size, train)),
-                                       batch_size=batch_size, shuffle=train)
+    return torch.utils.data.DataLoader(
+        datasets.ImageFolder(folder, reference_transform(size, train)), batch_size=batch_size, shuffle=train
+    )
 
 
 def reference_epoch(model: nn.Module, loader, optimizer, max_batches: int | None = None) -> tuple[float, int]:
@@ -97,8 +102,16 @@ def reference_evaluate(model: nn.Module, loader) -> tuple[float, float, int]:
     return sum(losses) / len(y), binary_auroc(y, torch.cat(scores).numpy()), len(y)
 
 
-def reference_full_run(tree: Path, model_name: str, weights: Path, size: int, batch_size: int, epochs: int,
-                       fine_tune_epochs: int, fine_tune_layers: int) -> dict:
+def reference_full_run(
+    tree: Path,
+    model_name: str,
+    weights: Path,
+    size: int,
+    batch_size: int,
+    epochs: int,
+    fine_tune_epochs: int,
+    fine_tune_layers: int,
+) -> dict:
     """The two-phase recipe, naively: frozen backbone for ``epochs``, then the last layers for ``fine_tune_epochs``."""
     torch.manual_seed(0)
     model = build_model(get_model_spec(model_name), 2)
@@ -108,8 +121,10 @@ def reference_full_run(tree: Path, model_name: str, weights: Path, size: int, ba
     val_loader = reference_loader(tree / "val", size, False, batch_size)
     phases, best_auroc, started = {}, 0.0, time.perf_counter()
     groups = layer_groups(model.backbone)
-    for phase, count, lr, trainable in (("frozen", epochs, 1e-4, []),
-                                        ("finetune", fine_tune_epochs, 1e-5, groups[-fine_tune_layers:])):
+    for phase, count, lr, trainable in (
+        ("frozen", epochs, 1e-4, []),
+        ("finetune", fine_tune_epochs, 1e-5, groups[-fine_tune_layers:]),
+    ):
         phase_started = time.perf_counter()
         for parameter in model.backbone.parameters():
             parameter.requires_grad_(False)
@@ -126,6 +141,7 @@ def reference_full_run(tree: Path, model_name: str, weights: Path, size: int, ba
 
 
 # --- lowmed's side -------------------------------------------------------------------------------------------
+
 
 def lowmed_epoch(model: nn.Module, images, optimizer, batch_size: int, max_batches: int | None) -> tuple[float, int]:
     """lowmed's pipeline: uint8 images decoded once in memory, augmented per image as a batch."""
@@ -153,6 +169,7 @@ def split_images(dataset: PreparedDataset, split: str, size: int):
 
 # --- child tasks: one measurement per process ----------------------------------------------------------------
 
+
 def child_epoch(args) -> dict:
     torch.manual_seed(0)
     dataset = PreparedDataset.load(args.subset)
@@ -171,28 +188,54 @@ def child_epoch(args) -> dict:
             loader = reference_loader(Path(args.tree) / "train", args.image_size, True, args.batch_size)
             reference_epoch(model, loader, optimizer, 1)
             seconds, seen = reference_epoch(model, loader, optimizer, args.max_batches)
-        results[name] = {"images_per_s": seen / seconds, "batches": seen // args.batch_size,
-                         "decode_once_seconds": decode}
+        results[name] = {
+            "images_per_s": seen / seconds,
+            "batches": seen // args.batch_size,
+            "decode_once_seconds": decode,
+        }
     results["peak_rss_mb"] = peak_rss_mb()
     return results
 
 
 def child_fullrun(args) -> dict:
     if args.side == "reference":
-        result = reference_full_run(Path(args.tree), args.model, Path(args.weights), args.image_size, args.batch_size,
-                                    args.epochs, args.fine_tune_epochs, args.fine_tune_layers)
+        result = reference_full_run(
+            Path(args.tree),
+            args.model,
+            Path(args.weights),
+            args.image_size,
+            args.batch_size,
+            args.epochs,
+            args.fine_tune_epochs,
+            args.fine_tune_layers,
+        )
     else:
         with tempfile.TemporaryDirectory() as runs:
             started = time.perf_counter()
-            summary = train(TrainConfig(subset=args.subset, model=args.model, weights=args.weights,
-                                        epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
-                                        fine_tune_layers=args.fine_tune_layers, image_size=args.image_size,
-                                        batch_size=args.batch_size, patience=100, out=f"{runs}/run",
-                                        augment_strength=0.5), quiet=True)
+            summary = train(
+                TrainConfig(
+                    subset=args.subset,
+                    model=args.model,
+                    weights=args.weights,
+                    epochs=args.epochs,
+                    fine_tune_epochs=args.fine_tune_epochs,
+                    fine_tune_layers=args.fine_tune_layers,
+                    image_size=args.image_size,
+                    batch_size=args.batch_size,
+                    patience=100,
+                    out=f"{runs}/run",
+                    augment_strength=0.5,
+                ),
+                quiet=True,
+            )
             wall = time.perf_counter() - started
             history = pd.read_csv(RunDir(f"{runs}/run").history)
-        result = {"wall_seconds": wall, "phase_seconds": history.groupby("phase")["seconds"].sum().to_dict(),
-                  "best_val_auroc": float(history["val_auroc"].max()), "precision": summary["precision"]}
+        result = {
+            "wall_seconds": wall,
+            "phase_seconds": history.groupby("phase")["seconds"].sum().to_dict(),
+            "best_val_auroc": float(history["val_auroc"].max()),
+            "precision": summary["precision"],
+        }
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 
@@ -218,8 +261,9 @@ def child_evaluate(args) -> dict:
     model = build_model(get_model_spec(args.model), 2).eval()
     started = time.perf_counter()
     if args.side == "reference":
-        _, _, count = reference_evaluate(model, reference_loader(Path(args.tree) / "test", args.image_size, False,
-                                                                 args.batch_size))
+        _, _, count = reference_evaluate(
+            model, reference_loader(Path(args.tree) / "test", args.image_size, False, args.batch_size)
+        )
     else:
         images = split_images(PreparedDataset.load(args.subset), "test", args.image_size)
         predict_logits(model, images, MEAN, STD, torch.device("cpu"), Precision(False), 128)
@@ -243,12 +287,23 @@ def child_load(args) -> dict:
             for _ in images.batches(index_chunks(torch.arange(len(images)), 256, False), workers=2):
                 pass
         loaded = time.perf_counter() - started
-    return {"images": len(dataset.manifest), "prepare_seconds": prepared, "subsample_seconds": subsampled,
-            "decode_seconds": loaded, "in_memory": images.pixels is not None, "peak_rss_mb": peak_rss_mb()}
+    return {
+        "images": len(dataset.manifest),
+        "prepare_seconds": prepared,
+        "subsample_seconds": subsampled,
+        "decode_seconds": loaded,
+        "in_memory": images.pixels is not None,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
-CHILDREN = {"epoch": child_epoch, "fullrun": child_fullrun, "prepare": child_prepare, "evaluate": child_evaluate,
-            "load": child_load}
+CHILDREN = {
+    "epoch": child_epoch,
+    "fullrun": child_fullrun,
+    "prepare": child_prepare,
+    "evaluate": child_evaluate,
+    "load": child_load,
+}
 
 
 def run_child(task: str, **options) -> dict:
@@ -263,9 +318,11 @@ def run_child(task: str, **options) -> dict:
 
 # --- data set-up ---------------------------------------------------------------------------------------------
 
+
 def scaled_tree(source: Path, target: Path, images: int, longer_side: int | None = None) -> Path:
     """A Kaggle-style tree of ``images`` distinct files made from ``source`` (each copy re-encoded with its
-    copy number stamped in a corner, so that duplicate detection keeps them), optionally scaled up to ``longer_side`` px."""
+    copy number stamped in a corner, so that duplicate detection keeps them), optionally scaled up to ``longer_side``
+    px."""
     by_folder: dict[Path, list[Path]] = {}
     for path in sorted(source.rglob("*.jpeg")):
         by_folder.setdefault(path.parent, []).append(path)
@@ -318,49 +375,75 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="lowmed-bench-"))
     parts = args.only.split(",")
-    results = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-               "settings": vars(args)}
+    results = {
+        "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "settings": vars(args),
+    }
     try:
         prepared = prepare(args.data, work / "prepared", quiet=True)
         subset = subsample(prepared.root, args.per_class, out=work / "subset.csv", quiet=True).dataset
         materialize_tree(subset, work / "tree")  # the reference reads exactly the same subset, as files
-        common = {"subset": work / "subset.csv", "tree": work / "tree", "image_size": args.image_size,
-                  "batch_size": args.batch_size}
+        common = {
+            "subset": work / "subset.csv",
+            "tree": work / "tree",
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+        }
         if "epoch" in parts:
-            results["epoch"] = {m: run_child("epoch", model=m, max_batches=args.max_batches, **common)
-                                for m in args.models.split(",")}
+            results["epoch"] = {
+                m: run_child("epoch", model=m, max_batches=args.max_batches, **common) for m in args.models.split(",")
+            }
             for m, r in results["epoch"].items():
-                print(f"epoch {m:>10}: lowmed {r['lowmed']['images_per_s']:6.1f} img/s, reference "
-                      f"{r['reference']['images_per_s']:6.1f} img/s, ratio "
-                      f"{r['lowmed']['images_per_s'] / r['reference']['images_per_s']:.2f}")
+                print(
+                    f"epoch {m:>10}: lowmed {r['lowmed']['images_per_s']:6.1f} img/s, reference "
+                    f"{r['reference']['images_per_s']:6.1f} img/s, ratio "
+                    f"{r['lowmed']['images_per_s'] / r['reference']['images_per_s']:.2f}"
+                )
         if "fullrun" in parts:
             weights = args.weights or str(work / "init.pth")
             if not args.weights:
                 torch.manual_seed(0)
                 torch.save(build_model(get_model_spec(args.fullrun_model), 2).backbone.state_dict(), weights)
-            options = {**common, "model": args.fullrun_model, "weights": weights, "epochs": args.epochs,
-                       "fine_tune_epochs": args.fine_tune_epochs, "fine_tune_layers": args.fine_tune_layers}
+            options = {
+                **common,
+                "model": args.fullrun_model,
+                "weights": weights,
+                "epochs": args.epochs,
+                "fine_tune_epochs": args.fine_tune_epochs,
+                "fine_tune_layers": args.fine_tune_layers,
+            }
             results["fullrun"] = {side: run_child("fullrun", side=side, **options) for side in args.sides.split(",")}
             ours, theirs = results["fullrun"].get("lowmed"), results["fullrun"].get("reference")
             for side, result in results["fullrun"].items():
-                print(f"full run {args.fullrun_model} {side}: {result['wall_seconds']:.1f} s, phases "
-                      f"{ {k: round(v, 1) for k, v in result['phase_seconds'].items()} }, "
-                      f"val AUROC {result['best_val_auroc']:.3f}, peak RSS {result['peak_rss_mb']:.0f} MB")
+                print(
+                    f"full run {args.fullrun_model} {side}: {result['wall_seconds']:.1f} s, phases "
+                    f"{ {k: round(v, 1) for k, v in result['phase_seconds'].items()} }, "
+                    f"val AUROC {result['best_val_auroc']:.3f}, peak RSS {result['peak_rss_mb']:.0f} MB"
+                )
         if "fullrun" in parts and ours and theirs:
-            print(f"full run {args.fullrun_model}: lowmed {ours['wall_seconds']:.1f} s (frozen "
-                  f"{ours['phase_seconds'].get('frozen', 0):.1f} s, val AUROC {ours['best_val_auroc']:.3f}), reference "
-                  f"{theirs['wall_seconds']:.1f} s (frozen {theirs['phase_seconds']['frozen']:.1f} s, val AUROC "
-                  f"{theirs['best_val_auroc']:.3f}); ratio {theirs['wall_seconds'] / ours['wall_seconds']:.2f}x, "
-                  f"frozen {theirs['phase_seconds']['frozen'] / max(ours['phase_seconds'].get('frozen', 1e-9), 1e-9):.1f}x")
+            print(
+                f"full run {args.fullrun_model}: lowmed {ours['wall_seconds']:.1f} s (frozen "
+                f"{ours['phase_seconds'].get('frozen', 0):.1f} s, val AUROC {ours['best_val_auroc']:.3f}), reference "
+                f"{theirs['wall_seconds']:.1f} s (frozen {theirs['phase_seconds']['frozen']:.1f} s, val AUROC "
+                f"{theirs['best_val_auroc']:.3f}); ratio {theirs['wall_seconds'] / ours['wall_seconds']:.2f}x, "
+                f"frozen "
+                f"{theirs['phase_seconds']['frozen'] / max(ours['phase_seconds'].get('frozen', 1e-9), 1e-9):.1f}x"
+            )
         if "prepare" in parts:
-            results["prepare"] = {"lowmed": run_child("prepare", side="lowmed", tree=args.data),
-                                  "lowmed_cache256": run_child("prepare", side="lowmed", tree=args.data, cache_size=256),
-                                  "reference": run_child("prepare", side="reference", tree=args.data)}
+            results["prepare"] = {
+                "lowmed": run_child("prepare", side="lowmed", tree=args.data),
+                "lowmed_cache256": run_child("prepare", side="lowmed", tree=args.data, cache_size=256),
+                "reference": run_child("prepare", side="reference", tree=args.data),
+            }
             print("prepare: " + ", ".join(f"{k} {v['images_per_s']:.0f} img/s" for k, v in results["prepare"].items()))
         if "evaluate" in parts:
-            results["evaluate"] = {side: run_child("evaluate", side=side, model=args.fullrun_model, **common)
-                                   for side in ("lowmed", "reference")}
-            print("evaluate: " + ", ".join(f"{k} {v['images_per_s']:.0f} img/s" for k, v in results["evaluate"].items()))
+            results["evaluate"] = {
+                side: run_child("evaluate", side=side, model=args.fullrun_model, **common)
+                for side in ("lowmed", "reference")
+            }
+            print(
+                "evaluate: " + ", ".join(f"{k} {v['images_per_s']:.0f} img/s" for k, v in results["evaluate"].items())
+            )
         if "fullres" in parts:
             for split in ("train", "val"):  # the subset's own images, as ~1500 px originals
                 count = sum(1 for _ in (work / "tree" / split).rglob("*.jpeg"))
@@ -368,12 +451,20 @@ def main() -> None:
             big_prepared = prepare(work / "fullres", work / "fullres-prepared", min_val_per_class=5, quiet=True)
             big_subset = subsample(big_prepared.root, 10**9, out=work / "fullres.csv", quiet=True)
             materialize_tree(big_subset.dataset, work / "fullres-tree")
-            results["fullres"] = run_child("epoch", model="simplecnn", max_batches=args.max_batches,
-                                           subset=work / "fullres.csv", tree=work / "fullres-tree",
-                                           image_size=args.image_size, batch_size=args.batch_size)
+            results["fullres"] = run_child(
+                "epoch",
+                model="simplecnn",
+                max_batches=args.max_batches,
+                subset=work / "fullres.csv",
+                tree=work / "fullres-tree",
+                image_size=args.image_size,
+                batch_size=args.batch_size,
+            )
             r = results["fullres"]
-            print(f"1500 px originals, simplecnn: lowmed {r['lowmed']['images_per_s']:.1f} img/s after decoding once "
-                  f"({r['lowmed']['decode_once_seconds']:.1f} s), reference {r['reference']['images_per_s']:.1f} img/s")
+            print(
+                f"1500 px originals, simplecnn: lowmed {r['lowmed']['images_per_s']:.1f} img/s after decoding once "
+                f"({r['lowmed']['decode_once_seconds']:.1f} s), reference {r['reference']['images_per_s']:.1f} img/s"
+            )
         if "scaling" in parts:
             results["scaling"] = {}
             for size in map(int, args.sizes.split(",")):
@@ -383,9 +474,12 @@ def main() -> None:
                         shutil.copytree(Path(args.data) / split / label, work / f"scale-{size}" / split / label)
                 results["scaling"][size] = run_child("load", tree=work / f"scale-{size}", image_size=args.image_size)
                 r = results["scaling"][size]
-                print(f"{size:>6} train images ({r['images']} in all): prepare {r['prepare_seconds']:.1f} s, subsample {r['subsample_seconds']:.2f} s, "
-                      f"decode {r['decode_seconds']:.1f} s ({'in memory' if r['in_memory'] else 'per batch'}), "
-                      f"peak RSS {r['peak_rss_mb']:.0f} MB")
+                print(
+                    f"{size:>6} train images ({r['images']} in all): prepare {r['prepare_seconds']:.1f} s, "
+                    f"subsample {r['subsample_seconds']:.2f} s, "
+                    f"decode {r['decode_seconds']:.1f} s ({'in memory' if r['in_memory'] else 'per batch'}), "
+                    f"peak RSS {r['peak_rss_mb']:.0f} MB"
+                )
                 shutil.rmtree(work / f"scale-{size}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

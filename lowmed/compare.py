@@ -24,8 +24,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from lowmed.console import track, warn
-from lowmed.contracts import (Comparison, ComparisonDir, EvalDir, EvalReport, RunDir, TrainSummary,
-                              find_run_dirs)
+from lowmed.contracts import Comparison, ComparisonDir, EvalDir, EvalReport, RunDir, TrainSummary, find_run_dirs
 from lowmed.data.loading import label_tensors
 from lowmed.data.manifest import read_info
 from lowmed.errors import LowmedError
@@ -65,8 +64,13 @@ class Run:
     @property
     def place(self) -> tuple:
         """Where a run sits in the comparison; no two runs may share one."""
-        return (self.summary.dataset.identity, self.arm, self.summary.model, self.summary.dataset.per_class,
-                self.summary.seed)
+        return (
+            self.summary.dataset.identity,
+            self.arm,
+            self.summary.model,
+            self.summary.dataset.per_class,
+            self.summary.seed,
+        )
 
     @cached_property
     def table(self) -> pd.DataFrame:
@@ -92,8 +96,9 @@ def _correct_calls(table: pd.DataFrame, task: str) -> np.ndarray | None:
     return None if task == "multilabel" else (table["predicted"] == table["label"]).to_numpy()
 
 
-def _prediction_arrays(table: pd.DataFrame, report: EvalReport,
-                       prepared_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _prediction_arrays(
+    table: pd.DataFrame, report: EvalReport, prepared_dir: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Targets, probabilities and (multi-label) loss mask from a predictions table and its metrics.json."""
     task, classes = report.task, report.classes
     probs = table[[f"prob:{c}" for c in classes]].to_numpy(dtype=float)
@@ -112,8 +117,9 @@ def headline_name(task: str, metric: str) -> str:
     return metric
 
 
-def load_runs(run_dirs: list[RunDir], split: str, evaluate_missing: bool, bootstrap: int,
-              quiet: bool) -> tuple[list[Run], list[dict]]:
+def load_runs(
+    run_dirs: list[RunDir], split: str, evaluate_missing: bool, bootstrap: int, quiet: bool
+) -> tuple[list[Run], list[dict]]:
     """Completed runs with their evaluations (made on the fly where missing), and the runs left out, with why."""
     runs, skipped = [], []
     for run in run_dirs:
@@ -124,8 +130,12 @@ def load_runs(run_dirs: list[RunDir], split: str, evaluate_missing: bool, bootst
         evaluation = run.evaluation(split)
         if not evaluation.exists():
             if not evaluate_missing:
-                skipped.append({"run": str(run.path), "reason": f"no evaluation on {split}; "
-                                f"run: lowmed evaluate {run.path} --split {split}"})
+                skipped.append(
+                    {
+                        "run": str(run.path),
+                        "reason": f"no evaluation on {split}; run: lowmed evaluate {run.path} --split {split}",
+                    }
+                )
                 continue
             evaluate(run.path, split=split, bootstrap=bootstrap, quiet=quiet)
         runs.append(Run(run, summary, evaluation.read_report(), pd.read_csv(evaluation.predictions)))
@@ -139,8 +149,9 @@ def _name_datasets(runs: list[Run]) -> None:
         identities.setdefault(run.summary.dataset.name, set()).add(run.summary.dataset.identity)
     for run in runs:
         reference = run.summary.dataset
-        run.dataset = (reference.name if len(identities[reference.name]) == 1
-                       else f"{reference.name}@{reference.identity[:8]}")
+        run.dataset = (
+            reference.name if len(identities[reference.name]) == 1 else f"{reference.name}@{reference.identity[:8]}"
+        )
 
 
 def _check_one_run_per_place(runs: list[Run]) -> None:
@@ -151,7 +162,8 @@ def _check_one_run_per_place(runs: list[Run]) -> None:
             raise LowmedError(
                 f"{other.path} and {run.path} are the same comparison cell (dataset {run.dataset}, arm {run.arm!r}, "
                 f"model {run.summary.model}, N {run.summary.dataset.per_class}, seed {run.summary.seed}); "
-                "train one of them with another --arm, or compare them separately")
+                "train one of them with another --arm, or compare them separately"
+            )
 
 
 def choose_baseline(runs: list[Run], requested: str | None) -> str | None:
@@ -159,8 +171,9 @@ def choose_baseline(runs: list[Run], requested: str | None) -> str | None:
     arms = sorted({run.arm for run in runs})
     if requested is not None:
         if requested not in arms:
-            raise LowmedError(f"--baseline {requested!r}: no such arm among the runs; they have "
-                              f"{', '.join(map(repr, arms))}")
+            raise LowmedError(
+                f"--baseline {requested!r}: no such arm among the runs; they have {', '.join(map(repr, arms))}"
+            )
         return requested
     scratch = sorted({run.arm for run in runs if run.summary.weight_source == "none"})
     return scratch[0] if len(scratch) == 1 else None
@@ -175,10 +188,20 @@ def _metric_on(task: str, classes: list[str], name: str, targets, probs, mask, t
     return compute_metrics(task, classes, targets, probs, mask, threshold).metrics[name]
 
 
-def compare_runs(paths: list[str | os.PathLike], *, split: str = "test", metric: str = "auroc",
-                 by: tuple[str, ...] = ("dataset", "arm", "model", "per_class"), baseline: str | None = None,
-                 out: str | os.PathLike | None = None, evaluate_missing: bool = True, bootstrap: int = 2000,
-                 resamples: int = 1000, seed: int = 0, quiet: bool = False) -> Comparison:
+def compare_runs(
+    paths: list[str | os.PathLike],
+    *,
+    split: str = "test",
+    metric: str = "auroc",
+    by: tuple[str, ...] = ("dataset", "arm", "model", "per_class"),
+    baseline: str | None = None,
+    out: str | os.PathLike | None = None,
+    evaluate_missing: bool = True,
+    bootstrap: int = 2000,
+    resamples: int = 1000,
+    seed: int = 0,
+    quiet: bool = False,
+) -> Comparison:
     """Compare every completed run below ``paths``; write compare.csv/json/md, stats.csv and learning curves."""
     known = {"dataset", "arm", "model", "per_class", "seed", "weights"}
     if set(by) - known:
@@ -200,9 +223,17 @@ def compare_runs(paths: list[str | os.PathLike], *, split: str = "test", metric:
     write_csv(target.stats, tests)
     curves = _aggregate(table.dropna(subset=["per_class"]), ["dataset", "arm", "model", "per_class"])
     figures = plot_learning_curves(target, curves)
-    comparison = Comparison(split=split, metric=metric, baseline=baseline, runs=table.to_dict("records"),
-                            groups=groups.to_dict("records"), comparisons=tests.to_dict("records"), skipped=skipped,
-                            figures=[str(f) for f in figures], out=str(target.path))
+    comparison = Comparison(
+        split=split,
+        metric=metric,
+        baseline=baseline,
+        runs=table.to_dict("records"),
+        groups=groups.to_dict("records"),
+        comparisons=tests.to_dict("records"),
+        skipped=skipped,
+        figures=[str(f) for f in figures],
+        out=str(target.path),
+    )
     comparison.write(target.record)
     write_text(target.markdown, markdown_report(table, groups, tests, metric, baseline))
     return comparison
@@ -213,19 +244,32 @@ def _runs_table(runs: list[Run], metric: str) -> pd.DataFrame:
     for run in runs:
         name = headline_name(run.report.task, metric)
         if name not in run.report.metrics:
-            raise LowmedError(f"--metric {metric}: {run.path} has no such metric; "
-                              f"it has {', '.join(run.report.metrics)}")
+            raise LowmedError(
+                f"--metric {metric}: {run.path} has no such metric; it has {', '.join(run.report.metrics)}"
+            )
         low, high = run.report.ci95.get(name) or [np.nan, np.nan]
         summary = run.summary
-        rows.append({
-            "run": str(run.path), "dataset": run.dataset, "dataset_sha256": summary.dataset.identity,
-            "task": run.report.task, "arm": run.arm, "model": summary.model,
-            "weights": summary.weights.path or summary.weight_source, "per_class": summary.dataset.per_class,
-            "seed": summary.seed, "metric": name, "value": run.report.metrics[name], "ci_low": low, "ci_high": high,
-            "accuracy": run.report.metrics.get("accuracy", np.nan), "n_test": run.report.n,
-            "train_seconds": summary.epoch_seconds_total if summary.epoch_seconds_total is not None else np.nan,
-            "epochs": summary.epochs_run,
-        })
+        rows.append(
+            {
+                "run": str(run.path),
+                "dataset": run.dataset,
+                "dataset_sha256": summary.dataset.identity,
+                "task": run.report.task,
+                "arm": run.arm,
+                "model": summary.model,
+                "weights": summary.weights.path or summary.weight_source,
+                "per_class": summary.dataset.per_class,
+                "seed": summary.seed,
+                "metric": name,
+                "value": run.report.metrics[name],
+                "ci_low": low,
+                "ci_high": high,
+                "accuracy": run.report.metrics.get("accuracy", np.nan),
+                "n_test": run.report.n,
+                "train_seconds": summary.epoch_seconds_total if summary.epoch_seconds_total is not None else np.nan,
+                "epochs": summary.epochs_run,
+            }
+        )
     return pd.DataFrame(rows).sort_values(["dataset", "per_class", "arm", "model", "seed"], na_position="first")
 
 
@@ -241,14 +285,25 @@ def _aggregate(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
             low, high, kind = max(0.0, mean - half), min(1.0, mean + half), "t over seeds"
         else:
             low, high, kind = part["ci_low"].iloc[0], part["ci_high"].iloc[0], "bootstrap (one run)"
-        rows.append({**dict(zip(by, keys if isinstance(keys, tuple) else (keys,))), "metric": part["metric"].iloc[0],
-                     "mean": mean, "sd": sd, "n": n, "ci_low": low, "ci_high": high, "interval": kind,
-                     "train_seconds": float(part["train_seconds"].mean())})
+        rows.append(
+            {
+                **dict(zip(by, keys if isinstance(keys, tuple) else (keys,))),
+                "metric": part["metric"].iloc[0],
+                "mean": mean,
+                "sd": sd,
+                "n": n,
+                "ci_low": low,
+                "ci_high": high,
+                "interval": kind,
+                "train_seconds": float(part["train_seconds"].mean()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def _paired_tests(runs: list[Run], metric: str, baseline: str | None, resamples: int, seed: int,
-                  quiet: bool) -> pd.DataFrame:
+def _paired_tests(
+    runs: list[Run], metric: str, baseline: str | None, resamples: int, seed: int, quiet: bool
+) -> pd.DataFrame:
     """Every pair of arms/models on the same dataset, N and test images, the baseline arm as ``b``; Holm within each
     family of tests."""
     cells: dict[tuple, dict[str, dict[int, Run]]] = {}
@@ -270,18 +325,39 @@ def _paired_tests(runs: list[Run], metric: str, baseline: str | None, resamples:
         pairs = [(x, y) for x, y in pairs if x.table["path"].equals(y.table["path"])]
         if pairs:
             vs_baseline = arm_of[b] == baseline and arm_of[a] != baseline
-            rows += [{**row, "vs_baseline": vs_baseline}
-                     for row in _tests_for_pair(key[0], key[1], a, b, pairs, metric, resamples, seed)]
-    tests = pd.DataFrame(rows, columns=["dataset", "per_class", "a", "b", "test", "seeds", "metric", "estimate",
-                                        "ci_low", "ci_high", "p", "vs_baseline"])
+            rows += [
+                {**row, "vs_baseline": vs_baseline}
+                for row in _tests_for_pair(key[0], key[1], a, b, pairs, metric, resamples, seed)
+            ]
+    tests = pd.DataFrame(
+        rows,
+        columns=[
+            "dataset",
+            "per_class",
+            "a",
+            "b",
+            "test",
+            "seeds",
+            "metric",
+            "estimate",
+            "ci_low",
+            "ci_high",
+            "p",
+            "vs_baseline",
+        ],
+    )
     tests["p_holm"] = holm_by_family(tests["p"].tolist(), tests["test"].tolist())
     tests["significant"] = tests["p_holm"] < ALPHA
-    return tests.sort_values(["dataset", "per_class", "vs_baseline", "a", "b", "test", "seeds"],
-                             ascending=[True, True, False, True, True, True, True], kind="stable").reset_index(drop=True)
+    return tests.sort_values(
+        ["dataset", "per_class", "vs_baseline", "a", "b", "test", "seeds"],
+        ascending=[True, True, False, True, True, True, True],
+        kind="stable",
+    ).reset_index(drop=True)
 
 
-def _tests_for_pair(dataset, per_class, a: str, b: str, pairs: list[tuple[Run, Run]], metric: str,
-                    resamples: int, seed: int) -> list[dict]:
+def _tests_for_pair(
+    dataset, per_class, a: str, b: str, pairs: list[tuple[Run, Run]], metric: str, resamples: int, seed: int
+) -> list[dict]:
     task, classes = pairs[0][0].report.task, pairs[0][0].report.classes
     name = headline_name(task, metric)
     arrays = [(x.arrays, y.arrays, x.report.threshold, y.report.threshold) for x, y in pairs]
@@ -293,7 +369,8 @@ def _tests_for_pair(dataset, per_class, a: str, b: str, pairs: list[tuple[Run, R
         differences = [
             _metric_on(task, classes, name, ta[indices], pa[indices], None if ma is None else ma[indices], cut_a)
             - _metric_on(task, classes, name, tb[indices], pb[indices], None if mb is None else mb[indices], cut_b)
-            for (ta, pa, ma), (tb, pb, mb), cut_a, cut_b in arrays]
+            for (ta, pa, ma), (tb, pb, mb), cut_a, cut_b in arrays
+        ]
         return float(np.mean(differences))
 
     base = {"dataset": dataset, "per_class": per_class, "a": a, "b": b, "metric": name}
@@ -303,13 +380,29 @@ def _tests_for_pair(dataset, per_class, a: str, b: str, pairs: list[tuple[Run, R
     rows = [{**base, "test": PRIMARY_TEST, "seeds": len(pairs), "estimate": estimate, **boot}]
     for (x, y), ((tx, px, _), (_, py, _), _, _) in zip(pairs, arrays):
         for test, test_metric, result in _per_seed_tests(task, tx, px, py, x.correct, y.correct):
-            rows.append({**base, "metric": test_metric, "test": test, "seeds": x.summary.seed,
-                         "estimate": result["difference"], "ci_low": np.nan, "ci_high": np.nan, "p": result["p"]})
+            rows.append(
+                {
+                    **base,
+                    "metric": test_metric,
+                    "test": test,
+                    "seeds": x.summary.seed,
+                    "estimate": result["difference"],
+                    "ci_low": np.nan,
+                    "ci_high": np.nan,
+                    "p": result["p"],
+                }
+            )
     return rows
 
 
-def _per_seed_tests(task: str, targets: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray,
-                    correct_a: np.ndarray | None, correct_b: np.ndarray | None) -> list[tuple[str, str, dict]]:
+def _per_seed_tests(
+    task: str,
+    targets: np.ndarray,
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    correct_a: np.ndarray | None,
+    correct_b: np.ndarray | None,
+) -> list[tuple[str, str, dict]]:
     """(test, metric, result) for two models on the same images: DeLong on binary AUROC, exact McNemar on the
     saved calls (single-label tasks)."""
     tests = []
@@ -330,40 +423,65 @@ def format_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def markdown_report(table: pd.DataFrame, groups: pd.DataFrame, tests: pd.DataFrame, metric: str,
-                    baseline: str | None) -> str:
+def markdown_report(
+    table: pd.DataFrame, groups: pd.DataFrame, tests: pd.DataFrame, metric: str, baseline: str | None
+) -> str:
     lines = [f"# lowmed compare — {metric}", "", "## Groups (mean over seeds, 95 % interval)", ""]
     columns = [c for c in groups.columns if c not in ("metric", "ci_low", "ci_high", "interval", "sd", "mean")]
     lines.append("| " + " | ".join([*columns, "metric", "mean [95 % CI]", "SD"]) + " |")
     lines.append("|" + "---|" * (len(columns) + 3))
     for row in groups.to_dict("records"):
-        lines.append("| " + " | ".join([*(str(row[c]) if not isinstance(row[c], float) else _fmt(row[c], 1)
-                                          for c in columns), row["metric"],
-                                        f"{_fmt(row['mean'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
-                                        _fmt(row["sd"])]) + " |")
-    against = (f"every other arm against the baseline arm {baseline} (b), then the remaining pairs" if baseline
-               else "every pair of arms; no baseline arm")
-    lines += ["", "## Paired comparisons (a − b; Holm-adjusted within each test)", "", f"Pairs: {against}.", "",
-              "| dataset | N/class | a | b | test | seeds | metric | difference [95 % CI] | p | p (Holm) | significant |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    *(str(row[c]) if not isinstance(row[c], float) else _fmt(row[c], 1) for c in columns),
+                    row["metric"],
+                    f"{_fmt(row['mean'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
+                    _fmt(row["sd"]),
+                ]
+            )
+            + " |"
+        )
+    against = (
+        f"every other arm against the baseline arm {baseline} (b), then the remaining pairs"
+        if baseline
+        else "every pair of arms; no baseline arm"
+    )
+    lines += [
+        "",
+        "## Paired comparisons (a − b; Holm-adjusted within each test)",
+        "",
+        f"Pairs: {against}.",
+        "",
+        "| dataset | N/class | a | b | test | seeds | metric | difference [95 % CI] | p | p (Holm) | significant |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in tests.to_dict("records"):
         interval = "" if np.isnan(row["ci_low"]) else f" [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]"
-        lines.append(f"| {row['dataset']} | {row['per_class']} | {row['a']} | {row['b']} | {row['test']} | "
-                     f"{row['seeds']} | {row['metric']} | {_fmt(row['estimate'])}{interval} | {format_p(row['p'])} | "
-                     f"{format_p(row['p_holm'])} | {'yes' if row['significant'] else 'no'} |")
+        lines.append(
+            f"| {row['dataset']} | {row['per_class']} | {row['a']} | {row['b']} | {row['test']} | "
+            f"{row['seeds']} | {row['metric']} | {_fmt(row['estimate'])}{interval} | {format_p(row['p'])} | "
+            f"{format_p(row['p_holm'])} | {'yes' if row['significant'] else 'no'} |"
+        )
     lines += ["", f"{len(table)} runs."]
     return "\n".join(lines) + "\n"
 
 
-def compare_models(model_paths: dict[str, str | os.PathLike], dataset_root: str | os.PathLike, split: str = "test",
-                   **options) -> dict:
+def compare_models(
+    model_paths: dict[str, str | os.PathLike], dataset_root: str | os.PathLike, split: str = "test", **options
+) -> dict:
     """The seed project's call: evaluate each checkpoint on the same data, tabulate the headline metrics with
     their intervals, and test every pair (DeLong for binary AUROC, McNemar for accuracy; Holm-corrected)."""
-    reports = {name: evaluate(None, checkpoint=str(path), data=dataset_root, split=split, **options)
-               for name, path in model_paths.items()}
+    reports = {
+        name: evaluate(None, checkpoint=str(path), data=dataset_root, split=split, **options)
+        for name, path in model_paths.items()
+    }
     tables = {name: _by_path(pd.read_csv(EvalDir(Path(report.out)).predictions)) for name, report in reports.items()}
-    arrays = {name: _prediction_arrays(tables[name], report, report.dataset["prepared_dir"])
-              for name, report in reports.items()}
+    arrays = {
+        name: _prediction_arrays(tables[name], report, report.dataset["prepared_dir"])
+        for name, report in reports.items()
+    }
     rows = []
     for a, b in combinations(reports, 2):
         task = reports[a].task
@@ -373,5 +491,8 @@ def compare_models(model_paths: dict[str, str | os.PathLike], dataset_root: str 
             rows.append({"a": a, "b": b, "test": test, **result})
     for row, adjusted in zip(rows, holm_by_family([row["p"] for row in rows], [row["test"] for row in rows])):
         row["p_holm"] = adjusted
-    return {"metrics": {name: report.metrics for name, report in reports.items()},
-            "ci95": {name: report.ci95 for name, report in reports.items()}, "tests": rows}
+    return {
+        "metrics": {name: report.metrics for name, report in reports.items()},
+        "ci95": {name: report.ci95 for name, report in reports.items()},
+        "tests": rows,
+    }

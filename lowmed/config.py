@@ -7,7 +7,6 @@ import os
 import types
 import typing
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from lowmed.contracts import read_yaml

@@ -15,9 +15,15 @@ console = Console(stderr=True)
 def progress_bar(transient: bool = True, disable: bool = False) -> Progress:
     """A progress bar on stderr; ``disable`` (for --quiet) keeps the same calls but shows nothing."""
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=transient, disable=disable,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+        disable=disable,
     )
 
 

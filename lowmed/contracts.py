@@ -89,8 +89,11 @@ class Record(ReadsLikeADict):
     FILE: ClassVar[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: value for name, value in asdict(self).items()
-                if not self.__dataclass_fields__[name].metadata.get("transient")}
+        return {
+            name: value
+            for name, value in asdict(self).items()
+            if not self.__dataclass_fields__[name].metadata.get("transient")
+        }
 
     def write(self, path: str | os.PathLike) -> None:
         write_json(path, self.to_dict())
@@ -114,8 +117,10 @@ class Record(ReadsLikeADict):
         if not isinstance(schema, int) or schema < 1:
             raise LowmedError(f"{path}: schema {schema!r} is not a version number; not a lowmed {cls.FILE}")
         if schema > SCHEMA:
-            raise LowmedError(f"{path}: written by a newer lowmed (schema {schema}; this one reads up to {SCHEMA}); "
-                              "upgrade lowmed to read it")
+            raise LowmedError(
+                f"{path}: written by a newer lowmed (schema {schema}; this one reads up to {SCHEMA}); "
+                "upgrade lowmed to read it"
+            )
         values = cls._upgraded({**values}, schema, path)
         known = {f.name: f for f in fields(cls)}
         required = [name for name, f in known.items() if f.default is MISSING and f.default_factory is MISSING]
@@ -152,8 +157,10 @@ class WeightsReport(ReadsLikeADict):
     def summary(self) -> str:
         if self.source == "none":
             return "weights: none (random initialisation)"
-        text = (f"weights: {self.source} {self.path or ''} — matched {self.matched}/{self.backbone_tensors} backbone "
-                f"tensors, {len(self.missing)} missing, {len(self.unexpected)} unexpected (dropped)")
+        text = (
+            f"weights: {self.source} {self.path or ''} — matched {self.matched}/{self.backbone_tensors} backbone "
+            f"tensors, {len(self.missing)} missing, {len(self.unexpected)} unexpected (dropped)"
+        )
         if self.shape_mismatch:
             text += f", {len(self.shape_mismatch)} of another shape"
         if self.adapted:
@@ -388,7 +395,8 @@ def find_run_dirs(paths: list[str | os.PathLike]) -> list[RunDir]:
 
 @dataclass(kw_only=True)
 class Comparison(Record):
-    """``compare.json``: every run's value, the seed aggregates and the paired tests, as ``lowmed compare`` made them."""
+    """``compare.json``: every run's value, the seed aggregates and the paired tests, as ``lowmed compare`` made
+    them."""
 
     FILE: ClassVar[str] = "compare.json"
 

@@ -76,8 +76,7 @@ class Distributed:
 
     def epoch_order(self, size: int, seed: int, epoch: int) -> torch.Tensor:
         """This rank's share of a seeded shuffle; every rank gets as many images (the shuffle wraps around)."""
-        sampler = DistributedSampler(range(size), num_replicas=self.world_size, rank=self.rank, shuffle=True,
-                                     seed=seed)
+        sampler = DistributedSampler(range(size), num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed)
         sampler.set_epoch(epoch)
         return torch.tensor(list(sampler), dtype=torch.long)
 

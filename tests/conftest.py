@@ -31,8 +31,9 @@ def nih(tmp_path_factory):
 def separable(tmp_path_factory):
     """Two classes told apart by where a bright bar sits: easy, but only if the model learns."""
     root = tmp_path_factory.mktemp("separable")
-    src = make_kermany(root / "src", {"train": {"NORMAL": 60, "PNEUMONIA": 60},
-                                      "test": {"NORMAL": 10, "PNEUMONIA": 10}})
+    src = make_kermany(
+        root / "src", {"train": {"NORMAL": 60, "PNEUMONIA": 60}, "test": {"NORMAL": 10, "PNEUMONIA": 10}}
+    )
     return prepare(src, root / "prepared", min_val_per_class=15, quiet=True).root
 
 

@@ -17,7 +17,7 @@ def image_array(seed: int, size: int = 32, label: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 120, (size, size), dtype=np.uint8)
     row = (label * 7 + 4) % (size - 4)
-    pixels[row:row + 4, :] = 230
+    pixels[row : row + 4, :] = 230
     return pixels
 
 
@@ -50,8 +50,11 @@ def write_broken_files(folder: Path) -> dict[str, Path]:
 
 def make_kermany(root: Path, per_class: dict[str, dict[str, int]] | None = None, size: int = 32) -> Path:
     """``root/{train,val,test}/{NORMAL,PNEUMONIA}/`` with Kermany-style names: two images per patient."""
-    per_class = per_class or {"train": {"NORMAL": 40, "PNEUMONIA": 40}, "val": {"NORMAL": 4, "PNEUMONIA": 4},
-                              "test": {"NORMAL": 20, "PNEUMONIA": 20}}
+    per_class = per_class or {
+        "train": {"NORMAL": 40, "PNEUMONIA": 40},
+        "val": {"NORMAL": 4, "PNEUMONIA": 4},
+        "test": {"NORMAL": 20, "PNEUMONIA": 20},
+    }
     seed = 0
     for split, counts in per_class.items():
         for label_index, (label, count) in enumerate(counts.items()):
@@ -77,8 +80,17 @@ def make_ham10000(root: Path, lesions_per_class: int = 12, size: int = 32) -> Pa
                 image_id = f"ISIC_{seed:07d}"
                 part = "HAM10000_images_part_1" if seed % 2 else "HAM10000_images_part_2"
                 write_image(root / part / f"{image_id}.jpg", seed, size, mode="RGB", label=label_index)
-                rows.append({"lesion_id": f"HAM_{label_index:02d}{lesion:05d}", "image_id": image_id, "dx": dx,
-                             "dx_type": "histo", "age": "50.0", "sex": "male", "localization": "back"})
+                rows.append(
+                    {
+                        "lesion_id": f"HAM_{label_index:02d}{lesion:05d}",
+                        "image_id": image_id,
+                        "dx": dx,
+                        "dx_type": "histo",
+                        "age": "50.0",
+                        "sex": "male",
+                        "localization": "back",
+                    }
+                )
     pd.DataFrame(rows).to_csv(root / "HAM10000_metadata.csv", index=False)
     return root
 
@@ -94,8 +106,13 @@ def make_chexpert(root: Path, patients: int = 30, size: int = 32) -> Path:
             for view in ("frontal", "lateral"):
                 relative = f"CheXpert-v1.0-small/{split_dir}/{patient}/study1/view1_{view}.jpg"
                 write_image(root / relative, len(rows) + 7919 * p + (split_dir == "valid") * 10**6, size)
-                row = {"Path": relative, "Sex": "Female", "Age": 60,
-                       "Frontal/Lateral": view.capitalize(), "AP/PA": "AP" if view == "frontal" else ""}
+                row = {
+                    "Path": relative,
+                    "Sex": "Female",
+                    "Age": 60,
+                    "Frontal/Lateral": view.capitalize(),
+                    "AP/PA": "AP" if view == "frontal" else "",
+                }
                 for finding in CHEXPERT_FINDINGS:
                     row[finding] = rng.choice([1.0, 0.0, -1.0, np.nan], p=[0.3, 0.3, 0.1, 0.3])
                 rows.append(row)
@@ -106,8 +123,10 @@ def make_chexpert(root: Path, patients: int = 30, size: int = 32) -> Path:
 def make_nih(root: Path, patients: int = 20, size: int = 32) -> Path:
     """Data_Entry_2017.csv (with its trailing-comma header) and PNG images below ``images/``."""
     rng = np.random.default_rng(1)
-    lines = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-             "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"]
+    lines = [
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+        "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+    ]
     seed = 0
     for patient in range(1, patients + 1):
         for follow_up in range(1 + patient % 3):

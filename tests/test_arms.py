@@ -22,8 +22,16 @@ TINY = {"image_size": 32, "batch_size": 8, "epochs": 2, "fine_tune_epochs": 1, "
 
 
 def write_study(path, **changes):
-    values = {"name": "arms", "out": str(path.parent / "study"), "per_class": [5], "seeds": [0, 1], "train": TINY,
-              "evaluate": {"bootstrap": 20}, "compare": {"resamples": 20}, **changes}
+    values = {
+        "name": "arms",
+        "out": str(path.parent / "study"),
+        "per_class": [5],
+        "seeds": [0, 1],
+        "train": TINY,
+        "evaluate": {"bootstrap": 20},
+        "compare": {"resamples": 20},
+        **changes,
+    }
     path.write_text(yaml.safe_dump(values))
     return path
 
@@ -34,12 +42,20 @@ def test_two_arms_of_one_model_and_weight_kind_stay_apart(tmp_path, kermany, che
     study = write_study(
         tmp_path / "study.yaml",
         datasets=[{"name": "cxr", "data": str(kermany), "prepare": {"min_val_per_class": 4}}],
-        arms=[{"name": "A-fast", "model": "simplecnn", "weights": "none"},
-              {"name": "A-slow", "model": "simplecnn", "weights": "none", "options": {"lr": 0.0001}},
-              {"name": "C-chexpert", "model": "simplecnn",
-               "pretrain": {"dataset": {"name": "chex", "data": str(chexpert)}, "epochs": 1}},
-              {"name": "C-nih", "model": "simplecnn",
-               "pretrain": {"dataset": {"name": "nih", "data": str(nih)}, "epochs": 1}}],
+        arms=[
+            {"name": "A-fast", "model": "simplecnn", "weights": "none"},
+            {"name": "A-slow", "model": "simplecnn", "weights": "none", "options": {"lr": 0.0001}},
+            {
+                "name": "C-chexpert",
+                "model": "simplecnn",
+                "pretrain": {"dataset": {"name": "chex", "data": str(chexpert)}, "epochs": 1},
+            },
+            {
+                "name": "C-nih",
+                "model": "simplecnn",
+                "pretrain": {"dataset": {"name": "nih", "data": str(nih)}, "epochs": 1},
+            },
+        ],
         evaluate={"bootstrap": 20, "split": "val"},
         compare={"resamples": 20, "baseline": "A-slow"},
     )
@@ -69,8 +85,11 @@ def test_two_arms_of_one_model_and_weight_kind_stay_apart(tmp_path, kermany, che
     assert "baseline arm **A-slow**" in report
     for name in ("A-fast", "A-slow", "C-chexpert", "C-nih"):
         assert f"Arm **{name}**" in report and f"{name} · simplecnn" in report
-    assert "A-fast · simplecnn did not differ significantly from A-slow · simplecnn" in report \
-        or "A-fast · simplecnn improved" in report or "A-fast · simplecnn lowered" in report
+    assert (
+        "A-fast · simplecnn did not differ significantly from A-slow · simplecnn" in report
+        or "A-fast · simplecnn improved" in report
+        or "A-fast · simplecnn lowered" in report
+    )
 
 
 def test_pretrain_stages_are_identified_by_everything_that_makes_them(tmp_path, chexpert, kermany):
@@ -78,10 +97,17 @@ def test_pretrain_stages_are_identified_by_everything_that_makes_them(tmp_path, 
     study = write_study(
         tmp_path / "study.yaml",
         datasets=[{"name": "cxr", "data": str(kermany)}],
-        arms=[{"name": "C1", "model": "simplecnn", "pretrain": {"dataset": corpus, "epochs": 1}},
-              {"name": "C2", "model": "simplecnn", "pretrain": {"dataset": corpus, "epochs": 2}},
-              {"name": "C2-again", "model": "simplecnn", "pretrain": {"dataset": corpus, "epochs": 2},
-               "options": {"lr": 0.01}}])
+        arms=[
+            {"name": "C1", "model": "simplecnn", "pretrain": {"dataset": corpus, "epochs": 1}},
+            {"name": "C2", "model": "simplecnn", "pretrain": {"dataset": corpus, "epochs": 2}},
+            {
+                "name": "C2-again",
+                "model": "simplecnn",
+                "pretrain": {"dataset": corpus, "epochs": 2},
+                "options": {"lr": 0.01},
+            },
+        ],
+    )
     result = run_experiment(study, dry_run=True)
     assert len(result.pretrain) == 2  # epochs 1 and 2; C2 and C2-again pretrain identically and share a stage
     assert all(stage.name.startswith("simplecnn-on-chex-") for stage in result.pretrain)
@@ -89,16 +115,26 @@ def test_pretrain_stages_are_identified_by_everything_that_makes_them(tmp_path, 
     assert weights["C2"] == weights["C2-again"] != weights["C1"]
 
 
-@pytest.mark.parametrize("arms, message", [
-    ([{"name": "A", "model": "simplecnn"}, {"name": "A", "model": "resnet18", "weights": "imagenet"}],
-     "two arms have the same name: 'A' and 'A'"),
-    ([{"name": "A", "model": "simplecnn"}, {"name": "a", "model": "simplecnn"}], "the same folder name"),
-    ([{"name": "A", "model": "simplcnn"}], "arm 'A': --model 'simplcnn' is not known"),
-    ([{"name": "B", "model": "simplecnn", "weights": "imagenet"}], "arm 'B': --weights imagenet: simplecnn has no"),
-    ([{"name": "C", "model": "simplecnn", "weights": "/no/such/weights.pt"}], "arm 'C': --weights /no/such/weights.pt"),
-    ([{"name": "C", "model": "simplecnn", "pretrain": {"dataset": {"name": "nih", "data": "/no/such/corpus"}}}],
-     "dataset 'nih' \\(pretraining of arm 'C'\\): data /no/such/corpus does not exist"),
-])
+@pytest.mark.parametrize(
+    "arms, message",
+    [
+        (
+            [{"name": "A", "model": "simplecnn"}, {"name": "A", "model": "resnet18", "weights": "imagenet"}],
+            "two arms have the same name: 'A' and 'A'",
+        ),
+        ([{"name": "A", "model": "simplecnn"}, {"name": "a", "model": "simplecnn"}], "the same folder name"),
+        ([{"name": "A", "model": "simplcnn"}], "arm 'A': --model 'simplcnn' is not known"),
+        ([{"name": "B", "model": "simplecnn", "weights": "imagenet"}], "arm 'B': --weights imagenet: simplecnn has no"),
+        (
+            [{"name": "C", "model": "simplecnn", "weights": "/no/such/weights.pt"}],
+            "arm 'C': --weights /no/such/weights.pt",
+        ),
+        (
+            [{"name": "C", "model": "simplecnn", "pretrain": {"dataset": {"name": "nih", "data": "/no/such/corpus"}}}],
+            "dataset 'nih' \\(pretraining of arm 'C'\\): data /no/such/corpus does not exist",
+        ),
+    ],
+)
 def test_a_bad_study_is_refused_before_anything_runs(tmp_path, kermany, capsys, arms, message):
     study = write_study(tmp_path / "study.yaml", datasets=[{"name": "cxr", "data": str(kermany)}], arms=arms)
     with pytest.raises(LowmedError, match=message):
@@ -109,12 +145,15 @@ def test_a_bad_study_is_refused_before_anything_runs(tmp_path, kermany, capsys, 
     assert not (tmp_path / "study").exists()
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"compare": {"baseline": "Z"}}, "compare.baseline 'Z' is not an arm; the arms are 'A'"),
-    ({"evaluate": {"split": "holdout"}}, "evaluate.split 'holdout': expected test, val or train"),
-    ({"compare": {"split": "val"}}, "compare: unknown key\\(s\\) split"),
-    ({"datasets": [{"name": "cxr", "data": "/no/such/data"}]}, "dataset 'cxr': data /no/such/data does not exist"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"compare": {"baseline": "Z"}}, "compare.baseline 'Z' is not an arm; the arms are 'A'"),
+        ({"evaluate": {"split": "holdout"}}, "evaluate.split 'holdout': expected test, val or train"),
+        ({"compare": {"split": "val"}}, "compare: unknown key\\(s\\) split"),
+        ({"datasets": [{"name": "cxr", "data": "/no/such/data"}]}, "dataset 'cxr': data /no/such/data does not exist"),
+    ],
+)
 def test_study_options_are_checked_as_a_whole(tmp_path, kermany, changes, message):
     values = {"datasets": [{"name": "cxr", "data": str(kermany)}], "arms": [{"name": "A", "model": "simplecnn"}]}
     study = write_study(tmp_path / "study.yaml", **{**values, **changes})
@@ -127,8 +166,9 @@ def named_runs(separable, tmp_path_factory):
     """The same data, model and seed trained as two named arms."""
     root = tmp_path_factory.mktemp("named")
     for arm, lr in (("first", 1e-3), ("second", 3e-3)):
-        train(TrainConfig(data=str(separable), arm=arm, epochs=2, out=str(root / arm), **{**FAST, "lr": lr}),
-              quiet=True)
+        train(
+            TrainConfig(data=str(separable), arm=arm, epochs=2, out=str(root / arm), **{**FAST, "lr": lr}), quiet=True
+        )
     return root
 
 
@@ -139,7 +179,9 @@ def test_compare_baseline_option(named_runs, tmp_path):
     assert [(row["a"], row["b"]) for row in primary] == [("second · simplecnn", "first · simplecnn")]
     unset = compare_runs([named_runs], out=tmp_path / "unset", bootstrap=20, resamples=20, quiet=True)
     assert unset.baseline is None  # two arms trained from scratch: no default baseline, all pairs
-    with pytest.raises(LowmedError, match="--baseline 'third': no such arm among the runs; they have 'first', 'second'"):
+    with pytest.raises(
+        LowmedError, match="--baseline 'third': no such arm among the runs; they have 'first', 'second'"
+    ):
         compare_runs([named_runs], baseline="third", out=tmp_path, quiet=True)
 
 
@@ -187,8 +229,10 @@ def test_a_run_dir_from_a_newer_lowmed_is_refused_clearly(trained_run, tmp_path)
 def test_two_prepared_datasets_of_one_folder_name_stay_apart(tmp_path):
     runs = tmp_path / "runs"
     for where, counts in (("site1", 30), ("site2", 34)):
-        src = make_kermany(tmp_path / where / "src", {"train": {"NORMAL": counts, "PNEUMONIA": counts},
-                                                        "test": {"NORMAL": 6, "PNEUMONIA": 6}})
+        src = make_kermany(
+            tmp_path / where / "src",
+            {"train": {"NORMAL": counts, "PNEUMONIA": counts}, "test": {"NORMAL": 6, "PNEUMONIA": 6}},
+        )
         prepared = prepare(src, tmp_path / where / "target", min_val_per_class=4, quiet=True)
         train(TrainConfig(data=str(prepared.root), epochs=1, out=str(runs / where), **FAST), quiet=True)
     result = compare_runs([runs], bootstrap=10, resamples=10, out=tmp_path / "cmp", quiet=True)
@@ -202,8 +246,10 @@ def test_every_train_config_field_is_one_option_and_every_option_a_field():
 
     command = typer.main.get_command(app)
     fields = set(TrainConfig.__dataclass_fields__)
-    for name, extra in (("train", {"config", "resume", "overwrite", "quiet"}),
-                        ("finetune", {"source", "config", "overwrite", "quiet"})):
+    for name, extra in (
+        ("train", {"config", "resume", "overwrite", "quiet"}),
+        ("finetune", {"source", "config", "overwrite", "quiet"}),
+    ):
         params = [param.name for param in command.commands[name].params]
         assert len(params) == len(set(params)), name
         assert set(params) - fields == extra, name
@@ -211,7 +257,9 @@ def test_every_train_config_field_is_one_option_and_every_option_a_field():
 
 
 def test_the_command_line_starts_without_heavy_imports():
-    code = ("import sys, lowmed.cli; "
-            "print(sorted(m for m in ('torch', 'pandas', 'numpy', 'matplotlib', 'sklearn', 'scipy') if m in sys.modules))")
+    code = (
+        "import sys, lowmed.cli; "
+        "print(sorted(m for m in ('torch', 'pandas', 'numpy', 'matplotlib', 'sklearn', 'scipy') if m in sys.modules))"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"

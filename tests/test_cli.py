@@ -33,11 +33,14 @@ def test_prepare_then_subsample(capsys, kermany, tmp_path):
     assert "7" in out
 
 
-@pytest.mark.parametrize("args, culprit", [
-    (["prepare", "/no/such/dir"], "/no/such/dir: no such file or folder"),
-    (["prepare", ".", "--format", "dicom"], "--format 'dicom' is not known"),
-    (["subsample", "/no/such/dir", "--per-class", "5"], "/no/such/dir: no such file or folder"),
-])
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["prepare", "/no/such/dir"], "/no/such/dir: no such file or folder"),
+        (["prepare", ".", "--format", "dicom"], "--format 'dicom' is not known"),
+        (["subsample", "/no/such/dir", "--per-class", "5"], "/no/such/dir: no such file or folder"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(capsys, args, culprit):
     code, _, err = run_cli(capsys, *args)
     assert code == 2
@@ -69,12 +72,35 @@ def test_python_dash_m():
 def test_train_then_finetune_from_the_command_line(capsys, kermany, tmp_path):
     run_cli(capsys, "prepare", str(kermany), "--out", str(tmp_path / "p"), "-q")
     common = ["--image-size", "32", "--batch-size", "16", "-q"]
-    code, out, err = run_cli(capsys, "train", str(tmp_path / "p"), "--per-class", "20", "--epochs", "2",
-                             "--lr", "1e-3", "--out", str(tmp_path / "a"), *common)
+    code, out, err = run_cli(
+        capsys,
+        "train",
+        str(tmp_path / "p"),
+        "--per-class",
+        "20",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-3",
+        "--out",
+        str(tmp_path / "a"),
+        *common,
+    )
     assert code == 0, err
     assert "simplecnn" in out and "best epoch" in out
-    code, out, err = run_cli(capsys, "finetune", str(tmp_path / "a"), str(tmp_path / "p"), "--epochs", "1",
-                             "--fine-tune-epochs", "1", "--out", str(tmp_path / "c"), *common)
+    code, out, err = run_cli(
+        capsys,
+        "finetune",
+        str(tmp_path / "a"),
+        str(tmp_path / "p"),
+        "--epochs",
+        "1",
+        "--fine-tune-epochs",
+        "1",
+        "--out",
+        str(tmp_path / "c"),
+        *common,
+    )
     assert code == 0, err
     assert "frozen → finetune" in out
 
@@ -82,8 +108,9 @@ def test_train_then_finetune_from_the_command_line(capsys, kermany, tmp_path):
 def test_train_config_file_and_flags(capsys, kermany, tmp_path):
     run_cli(capsys, "prepare", str(kermany), "--out", str(tmp_path / "p"), "-q")
     (tmp_path / "run.yaml").write_text(f"data: {tmp_path / 'p'}\nepochs: 1\nimage_size: 32\nbatch_size: 8\n")
-    code, _, err = run_cli(capsys, "train", "--config", str(tmp_path / "run.yaml"), "--epochs", "2",
-                           "--out", str(tmp_path / "a"), "-q")
+    code, _, err = run_cli(
+        capsys, "train", "--config", str(tmp_path / "run.yaml"), "--epochs", "2", "--out", str(tmp_path / "a"), "-q"
+    )
     assert code == 0, err
     saved = (tmp_path / "a" / "config.yaml").read_text()
     assert "epochs: 2" in saved and "batch_size: 8" in saved
@@ -91,20 +118,24 @@ def test_train_config_file_and_flags(capsys, kermany, tmp_path):
     assert code == 2 and "exists; continue it with --resume" in err
 
 
-@pytest.mark.parametrize("args, culprit", [
-    (["train", "--epochs", "0", "/tmp"], "--epochs 0: expected at least 1"),
-    (["train", "--model", "resnet51", "/tmp"], "--model 'resnet51' is not known"),
-    (["train", "--resume", "/no/such/run"], "--resume /no/such/run: no config.yaml"),
-    (["finetune", "/no/such/run", "/tmp"], "SOURCE /no/such/run: no such run dir or checkpoint file"),
-])
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["train", "--epochs", "0", "/tmp"], "--epochs 0: expected at least 1"),
+        (["train", "--model", "resnet51", "/tmp"], "--model 'resnet51' is not known"),
+        (["train", "--resume", "/no/such/run"], "--resume /no/such/run: no config.yaml"),
+        (["finetune", "/no/such/run", "/tmp"], "SOURCE /no/such/run: no such run dir or checkpoint file"),
+    ],
+)
 def test_train_bad_input_exit_2(capsys, args, culprit):
     code, _, err = run_cli(capsys, *args)
     assert code == 2 and culprit in err and len(err.strip().splitlines()) == 1
 
 
 def test_evaluate_prints_the_table_and_writes_reports(capsys, trained_run, tmp_path):
-    code, out, err = run_cli(capsys, "evaluate", str(trained_run), "--bootstrap", "50", "--out", str(tmp_path / "e"),
-                             "-q")
+    code, out, err = run_cli(
+        capsys, "evaluate", str(trained_run), "--bootstrap", "50", "--out", str(tmp_path / "e"), "-q"
+    )
     assert code == 0, err
     assert "auroc" in out and "95% CI" in out and (tmp_path / "e" / "metrics.json").is_file()
     code, _, err = run_cli(capsys, "evaluate", "--checkpoint", str(trained_run / "nothing.pt"))

@@ -13,13 +13,35 @@ import yaml
 
 from lowmed import run_experiment
 
-FLAGS = ["--image-size", "32", "--lr", "0.002", "--head", "linear", "--augment-strength", "0", "--patience", "100",
-         "--seed", "3", "-q"]
+FLAGS = [
+    "--image-size",
+    "32",
+    "--lr",
+    "0.002",
+    "--head",
+    "linear",
+    "--augment-strength",
+    "0",
+    "--patience",
+    "100",
+    "--seed",
+    "3",
+    "-q",
+]
 
 
 def torchrun(*args):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "lowmed", *map(str, args)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "lowmed",
+        *map(str, args),
+    ]
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -33,8 +55,11 @@ def _stat(pid: int) -> list[str] | None:
 def kill_launcher_and_workers(launcher: subprocess.Popen) -> None:
     """SIGKILL torchrun and its workers, as a pre-empted node loses them (torchrun starts each worker in a session
     of its own, so killing the launcher's process group would leave them running)."""
-    workers = [int(entry.name) for entry in Path("/proc").iterdir()
-               if entry.name.isdigit() and (_stat(int(entry.name)) or [None, None])[1] == str(launcher.pid)]
+    workers = [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and (_stat(int(entry.name)) or [None, None])[1] == str(launcher.pid)
+    ]
     assert workers, "torchrun has started no worker yet"
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
@@ -47,12 +72,32 @@ def kill_launcher_and_workers(launcher: subprocess.Popen) -> None:
 
 
 def test_two_processes_match_one_with_the_same_global_batch(small, tmp_path):
-    single = subprocess.run([sys.executable, "-m", "lowmed", "train", small, "--epochs", "12", "--batch-size", "16",
-                             "--out", tmp_path / "one", *FLAGS], capture_output=True, text=True)
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lowmed",
+            "train",
+            small,
+            "--epochs",
+            "12",
+            "--batch-size",
+            "16",
+            "--out",
+            tmp_path / "one",
+            *FLAGS,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert single.returncode == 0, single.stderr
     started = time.time()
-    double = subprocess.run(torchrun("train", small, "--epochs", "12", "--batch-size", "8", "--out", tmp_path / "two",
-                                     *FLAGS), capture_output=True, text=True, timeout=300)
+    double = subprocess.run(
+        torchrun("train", small, "--epochs", "12", "--batch-size", "8", "--out", tmp_path / "two", *FLAGS),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = (pd.read_csv(tmp_path / name / "history.csv") for name in ("one", "two"))
     assert list(two["epoch"]) == list(range(1, 13))  # one history, written once
@@ -65,17 +110,20 @@ def test_two_processes_match_one_with_the_same_global_batch(small, tmp_path):
 
 
 def test_resume_under_torchrun(small, tmp_path):
-    process = subprocess.Popen(torchrun("train", small, "--epochs", "40", "--batch-size", "8", "--out",
-                                        tmp_path / "run", *FLAGS), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        torchrun("train", small, "--epochs", "40", "--batch-size", "8", "--out", tmp_path / "run", *FLAGS),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     history = tmp_path / "run" / "history.csv"
     deadline = time.time() + 240
     while not (history.is_file() and len(pd.read_csv(history)) >= 2):
         assert time.time() < deadline and process.poll() is None
         time.sleep(0.1)
     kill_launcher_and_workers(process)
-    done = subprocess.run(torchrun("train", "--resume", tmp_path / "run", "-q"), capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        torchrun("train", "--resume", tmp_path / "run", "-q"), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = pd.read_csv(history)
     assert list(resumed["epoch"]) == list(range(1, 41))
@@ -84,23 +132,48 @@ def test_resume_under_torchrun(small, tmp_path):
 def test_study_under_torchrun_pretrains_together_and_shares_out_the_grid(small, chexpert, tmp_path):
     def study(out):
         path = tmp_path / f"{out}.yaml"
-        path.write_text(yaml.safe_dump({
-            "name": "spread", "out": str(tmp_path / out),
-            "datasets": [{"name": "cxr", "data": str(small)}],
-            "arms": [{"name": "A", "model": "simplecnn"},
-                     {"name": "C", "model": "simplecnn", "pretrain": {"dataset": {"name": "cx", "data": str(chexpert)},
-                                                                      "epochs": 40, "patience": 100,
-                                                                      "batch_size": 4}}],
-            "per_class": [8], "seeds": [0, 1],
-            "train": {"image_size": 32, "batch_size": 8, "epochs": 3, "fine_tune_epochs": 1, "lr": 0.002,
-                      "head": "linear", "augment_strength": 0},
-            "evaluate": {"bootstrap": 40}, "compare": {"resamples": 40}}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "spread",
+                    "out": str(tmp_path / out),
+                    "datasets": [{"name": "cxr", "data": str(small)}],
+                    "arms": [
+                        {"name": "A", "model": "simplecnn"},
+                        {
+                            "name": "C",
+                            "model": "simplecnn",
+                            "pretrain": {
+                                "dataset": {"name": "cx", "data": str(chexpert)},
+                                "epochs": 40,
+                                "patience": 100,
+                                "batch_size": 4,
+                            },
+                        },
+                    ],
+                    "per_class": [8],
+                    "seeds": [0, 1],
+                    "train": {
+                        "image_size": 32,
+                        "batch_size": 8,
+                        "epochs": 3,
+                        "fine_tune_epochs": 1,
+                        "lr": 0.002,
+                        "head": "linear",
+                        "augment_strength": 0,
+                    },
+                    "evaluate": {"bootstrap": 40},
+                    "compare": {"resamples": 40},
+                }
+            )
+        )
         return path
 
     out = tmp_path / "spread"
     pretrain_dir = run_experiment(study("spread"), dry_run=True).pretrain[0].run_dir  # simplecnn-on-cx-<hash>
-    stopped = subprocess.Popen(torchrun("experiment", study("spread")), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    stopped = subprocess.Popen(
+        torchrun("experiment", study("spread")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     while not ((pretrain_dir / "history.csv").is_file() and len(pd.read_csv(pretrain_dir / "history.csv")) >= 3):
         assert time.time() < deadline and stopped.poll() is None
@@ -123,12 +196,18 @@ def test_study_under_torchrun_pretrains_together_and_shares_out_the_grid(small, 
     assert "5 of 5 completed" in report and "on 2 processes" in report and "## Conclusions" in report
 
     # a grid run trained by one of torchrun's processes is the run one process trains (with torchrun's one thread)
-    single = subprocess.run([sys.executable, "-m", "lowmed", "experiment", study("single"), "-q"],
-                            capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    single = subprocess.run(
+        [sys.executable, "-m", "lowmed", "experiment", study("single"), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     for name in names[::2]:
-        spread_history, single_history = (pd.read_csv(tmp_path / study_out / "runs" / name / "history.csv")
-                                          for study_out in ("spread", "single"))
+        spread_history, single_history = (
+            pd.read_csv(tmp_path / study_out / "runs" / name / "history.csv") for study_out in ("spread", "single")
+        )
         assert spread_history["train_loss"].tolist() == single_history["train_loss"].tolist()
         assert spread_history["val_loss"].tolist() == single_history["val_loss"].tolist()
 

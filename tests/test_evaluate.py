@@ -76,7 +76,8 @@ def test_multilabel_metrics_leave_out_masked_labels():
         keep = mask[:, k] > 0
         assert result.per_class[name]["auroc"] == pytest.approx(sk.roc_auc_score(targets[keep, k], probs[keep, k]))
         assert result.per_class[name]["auprc"] == pytest.approx(
-            sk.average_precision_score(targets[keep, k], probs[keep, k]))
+            sk.average_precision_score(targets[keep, k], probs[keep, k])
+        )
     assert result.metrics["mean_auroc"] == pytest.approx(np.mean([result.per_class[c]["auroc"] for c in "xyz"]))
 
 
@@ -100,7 +101,9 @@ def test_intervals_contain_the_estimate_and_narrow_as_n_grows():
     for n in (100, 1600):
         y, probs = random_binary(n, seed=3)
         point = binary_auroc(y, probs[:, 1])
-        ci = bootstrap_ci(lambda idx: {"auroc": binary_auroc(y[idx], probs[idx, 1])}, np.arange(n), y, 400, seed=0)
+        ci = bootstrap_ci(
+            lambda idx, y=y, probs=probs: {"auroc": binary_auroc(y[idx], probs[idx, 1])}, np.arange(n), y, 400, seed=0
+        )
         low, high = ci["auroc"]
         assert low <= point <= high
         widths.append(high - low)
@@ -117,16 +120,26 @@ def test_evaluate_a_trained_run_end_to_end(trained_run):
     before = {p.name: p.read_bytes() for p in trained_run.iterdir() if p.is_file()}
     report = evaluate(trained_run, bootstrap=200, quiet=True)
     folder = trained_run / "eval" / "test"
-    assert {p.name for p in folder.iterdir()} == {"metrics.json", "metrics.csv", "predictions.csv", "roc.png",
-                                                   "pr.png", "confusion.png", "reliability.png"}
+    assert {p.name for p in folder.iterdir()} == {
+        "metrics.json",
+        "metrics.csv",
+        "predictions.csv",
+        "roc.png",
+        "pr.png",
+        "confusion.png",
+        "reliability.png",
+    }
     saved = json.loads((folder / "metrics.json").read_text())
-    assert {"task", "split", "n", "classes", "threshold", "metrics", "ci95", "per_class", "confusion_matrix"} <= set(saved)
+    assert {"task", "split", "n", "classes", "threshold", "metrics", "ci95", "per_class", "confusion_matrix"} <= set(
+        saved
+    )
     assert saved["n"] == 20 and saved["threshold"] == 0.5 and saved["bootstrap"]["unit"] == "patient/lesion group"
     predictions = pd.read_csv(folder / "predictions.csv")
     y = (predictions["label"] == "PNEUMONIA").astype(int)
     assert report["metrics"]["auroc"] == pytest.approx(sk.roc_auc_score(y, predictions["prob:PNEUMONIA"]))
     assert report["metrics"]["accuracy"] == pytest.approx(
-        sk.accuracy_score(predictions["label"], predictions["predicted"]))
+        sk.accuracy_score(predictions["label"], predictions["predicted"])
+    )
     for name, (low, high) in saved["ci95"].items():
         value = saved["metrics"][name]
         if value is not None:  # undefined metrics (e.g. precision with no positive call) are null
@@ -163,8 +176,14 @@ def test_multiclass_and_multilabel_runs_evaluate(ham, chexpert, tmp_path):
 
 
 def test_seed_project_evaluate_model(trained_run, separable):
-    results = evaluate_model(model_path=trained_run / "best.pt", dataset_root=separable, model_name="simplecnn",
-                             split="test", bootstrap=20, quiet=True)
+    results = evaluate_model(
+        model_path=trained_run / "best.pt",
+        dataset_root=separable,
+        model_name="simplecnn",
+        split="test",
+        bootstrap=20,
+        quiet=True,
+    )
     assert 0 <= results["metrics"]["accuracy"] <= 1 and "f1" in results["metrics"]
     with pytest.raises(LowmedError, match="trained as simplecnn, not vgg19"):
         evaluate_model(model_path=trained_run / "best.pt", dataset_root=separable, model_name="vgg19")
@@ -176,12 +195,15 @@ def test_external_data_must_share_the_classes(trained_run, ham, tmp_path):
         evaluate(trained_run, data=other, quiet=True)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"threshold": "1.5"}, "--threshold 1.5: expected a probability between 0 and 1"),
-    ({"threshold": "median"}, "--threshold 'median': expected a probability, or youden"),
-    ({"split": "holdout"}, "--split 'holdout': expected test, val or train"),
-    ({"checkpoint": "/no/such.pt"}, "/no/such.pt: no such checkpoint"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"threshold": "1.5"}, "--threshold 1.5: expected a probability between 0 and 1"),
+        ({"threshold": "median"}, "--threshold 'median': expected a probability, or youden"),
+        ({"split": "holdout"}, "--split 'holdout': expected test, val or train"),
+        ({"checkpoint": "/no/such.pt"}, "/no/such.pt: no such checkpoint"),
+    ],
+)
 def test_bad_evaluate_options(trained_run, options, message):
     with pytest.raises(LowmedError, match=message):
         evaluate(trained_run, quiet=True, **options)

@@ -21,22 +21,29 @@ from tests.conftest import FAST
 @pytest.fixture
 def study(tmp_path, kermany, chexpert):
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "tiny",
-        "out": str(tmp_path / "study"),
-        "datasets": [{"name": "cxr", "data": str(kermany), "prepare": {"min_val_per_class": 4}}],
-        "arms": [
-            {"name": "A", "model": "simplecnn", "weights": "none"},
-            {"name": "B", "model": "resnet18", "weights": "imagenet"},
-            {"name": "C", "model": "simplecnn", "pretrain": {"dataset": {"name": "cx", "data": str(chexpert)},
-                                                             "epochs": 1}},
-        ],
-        "per_class": [5, 10],
-        "seeds": [0, 1],
-        "train": {"image_size": 32, "batch_size": 8, "epochs": 2, "fine_tune_epochs": 1, "lr": 0.001},
-        "evaluate": {"bootstrap": 40},
-        "compare": {"resamples": 40},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "out": str(tmp_path / "study"),
+                "datasets": [{"name": "cxr", "data": str(kermany), "prepare": {"min_val_per_class": 4}}],
+                "arms": [
+                    {"name": "A", "model": "simplecnn", "weights": "none"},
+                    {"name": "B", "model": "resnet18", "weights": "imagenet"},
+                    {
+                        "name": "C",
+                        "model": "simplecnn",
+                        "pretrain": {"dataset": {"name": "cx", "data": str(chexpert)}, "epochs": 1},
+                    },
+                ],
+                "per_class": [5, 10],
+                "seeds": [0, 1],
+                "train": {"image_size": 32, "batch_size": 8, "epochs": 2, "fine_tune_epochs": 1, "lr": 0.001},
+                "evaluate": {"bootstrap": 40},
+                "compare": {"resamples": 40},
+            }
+        )
+    )
     return path
 
 
@@ -53,8 +60,11 @@ def offline(tmp_path, monkeypatch):
 def test_dry_run_plans_the_grid_without_training(study, tmp_path):
     result = run_experiment(study, dry_run=True)
     assert len(result.pretrain) == 1 and len(result.runs) == 12  # 1 dataset × 3 arms × 2 sizes × 2 seeds
-    assert [r.name for r in result.runs[:3]] == ["cxr-a-simplecnn-n5-seed0", "cxr-b-resnet18-n5-seed0",
-                                                    "cxr-c-simplecnn-n5-seed0"]
+    assert [r.name for r in result.runs[:3]] == [
+        "cxr-a-simplecnn-n5-seed0",
+        "cxr-b-resnet18-n5-seed0",
+        "cxr-c-simplecnn-n5-seed0",
+    ]
     assert not (tmp_path / "study" / "runs").exists()
 
 
@@ -73,7 +83,10 @@ def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, m
     assert result.pretrain[0].status == "trained"
     assert all(statuses[f"cxr-b-resnet18-n{n}-seed{s}"][0] == "skipped" for n in (5, 10) for s in (0, 1))
     assert "is not cached and cannot be downloaded" in statuses["cxr-b-resnet18-n5-seed0"][1]
-    assert statuses["cxr-a-simplecnn-n10-seed1"] == ("trained", "on the second try, after RuntimeError: simulated crash")
+    assert statuses["cxr-a-simplecnn-n10-seed1"] == (
+        "trained",
+        "on the second try, after RuntimeError: simulated crash",
+    )
     assert sum(status == "trained" for status, _ in statuses.values()) == 8
 
     out = tmp_path / "study"
@@ -103,13 +116,16 @@ def test_compare_aggregates_seeds_and_reports_missing_evaluations(trained_run, t
         assert (tmp_path / name).is_file()
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"arms": []}, "arms must be a non-empty list"),
-    ({"per_class": [0]}, "per_class sizes must be at least 1"),
-    ({"train": {"epochs": -1}}, "--epochs -1: expected at least 1"),
-    ({"color": "red"}, "unknown key\\(s\\) color"),
-    ({"datasets": [{"name": "x"}]}, "needs a name and exactly one of data"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"arms": []}, "arms must be a non-empty list"),
+        ({"per_class": [0]}, "per_class sizes must be at least 1"),
+        ({"train": {"epochs": -1}}, "--epochs -1: expected at least 1"),
+        ({"color": "red"}, "unknown key\\(s\\) color"),
+        ({"datasets": [{"name": "x"}]}, "needs a name and exactly one of data"),
+    ],
+)
 def test_bad_study_files_name_the_field(study, change, message):
     values = yaml.safe_load(study.read_text())
     values.update(change)
@@ -136,8 +152,13 @@ def test_every_example_study_plans(example, tmp_path, monkeypatch):
 
 def test_seed_project_compare_models(trained_run, separable, tmp_path):
     train(TrainConfig(data=str(separable), epochs=2, seed=5, out=str(tmp_path / "other"), **FAST), quiet=True)
-    comparison = compare_models({"first": trained_run / "best.pt", "second": tmp_path / "other" / "best.pt"},
-                                separable, split="test", bootstrap=20, quiet=True)
+    comparison = compare_models(
+        {"first": trained_run / "best.pt", "second": tmp_path / "other" / "best.pt"},
+        separable,
+        split="test",
+        bootstrap=20,
+        quiet=True,
+    )
     assert set(comparison["metrics"]) == {"first", "second"} and "auroc" in comparison["ci95"]["first"]
     assert {row["test"] for row in comparison["tests"]} == {"DeLong", "McNemar"}
     assert all(0 <= row["p_holm"] <= 1 for row in comparison["tests"])

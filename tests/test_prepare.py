@@ -16,14 +16,17 @@ def split_groups(manifest):
     return {s: set(manifest.loc[manifest["split"] == s, "group"]) for s in ("train", "val", "test")}
 
 
-@pytest.mark.parametrize("name, group", [
-    ("person123_bacteria_456.jpeg", "person123"),
-    ("person1661_virus_2872.jpeg", "person1661"),
-    ("IM-0115-0001.jpeg", "IM-0115"),
-    ("NORMAL2-IM-0115-0001.jpeg", "IM-0115"),
-    ("IM-0011-0001-0001.jpeg", "IM-0011"),
-    ("scan.png", None),
-])
+@pytest.mark.parametrize(
+    "name, group",
+    [
+        ("person123_bacteria_456.jpeg", "person123"),
+        ("person1661_virus_2872.jpeg", "person1661"),
+        ("IM-0115-0001.jpeg", "IM-0115"),
+        ("NORMAL2-IM-0115-0001.jpeg", "IM-0115"),
+        ("IM-0011-0001-0001.jpeg", "IM-0011"),
+        ("scan.png", None),
+    ],
+)
 def test_kermany_group_from_file_name(name, group):
     assert kermany_group(name) == group
 
@@ -36,7 +39,8 @@ def test_kermany_tree_small_val_is_rebuilt_by_patient(kermany, tmp_path):
     # the given test split is kept exactly
     assert info["counts"]["test"] == {"NORMAL": 20, "PNEUMONIA": 20}
     assert set(manifest.loc[manifest["split"] == "test", "path"]) == {
-        str(p.resolve()) for p in (kermany / "test").rglob("*.jpeg")}
+        str(p.resolve()) for p in (kermany / "test").rglob("*.jpeg")
+    }
     # 4+4 val images are too few: folded into train, a new val of >= 20 per class made by patient
     assert "val_rebuilt" in info["splits"] and info["splits"]["origin"]["val"] == "made"
     assert info["counts"]["val"]["NORMAL"] >= 20 and info["counts"]["val"]["PNEUMONIA"] >= 20
@@ -47,15 +51,23 @@ def test_kermany_tree_small_val_is_rebuilt_by_patient(kermany, tmp_path):
 
 
 def test_given_val_kept_when_large_enough(tmp_path):
-    src = make_kermany(tmp_path / "src", {"train": {"NORMAL": 30, "PNEUMONIA": 30},
-                                          "val": {"NORMAL": 6, "PNEUMONIA": 6}, "test": {"NORMAL": 5, "PNEUMONIA": 5}})
+    src = make_kermany(
+        tmp_path / "src",
+        {
+            "train": {"NORMAL": 30, "PNEUMONIA": 30},
+            "val": {"NORMAL": 6, "PNEUMONIA": 6},
+            "test": {"NORMAL": 5, "PNEUMONIA": 5},
+        },
+    )
     dataset = prepare(src, tmp_path / "out", min_val_per_class=5, quiet=True)
     assert dataset.info["splits"]["origin"] == {"train": "given", "val": "given", "test": "given"}
     assert dataset.info["counts"]["val"] == {"NORMAL": 6, "PNEUMONIA": 6}
 
 
 def test_class_folder_case_differs_across_splits(tmp_path):
-    src = make_kermany(tmp_path / "src", {"train": {"NORMAL": 6, "PNEUMONIA": 6}, "test": {"Normal": 3, "Pneumonia": 3}})
+    src = make_kermany(
+        tmp_path / "src", {"train": {"NORMAL": 6, "PNEUMONIA": 6}, "test": {"Normal": 3, "Pneumonia": 3}}
+    )
     dataset = prepare(src, tmp_path / "out", min_val_per_class=1, quiet=True)
     assert dataset.classes == ["NORMAL", "PNEUMONIA"]
     assert dataset.info["counts"]["test"] == {"NORMAL": 3, "PNEUMONIA": 3}
@@ -64,8 +76,10 @@ def test_class_folder_case_differs_across_splits(tmp_path):
 def test_bad_files_excluded_with_reasons_and_odd_modes_accepted(tmp_path):
     src = make_kermany(tmp_path / "src", {"train": {"NORMAL": 10, "PNEUMONIA": 10}})
     broken = write_broken_files(src / "train" / "NORMAL")
-    odd = {mode: write_image(src / "train" / "PNEUMONIA" / f"odd_{mode.replace(';', '')}.png", 500 + i, mode=mode)
-           for i, mode in enumerate(["I;16", "RGBA", "P", "LA"])}
+    odd = {
+        mode: write_image(src / "train" / "PNEUMONIA" / f"odd_{mode.replace(';', '')}.png", 500 + i, mode=mode)
+        for i, mode in enumerate(["I;16", "RGBA", "P", "LA"])
+    }
     cmyk = src / "train" / "PNEUMONIA" / "cmyk.jpg"
     Image.fromarray(image_array(600)).convert("CMYK").save(cmyk)
     dataset = prepare(src, tmp_path / "out", min_val_per_class=1, quiet=True)
@@ -81,7 +95,9 @@ def test_bad_files_excluded_with_reasons_and_odd_modes_accepted(tmp_path):
 
 
 def test_duplicate_across_splits_removed_from_train_as_leakage(tmp_path):
-    src = make_kermany(tmp_path / "src", {"train": {"NORMAL": 10, "PNEUMONIA": 10}, "test": {"NORMAL": 4, "PNEUMONIA": 4}})
+    src = make_kermany(
+        tmp_path / "src", {"train": {"NORMAL": 10, "PNEUMONIA": 10}, "test": {"NORMAL": 4, "PNEUMONIA": 4}}
+    )
     test_file = sorted((src / "test" / "NORMAL").iterdir())[0]
     leaked = src / "train" / "NORMAL" / "IM-7777-0001.jpeg"
     shutil.copy(test_file, leaked)
@@ -91,9 +107,14 @@ def test_duplicate_across_splits_removed_from_train_as_leakage(tmp_path):
     dataset = prepare(src, tmp_path / "out", min_val_per_class=1, quiet=True)
     paths = set(dataset.manifest["path"])
     assert str(test_file.resolve()) in paths and str(leaked.resolve()) not in paths
-    assert dataset.info["leakage_removed"] == [{
-        "path": str(leaked.resolve()), "split": "train", "duplicate_of": str(test_file.resolve()),
-        "duplicate_split": "test"}]
+    assert dataset.info["leakage_removed"] == [
+        {
+            "path": str(leaked.resolve()),
+            "split": "train",
+            "duplicate_of": str(test_file.resolve()),
+            "duplicate_split": "test",
+        }
+    ]
     assert str(original.resolve()) in paths and str(twin.resolve()) not in paths  # same split: first copy kept
     reasons = [item["reason"] for item in dataset.info["excluded"]]
     assert sum("exact duplicate" in r for r in reasons) == 2
@@ -207,13 +228,21 @@ def test_cache_writes_resized_copies(tmp_path):
     assert info["cache"] == {"size": 24}
 
 
-@pytest.mark.parametrize("make_problem, message", [
-    (lambda src: None, "no such file or folder"),
-    (lambda src: (src / "train" / "NORMAL").mkdir(parents=True) or (src / "train" / "PNEUMONIA").mkdir(),
-     "class folder is empty"),
-    (lambda src: src.mkdir() or (src / "notes.txt").write_text("x"), "cannot tell the dataset layout"),
-    (lambda src: write_broken_files(src / "A") and write_broken_files(src / "B"), "none of the 6 files is a usable image"),
-])
+@pytest.mark.parametrize(
+    "make_problem, message",
+    [
+        (lambda src: None, "no such file or folder"),
+        (
+            lambda src: (src / "train" / "NORMAL").mkdir(parents=True) or (src / "train" / "PNEUMONIA").mkdir(),
+            "class folder is empty",
+        ),
+        (lambda src: src.mkdir() or (src / "notes.txt").write_text("x"), "cannot tell the dataset layout"),
+        (
+            lambda src: write_broken_files(src / "A") and write_broken_files(src / "B"),
+            "none of the 6 files is a usable image",
+        ),
+    ],
+)
 def test_bad_sources_are_refused_without_output(tmp_path, make_problem, message):
     src = tmp_path / "src"
     make_problem(src)
@@ -231,12 +260,15 @@ def test_existing_output_needs_overwrite(kermany, tmp_path):
     assert again.info["seed"] == 5
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"val_fraction": 0.6, "test_fraction": 0.5}, "together below 1"),
-    ({"uncertain": "maybe"}, "--uncertain 'maybe'"),
-    ({"format": "dicom"}, "--format 'dicom' is not known"),
-    ({"cache_size": 4}, "--cache-size 4"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"val_fraction": 0.6, "test_fraction": 0.5}, "together below 1"),
+        ({"uncertain": "maybe"}, "--uncertain 'maybe'"),
+        ({"format": "dicom"}, "--format 'dicom' is not known"),
+        ({"cache_size": 4}, "--cache-size 4"),
+    ],
+)
 def test_bad_options(kermany, tmp_path, options, message):
     with pytest.raises(LowmedError, match=message):
         prepare(kermany, tmp_path / "out", quiet=True, **options)

@@ -41,26 +41,37 @@ def wait_for_epochs(run_dir, epochs, process, timeout=120):
 def test_kill_9_mid_run_then_resume_matches_the_uninterrupted_run(small, tmp_path):
     epochs = 24
     train(TrainConfig(data=str(small), epochs=epochs, patience=100, out=str(tmp_path / "whole"), **FAST), quiet=True)
-    process = subprocess.Popen(lowmed("train", small, "--epochs", epochs, "--out", tmp_path / "killed", *TRAIN_FLAGS),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        lowmed("train", small, "--epochs", epochs, "--out", tmp_path / "killed", *TRAIN_FLAGS),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for_epochs(tmp_path / "killed", 3, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not any(p.name.startswith(".") and ".tmp-" in p.name and p.stat().st_size == 0
-                   for p in (tmp_path / "killed").iterdir() if p.name.endswith((".pt",)))
+    assert not any(
+        p.name.startswith(".") and ".tmp-" in p.name and p.stat().st_size == 0
+        for p in (tmp_path / "killed").iterdir()
+        if p.name.endswith((".pt",))
+    )
     torch.load(tmp_path / "killed" / "last.pt", weights_only=True)  # never half-written
     done = subprocess.run(lowmed("train", "--resume", tmp_path / "killed", "-q"), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     whole, resumed = pd.read_csv(tmp_path / "whole" / "history.csv"), pd.read_csv(tmp_path / "killed" / "history.csv")
     assert list(resumed["epoch"]) == list(range(1, epochs + 1))  # no gap, no duplicate
-    pd.testing.assert_frame_equal(whole[["epoch", "train_loss", "val_loss"]],
-                                  resumed[["epoch", "train_loss", "val_loss"]], rtol=1e-4)
+    pd.testing.assert_frame_equal(
+        whole[["epoch", "train_loss", "val_loss"]], resumed[["epoch", "train_loss", "val_loss"]], rtol=1e-4
+    )
     assert json.loads((tmp_path / "killed" / "train.json").read_text())["status"] == "completed"
 
 
 def test_ctrl_c_stops_after_the_batch_marks_interrupted_and_exits_130(small, tmp_path):
-    process = subprocess.Popen(lowmed("train", small, "--epochs", 40, "--out", tmp_path / "run", *TRAIN_FLAGS),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        lowmed("train", small, "--epochs", 40, "--out", tmp_path / "run", *TRAIN_FLAGS),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_epochs(tmp_path / "run", 2, process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
@@ -83,7 +94,9 @@ def test_truncated_checkpoint_is_detected_and_reported(small, tmp_path):
 
 
 def test_images_deleted_after_prepare_are_skipped_with_a_warning(tmp_path):
-    src = make_kermany(tmp_path / "src", {"train": {"NORMAL": 60, "PNEUMONIA": 60}, "test": {"NORMAL": 4, "PNEUMONIA": 4}})
+    src = make_kermany(
+        tmp_path / "src", {"train": {"NORMAL": 60, "PNEUMONIA": 60}, "test": {"NORMAL": 4, "PNEUMONIA": 4}}
+    )
     data = prepare(src, tmp_path / "p", min_val_per_class=4, quiet=True)
     victim = data.split("train")["path"].iloc[0]
     os.remove(victim)
@@ -118,8 +131,10 @@ def bad_inputs(root, small):
     outside.write_text("path,label\n../../etc/passwd,x\nb.png,y\n")
     chex = root / "chex" / "CheXpert-v1.0-small"
     chex.mkdir(parents=True)
-    header = "Path,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,Lung Lesion,Edema,Consolidation," \
-             "Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices"
+    header = (
+        "Path,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,Lung Lesion,Edema,Consolidation,"
+        "Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices"
+    )
     (chex / "train.csv").write_text(header + "\nCheXpert-v1.0-small/train/p1/s1/v.jpg" + ",2" * 14 + "\n")
     unknown_key = root / "unknown.yaml"
     unknown_key.write_text("epochs: 3\nlearning-rate: 0.1\n")
@@ -134,10 +149,14 @@ def bad_inputs(root, small):
     (root / "foreign.yaml").write_text(yaml.safe_dump({"prepared_dir": str(small)}))
     incompatible = root / "simple.pth"
     from lowmed.models.registry import build_model, get_model_spec
+
     torch.save(build_model(get_model_spec("simplecnn"), 2).backbone.state_dict(), incompatible)
     return [
-        ("duplicated image ids", ["prepare", ham_like, "--format", "ham10000", "-o", root / "o1"],
-         "image_id 'I1' appears more than once"),
+        (
+            "duplicated image ids",
+            ["prepare", ham_like, "--format", "ham10000", "-o", root / "o1"],
+            "image_id 'I1' appears more than once",
+        ),
         ("misspelled column", ["prepare", misspelled, "-o", root / "o2"], "missing column(s) 'path'"),
         ("path escaping the root", ["prepare", outside, "-o", root / "o3"], "points outside"),
         ("bad CheXpert value", ["prepare", root / "chex", "-o", root / "o4"], "value '2' is not 1, 0, -1 or empty"),
@@ -145,8 +164,11 @@ def bad_inputs(root, small):
         ("wrong config type", ["train", small, "--config", wrong_type], "epochs: 'many' is not a valid int"),
         ("negative epochs", ["train", "--config", negative], "--epochs -2: expected at least 1"),
         ("subset of another dataset", ["train", foreign_subset, "-o", root / "r1"], "label(s) ['A', 'B'] are not in"),
-        ("incompatible weights", ["train", small, "--model", "resnet18", "--weights", incompatible, "-o", root / "r2"],
-         "--allow-partial-weights"),
+        (
+            "incompatible weights",
+            ["train", small, "--model", "resnet18", "--weights", incompatible, "-o", root / "r2"],
+            "--allow-partial-weights",
+        ),
     ]
 
 

@@ -16,8 +16,12 @@ def delong_by_definition(y, a, b):
     m, n = len(positives), len(negatives)
 
     def kernel(score):
-        return np.array([[1.0 if score[i] > score[j] else 0.5 if score[i] == score[j] else 0.0 for j in negatives]
-                         for i in positives])
+        return np.array(
+            [
+                [1.0 if score[i] > score[j] else 0.5 if score[i] == score[j] else 0.0 for j in negatives]
+                for i in positives
+            ]
+        )
 
     psi = [kernel(a), kernel(b)]
     aucs = [k.mean() for k in psi]
@@ -57,7 +61,7 @@ def test_mcnemar_exact_binomial():
     # 10 discordant pairs: A alone right in 8, B alone right in 2; 30 concordant
     correct_a = np.array([True] * 8 + [False] * 2 + [True] * 20 + [False] * 10)
     correct_b = np.array([False] * 8 + [True] * 2 + [True] * 20 + [False] * 10)
-    expected = 2 * sum(math.comb(10, k) for k in range(0, 3)) / 2 ** 10  # two-sided: P(X <= 2) + P(X >= 8)
+    expected = 2 * sum(math.comb(10, k) for k in range(0, 3)) / 2**10  # two-sided: P(X <= 2) + P(X >= 8)
     result = mcnemar_test(correct_a, correct_b)
     assert result["only_a_correct"] == 8 and result["only_b_correct"] == 2
     assert result["p"] == pytest.approx(expected)  # 0.109375
@@ -76,6 +80,7 @@ def test_paired_bootstrap_detects_a_real_difference():
     rng = np.random.default_rng(2)
     better = rng.random(300) < 0.85
     worse = rng.random(300) < 0.65
-    result = paired_bootstrap(lambda idx: better[idx].mean() - worse[idx].mean(), np.arange(300),
-                              np.zeros(300), 500, seed=0)
+    result = paired_bootstrap(
+        lambda idx: better[idx].mean() - worse[idx].mean(), np.arange(300), np.zeros(300), 500, seed=0
+    )
     assert result["p"] < 0.01 and result["ci_low"] > 0

@@ -77,8 +77,9 @@ def test_existing_run_dir_is_not_overwritten(separable, tmp_path):
 
 def test_frozen_phase_leaves_the_backbone_untouched(separable, tmp_path):
     train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "source"), **FAST), quiet=True)
-    summary = finetune(tmp_path / "source", separable, epochs=2, fine_tune_epochs=0, out=str(tmp_path / "c"),
-                       quiet=True, **FAST)
+    summary = finetune(
+        tmp_path / "source", separable, epochs=2, fine_tune_epochs=0, out=str(tmp_path / "c"), quiet=True, **FAST
+    )
     assert summary["phases"] == ["frozen"] and summary["weight_source"] == "run"
     assert summary["weights"]["matched"] == summary["weights"]["backbone_tensors"] and not summary["weights"]["missing"]
     source = torch.load(tmp_path / "source" / "best.pt", weights_only=True)["model"]
@@ -93,8 +94,10 @@ def test_finetune_equals_train_with_run_dir_weights(separable, tmp_path):
     train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "source"), **FAST), quiet=True)
     options = {"epochs": 2, "fine_tune_epochs": 2, "fine_tune_layers": 4, **FAST}
     finetune(tmp_path / "source", separable, out=str(tmp_path / "a"), quiet=True, **options)
-    train(TrainConfig(data=str(separable), weights=str(tmp_path / "source"), out=str(tmp_path / "b"), **options),
-          quiet=True)
+    train(
+        TrainConfig(data=str(separable), weights=str(tmp_path / "source"), out=str(tmp_path / "b"), **options),
+        quiet=True,
+    )
     a, b = history(tmp_path / "a"), history(tmp_path / "b")
     assert list(a["phase"]) == ["frozen", "frozen", "finetune", "finetune"]
     pd.testing.assert_frame_equal(a[["train_loss", "val_loss"]], b[["train_loss", "val_loss"]], rtol=1e-6)
@@ -104,8 +107,9 @@ def test_cpu_autocast_takes_one_optimizer_step_per_batch(separable, tmp_path):
     steps = []
     handle = register_optimizer_step_post_hook(lambda *args: steps.append(1))
     try:
-        summary = train(TrainConfig(data=str(separable), epochs=2, amp=True, out=str(tmp_path / "run"), **FAST),
-                        quiet=True)
+        summary = train(
+            TrainConfig(data=str(separable), epochs=2, amp=True, out=str(tmp_path / "run"), **FAST), quiet=True
+        )
     finally:
         handle.remove()
     train_images = sum(summary["dataset"]["train_counts"].values())
@@ -120,8 +124,9 @@ def test_cuda_amp_path(separable, tmp_path, monkeypatch, bf16):
     steps = []
     handle = register_optimizer_step_post_hook(lambda *args: steps.append(1))
     try:
-        summary = train(TrainConfig(data=str(separable), epochs=2, device="cuda", out=str(tmp_path / "run"), **FAST),
-                        quiet=True)
+        summary = train(
+            TrainConfig(data=str(separable), epochs=2, device="cuda", out=str(tmp_path / "run"), **FAST), quiet=True
+        )
     finally:
         handle.remove()
     assert summary["amp"] is True and summary["precision"] == ("bfloat16" if bf16 else "float16")
@@ -138,8 +143,16 @@ def test_nan_loss_stops_the_run_and_marks_it_failed(separable, tmp_path, monkeyp
 
 
 def test_seed_project_python_api(separable, tmp_path):
-    results = train_model(model_name="simplecnn", dataset_root=separable, epochs=1, learning_rate=1e-3,
-                          image_size=32, batch_size=16, checkpoint_dir=tmp_path / "checkpoints", quiet=True)
+    results = train_model(
+        model_name="simplecnn",
+        dataset_root=separable,
+        epochs=1,
+        learning_rate=1e-3,
+        image_size=32,
+        batch_size=16,
+        checkpoint_dir=tmp_path / "checkpoints",
+        quiet=True,
+    )
     assert results["model_path"].endswith("best.pt") and (tmp_path / "checkpoints").is_dir()
     assert results["run_dir"].startswith(str(tmp_path / "checkpoints"))
 
@@ -149,8 +162,12 @@ def test_inception_auxiliary_head_trains_at_299_px(tmp_path):
     data = prepare(src, tmp_path / "p", min_val_per_class=1, quiet=True).root
     with pytest.raises(LowmedError, match="--image-size 224: inception_v3 needs at least 299 px"):
         train(TrainConfig(data=str(data), model="inception_v3", weights="none", image_size=224), quiet=True)
-    summary = train(TrainConfig(data=str(data), model="inception_v3", weights="none", epochs=1, batch_size=3,
-                                out=str(tmp_path / "run")), quiet=True)
+    summary = train(
+        TrainConfig(
+            data=str(data), model="inception_v3", weights="none", epochs=1, batch_size=3, out=str(tmp_path / "run")
+        ),
+        quiet=True,
+    )
     assert summary["status"] == "completed" and summary["preprocessing"]["input_size"] == 299
     tuned = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
     assert tuned["aux_head.weight"].shape == (2, 768)
@@ -168,8 +185,10 @@ def test_config_yaml_repeats_the_run(separable, tmp_path):
     assert saved["image_size"] == 32 and saved["weights"] == "none" and saved["amp"] is False
     again = TrainConfig.from_yaml(tmp_path / "a" / "config.yaml")
     train(TrainConfig(**{**again.to_dict(), "out": str(tmp_path / "b")}), quiet=True)
-    pd.testing.assert_frame_equal(history(tmp_path / "a").drop(columns=["seconds", "images_per_s"]),
-                                  history(tmp_path / "b").drop(columns=["seconds", "images_per_s"]))
+    pd.testing.assert_frame_equal(
+        history(tmp_path / "a").drop(columns=["seconds", "images_per_s"]),
+        history(tmp_path / "b").drop(columns=["seconds", "images_per_s"]),
+    )
 
 
 def test_frozen_phase_runs_the_backbone_once_per_view_not_per_epoch(separable, tmp_path, monkeypatch):
@@ -177,15 +196,31 @@ def test_frozen_phase_runs_the_backbone_once_per_view_not_per_epoch(separable, t
     calls = []
     real_forward = SimpleCNN.forward
     monkeypatch.setattr(SimpleCNN, "forward", lambda self, x: calls.append(len(x)) or real_forward(self, x))
-    summary = finetune(tmp_path / "source", separable, epochs=6, fine_tune_epochs=0, cached_views=2,
-                       out=str(tmp_path / "cached"), quiet=True, **FAST)
+    summary = finetune(
+        tmp_path / "source",
+        separable,
+        epochs=6,
+        fine_tune_epochs=0,
+        cached_views=2,
+        out=str(tmp_path / "cached"),
+        quiet=True,
+        **FAST,
+    )
     train_images = sum(summary["dataset"]["train_counts"].values())
     val_images = sum(summary["dataset"]["val_counts"].values())
     assert summary["epochs_run"] == 6
     assert sum(calls) == 2 * train_images + val_images  # two views of the train set, the val set once
     calls.clear()
-    finetune(tmp_path / "source", separable, epochs=6, fine_tune_epochs=0, cached_views=0,
-             out=str(tmp_path / "uncached"), quiet=True, **FAST)
+    finetune(
+        tmp_path / "source",
+        separable,
+        epochs=6,
+        fine_tune_epochs=0,
+        cached_views=0,
+        out=str(tmp_path / "uncached"),
+        quiet=True,
+        **FAST,
+    )
     assert sum(calls) >= 6 * (train_images // FAST["batch_size"] * FAST["batch_size"] + val_images)
 
 
@@ -201,8 +236,9 @@ def test_resume_inside_the_cached_frozen_phase(separable, tmp_path, monkeypatch)
 
 
 def test_compile_trains_and_saves_plain_names(separable, tmp_path):
-    summary = train(TrainConfig(data=str(separable), epochs=1, compile=True, out=str(tmp_path / "run"), **FAST),
-                    quiet=True)
+    summary = train(
+        TrainConfig(data=str(separable), epochs=1, compile=True, out=str(tmp_path / "run"), **FAST), quiet=True
+    )
     assert summary["status"] == "completed"
     saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
     assert not any(key.startswith("_orig_mod") for key in saved)

@@ -52,10 +52,13 @@ def test_one_channel_stem_is_adapted_explicitly(tmp_path):
 def test_incompatible_architecture_is_refused_unless_allowed(tmp_path):
     simple = build_model(get_model_spec("simplecnn"), classes=2).backbone
     torch.save(simple.state_dict(), tmp_path / "simple.pth")
-    with pytest.raises(LowmedError, match=r"matched only 0 of 100 backbone tensors of resnet18 .*--allow-partial-weights"):
+    with pytest.raises(
+        LowmedError, match=r"matched only 0 of 100 backbone tensors of resnet18 .*--allow-partial-weights"
+    ):
         load_weights(resnet18_backbone(), get_model_spec("resnet18"), str(tmp_path / "simple.pth"))
-    report = load_weights(resnet18_backbone(), get_model_spec("resnet18"), str(tmp_path / "simple.pth"),
-                          allow_partial=True)
+    report = load_weights(
+        resnet18_backbone(), get_model_spec("resnet18"), str(tmp_path / "simple.pth"), allow_partial=True
+    )
     assert report.matched == 0 and len(report.missing) == 100
 
 
@@ -108,8 +111,10 @@ def test_auto_weights_and_unknown_names():
         load_weights(resnet18_backbone(), get_model_spec("resnet18"), "/no/such/weights.pth")
 
 
-@pytest.mark.parametrize("name, features", [("resnet18", 512), ("vgg19", 512), ("densenet121", 1024),
-                                            ("efficientnet_b0", 1280), ("simplecnn", 256)])
+@pytest.mark.parametrize(
+    "name, features",
+    [("resnet18", 512), ("vgg19", 512), ("densenet121", 1024), ("efficientnet_b0", 1280), ("simplecnn", 256)],
+)
 def test_registry_feature_sizes_and_layer_groups(name, features):
     spec = get_model_spec(name)
     model = build_model(spec, classes=3).eval()

@@ -54,8 +54,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
-                                                    help="Print the version and exit.")] = None,
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
 ) -> None:
     _debug["on"] = debug or bool(os.environ.get("LOWMED_DEBUG"))
 
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # an unforeseen failure during a run
         if _debug["on"]:
             traceback.print_exc()
-        console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"[bold red]error:[/] {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(1)

@@ -17,13 +17,27 @@ if TYPE_CHECKING:
 def compare_command(
     runs: Annotated[list[Path], typer.Argument(help="Run dirs, or folders searched for run dirs.", show_default=False)],
     split: Annotated[str, typer.Option(help="The evaluation split compared.")] = "test",
-    metric: Annotated[str, typer.Option(help="auroc (the task's headline AUROC), accuracy, or any metric of metrics.json.")] = "auroc",
-    by: Annotated[str, typer.Option(help="Fields that define a group for aggregation over seeds.")] = "dataset,arm,model,per_class",
-    baseline: Annotated[Optional[str], typer.Option(help=(
-        "Arm the others are set against (difference = arm − baseline). \\[default: the one arm trained from "
-        "scratch, if there is exactly one; else every pair as it sorts]"))] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output dir. \\[default: the first RUNS path]")] = None,
-    evaluate_missing: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Evaluate runs that lack an evaluation.")] = True,
+    metric: Annotated[
+        str, typer.Option(help="auroc (the task's headline AUROC), accuracy, or any metric of metrics.json.")
+    ] = "auroc",
+    by: Annotated[
+        str, typer.Option(help="Fields that define a group for aggregation over seeds.")
+    ] = "dataset,arm,model,per_class",
+    baseline: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "Arm the others are set against (difference = arm − baseline). \\[default: the one arm trained from "
+                "scratch, if there is exactly one; else every pair as it sorts]"
+            )
+        ),
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Output dir. \\[default: the first RUNS path]")
+    ] = None,
+    evaluate_missing: Annotated[
+        bool, typer.Option("--evaluate/--no-evaluate", help="Evaluate runs that lack an evaluation.")
+    ] = True,
     resamples: Annotated[int, typer.Option(help="Paired-bootstrap resamples per comparison.")] = 1000,
     seed: Seed = 0,
     quiet: Quiet = False,
@@ -33,8 +47,18 @@ def compare_command(
     Runs are grouped by dataset, arm, model, N and seed; two runs in one such place are an error."""
     from lowmed.compare import compare_runs
 
-    result = compare_runs(runs, split=split, metric=metric, by=tuple(by.split(",")), baseline=baseline, out=out,
-                          evaluate_missing=evaluate_missing, resamples=resamples, seed=seed, quiet=quiet)
+    result = compare_runs(
+        runs,
+        split=split,
+        metric=metric,
+        by=tuple(by.split(",")),
+        baseline=baseline,
+        out=out,
+        evaluate_missing=evaluate_missing,
+        resamples=resamples,
+        seed=seed,
+        quiet=quiet,
+    )
     render_comparison(result)
 
 
@@ -48,8 +72,9 @@ def render_comparison(result: Comparison) -> None:
     from lowmed.cli._render import stdout
     from lowmed.compare import PRIMARY_TEST, format_p
 
-    runs = Table(title=f"runs · {result.split} · {result.runs[0]['metric']} (★ best per dataset and N)",
-                 title_justify="left")
+    runs = Table(
+        title=f"runs · {result.split} · {result.runs[0]['metric']} (★ best per dataset and N)", title_justify="left"
+    )
     for column in ("dataset", "arm · model", "N", "seed", "value", "95% CI", "train s"):
         text = column in ("dataset", "arm · model")
         runs.add_column(column, justify="left" if text else "right", no_wrap=not text, overflow="fold")
@@ -59,29 +84,53 @@ def render_comparison(result: Comparison) -> None:
         best[key] = max(best.get(key, -math.inf), row["value"])
     for row in result.runs:
         mark = "★ " if row["value"] == best[(row["dataset"], row["per_class"])] else ""
-        runs.add_row(row["dataset"], f"{row['arm']} · {row['model']}", str(row["per_class"]), str(row["seed"]),
-                     f"{mark}{_number(row['value'])}", f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]",
-                     f"{row['train_seconds']:.0f}")
+        runs.add_row(
+            row["dataset"],
+            f"{row['arm']} · {row['model']}",
+            str(row["per_class"]),
+            str(row["seed"]),
+            f"{mark}{_number(row['value'])}",
+            f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]",
+            f"{row['train_seconds']:.0f}",
+        )
     stdout.print(runs)
     groups = Table(title="over seeds (mean, 95% interval, SD, n)", title_justify="left")
-    keys = [k for k in result.groups[0] if k not in ("metric", "mean", "sd", "n", "ci_low", "ci_high",
-                                                         "interval", "train_seconds")]
+    keys = [
+        k
+        for k in result.groups[0]
+        if k not in ("metric", "mean", "sd", "n", "ci_low", "ci_high", "interval", "train_seconds")
+    ]
     for column in (*keys, "mean", "95% CI", "SD", "n"):
         groups.add_column(column, no_wrap=column in ("mean", "95% CI", "SD", "n"), overflow="fold")
     for row in result.groups:
-        groups.add_row(*(str(row[k]) for k in keys), _number(row["mean"]),
-                       f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]", _number(row["sd"]), str(row["n"]))
+        groups.add_row(
+            *(str(row[k]) for k in keys),
+            _number(row["mean"]),
+            f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]",
+            _number(row["sd"]),
+            str(row["n"]),
+        )
     stdout.print(groups)
     primary = [row for row in result.comparisons if row["test"] == PRIMARY_TEST]
     if primary:
         against = f"b = baseline arm {result.baseline}" if result.baseline else "every pair"
-        tests = Table(title=f"paired bootstrap of the seed-averaged difference (a − b, {against}; Holm; "
-                            "* = significant); DeLong and McNemar per seed in stats.csv", title_justify="left")
+        tests = Table(
+            title=f"paired bootstrap of the seed-averaged difference (a − b, {against}; Holm; "
+            "* = significant); DeLong and McNemar per seed in stats.csv",
+            title_justify="left",
+        )
         for column in ("dataset", "N", "a", "b", "seeds", "difference", "95% CI", "p Holm"):
             tests.add_column(column, overflow="fold", no_wrap=column in ("difference", "95% CI", "p Holm"))
         for row in primary:
-            tests.add_row(row["dataset"], str(row["per_class"]), row["a"], row["b"], str(row["seeds"]),
-                          _number(row["estimate"]), f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]",
-                          format_p(row["p_holm"]) + (" *" if row["significant"] else ""))
+            tests.add_row(
+                row["dataset"],
+                str(row["per_class"]),
+                row["a"],
+                row["b"],
+                str(row["seeds"]),
+                _number(row["estimate"]),
+                f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]",
+                format_p(row["p_holm"]) + (" *" if row["significant"] else ""),
+            )
         stdout.print(tests)
     stdout.print(f"Wrote compare.csv, compare.json, compare.md, stats.csv and learning curves to {result.out}")

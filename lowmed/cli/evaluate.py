@@ -15,17 +15,33 @@ if TYPE_CHECKING:
 
 
 def evaluate_command(
-    run_dir: Annotated[Optional[Path], typer.Argument(help="Run dir from 'lowmed train' (or use --checkpoint PATH).",
-                                                      show_default=False)] = None,
+    run_dir: Annotated[
+        Optional[Path],
+        typer.Argument(help="Run dir from 'lowmed train' (or use --checkpoint PATH).", show_default=False),
+    ] = None,
     split: Annotated[str, typer.Option(help="test | val | train")] = "test",
-    data: Annotated[Optional[Path], typer.Option(
-        help="Another prepared dataset with the same classes (external validation). \\[default: the run's own]")] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Another prepared dataset with the same classes (external validation). \\[default: the run's own]"
+        ),
+    ] = None,
     checkpoint: Annotated[str, typer.Option(help="best | last | PATH to a lowmed checkpoint.")] = "best",
-    threshold: Annotated[str, typer.Option(
-        help="Binary/multi-label decision threshold: a probability, or youden (chosen on the run's val split).")] = "0.5",
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (of patients/lesions) for 95 % intervals; 0 = none.")] = 2000,
-    tta: Annotated[bool, typer.Option("--tta", help="Average each image's prediction with its mirror image's.")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output dir. \\[default: RUN_DIR/eval/<split>]")] = None,
+    threshold: Annotated[
+        str,
+        typer.Option(
+            help="Binary/multi-label decision threshold: a probability, or youden (chosen on the run's val split)."
+        ),
+    ] = "0.5",
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples (of patients/lesions) for 95 % intervals; 0 = none.")
+    ] = 2000,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Average each image's prediction with its mirror image's.")
+    ] = False,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Output dir. \\[default: RUN_DIR/eval/<split>]")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     seed: Seed = 0,
@@ -34,14 +50,27 @@ def evaluate_command(
     """Metrics with 95 % bootstrap intervals, calibration, ROC/PR/confusion/reliability plots, predictions."""
     from lowmed.evaluation.evaluate import evaluate
 
-    report = evaluate(run_dir, split=split, data=data, checkpoint=checkpoint, threshold=threshold,
-                      bootstrap=bootstrap, tta=tta, out=out, device=device, batch_size=batch_size, seed=seed,
-                      quiet=quiet)
+    report = evaluate(
+        run_dir,
+        split=split,
+        data=data,
+        checkpoint=checkpoint,
+        threshold=threshold,
+        bootstrap=bootstrap,
+        tta=tta,
+        out=out,
+        device=device,
+        batch_size=batch_size,
+        seed=seed,
+        quiet=quiet,
+    )
     render_report(report)
 
 
 def _interval(values) -> str:
-    return f"[{values[0]:.3f}, {values[1]:.3f}]" if values and values[0] is not None and not math.isnan(values[0]) else ""
+    return (
+        f"[{values[0]:.3f}, {values[1]:.3f}]" if values and values[0] is not None and not math.isnan(values[0]) else ""
+    )
 
 
 def render_report(report: EvalReport) -> None:
@@ -50,24 +79,41 @@ def render_report(report: EvalReport) -> None:
     from lowmed.cli._render import stdout
 
     threshold = report.threshold
-    shown = f"{threshold:.3g}" if isinstance(threshold, float) else ("per finding" if isinstance(threshold, list) else threshold)
-    table = Table(title=f"{report.split} · n={report.n} · {report.task} · threshold {shown} "
-                        f"({report.threshold_source})", title_justify="left")
+    shown = (
+        f"{threshold:.3g}"
+        if isinstance(threshold, float)
+        else ("per finding" if isinstance(threshold, list) else threshold)
+    )
+    table = Table(
+        title=f"{report.split} · n={report.n} · {report.task} · threshold {shown} ({report.threshold_source})",
+        title_justify="left",
+    )
     for column in ("metric", "value", "95% CI"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for name, value in report.metrics.items():
-        table.add_row(name, f"{value:.3f}" if isinstance(value, float) else str(value),
-                      _interval(report.ci95.get(name)))
+        table.add_row(
+            name, f"{value:.3f}" if isinstance(value, float) else str(value), _interval(report.ci95.get(name))
+        )
     stdout.print(table)
     if report.task != "binary":
         key = "auroc"
         per_class = Table(title="per class" if report.task == "multiclass" else "per finding", title_justify="left")
-        for column in ("class", "AUROC", "95% CI", *(["F1", "support"] if report.task == "multiclass" else ["positives"])):
+        for column in (
+            "class",
+            "AUROC",
+            "95% CI",
+            *(["F1", "support"] if report.task == "multiclass" else ["positives"]),
+        ):
             per_class.add_column(column, justify="left" if column == "class" else "right")
         for name, values in report.per_class.items():
-            extra = ([f"{values['f1']:.3f}", str(values["support"])] if report.task == "multiclass"
-                     else [str(values["positives"])])
+            extra = (
+                [f"{values['f1']:.3f}", str(values["support"])]
+                if report.task == "multiclass"
+                else [str(values["positives"])]
+            )
             per_class.add_row(name, f"{values[key]:.3f}", _interval(values.get(f"{key}_ci95")), *extra)
         stdout.print(per_class)
-    stdout.print(f"{report.bootstrap['resamples']} bootstrap resamples of {report.bootstrap['groups']} "
-                 f"{report.bootstrap['unit']}s · {report.seconds:.1f} s · wrote {report.out}")
+    stdout.print(
+        f"{report.bootstrap['resamples']} bootstrap resamples of {report.bootstrap['groups']} "
+        f"{report.bootstrap['unit']}s · {report.seconds:.1f} s · wrote {report.out}"
+    )

@@ -10,7 +10,9 @@ from lowmed.cli._options import Quiet
 
 def experiment_command(
     study: Annotated[Path, typer.Argument(help="Study YAML (see examples/).", show_default=False)],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the study, print the grid and its size; train nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check the study, print the grid and its size; train nothing.")
+    ] = False,
     quiet: Quiet = False,
 ) -> None:
     """Run datasets × named arms × per-class sizes × seeds under identical conditions, then compare and report.
@@ -27,8 +29,10 @@ def experiment_command(
     if not dry_run and result.report is None:
         return  # another of torchrun's processes: rank 0 shows the study
     spec = result.study
-    grid = (f"{len(spec.datasets)} dataset(s) × {len(spec.arms)} arms × {len(spec.per_class)} sizes"
-            f" × {len(spec.seeds)} seeds = {len(result.runs)} runs, + {len(result.pretrain)} pretrain stage(s)")
+    grid = (
+        f"{len(spec.datasets)} dataset(s) × {len(spec.arms)} arms × {len(spec.per_class)} sizes"
+        f" × {len(spec.seeds)} seeds = {len(result.runs)} runs, + {len(result.pretrain)} pretrain stage(s)"
+    )
     table = Table(title=f"study {spec.name}: {grid}", title_justify="left")
     table.add_column("run", overflow="fold")
     table.add_column("arm", overflow="fold")
@@ -36,9 +40,12 @@ def experiment_command(
     table.add_column("status", overflow="fold")
     for job in result.pretrain + result.runs:
         weights = job.values.get("weights", "none")
-        table.add_row(job.name, job.arm.name if job.arm else "(pretrain stage)",
-                      Path(weights).name if "/" in weights else weights,
-                      job.status + (f": {job.detail}" if job.detail else ""))
+        table.add_row(
+            job.name,
+            job.arm.name if job.arm else "(pretrain stage)",
+            Path(weights).name if "/" in weights else weights,
+            job.status + (f": {job.detail}" if job.detail else ""),
+        )
     stdout.print(table)
     if not dry_run:
         stdout.print(f"Report: {result.report} ({result.wall_seconds / 60:.1f} min)")

@@ -14,6 +14,11 @@ def models_command() -> None:
     for column in ("name", "backbone params", "input px", "ImageNet weights", "description"):
         table.add_column(column, justify="left" if column in ("name", "description") else "right")
     for spec in MODELS.values():
-        table.add_row(spec.name, f"{count_parameters(spec.build_backbone()) / 1e6:.1f} M",
-                      str(spec.preprocessing.input_size), "yes" if spec.imagenet_weights else "no", spec.description)
+        table.add_row(
+            spec.name,
+            f"{count_parameters(spec.build_backbone()) / 1e6:.1f} M",
+            str(spec.preprocessing.input_size),
+            "yes" if spec.imagenet_weights else "no",
+            spec.description,
+        )
     stdout.print(table)

@@ -13,37 +13,55 @@ _SHOWN_EXCLUSIONS = 10
 
 
 def prepare_command(
-    src: Annotated[Optional[Path], typer.Argument(help="Raw dataset: a folder in its native layout, or a CSV file.",
-                                                  show_default=False)] = None,
+    src: Annotated[
+        Optional[Path],
+        typer.Argument(help="Raw dataset: a folder in its native layout, or a CSV file.", show_default=False),
+    ] = None,
     out: OutDir = None,
-    demo: Annotated[bool, typer.Option("--demo", help=(
-        "Write lowmed's synthetic demo data (a pneumonia-like target task and a multi-label pretraining corpus) "
-        "and prepare both into --out (default lowmed-data/demo)."))] = False,
-    format: Annotated[str, typer.Option("--format", "-f",
-                                        help="auto | imagefolder | ham10000 | chexpert | nih | csv")] = "auto",
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help=(
+                "Write lowmed's synthetic demo data (a pneumonia-like target task and a multi-label pretraining "
+                "corpus) "
+                "and prepare both into --out (default lowmed-data/demo)."
+            ),
+        ),
+    ] = False,
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="auto | imagefolder | ham10000 | chexpert | nih | csv")
+    ] = "auto",
     seed: Seed = 0,
     val_fraction: Annotated[float, typer.Option(help="Share of images for a val split lowmed makes.")] = 0.1,
     test_fraction: Annotated[float, typer.Option(help="Share of images for a test split lowmed makes.")] = 0.25,
-    min_val_per_class: Annotated[int, typer.Option(
-        help="A given val split with fewer images of any class is folded into train and rebuilt.")] = 20,
-    cache_size: Annotated[Optional[int], typer.Option(
-        help="Also write resized copies (shorter side N px) so training never decodes the originals.")] = None,
+    min_val_per_class: Annotated[
+        int, typer.Option(help="A given val split with fewer images of any class is folded into train and rebuilt.")
+    ] = 20,
+    cache_size: Annotated[
+        Optional[int],
+        typer.Option(help="Also write resized copies (shorter side N px) so training never decodes the originals."),
+    ] = None,
     workers: Workers = None,
     frontal_only: Annotated[bool, typer.Option(help="CheXpert: keep frontal views only.")] = False,
-    uncertain: Annotated[str, typer.Option(
-        help="Multi-label: how uncertain (-1) labels train: ignore (masked) | zeros | ones.")] = "ignore",
+    uncertain: Annotated[
+        str, typer.Option(help="Multi-label: how uncertain (-1) labels train: ignore (masked) | zeros | ones.")
+    ] = "ignore",
     path_column: Annotated[str, typer.Option(help="csv format: column with image paths.")] = "path",
     label_column: Annotated[str, typer.Option(help="csv format: column with the class name.")] = "label",
-    label_columns: Annotated[Optional[str], typer.Option(
-        help="csv format, multi-label: comma-separated finding columns (1/0/-1/empty).")] = None,
+    label_columns: Annotated[
+        Optional[str], typer.Option(help="csv format, multi-label: comma-separated finding columns (1/0/-1/empty).")
+    ] = None,
     group_column: Annotated[Optional[str], typer.Option(help="csv format: patient/lesion id column.")] = None,
     split_column: Annotated[Optional[str], typer.Option(help="csv format: column with train/val/test.")] = None,
-    allow_outside_root: Annotated[bool, typer.Option(
-        help="csv format: allow image paths outside the CSV's folder.")] = False,
+    allow_outside_root: Annotated[
+        bool, typer.Option(help="csv format: allow image paths outside the CSV's folder.")
+    ] = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
-    """Verify every image, remove duplicates and leakage, make missing splits by patient, write manifest.csv + dataset.yaml."""
+    """Verify every image, remove duplicates and leakage, make missing splits by patient, write manifest.csv and
+    dataset.yaml."""
     from lowmed.data.formats import CsvColumns
     from lowmed.data.prepare import prepare
     from lowmed.data.synthetic import prepare_demo
@@ -54,13 +72,31 @@ def prepare_command(
         return
     if src is None:
         raise LowmedError("give SRC (a raw dataset folder or CSV file), or --demo")
-    columns = CsvColumns(path=path_column, label=label_column, group=group_column, split=split_column,
-                         labels=[c.strip() for c in label_columns.split(",")] if label_columns else None)
+    columns = CsvColumns(
+        path=path_column,
+        label=label_column,
+        group=group_column,
+        split=split_column,
+        labels=[c.strip() for c in label_columns.split(",")] if label_columns else None,
+    )
     out = out or DEFAULT_PREPARED_ROOT / src.expanduser().resolve().name
-    dataset = prepare(src, out, format=format, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                      min_val_per_class=min_val_per_class, cache_size=cache_size, workers=workers,
-                      frontal_only=frontal_only, uncertain=uncertain, csv_columns=columns,
-                      allow_outside_root=allow_outside_root, overwrite=overwrite, quiet=quiet)
+    dataset = prepare(
+        src,
+        out,
+        format=format,
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        min_val_per_class=min_val_per_class,
+        cache_size=cache_size,
+        workers=workers,
+        frontal_only=frontal_only,
+        uncertain=uncertain,
+        csv_columns=columns,
+        allow_outside_root=allow_outside_root,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
     render_prepared(dataset)
 
 

@@ -9,18 +9,33 @@ from lowmed.cli._options import Quiet, Seed
 
 
 def subsample_command(
-    data: Annotated[Path, typer.Argument(help="Prepared dataset dir, or a raw dataset (prepared with defaults first).")],
-    per_class: Annotated[int, typer.Option("--per-class", "-n", help=(
-        "Training images per class. Multi-label data: about N positives per finding (greedy), "
-        "plus N images with no finding."))],
+    data: Annotated[
+        Path, typer.Argument(help="Prepared dataset dir, or a raw dataset (prepared with defaults first).")
+    ],
+    per_class: Annotated[
+        int,
+        typer.Option(
+            "--per-class",
+            "-n",
+            help=(
+                "Training images per class. Multi-label data: about N positives per finding (greedy), "
+                "plus N images with no finding."
+            ),
+        ),
+    ],
     seed: Seed = 0,
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", help="Subset manifest to write (default: DATA/subsets/subset-N-seedK.csv).")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Subset manifest to write (default: DATA/subsets/subset-N-seedK.csv)."),
+    ] = None,
     strict: Annotated[bool, typer.Option(help="Fail when a class has fewer than N training images.")] = False,
-    materialize: Annotated[Optional[Path], typer.Option(
-        help="Also write a Kaggle-style DIR/{train,val,test}/{class}/ tree (hard links, else copies).")] = None,
-    prepared_dir: Annotated[Optional[Path], typer.Option(
-        help="Where a raw DATA is prepared (default: ./lowmed-data/<name>).")] = None,
+    materialize: Annotated[
+        Optional[Path],
+        typer.Option(help="Also write a Kaggle-style DIR/{train,val,test}/{class}/ tree (hard links, else copies)."),
+    ] = None,
+    prepared_dir: Annotated[
+        Optional[Path], typer.Option(help="Where a raw DATA is prepared (default: ./lowmed-data/<name>).")
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Keep N training images per class, spread over patients; nested in N for one seed."""
@@ -28,8 +43,16 @@ def subsample_command(
     from lowmed.console import warn
     from lowmed.data.subsample import subsample
 
-    subset = subsample(data, per_class, seed=seed, out=out, strict=strict, materialize=materialize,
-                       prepared_dir=prepared_dir, quiet=quiet)
+    subset = subsample(
+        data,
+        per_class,
+        seed=seed,
+        out=out,
+        strict=strict,
+        materialize=materialize,
+        prepared_dir=prepared_dir,
+        quiet=quiet,
+    )
     sidecar = subset.dataset.subset
     counts = {"train available": sidecar["train_available"]["counts"], **sidecar["counts"]}
     images = {"train available": sidecar["train_available"]["images"], **sidecar["images"]}

@@ -16,40 +16,146 @@ _D = TrainConfig()  # defaults, shown in --help
 
 
 def train_command(
-    data: Annotated[Optional[Path], typer.Argument(
-        help="Prepared dir, subset manifest (.csv) or raw dataset folder.", show_default=False)] = None,
-    config: Annotated[Optional[Path], typer.Option(
-        "--config", help="YAML of these options (a run's config.yaml repeats it); flags given here win.")] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Argument(help="Prepared dir, subset manifest (.csv) or raw dataset folder.", show_default=False),
+    ] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", help="YAML of these options (a run's config.yaml repeats it); flags given here win."),
+    ] = None,
     subset: Annotated[Optional[Path], typer.Option(help="Subset manifest from 'lowmed subsample'.")] = None,
     per_class: Annotated[Optional[int], typer.Option(help="Subsample N train images per class on the fly.")] = None,
-    arm: Annotated[Optional[str], typer.Option(help="The study arm this run belongs to, as compare groups runs (e.g. A, B-imagenet, C-nih). \\[default: A scratch, B ImageNet or C medical, from --weights]")] = None,
-    model: Annotated[Optional[str], typer.Option(help=f"Registry name or timm:<name> (see 'lowmed models'). \\[default: {_D.model}]")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="none | imagenet | PATH (weights file) | RUN_DIR (Model C); auto = imagenet, none for simplecnn. \\[default: auto]")] = None,
-    allow_partial_weights: Annotated[Optional[bool], typer.Option("--allow-partial-weights", help="Train even when the weights cover only part of the backbone.")] = None,
-    head: Annotated[Optional[str], typer.Option(help=f"mlp (512→256, the seed study's) | linear. \\[default: {_D.head}]")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help=f"Epochs (the frozen phase, for pretrained weights). \\[default: {_D.epochs}]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=f"Images per step and per process (under torchrun the global batch is this × processes × --accumulate). \\[default: {_D.batch_size}]")] = None,
-    accumulate: Annotated[Optional[int], typer.Option(help=f"Add up the gradients of N batches before each optimizer step (for small GPUs). \\[default: {_D.accumulate}]")] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the network (compiling takes about half a minute or more; no faster on small runs, see benchmarks/README.md).")] = None,
-    sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn", help="Under torchrun on GPUs: batch-norm statistics over all processes.")] = None,
+    arm: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "The study arm this run belongs to, as compare groups runs (e.g. A, B-imagenet, C-nih). \\[default: "
+                "A scratch, B ImageNet or C medical, from --weights]"
+            )
+        ),
+    ] = None,
+    model: Annotated[
+        Optional[str], typer.Option(help=f"Registry name or timm:<name> (see 'lowmed models'). \\[default: {_D.model}]")
+    ] = None,
+    weights: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "none | imagenet | PATH (weights file) | RUN_DIR (Model C); auto = imagenet, none for simplecnn. "
+                "\\[default: auto]"
+            )
+        ),
+    ] = None,
+    allow_partial_weights: Annotated[
+        Optional[bool],
+        typer.Option("--allow-partial-weights", help="Train even when the weights cover only part of the backbone."),
+    ] = None,
+    head: Annotated[
+        Optional[str], typer.Option(help=f"mlp (512→256, the seed study's) | linear. \\[default: {_D.head}]")
+    ] = None,
+    epochs: Annotated[
+        Optional[int], typer.Option(help=f"Epochs (the frozen phase, for pretrained weights). \\[default: {_D.epochs}]")
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            help=(
+                f"Images per step and per process (under torchrun the global batch is this × processes × "
+                f"--accumulate). \\[default: {_D.batch_size}]"
+            )
+        ),
+    ] = None,
+    accumulate: Annotated[
+        Optional[int],
+        typer.Option(
+            help=(
+                f"Add up the gradients of N batches before each optimizer step (for small GPUs). \\[default: "
+                f"{_D.accumulate}]"
+            )
+        ),
+    ] = None,
+    compile: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--compile",
+            help=(
+                "torch.compile the network (compiling takes about half a minute or more; no faster on small runs, "
+                "see benchmarks/README.md)."
+            ),
+        ),
+    ] = None,
+    sync_bn: Annotated[
+        Optional[bool],
+        typer.Option("--sync-bn", help="Under torchrun on GPUs: batch-norm statistics over all processes."),
+    ] = None,
     lr: Annotated[Optional[float], typer.Option(help=f"Learning rate (AdamW). \\[default: {_D.lr:g}]")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help=f"\\[default: {_D.weight_decay:g}]")] = None,
-    freeze_base: Annotated[Optional[bool], typer.Option("--freeze-base/--no-freeze-base", help="Pretrained: train the head on a frozen backbone first. \\[default: freeze]")] = None,
-    fine_tune_epochs: Annotated[Optional[int], typer.Option(help=f"Epochs of phase 2 (last layers unfrozen). \\[default: {_D.fine_tune_epochs}]")] = None,
-    fine_tune_layers: Annotated[Optional[int], typer.Option(help=f"Backbone layers (modules with weights) unfrozen in phase 2, counted from the top. \\[default: {_D.fine_tune_layers}]")] = None,
+    freeze_base: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--freeze-base/--no-freeze-base",
+            help="Pretrained: train the head on a frozen backbone first. \\[default: freeze]",
+        ),
+    ] = None,
+    fine_tune_epochs: Annotated[
+        Optional[int],
+        typer.Option(help=f"Epochs of phase 2 (last layers unfrozen). \\[default: {_D.fine_tune_epochs}]"),
+    ] = None,
+    fine_tune_layers: Annotated[
+        Optional[int],
+        typer.Option(
+            help=(
+                f"Backbone layers (modules with weights) unfrozen in phase 2, counted from the top. \\[default: "
+                f"{_D.fine_tune_layers}]"
+            )
+        ),
+    ] = None,
     fine_tune_lr: Annotated[Optional[float], typer.Option(help=f"\\[default: {_D.fine_tune_lr:g}]")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Input size in px. \\[default: the model's, e.g. 224; 299 for inception_v3]")] = None,
-    augment_strength: Annotated[Optional[float], typer.Option(help=f"0..1: rotation, shift, scale, flip, brightness/contrast. \\[default: {_D.augment_strength}]")] = None,
-    cached_views: Annotated[Optional[int], typer.Option(help=f"Frozen phase: train the head on backbone features cached for this many augmented views per image (0 = run the backbone every epoch). \\[default: {_D.cached_views}]")] = None,
-    patience: Annotated[Optional[int], typer.Option(help=f"Early stop after this many epochs without a lower val_loss. \\[default: {_D.patience}]")] = None,
-    monitor: Annotated[Optional[str], typer.Option(help=f"Metric that picks best.pt: val_loss | val_auroc | val_accuracy. \\[default: {_D.monitor}]")] = None,
-    class_weights: Annotated[Optional[str], typer.Option(help=f"auto (inverse train frequency) | none. \\[default: {_D.class_weights}]")] = None,
-    balanced_sampler: Annotated[Optional[bool], typer.Option("--balanced-sampler", help="Sample classes equally instead of weighting the loss.")] = None,
+    image_size: Annotated[
+        Optional[int], typer.Option(help="Input size in px. \\[default: the model's, e.g. 224; 299 for inception_v3]")
+    ] = None,
+    augment_strength: Annotated[
+        Optional[float],
+        typer.Option(
+            help=f"0..1: rotation, shift, scale, flip, brightness/contrast. \\[default: {_D.augment_strength}]"
+        ),
+    ] = None,
+    cached_views: Annotated[
+        Optional[int],
+        typer.Option(
+            help=(
+                f"Frozen phase: train the head on backbone features cached for this many augmented views per image "
+                f"(0 = run the backbone every epoch). \\[default: {_D.cached_views}]"
+            )
+        ),
+    ] = None,
+    patience: Annotated[
+        Optional[int],
+        typer.Option(help=f"Early stop after this many epochs without a lower val_loss. \\[default: {_D.patience}]"),
+    ] = None,
+    monitor: Annotated[
+        Optional[str],
+        typer.Option(help=f"Metric that picks best.pt: val_loss | val_auroc | val_accuracy. \\[default: {_D.monitor}]"),
+    ] = None,
+    class_weights: Annotated[
+        Optional[str], typer.Option(help=f"auto (inverse train frequency) | none. \\[default: {_D.class_weights}]")
+    ] = None,
+    balanced_sampler: Annotated[
+        Optional[bool], typer.Option("--balanced-sampler", help="Sample classes equally instead of weighting the loss.")
+    ] = None,
     device: Annotated[Optional[str], typer.Option(help=f"auto | cpu | cuda | mps. \\[default: {_D.device}]")] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision. \\[default: on for CUDA]")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers when images do not fit in memory. \\[default: 0]")] = None,
+    amp: Annotated[
+        Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision. \\[default: on for CUDA]")
+    ] = None,
+    workers: Annotated[
+        Optional[int], typer.Option(help="DataLoader workers when images do not fit in memory. \\[default: 0]")
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"\\[default: {_D.seed}]")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run dir. \\[default: runs/<dataset>-<model>-<weights>-n<N>-seed<K>]")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Run dir. \\[default: runs/<dataset>-<model>-<weights>-n<N>-seed<K>]"),
+    ] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run dir from its last.pt.")] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -82,18 +188,25 @@ def finetune_command(source: Path, **arguments) -> None:
     """Model C: fine-tune from an earlier run's (or a checkpoint's) backbone; the model defaults to the source's."""
     from lowmed.training.train import finetune
 
-    summary = finetune(source, overwrite=arguments["overwrite"], quiet=arguments["quiet"],
-                       **_given_options(arguments))
+    summary = finetune(source, overwrite=arguments["overwrite"], quiet=arguments["quiet"], **_given_options(arguments))
     render_summary(summary)
 
 
 # finetune takes SOURCE and then exactly train's options: build its signature from train's so the two never drift.
-_source = inspect.Parameter("source", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[Path, typer.Argument(
-    help="Run dir or checkpoint whose backbone to start from.", show_default=False)])
-finetune_command.__signature__ = inspect.signature(train_command).replace(parameters=[
-    _source, *(p for name, p in inspect.signature(train_command).parameters.items() if name != "resume")])
-finetune_command.__annotations__ = {"source": _source.annotation,
-                                    **{k: v for k, v in train_command.__annotations__.items() if k != "resume"}}
+_source = inspect.Parameter(
+    "source",
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    annotation=Annotated[
+        Path, typer.Argument(help="Run dir or checkpoint whose backbone to start from.", show_default=False)
+    ],
+)
+finetune_command.__signature__ = inspect.signature(train_command).replace(
+    parameters=[_source, *(p for name, p in inspect.signature(train_command).parameters.items() if name != "resume")]
+)
+finetune_command.__annotations__ = {
+    "source": _source.annotation,
+    **{k: v for k, v in train_command.__annotations__.items() if k != "resume"},
+}
 
 
 def render_summary(summary: "TrainSummary") -> None:
@@ -116,10 +229,16 @@ def render_summary(summary: "TrainSummary") -> None:
         ("train images", str(sum((summary.dataset.train_counts or {}).values()))),
         ("epochs", f"{summary.epochs_run} ({' → '.join(summary.phases)})"),
         ("best epoch", f"{best['epoch']} ({best['phase']}, by {best['monitor']})"),
-        ("val loss / acc / AUROC", f"{metrics['val_loss']:.4f} / {metrics['val_accuracy']:.3f} / {metrics['val_auroc']:.3f}"),
+        (
+            "val loss / acc / AUROC",
+            f"{metrics['val_loss']:.4f} / {metrics['val_accuracy']:.3f} / {metrics['val_auroc']:.3f}",
+        ),
         ("wall time", f"{summary.wall_seconds:.1f} s"),
-        ("throughput", ", ".join(f"{phase} {speed:.0f}" for phase, speed in summary.train_images_per_s.items())
-         + " train images/s (median per epoch)"),
+        (
+            "throughput",
+            ", ".join(f"{phase} {speed:.0f}" for phase, speed in summary.train_images_per_s.items())
+            + " train images/s (median per epoch)",
+        ),
         ("device", f"{summary.device} ({summary.device_name}), AMP {summary.precision}"),
     ]
     for name, value in rows:

@@ -35,10 +35,13 @@ def augment_batch(images: torch.Tensor, strength: float, generator: torch.Genera
     brightness, contrast = 1 + uniform(MAX_INTENSITY), 1 + uniform(MAX_INTENSITY)
 
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([
-        torch.stack([cos * flip, -sin, shift_x], dim=1),
-        torch.stack([sin * flip, cos, shift_y], dim=1),
-    ], dim=1).to(images.dtype)
+    theta = torch.stack(
+        [
+            torch.stack([cos * flip, -sin, shift_x], dim=1),
+            torch.stack([sin * flip, cos, shift_y], dim=1),
+        ],
+        dim=1,
+    ).to(images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     mean = warped.mean(dim=(1, 2, 3), keepdim=True)

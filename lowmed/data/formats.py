@@ -20,18 +20,45 @@ from lowmed.errors import LowmedError
 FORMATS = ("auto", "imagefolder", "ham10000", "chexpert", "nih", "csv")
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val",
-    "test": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
 }
 CHEXPERT_FINDINGS = [
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
 ]
 NIH_FINDINGS = [
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
 ]
 _KERMANY_PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
 _KERMANY_IM = re.compile(r"(?:^|-)(IM-\d{4})(?=-|\.|$)", re.IGNORECASE)
@@ -101,8 +128,14 @@ def detect_format(src: Path) -> str:
     )
 
 
-def read_source(src: Path, fmt: str = "auto", *, frontal_only: bool = False,
-                csv_columns: CsvColumns | None = None, allow_outside_root: bool = False) -> SourceRecords:
+def read_source(
+    src: Path,
+    fmt: str = "auto",
+    *,
+    frontal_only: bool = False,
+    csv_columns: CsvColumns | None = None,
+    allow_outside_root: bool = False,
+) -> SourceRecords:
     src = Path(src).expanduser().resolve()
     if not src.exists():
         raise LowmedError(f"{src}: no such file or folder")
@@ -128,6 +161,7 @@ def read_source(src: Path, fmt: str = "auto", *, frontal_only: bool = False,
 
 # --- imagefolder -------------------------------------------------------------------------------
 
+
 def read_imagefolder(src: Path) -> SourceRecords:
     if not src.is_dir():
         raise LowmedError(f"{src}: the imagefolder format needs a folder")
@@ -149,8 +183,14 @@ def read_imagefolder(src: Path) -> SourceRecords:
         if not files:
             raise LowmedError(f"{class_dir}: class folder is empty; expected image files for class {label!r}")
         for path in files:
-            rows.append({"path": str(path), "label": label, "given_split": split,
-                         "group": kermany_group(path.name) or path.relative_to(src).as_posix()})
+            rows.append(
+                {
+                    "path": str(path),
+                    "label": label,
+                    "given_split": split,
+                    "group": kermany_group(path.name) or path.relative_to(src).as_posix(),
+                }
+            )
     classes = sorted(canonical.values())
     if len(classes) < 2:
         raise LowmedError(f"{src}: found {len(classes)} class folder(s); expected at least 2 (one folder per class)")
@@ -163,8 +203,11 @@ def read_imagefolder(src: Path) -> SourceRecords:
 
 
 def _visible_dirs(parent: Path) -> list[Path]:
-    return [d for d in sorted(parent.iterdir()) if d.is_dir() and not d.name.startswith(".")
-            and d.name.lower() != "__macosx"]
+    return [
+        d
+        for d in sorted(parent.iterdir())
+        if d.is_dir() and not d.name.startswith(".") and d.name.lower() != "__macosx"
+    ]
 
 
 def _class_dirs(parent: Path) -> list[Path]:
@@ -176,9 +219,11 @@ def _class_dirs(parent: Path) -> list[Path]:
 
 # --- HAM10000 ----------------------------------------------------------------------------------
 
+
 def read_ham10000(src: Path) -> SourceRecords:
-    table, metadata_path, root = _metadata_table(src, "HAM10000_metadata*.csv", ["lesion_id", "image_id", "dx"],
-                                                   "image_id")
+    table, metadata_path, root = _metadata_table(
+        src, "HAM10000_metadata*.csv", ["lesion_id", "image_id", "dx"], "image_id"
+    )
     images = _index_images(root)
     rows, excluded = [], []
     for record in table.to_dict("records"):
@@ -187,8 +232,16 @@ def read_ham10000(src: Path) -> SourceRecords:
             excluded.append({"path": str(record["image_id"]), "reason": "listed in metadata, image file not found"})
             continue
         extra = {k: v for k, v in record.items() if k not in ("lesion_id", "image_id", "dx")}
-        rows.append({"path": str(path), "label": str(record["dx"]), "group": str(record["lesion_id"]),
-                     "given_split": None, "image_id": record["image_id"], **extra})
+        rows.append(
+            {
+                "path": str(path),
+                "label": str(record["dx"]),
+                "group": str(record["lesion_id"]),
+                "given_split": None,
+                "image_id": record["image_id"],
+                **extra,
+            }
+        )
     classes = sorted(table["dx"].astype(str).unique())
     notes = ["HAM10000 has no official split: lowmed makes train/val/test, disjoint by lesion_id"]
     return SourceRecords("ham10000", single_label_task(classes), classes, pd.DataFrame(rows), notes, excluded)
@@ -196,10 +249,14 @@ def read_ham10000(src: Path) -> SourceRecords:
 
 # --- CheXpert ----------------------------------------------------------------------------------
 
+
 def _chexpert_csvs(src: Path) -> dict[str, Path]:
     for base in (src, src / "CheXpert-v1.0-small", src / "CheXpert-v1.0"):
-        found = {split: base / name for name, split in (("train.csv", "train"), ("valid.csv", "test"))
-                 if (base / name).is_file()}
+        found = {
+            split: base / name
+            for name, split in (("train.csv", "train"), ("valid.csv", "test"))
+            if (base / name).is_file()
+        }
         if "train" in found:
             header = pd.read_csv(found["train"], nrows=0).columns
             if "Path" in header:
@@ -222,8 +279,11 @@ def read_chexpert(src: Path, *, frontal_only: bool = False) -> SourceRecords:
         frames.append(table)
     table = pd.concat(frames, ignore_index=True)
     if frontal_only:
-        frontal = (table["Frontal/Lateral"].astype(str).str.lower() == "frontal" if "Frontal/Lateral" in table
-                   else table["Path"].str.contains("frontal", case=False))
+        frontal = (
+            table["Frontal/Lateral"].astype(str).str.lower() == "frontal"
+            if "Frontal/Lateral" in table
+            else table["Path"].str.contains("frontal", case=False)
+        )
         table = table[frontal]
     rows, excluded = [], []
     for record in table.to_dict("records"):
@@ -256,16 +316,19 @@ def _uncertain_labels(column: pd.Series, csv_path: Path, name: str) -> pd.Series
     bad = column.notna() & ~values.isin([1.0, 0.0, -1.0])
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise LowmedError(f"{csv_path}: row {row + 2}, column {name!r}: value {column.iloc[row]!r} "
-                          "is not 1, 0, -1 or empty")
+        raise LowmedError(
+            f"{csv_path}: row {row + 2}, column {name!r}: value {column.iloc[row]!r} is not 1, 0, -1 or empty"
+        )
     return values
 
 
 # --- NIH ChestX-ray14 --------------------------------------------------------------------------
 
+
 def read_nih(src: Path) -> SourceRecords:
-    table, entry_path, root = _metadata_table(src, "Data_Entry_2017*.csv",
-                                             ["Image Index", "Finding Labels", "Patient ID"], "Image Index")
+    table, entry_path, root = _metadata_table(
+        src, "Data_Entry_2017*.csv", ["Image Index", "Finding Labels", "Patient ID"], "Image Index"
+    )
     test_list, train_list = _find_one(root, "test_list.txt"), _find_one(root, "train_val_list.txt")
     official_test = set(test_list.read_text().split()) if test_list and train_list else None
     images = _index_images(root, by="name")
@@ -275,8 +338,10 @@ def read_nih(src: Path) -> SourceRecords:
         findings = [f for f in str(record["Finding Labels"]).split("|") if f != "No Finding"]
         unknown = [f for f in findings if f not in NIH_FINDINGS]
         if unknown:
-            raise LowmedError(f"{entry_path}: row {line}: unknown finding {unknown[0]!r}; "
-                              f"expected 'No Finding' or any of {', '.join(NIH_FINDINGS)}")
+            raise LowmedError(
+                f"{entry_path}: row {line}: unknown finding {unknown[0]!r}; "
+                f"expected 'No Finding' or any of {', '.join(NIH_FINDINGS)}"
+            )
         path = images.get(name)
         if path is None:
             excluded.append({"path": name, "reason": "listed in Data_Entry CSV, image file not found"})
@@ -288,12 +353,16 @@ def read_nih(src: Path) -> SourceRecords:
             if key in record:
                 row[key] = record[key]
         rows.append(row)
-    notes = (["official test_list.txt is the test split; val is made from train_val by patient"]
-             if official_test is not None else ["no official split lists: lowmed makes train/val/test by patient"])
+    notes = (
+        ["official test_list.txt is the test split; val is made from train_val by patient"]
+        if official_test is not None
+        else ["no official split lists: lowmed makes train/val/test by patient"]
+    )
     return SourceRecords("nih", "multilabel", list(NIH_FINDINGS), pd.DataFrame(rows), notes, excluded)
 
 
 # --- generic CSV -------------------------------------------------------------------------------
+
 
 def read_csv_dataset(src: Path, columns: CsvColumns, *, allow_outside_root: bool = False) -> SourceRecords:
     if not src.is_file():
@@ -316,16 +385,23 @@ def read_csv_dataset(src: Path, columns: CsvColumns, *, allow_outside_root: bool
     for line, record in enumerate(table.to_dict("records"), start=2):
         path = (root / str(record[columns.path])).resolve()
         if not allow_outside_root and not path.is_relative_to(root):
-            raise LowmedError(f"{src}: row {line}: path {record[columns.path]!r} points outside {root}; "
-                              "pass --allow-outside-root if that is intended")
+            raise LowmedError(
+                f"{src}: row {line}: path {record[columns.path]!r} points outside {root}; "
+                "pass --allow-outside-root if that is intended"
+            )
         split = None
         if columns.split:
             split = _SPLIT_ALIASES.get(str(record[columns.split]).strip().lower())
             if split is None:
-                raise LowmedError(f"{src}: row {line}, column {columns.split!r}: {record[columns.split]!r} "
-                                  "is not a split name (train, val, test)")
-        row = {"path": str(path), "given_split": split,
-               "group": str(record[columns.group]) if columns.group else str(record[columns.path])}
+                raise LowmedError(
+                    f"{src}: row {line}, column {columns.split!r}: {record[columns.split]!r} "
+                    "is not a split name (train, val, test)"
+                )
+        row = {
+            "path": str(path),
+            "given_split": split,
+            "group": str(record[columns.group]) if columns.group else str(record[columns.path]),
+        }
         if multilabel:
             row.update({name: record[name] for name in label_columns})
         else:
@@ -336,11 +412,14 @@ def read_csv_dataset(src: Path, columns: CsvColumns, *, allow_outside_root: bool
         return SourceRecords("csv", "multilabel", list(label_columns), records)
     classes = sorted(records["label"].unique())
     if len(classes) < 2:
-        raise LowmedError(f"{src}: column {label_columns[0]!r} has {len(classes)} distinct label(s); expected at least 2")
+        raise LowmedError(
+            f"{src}: column {label_columns[0]!r} has {len(classes)} distinct label(s); expected at least 2"
+        )
     return SourceRecords("csv", single_label_task(classes), classes, records)
 
 
 # --- shared helpers ----------------------------------------------------------------------------
+
 
 def _metadata_table(src: Path, pattern: str, required: list[str], image_id: str) -> tuple[pd.DataFrame, Path, Path]:
     """The metadata CSV (SRC itself, or found in SRC or one level down), with its required columns filled in and
@@ -369,8 +448,9 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
         raise LowmedError(f"{path}: not a readable CSV ({exc})") from None
     missing = [c for c in required if c not in table.columns]
     if missing:
-        raise LowmedError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
-                          f"found {', '.join(map(repr, table.columns))}")
+        raise LowmedError(
+            f"{path}: missing column(s) {', '.join(map(repr, missing))}; found {', '.join(map(repr, table.columns))}"
+        )
     return table
 
 

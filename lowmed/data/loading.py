@@ -51,8 +51,13 @@ class LabelledImages:
 
     def part(self, rows: slice) -> "LabelledImages":
         """The images in ``rows`` (for one process's share of a split)."""
-        return LabelledImages(self.paths[rows], self.targets[rows], None if self.mask is None else self.mask[rows],
-                              self.size, None if self.pixels is None else self.pixels[rows])
+        return LabelledImages(
+            self.paths[rows],
+            self.targets[rows],
+            None if self.mask is None else self.mask[rows],
+            self.size,
+            None if self.pixels is None else self.pixels[rows],
+        )
 
     def batches(self, chunks: list[torch.Tensor], workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (uint8 images, row indices) for each chunk of row indices (see ``index_chunks``)."""
@@ -60,14 +65,18 @@ class LabelledImages:
             for rows in chunks:
                 yield self.pixels[rows], rows
             return
-        loader = torch.utils.data.DataLoader(_FileImages(self.paths, self.size), batch_sampler=chunks,
-                                             num_workers=workers, pin_memory=torch.cuda.is_available())
+        loader = torch.utils.data.DataLoader(
+            _FileImages(self.paths, self.size),
+            batch_sampler=chunks,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+        )
         yield from loader
 
 
 def index_chunks(order: torch.Tensor, batch_size: int, drop_last: bool) -> list[torch.Tensor]:
     """``order`` cut into batches; with ``drop_last`` a short final batch is dropped (unless it is the only one)."""
-    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if drop_last and len(chunks) > 1 and len(chunks[-1]) < batch_size:
         chunks.pop()
     return chunks
@@ -87,8 +96,9 @@ class _FileImages(torch.utils.data.Dataset):
         return image, index
 
 
-def load_split(paths: list[Path], targets: torch.Tensor, mask: torch.Tensor | None, size: int,
-               workers: int | None = None) -> LabelledImages:
+def load_split(
+    paths: list[Path], targets: torch.Tensor, mask: torch.Tensor | None, size: int, workers: int | None = None
+) -> LabelledImages:
     """Decode every image once into memory (threads; Pillow releases the GIL while decoding).
 
     Files that vanished or broke since ``prepare`` are dropped and listed in ``unreadable``.
@@ -108,8 +118,14 @@ def load_split(paths: list[Path], targets: torch.Tensor, mask: torch.Tensor | No
     if all(readable):
         return LabelledImages(list(paths), targets, mask, size, pixels, [])
     keep = torch.tensor([i for i, ok in enumerate(readable) if ok], dtype=torch.long)
-    return LabelledImages([paths[i] for i in keep.tolist()], targets[keep], None if mask is None else mask[keep], size,
-                          pixels[keep], [str(paths[i]) for i, ok in enumerate(readable) if not ok])
+    return LabelledImages(
+        [paths[i] for i in keep.tolist()],
+        targets[keep],
+        None if mask is None else mask[keep],
+        size,
+        pixels[keep],
+        [str(paths[i]) for i, ok in enumerate(readable) if not ok],
+    )
 
 
 def too_many_unreadable(split: LabelledImages) -> bool:
@@ -117,8 +133,9 @@ def too_many_unreadable(split: LabelledImages) -> bool:
     return len(split.unreadable or []) > max(1, math.floor(MAX_UNREADABLE_SHARE * total))
 
 
-def label_tensors(frame: pd.DataFrame, task: str, classes: list[str],
-                  uncertain: str = "ignore") -> tuple[torch.Tensor, torch.Tensor | None]:
+def label_tensors(
+    frame: pd.DataFrame, task: str, classes: list[str], uncertain: str = "ignore"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Targets and loss mask. Multi-label: blank (not mentioned) counts as negative; uncertain (-1)
     is masked out (``ignore``, U-Ignore), or counted as 0 (``zeros``) or 1 (``ones``)."""
     if task != "multilabel":

@@ -50,12 +50,16 @@ class PreparedDataset:
                 raise LowmedError(f"{location}: subset manifest without its sidecar {sidecar_path.name}")
             sidecar = read_yaml(sidecar_path)
             if "prepared_dir" not in sidecar:
-                raise LowmedError(f"{sidecar_path}: missing field 'prepared_dir'; expected a sidecar from 'lowmed subsample'")
+                raise LowmedError(
+                    f"{sidecar_path}: missing field 'prepared_dir'; expected a sidecar from 'lowmed subsample'"
+                )
             dataset = cls._load_dir(Path(sidecar["prepared_dir"]))
             expected = sidecar.get("source_manifest_sha256")
             if expected and expected != sha256_file(dataset.manifest_path):
-                raise LowmedError(f"{location}: drawn from another version of {dataset.root} (its manifest changed "
-                                  "since); draw the subset again with 'lowmed subsample'")
+                raise LowmedError(
+                    f"{location}: drawn from another version of {dataset.root} (its manifest changed "
+                    "since); draw the subset again with 'lowmed subsample'"
+                )
             return cls(dataset.root, dataset.info, _read_manifest(location, dataset.info), location, sidecar)
         raise LowmedError(f"{location}: not a prepared dataset dir or subset manifest (.csv)")
 
@@ -63,8 +67,9 @@ class PreparedDataset:
     def _load_dir(cls, root: Path) -> "PreparedDataset":
         manifest_path = root / MANIFEST
         if not manifest_path.is_file() or not (root / DATASET_INFO).is_file():
-            raise LowmedError(f"{root}: not a prepared dataset (expected {MANIFEST} and {DATASET_INFO}; "
-                              "run 'lowmed prepare' first)")
+            raise LowmedError(
+                f"{root}: not a prepared dataset (expected {MANIFEST} and {DATASET_INFO}; run 'lowmed prepare' first)"
+            )
         info = read_info(root)
         return cls(root.resolve(), info, _read_manifest(manifest_path, info), manifest_path.resolve())
 
@@ -95,8 +100,7 @@ def read_info(root: str | Path) -> dict:
 
 def _read_manifest(path: Path, info: dict) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(path, dtype={"path": str, "split": str, "group": str, "label": str,
-                                         "cache_path": str})
+        frame = pd.read_csv(path, dtype={"path": str, "split": str, "group": str, "label": str, "cache_path": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise LowmedError(f"{path}: not a readable manifest ({exc})") from None
     label_columns = info["classes"] if info["task"] == "multilabel" else ["label"]

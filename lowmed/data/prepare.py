@@ -16,11 +16,10 @@ import pandas as pd
 
 import lowmed
 from lowmed.console import track
+from lowmed.contracts import DATASET_INFO, MANIFEST
 from lowmed.data.formats import SPLITS, CsvColumns, SourceRecords, check_format, read_source
 from lowmed.data.images import inspect_image
-from lowmed.contracts import DATASET_INFO, MANIFEST
-from lowmed.data.manifest import (PreparedDataset, bucket_names, count_table,
-                                  positives_matrix)
+from lowmed.data.manifest import PreparedDataset, bucket_names, count_table, positives_matrix
 from lowmed.data.splits import group_stratified_split
 from lowmed.errors import LowmedError
 from lowmed.io import sha256_file, staged_dir, write_csv, write_yaml
@@ -29,11 +28,24 @@ UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
 _SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}  # a duplicate is kept in the split listed first
 
 
-def prepare(src: str | os.PathLike, out: str | os.PathLike, *, format: str = "auto", seed: int = 0,
-            val_fraction: float = 0.1, test_fraction: float = 0.25, min_val_per_class: int = 20,
-            cache_size: int | None = None, workers: int | None = None, frontal_only: bool = False,
-            uncertain: str = "ignore", csv_columns: CsvColumns | None = None, allow_outside_root: bool = False,
-            overwrite: bool = False, quiet: bool = False) -> PreparedDataset:
+def prepare(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    format: str = "auto",
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.25,
+    min_val_per_class: int = 20,
+    cache_size: int | None = None,
+    workers: int | None = None,
+    frontal_only: bool = False,
+    uncertain: str = "ignore",
+    csv_columns: CsvColumns | None = None,
+    allow_outside_root: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> PreparedDataset:
     """Read ``src``, verify every image, remove duplicates and leakage, make the missing splits,
     and write ``manifest.csv`` and ``dataset.yaml`` (and resized copies with ``cache_size``) to ``out``.
 
@@ -42,8 +54,9 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, *, format: str = "au
     _check_options(format, val_fraction, test_fraction, min_val_per_class, cache_size, uncertain)
     out = Path(out).expanduser().resolve()
     _check_out_dir(out, overwrite)
-    source = read_source(Path(src), format, frontal_only=frontal_only, csv_columns=csv_columns,
-                         allow_outside_root=allow_outside_root)
+    source = read_source(
+        Path(src), format, frontal_only=frontal_only, csv_columns=csv_columns, allow_outside_root=allow_outside_root
+    )
     with staged_dir(out) as staging:
         records, excluded = _inspect_all(source, staging, cache_size, workers, quiet)
         records, excluded, leakage, warnings = _drop_duplicates(records, excluded)
@@ -62,17 +75,25 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, *, format: str = "au
             **({"uncertain": uncertain} if source.task == "multilabel" else {}),
             **({"frontal_only": frontal_only} if source.format == "chexpert" else {}),
             "cache": {"size": cache_size} if cache_size else None,
-            "images": {"found": len(source.records) + len(source.excluded), "usable": len(manifest),
-                       "excluded": len(excluded)},
+            "images": {
+                "found": len(source.records) + len(source.excluded),
+                "usable": len(manifest),
+                "excluded": len(excluded),
+            },
             "counts": count_table(manifest, source.task, source.classes),
-            "groups": {s: int(manifest.loc[manifest["split"] == s, "group"].nunique())
-                       for s in SPLITS if (manifest["split"] == s).any()},
+            "groups": {
+                s: int(manifest.loc[manifest["split"] == s, "group"].nunique())
+                for s in SPLITS
+                if (manifest["split"] == s).any()
+            },
             "group_overlap": overlap,
             "leakage_removed": leakage,
-            "warnings": warnings + [
+            "warnings": warnings
+            + [
                 f"{pair}: {item['groups']} patient/lesion group(s) appear in both splits "
                 f"(e.g. {', '.join(item['examples'][:3])}); the source gave these splits and they were kept"
-                for pair, item in overlap.items()],
+                for pair, item in overlap.items()
+            ],
             "notes": source.notes,
             "excluded": excluded,
             "manifest_sha256": sha256_file(staging / MANIFEST),
@@ -81,12 +102,20 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, *, format: str = "au
     return PreparedDataset.load(out)
 
 
-def _check_options(format: str, val_fraction: float, test_fraction: float, min_val_per_class: int,
-                   cache_size: int | None, uncertain: str) -> None:
+def _check_options(
+    format: str,
+    val_fraction: float,
+    test_fraction: float,
+    min_val_per_class: int,
+    cache_size: int | None,
+    uncertain: str,
+) -> None:
     check_format(format)
     if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise LowmedError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction}: "
-                          "expected each between 0 and 1 and together below 1")
+        raise LowmedError(
+            f"--val-fraction {val_fraction} and --test-fraction {test_fraction}: "
+            "expected each between 0 and 1 and together below 1"
+        )
     if min_val_per_class < 1:
         raise LowmedError(f"--min-val-per-class {min_val_per_class}: expected at least 1")
     if cache_size is not None and cache_size < 16:
@@ -103,8 +132,9 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         raise LowmedError(f"--out {out}: {what}; choose another folder or pass --overwrite")
 
 
-def _inspect_all(source: SourceRecords, staging: Path, cache_size: int | None, workers: int | None,
-                 quiet: bool) -> tuple[pd.DataFrame, list[dict]]:
+def _inspect_all(
+    source: SourceRecords, staging: Path, cache_size: int | None, workers: int | None, quiet: bool
+) -> tuple[pd.DataFrame, list[dict]]:
     """Open every image once (in parallel); keep the good ones, list the others with a reason."""
     paths = source.records["path"].tolist()
     inspect = partial(inspect_image, cache_dir=str(staging) if cache_size else None, cache_size=cache_size)
@@ -145,21 +175,36 @@ def _drop_duplicates(records: pd.DataFrame, excluded: list[dict]):
     for row in records[duplicated].itertuples():
         kept = first.loc[row.sha1]
         if isinstance(kept["given_split"], str) and kept["given_split"] != row.given_split:
-            reason = f"exact duplicate of {kept['path']} in {kept['given_split']}: removed from {row.given_split} (leakage)"
-            leakage.append({"path": row.path, "split": row.given_split, "duplicate_of": kept["path"],
-                            "duplicate_split": kept["given_split"]})
+            reason = (
+                f"exact duplicate of {kept['path']} in {kept['given_split']}: removed from {row.given_split} (leakage)"
+            )
+            leakage.append(
+                {
+                    "path": row.path,
+                    "split": row.given_split,
+                    "duplicate_of": kept["path"],
+                    "duplicate_split": kept["given_split"],
+                }
+            )
         else:
             reason = f"exact duplicate of {kept['path']}"
         if "label" in records and kept["label"] != row.label:
-            warnings.append(f"{row.path} and {kept['path']} are the same image labelled "
-                            f"{row.label!r} and {kept['label']!r}")
+            warnings.append(
+                f"{row.path} and {kept['path']} are the same image labelled {row.label!r} and {kept['label']!r}"
+            )
         excluded.append({"path": row.path, "reason": reason})
     records = records[~duplicated].sort_index().drop(columns="_rank").reset_index(drop=True)
     return records, excluded, leakage, warnings
 
 
-def _assign_splits(records: pd.DataFrame, source: SourceRecords, seed: int, val_fraction: float,
-                   test_fraction: float, min_val_per_class: int) -> tuple[pd.DataFrame, dict]:
+def _assign_splits(
+    records: pd.DataFrame,
+    source: SourceRecords,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    min_val_per_class: int,
+) -> tuple[pd.DataFrame, dict]:
     """Keep the source's own splits; make the missing ones, stratified and disjoint by group.
 
     A given val split too small to be useful is folded into train and rebuilt from it.
@@ -173,14 +218,19 @@ def _assign_splits(records: pd.DataFrame, source: SourceRecords, seed: int, val_
     val_rows = (split == "val").to_numpy()
     if val_rows.any():
         val_counts = targets[val_rows].sum(axis=0)
-        too_small = (val_rows.sum() < min_val_per_class if source.task == "multilabel"
-                     else bool((val_counts < min_val_per_class).any()))
+        too_small = (
+            val_rows.sum() < min_val_per_class
+            if source.task == "multilabel"
+            else bool((val_counts < min_val_per_class).any())
+        )
         if too_small:
             split[val_rows] = "train"
             del origin["val"]
-            info["val_rebuilt"] = (f"the given val split had {int(val_rows.sum())} images "
-                                   f"(fewer than {min_val_per_class} per class): folded into train, "
-                                   "and a new val split was made from train")
+            info["val_rebuilt"] = (
+                f"the given val split had {int(val_rows.sum())} images "
+                f"(fewer than {min_val_per_class} per class): folded into train, "
+                "and a new val split was made from train"
+            )
     pool = split.isna() | (split == "train") if origin else split.isna()
     pool_counts = targets[pool.to_numpy()].sum(axis=0)
     wanted = {}
@@ -197,8 +247,13 @@ def _assign_splits(records: pd.DataFrame, source: SourceRecords, seed: int, val_
         origin["train"] = "given, less the splits made from it" if origin.get("train") == "given" else "made"
     if not (split == "train").any():
         raise LowmedError(f"no training images left after making splits (classes: {', '.join(buckets)})")
-    info = {"origin": {s: origin[s] for s in SPLITS if s in origin}, **info, "val_fraction": val_fraction, "test_fraction": test_fraction,
-            "min_val_per_class": min_val_per_class}
+    info = {
+        "origin": {s: origin[s] for s in SPLITS if s in origin},
+        **info,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "min_val_per_class": min_val_per_class,
+    }
     return records.assign(split=split), info
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 
 
-def group_stratified_split(groups: pd.Series, targets: np.ndarray, wanted: dict[str, np.ndarray],
-                           seed: int, rest: str = "train") -> pd.Series:
+def group_stratified_split(
+    groups: pd.Series, targets: np.ndarray, wanted: dict[str, np.ndarray], seed: int, rest: str = "train"
+) -> pd.Series:
     """Assign whole groups to splits so each split in ``wanted`` gets about its per-class counts.
 
     ``targets`` is an (images × classes) 0/1 matrix (one-hot for single-label data, the positive

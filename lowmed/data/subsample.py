@@ -13,11 +13,18 @@ import pandas as pd
 
 import lowmed
 from lowmed.console import console
-from lowmed.contracts import DATASET_INFO, DEFAULT_PREPARED_ROOT, MANIFEST, SUBSETS, is_prepared, subset_path, subset_sidecar
+from lowmed.contracts import (
+    DATASET_INFO,
+    DEFAULT_PREPARED_ROOT,
+    MANIFEST,
+    SUBSETS,
+    is_prepared,
+    subset_path,
+    subset_sidecar,
+)
 from lowmed.data.manifest import PreparedDataset, bucket_names, count_table, positives_matrix
 from lowmed.errors import LowmedError
 from lowmed.io import sha256_file, staged_dir, write_csv, write_yaml
-
 
 
 @dataclass
@@ -31,9 +38,17 @@ class Subset:
     warnings: list[str] = field(default_factory=list)
 
 
-def subsample(data: str | os.PathLike, per_class: int, *, seed: int = 0, out: str | os.PathLike | None = None,
-              strict: bool = False, materialize: str | os.PathLike | None = None,
-              prepared_dir: str | os.PathLike | None = None, quiet: bool = False) -> Subset:
+def subsample(
+    data: str | os.PathLike,
+    per_class: int,
+    *,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    strict: bool = False,
+    materialize: str | os.PathLike | None = None,
+    prepared_dir: str | os.PathLike | None = None,
+    quiet: bool = False,
+) -> Subset:
     """Write a manifest whose train rows are ``per_class`` images per class (val/test rows unchanged).
 
     For one seed the subset of a smaller N is contained in that of a larger N, and picks are spread
@@ -72,8 +87,13 @@ def subsample(data: str | os.PathLike, per_class: int, *, seed: int = 0, out: st
     write_csv(out, subset_frame)
     write_yaml(subset_sidecar(out), sidecar)
     # what PreparedDataset.load(out) would read back, without reading and hashing the manifests again
-    subset = Subset(out, PreparedDataset(dataset.root, dataset.info, subset_frame.reset_index(drop=True), out, sidecar),
-                    per_class, seed, shortfalls)
+    subset = Subset(
+        out,
+        PreparedDataset(dataset.root, dataset.info, subset_frame.reset_index(drop=True), out, sidecar),
+        per_class,
+        seed,
+        shortfalls,
+    )
     if materialize:
         materialize_tree(subset.dataset, Path(materialize))
     return subset
@@ -100,8 +120,9 @@ def load_or_prepare(data: Path, prepared_dir: str | os.PathLike | None, quiet: b
     return prepare(data, target, quiet=quiet)
 
 
-def _pick_nested(train: pd.DataFrame, task: str, classes: list[str], per_class: int,
-                 seed: int) -> tuple[list[int], list[str]]:
+def _pick_nested(
+    train: pd.DataFrame, task: str, classes: list[str], per_class: int, seed: int
+) -> tuple[list[int], list[str]]:
     """Row positions in ``train`` to keep; a fixed order per seed makes subsets nested in N."""
     if task == "multilabel":
         return _pick_multilabel(train, classes, per_class, seed)
@@ -115,8 +136,7 @@ def _pick_nested(train: pd.DataFrame, task: str, classes: list[str], per_class: 
     return sorted(picked), shortfalls
 
 
-def _pick_multilabel(train: pd.DataFrame, classes: list[str], per_class: int,
-                     seed: int) -> tuple[list[int], list[str]]:
+def _pick_multilabel(train: pd.DataFrame, classes: list[str], per_class: int, seed: int) -> tuple[list[int], list[str]]:
     """Greedy: keep serving the bucket (finding, or "no finding") with the fewest positives so far."""
     positives = positives_matrix(train, "multilabel", classes).astype(bool)
     base = _spread_order(train["group"].to_numpy(), _rng(seed, "multilabel"))
@@ -138,8 +158,11 @@ def _pick_multilabel(train: pd.DataFrame, classes: list[str], per_class: int,
         counts += positives[image]
         picked.append(image)
     names = bucket_names("multilabel", classes)
-    shortfalls = [f"finding {names[b]!r} has only {available[b]} positive training images (wanted {per_class})"
-                  for b in range(len(names)) if available[b] < per_class]
+    shortfalls = [
+        f"finding {names[b]!r} has only {available[b]} positive training images (wanted {per_class})"
+        for b in range(len(names))
+        if available[b] < per_class
+    ]
     return sorted(picked), shortfalls
 
 
@@ -167,8 +190,9 @@ def materialize_tree(dataset: PreparedDataset, target: Path) -> None:
         raise LowmedError(f"--materialize {target}: folder is not empty; choose a new one")
     with staged_dir(target) as staging:
         frame = dataset.manifest
-        for source, split, label, group in zip(dataset.image_paths(prefer_cache=False), frame["split"],
-                                               frame["label"], frame["group"]):
+        for source, split, label, group in zip(
+            dataset.image_paths(prefer_cache=False), frame["split"], frame["label"], frame["group"]
+        ):
             destination = staging / split / label / source.name
             if destination.exists():  # same file name from two folders: keep both
                 destination = destination.with_name(f"{Path(str(group)).name}_{source.name}")

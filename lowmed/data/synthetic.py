@@ -36,12 +36,24 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _anatomy(rng: np.random.Generator) -> dict:
     """What stays the same across one patient's images."""
-    return {"lung_x": rng.uniform(0.38, 0.48), "lung_w": rng.uniform(0.26, 0.34), "lung_h": rng.uniform(0.55, 0.7),
-            "heart": rng.uniform(0.18, 0.24), "ribs": rng.uniform(9, 13)}
+    return {
+        "lung_x": rng.uniform(0.38, 0.48),
+        "lung_w": rng.uniform(0.26, 0.34),
+        "lung_h": rng.uniform(0.55, 0.7),
+        "heart": rng.uniform(0.18, 0.24),
+        "ribs": rng.uniform(9, 13),
+    }
 
 
-def _radiograph(rng: np.random.Generator, anatomy: dict, opacities: int = 0, nodules: int = 0,
-                effusion: bool = False, cardiomegaly: bool = False, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+def _radiograph(
+    rng: np.random.Generator,
+    anatomy: dict,
+    opacities: int = 0,
+    nodules: int = 0,
+    effusion: bool = False,
+    cardiomegaly: bool = False,
+    size: int = SIZE,
+) -> tuple[np.ndarray, np.ndarray]:
     """One image in [0, 1] and the mask of its lung fields."""
     x, y = _grid(size)
     x = x + rng.normal(0, 0.03)
@@ -49,8 +61,15 @@ def _radiograph(rng: np.random.Generator, anatomy: dict, opacities: int = 0, nod
     body = np.exp(-((x / 0.85) ** 8 + (y / 0.95) ** 8)) * 0.75
     lungs = np.zeros_like(x)
     for side in (-1, 1):
-        lungs = np.maximum(lungs, np.exp(-(((x - side * anatomy["lung_x"]) / anatomy["lung_w"]) ** 2
-                                           + ((y + 0.05) / anatomy["lung_h"]) ** 2) ** 2))
+        lungs = np.maximum(
+            lungs,
+            np.exp(
+                -(
+                    (((x - side * anatomy["lung_x"]) / anatomy["lung_w"]) ** 2 + ((y + 0.05) / anatomy["lung_h"]) ** 2)
+                    ** 2
+                )
+            ),
+        )
     image = body - 0.45 * lungs
     image += 0.05 * lungs * np.sin(y * anatomy["ribs"] * np.pi + rng.uniform(0, np.pi)) ** 2
     heart = anatomy["heart"] * (1.5 if cardiomegaly else 1.0)
@@ -59,7 +78,7 @@ def _radiograph(rng: np.random.Generator, anatomy: dict, opacities: int = 0, nod
     for _ in range(opacities):
         cy, cx = inside[rng.integers(len(inside))]
         radius = rng.uniform(0.12, 0.3)
-        image += rng.uniform(0.06, 0.3) * np.exp(-((x - x[cy, cx]) ** 2 + (y - y[cy, cx]) ** 2) / radius ** 2)
+        image += rng.uniform(0.06, 0.3) * np.exp(-((x - x[cy, cx]) ** 2 + (y - y[cy, cx]) ** 2) / radius**2)
     for _ in range(nodules):
         cy, cx = inside[rng.integers(len(inside))]
         image += rng.uniform(0.15, 0.35) * np.exp(-((x - x[cy, cx]) ** 2 + (y - y[cy, cx]) ** 2) / 0.004)
@@ -88,8 +107,11 @@ def make_target(root: str | Path, seed: int = 0) -> Path:
                     anatomy = _anatomy(rng)
                 opacities = int(rng.integers(1, 4)) if label == "PNEUMONIA" else 0
                 image, _ = _radiograph(rng, anatomy, opacities=opacities)
-                name = (f"person{patient}_bacteria_{index}.png" if label == "PNEUMONIA"
-                        else f"IM-{patient:04d}-{index % 2 + 1:04d}.png")
+                name = (
+                    f"person{patient}_bacteria_{index}.png"
+                    if label == "PNEUMONIA"
+                    else f"IM-{patient:04d}-{index % 2 + 1:04d}.png"
+                )
                 _save(root / split / label / name, image)
     return root
 
@@ -103,8 +125,14 @@ def make_corpus(root: str | Path, seed: int = 1, images: int = CORPUS_IMAGES) ->
         if index % 3 == 0:
             anatomy = _anatomy(rng)
         findings = {name: int(rng.random() < 0.35) for name in CORPUS_FINDINGS}
-        image, _ = _radiograph(rng, anatomy, opacities=2 * findings["opacity"], nodules=findings["nodule"],
-                               effusion=bool(findings["effusion"]), cardiomegaly=rng.random() < 0.2)
+        image, _ = _radiograph(
+            rng,
+            anatomy,
+            opacities=2 * findings["opacity"],
+            nodules=findings["nodule"],
+            effusion=bool(findings["effusion"]),
+            cardiomegaly=rng.random() < 0.2,
+        )
         name = _save(root / "images" / f"{index:05d}.png", image)
         rows.append({"path": f"images/{name}", "patient": f"P{index // 3:05d}", **findings})
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)

@@ -29,10 +29,21 @@ from lowmed.models.registry import build_model, get_model_spec
 from lowmed.models.weights import load_checkpoint
 
 
-def evaluate(run_dir: str | os.PathLike | None = None, *, split: str = "test", data: str | os.PathLike | None = None,
-             checkpoint: str = "best", threshold: str | float = 0.5, bootstrap: int = 2000, tta: bool = False,
-             out: str | os.PathLike | None = None, device: str = "auto", batch_size: int = 64, seed: int = 0,
-             quiet: bool = False) -> EvalReport:
+def evaluate(
+    run_dir: str | os.PathLike | None = None,
+    *,
+    split: str = "test",
+    data: str | os.PathLike | None = None,
+    checkpoint: str = "best",
+    threshold: str | float = 0.5,
+    bootstrap: int = 2000,
+    tta: bool = False,
+    out: str | os.PathLike | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    seed: int = 0,
+    quiet: bool = False,
+) -> EvalReport:
     """Evaluate a run's checkpoint on ``split`` of its own prepared dataset (or of ``data``: external
     validation) and write ``metrics.json``, ``metrics.csv``, ``predictions.csv`` and PNG plots.
 
@@ -52,15 +63,19 @@ def evaluate(run_dir: str | os.PathLike | None = None, *, split: str = "test", d
     dataset = load_or_prepare(Path(data).expanduser(), None, quiet) if data else PreparedDataset.load(config["data"])
     external = dataset.root != Path(config["data"]).resolve()
     if dataset.task != task or dataset.classes != classes:
-        raise LowmedError(f"--data {data}: its task/classes ({dataset.task}: {', '.join(dataset.classes)}) differ "
-                          f"from the model's ({task}: {', '.join(classes)})")
+        raise LowmedError(
+            f"--data {data}: its task/classes ({dataset.task}: {', '.join(dataset.classes)}) differ "
+            f"from the model's ({task}: {', '.join(classes)})"
+        )
     torch_device = resolve_device(device)
     precision = Precision.choose(torch_device, torch_device.type == "cuda")
     model = build_model(get_model_spec(config["model"]), len(classes), config["head"])
     try:
         model.load_state_dict(trained["model"])
     except RuntimeError as exc:
-        raise LowmedError(f"{checkpoint_path}: weights do not fit {config['model']} ({str(exc).splitlines()[0]})") from None
+        raise LowmedError(
+            f"{checkpoint_path}: weights do not fit {config['model']} ({str(exc).splitlines()[0]})"
+        ) from None
     model.to(torch_device)
     preprocessing = trained["preprocessing"]
     mean = torch.tensor(preprocessing["mean"], device=torch_device).view(1, 3, 1, 1)
@@ -74,15 +89,22 @@ def evaluate(run_dir: str | os.PathLike | None = None, *, split: str = "test", d
         paths = source.image_paths(frame)
         images = load_split(paths, targets, mask, preprocessing["input_size"])
         if images.unreadable:
-            warn(f"{len(images.unreadable)} {name} image(s) could not be read and are left out "
-                 f"(e.g. {images.unreadable[0]})")
+            warn(
+                f"{len(images.unreadable)} {name} image(s) could not be read and are left out "
+                f"(e.g. {images.unreadable[0]})"
+            )
             readable = {str(p) for p in images.paths}
             frame = frame[[str(p) in readable for p in paths]].reset_index(drop=True)
         logits = predict_logits(model, images, mean, std, torch_device, precision, batch_size, tta)
-        return (frame, images.targets.numpy(), None if images.mask is None else images.mask.numpy(),
-                probabilities(logits, task).cpu().numpy())
+        return (
+            frame,
+            images.targets.numpy(),
+            None if images.mask is None else images.mask.numpy(),
+            probabilities(logits, task).cpu().numpy(),
+        )
 
     frame, targets, mask, probs = predict(dataset, split)
+
     def own_val():  # a chosen threshold comes from the run's own val split (loaded again only for external data)
         return predict(PreparedDataset.load(config["data"]) if external else dataset, "val")
 
@@ -95,32 +117,57 @@ def evaluate(run_dir: str | os.PathLike | None = None, *, split: str = "test", d
     groups = frame["group"].to_numpy() if groups_known else np.arange(len(frame))
     intervals = {}
     if bootstrap:
+
         def statistic(indices: np.ndarray) -> dict[str, float]:
-            return compute_metrics(task, classes, targets[indices], probs[indices],
-                                   None if mask is None else mask[indices], cut).flat()
+            return compute_metrics(
+                task, classes, targets[indices], probs[indices], None if mask is None else mask[indices], cut
+            ).flat()
 
         intervals = bootstrap_ci(statistic, groups, np.asarray(strata), bootstrap, seed, quiet)
     seconds = time.perf_counter() - started
     report = EvalReport(
-        task=task, split=split, n=int(len(frame)), classes=classes,
+        task=task,
+        split=split,
+        n=int(len(frame)),
+        classes=classes,
         positive_class=classes[1] if task == "binary" else None,
-        threshold=_plain(cut), threshold_source=cut_source,
+        threshold=_plain(cut),
+        threshold_source=cut_source,
         metrics=result.metrics,
         ci95={k: v for k, v in intervals.items() if "/" not in k},
-        per_class={name: {**values, **{f"{key}_ci95": intervals[f"{name}/{key}"] for key in values
-                                       if f"{name}/{key}" in intervals and key in ("auroc", "auprc")}}
-                   for name, values in result.per_class.items()},
+        per_class={
+            name: {
+                **values,
+                **{
+                    f"{key}_ci95": intervals[f"{name}/{key}"]
+                    for key in values
+                    if f"{name}/{key}" in intervals and key in ("auroc", "auprc")
+                },
+            }
+            for name, values in result.per_class.items()
+        },
         confusion_matrix=result.confusion_matrix,
-        bootstrap={"resamples": bootstrap, "unit": "patient/lesion group" if groups_known else "image",
-                   "groups": int(len(np.unique(groups))), "stratified_by": "class", "seed": seed, "level": 0.95},
+        bootstrap={
+            "resamples": bootstrap,
+            "unit": "patient/lesion group" if groups_known else "image",
+            "groups": int(len(np.unique(groups))),
+            "stratified_by": "class",
+            "seed": seed,
+            "level": 0.95,
+        },
         checkpoint={"path": str(checkpoint_path), "epoch": trained.get("epoch"), "model": config["model"]},
         dataset={"prepared_dir": str(dataset.root), "external": external},
-        tta=tta, device=str(torch_device),
-        seconds=round(seconds, 2), images_per_s=round(len(frame) / seconds, 1),
+        tta=tta,
+        device=str(torch_device),
+        seconds=round(seconds, 2),
+        images_per_s=round(len(frame) / seconds, 1),
         lowmed_version=lowmed.__version__,
     )
-    out = EvalDir(Path(out)) if out else RunDir(checkpoint_path.parent).evaluation(
-        split, dataset.root.name if external else None)
+    out = (
+        EvalDir(Path(out))
+        if out
+        else RunDir(checkpoint_path.parent).evaluation(split, dataset.root.name if external else None)
+    )
     with staged_dir(out.path) as staging:
         written = EvalDir(staging)
         report.write(written.metrics)
@@ -131,8 +178,13 @@ def evaluate(run_dir: str | os.PathLike | None = None, *, split: str = "test", d
     return report
 
 
-def evaluate_model(model_path: str | os.PathLike, dataset_root: str | os.PathLike | None = None,
-                   model_name: str | None = None, split: str = "test", **options: Any) -> EvalReport:
+def evaluate_model(
+    model_path: str | os.PathLike,
+    dataset_root: str | os.PathLike | None = None,
+    model_name: str | None = None,
+    split: str = "test",
+    **options: Any,
+) -> EvalReport:
     """The seed project's call: ``evaluate_model(model_path=".../best.pt", dataset_root="./dataset",
     model_name="vgg19", split="test")``; returns metrics.json's content (``["metrics"]["f1"]`` and all)."""
     trained = load_checkpoint(Path(model_path))
@@ -150,16 +202,19 @@ def _checkpoint_path(run_dir, checkpoint: str) -> Path:
     else:
         path = Path(checkpoint)
     if not path.is_file():
-        raise LowmedError(f"{path}: no such checkpoint; expected a lowmed run dir with {RunDir(path.parent).best.name} "
-                          "or a .pt file")
+        raise LowmedError(
+            f"{path}: no such checkpoint; expected a lowmed run dir with {RunDir(path.parent).best.name} or a .pt file"
+        )
     return path
 
 
 def _threshold(requested, task: str, split: str, predict_val) -> tuple[float | np.ndarray, str]:
     if str(requested) == "youden":
         if task == "multiclass":
-            raise LowmedError("--threshold youden: multi-class predictions take the most probable class; "
-                              "thresholds apply to binary and multi-label tasks")
+            raise LowmedError(
+                "--threshold youden: multi-class predictions take the most probable class; "
+                "thresholds apply to binary and multi-label tasks"
+            )
         _, targets, mask, probs = predict_val()
         where = "val split (the evaluated split itself)" if split == "val" else "val split, applied unchanged"
         if task == "binary":
@@ -173,8 +228,10 @@ def _threshold(requested, task: str, split: str, predict_val) -> tuple[float | n
     if not 0 <= value <= 1:
         raise LowmedError(f"--threshold {value}: expected a probability between 0 and 1")
     if task == "multiclass" and value != 0.5:
-        raise LowmedError("--threshold: multi-class predictions take the most probable class; "
-                          "thresholds apply to binary and multi-label tasks")
+        raise LowmedError(
+            "--threshold: multi-class predictions take the most probable class; "
+            "thresholds apply to binary and multi-label tasks"
+        )
     return value, "fixed"
 
 
@@ -193,8 +250,15 @@ def _plain(value):
 
 
 def _metrics_table(flat: dict[str, float], intervals: dict[str, list[float]]) -> pd.DataFrame:
-    rows = [{"metric": name, "value": value, "ci_low": intervals.get(name, [np.nan])[0],
-             "ci_high": intervals.get(name, [np.nan, np.nan])[1]} for name, value in flat.items()]
+    rows = [
+        {
+            "metric": name,
+            "value": value,
+            "ci_low": intervals.get(name, [np.nan])[0],
+            "ci_high": intervals.get(name, [np.nan, np.nan])[1],
+        }
+        for name, value in flat.items()
+    ]
     return pd.DataFrame(rows)
 
 
@@ -215,19 +279,43 @@ def _predictions(frame: pd.DataFrame, task: str, classes: list[str], probs: np.n
 
 
 def _plots(folder: EvalDir, task: str, classes, targets, probs, mask, result, report) -> None:
-    plot_roc(folder.plot("roc"), task, classes, targets, probs, mask, result.metrics, report.ci95,
-             report.threshold if task == "binary" else None)
+    plot_roc(
+        folder.plot("roc"),
+        task,
+        classes,
+        targets,
+        probs,
+        mask,
+        result.metrics,
+        report.ci95,
+        report.threshold if task == "binary" else None,
+    )
     plot_pr(folder.plot("pr"), task, classes, targets, probs, mask)
     if result.confusion_matrix is not None:
         plot_confusion(folder.plot("confusion"), classes, result.confusion_matrix)
     if task == "binary":
-        plot_reliability(folder.plot("reliability"), probs[:, 1], targets == 1,
-                         f"predicted probability of {classes[1]}", result.metrics["ece"])
+        plot_reliability(
+            folder.plot("reliability"),
+            probs[:, 1],
+            targets == 1,
+            f"predicted probability of {classes[1]}",
+            result.metrics["ece"],
+        )
     elif task == "multiclass":
-        plot_reliability(folder.plot("reliability"), probs.max(axis=1), probs.argmax(axis=1) == targets,
-                         "confidence (top-class probability)", result.metrics["ece"])
+        plot_reliability(
+            folder.plot("reliability"),
+            probs.max(axis=1),
+            probs.argmax(axis=1) == targets,
+            "confidence (top-class probability)",
+            result.metrics["ece"],
+        )
     else:
         counted = mask > 0 if mask is not None else np.ones_like(targets, dtype=bool)
         confidence, observed = probs[counted], targets[counted] > 0.5
-        plot_reliability(folder.plot("reliability"), confidence, observed, "predicted probability (all findings)",
-                         expected_calibration_error(confidence, observed))
+        plot_reliability(
+            folder.plot("reliability"),
+            confidence,
+            observed,
+            "predicted probability (all findings)",
+            expected_calibration_error(confidence, observed),
+        )

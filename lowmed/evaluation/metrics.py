@@ -99,8 +99,14 @@ class Metrics:
         return flat
 
 
-def compute_metrics(task: str, classes: list[str], targets: np.ndarray, probs: np.ndarray,
-                    mask: np.ndarray | None = None, threshold: float | np.ndarray = 0.5) -> Metrics:
+def compute_metrics(
+    task: str,
+    classes: list[str],
+    targets: np.ndarray,
+    probs: np.ndarray,
+    mask: np.ndarray | None = None,
+    threshold: float | np.ndarray = 0.5,
+) -> Metrics:
     if task == "binary":
         return _binary(classes, targets, probs[:, 1], float(threshold))
     if task == "multiclass":
@@ -114,9 +120,18 @@ def _rates(y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     tn = int(np.sum(~predicted & (y == 0)))
     fn = int(np.sum(~predicted & (y == 1)))
     sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
-    return {"sensitivity": sensitivity, "specificity": specificity, "ppv": _ratio(tp, tp + fp),
-            "npv": _ratio(tn, tn + fn), "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-            "balanced_accuracy": (sensitivity + specificity) / 2, "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+    return {
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "ppv": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "balanced_accuracy": (sensitivity + specificity) / 2,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }
 
 
 def _binary(classes: list[str], y: np.ndarray, score: np.ndarray, threshold: float) -> Metrics:
@@ -148,9 +163,13 @@ def _multiclass(classes: list[str], y: np.ndarray, probs: np.ndarray) -> Metrics
     per_class, support = {}, confusion.sum(axis=1)
     for c, name in enumerate(classes):
         tp, fp, fn = confusion[c, c], confusion[:, c].sum() - confusion[c, c], support[c] - confusion[c, c]
-        per_class[name] = {"precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn),
-                           "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-                           "auroc": binary_auroc((y == c).astype(int), probs[:, c]), "support": int(support[c])}
+        per_class[name] = {
+            "precision": _ratio(tp, tp + fp),
+            "recall": _ratio(tp, tp + fn),
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+            "auroc": binary_auroc((y == c).astype(int), probs[:, c]),
+            "support": int(support[c]),
+        }
     present = [name for c, name in enumerate(classes) if support[c] > 0]
     weights = np.array([per_class[name]["support"] for name in present], dtype=float)
 
@@ -179,20 +198,29 @@ def _multiclass(classes: list[str], y: np.ndarray, probs: np.ndarray) -> Metrics
     return Metrics(metrics, per_class, confusion.tolist())
 
 
-def _multilabel(classes: list[str], targets: np.ndarray, probs: np.ndarray, mask: np.ndarray | None,
-                thresholds: np.ndarray) -> Metrics:
+def _multilabel(
+    classes: list[str], targets: np.ndarray, probs: np.ndarray, mask: np.ndarray | None, thresholds: np.ndarray
+) -> Metrics:
     per_class = {}
     for k, name in enumerate(classes):
         y, score = counted_labels(targets, probs, mask, k)
         rates = _rates(y, score >= thresholds[k])
-        per_class[name] = {"auroc": binary_auroc(y, score), "auprc": average_precision(y, score),
-                           "sensitivity": rates["sensitivity"], "specificity": rates["specificity"],
-                           "positives": int(y.sum()), "counted": int(len(y))}
+        per_class[name] = {
+            "auroc": binary_auroc(y, score),
+            "auprc": average_precision(y, score),
+            "sensitivity": rates["sensitivity"],
+            "specificity": rates["specificity"],
+            "positives": int(y.sum()),
+            "counted": int(len(y)),
+        }
 
     def mean(key: str) -> float:
         values = [v[key] for v in per_class.values() if not np.isnan(v[key])]
         return float(np.mean(values)) if values else float("nan")
 
-    metrics = {"mean_auroc": mean("auroc"), "mean_auprc": mean("auprc"),
-               "findings_with_auroc": int(sum(not np.isnan(v["auroc"]) for v in per_class.values()))}
+    metrics = {
+        "mean_auroc": mean("auroc"),
+        "mean_auprc": mean("auprc"),
+        "findings_with_auroc": int(sum(not np.isnan(v["auroc"]) for v in per_class.values())),
+    }
     return Metrics(metrics, per_class, None)

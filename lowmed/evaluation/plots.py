@@ -15,8 +15,9 @@ from lowmed.contracts import ComparisonDir  # noqa: E402
 from lowmed.evaluation.metrics import ECE_BINS, counted_labels  # noqa: E402
 
 
-def _curves(task: str, classes: list[str], targets: np.ndarray, probs: np.ndarray,
-            mask: np.ndarray | None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _curves(
+    task: str, classes: list[str], targets: np.ndarray, probs: np.ndarray, mask: np.ndarray | None
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, y, score) per curve: the positive class, each class one-vs-rest, or each finding."""
     if task == "binary":
         return [(classes[1], targets, probs[:, 1])]
@@ -32,8 +33,17 @@ def _save(figure, path: Path) -> None:
     plt.close(figure)
 
 
-def plot_roc(path: Path, task: str, classes: list[str], targets: np.ndarray, probs: np.ndarray,
-             mask: np.ndarray | None, metrics: dict, ci95: dict, threshold: float | None) -> None:
+def plot_roc(
+    path: Path,
+    task: str,
+    classes: list[str],
+    targets: np.ndarray,
+    probs: np.ndarray,
+    mask: np.ndarray | None,
+    metrics: dict,
+    ci95: dict,
+    threshold: float | None,
+) -> None:
     figure, axes = plt.subplots(figsize=(5.5, 5))
     for name, y, score in _curves(task, classes, targets, probs, mask):
         fpr, tpr, _ = roc_curve(y, score)
@@ -41,28 +51,40 @@ def plot_roc(path: Path, task: str, classes: list[str], targets: np.ndarray, pro
     axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
     if task == "binary":
         low, high = ci95.get("auroc", [np.nan, np.nan])
-        axes.plot(1 - metrics["specificity"], metrics["sensitivity"], "o", color="crimson", ms=8,
-                  label=f"operating point (threshold {threshold:.3g})")
+        axes.plot(
+            1 - metrics["specificity"],
+            metrics["sensitivity"],
+            "o",
+            color="crimson",
+            ms=8,
+            label=f"operating point (threshold {threshold:.3g})",
+        )
         axes.set_title(f"ROC — AUROC {metrics['auroc']:.3f} [{low:.3f}, {high:.3f}]")
     else:
         key = "macro_auroc" if task == "multiclass" else "mean_auroc"
         low, high = ci95.get(key, [np.nan, np.nan])
         interval = "" if np.isnan(low) else f" [{low:.3f}, {high:.3f}]"
         axes.set_title(f"ROC — {key.split('_')[0]} AUROC {metrics[key]:.3f}{interval}")
-    axes.set(xlabel="1 − specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
-             xlim=(0, 1), ylim=(0, 1.01))
+    axes.set(
+        xlabel="1 − specificity (false positive rate)",
+        ylabel="sensitivity (true positive rate)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
     axes.legend(loc="lower right", fontsize=7)
     _save(figure, path)
 
 
-def plot_pr(path: Path, task: str, classes: list[str], targets: np.ndarray, probs: np.ndarray,
-            mask: np.ndarray | None) -> None:
+def plot_pr(
+    path: Path, task: str, classes: list[str], targets: np.ndarray, probs: np.ndarray, mask: np.ndarray | None
+) -> None:
     figure, axes = plt.subplots(figsize=(5.5, 5))
     for name, y, score in _curves(task, classes, targets, probs, mask):
         precision, recall, _ = precision_recall_curve(y, score)
         axes.step(recall, precision, where="post", lw=1.6, label=f"{name} (prevalence {y.mean():.2f})")
-    axes.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.01),
-             title="Precision–recall")
+    axes.set(
+        xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.01), title="Precision–recall"
+    )
     axes.legend(loc="lower left", fontsize=7)
     _save(figure, path)
 
@@ -73,13 +95,28 @@ def plot_confusion(path: Path, classes: list[str], confusion: list[list[int]]) -
     normalised = np.divide(counts, rows, out=np.zeros_like(counts, dtype=float), where=rows > 0)
     size = max(4.0, 0.6 * len(classes) + 2)
     figure, panels = plt.subplots(1, 2, figsize=(2 * size, size))
-    for axes, values, title, fmt in ((panels[0], counts, "counts", "d"), (panels[1], normalised, "row-normalised", ".2f")):
+    for axes, values, title, fmt in (
+        (panels[0], counts, "counts", "d"),
+        (panels[1], normalised, "row-normalised", ".2f"),
+    ):
         axes.imshow(values, cmap="Blues")
         for (i, j), value in np.ndenumerate(values):
-            axes.text(j, i, format(value, fmt), ha="center", va="center",
-                      color="white" if values[i, j] > values.max() / 2 else "black", fontsize=8)
-        axes.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true",
-                 title=f"Confusion matrix ({title})")
+            axes.text(
+                j,
+                i,
+                format(value, fmt),
+                ha="center",
+                va="center",
+                color="white" if values[i, j] > values.max() / 2 else "black",
+                fontsize=8,
+            )
+        axes.set(
+            xticks=range(len(classes)),
+            yticks=range(len(classes)),
+            xlabel="predicted",
+            ylabel="true",
+            title=f"Confusion matrix ({title})",
+        )
         axes.set_xticklabels(classes, rotation=45, ha="right")
         axes.set_yticklabels(classes)
     _save(figure, path)
@@ -93,8 +130,9 @@ def plot_reliability(path: Path, confidence: np.ndarray, observed: np.ndarray, t
     filled = counts > 0
     mean_confidence = np.bincount(index, confidence, ECE_BINS)[filled] / counts[filled]
     frequency = np.bincount(index, observed.astype(float), ECE_BINS)[filled] / counts[filled]
-    figure, (axes, histogram) = plt.subplots(2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]},
-                                             sharex=True)
+    figure, (axes, histogram) = plt.subplots(
+        2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
+    )
     axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     axes.plot(mean_confidence, frequency, "o-", color="tab:blue", label="model")
     axes.set(ylabel="observed frequency", ylim=(0, 1.01), title=f"Reliability — ECE {ece:.3f}")
@@ -117,8 +155,9 @@ def plot_learning_curves(target: ComparisonDir, curves) -> list[Path]:
             x = line["per_class"].astype(float)
             axes.plot(x, line["mean"], "o-", lw=1.8, label=f"{arm} · {model}")
             axes.fill_between(x, line["ci_low"].astype(float), line["ci_high"].astype(float), alpha=0.2)
-        axes.set(xlabel="training images per class", ylabel=part["metric"].iloc[0],
-                 title=f"Learning curves — {dataset}")
+        axes.set(
+            xlabel="training images per class", ylabel=part["metric"].iloc[0], title=f"Learning curves — {dataset}"
+        )
         axes.set_xticks(sorted(part["per_class"].astype(float).unique()))
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)

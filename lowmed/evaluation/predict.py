@@ -11,8 +11,13 @@ from lowmed.data.loading import LabelledImages, index_chunks
 from lowmed.device import Precision
 
 
-def model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
-                augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def model_input(
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """uint8 (B, 3, H, W) → normalised float on ``device`` (channels-last on CUDA), augmented if asked."""
     x = images.to(device, non_blocking=True).float().div_(255)
     if augment is not None:
@@ -21,8 +26,16 @@ def model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dev
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
-def predict_logits(model: nn.Module, split: LabelledImages, mean: torch.Tensor, std: torch.Tensor,
-                   device: torch.device, precision: Precision, batch_size: int, tta: bool = False) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module,
+    split: LabelledImages,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device,
+    precision: Precision,
+    batch_size: int,
+    tta: bool = False,
+) -> torch.Tensor:
     """Logits for every image of ``split`` (in order), on ``device``, in inference mode.
 
     With ``tta`` the logits of each image and its horizontal mirror are averaged.

@@ -11,8 +11,7 @@ from scipy.stats import binomtest, norm, rankdata
 from lowmed.console import track
 
 
-def group_bootstrap_indices(groups: np.ndarray, strata: np.ndarray, resamples: int,
-                            seed: int) -> Iterator[np.ndarray]:
+def group_bootstrap_indices(groups: np.ndarray, strata: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
     """Yield image indices of ``resamples`` bootstrap samples.
 
     Each sample draws whole groups (patients/lesions) with replacement, as many from each stratum
@@ -28,13 +27,21 @@ def group_bootstrap_indices(groups: np.ndarray, strata: np.ndarray, resamples: i
     for _ in range(resamples):
         counts = np.zeros(len(unique_groups), dtype=np.int64)
         for stratum_groups in members:
-            counts += np.bincount(stratum_groups[rng.integers(0, len(stratum_groups), len(stratum_groups))],
-                                  minlength=len(unique_groups))
+            counts += np.bincount(
+                stratum_groups[rng.integers(0, len(stratum_groups), len(stratum_groups))], minlength=len(unique_groups)
+            )
         yield np.repeat(image_order, counts[codes])
 
 
-def bootstrap_ci(statistic: Callable[[np.ndarray], dict[str, float]], groups: np.ndarray, strata: np.ndarray,
-                 resamples: int, seed: int, quiet: bool = True, level: float = 0.95) -> dict[str, list[float]]:
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray], dict[str, float]],
+    groups: np.ndarray,
+    strata: np.ndarray,
+    resamples: int,
+    seed: int,
+    quiet: bool = True,
+    level: float = 0.95,
+) -> dict[str, list[float]]:
     """Percentile intervals for every value ``statistic(indices)`` returns; NaN draws are left out."""
     draws: dict[str, list[float]] = {}
     samples = group_bootstrap_indices(groups, strata, resamples, seed)
@@ -46,8 +53,11 @@ def bootstrap_ci(statistic: Callable[[np.ndarray], dict[str, float]], groups: np
     for name, values in draws.items():
         finite = np.asarray(values, dtype=float)
         finite = finite[~np.isnan(finite)]
-        intervals[name] = ([float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))]
-                           if len(finite) else [float("nan"), float("nan")])
+        intervals[name] = (
+            [float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))]
+            if len(finite)
+            else [float("nan"), float("nan")]
+        )
     return intervals
 
 
@@ -59,8 +69,13 @@ def delong_test(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict
     positives, negatives = y == 1, y == 0
     m, n = int(positives.sum()), int(negatives.sum())
     if m < 2 or n < 2:
-        return {"auroc_a": float("nan"), "auroc_b": float("nan"), "difference": float("nan"),
-                "z": float("nan"), "p": float("nan")}
+        return {
+            "auroc_a": float("nan"),
+            "auroc_b": float("nan"),
+            "difference": float("nan"),
+            "z": float("nan"),
+            "p": float("nan"),
+        }
     aucs, v10, v01 = [], [], []
     for score in (score_a, score_b):
         pos, neg = score[positives], score[negatives]
@@ -77,8 +92,13 @@ def delong_test(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict
     else:
         z = difference / np.sqrt(variance)
         p = float(2 * norm.sf(abs(z)))
-    return {"auroc_a": float(aucs[0]), "auroc_b": float(aucs[1]), "difference": float(difference),
-            "z": float(z), "p": p}
+    return {
+        "auroc_a": float(aucs[0]),
+        "auroc_b": float(aucs[1]),
+        "difference": float(difference),
+        "z": float(z),
+        "p": p,
+    }
 
 
 def mcnemar_test(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float]:
@@ -86,12 +106,22 @@ def mcnemar_test(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, floa
     only_a = int(np.sum(correct_a & ~correct_b))
     only_b = int(np.sum(~correct_a & correct_b))
     p = 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
-    return {"only_a_correct": only_a, "only_b_correct": only_b,
-            "difference": (only_a - only_b) / len(correct_a), "p": p}
+    return {
+        "only_a_correct": only_a,
+        "only_b_correct": only_b,
+        "difference": (only_a - only_b) / len(correct_a),
+        "p": p,
+    }
 
 
-def paired_bootstrap(difference: Callable[[np.ndarray], float], groups: np.ndarray, strata: np.ndarray,
-                     resamples: int, seed: int, level: float = 0.95) -> dict[str, float]:
+def paired_bootstrap(
+    difference: Callable[[np.ndarray], float],
+    groups: np.ndarray,
+    strata: np.ndarray,
+    resamples: int,
+    seed: int,
+    level: float = 0.95,
+) -> dict[str, float]:
     """Bootstrap of a paired difference (both models scored on the same resampled patients).
 
     The p-value is two-sided: twice the share of resamples on the far side of zero.
@@ -102,7 +132,11 @@ def paired_bootstrap(difference: Callable[[np.ndarray], float], groups: np.ndarr
         return {"ci_low": float("nan"), "ci_high": float("nan"), "p": float("nan")}
     tail = (1 - level) / 2 * 100
     p = min(1.0, 2 * min(np.mean(draws <= 0), np.mean(draws >= 0)))
-    return {"ci_low": float(np.percentile(draws, tail)), "ci_high": float(np.percentile(draws, 100 - tail)), "p": float(p)}
+    return {
+        "ci_low": float(np.percentile(draws, tail)),
+        "ci_high": float(np.percentile(draws, 100 - tail)),
+        "p": float(p),
+    }
 
 
 def holm_by_family(p_values: list[float], families: list[str]) -> list[float]:

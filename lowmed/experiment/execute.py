@@ -79,8 +79,10 @@ def _execute(job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: 
                 return
             except Exception as exc:  # a failure during the run: once more, from scratch
                 if dist.enabled:
-                    raise RunFailed(f"{job.name} failed in process {dist.rank}: {type(exc).__name__}: {exc}; "
-                                    "run the same command again to resume the study") from exc
+                    raise RunFailed(
+                        f"{job.name} failed in process {dist.rank}: {type(exc).__name__}: {exc}; "
+                        "run the same command again to resume the study"
+                    ) from exc
                 job.status, job.detail = "failed", f"{type(exc).__name__}: {exc}"
         if job.status == "failed":
             return
@@ -141,14 +143,20 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
                     if run.arm.pretrain is not None and run.values["weights"] == str(job.run_dir):
                         skip_reasons[run.arm.name] = f"pretrain stage {job.name} {job.status}: {job.detail}"
             if not quiet:
-                bar.console.print(f"{prefix}[{index}/{len(jobs)}] {job.name}: {job.status}"
-                                  + (f" — {job.detail}" if job.detail else ""), markup=False, highlight=False,
-                                  soft_wrap=True)
+                bar.console.print(
+                    f"{prefix}[{index}/{len(jobs)}] {job.name}: {job.status}"
+                    + (f" — {job.detail}" if job.detail else ""),
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
             bar.advance(task)
     if dist.enabled:  # every process's outcomes, on every process (waiting for the slowest)
-        outcomes = {name: (status, detail) for share in dist.gather_objects([(r.name, r.status, r.detail)
-                                                                             for r in own_runs])
-                    for name, status, detail in share}
+        outcomes = {
+            name: (status, detail)
+            for share in dist.gather_objects([(r.name, r.status, r.detail) for r in own_runs])
+            for name, status, detail in share
+        }
         for run in runs:
             run.status, run.detail = outcomes[run.name]
         if dist.is_main:
@@ -161,11 +169,13 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
         options = dict(study.compare)
         if isinstance(options.get("by"), str):
             options["by"] = tuple(options["by"].split(","))
-        result.comparison = compare_runs([r.run_dir for r in finished], split=study.split, out=study.out, quiet=True,
-                                         **options)
+        result.comparison = compare_runs(
+            [r.run_dir for r in finished], split=study.split, out=study.out, quiet=True, **options
+        )
     result.wall_seconds = time.perf_counter() - started
     report = study.out / "report.md"
-    write_text(report, study_report(study, pretrains, runs, result.comparison, result.wall_seconds,
-                                    processes=dist.world_size))
+    write_text(
+        report, study_report(study, pretrains, runs, result.comparison, result.wall_seconds, processes=dist.world_size)
+    )
     result.report = str(report)
     return result

@@ -17,8 +17,13 @@ from lowmed.data.manifest import PreparedDataset
 from lowmed.experiment.study import Arm, DatasetSpec, Study, slug
 
 # a dataset's prepare options, as in 'lowmed prepare', that name CSV columns
-_CSV_COLUMN_OPTIONS = {"path_column": "path", "label_column": "label", "label_columns": "labels",
-                       "group_column": "group", "split_column": "split"}
+_CSV_COLUMN_OPTIONS = {
+    "path_column": "path",
+    "label_column": "label",
+    "label_columns": "labels",
+    "group_column": "group",
+    "split_column": "split",
+}
 
 
 @dataclass
@@ -76,8 +81,9 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
             spec: DatasetSpec = arm.pretrain["dataset"]
             run_dir = study.out / "pretrain" / name
             data = str(prepared(spec, study.out, quiet=True).root) if prepare_data else spec.data or spec.demo
-            pretrains[name] = PlannedRun(name, run_dir, {**values, "arm": name, "data": data, "out": str(run_dir)},
-                                         dataset=spec.name)
+            pretrains[name] = PlannedRun(
+                name, run_dir, {**values, "arm": name, "data": data, "out": str(run_dir)}, dataset=spec.name
+            )
         pretrain_of[arm.name] = pretrains[name]
     runs = []
     for spec in study.datasets:
@@ -90,9 +96,16 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
                 for arm in study.arms:
                     name = slug(f"{spec.name}-{arm.name}-{arm.model}-n{per_class}-seed{seed}")
                     weights = str(pretrain_of[arm.name].run_dir) if arm.name in pretrain_of else arm.weights
-                    values = {**study.train, **arm.options, "arm": arm.name,
-                              "data": str(dataset.root) if dataset else spec.name, "subset": str(subset),
-                              "model": arm.model, "weights": weights, "seed": seed,
-                              "out": str(study.out / "runs" / name)}
+                    values = {
+                        **study.train,
+                        **arm.options,
+                        "arm": arm.name,
+                        "data": str(dataset.root) if dataset else spec.name,
+                        "subset": str(subset),
+                        "model": arm.model,
+                        "weights": weights,
+                        "seed": seed,
+                        "out": str(study.out / "runs" / name),
+                    }
                     runs.append(PlannedRun(name, study.out / "runs" / name, values, arm, spec.name))
     return list(pretrains.values()), runs

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lowmed
 from lowmed.compare import PRIMARY_TEST, format_p
-from lowmed.contracts import ComparisonDir, Comparison, RunDir
+from lowmed.contracts import Comparison, ComparisonDir, RunDir
 from lowmed.data.manifest import read_info
 from lowmed.experiment.plan import PlannedRun
 from lowmed.experiment.study import Study
@@ -21,49 +21,84 @@ def _p_text(p: float) -> str:
 def _sentence(row: dict) -> str:
     """One plain-language line for a primary comparison, phrased as a − b (b is the baseline where there is one)."""
     metric = row["metric"].replace("auroc", "AUROC").replace("_", " ")
-    numbers = (f"{row['estimate']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}], {_p_text(row['p'])} "
-               f"(Holm-adjusted {_p_text(row['p_holm'])})")
+    numbers = (
+        f"{row['estimate']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}], {_p_text(row['p'])} "
+        f"(Holm-adjusted {_p_text(row['p_holm'])})"
+    )
     if not row["significant"]:
-        return (f"At {row['per_class']} per class, {row['a']} did not differ significantly from {row['b']} in "
-                f"{metric}: {numbers}.")
+        return (
+            f"At {row['per_class']} per class, {row['a']} did not differ significantly from {row['b']} in "
+            f"{metric}: {numbers}."
+        )
     verb = "improved" if row["estimate"] > 0 else "lowered"
     return f"At {row['per_class']} per class, {row['a']} {verb} {metric} over {row['b']} by {numbers}."
 
 
-def study_report(study: Study, pretrains: list[PlannedRun], runs: list[PlannedRun], comparison: Comparison | None,
-                 wall_seconds: float, processes: int = 1) -> str:
-    lines = [f"# {study.name}: does transfer learning help at small training-set sizes?", "",
-             "**Question.** Does a pretrained backbone (ImageNet, or a broader medical corpus) beat the same budget "
-             "trained from scratch when only a few labelled images per class are available — and by how much, with "
-             "what certainty?", "", "## Setup", ""]
+def study_report(
+    study: Study,
+    pretrains: list[PlannedRun],
+    runs: list[PlannedRun],
+    comparison: Comparison | None,
+    wall_seconds: float,
+    processes: int = 1,
+) -> str:
+    lines = [
+        f"# {study.name}: does transfer learning help at small training-set sizes?",
+        "",
+        "**Question.** Does a pretrained backbone (ImageNet, or a broader medical corpus) beat the same budget "
+        "trained from scratch when only a few labelled images per class are available — and by how much, with "
+        "what certainty?",
+        "",
+        "## Setup",
+        "",
+    ]
     for spec in study.datasets:
         info = read_info(next(run.values["data"] for run in runs if run.dataset == spec.name))
-        lines.append(f"- **{spec.name}** ({info['task']}; classes: {', '.join(info['classes'])}): "
-                     + "; ".join(f"{split} {sum(c.values())} images" for split, c in info["counts"].items())
-                     + f"; splits {', '.join(f'{s} {o}' for s, o in info['splits']['origin'].items())}.")
-    lines.append(f"- Training images per class: {', '.join(map(str, study.per_class))}; seeds: "
-                 f"{', '.join(map(str, study.seeds))} (one seed draws the same subset for every arm; subsets are "
-                 "nested in N).")
+        lines.append(
+            f"- **{spec.name}** ({info['task']}; classes: {', '.join(info['classes'])}): "
+            + "; ".join(f"{split} {sum(c.values())} images" for split, c in info["counts"].items())
+            + f"; splits {', '.join(f'{s} {o}' for s, o in info['splits']['origin'].items())}."
+        )
+    lines.append(
+        f"- Training images per class: {', '.join(map(str, study.per_class))}; seeds: "
+        f"{', '.join(map(str, study.seeds))} (one seed draws the same subset for every arm; subsets are "
+        "nested in N)."
+    )
     stage_of = {run.arm.name: run.values["weights"] for run in runs if run.arm.pretrain}
     for arm in study.arms:
-        source = (f"pretrained by lowmed on {arm.pretrain['dataset'].name} (stage {Path(stage_of[arm.name]).name})"
-                  if arm.pretrain else arm.weights)
-        lines.append(f"- Arm **{arm.name}**: {arm.model}, weights {source}"
-                     + (f", own options {arm.options}" if arm.options else "") + ".")
-    lines.append(f"- Shared training options: {study.train or 'lowmed defaults'}; evaluation on the {study.split} "
-                 f"split: {study.evaluate or 'defaults'} (95 % bootstrap intervals over patients).")
+        source = (
+            f"pretrained by lowmed on {arm.pretrain['dataset'].name} (stage {Path(stage_of[arm.name]).name})"
+            if arm.pretrain
+            else arm.weights
+        )
+        lines.append(
+            f"- Arm **{arm.name}**: {arm.model}, weights {source}"
+            + (f", own options {arm.options}" if arm.options else "")
+            + "."
+        )
+    lines.append(
+        f"- Shared training options: {study.train or 'lowmed defaults'}; evaluation on the {study.split} "
+        f"split: {study.evaluate or 'defaults'} (95 % bootstrap intervals over patients)."
+    )
     summaries = [RunDir(r.run_dir).read_summary() for r in runs if RunDir(r.run_dir).summary.is_file()]
     if summaries:
         first = summaries[0]
-        lines.append(f"- Hardware: {first.device} ({first.device_name}), AMP {first.precision or 'off'}; "
-                     f"lowmed {lowmed.__version__}, torch {first.versions.get('torch')}, "
-                     f"Python {platform.python_version()}.")
+        lines.append(
+            f"- Hardware: {first.device} ({first.device_name}), AMP {first.precision or 'off'}; "
+            f"lowmed {lowmed.__version__}, torch {first.versions.get('torch')}, "
+            f"Python {platform.python_version()}."
+        )
     done = sum(r.status in ("trained", "done before") for r in pretrains + runs)
     training = sum(s.epoch_seconds_total or 0 for s in summaries)
-    lines.append(f"- Runs: {done} of {len(pretrains) + len(runs)} completed; {training / 60:.1f} min of training "
-                 f"epochs in all; this invocation took {wall_seconds / 60:.1f} min"
-                 + (f" on {processes} processes (torchrun: pretrain stages data-parallel, grid runs one per process)."
-                    if processes > 1 else "."))
+    lines.append(
+        f"- Runs: {done} of {len(pretrains) + len(runs)} completed; {training / 60:.1f} min of training "
+        f"epochs in all; this invocation took {wall_seconds / 60:.1f} min"
+        + (
+            f" on {processes} processes (torchrun: pretrain stages data-parallel, grid runs one per process)."
+            if processes > 1
+            else "."
+        )
+    )
     if comparison:
         lines += ["", "## Results", ""]
         markdown = ComparisonDir(Path(comparison.out)).markdown
@@ -72,8 +107,11 @@ def study_report(study: Study, pretrains: list[PlannedRun], runs: list[PlannedRu
             lines += [f"![learning curve]({Path(figure).name})", ""]
         lines += ["## Conclusions", ""]
         if comparison.baseline:
-            lines += [f"Each arm against the baseline arm **{comparison.baseline}** (difference = arm − baseline), "
-                      "then the other pairs.", ""]
+            lines += [
+                f"Each arm against the baseline arm **{comparison.baseline}** (difference = arm − baseline), "
+                "then the other pairs.",
+                "",
+            ]
         primary = [row for row in comparison.comparisons if row["test"] == PRIMARY_TEST]
         lines += [f"- {_sentence(row)}" for row in primary] or ["- No pair of arms shared test images to compare."]
     problems = [r for r in pretrains + runs if r.status in ("failed", "skipped")]

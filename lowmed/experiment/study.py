@@ -83,12 +83,17 @@ def load_study(path: str | os.PathLike) -> Study:
     TrainConfig.from_dict({**shared, "data": "."}, source=f"{path}: train").validate()  # field-named errors now
     for arm in arms:
         TrainConfig.from_dict({**shared, **arm.options, "data": "."}, source=f"{path}: arm {arm.name} options")
-    study = Study(name=str(raw.get("name", path.stem)),
-                  out=Path(_expand(str(raw.get("out", f"runs/{path.stem}")), f"{path}: out")),
-                  datasets=datasets, arms=arms, per_class=sorted(raw["per_class"]), seeds=list(raw["seeds"]),
-                  train=shared, evaluate=dict(_checked_keys(raw.get("evaluate") or {}, _EVALUATE_KEYS,
-                                                            f"{path}: evaluate")),
-                  compare=dict(_checked_keys(raw.get("compare") or {}, _COMPARE_KEYS, f"{path}: compare")))
+    study = Study(
+        name=str(raw.get("name", path.stem)),
+        out=Path(_expand(str(raw.get("out", f"runs/{path.stem}")), f"{path}: out")),
+        datasets=datasets,
+        arms=arms,
+        per_class=sorted(raw["per_class"]),
+        seeds=list(raw["seeds"]),
+        train=shared,
+        evaluate=dict(_checked_keys(raw.get("evaluate") or {}, _EVALUATE_KEYS, f"{path}: evaluate")),
+        compare=dict(_checked_keys(raw.get("compare") or {}, _COMPARE_KEYS, f"{path}: compare")),
+    )
     _check_whole(study, path)
     return study
 
@@ -122,8 +127,13 @@ def _arm(values: Any, where: str, index: int) -> Arm:
     if pretrain is not None:
         pretrain = dict(_checked_keys(pretrain, {"dataset", *TrainConfig.__dataclass_fields__}, f"{where}.pretrain"))
         pretrain["dataset"] = _dataset_spec(pretrain.get("dataset"), f"{where}.pretrain.dataset")
-    return Arm(name=str(values.get("name", f"arm{index + 1}")), model=str(values["model"]),
-               weights=str(values.get("weights", "none")), pretrain=pretrain, options=dict(values.get("options") or {}))
+    return Arm(
+        name=str(values.get("name", f"arm{index + 1}")),
+        model=str(values["model"]),
+        weights=str(values.get("weights", "none")),
+        pretrain=pretrain,
+        options=dict(values.get("options") or {}),
+    )
 
 
 def _expand(path: str, where: str) -> str:
@@ -153,8 +163,10 @@ def _check_whole(study: Study, path: Path) -> None:
         if arm.pretrain:
             corpus = arm.pretrain["dataset"]
             if specs.setdefault(corpus.name, corpus) != corpus:
-                raise LowmedError(f"{where}: pretrain dataset {corpus.name!r} differs from another dataset of that "
-                                  "name in the study; give it its own name")
+                raise LowmedError(
+                    f"{where}: pretrain dataset {corpus.name!r} differs from another dataset of that "
+                    "name in the study; give it its own name"
+                )
     for spec in specs.values():
         if spec.data and not Path(spec.data).expanduser().exists():
             users = [arm.name for arm in study.arms if arm.pretrain and arm.pretrain["dataset"].name == spec.name]
@@ -164,8 +176,10 @@ def _check_whole(study: Study, path: Path) -> None:
         raise LowmedError(f"{path}: evaluate.split {study.split!r}: expected test, val or train")
     baseline = study.compare.get("baseline")
     if baseline is not None and str(baseline) not in {arm.name for arm in study.arms}:
-        raise LowmedError(f"{path}: compare.baseline {baseline!r} is not an arm; the arms are "
-                          f"{', '.join(repr(arm.name) for arm in study.arms)}")
+        raise LowmedError(
+            f"{path}: compare.baseline {baseline!r} is not an arm; the arms are "
+            f"{', '.join(repr(arm.name) for arm in study.arms)}"
+        )
 
 
 def _check_unique(names: list[str], where: str, what: str) -> None:

@@ -65,12 +65,14 @@ def _resnet(name: str) -> Callable[[], nn.Module]:
         model = getattr(torchvision.models, name)(weights=None)
         model.fc = nn.Identity()
         return model
+
     return build
 
 
 def _trunk(name: str, final_relu: bool = False) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         return PooledFeatures(getattr(torchvision.models, name)(weights=None).features, final_relu)
+
     return build
 
 
@@ -84,20 +86,51 @@ def _inception() -> nn.Module:
 
 
 _SPECS = [
-    ModelSpec("simplecnn", SimpleCNN, 256, Preprocessing(224), "Model A: 4 conv blocks, trained from scratch",
-              min_input_size=32),
+    ModelSpec(
+        "simplecnn",
+        SimpleCNN,
+        256,
+        Preprocessing(224),
+        "Model A: 4 conv blocks, trained from scratch",
+        min_input_size=32,
+    ),
     ModelSpec("resnet18", _resnet("resnet18"), 512, Preprocessing(224), "ResNet-18", "ResNet18_Weights.IMAGENET1K_V1"),
     ModelSpec("resnet50", _resnet("resnet50"), 2048, Preprocessing(224), "ResNet-50", "ResNet50_Weights.IMAGENET1K_V2"),
     ModelSpec("vgg19", _trunk("vgg19"), 512, Preprocessing(224), "VGG-19 conv trunk", "VGG19_Weights.IMAGENET1K_V1"),
-    ModelSpec("vgg19_bn", _trunk("vgg19_bn"), 512, Preprocessing(224), "VGG-19 with batch norm",
-              "VGG19_BN_Weights.IMAGENET1K_V1"),
+    ModelSpec(
+        "vgg19_bn",
+        _trunk("vgg19_bn"),
+        512,
+        Preprocessing(224),
+        "VGG-19 with batch norm",
+        "VGG19_BN_Weights.IMAGENET1K_V1",
+    ),
     # the auxiliary classifier's 5x5 convolution needs the full 299 px input
-    ModelSpec("inception_v3", _inception, 2048, Preprocessing(299), "Inception v3 (299 px, auxiliary head)",
-              "Inception_V3_Weights.IMAGENET1K_V1", min_input_size=299),
-    ModelSpec("densenet121", _trunk("densenet121", final_relu=True), 1024, Preprocessing(224), "DenseNet-121",
-              "DenseNet121_Weights.IMAGENET1K_V1"),
-    ModelSpec("efficientnet_b0", _trunk("efficientnet_b0"), 1280, Preprocessing(224), "EfficientNet-B0",
-              "EfficientNet_B0_Weights.IMAGENET1K_V1"),
+    ModelSpec(
+        "inception_v3",
+        _inception,
+        2048,
+        Preprocessing(299),
+        "Inception v3 (299 px, auxiliary head)",
+        "Inception_V3_Weights.IMAGENET1K_V1",
+        min_input_size=299,
+    ),
+    ModelSpec(
+        "densenet121",
+        _trunk("densenet121", final_relu=True),
+        1024,
+        Preprocessing(224),
+        "DenseNet-121",
+        "DenseNet121_Weights.IMAGENET1K_V1",
+    ),
+    ModelSpec(
+        "efficientnet_b0",
+        _trunk("efficientnet_b0"),
+        1280,
+        Preprocessing(224),
+        "EfficientNet-B0",
+        "EfficientNet_B0_Weights.IMAGENET1K_V1",
+    ),
 ]
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 ALIASES = {"inceptionv3": "inception_v3"}  # the seed project's spelling
@@ -133,8 +166,9 @@ def _timm_spec(name: str) -> ModelSpec:
 class Classifier(nn.Module):
     """Backbone features → head. Inception's auxiliary features get their own linear head in training."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, feature_dim: int,
-                 aux_head: nn.Module | None = None) -> None:
+    def __init__(
+        self, backbone: nn.Module, head: nn.Module, feature_dim: int, aux_head: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.feature_dim = feature_dim  # the backbone's pooled features, the head's input
         self.backbone = backbone

@@ -4,8 +4,11 @@ from torch import nn
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class SimpleCNN(nn.Module):
@@ -19,8 +22,11 @@ class SimpleCNN(nn.Module):
         super().__init__()
         layers = conv_bn_relu(3, widths[0], stride=2)
         for in_channels, out_channels in zip((widths[0], *widths), widths):
-            layers += [*conv_bn_relu(in_channels, out_channels), *conv_bn_relu(out_channels, out_channels),
-                       nn.MaxPool2d(2)]
+            layers += [
+                *conv_bn_relu(in_channels, out_channels),
+                *conv_bn_relu(out_channels, out_channels),
+                nn.MaxPool2d(2),
+            ]
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = widths[-1]

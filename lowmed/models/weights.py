@@ -43,8 +43,9 @@ def weights_kind(weights: str, spec: ModelSpec | None = None) -> str:
         return "run"
     if path.is_file():
         return "file"
-    raise LowmedError(f"--weights {weights}: no such file or folder; expected none, imagenet, a weights file or a "
-                      "lowmed run dir")
+    raise LowmedError(
+        f"--weights {weights}: no such file or folder; expected none, imagenet, a weights file or a lowmed run dir"
+    )
 
 
 def load_weights(backbone: nn.Module, spec: ModelSpec, weights: str, allow_partial: bool = False) -> WeightsReport:
@@ -67,7 +68,8 @@ def load_weights(backbone: nn.Module, spec: ModelSpec, weights: str, allow_parti
         raise LowmedError(
             f"--weights {report.path or weights}: matched only {report.matched} of {report.backbone_tensors} "
             f"backbone tensors of {spec.name} (missing e.g. {', '.join(report.missing[:3])}); is it another "
-            "architecture? Pass --allow-partial-weights to train with the rest left random")
+            "architecture? Pass --allow-partial-weights to train with the rest left random"
+        )
     return report
 
 
@@ -116,8 +118,10 @@ def _imagenet_state(spec: ModelSpec) -> tuple[dict[str, torch.Tensor], WeightsRe
         try:
             model = timm.create_model(spec.timm_name, pretrained=True, num_classes=0)
         except Exception as exc:  # timm fetches from the Hugging Face hub; any failure there means no weights
-            raise LowmedError(f"--weights imagenet: timm could not load pretrained {spec.timm_name} ({exc}); "
-                              "offline, download them elsewhere and pass the file with --weights PATH") from None
+            raise LowmedError(
+                f"--weights imagenet: timm could not load pretrained {spec.timm_name} ({exc}); "
+                "offline, download them elsewhere and pass the file with --weights PATH"
+            ) from None
         return model.state_dict(), WeightsReport("imagenet", f"timm:{spec.timm_name}")
     url = torchvision.models.get_weight(spec.imagenet_weights).url
     folder = Path(torch.hub.get_dir()) / "checkpoints"
@@ -131,7 +135,8 @@ def _imagenet_state(spec: ModelSpec) -> tuple[dict[str, torch.Tensor], WeightsRe
             partial.unlink(missing_ok=True)
             raise LowmedError(
                 f"--weights imagenet: {path.name} is not cached and cannot be downloaded ({exc}); "
-                f"fetch {url} and put it in {folder}") from None
+                f"fetch {url} and put it in {folder}"
+            ) from None
         os.replace(partial, path)
     report = WeightsReport("imagenet", str(path), sha256_file(path))
     return read_state_dict(path, report), report
@@ -161,5 +166,10 @@ def _match_into(backbone: nn.Module, state: dict[str, torch.Tensor], report: Wei
 
 
 def _channel_adaptable(source: torch.Tensor, target: torch.Tensor) -> bool:
-    return (source.ndim == 4 and target.ndim == 4 and source.shape[0] == target.shape[0]
-            and source.shape[2:] == target.shape[2:] and {source.shape[1], target.shape[1]} == {1, 3})
+    return (
+        source.ndim == 4
+        and target.ndim == 4
+        and source.shape[0] == target.shape[0]
+        and source.shape[2:] == target.shape[2:]
+        and {source.shape[1], target.shape[1]} == {1, 3}
+    )

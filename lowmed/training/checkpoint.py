@@ -22,10 +22,12 @@ def read_training_state(run: RunDir) -> dict:
     try:
         state = load_checkpoint(run.last)
     except LowmedError as exc:  # e.g. cut short by a crash of an older version, or a full disk
-        raise LowmedError(f"{run.last} is damaged and cannot be resumed ({exc}); "
-                          "start the run again with --overwrite") from None
+        raise LowmedError(
+            f"{run.last} is damaged and cannot be resumed ({exc}); start the run again with --overwrite"
+        ) from None
     for key in ("model", "optimizer", "phase_index", "epoch", "history"):
         if key not in state:
-            raise LowmedError(f"{run.last}: not a lowmed training checkpoint (no {key!r}); "
-                              "start the run again with --overwrite")
+            raise LowmedError(
+                f"{run.last}: not a lowmed training checkpoint (no {key!r}); start the run again with --overwrite"
+            )
     return state

@@ -40,8 +40,16 @@ class FeatureCache:
         train_views = []
         for view in track(range(views), views, "Caching frozen features", quiet):
             generator = torch.Generator().manual_seed(config.seed * 7919 + view)
-            train_views.append(_features(backbone, inputs, inputs.train, batch, inputs.precision,
-                                         lambda x: augment_batch(x, config.augment_strength, generator)))
+            train_views.append(
+                _features(
+                    backbone,
+                    inputs,
+                    inputs.train,
+                    batch,
+                    inputs.precision,
+                    lambda x, generator=generator: augment_batch(x, config.augment_strength, generator),
+                )
+            )
         return cls(torch.stack(train_views), _features(backbone, inputs, inputs.val, batch, inputs.precision))
 
     def head_logits(self, head: nn.Module, precision: Precision) -> torch.Tensor:
@@ -50,8 +58,9 @@ class FeatureCache:
             return head(self.val).float()
 
 
-def _features(backbone: nn.Module, inputs, split: LabelledImages, batch_size: int, precision: Precision,
-              augment=None) -> torch.Tensor:
+def _features(
+    backbone: nn.Module, inputs, split: LabelledImages, batch_size: int, precision: Precision, augment=None
+) -> torch.Tensor:
     """Pooled features of every image of ``split`` (no_grad, not inference mode: the head trains on them)."""
     outputs = []
     with torch.no_grad(), precision.autocast(inputs.device):

@@ -20,15 +20,15 @@ import torch
 from torch import nn
 
 from lowmed.config import TrainConfig
-from lowmed.contracts import RunDir
 from lowmed.console import console, progress_bar
+from lowmed.contracts import RunDir
 from lowmed.data.augment import augment_batch
 from lowmed.data.loading import LabelledImages, index_chunks
 from lowmed.device import Precision
 from lowmed.distributed import Distributed
 from lowmed.errors import RunFailed
-from lowmed.evaluation.predict import model_input, predict_logits
 from lowmed.evaluation.metrics import accuracy, auroc, probabilities
+from lowmed.evaluation.predict import model_input, predict_logits
 from lowmed.io import write_csv
 from lowmed.models.registry import Classifier, layer_groups
 from lowmed.training.checkpoint import save_checkpoint
@@ -67,8 +67,9 @@ class Criterion:
         logits = logits.float()
         if self.task != "multilabel":
             return nn.functional.cross_entropy(logits, targets, weight=self.weights)
-        losses = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none",
-                                                                 pos_weight=self.weights)
+        losses = nn.functional.binary_cross_entropy_with_logits(
+            logits, targets, reduction="none", pos_weight=self.weights
+        )
         return (losses * mask).sum() / mask.sum().clamp(min=1)
 
 
@@ -131,8 +132,9 @@ def _epoch_generator(seed: int, phase_index: int, epoch: int) -> torch.Generator
 def evaluate_split(inputs: LoopInputs, split: LabelledImages, batch_size: int) -> dict[str, float]:
     """Loss, accuracy and AUROC on a split, in inference mode with large batches."""
     share = split.part(inputs.dist.shard(len(split))) if inputs.dist.enabled else split
-    logits = predict_logits(inputs.model, share, inputs.mean, inputs.std, inputs.device, inputs.precision,
-                            batch_size * 2)
+    logits = predict_logits(
+        inputs.model, share, inputs.mean, inputs.std, inputs.device, inputs.precision, batch_size * 2
+    )
     return validation_metrics(inputs, split, inputs.dist.gather(logits))
 
 
@@ -141,8 +143,11 @@ def validation_metrics(inputs: LoopInputs, split: LabelledImages, logits: torch.
     loss = inputs.criterion(logits, split.targets.to(inputs.device), device_mask).item()
     probs = probabilities(logits, inputs.task).cpu().numpy()
     targets, mask = split.targets.numpy(), None if split.mask is None else split.mask.numpy()
-    return {"val_loss": loss, "val_accuracy": accuracy(inputs.task, targets, probs, mask),
-            "val_auroc": auroc(inputs.task, targets, probs, mask)}
+    return {
+        "val_loss": loss,
+        "val_accuracy": accuracy(inputs.task, targets, probs, mask),
+        "val_auroc": auroc(inputs.task, targets, probs, mask),
+    }
 
 
 def _is_better(monitor: str, value: float, best: float | None) -> bool:
@@ -181,8 +186,7 @@ class StopAfterBatch:
             raise KeyboardInterrupt
 
 
-def run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], state: dict | None,
-               quiet: bool) -> dict:
+def run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], state: dict | None, quiet: bool) -> dict:
     """Train through ``phases``, starting from ``state`` (a ``last.pt``) when resuming.
 
     Returns the history (one row per epoch) and the best epoch with its monitored value.
@@ -191,8 +195,9 @@ def run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], sta
         return _run_phases(inputs, config, phases, state, quiet, stop)
 
 
-def _run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], state: dict | None, quiet: bool,
-                stop: StopAfterBatch) -> dict:
+def _run_phases(
+    inputs: LoopInputs, config: TrainConfig, phases: list[Phase], state: dict | None, quiet: bool, stop: StopAfterBatch
+) -> dict:
     model, device = inputs.model, inputs.device
     history: list[dict] = list(state["history"]) if state else []
     best = state["best"] if state else {"value": None, "epoch": None, "phase": None}
@@ -207,8 +212,9 @@ def _run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], st
         frozen = set_trainable(model, phase, config.fine_tune_layers)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=phase.lr, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5,
-                                                               patience=max(1, config.patience // 2))
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=0.5, patience=max(1, config.patience // 2)
+        )
         scaler = torch.amp.GradScaler(device.type, enabled=inputs.precision.needs_scaler)
         phase_epoch, stale = 0, 0
         if resuming_here:
@@ -223,8 +229,11 @@ def _run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], st
         cache = FeatureCache.build(inputs, config, quiet) if phase.name == "frozen" else None
         setup_seconds = time.perf_counter() - cache_started  # counted in the phase's first epoch
         # under torchrun, the module that trains this phase is wrapped once its frozen layers are set
-        trained = inputs.dist.wrap(model.head) if cache is not None else inputs.dist.wrap(
-            model, find_unused=model.aux_head is not None)
+        trained = (
+            inputs.dist.wrap(model.head)
+            if cache is not None
+            else inputs.dist.wrap(model, find_unused=model.aux_head is not None)
+        )
         if config.compile:  # compiles what takes the steps; checkpoints keep the plain module's names
             trained = torch.compile(trained)
         while phase_epoch < phase.epochs:
@@ -233,39 +242,79 @@ def _run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], st
             generator = _epoch_generator(config.seed, phase_index, phase_epoch)
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
             epoch_started = time.perf_counter()
-            train_loss, seen, train_seconds, metrics = _epoch(inputs, config, phase, phase_index, cache, frozen,
-                                                              trained, optimizer, scaler, generator, phase_epoch,
-                                                              epoch, quiet, stop)
+            train_loss, seen, train_seconds, metrics = _epoch(
+                inputs,
+                config,
+                phase,
+                phase_index,
+                cache,
+                frozen,
+                trained,
+                optimizer,
+                scaler,
+                generator,
+                phase_epoch,
+                epoch,
+                quiet,
+                stop,
+            )
             scheduler.step(metrics["val_loss"])
             seconds = time.perf_counter() - epoch_started + setup_seconds  # training and validation
             setup_seconds = 0.0
-            row = {"phase": phase.name, "epoch": epoch, "phase_epoch": phase_epoch,
-                   "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, **metrics,
-                   "seconds": round(seconds, 3), "images_per_s": round(seen / train_seconds, 1)}
+            row = {
+                "phase": phase.name,
+                "epoch": epoch,
+                "phase_epoch": phase_epoch,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": train_loss,
+                **metrics,
+                "seconds": round(seconds, 3),
+                "images_per_s": round(seen / train_seconds, 1),
+            }
             history.append(row)
             value = metrics[config.monitor]
             if _is_better(config.monitor, value, best["value"]):
                 best = {"value": value, "epoch": epoch, "phase": phase.name}
                 if inputs.dist.is_main:
-                    save_checkpoint(inputs.run_dir.best, {"model": model.state_dict(), "epoch": epoch,
-                                                            "phase": phase.name, "metrics": metrics,
-                                                            **inputs.checkpoint_extras})
+                    save_checkpoint(
+                        inputs.run_dir.best,
+                        {
+                            "model": model.state_dict(),
+                            "epoch": epoch,
+                            "phase": phase.name,
+                            "metrics": metrics,
+                            **inputs.checkpoint_extras,
+                        },
+                    )
             improved_loss = min(h["val_loss"] for h in history if h["phase"] == phase.name) == metrics["val_loss"]
             stale = 0 if improved_loss else stale + 1
             phase_done = phase_epoch >= phase.epochs or stale >= config.patience
             if inputs.dist.is_main:
-                save_checkpoint(inputs.run_dir.last, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "phase_index": phase_index,
-                    "phase_epoch": phase_epoch, "phase_done": phase_done, "epoch": epoch, "stale_epochs": stale,
-                    "best": best, "history": history, **inputs.checkpoint_extras})
+                save_checkpoint(
+                    inputs.run_dir.last,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "phase_index": phase_index,
+                        "phase_epoch": phase_epoch,
+                        "phase_done": phase_done,
+                        "epoch": epoch,
+                        "stale_epochs": stale,
+                        "best": best,
+                        "history": history,
+                        **inputs.checkpoint_extras,
+                    },
+                )
                 write_csv(inputs.run_dir.history, pd.DataFrame(history))
             if not quiet:
                 _print_epoch(row, config.monitor, best["epoch"] == epoch)
             if stale >= config.patience:
                 if not quiet:
-                    console.print(f"[dim]early stop in {phase.name}: val_loss did not improve for "
-                                  f"{config.patience} epochs")
+                    console.print(
+                        f"[dim]early stop in {phase.name}: val_loss did not improve for {config.patience} epochs"
+                    )
                 break
         state = None
     return {"history": history, "best": best}
@@ -278,9 +327,22 @@ def _epoch_order(train: LabelledImages, balanced: bool, generator: torch.Generat
     return torch.randperm(len(train), generator=generator)
 
 
-def _epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, phase_index: int, cache: FeatureCache | None,
-           frozen: list[nn.Module], trained: nn.Module, optimizer, scaler, generator: torch.Generator,
-           phase_epoch: int, epoch: int, quiet: bool, stop: StopAfterBatch) -> tuple[float, int, float, dict]:
+def _epoch(
+    inputs: LoopInputs,
+    config: TrainConfig,
+    phase: Phase,
+    phase_index: int,
+    cache: FeatureCache | None,
+    frozen: list[nn.Module],
+    trained: nn.Module,
+    optimizer,
+    scaler,
+    generator: torch.Generator,
+    phase_epoch: int,
+    epoch: int,
+    quiet: bool,
+    stop: StopAfterBatch,
+) -> tuple[float, int, float, dict]:
     """Train one epoch — the head on cached features, or the whole model on augmented images — and validate.
 
     ``trained`` is the module that takes the steps (the head or the model; under torchrun, wrapped in DDP).
@@ -297,18 +359,48 @@ def _epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, phase_index: i
     if cache is not None:
         view = cache.train_views[(phase_epoch - 1) % len(cache.train_views)]
         model.head.train()
-        train_loss, seen = _train_one_epoch(inputs, config, phase, [(None, rows) for rows in chunks], len(chunks),
-                                            lambda _, rows: trained(view[rows]), trained, optimizer, scaler, epoch,
-                                            quiet, stop)
+        train_loss, seen = _train_one_epoch(
+            inputs,
+            config,
+            phase,
+            [(None, rows) for rows in chunks],
+            len(chunks),
+            lambda _, rows: trained(view[rows]),
+            trained,
+            optimizer,
+            scaler,
+            epoch,
+            quiet,
+            stop,
+        )
     else:
         train_mode(model, frozen)
 
         def forward(images, rows):
-            return trained(model_input(images, inputs.mean, inputs.std, device,
-                                       lambda batch: augment_batch(batch, config.augment_strength, generator)))
+            return trained(
+                model_input(
+                    images,
+                    inputs.mean,
+                    inputs.std,
+                    device,
+                    lambda batch: augment_batch(batch, config.augment_strength, generator),
+                )
+            )
 
-        train_loss, seen = _train_one_epoch(inputs, config, phase, inputs.train.batches(chunks, config.workers),
-                                            len(chunks), forward, trained, optimizer, scaler, epoch, quiet, stop)
+        train_loss, seen = _train_one_epoch(
+            inputs,
+            config,
+            phase,
+            inputs.train.batches(chunks, config.workers),
+            len(chunks),
+            forward,
+            trained,
+            optimizer,
+            scaler,
+            epoch,
+            quiet,
+            stop,
+        )
     train_seconds = time.perf_counter() - started
     if cache is not None:
         metrics = validation_metrics(inputs, inputs.val, cache.head_logits(model.head, inputs.precision))
@@ -317,9 +409,20 @@ def _epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, phase_index: i
     return dist.mean(train_loss, seen), seen * dist.world_size, train_seconds, metrics
 
 
-def _train_one_epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, batches, total: int, forward,
-                     trained: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, epoch: int,
-                     quiet: bool, stop: StopAfterBatch) -> tuple[float, int]:
+def _train_one_epoch(
+    inputs: LoopInputs,
+    config: TrainConfig,
+    phase: Phase,
+    batches,
+    total: int,
+    forward,
+    trained: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    epoch: int,
+    quiet: bool,
+    stop: StopAfterBatch,
+) -> tuple[float, int]:
     """One pass over ``batches`` ((images, rows) pairs); an optimizer step every ``config.accumulate`` batches
     (one per batch by default), gradients averaged over processes only on those steps.
 
@@ -335,11 +438,13 @@ def _train_one_epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, batc
         values = torch.stack(pending).float().cpu().tolist()
         for offset, value in enumerate(values):
             if not math.isfinite(value):
-                raise RunFailed(f"the loss became {value} at epoch {epoch}, batch {len(losses) + offset + 1} "
-                                f"({phase.name} phase); try a lower --lr (now {phase.lr:g}) or --no-amp")
+                raise RunFailed(
+                    f"the loss became {value} at epoch {epoch}, batch {len(losses) + offset + 1} "
+                    f"({phase.name} phase); try a lower --lr (now {phase.lr:g}) or --no-amp"
+                )
         losses.extend(values)
         pending.clear()
-        show(f"loss {np.average(losses, weights=sizes[:len(losses)]):.4f}")
+        show(f"loss {np.average(losses, weights=sizes[: len(losses)]):.4f}")
 
     optimizer.zero_grad(set_to_none=True)
     with progress_bar(disable=quiet) as bar:
@@ -358,7 +463,8 @@ def _train_one_epoch(inputs: LoopInputs, config: TrainConfig, phase: Phase, batc
                     output = forward(images, rows)
                 if isinstance(output, tuple):
                     loss = inputs.criterion(output[0], targets, mask) + AUX_LOSS_WEIGHT * inputs.criterion(
-                        output[1], targets, mask)
+                        output[1], targets, mask
+                    )
                 else:
                     loss = inputs.criterion(output, targets, mask)
                 scaler.scale(loss / config.accumulate).backward()
@@ -382,7 +488,10 @@ def _print_epoch(row: dict, monitor: str, is_best: bool) -> None:
     console.print(
         f"{row['phase']:>8} epoch {row['epoch']:>3}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}"
         f"  val_acc {row['val_accuracy']:.3f}  val_auroc {row['val_auroc']:.3f}  lr {row['lr']:.1e}"
-        f"  {row['images_per_s']:.0f} img/s{mark}", highlight=False, soft_wrap=True)
+        f"  {row['images_per_s']:.0f} img/s{mark}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def seed_everything(seed: int) -> None:

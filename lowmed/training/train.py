@@ -36,8 +36,15 @@ from lowmed.training.loop import Criterion, LoopInputs, class_weights, plan_phas
 DEFAULT_RUNS_ROOT = Path("runs")
 
 
-def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-          runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT, dist: Distributed | None = None) -> TrainSummary:
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
+    dist: Distributed | None = None,
+) -> TrainSummary:
     """Train one run; returns the summary also written to ``train.json``.
 
     With ``resume`` the run dir in ``config.out`` is continued from its ``last.pt``. ``dist``: the processes that
@@ -68,9 +75,11 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         report = run_dir.read_summary().weights
     if not quiet:
         console.print(f"[bold]{run_dir.path}[/] (arm {config.arm}): {spec.name}, {report.summary()}", highlight=False)
-    preprocessing = {"input_size": config.image_size,
-                     "mean": list((report.source_preprocessing or {}).get("mean", spec.preprocessing.mean)),
-                     "std": list((report.source_preprocessing or {}).get("std", spec.preprocessing.std))}
+    preprocessing = {
+        "input_size": config.image_size,
+        "mean": list((report.source_preprocessing or {}).get("mean", spec.preprocessing.mean)),
+        "std": list((report.source_preprocessing or {}).get("std", spec.preprocessing.std)),
+    }
     dist.on_main(lambda: _check_disk_space(run_dir.path, count_parameters(model)))
     summary = _summary(config, dataset, report, preprocessing, device, count_parameters(model), dist)
 
@@ -87,27 +96,43 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     for name in ("train", "val"):
         frame = dataset.split(name)
         if frame.empty:
-            raise LowmedError(f"{dataset.manifest_path}: no {name} rows; expected a prepared dataset with a {name} split")
+            raise LowmedError(
+                f"{dataset.manifest_path}: no {name} rows; expected a prepared dataset with a {name} split"
+            )
         targets, mask = label_tensors(frame, dataset.task, dataset.classes, uncertain)
         splits[name] = load_split(dataset.image_paths(frame), targets, mask, config.image_size)
         _report_unreadable(name, splits[name])
         if device.type == "cuda" and splits[name].pixels is not None:
             splits[name].pixels = splits[name].pixels.to(device)  # decoded once, then no host-to-GPU copies
     precision = Precision.choose(device, bool(config.amp))
-    weights = (class_weights(dataset.task, splits["train"].targets, splits["train"].mask, len(dataset.classes))
-               if config.class_weights == "auto" and not config.balanced_sampler else None)
+    weights = (
+        class_weights(dataset.task, splits["train"].targets, splits["train"].mask, len(dataset.classes))
+        if config.class_weights == "auto" and not config.balanced_sampler
+        else None
+    )
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     inputs = LoopInputs(
-        model=model, train=splits["train"], val=splits["val"], task=dataset.task,
+        model=model,
+        train=splits["train"],
+        val=splits["val"],
+        task=dataset.task,
         criterion=Criterion(dataset.task, None if weights is None else weights.to(device)),
         mean=torch.tensor(preprocessing["mean"], device=device).view(1, 3, 1, 1),
         std=torch.tensor(preprocessing["std"], device=device).view(1, 3, 1, 1),
-        device=device, precision=precision, run_dir=run_dir, dist=dist,
-        checkpoint_extras={"config": config.to_dict(), "preprocessing": preprocessing, "task": dataset.task,
-                           "classes": dataset.classes, "lowmed_version": lowmed.__version__},
+        device=device,
+        precision=precision,
+        run_dir=run_dir,
+        dist=dist,
+        checkpoint_extras={
+            "config": config.to_dict(),
+            "preprocessing": preprocessing,
+            "task": dataset.task,
+            "classes": dataset.classes,
+            "lowmed_version": lowmed.__version__,
+        },
     )
     phases = plan_phases(config, pretrained=report.source != "none")
     started = time.perf_counter()
@@ -115,11 +140,15 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         result = run_phases(inputs, config, phases, state, quiet)
     except KeyboardInterrupt:
         record(status="interrupted")
-        raise Interrupted(f"interrupted; {run_dir.last.name} holds the last finished epoch; continue with: "
-                          f"lowmed train --resume {run_dir.path}") from None
+        raise Interrupted(
+            f"interrupted; {run_dir.last.name} holds the last finished epoch; continue with: "
+            f"lowmed train --resume {run_dir.path}"
+        ) from None
     except torch.cuda.OutOfMemoryError:
-        message = (f"out of GPU memory at --batch-size {config.batch_size}, --image-size {config.image_size} "
-                   f"({config.model}); try --batch-size {max(2, config.batch_size // 2)} or a smaller --image-size")
+        message = (
+            f"out of GPU memory at --batch-size {config.batch_size}, --image-size {config.image_size} "
+            f"({config.model}); try --batch-size {max(2, config.batch_size // 2)} or a smaller --image-size"
+        )
         record(status="failed", error=message)
         raise RunFailed(message) from None
     except RunFailed as exc:
@@ -130,16 +159,22 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         status="completed",
         phases=[p.name for p in phases],
         epochs_run=len(history),
-        best={"epoch": result["best"]["epoch"], "phase": result["best"]["phase"], "monitor": config.monitor,
-              "value": result["best"]["value"],
-              "metrics": {k: v for k, v in history[result["best"]["epoch"] - 1].items() if k.startswith("val_")}},
+        best={
+            "epoch": result["best"]["epoch"],
+            "phase": result["best"]["phase"],
+            "monitor": config.monitor,
+            "value": result["best"]["value"],
+            "metrics": {k: v for k, v in history[result["best"]["epoch"] - 1].items() if k.startswith("val_")},
+        },
         wall_seconds=round(time.perf_counter() - started, 2),  # this invocation (a resumed run: since resume)
         resumed=state is not None,
         epoch_seconds_total=round(sum(row["seconds"] for row in history), 2),
         # per phase: a frozen phase on cached features runs the head alone and is far faster
-        train_images_per_s={phase.name: round(float(np.median([r["images_per_s"] for r in history
-                                                               if r["phase"] == phase.name])), 1)
-                            for phase in phases if any(r["phase"] == phase.name for r in history)},
+        train_images_per_s={
+            phase.name: round(float(np.median([r["images_per_s"] for r in history if r["phase"] == phase.name])), 1)
+            for phase in phases
+            if any(r["phase"] == phase.name for r in history)
+        },
         precision=precision.describe(),
         unreadable_files={name: split.unreadable for name, split in splits.items() if split.unreadable},
     )
@@ -155,8 +190,15 @@ def resume_run(run_dir: str | os.PathLike, *, quiet: bool = False, dist: Distrib
     return train(replace(config, out=str(run.path)), resume=True, quiet=quiet, dist=dist)
 
 
-def finetune(source: str | os.PathLike, data: str | os.PathLike | None = None, *, overwrite: bool = False,
-             quiet: bool = False, runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT, **options: Any) -> TrainSummary:
+def finetune(
+    source: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    *,
+    overwrite: bool = False,
+    quiet: bool = False,
+    runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
+    **options: Any,
+) -> TrainSummary:
     """Model C: train on ``data`` starting from the backbone of ``source`` (a run dir or a checkpoint file).
 
     Same as ``train`` with ``weights=source``; the model defaults to the one the source was trained as.
@@ -171,8 +213,9 @@ def finetune(source: str | os.PathLike, data: str | os.PathLike | None = None, *
         values["model"] = source_model_name(source)
         if values["model"] is None:
             raise LowmedError(f"SOURCE {source} is a plain weights file; say which architecture with --model")
-    return train(TrainConfig.from_dict(values, source="finetune"), overwrite=overwrite, quiet=quiet,
-                 runs_root=runs_root)
+    return train(
+        TrainConfig.from_dict(values, source="finetune"), overwrite=overwrite, quiet=quiet, runs_root=runs_root
+    )
 
 
 def source_model_name(source: Path) -> str | None:
@@ -184,9 +227,16 @@ def source_model_name(source: Path) -> str | None:
     return checkpoint.get("config", {}).get("model") if isinstance(checkpoint, dict) else None
 
 
-def train_model(model_name: str | None = None, dataset_root: str | os.PathLike | None = None, *,
-                checkpoint_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-                overwrite: bool = False, quiet: bool = False, **options: Any) -> TrainSummary:
+def train_model(
+    model_name: str | None = None,
+    dataset_root: str | os.PathLike | None = None,
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+    **options: Any,
+) -> TrainSummary:
     """Python entry point in the seed project's spelling: ``train_model(model_name="vgg19",
     dataset_root="./dataset", epochs=30, learning_rate=1e-4, checkpoint_dir="./checkpoints")``.
 
@@ -223,10 +273,17 @@ def _resolved(config: TrainConfig, spec, dataset: PreparedDataset, runs_root: Pa
     weights = resolve_weights(config.weights, spec.name)
     weights = str(Path(weights).resolve()) if weights not in ("none", "imagenet") else weights
     named_arm = config.arm
-    config = replace(config, data=str(dataset.root), subset=subset, per_class=per_class, model=spec.name,
-                     weights=weights, arm=config.arm or DERIVED_ARMS[weights_kind(weights, spec)],
-                     image_size=config.image_size or spec.preprocessing.input_size,
-                     amp=config.amp if config.amp is not None else resolve_device(config.device).type == "cuda")
+    config = replace(
+        config,
+        data=str(dataset.root),
+        subset=subset,
+        per_class=per_class,
+        model=spec.name,
+        weights=weights,
+        arm=config.arm or DERIVED_ARMS[weights_kind(weights, spec)],
+        image_size=config.image_size or spec.preprocessing.input_size,
+        amp=config.amp if config.amp is not None else resolve_device(config.device).type == "cuda",
+    )
     if config.image_size < spec.min_input_size:
         raise LowmedError(f"--image-size {config.image_size}: {spec.name} needs at least {spec.min_input_size} px")
     if config.out is None:
@@ -252,18 +309,24 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool, overwrite: boo
     run_dir = run.path
     if resume:
         if not run.last.is_file():
-            raise LowmedError(f"--resume {run_dir}: no {run.last.name} to continue from; start the run without --resume")
+            raise LowmedError(
+                f"--resume {run_dir}: no {run.last.name} to continue from; start the run without --resume"
+            )
         return
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
-            raise LowmedError(f"run dir {run_dir} exists; continue it with --resume {run_dir}, "
-                              "start again with --overwrite, or choose --out")
+            raise LowmedError(
+                f"run dir {run_dir} exists; continue it with --resume {run_dir}, "
+                "start again with --overwrite, or choose --out"
+            )
         shutil.rmtree(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(run.config, config.to_dict())
     except OSError as exc:
-        raise LowmedError(f"run dir {run_dir}: cannot write there ({exc.strerror or exc}); choose another --out") from None
+        raise LowmedError(
+            f"run dir {run_dir}: cannot write there ({exc.strerror or exc}); choose another --out"
+        ) from None
 
 
 def _check_disk_space(run_dir: Path, parameters: int) -> None:
@@ -272,8 +335,10 @@ def _check_disk_space(run_dir: Path, parameters: int) -> None:
     needed = parameters * 4 * (1 + 3) * 2
     free = shutil.disk_usage(run_dir).free
     if free < needed:
-        raise LowmedError(f"run dir {run_dir}: {free / 2**20:.0f} MB free, but the checkpoints of this model need "
-                          f"about {needed / 2**20:.0f} MB; free some space or choose another --out")
+        raise LowmedError(
+            f"run dir {run_dir}: {free / 2**20:.0f} MB free, but the checkpoints of this model need "
+            f"about {needed / 2**20:.0f} MB; free some space or choose another --out"
+        )
 
 
 def _check_source_model(report: WeightsReport, model: str) -> None:
@@ -283,11 +348,14 @@ def _check_source_model(report: WeightsReport, model: str) -> None:
 
 def _report_unreadable(name: str, split) -> None:
     if split.unreadable:
-        warn(f"{len(split.unreadable)} {name} image(s) could not be read and were skipped "
-             f"(e.g. {split.unreadable[0]}); they changed after prepare")
+        warn(
+            f"{len(split.unreadable)} {name} image(s) could not be read and were skipped "
+            f"(e.g. {split.unreadable[0]}); they changed after prepare"
+        )
         if too_many_unreadable(split):
-            raise RunFailed(f"{len(split.unreadable)} {name} images are unreadable — too many to go on; "
-                            "run 'lowmed prepare' again")
+            raise RunFailed(
+                f"{len(split.unreadable)} {name} images are unreadable — too many to go on; run 'lowmed prepare' again"
+            )
 
 
 def _cpu_name() -> str:
@@ -301,8 +369,15 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-def _summary(config: TrainConfig, dataset: PreparedDataset, report: WeightsReport, preprocessing: dict,
-             device: torch.device, parameters: int, dist: Distributed) -> TrainSummary:
+def _summary(
+    config: TrainConfig,
+    dataset: PreparedDataset,
+    report: WeightsReport,
+    preprocessing: dict,
+    device: torch.device,
+    parameters: int,
+    dist: Distributed,
+) -> TrainSummary:
     counts = (dataset.subset or dataset.info)["counts"]
     return TrainSummary(
         run_dir=config.out,
@@ -312,11 +387,17 @@ def _summary(config: TrainConfig, dataset: PreparedDataset, report: WeightsRepor
         parameters=parameters,
         weights=report,
         weight_source=report.source,
-        dataset=DatasetRef(prepared_dir=str(dataset.root), task=dataset.task, classes=dataset.classes,
-                           manifest_sha256=sha256_file(dataset.root / MANIFEST), subset=config.subset,
-                           subset_sha256=sha256_file(dataset.manifest_path) if dataset.subset else None,
-                           per_class=config.per_class, train_counts=counts.get("train"),
-                           val_counts=counts.get("val")),
+        dataset=DatasetRef(
+            prepared_dir=str(dataset.root),
+            task=dataset.task,
+            classes=dataset.classes,
+            manifest_sha256=sha256_file(dataset.root / MANIFEST),
+            subset=config.subset,
+            subset_sha256=sha256_file(dataset.manifest_path) if dataset.subset else None,
+            per_class=config.per_class,
+            train_counts=counts.get("train"),
+            val_counts=counts.get("val"),
+        ),
         seed=config.seed,
         preprocessing=preprocessing,
         device=str(device),
@@ -325,6 +406,10 @@ def _summary(config: TrainConfig, dataset: PreparedDataset, report: WeightsRepor
         amp=bool(config.amp),
         processes=dist.world_size,
         global_batch_size=config.batch_size * dist.world_size * config.accumulate,
-        versions={"lowmed": lowmed.__version__, "torch": torch.__version__,
-                  "torchvision": torchvision.__version__, "python": platform.python_version()},
+        versions={
+            "lowmed": lowmed.__version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": platform.python_version(),
+        },
     )
