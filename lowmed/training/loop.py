@@ -15,7 +15,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -29,9 +28,8 @@ from lowmed.distributed import Distributed
 from lowmed.errors import RunFailed
 from lowmed.evaluation.metrics import accuracy, auroc, probabilities
 from lowmed.evaluation.predict import model_input, predict_logits
-from lowmed.io import write_csv
 from lowmed.models.registry import Classifier, layer_groups
-from lowmed.training.checkpoint import save_checkpoint
+from lowmed.training.checkpoint import CheckpointSaver
 from lowmed.training.features import FeatureCache
 
 AUX_LOSS_WEIGHT = 0.4  # Inception v3's auxiliary classifier, as in the paper
@@ -150,14 +148,6 @@ def validation_metrics(inputs: LoopInputs, split: LabelledImages, logits: torch.
     }
 
 
-def _is_better(monitor: str, value: float, best: float | None) -> bool:
-    if math.isnan(value):
-        return False
-    if best is None:
-        return True
-    return value < best if monitor == "val_loss" else value > best
-
-
 class StopAfterBatch:
     """Ctrl-C once: finish the current batch, then stop (the last finished epoch's last.pt stays the resume point).
     Ctrl-C twice: stop at once."""
@@ -200,7 +190,9 @@ def _run_phases(
 ) -> dict:
     model, device = inputs.model, inputs.device
     history: list[dict] = list(state["history"]) if state else []
-    best = state["best"] if state else {"value": None, "epoch": None, "phase": None}
+    saver = CheckpointSaver(
+        inputs.run_dir, config.monitor, inputs.checkpoint_extras, inputs.dist.is_main, state["best"] if state else None
+    )
     start_phase = state["phase_index"] if state else 0
     for phase_index in range(start_phase, len(phases)):
         phase = phases[phase_index]
@@ -208,7 +200,7 @@ def _run_phases(
         if phase_index > 0 and not resuming_here:
             # each new phase starts from the best weights so far, not from the last epoch's
             inputs.dist.barrier()  # rank 0 has written best.pt
-            model.load_state_dict(torch.load(inputs.run_dir.best, map_location=device, weights_only=True)["model"])
+            model.load_state_dict(saver.best_weights(device))
         frozen = set_trainable(model, phase, config.fine_tune_layers)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=phase.lr, weight_decay=config.weight_decay)
@@ -272,44 +264,20 @@ def _run_phases(
                 "images_per_s": round(seen / train_seconds, 1),
             }
             history.append(row)
-            value = metrics[config.monitor]
-            if _is_better(config.monitor, value, best["value"]):
-                best = {"value": value, "epoch": epoch, "phase": phase.name}
-                if inputs.dist.is_main:
-                    save_checkpoint(
-                        inputs.run_dir.best,
-                        {
-                            "model": model.state_dict(),
-                            "epoch": epoch,
-                            "phase": phase.name,
-                            "metrics": metrics,
-                            **inputs.checkpoint_extras,
-                        },
-                    )
             improved_loss = min(h["val_loss"] for h in history if h["phase"] == phase.name) == metrics["val_loss"]
             stale = 0 if improved_loss else stale + 1
-            phase_done = phase_epoch >= phase.epochs or stale >= config.patience
-            if inputs.dist.is_main:
-                save_checkpoint(
-                    inputs.run_dir.last,
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "phase_index": phase_index,
-                        "phase_epoch": phase_epoch,
-                        "phase_done": phase_done,
-                        "epoch": epoch,
-                        "stale_epochs": stale,
-                        "best": best,
-                        "history": history,
-                        **inputs.checkpoint_extras,
-                    },
-                )
-                write_csv(inputs.run_dir.history, pd.DataFrame(history))
+            training_state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "phase_index": phase_index,
+                "phase_epoch": phase_epoch,
+                "phase_done": phase_epoch >= phase.epochs or stale >= config.patience,
+                "stale_epochs": stale,
+            }
+            is_best = saver.epoch_end(model, metrics, history, training_state)
             if not quiet:
-                _print_epoch(row, config.monitor, best["epoch"] == epoch)
+                _print_epoch(row, config.monitor, is_best)
             if stale >= config.patience:
                 if not quiet:
                     console.print(
@@ -317,7 +285,7 @@ def _run_phases(
                     )
                 break
         state = None
-    return {"history": history, "best": best}
+    return {"history": history, "best": saver.best}
 
 
 def _epoch_order(train: LabelledImages, balanced: bool, generator: torch.Generator) -> torch.Tensor:
