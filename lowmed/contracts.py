@@ -151,9 +151,6 @@ class WeightsReport(ReadsLikeADict):
     shape_mismatch: list[str] = field(default_factory=list)
     adapted: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     def summary(self) -> str:
         if self.source == "none":
             return "weights: none (random initialisation)"

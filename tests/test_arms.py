@@ -88,7 +88,7 @@ def test_two_arms_of_one_model_and_weight_kind_stay_apart(tmp_path, kermany, che
     assert (
         "A-fast · simplecnn did not differ significantly from A-slow · simplecnn" in report
         or "A-fast · simplecnn improved" in report
-        or "A-fast · simplecnn lowered" in report
+        or "A-fast · simplecnn had a lower" in report
     )
 
 
@@ -263,3 +263,24 @@ def test_the_command_line_starts_without_heavy_imports():
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
+
+
+def test_conclusions_never_read_through_a_double_negative():
+    from lowmed.experiment.report import _sentence
+
+    row = {
+        "a": "X",
+        "b": "Y",
+        "estimate": -0.1,
+        "ci_low": -0.15,
+        "ci_high": -0.05,
+        "p": 0.001,
+        "p_holm": 0.002,
+        "significant": True,
+        "per_class": 50,
+        "metric": "auroc",
+        "vs_baseline": False,
+    }
+    assert _sentence(row).startswith("At 50 per class, Y improved AUROC over X by +0.100 [+0.050, +0.150], p = 0.001")
+    against_baseline = _sentence({**row, "vs_baseline": True})  # Y is the baseline: the difference stays X − Y
+    assert against_baseline.startswith("At 50 per class, X had a lower AUROC than Y: -0.100 [-0.150, -0.050]")

@@ -19,19 +19,21 @@ def _p_text(p: float) -> str:
 
 
 def _sentence(row: dict) -> str:
-    """One plain-language line for a primary comparison, phrased as a − b (b is the baseline where there is one)."""
+    """One plain-language line for a primary comparison: arm − baseline where b is the baseline, otherwise the
+    better arm first, so that a difference is never read through a double negative."""
+    a, b, difference, low, high = row["a"], row["b"], row["estimate"], row["ci_low"], row["ci_high"]
+    if not row["vs_baseline"] and difference < 0:
+        a, b, difference, low, high = b, a, -difference, -high, -low
     metric = row["metric"].replace("auroc", "AUROC").replace("_", " ")
     numbers = (
-        f"{row['estimate']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}], {_p_text(row['p'])} "
-        f"(Holm-adjusted {_p_text(row['p_holm'])})"
+        f"{difference:+.3f} [{low:+.3f}, {high:+.3f}], {_p_text(row['p'])} (Holm-adjusted {_p_text(row['p_holm'])})"
     )
+    at = f"At {row['per_class']} per class,"
     if not row["significant"]:
-        return (
-            f"At {row['per_class']} per class, {row['a']} did not differ significantly from {row['b']} in "
-            f"{metric}: {numbers}."
-        )
-    verb = "improved" if row["estimate"] > 0 else "lowered"
-    return f"At {row['per_class']} per class, {row['a']} {verb} {metric} over {row['b']} by {numbers}."
+        return f"{at} {a} did not differ significantly from {b} in {metric}: {numbers}."
+    if difference > 0:
+        return f"{at} {a} improved {metric} over {b} by {numbers}."
+    return f"{at} {a} had a lower {metric} than {b}: {numbers}."
 
 
 def study_report(
