@@ -289,6 +289,7 @@ class EvalReport(Record):
     dataset: dict = field(default_factory=dict)  # prepared_dir, external
     tta: bool = False
     device: str = ""
+    precision: str = "off"  # bfloat16 | float16 | off
     seconds: float = 0.0
     images_per_s: float = 0.0
     lowmed_version: str = ""

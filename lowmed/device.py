@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import torch
 
@@ -24,6 +26,32 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+@cache
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU does bfloat16 arithmetic natively, as Linux reports it; elsewhere no (the CPU stays fp32)."""
+    try:
+        return cpuinfo_has_bf16(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return False
+
+
+def cpuinfo_has_bf16(cpuinfo: str) -> bool:
+    """x86 AVX512-BF16 or AMX-BF16 in the ``flags`` of /proc/cpuinfo, or Arm BF16 in its ``Features``."""
+    flags = {
+        flag
+        for line in cpuinfo.splitlines()
+        if line.startswith(("flags", "Features"))
+        for flag in line.split(":", 1)[1].split()
+    }
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def default_amp(device: torch.device) -> bool:
+    """Mixed precision unless asked otherwise: on CUDA, and on a CPU with native bfloat16, where bf16 with
+    channels-last trains 1.6–3× and predicts 2.3–3.5× faster (benchmarks/cpu_precision.py)."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
+
+
 @dataclass
 class Precision:
     """Autocast settings: bf16 where the device supports it, fp16 with a gradient scaler otherwise."""
@@ -38,6 +66,10 @@ class Precision:
         if device.type == "cuda":
             return cls(True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
         return cls(True, torch.bfloat16 if device.type == "cpu" else torch.float16)
+
+    def channels_last(self, device: torch.device) -> bool:
+        """Whether images and weights go channels-last: on CUDA, and under CPU autocast (oneDNN's bf16 kernels)."""
+        return device.type == "cuda" or (self.enabled and device.type == "cpu")
 
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=self.dtype) if self.enabled else nullcontext()

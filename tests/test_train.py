@@ -10,9 +10,12 @@ import torch
 import yaml
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from lowmed import prepare
+from lowmed import device as device_module
+from lowmed import evaluate, prepare
 from lowmed.config import TrainConfig
+from lowmed.device import cpuinfo_has_bf16
 from lowmed.errors import Interrupted, LowmedError, RunFailed
+from lowmed.evaluation import predict as predict_module
 from lowmed.models.simple_cnn import SimpleCNN
 from lowmed.training import loop
 from lowmed.training.train import finetune, resume_run, train, train_model
@@ -182,7 +185,8 @@ def test_multilabel_training_masks_uncertain_labels(chexpert, tmp_path):
 def test_config_yaml_repeats_the_run(separable, tmp_path):
     train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "a"), **FAST), quiet=True)
     saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
-    assert saved["image_size"] == 32 and saved["weights"] == "none" and saved["amp"] is False
+    resolved_amp = device_module.default_amp(torch.device("cpu"))  # bf16 where this CPU has it natively
+    assert saved["image_size"] == 32 and saved["weights"] == "none" and saved["amp"] is resolved_amp
     again = TrainConfig.from_yaml(tmp_path / "a" / "config.yaml")
     train(TrainConfig(**{**again.to_dict(), "out": str(tmp_path / "b")}), quiet=True)
     pd.testing.assert_frame_equal(
@@ -242,3 +246,37 @@ def test_compile_trains_and_saves_plain_names(separable, tmp_path):
     assert summary["status"] == "completed"
     saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
     assert not any(key.startswith("_orig_mod") for key in saved)
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, native",
+    [
+        ("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n", True),
+        ("flags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n", True),
+        ("Features\t: fp asimd bf16 i8mm\n", True),
+        ("flags\t\t: fpu sse2 avx2 avx512f avx512bw\n", False),
+        ("processor\t: 0\n", False),
+    ],
+)
+def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo, native):
+    assert cpuinfo_has_bf16(cpuinfo) is native
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["bf16-cpu", "fp32-cpu"])
+def test_cpu_default_precision_follows_the_cpu(separable, tmp_path, monkeypatch, native):
+    """Without --amp/--no-amp a CPU with native bf16 trains (and then evaluates) in bf16 with channels-last; another
+    CPU in fp32; --no-amp keeps fp32 and its evaluation follows the run."""
+    monkeypatch.setattr(device_module, "cpu_supports_bf16", lambda: native)
+    layouts = []
+    real_model_input = predict_module.model_input
+    monkeypatch.setattr(
+        predict_module,
+        "model_input",
+        lambda *args, **kwargs: layouts.append(kwargs.get("channels_last")) or real_model_input(*args, **kwargs),
+    )
+    summary = train(TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "auto"), **FAST), quiet=True)
+    assert summary.amp is native and summary.precision == ("bfloat16" if native else "off")
+    report = evaluate(tmp_path / "auto", bootstrap=0, quiet=True)
+    assert report.precision == summary.precision and set(layouts) == {native}
+    fp32 = train(TrainConfig(data=str(separable), epochs=1, amp=False, out=str(tmp_path / "fp32"), **FAST), quiet=True)
+    assert fp32.precision == "off" and evaluate(tmp_path / "fp32", bootstrap=0, quiet=True).precision == "off"

@@ -43,6 +43,13 @@ def evaluate_command(
         Optional[Path], typer.Option("--out", "-o", help="Output dir. \\[default: RUN_DIR/eval/<split>]")
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    amp: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--amp/--no-amp",
+            help="Mixed precision. \\[default: as the run was trained, where this device has it]",
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     seed: Seed = 0,
     quiet: Quiet = False,
@@ -60,6 +67,7 @@ def evaluate_command(
         tta=tta,
         out=out,
         device=device,
+        amp=amp,
         batch_size=batch_size,
         seed=seed,
         quiet=quiet,

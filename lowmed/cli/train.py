@@ -146,7 +146,10 @@ def train_command(
     ] = None,
     device: Annotated[Optional[str], typer.Option(help=f"auto | cpu | cuda | mps. \\[default: {_D.device}]")] = None,
     amp: Annotated[
-        Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision. \\[default: on for CUDA]")
+        Optional[bool],
+        typer.Option(
+            "--amp/--no-amp", help="Mixed precision. \\[default: on for CUDA and on CPUs with native bfloat16]"
+        ),
     ] = None,
     workers: Annotated[
         Optional[int], typer.Option(help="DataLoader workers when images do not fit in memory. \\[default: 0]")

@@ -18,7 +18,7 @@ from lowmed.contracts import EvalDir, EvalReport, RunDir
 from lowmed.data.loading import label_tensors, load_split
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import load_or_prepare
-from lowmed.device import Precision, resolve_device
+from lowmed.device import Precision, default_amp, resolve_device
 from lowmed.errors import LowmedError
 from lowmed.evaluation.metrics import compute_metrics, counted_labels, expected_calibration_error, probabilities
 from lowmed.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
@@ -40,6 +40,7 @@ def evaluate(
     tta: bool = False,
     out: str | os.PathLike | None = None,
     device: str = "auto",
+    amp: bool | None = None,
     batch_size: int = 64,
     seed: int = 0,
     quiet: bool = False,
@@ -48,7 +49,8 @@ def evaluate(
     validation) and write ``metrics.json``, ``metrics.csv``, ``predictions.csv`` and PNG plots.
 
     ``threshold``: a number, or ``"youden"`` — chosen on the run's own validation split, never on the split
-    being evaluated (unless that split is val itself, which the report then says). Returns metrics.json's record.
+    being evaluated (unless that split is val itself, which the report then says). ``amp``: mixed precision;
+    by default as the run was trained, where this device has it. Returns metrics.json's record.
     """
     started = time.perf_counter()
     if split not in ("test", "val", "train"):
@@ -68,7 +70,8 @@ def evaluate(
             f"from the model's ({task}: {', '.join(classes)})"
         )
     torch_device = resolve_device(device)
-    precision = Precision.choose(torch_device, torch_device.type == "cuda")
+    amp = amp if amp is not None else bool(config.get("amp")) and default_amp(torch_device)
+    precision = Precision.choose(torch_device, amp)
     model = build_model(get_model_spec(config["model"]), len(classes), config["head"])
     try:
         model.load_state_dict(trained["model"])
@@ -77,6 +80,8 @@ def evaluate(
             f"{checkpoint_path}: weights do not fit {config['model']} ({str(exc).splitlines()[0]})"
         ) from None
     model.to(torch_device)
+    if precision.channels_last(torch_device):
+        model.to(memory_format=torch.channels_last)
     preprocessing = trained["preprocessing"]
     mean = torch.tensor(preprocessing["mean"], device=torch_device).view(1, 3, 1, 1)
     std = torch.tensor(preprocessing["std"], device=torch_device).view(1, 3, 1, 1)
@@ -159,6 +164,7 @@ def evaluate(
         dataset={"prepared_dir": str(dataset.root), "external": external},
         tta=tta,
         device=str(torch_device),
+        precision=precision.describe(),
         seconds=round(seconds, 2),
         images_per_s=round(len(frame) / seconds, 1),
         lowmed_version=lowmed.__version__,

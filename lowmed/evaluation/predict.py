@@ -17,13 +17,14 @@ def model_input(
     std: torch.Tensor,
     device: torch.device,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
-    """uint8 (B, 3, H, W) → normalised float on ``device`` (channels-last on CUDA), augmented if asked."""
+    """uint8 (B, 3, H, W) → normalised float on ``device`` (channels-last if asked), augmented if asked."""
     x = images.to(device, non_blocking=True).float().div_(255)
     if augment is not None:
         x = augment(x)
     x = (x - mean) / std
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def predict_logits(
@@ -44,7 +45,7 @@ def predict_logits(
     outputs = []
     with torch.inference_mode(), precision.autocast(device):
         for images, _ in split.batches(index_chunks(torch.arange(len(split)), batch_size, drop_last=False)):
-            x = model_input(images, mean, std, device)
+            x = model_input(images, mean, std, device, channels_last=precision.channels_last(device))
             logits = model(x).float()
             if tta:
                 logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2

@@ -21,7 +21,7 @@ _STUDY_KEYS = {"name", "out", "datasets", "arms", "per_class", "seeds", "train",
 _DATASET_KEYS = {"name", "data", "demo", "prepare"}
 _ARM_KEYS = {"name", "model", "weights", "pretrain", "options"}
 # the options of lowmed evaluate and lowmed compare a study may set (the compared split is the evaluated one)
-_EVALUATE_KEYS = {"split", "checkpoint", "threshold", "bootstrap", "tta", "device", "batch_size", "seed"}
+_EVALUATE_KEYS = {"split", "checkpoint", "threshold", "bootstrap", "tta", "device", "amp", "batch_size", "seed"}
 _COMPARE_KEYS = {"metric", "by", "baseline", "resamples", "seed"}
 
 

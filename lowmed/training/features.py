@@ -65,5 +65,6 @@ def _features(
     outputs = []
     with torch.no_grad(), precision.autocast(inputs.device):
         for images, _ in split.batches(index_chunks(torch.arange(len(split)), batch_size, drop_last=False)):
-            outputs.append(backbone(model_input(images, inputs.mean, inputs.std, inputs.device, augment)).float())
+            x = model_input(images, inputs.mean, inputs.std, inputs.device, augment, inputs.channels_last)
+            outputs.append(backbone(x).float())
     return torch.cat(outputs)

@@ -120,6 +120,10 @@ class LoopInputs:
     checkpoint_extras: dict  # config, preprocessing, classes... stored with every checkpoint
     dist: Distributed = field(default_factory=Distributed)
 
+    @property
+    def channels_last(self) -> bool:
+        return self.precision.channels_last(self.device)
+
 
 def _epoch_generator(seed: int, phase_index: int, epoch: int) -> torch.Generator:
     generator = torch.Generator()
@@ -352,6 +356,7 @@ def _epoch(
                     inputs.std,
                     device,
                     lambda batch: augment_batch(batch, config.augment_strength, generator),
+                    inputs.channels_last,
                 )
             )
 

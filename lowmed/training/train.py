@@ -24,7 +24,7 @@ from lowmed.contracts import DERIVED_ARMS, MANIFEST, DatasetRef, RunDir, TrainSu
 from lowmed.data.loading import label_tensors, load_split, too_many_unreadable
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import load_or_prepare, subsample
-from lowmed.device import Precision, resolve_device
+from lowmed.device import Precision, default_amp, resolve_device
 from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.io import sha256_file, write_yaml
@@ -111,8 +111,9 @@ def train(
         else None
     )
     model.to(device)
-    if device.type == "cuda":
+    if precision.channels_last(device):
         model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     inputs = LoopInputs(
         model=model,
@@ -282,7 +283,7 @@ def _resolved(config: TrainConfig, spec, dataset: PreparedDataset, runs_root: Pa
         weights=weights,
         arm=config.arm or DERIVED_ARMS[weights_kind(weights, spec)],
         image_size=config.image_size or spec.preprocessing.input_size,
-        amp=config.amp if config.amp is not None else resolve_device(config.device).type == "cuda",
+        amp=config.amp if config.amp is not None else default_amp(resolve_device(config.device)),
     )
     if config.image_size < spec.min_input_size:
         raise LowmedError(f"--image-size {config.image_size}: {spec.name} needs at least {spec.min_input_size} px")
