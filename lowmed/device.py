@@ -46,9 +46,10 @@ def cpuinfo_has_bf16(cpuinfo: str) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def default_amp(device: torch.device) -> bool:
-    """Mixed precision unless asked otherwise: on CUDA, and on a CPU with native bfloat16, where bf16 with
-    channels-last trains 1.6–3× and predicts 2.3–3.5× faster (benchmarks/cpu_precision.py)."""
+def native_amp(device: torch.device) -> bool:
+    """Whether mixed precision runs natively here: on CUDA, or on a CPU with bfloat16 arithmetic (where bf16 with
+    channels-last pays, benchmarks/cpu_precision.py). The CPU default stays fp32 all the same: on the shared pack
+    bf16 moved test AUROC by more than the A–B gap (benchmarks/README.md, "CPU bfloat16")."""
     return device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
 
 

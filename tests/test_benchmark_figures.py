@@ -4,16 +4,31 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pandas as pd
+
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+README = (BENCHMARKS / "README.md").read_text()
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def result(name: str) -> dict:
+    return json.loads((BENCHMARKS / "results" / name).read_text())
 
 
 def test_startup_table_matches_the_measurements():
-    spec = importlib.util.spec_from_file_location("cli_startup", BENCHMARKS / "cli_startup.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    before, now = (
-        json.loads((BENCHMARKS / "results" / name).read_text())
-        for name in ("cli_startup_before.json", "cli_startup.json")
-    )
-    assert script.markdown_table(before, now) in (BENCHMARKS / "README.md").read_text()
+    before, now = result("cli_startup_before.json"), result("cli_startup.json")
+    assert script("cli_startup").markdown_table(before, now) in README
     assert max(now["median_seconds"].values()) < 0.5  # what the table claims: every command answers in under 0.5 s
+
+
+def test_cpu_precision_tables_match_the_measurements():
+    assert script("cpu_precision").markdown_table(result("cpu_precision.json")) in README
+    kept = BENCHMARKS / "results" / "cpu-bf16"
+    table = script("cpu_bf16_auroc").auroc_table(pd.read_csv(kept / "compare.csv"), pd.read_csv(kept / "stats.csv"))
+    assert table in README

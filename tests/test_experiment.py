@@ -134,10 +134,17 @@ def test_bad_study_files_name_the_field(study, change, message):
         load_study(study)
 
 
-@pytest.mark.parametrize("example", sorted(p.name for p in (Path(__file__).parent.parent / "examples").glob("*.yaml")))
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.mark.parametrize(
+    "example",
+    sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("examples/*.yaml"), *ROOT.glob("benchmarks/*.yaml")]),
+)
 def test_every_example_study_plans(example, tmp_path, monkeypatch):
-    """Each example checks and plans where its data paths exist (here: empty folders of those names)."""
-    path = Path(__file__).parent.parent / "examples" / example
+    """Each example (and benchmark) study checks and plans where its data and weights exist (here: empty folders
+    and files of those names)."""
+    path = ROOT / example
     monkeypatch.setenv("LOWMED_SHARED_DATA", str(tmp_path / "packs"))
     monkeypatch.chdir(tmp_path)
     study = yaml.safe_load(path.read_text())
@@ -145,6 +152,11 @@ def test_every_example_study_plans(example, tmp_path, monkeypatch):
     for spec in specs:
         if "data" in spec:
             Path(os.path.expandvars(spec["data"])).mkdir(parents=True)
+    for arm in study["arms"]:
+        if arm.get("weights", "none") not in ("none", "imagenet") and not Path(arm["weights"]).exists():
+            weights = Path(os.path.expandvars(arm["weights"]))
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            weights.touch()
     result = run_experiment(path, dry_run=True)
     assert result.runs and all(run.values["model"] for run in result.runs)
     assert {run.values["arm"] for run in result.runs} == {arm["name"] for arm in study["arms"]}

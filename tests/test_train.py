@@ -185,8 +185,7 @@ def test_multilabel_training_masks_uncertain_labels(chexpert, tmp_path):
 def test_config_yaml_repeats_the_run(separable, tmp_path):
     train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "a"), **FAST), quiet=True)
     saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
-    resolved_amp = device_module.default_amp(torch.device("cpu"))  # bf16 where this CPU has it natively
-    assert saved["image_size"] == 32 and saved["weights"] == "none" and saved["amp"] is resolved_amp
+    assert saved["image_size"] == 32 and saved["weights"] == "none" and saved["amp"] is False
     again = TrainConfig.from_yaml(tmp_path / "a" / "config.yaml")
     train(TrainConfig(**{**again.to_dict(), "out": str(tmp_path / "b")}), quiet=True)
     pd.testing.assert_frame_equal(
@@ -263,9 +262,11 @@ def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo, native):
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["bf16-cpu", "fp32-cpu"])
-def test_cpu_default_precision_follows_the_cpu(separable, tmp_path, monkeypatch, native):
-    """Without --amp/--no-amp a CPU with native bf16 trains (and then evaluates) in bf16 with channels-last; another
-    CPU in fp32; --no-amp keeps fp32 and its evaluation follows the run."""
+def test_cpu_precision_is_fp32_unless_asked_and_evaluation_follows_the_run(
+    separable, tmp_path, monkeypatch, capsys, native
+):
+    """The CPU default is fp32; --amp trains in bf16 (channels-last where the CPU has native bf16, with a warning
+    where it is emulated), and evaluation follows the run where the CPU has it natively."""
     monkeypatch.setattr(device_module, "cpu_supports_bf16", lambda: native)
     layouts = []
     real_model_input = predict_module.model_input
@@ -274,9 +275,13 @@ def test_cpu_default_precision_follows_the_cpu(separable, tmp_path, monkeypatch,
         "model_input",
         lambda *args, **kwargs: layouts.append(kwargs.get("channels_last")) or real_model_input(*args, **kwargs),
     )
-    summary = train(TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "auto"), **FAST), quiet=True)
-    assert summary.amp is native and summary.precision == ("bfloat16" if native else "off")
-    report = evaluate(tmp_path / "auto", bootstrap=0, quiet=True)
-    assert report.precision == summary.precision and set(layouts) == {native}
-    fp32 = train(TrainConfig(data=str(separable), epochs=1, amp=False, out=str(tmp_path / "fp32"), **FAST), quiet=True)
-    assert fp32.precision == "off" and evaluate(tmp_path / "fp32", bootstrap=0, quiet=True).precision == "off"
+    fp32 = train(TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "fp32"), **FAST), quiet=True)
+    assert fp32.amp is False and fp32.precision == "off"
+    assert evaluate(tmp_path / "fp32", bootstrap=0, quiet=True).precision == "off" and set(layouts) == {False}
+    layouts.clear()
+    capsys.readouterr()
+    bf16 = train(TrainConfig(data=str(separable), epochs=1, amp=True, out=str(tmp_path / "bf16"), **FAST), quiet=True)
+    assert bf16.precision == "bfloat16" and set(layouts) == {True}  # validation, channels-last under CPU autocast
+    assert ("emulated, slower than fp32" in capsys.readouterr().err) is not native
+    report = evaluate(tmp_path / "bf16", bootstrap=0, quiet=True)
+    assert report.precision == ("bfloat16" if native else "off")

@@ -148,7 +148,11 @@ def train_command(
     amp: Annotated[
         Optional[bool],
         typer.Option(
-            "--amp/--no-amp", help="Mixed precision. \\[default: on for CUDA and on CPUs with native bfloat16]"
+            "--amp/--no-amp",
+            help=(
+                "Mixed precision: bf16 (fp16 with a gradient scaler on GPUs without bf16); on CPUs with native "
+                "bf16 also channels-last, 2–3× faster. \\[default: on for CUDA, off on CPUs]"
+            ),
         ),
     ] = None,
     workers: Annotated[

@@ -18,7 +18,7 @@ from lowmed.contracts import EvalDir, EvalReport, RunDir
 from lowmed.data.loading import label_tensors, load_split
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import load_or_prepare
-from lowmed.device import Precision, default_amp, resolve_device
+from lowmed.device import Precision, native_amp, resolve_device
 from lowmed.errors import LowmedError
 from lowmed.evaluation.metrics import compute_metrics, counted_labels, expected_calibration_error, probabilities
 from lowmed.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
@@ -70,7 +70,7 @@ def evaluate(
             f"from the model's ({task}: {', '.join(classes)})"
         )
     torch_device = resolve_device(device)
-    amp = amp if amp is not None else bool(config.get("amp")) and default_amp(torch_device)
+    amp = amp if amp is not None else bool(config.get("amp")) and native_amp(torch_device)
     precision = Precision.choose(torch_device, amp)
     model = build_model(get_model_spec(config["model"]), len(classes), config["head"])
     try:

@@ -130,7 +130,7 @@ def _arm(values: Any, where: str, index: int) -> Arm:
     return Arm(
         name=str(values.get("name", f"arm{index + 1}")),
         model=str(values["model"]),
-        weights=str(values.get("weights", "none")),
+        weights=_expand(str(values.get("weights", "none")), f"{where}.weights"),
         pretrain=pretrain,
         options=dict(values.get("options") or {}),
     )

@@ -24,7 +24,7 @@ from lowmed.contracts import DERIVED_ARMS, MANIFEST, DatasetRef, RunDir, TrainSu
 from lowmed.data.loading import label_tensors, load_split, too_many_unreadable
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import load_or_prepare, subsample
-from lowmed.device import Precision, default_amp, resolve_device
+from lowmed.device import Precision, native_amp, resolve_device
 from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.io import sha256_file, write_yaml
@@ -105,6 +105,8 @@ def train(
         if device.type == "cuda" and splits[name].pixels is not None:
             splits[name].pixels = splits[name].pixels.to(device)  # decoded once, then no host-to-GPU copies
     precision = Precision.choose(device, bool(config.amp))
+    if precision.enabled and not native_amp(device) and dist.is_main:
+        warn(f"--amp: this {device.type} has no native {precision.describe()}; it is emulated, slower than fp32")
     weights = (
         class_weights(dataset.task, splits["train"].targets, splits["train"].mask, len(dataset.classes))
         if config.class_weights == "auto" and not config.balanced_sampler
@@ -283,7 +285,7 @@ def _resolved(config: TrainConfig, spec, dataset: PreparedDataset, runs_root: Pa
         weights=weights,
         arm=config.arm or DERIVED_ARMS[weights_kind(weights, spec)],
         image_size=config.image_size or spec.preprocessing.input_size,
-        amp=config.amp if config.amp is not None else default_amp(resolve_device(config.device)),
+        amp=config.amp if config.amp is not None else resolve_device(config.device).type == "cuda",
     )
     if config.image_size < spec.min_input_size:
         raise LowmedError(f"--image-size {config.image_size}: {spec.name} needs at least {spec.min_input_size} px")
