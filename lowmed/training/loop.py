@@ -331,49 +331,24 @@ def _epoch(
     if cache is not None:
         view = cache.train_views[(phase_epoch - 1) % len(cache.train_views)]
         model.head.train()
-        train_loss, seen = _train_one_epoch(
-            inputs,
-            config,
-            phase,
-            [(None, rows) for rows in chunks],
-            len(chunks),
-            lambda _, rows: trained(view[rows]),
-            trained,
-            optimizer,
-            scaler,
-            epoch,
-            quiet,
-            stop,
-        )
+        batches = [(None, rows) for rows in chunks]
+
+        def forward(_, rows):
+            return trained(view[rows])
+
     else:
         train_mode(model, frozen)
+        batches = inputs.train.batches(chunks, config.workers)
 
         def forward(images, rows):
-            return trained(
-                model_input(
-                    images,
-                    inputs.mean,
-                    inputs.std,
-                    device,
-                    lambda batch: augment_batch(batch, config.augment_strength, generator),
-                    inputs.channels_last,
-                )
-            )
+            def augment(batch):
+                return augment_batch(batch, config.augment_strength, generator)
 
-        train_loss, seen = _train_one_epoch(
-            inputs,
-            config,
-            phase,
-            inputs.train.batches(chunks, config.workers),
-            len(chunks),
-            forward,
-            trained,
-            optimizer,
-            scaler,
-            epoch,
-            quiet,
-            stop,
-        )
+            return trained(model_input(images, inputs.mean, inputs.std, device, augment, inputs.channels_last))
+
+    train_loss, seen = _train_one_epoch(
+        inputs, config, phase, batches, len(chunks), forward, trained, optimizer, scaler, epoch, quiet, stop
+    )
     train_seconds = time.perf_counter() - started
     if cache is not None:
         metrics = validation_metrics(inputs, inputs.val, cache.head_logits(model.head, inputs.precision))
