@@ -1,6 +1,7 @@
 """CPU arithmetic precision: training and inference images/s of lowmed's models in fp32, in bfloat16 autocast, and in
 bfloat16 with ``channels_last`` — the same model, batch and random 224 px tensors in one process, so the ratios are
-the lever's worth on this CPU (where the data pipeline plays no part).
+the lever's worth on this CPU (where the data pipeline plays no part); and fp32 inference by batch size, which sets
+``lowmed evaluate``'s CPU default.
 
     python benchmarks/cpu_precision.py [--models simplecnn,resnet18,resnet50,timm:efficientnet_lite0]
                                        [--batches 4] [--out benchmarks/results/cpu_precision.json]
@@ -55,6 +56,31 @@ def images_per_s(
     return batch * batches / (time.perf_counter() - started)
 
 
+def inference_by_batch(model_name: str, sizes: list[int], size: int, images: int = 128) -> dict[str, float]:
+    """fp32 inference images/s at each batch size, over about ``images`` images after a warm-up batch."""
+    model = build_model(get_model_spec(model_name), 2, "mlp").eval()
+    speeds = {}
+    for batch in sizes:
+        x = torch.randn(batch, 3, size, size)
+        with torch.inference_mode():
+            model(x)
+            repeats = max(1, images // batch)
+            started = time.perf_counter()
+            for _ in range(repeats):
+                model(x)
+        speeds[str(batch)] = round(batch * repeats / (time.perf_counter() - started), 1)
+    return speeds
+
+
+def batch_table(result: dict) -> str:
+    """fp32 inference images/s per model and batch size."""
+    sizes = list(next(iter(result["inference_by_batch"].values())))
+    lines = ["| model | " + " | ".join(f"batch {b}" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for name, row in result["inference_by_batch"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[b]:.1f}" for b in sizes) + " |")
+    return "\n".join(lines)
+
+
 def markdown_table(result: dict) -> str:
     """Images/s per model and mode in each setting, and bf16 + channels_last against fp32."""
     settings = list(SETTINGS)
@@ -105,8 +131,12 @@ def main() -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "images_per_s": figures,
+        "inference_by_batch": {
+            name: inference_by_batch(name, [16, 32, 64], args.image_size) for name in args.models.split(",")
+        },
     }
     print(markdown_table(result))
+    print(batch_table(result))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2)

@@ -28,7 +28,9 @@ def test_startup_table_matches_the_measurements():
 
 
 def test_cpu_precision_tables_match_the_measurements():
-    assert script("cpu_precision").markdown_table(result("cpu_precision.json")) in README
+    precision = script("cpu_precision")
+    assert precision.markdown_table(result("cpu_precision.json")) in README
+    assert precision.batch_table(result("cpu_precision.json")) in README
     kept = BENCHMARKS / "results" / "cpu-bf16"
     table = script("cpu_bf16_auroc").auroc_table(pd.read_csv(kept / "compare.csv"), pd.read_csv(kept / "stats.csv"))
     assert table in README

@@ -202,8 +202,20 @@ def test_external_data_must_share_the_classes(trained_run, ham, tmp_path):
         ({"threshold": "median"}, "--threshold 'median': expected a probability, or youden"),
         ({"split": "holdout"}, "--split 'holdout': expected test, val or train"),
         ({"checkpoint": "/no/such.pt"}, "/no/such.pt: no such checkpoint"),
+        ({"batch_size": 0}, "--batch-size 0: expected at least 1 image per forward pass"),
     ],
 )
 def test_bad_evaluate_options(trained_run, options, message):
     with pytest.raises(LowmedError, match=message):
         evaluate(trained_run, quiet=True, **options)
+
+
+def test_cpu_evaluation_batches_default_to_16(trained_run, tmp_path, monkeypatch):
+    from lowmed.evaluation import evaluate as evaluate_module
+
+    sizes = []
+    real = evaluate_module.predict_logits
+    monkeypatch.setattr(evaluate_module, "predict_logits", lambda *a: sizes.append(a[6]) or real(*a))
+    evaluate(trained_run, out=tmp_path / "default", bootstrap=0, device="cpu", quiet=True)
+    evaluate(trained_run, out=tmp_path / "given", bootstrap=0, device="cpu", batch_size=8, quiet=True)
+    assert sizes == [16, 8]

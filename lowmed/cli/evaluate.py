@@ -50,7 +50,9 @@ def evaluate_command(
             help="Mixed precision. \\[default: as the run was trained, where this device has it]",
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    batch_size: Annotated[
+        Optional[int], typer.Option(help="Images per forward pass. \\[default: 16 on a CPU, 64 on a GPU]")
+    ] = None,
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:

@@ -28,6 +28,8 @@ from lowmed.io import staged_dir, write_csv
 from lowmed.models.registry import build_model, get_model_spec
 from lowmed.models.weights import load_checkpoint
 
+CPU_BATCH, ACCELERATOR_BATCH = 16, 64  # images per forward pass when evaluating
+
 
 def evaluate(
     run_dir: str | os.PathLike | None = None,
@@ -41,7 +43,7 @@ def evaluate(
     out: str | os.PathLike | None = None,
     device: str = "auto",
     amp: bool | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     seed: int = 0,
     quiet: bool = False,
 ) -> EvalReport:
@@ -50,7 +52,8 @@ def evaluate(
 
     ``threshold``: a number, or ``"youden"`` — chosen on the run's own validation split, never on the split
     being evaluated (unless that split is val itself, which the report then says). ``amp``: mixed precision;
-    by default as the run was trained, where this device has it. Returns metrics.json's record.
+    by default as the run was trained, where this device has it. ``batch_size``: by default 16 on a CPU (faster
+    there than larger batches, benchmarks/cpu_precision.py) and 64 elsewhere. Returns metrics.json's record.
     """
     started = time.perf_counter()
     if split not in ("test", "val", "train"):
@@ -72,6 +75,10 @@ def evaluate(
     torch_device = resolve_device(device)
     amp = amp if amp is not None else bool(config.get("amp")) and native_amp(torch_device)
     precision = Precision.choose(torch_device, amp)
+    if batch_size is None:
+        batch_size = CPU_BATCH if torch_device.type == "cpu" else ACCELERATOR_BATCH
+    if batch_size < 1:
+        raise LowmedError(f"--batch-size {batch_size}: expected at least 1 image per forward pass")
     model = build_model(get_model_spec(config["model"]), len(classes), config["head"])
     try:
         model.load_state_dict(trained["model"])
