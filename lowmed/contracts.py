@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +34,11 @@ SUBSETS = "subsets"
 # The arm a run belongs to when nobody named it (--arm): derived from its kind of weight source, as lowmed did
 # before arms had names.
 DERIVED_ARMS = {"none": "A scratch", "imagenet": "B ImageNet", "run": "C medical", "file": "C medical"}
+
+
+def slug(text: str) -> str:
+    """A name (an arm's, a dataset's) as it appears in folder names."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-").lower()
 
 
 def subset_path(folder: str | os.PathLike, per_class: int, seed: int) -> Path:

@@ -166,11 +166,8 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
         return result
     finished = [r for r in runs if r.status in ("trained", "done before")]
     if finished:
-        options = dict(study.compare)
-        if isinstance(options.get("by"), str):
-            options["by"] = tuple(options["by"].split(","))
         result.comparison = compare_runs(
-            [r.run_dir for r in finished], split=study.split, out=study.out, quiet=True, **options
+            [r.run_dir for r in finished], split=study.split, out=study.out, quiet=True, **study.compare
         )
     result.wall_seconds = time.perf_counter() - started
     report = study.out / "report.md"

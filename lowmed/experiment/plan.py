@@ -12,9 +12,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lowmed.contracts import DATASET_INFO, SUBSETS, is_prepared, subset_path
+from lowmed.contracts import DATASET_INFO, SUBSETS, is_prepared, slug, subset_path
 from lowmed.data.manifest import PreparedDataset
-from lowmed.experiment.study import Arm, DatasetSpec, Study, slug
+from lowmed.experiment.study import Arm, DatasetSpec, Study
 
 # a dataset's prepare options, as in 'lowmed prepare', that name CSV columns
 _CSV_COLUMN_OPTIONS = {

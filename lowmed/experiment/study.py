@@ -8,13 +8,12 @@ typo costs seconds, not a half-trained grid.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lowmed.config import TrainConfig
-from lowmed.contracts import read_yaml
+from lowmed.contracts import read_yaml, slug
 from lowmed.errors import LowmedError
 
 _STUDY_KEYS = {"name", "out", "datasets", "arms", "per_class", "seeds", "train", "evaluate", "compare"}
@@ -60,11 +59,6 @@ class Study:
         return str(self.evaluate.get("split", "test"))
 
 
-def slug(text: str) -> str:
-    """A name as it appears in folder names."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-").lower()
-
-
 def load_study(path: str | os.PathLike) -> Study:
     """Read and check ``path``; nothing is prepared or trained here."""
     path = Path(path)
@@ -92,10 +86,19 @@ def load_study(path: str | os.PathLike) -> Study:
         seeds=list(raw["seeds"]),
         train=shared,
         evaluate=dict(_checked_keys(raw.get("evaluate") or {}, _EVALUATE_KEYS, f"{path}: evaluate")),
-        compare=dict(_checked_keys(raw.get("compare") or {}, _COMPARE_KEYS, f"{path}: compare")),
+        compare=_compare_options(raw.get("compare") or {}, f"{path}: compare"),
     )
     _check_whole(study, path)
     return study
+
+
+def _compare_options(values: Any, where: str) -> dict:
+    """compare_runs' keyword arguments; ``by`` may be written as a list or as "dataset,arm"."""
+    options = dict(_checked_keys(values, _COMPARE_KEYS, where))
+    if "by" in options:
+        by = options["by"]
+        options["by"] = tuple(by.split(",") if isinstance(by, str) else map(str, by))
+    return options
 
 
 def _checked_keys(values: Any, allowed: set[str], where: str) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import shutil
 import time
 from dataclasses import replace
@@ -20,7 +19,7 @@ from torch import nn
 import lowmed
 from lowmed.config import TrainConfig
 from lowmed.console import console, warn
-from lowmed.contracts import DERIVED_ARMS, MANIFEST, DatasetRef, RunDir, TrainSummary, WeightsReport
+from lowmed.contracts import DERIVED_ARMS, MANIFEST, DatasetRef, RunDir, TrainSummary, WeightsReport, slug
 from lowmed.data.loading import label_tensors, load_split, too_many_unreadable
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import load_or_prepare, subsample
@@ -297,7 +296,7 @@ def _resolved(config: TrainConfig, spec, dataset: PreparedDataset, runs_root: Pa
 def _run_name(config: TrainConfig, dataset: PreparedDataset, named_arm: str | None) -> str:
     """``<dataset>-<model>-<arm, or where the weights came from>-n<N>-seed<K>``."""
     if named_arm:
-        source = re.sub(r"[^A-Za-z0-9_.-]+", "-", named_arm).strip("-").lower()
+        source = slug(named_arm)
     elif config.weights in ("none", "imagenet"):
         source = "scratch" if config.weights == "none" else "imagenet"
     else:
