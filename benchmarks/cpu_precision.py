@@ -1,5 +1,5 @@
-"""CPU arithmetic precision: training and inference images/s of lowmed's models in fp32, in bfloat16 autocast, and in
-bfloat16 with ``channels_last`` — the same model, batch and random 224 px tensors in one process, so the ratios are
+"""CPU arithmetic precision: training and inference images/s of lowmed's models in fp32 and bfloat16 autocast, each
+with and without ``channels_last`` — the same model, batch and random 224 px tensors in one process, so the ratios are
 the lever's worth on this CPU (where the data pipeline plays no part); and fp32 inference by batch size, which sets
 ``lowmed evaluate``'s CPU default.
 
@@ -19,7 +19,12 @@ import torch
 from lowmed.device import cpu_supports_bf16
 from lowmed.models.registry import build_model, get_model_spec
 
-SETTINGS = {"fp32": (False, False), "bf16": (True, False), "bf16 + channels_last": (True, True)}
+SETTINGS = {
+    "fp32": (False, False),
+    "fp32 + channels_last": (False, True),
+    "bf16": (True, False),
+    "bf16 + channels_last": (True, True),
+}
 
 
 def images_per_s(

@@ -40,9 +40,9 @@ from lowmed.data.loading import index_chunks, label_tensors, load_split
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.prepare import prepare
 from lowmed.data.subsample import materialize_tree, subsample
-from lowmed.device import Precision
+from lowmed.device import CPU_INFERENCE_BATCH, Precision, channels_last
 from lowmed.evaluation.metrics import binary_auroc
-from lowmed.evaluation.predict import model_input, predict_logits
+from lowmed.evaluation.predict import model_input, predict_files
 from lowmed.models.registry import IMAGENET_MEAN, IMAGENET_STD, build_model, get_model_spec, layer_groups
 from lowmed.training.train import train
 
@@ -144,15 +144,16 @@ def reference_full_run(
 
 
 def lowmed_epoch(model: nn.Module, images, optimizer, batch_size: int, max_batches: int | None) -> tuple[float, int]:
-    """lowmed's pipeline: uint8 images decoded once in memory, augmented per image as a batch."""
-    model.train()
+    """lowmed's pipeline: uint8 images decoded once in memory, augmented per image as a batch, channels-last."""
+    cpu = torch.device("cpu")
+    model.to(memory_format=torch.channels_last if channels_last(cpu) else torch.contiguous_format).train()
     generator = torch.Generator().manual_seed(0)
     chunks = index_chunks(torch.randperm(len(images), generator=generator), batch_size, drop_last=True)
     seen, started = 0, time.perf_counter()
     for step, (pixels, rows) in enumerate(images.batches(chunks)):
         if max_batches is not None and step >= max_batches:
             break
-        x = model_input(pixels, MEAN, STD, torch.device("cpu"), lambda b: augment_batch(b, 0.5, generator))
+        x = model_input(pixels, MEAN, STD, cpu, lambda b: augment_batch(b, 0.5, generator), channels_last(cpu))
         loss = nn.functional.cross_entropy(model(x), images.targets[rows])
         optimizer.zero_grad()
         loss.backward()
@@ -235,6 +236,7 @@ def child_fullrun(args) -> dict:
             "phase_seconds": history.groupby("phase")["seconds"].sum().to_dict(),
             "best_val_auroc": float(history["val_auroc"].max()),
             "precision": summary["precision"],
+            "caches": summary.caches,
         }
     result["peak_rss_mb"] = peak_rss_mb()
     return result
@@ -264,10 +266,15 @@ def child_evaluate(args) -> dict:
         _, _, count = reference_evaluate(
             model, reference_loader(Path(args.tree) / "test", args.image_size, False, args.batch_size)
         )
-    else:
-        images = split_images(PreparedDataset.load(args.subset), "test", args.image_size)
-        predict_logits(model, images, MEAN, STD, torch.device("cpu"), Precision(False), 128)
-        count = len(images)
+    else:  # as lowmed evaluate predicts: files decoded while the batch before runs, its CPU batch and layout
+        dataset = PreparedDataset.load(args.subset)
+        paths = dataset.image_paths(dataset.split("test"))
+        cpu = torch.device("cpu")
+        if channels_last(cpu):
+            model.to(memory_format=torch.channels_last)
+        batch = CPU_INFERENCE_BATCH
+        _, readable = predict_files(model, paths, args.image_size, MEAN, STD, cpu, Precision(False), batch)
+        count = len(readable)
     seconds = time.perf_counter() - started
     return {"images": count, "seconds": seconds, "images_per_s": count / seconds, "peak_rss_mb": peak_rss_mb()}
 
@@ -304,6 +311,52 @@ CHILDREN = {
     "evaluate": child_evaluate,
     "load": child_load,
 }
+
+
+def recipe_table(now: dict, before: dict) -> str:
+    """The two-phase recipe and evaluation: lowmed now, lowmed before (an earlier commit's results JSON) and the
+    reference of the same run as now, with now's speed-up over the reference and over before."""
+    ours, theirs, old = now["fullrun"]["lowmed"], now["fullrun"]["reference"], before["fullrun"]["lowmed"]
+
+    def seconds(result: dict, phase: str | None) -> float:
+        return result["wall_seconds"] if phase is None else result["phase_seconds"][phase]
+
+    lines = [
+        "| figure | lowmed now | lowmed before | reference | now vs reference | now vs before |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, phase in (("wall time", None), ("frozen phase", "frozen"), ("fine-tuning phase", "finetune")):
+        a, b, r = seconds(ours, phase), seconds(old, phase), seconds(theirs, phase)
+        lines.append(f"| {label} | {a:.1f} s | {b:.1f} s | {r:.1f} s | {r / a:.1f}× faster | {b / a:.1f}× faster |")
+    lines.append(
+        f"| best val AUROC | {ours['best_val_auroc']:.3f} | {old['best_val_auroc']:.3f} | "
+        f"{theirs['best_val_auroc']:.3f} | | |"
+    )
+    lines.append(
+        f"| peak resident memory | {ours['peak_rss_mb']:.0f} MB | {old['peak_rss_mb']:.0f} MB | "
+        f"{theirs['peak_rss_mb']:.0f} MB | | |"
+    )
+    speed = {side: now["evaluate"][side]["images_per_s"] for side in ("lowmed", "reference")}
+    was = before["evaluate"]["lowmed"]["images_per_s"]
+    lines.append(
+        f"| evaluation images/s ({now['evaluate']['lowmed']['images']} test images, decoding included) | "
+        f"{speed['lowmed']:.0f} | {was:.0f} | {speed['reference']:.0f} | {speed['lowmed'] / speed['reference']:.1f}× "
+        f"faster | {speed['lowmed'] / was:.1f}× faster |"
+    )
+    return "\n".join(lines)
+
+
+def cache_table(result: dict) -> str:
+    """Where each phase's cache cut the network, and its size and build time (lowmed's side of a full run)."""
+    lines = ["| phase | boundary | views | shape | dtype | size | built in |", "|---|---|---|---|---|---|---|"]
+    for phase, cache in result["fullrun"]["lowmed"]["caches"].items():
+        boundary = cache["boundary"] + (f" (from {cache['computed_from']})" if "computed_from" in cache else "")
+        shape = "×".join(map(str, cache["shape"]))
+        lines.append(
+            f"| {phase} | {boundary} | {cache['views']} | {shape} | {cache['dtype']} | {cache['megabytes']} MB | "
+            f"{cache['build_seconds']:.1f} s |"
+        )
+    return "\n".join(lines)
 
 
 def run_child(task: str, **options) -> dict:
@@ -361,6 +414,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="300,3000,30000")
     parser.add_argument("--sides", default="lowmed,reference", help="fullrun: which sides to run")
     parser.add_argument("--out", default="benchmarks/results.json")
+    parser.add_argument("--before", help="an earlier run's results JSON, to set beside this one's")
     # child-process arguments
     parser.add_argument("--child")
     parser.add_argument("--side")
@@ -485,6 +539,10 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     Path(args.out).write_text(json.dumps(results, indent=2, default=str))
     print(f"wrote {args.out}")
+    if {"fullrun", "evaluate"} <= set(parts) and args.before:
+        print(recipe_table(results, json.loads(Path(args.before).read_text())))
+    if "fullrun" in parts and "lowmed" in results["fullrun"]:
+        print(cache_table(results))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ class TrainConfig:
     fine_tune_lr: float = 1e-5
     image_size: int | None = None  # None = the model's default input size
     augment_strength: float = 0.5
-    cached_views: int = 3  # frozen phase: augmented views of each image whose backbone features are cached; 0 = off
+    cached_views: int = 3  # augmented views per image whose frozen-layer outputs are cached; 0 = off
+    cache_finetune: bool = True  # fine-tuning, too, runs the layers below the unfrozen ones once per cached view
     patience: int = 10
     monitor: str = "val_loss"
     class_weights: str = "auto"

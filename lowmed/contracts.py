@@ -229,6 +229,7 @@ class TrainSummary(Record):
     epoch_seconds_total: float | None = None
     train_images_per_s: dict = field(default_factory=dict)
     precision: str | None = None
+    caches: dict = field(default_factory=dict)  # per phase: the cache's boundary, views, dtype, size; or why none
     unreadable_files: dict = field(default_factory=dict)
 
     @property

@@ -53,6 +53,21 @@ def native_amp(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
 
 
+CPU_INFERENCE_BATCH = 16
+
+
+def inference_batch_size(device: torch.device, elsewhere: int) -> int:
+    """Images per forward pass without gradients (validation, caching, evaluation): 16 on a CPU, where larger
+    batches were slower for every model measured (benchmarks/cpu_precision.py), ``elsewhere`` on accelerators."""
+    return CPU_INFERENCE_BATCH if device.type == "cpu" else elsewhere
+
+
+def channels_last(device: torch.device) -> bool:
+    """Whether images and weights go channels-last: on CUDA, and on CPUs, where oneDNN's channels-last kernels
+    are faster in fp32 as well as bf16 for every model measured (benchmarks/cpu_precision.py)."""
+    return device.type in ("cuda", "cpu")
+
+
 @dataclass
 class Precision:
     """Autocast settings: bf16 where the device supports it, fp16 with a gradient scaler otherwise."""
@@ -67,10 +82,6 @@ class Precision:
         if device.type == "cuda":
             return cls(True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
         return cls(True, torch.bfloat16 if device.type == "cpu" else torch.float16)
-
-    def channels_last(self, device: torch.device) -> bool:
-        """Whether images and weights go channels-last: on CUDA, and under CPU autocast (oneDNN's bf16 kernels)."""
-        return device.type == "cuda" or (self.enabled and device.type == "cpu")
 
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=self.dtype) if self.enabled else nullcontext()

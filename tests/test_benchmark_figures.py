@@ -32,5 +32,17 @@ def test_cpu_precision_tables_match_the_measurements():
     assert precision.markdown_table(result("cpu_precision.json")) in README
     assert precision.batch_table(result("cpu_precision.json")) in README
     kept = BENCHMARKS / "results" / "cpu-bf16"
-    table = script("cpu_bf16_auroc").auroc_table(pd.read_csv(kept / "compare.csv"), pd.read_csv(kept / "stats.csv"))
+    table = script("paired_arms").auroc_table(pd.read_csv(kept / "compare.csv"), pd.read_csv(kept / "stats.csv"))
     assert table in README
+
+
+def test_recipe_and_cache_tables_match_the_measurements():
+    speed, now = script("train_speed"), result("train_speed.json")
+    assert speed.recipe_table(now, result("train_speed_before.json")) in README
+    assert speed.cache_table(now) in README
+
+
+def test_finetune_cache_auroc_table_matches_the_study():
+    kept = BENCHMARKS / "results" / "finetune-cache"
+    runs, stats = pd.read_csv(kept / "compare.csv"), pd.read_csv(kept / "stats.csv")
+    assert script("paired_arms").auroc_table(runs, stats, "whole", "cached") in README

@@ -1,20 +1,24 @@
 """Evaluation: numbers agree with scikit-learn, intervals behave, thresholds never see the test set."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from sklearn import metrics as sk
 
 from lowmed import evaluate, evaluate_model, prepare, train
 from lowmed.config import TrainConfig
+from lowmed.data.loading import decode_square, decoded_batches
 from lowmed.errors import LowmedError
 from lowmed.evaluation.evaluate import _youden
 from lowmed.evaluation.metrics import average_precision, binary_auroc, compute_metrics
 from lowmed.evaluation.stats import bootstrap_ci, group_bootstrap_indices
 from tests.conftest import FAST
+from tests.factory import make_kermany, write_broken_files, write_image
 
 
 def random_binary(n, seed=0, signal=1.0):
@@ -214,8 +218,33 @@ def test_cpu_evaluation_batches_default_to_16(trained_run, tmp_path, monkeypatch
     from lowmed.evaluation import evaluate as evaluate_module
 
     sizes = []
-    real = evaluate_module.predict_logits
-    monkeypatch.setattr(evaluate_module, "predict_logits", lambda *a: sizes.append(a[6]) or real(*a))
+    real = evaluate_module.predict_files
+    monkeypatch.setattr(evaluate_module, "predict_files", lambda *a: sizes.append(a[7]) or real(*a))
     evaluate(trained_run, out=tmp_path / "default", bootstrap=0, device="cpu", quiet=True)
     evaluate(trained_run, out=tmp_path / "given", bootstrap=0, device="cpu", batch_size=8, quiet=True)
     assert sizes == [16, 8]
+
+
+def test_decoded_batches_keep_order_and_leave_out_unreadable_files(tmp_path):
+    paths = [write_image(tmp_path / f"{i}.png", seed=i) for i in range(7)]
+    broken = write_broken_files(tmp_path / "broken")
+    paths[3] = broken["text"]
+    paths[5] = tmp_path / "gone.png"
+    batches = list(decoded_batches(paths, 32, batch_size=3))
+    assert [rows for _, rows in batches] == [[0, 1, 2], [4], [6]]
+    assert [tuple(images.shape) for images, _ in batches] == [(3, 3, 32, 32), (1, 3, 32, 32), (1, 3, 32, 32)]
+    assert torch.equal(batches[2][0][0], decode_square(paths[6], 32))
+
+
+def test_evaluation_leaves_out_test_images_gone_since_training(tmp_path, capsys):
+    counts = {"train": {"NORMAL": 12, "PNEUMONIA": 12}, "test": {"NORMAL": 5, "PNEUMONIA": 5}}
+    source = make_kermany(tmp_path / "src", counts)
+    prepared = prepare(source, tmp_path / "prepared", min_val_per_class=3, quiet=True)
+    train(TrainConfig(data=str(prepared.root), epochs=1, out=str(tmp_path / "run"), **FAST), quiet=True)
+    gone = prepared.image_paths(prepared.split("test"))[2]
+    gone.unlink()
+    report = evaluate(tmp_path / "run", bootstrap=0, quiet=True)
+    assert "1 test image(s) could not be read and are left out" in " ".join(capsys.readouterr())
+    assert report["n"] == 9
+    predictions = pd.read_csv(tmp_path / "run" / "eval" / "test" / "predictions.csv")
+    assert len(predictions) == 9 and gone.name not in {Path(p).name for p in predictions["path"]}

@@ -212,7 +212,7 @@ def test_frozen_phase_runs_the_backbone_once_per_view_not_per_epoch(separable, t
     train_images = sum(summary["dataset"]["train_counts"].values())
     val_images = sum(summary["dataset"]["val_counts"].values())
     assert summary["epochs_run"] == 6
-    assert sum(calls) == 2 * train_images + val_images  # two views of the train set, the val set once
+    assert sum(calls) == 2 * train_images + val_images + 1  # two views of the train set, the val set once, a probe
     calls.clear()
     finetune(
         tmp_path / "source",
@@ -227,11 +227,14 @@ def test_frozen_phase_runs_the_backbone_once_per_view_not_per_epoch(separable, t
     assert sum(calls) >= 6 * (train_images // FAST["batch_size"] * FAST["batch_size"] + val_images)
 
 
-def test_resume_inside_the_cached_frozen_phase(separable, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop_at", [3, 6], ids=["frozen-phase", "fine-tuning"])
+def test_resume_inside_a_cached_phase(separable, tmp_path, monkeypatch, stop_at):
+    """Resumed in fine-tuning, the run rebuilds from the images the cache the whole run carried over from its
+    frozen phase: the histories must agree."""
     train(TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "source"), **FAST), quiet=True)
-    options = {"epochs": 4, "fine_tune_epochs": 2, "fine_tune_layers": 6, **FAST}
+    options = {"epochs": 4, "fine_tune_epochs": 3, "fine_tune_layers": 6, **FAST}
     finetune(tmp_path / "source", separable, out=str(tmp_path / "whole"), quiet=True, **options)
-    with interrupted_at_epoch(monkeypatch, 3), pytest.raises(Interrupted):
+    with interrupted_at_epoch(monkeypatch, stop_at), pytest.raises(Interrupted):
         finetune(tmp_path / "source", separable, out=str(tmp_path / "cut"), quiet=True, **options)
     resume_run(tmp_path / "cut", quiet=True)
     columns = ["phase", "epoch", "train_loss", "val_loss"]
@@ -265,8 +268,8 @@ def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo, native):
 def test_cpu_precision_is_fp32_unless_asked_and_evaluation_follows_the_run(
     separable, tmp_path, monkeypatch, capsys, native
 ):
-    """The CPU default is fp32; --amp trains in bf16 (channels-last where the CPU has native bf16, with a warning
-    where it is emulated), and evaluation follows the run where the CPU has it natively."""
+    """The CPU default is fp32; --amp trains in bf16 (with a warning where it is emulated), and evaluation follows
+    the run where the CPU has it natively. Images go channels-last on a CPU in either precision."""
     monkeypatch.setattr(device_module, "cpu_supports_bf16", lambda: native)
     layouts = []
     real_model_input = predict_module.model_input
@@ -277,11 +280,11 @@ def test_cpu_precision_is_fp32_unless_asked_and_evaluation_follows_the_run(
     )
     fp32 = train(TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "fp32"), **FAST), quiet=True)
     assert fp32.amp is False and fp32.precision == "off"
-    assert evaluate(tmp_path / "fp32", bootstrap=0, quiet=True).precision == "off" and set(layouts) == {False}
+    assert evaluate(tmp_path / "fp32", bootstrap=0, quiet=True).precision == "off" and set(layouts) == {True}
     layouts.clear()
     capsys.readouterr()
     bf16 = train(TrainConfig(data=str(separable), epochs=1, amp=True, out=str(tmp_path / "bf16"), **FAST), quiet=True)
-    assert bf16.precision == "bfloat16" and set(layouts) == {True}  # validation, channels-last under CPU autocast
+    assert bf16.precision == "bfloat16" and set(layouts) == {True}
     assert ("emulated, slower than fp32" in capsys.readouterr().err) is not native
     report = evaluate(tmp_path / "bf16", bootstrap=0, quiet=True)
     assert report.precision == ("bfloat16" if native else "off")

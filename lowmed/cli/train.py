@@ -125,9 +125,20 @@ def train_command(
         Optional[int],
         typer.Option(
             help=(
-                f"Frozen phase: train the head on backbone features cached for this many augmented views per image "
-                f"(0 = run the backbone every epoch). \\[default: {_D.cached_views}]"
+                f"Train on the frozen layers' outputs cached for this many augmented views per image (0 = run "
+                f"the whole network every epoch). \\[default: {_D.cached_views}]"
             )
+        ),
+    ] = None,
+    cache_finetune: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--cache-finetune/--no-cache-finetune",
+            help=(
+                "Fine-tuning: run the layers below the unfrozen ones once per cached view, not every epoch. "
+                "\\[default: cache-finetune]"
+            ),
+            show_default=False,
         ),
     ] = None,
     patience: Annotated[

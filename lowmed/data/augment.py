@@ -1,8 +1,9 @@
 """Per-image random augmentation applied to whole batches of tensors (CPU or GPU).
 
-One affine warp per image (rotation, shift, scale, horizontal flip) through ``affine_grid`` and
-``grid_sample``, then brightness and contrast. All draws come from an explicit CPU generator, so an
-epoch's augmentation is reproducible — and identical after a resume.
+One affine warp per image (rotation, shift, scale, horizontal flip) through one ``affine_grid`` and
+``grid_sample`` for the whole batch, then brightness and contrast. All draws come from an explicit CPU
+generator, so an epoch's augmentation is reproducible — and identical after a resume — and reach a GPU in
+one transfer per batch.
 """
 
 from __future__ import annotations
@@ -23,16 +24,16 @@ def augment_batch(images: torch.Tensor, strength: float, generator: torch.Genera
     """``images``: float (B, C, H, W) in [0, 1]. Returns augmented images in [0, 1]."""
     if strength <= 0:
         return images
-    batch = images.shape[0]
-
-    def uniform(scale: float) -> torch.Tensor:
-        return ((torch.rand(batch, generator=generator) * 2 - 1) * scale * strength).to(images.device)
-
-    angle = uniform(math.radians(MAX_ROTATION_DEG))
-    scale = 1 + uniform(MAX_SCALE)
-    shift_x, shift_y = uniform(2 * MAX_SHIFT), uniform(2 * MAX_SHIFT)  # grid coordinates span 2
-    flip = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0).to(images.device)
-    brightness, contrast = 1 + uniform(MAX_INTENSITY), 1 + uniform(MAX_INTENSITY)
+    # every draw of the batch at once, copied to the device in one asynchronous transfer
+    draws = torch.rand(7, images.shape[0], generator=generator)
+    if images.device.type == "cuda":
+        draws = draws.pin_memory().to(images.device, non_blocking=True)
+    signed = draws * 2 - 1
+    limits = (math.radians(MAX_ROTATION_DEG), MAX_SCALE, 2 * MAX_SHIFT, 2 * MAX_SHIFT)  # grid coordinates span 2
+    angle, scale_change, shift_x, shift_y = (signed[i] * limit * strength for i, limit in enumerate(limits))
+    scale = 1 + scale_change
+    flip = torch.where(draws[4] < 0.5, -1.0, 1.0)
+    brightness, contrast = (1 + signed[i] * MAX_INTENSITY * strength for i in (5, 6))
 
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(

@@ -128,6 +128,32 @@ def load_split(
     )
 
 
+def decoded_batches(
+    paths: list[Path], size: int, batch_size: int, ahead: int = 2
+) -> Iterator[tuple[torch.Tensor, list[int]]]:
+    """Decode ``paths`` batch by batch on background threads, ``ahead`` batches ahead of the caller (Pillow
+    releases the GIL while it decodes), so decoding overlaps the model's work and memory holds only a few batches.
+
+    Yields (uint8 images of the readable files, their row numbers); the rows missing from every batch are the
+    files that could not be read.
+    """
+
+    def decode(rows: range) -> tuple[torch.Tensor, list[int]]:
+        images = {row: _decode_or_none(paths[row], size) for row in rows}
+        readable = [row for row, image in images.items() if image is not None]
+        pixels = torch.stack([images[row] for row in readable]) if readable else torch.empty(0, 3, size, size)
+        return pixels.to(torch.uint8), readable
+
+    chunks = [range(i, min(i + batch_size, len(paths))) for i in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(max_workers=ahead) as pool:
+        pending = [pool.submit(decode, rows) for rows in chunks[:ahead]]
+        for index in range(len(chunks)):
+            if index + ahead < len(chunks):
+                pending.append(pool.submit(decode, chunks[index + ahead]))
+            yield pending[index].result()
+            pending[index] = None  # the batch is the caller's now
+
+
 def too_many_unreadable(split: LabelledImages) -> bool:
     total = len(split) + len(split.unreadable or [])
     return len(split.unreadable or []) > max(1, math.floor(MAX_UNREADABLE_SHARE * total))

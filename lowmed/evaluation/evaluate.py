@@ -15,20 +15,20 @@ from sklearn.metrics import roc_curve
 import lowmed
 from lowmed.console import warn
 from lowmed.contracts import EvalDir, EvalReport, RunDir
-from lowmed.data.loading import label_tensors, load_split
+from lowmed.data.loading import label_tensors
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import load_or_prepare
-from lowmed.device import Precision, native_amp, resolve_device
+from lowmed.device import Precision, channels_last, inference_batch_size, native_amp, resolve_device
 from lowmed.errors import LowmedError
 from lowmed.evaluation.metrics import compute_metrics, counted_labels, expected_calibration_error, probabilities
 from lowmed.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
-from lowmed.evaluation.predict import predict_logits
+from lowmed.evaluation.predict import predict_files
 from lowmed.evaluation.stats import bootstrap_ci
 from lowmed.io import staged_dir, write_csv
 from lowmed.models.registry import build_model, get_model_spec
 from lowmed.models.weights import load_checkpoint
 
-CPU_BATCH, ACCELERATOR_BATCH = 16, 64  # images per forward pass when evaluating
+ACCELERATOR_BATCH = 64  # images per forward pass when evaluating on a GPU
 
 
 def evaluate(
@@ -76,7 +76,7 @@ def evaluate(
     amp = amp if amp is not None else bool(config.get("amp")) and native_amp(torch_device)
     precision = Precision.choose(torch_device, amp)
     if batch_size is None:
-        batch_size = CPU_BATCH if torch_device.type == "cpu" else ACCELERATOR_BATCH
+        batch_size = inference_batch_size(torch_device, ACCELERATOR_BATCH)
     if batch_size < 1:
         raise LowmedError(f"--batch-size {batch_size}: expected at least 1 image per forward pass")
     model = build_model(get_model_spec(config["model"]), len(classes), config["head"])
@@ -87,7 +87,7 @@ def evaluate(
             f"{checkpoint_path}: weights do not fit {config['model']} ({str(exc).splitlines()[0]})"
         ) from None
     model.to(torch_device)
-    if precision.channels_last(torch_device):
+    if channels_last(torch_device):
         model.to(memory_format=torch.channels_last)
     preprocessing = trained["preprocessing"]
     mean = torch.tensor(preprocessing["mean"], device=torch_device).view(1, 3, 1, 1)
@@ -99,19 +99,19 @@ def evaluate(
             raise LowmedError(f"{source.manifest_path}: no {name} rows to evaluate")
         targets, mask = label_tensors(frame, task, classes, source.info.get("uncertain", "ignore"))
         paths = source.image_paths(frame)
-        images = load_split(paths, targets, mask, preprocessing["input_size"])
-        if images.unreadable:
-            warn(
-                f"{len(images.unreadable)} {name} image(s) could not be read and are left out "
-                f"(e.g. {images.unreadable[0]})"
-            )
-            readable = {str(p) for p in images.paths}
-            frame = frame[[str(p) in readable for p in paths]].reset_index(drop=True)
-        logits = predict_logits(model, images, mean, std, torch_device, precision, batch_size, tta)
+        logits, readable = predict_files(
+            model, paths, preprocessing["input_size"], mean, std, torch_device, precision, batch_size, tta
+        )
+        if not readable:
+            raise LowmedError(f"{source.manifest_path}: none of the {len(paths)} {name} images could be read")
+        if len(readable) < len(paths):
+            unreadable = sorted(set(range(len(paths))) - set(readable))
+            warn(f"{len(unreadable)} {name} image(s) could not be read and are left out (e.g. {paths[unreadable[0]]})")
+            frame = frame.iloc[readable].reset_index(drop=True)
         return (
             frame,
-            images.targets.numpy(),
-            None if images.mask is None else images.mask.numpy(),
+            targets[readable].numpy(),
+            None if mask is None else mask[readable].numpy(),
             probabilities(logits, task).cpu().numpy(),
         )
 

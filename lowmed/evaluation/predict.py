@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
-from lowmed.data.loading import LabelledImages, index_chunks
-from lowmed.device import Precision
+from lowmed.data.loading import LabelledImages, decoded_batches, index_chunks
+from lowmed.device import Precision, channels_last
 
 
 def model_input(
@@ -41,13 +42,54 @@ def predict_logits(
 
     With ``tta`` the logits of each image and its horizontal mirror are averaged.
     """
+    batches = (images for images, _ in split.batches(index_chunks(torch.arange(len(split)), batch_size, False)))
+    return batch_logits(model, batches, mean, std, device, precision, tta)
+
+
+def predict_files(
+    model: nn.Module,
+    paths: list[Path],
+    size: int,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device,
+    precision: Precision,
+    batch_size: int,
+    tta: bool = False,
+) -> tuple[torch.Tensor, list[int]]:
+    """Logits for the image files, decoded while the model works on the batch before (``decoded_batches``).
+
+    Returns the logits of the readable files and their row numbers in ``paths``.
+    """
+    readable: list[int] = []
+
+    def batches() -> Iterator[torch.Tensor]:
+        for images, rows in decoded_batches(paths, size, batch_size):
+            readable.extend(rows)
+            if rows:
+                yield images
+
+    logits = batch_logits(model, batches(), mean, std, device, precision, tta)
+    return logits, readable
+
+
+def batch_logits(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device,
+    precision: Precision,
+    tta: bool = False,
+) -> torch.Tensor:
+    """The model's logits for uint8 image batches, concatenated (empty when there are none)."""
     model.eval()
     outputs = []
     with torch.inference_mode(), precision.autocast(device):
-        for images, _ in split.batches(index_chunks(torch.arange(len(split)), batch_size, drop_last=False)):
-            x = model_input(images, mean, std, device, channels_last=precision.channels_last(device))
+        for images in batches:
+            x = model_input(images, mean, std, device, channels_last=channels_last(device))
             logits = model(x).float()
             if tta:
                 logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
             outputs.append(logits)
-    return torch.cat(outputs)
+    return torch.cat(outputs) if outputs else torch.empty(0, device=device)

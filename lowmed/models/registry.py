@@ -11,13 +11,13 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
 import torchvision
 from torch import nn
 
 from lowmed.errors import LowmedError
 from lowmed.models.heads import build_head
 from lowmed.models.simple_cnn import SimpleCNN
+from lowmed.models.stages import GlobalPool
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,14 +50,10 @@ class PooledFeatures(nn.Module):
     def __init__(self, features: nn.Module, final_relu: bool = False) -> None:
         super().__init__()
         self.features = features
-        self.final_relu = final_relu
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalPool(relu_first=final_relu)
 
     def forward(self, x):
-        x = self.features(x)
-        if self.final_relu:  # DenseNet's features end in a norm layer; torchvision applies ReLU after it
-            x = torch.relu(x)
-        return self.pool(x).flatten(1)
+        return self.pool(self.features(x))
 
 
 def _resnet(name: str) -> Callable[[], nn.Module]:

@@ -2,6 +2,8 @@
 
 from torch import nn
 
+from lowmed.models.stages import GlobalPool
+
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
     return [
@@ -28,8 +30,8 @@ class SimpleCNN(nn.Module):
                 nn.MaxPool2d(2),
             ]
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalPool()
         self.feature_dim = widths[-1]
 
     def forward(self, x):
-        return self.pool(self.features(x)).flatten(1)
+        return self.pool(self.features(x))

@@ -1,15 +1,19 @@
-"""The frozen phase on cached features: the backbone runs once per image and view, not once per epoch.
+"""Training on cached activations: the frozen part of the network runs once per image and view, not every epoch.
 
-While the backbone is frozen (in eval mode, so its batch-norm statistics are fixed too) its output for an image
-depends only on the augmentation drawn. So lowmed computes the features of every training image for a few
-augmented views, and of every validation image once, and trains the head on those: epoch e uses view
-e mod K. The head sees the same kind of inputs as when the whole network runs every epoch — drawn from a pool
-of K augmentations per image instead of a fresh one — at a fraction of the cost.
+Frozen layers are in eval mode (their batch-norm statistics fixed), so their output for an image depends only on
+the augmentation drawn. lowmed therefore runs them over every training image in a few augmented views, and over
+every validation image once, and trains the rest of the network on those outputs: epoch e uses view e mod K. In
+the frozen phase the cached part is the whole backbone and the head trains on pooled features; in fine-tuning it
+is every stage below the first one that trains (``lowmed.models.stages``). What trains sees the same kind of
+inputs as when the whole network runs every epoch — drawn from a pool of K augmentations per image instead of a
+fresh one — at a fraction of the cost.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,54 +21,232 @@ from torch import nn
 from lowmed.console import track
 from lowmed.data.augment import augment_batch
 from lowmed.data.loading import LabelledImages, index_chunks
-from lowmed.device import Precision
+from lowmed.device import Precision, inference_batch_size
 from lowmed.evaluation.predict import model_input
+from lowmed.models.stages import Stage, backbone_stages
 
-CACHE_LIMIT_BYTES = 2 * 2**30  # beyond this the frozen phase runs the whole network every epoch
+UNKNOWN_MEMORY_BYTES = 4 * 2**30  # the CPU memory assumed where /proc/meminfo does not say
 
 
 @dataclass
-class FeatureCache:
-    train_views: torch.Tensor  # (views, train images, features), on the training device
-    val: torch.Tensor  # (val images, features)
+class ActivationCache:
+    boundary: str  # the last cached stage ("backbone": pooled features)
+    top: nn.Module  # what trains: from the cached activations to the logits
+    above: nn.Module | None  # the backbone's stages in ``top`` (None when the head alone trains)
+    train_views: torch.Tensor  # (views, train images, *activation shape), on the training device
+    val: torch.Tensor  # (val images, *activation shape)
+    compute_dtype: torch.dtype  # the dtype the cached part produced (storage may be float16 to fit the budget)
+    channels_last: bool
+    seconds: float  # to build
 
-    @classmethod
-    def build(cls, inputs, config, quiet: bool) -> "FeatureCache | None":
-        views = config.cached_views if config.augment_strength > 0 else min(config.cached_views, 1)
-        if views == 0:
-            return None
-        if views * (len(inputs.train) + len(inputs.val)) * inputs.model.feature_dim * 4 > CACHE_LIMIT_BYTES:
-            return None
-        backbone = inputs.model.backbone.eval()
-        batch = config.batch_size * 2
-        train_views = []
-        for view in track(range(views), views, "Caching frozen features", quiet):
-            generator = torch.Generator().manual_seed(config.seed * 7919 + view)
-            train_views.append(
-                _features(
-                    backbone,
-                    inputs,
-                    inputs.train,
-                    batch,
-                    inputs.precision,
-                    lambda x, generator=generator: augment_batch(x, config.augment_strength, generator),
-                )
-            )
-        return cls(torch.stack(train_views), _features(backbone, inputs, inputs.val, batch, inputs.precision))
+    def report(self) -> dict:
+        """What ``train.json`` records under ``caches``."""
+        return {
+            "boundary": self.boundary,
+            "views": len(self.train_views),
+            "shape": list(self.val.shape[1:]),
+            "dtype": str(self.train_views.dtype).removeprefix("torch."),
+            "megabytes": round((self.train_views.nbytes + self.val.nbytes) / 2**20, 1),
+            "build_seconds": round(self.seconds, 2),
+        }
 
-    def head_logits(self, head: nn.Module, precision: Precision) -> torch.Tensor:
-        head.eval()
+    def describe(self) -> str:
+        report = self.report()
+        return (
+            f"cached {report['views']} views after {report['boundary']}: {report['megabytes']} MB "
+            f"{report['dtype']} in {report['build_seconds']} s"
+        )
+
+    def _as_input(self, activations: torch.Tensor) -> torch.Tensor:
+        """A copy in the dtype and memory format the top takes (a copy: its first layer may work in place)."""
+        activations = activations.to(self.compute_dtype, copy=True)
+        if self.channels_last and activations.dim() == 4:
+            return activations.contiguous(memory_format=torch.channels_last)
+        return activations
+
+    def train_batch(self, phase_epoch: int, rows: torch.Tensor) -> torch.Tensor:
+        """The cached activations of ``rows`` in the view this epoch uses."""
+        return self._as_input(self.train_views[(phase_epoch - 1) % len(self.train_views)][rows])
+
+    def pooled_features(self, head: nn.Module, precision: Precision, batch_size: int) -> "ActivationCache":
+        """The frozen phase's cache computed from this one: the backbone's remaining stages (frozen in that phase,
+        so in eval mode) over every cached view, instead of the whole backbone over the images again."""
+        started = time.perf_counter()
+        self.above.eval()
+        with torch.no_grad(), precision.autocast(self.val.device):  # not inference mode: the head trains on them
+            views = torch.stack([self._forward(self.above, view, batch_size) for view in self.train_views])
+            val = self._forward(self.above, self.val, batch_size)
+        return ActivationCache("backbone", head, None, views, val, torch.float32, False, time.perf_counter() - started)
+
+    def val_logits(self, precision: Precision, batch_size: int) -> torch.Tensor:
+        self.top.eval()
         with torch.inference_mode(), precision.autocast(self.val.device):
-            return head(self.val).float()
+            return self._forward(self.top, self.val, batch_size)
+
+    def _forward(self, module: nn.Module, activations: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """``module`` over cached ``activations`` in batches, as float32 (the caller sets grad mode and autocast)."""
+        starts = range(0, len(activations), batch_size)
+        return torch.cat([module(self._as_input(activations[i : i + batch_size])).float() for i in starts])
 
 
-def _features(
-    backbone: nn.Module, inputs, split: LabelledImages, batch_size: int, precision: Precision, augment=None
+class PhaseCaches:
+    """Each phase's cache, and what ``train.json`` records of them (``reports``).
+
+    When fine-tuning follows the frozen phase, its cache is built first and the frozen phase's features are
+    computed from it: the layers frozen in both phases run once per view for the two phases together.
+    """
+
+    def __init__(self, inputs, config, quiet: bool) -> None:
+        self.inputs, self.config, self.quiet = inputs, config, quiet
+        self.reports: dict[str, dict] = {}
+        self._finetune: ActivationCache | None = None  # built ahead, during the frozen phase
+
+    def for_phase(
+        self, phase: str, frozen: list[nn.Module], finetune_frozen: list[nn.Module] | None
+    ) -> ActivationCache | None:
+        """``frozen``: the backbone layers frozen in this phase (``loop.frozen_layers``); ``finetune_frozen``:
+        those of the fine-tuning phase that follows this frozen phase, if one does."""
+        if phase == "finetune" and self._finetune is not None:
+            cache, self._finetune = self._finetune, None
+            return cache
+        if phase == "frozen" and finetune_frozen is not None:
+            ahead, report = build_cache(self.inputs, self.config, "finetune", finetune_frozen, self.quiet)
+            if ahead is not None:
+                self._finetune, self.reports["finetune"] = ahead, report
+                batch = inference_batch_size(self.inputs.device, self.config.batch_size * 2)
+                cache = ahead.pooled_features(self.inputs.model.head, self.inputs.precision, batch)
+                self.reports["frozen"] = {**cache.report(), "computed_from": ahead.boundary}
+                return cache
+        cache, self.reports[phase] = build_cache(self.inputs, self.config, phase, frozen, self.quiet)
+        return cache
+
+
+def build_cache(
+    inputs, config, phase: str, frozen: list[nn.Module], quiet: bool
+) -> tuple[ActivationCache | None, dict]:
+    """The cache for a phase, from the images, and what ``train.json`` records of it: its boundary and size, or
+    why there is none. ``frozen``: the backbone layers frozen in that phase.
+    """
+    views = config.cached_views if config.augment_strength > 0 else min(config.cached_views, 1)
+    if views == 0:
+        return None, {"boundary": None, "reason": "--cached-views 0"}
+    if phase == "finetune" and not config.cache_finetune:
+        return None, {"boundary": None, "reason": "--no-cache-finetune"}
+    backbone = inputs.model.backbone
+    if phase == "frozen":
+        lower, boundary, above, top = backbone, "backbone", None, inputs.model.head
+    else:
+        cut = _cut(backbone, frozen)
+        if isinstance(cut, str):
+            return None, {"boundary": None, "reason": cut}
+        below, rest = cut
+        lower, boundary = nn.Sequential(*(module for _, module in below)), below[-1][0]
+        above = nn.Sequential(*(module for _, module in rest))
+        top = nn.Sequential(above, inputs.model.head)
+    lower.eval()
+    # pooled features stay float32 (they are small); activations are stored as the network made them, or in
+    # float16 where float32 would not fit
+    produced = torch.float32 if phase == "frozen" else None
+    probe = _activations(lower, inputs, inputs.train.part(slice(0, 1)), 1, inputs.precision, storage=produced)
+    images = views * len(inputs.train) + len(inputs.val)
+    budget = memory_budget(inputs.device)
+    storage = probe.dtype
+    if images * probe[0].numel() * probe.element_size() > budget and probe.dtype == torch.float32:
+        storage = torch.float16
+    needed = images * probe[0].numel() * torch.empty((), dtype=storage).element_size()
+    if needed > budget:
+        reason = f"{needed / 2**30:.1f} GiB of activations after {boundary} exceed the budget of {budget / 2**30:.1f}"
+        return None, {"boundary": None, "reason": f"{reason} GiB (half the free memory)"}
+    started = time.perf_counter()
+    batch = inference_batch_size(inputs.device, config.batch_size * 2)
+    train_views = []
+    label = "Caching frozen features" if phase == "frozen" else f"Caching activations after {boundary}"
+    for view in track(range(views), views, label, quiet):
+        generator = torch.Generator().manual_seed(config.seed * 7919 + view)
+        train_views.append(
+            _activations(
+                lower,
+                inputs,
+                inputs.train,
+                batch,
+                inputs.precision,
+                lambda x, generator=generator: augment_batch(x, config.augment_strength, generator),
+                storage,
+            )
+        )
+    val = _activations(lower, inputs, inputs.val, batch, inputs.precision, storage=storage)
+    if storage != probe.dtype and not all(torch.isfinite(t).all() for t in (*train_views, val)):
+        return None, {"boundary": None, "reason": f"activations after {boundary} overflow float16 storage"}
+    cache = ActivationCache(
+        boundary,
+        top,
+        above,
+        torch.stack(train_views),
+        val,
+        probe.dtype,
+        inputs.channels_last,
+        time.perf_counter() - started,
+    )
+    return cache, cache.report()
+
+
+def _cut(backbone: nn.Module, frozen: list[nn.Module]) -> tuple[list[Stage], list[Stage]] | str:
+    """The backbone's stages below the first that trains (or is random in training), and the rest; or why not."""
+    stages = backbone_stages(backbone)
+    if stages is None:
+        return f"{type(backbone).__name__} is not a chain of stages (lowmed.models.stages)"
+    frozen_ids = {id(module) for module in frozen}
+    cut = next((i for i, (_, module) in enumerate(stages) if not _same_every_epoch(module, frozen_ids)), len(stages))
+    if cut == 0:
+        return f"the first stage ({stages[0][0]}) trains"
+    return stages[:cut], stages[cut:]
+
+
+def _same_every_epoch(stage: nn.Module, frozen_ids: set[int]) -> bool:
+    """Whether a stage gives the same output for the same input every epoch: every layer with weights and every
+    normalisation layer in it is frozen (so in eval mode), and nothing in it drops out at random."""
+    for module in stage.modules():
+        has_weights = any(True for _ in module.parameters(recurse=False))
+        if (has_weights or isinstance(module, nn.modules.batchnorm._NormBase)) and id(module) not in frozen_ids:
+            return False
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            return False
+        if (getattr(module, "drop_prob", 0) or getattr(module, "drop_rate", 0) or 0) > 0:  # timm's drop-path
+            return False
+    return True
+
+
+def memory_budget(device: torch.device) -> int:
+    """Half the memory free on ``device`` now: what the cached activations may take."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return _available_cpu_memory() // 2
+
+
+def _available_cpu_memory() -> int:
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return UNKNOWN_MEMORY_BYTES
+
+
+def _activations(
+    lower: nn.Module,
+    inputs,
+    split: LabelledImages,
+    batch_size: int,
+    precision: Precision,
+    augment=None,
+    storage: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Pooled features of every image of ``split`` (no_grad, not inference mode: the head trains on them)."""
+    """``lower``'s output for every image of ``split`` (no_grad, not inference mode: what trains takes them)."""
     outputs = []
     with torch.no_grad(), precision.autocast(inputs.device):
         for images, _ in split.batches(index_chunks(torch.arange(len(split)), batch_size, drop_last=False)):
             x = model_input(images, inputs.mean, inputs.std, inputs.device, augment, inputs.channels_last)
-            outputs.append(backbone(x).float())
+            out = lower(x)
+            outputs.append(out if storage is None else out.to(storage))
     return torch.cat(outputs)

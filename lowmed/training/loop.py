@@ -23,14 +23,14 @@ from lowmed.console import console, progress_bar
 from lowmed.contracts import RunDir
 from lowmed.data.augment import augment_batch
 from lowmed.data.loading import LabelledImages, index_chunks
-from lowmed.device import Precision
+from lowmed.device import Precision, channels_last, inference_batch_size
 from lowmed.distributed import Distributed
 from lowmed.errors import RunFailed
 from lowmed.evaluation.metrics import accuracy, auroc, probabilities
 from lowmed.evaluation.predict import model_input, predict_logits
 from lowmed.models.registry import Classifier, layer_groups
 from lowmed.training.checkpoint import CheckpointSaver
-from lowmed.training.features import FeatureCache
+from lowmed.training.features import ActivationCache, PhaseCaches
 
 AUX_LOSS_WEIGHT = 0.4  # Inception v3's auxiliary classifier, as in the paper
 SYNC_EVERY = 20  # batches between copies of the loss to the CPU (each copy waits for the GPU)
@@ -81,15 +81,19 @@ def class_weights(task: str, targets: torch.Tensor, mask: torch.Tensor | None, c
     return torch.where(positives > 0, negatives / positives.clamp(min=1), torch.ones_like(positives)).clamp(max=100)
 
 
-def set_trainable(model: Classifier, phase: Phase, fine_tune_layers: int) -> list[nn.Module]:
-    """Freeze/unfreeze for the phase; returns the backbone layers that stay frozen."""
+def frozen_layers(model: Classifier, phase: Phase, fine_tune_layers: int) -> list[nn.Module]:
+    """The backbone layers that stay frozen in ``phase``."""
     groups = layer_groups(model.backbone)
     if phase.name == "full":
-        frozen = []
-    elif phase.name == "frozen":
-        frozen = groups
-    else:
-        frozen = groups[: max(0, len(groups) - fine_tune_layers)]
+        return []
+    if phase.name == "frozen":
+        return groups
+    return groups[: max(0, len(groups) - fine_tune_layers)]
+
+
+def set_trainable(model: Classifier, phase: Phase, fine_tune_layers: int) -> list[nn.Module]:
+    """Freeze/unfreeze for the phase; returns the backbone layers that stay frozen."""
+    frozen = frozen_layers(model, phase, fine_tune_layers)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     for module in frozen:
@@ -98,7 +102,7 @@ def set_trainable(model: Classifier, phase: Phase, fine_tune_layers: int) -> lis
     return frozen
 
 
-def train_mode(model: Classifier, frozen: list[nn.Module]) -> None:
+def train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
     """Training mode, except that frozen layers keep their normalisation statistics fixed."""
     model.train()
     for module in frozen:
@@ -122,7 +126,7 @@ class LoopInputs:
 
     @property
     def channels_last(self) -> bool:
-        return self.precision.channels_last(self.device)
+        return channels_last(self.device)
 
 
 def _epoch_generator(seed: int, phase_index: int, epoch: int) -> torch.Generator:
@@ -132,10 +136,16 @@ def _epoch_generator(seed: int, phase_index: int, epoch: int) -> torch.Generator
 
 
 def evaluate_split(inputs: LoopInputs, split: LabelledImages, batch_size: int) -> dict[str, float]:
-    """Loss, accuracy and AUROC on a split, in inference mode with large batches."""
+    """Loss, accuracy and AUROC on a split, in inference mode."""
     share = split.part(inputs.dist.shard(len(split))) if inputs.dist.enabled else split
     logits = predict_logits(
-        inputs.model, share, inputs.mean, inputs.std, inputs.device, inputs.precision, batch_size * 2
+        inputs.model,
+        share,
+        inputs.mean,
+        inputs.std,
+        inputs.device,
+        inputs.precision,
+        inference_batch_size(inputs.device, batch_size * 2),
     )
     return validation_metrics(inputs, split, inputs.dist.gather(logits))
 
@@ -183,7 +193,7 @@ class StopAfterBatch:
 def run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], state: dict | None, quiet: bool) -> dict:
     """Train through ``phases``, starting from ``state`` (a ``last.pt``) when resuming.
 
-    Returns the history (one row per epoch) and the best epoch with its monitored value.
+    Returns the history (one row per epoch), the best epoch with its monitored value, and each phase's cache.
     """
     with StopAfterBatch() as stop:
         return _run_phases(inputs, config, phases, state, quiet, stop)
@@ -194,6 +204,7 @@ def _run_phases(
 ) -> dict:
     model, device = inputs.model, inputs.device
     history: list[dict] = list(state["history"]) if state else []
+    caches = PhaseCaches(inputs, config, quiet)
     saver = CheckpointSaver(
         inputs.run_dir, config.monitor, inputs.checkpoint_extras, inputs.dist.is_main, state["best"] if state else None
     )
@@ -222,11 +233,18 @@ def _run_phases(
             if state.get("phase_done"):
                 continue
         cache_started = time.perf_counter()
-        cache = FeatureCache.build(inputs, config, quiet) if phase.name == "frozen" else None
+        cache = None
+        if phase.name != "full":
+            following = phases[phase_index + 1] if phase_index + 1 < len(phases) else None
+            finetune_frozen = frozen_layers(model, following, config.fine_tune_layers) if following else None
+            cache = caches.for_phase(phase.name, frozen, finetune_frozen)
+            if not quiet:
+                note = cache.describe() if cache else caches.reports[phase.name]["reason"]
+                console.print(f"[dim]{phase.name}: {note}")
         setup_seconds = time.perf_counter() - cache_started  # counted in the phase's first epoch
         # under torchrun, the module that trains this phase is wrapped once its frozen layers are set
         trained = (
-            inputs.dist.wrap(model.head)
+            inputs.dist.wrap(cache.top)
             if cache is not None
             else inputs.dist.wrap(model, find_unused=model.aux_head is not None)
         )
@@ -289,7 +307,7 @@ def _run_phases(
                     )
                 break
         state = None
-    return {"history": history, "best": saver.best}
+    return {"history": history, "best": saver.best, "caches": caches.reports}
 
 
 def _epoch_order(train: LabelledImages, balanced: bool, generator: torch.Generator) -> torch.Tensor:
@@ -304,7 +322,7 @@ def _epoch(
     config: TrainConfig,
     phase: Phase,
     phase_index: int,
-    cache: FeatureCache | None,
+    cache: ActivationCache | None,
     frozen: list[nn.Module],
     trained: nn.Module,
     optimizer,
@@ -315,9 +333,10 @@ def _epoch(
     quiet: bool,
     stop: StopAfterBatch,
 ) -> tuple[float, int, float, dict]:
-    """Train one epoch — the head on cached features, or the whole model on augmented images — and validate.
+    """Train one epoch — the top of the network on cached activations, or the whole model on augmented images —
+    and validate.
 
-    ``trained`` is the module that takes the steps (the head or the model; under torchrun, wrapped in DDP).
+    ``trained`` is the module that takes the steps (the cache's top or the model; under torchrun, wrapped in DDP).
     Returns the train loss, the images seen (by all processes), the seconds spent training (for images/s; the
     epoch's wall time adds validation) and the validation metrics.
     """
@@ -327,14 +346,16 @@ def _epoch(
         order = dist.epoch_order(len(inputs.train), config.seed * 1_000 + phase_index, phase_epoch)
     else:
         order = _epoch_order(inputs.train, config.balanced_sampler, generator)
+    images_on_device = inputs.train.pixels is not None and inputs.train.pixels.device.type == device.type
+    if images_on_device or cache is not None:
+        order = order.to(device)  # batches are picked on the device: no index copy per batch
     chunks = index_chunks(order, config.batch_size, drop_last=len(order) > config.batch_size)
     if cache is not None:
-        view = cache.train_views[(phase_epoch - 1) % len(cache.train_views)]
-        model.head.train()
+        train_mode(cache.top, frozen)
         batches = [(None, rows) for rows in chunks]
 
         def forward(_, rows):
-            return trained(view[rows])
+            return trained(cache.train_batch(phase_epoch, rows))
 
     else:
         train_mode(model, frozen)
@@ -351,7 +372,8 @@ def _epoch(
     )
     train_seconds = time.perf_counter() - started
     if cache is not None:
-        metrics = validation_metrics(inputs, inputs.val, cache.head_logits(model.head, inputs.precision))
+        batch = inference_batch_size(device, config.batch_size * 2)
+        metrics = validation_metrics(inputs, inputs.val, cache.val_logits(inputs.precision, batch))
     else:
         metrics = evaluate_split(inputs, inputs.val, config.batch_size)
     return dist.mean(train_loss, seen), seen * dist.world_size, train_seconds, metrics
@@ -374,10 +396,12 @@ def _train_one_epoch(
     """One pass over ``batches`` ((images, rows) pairs); an optimizer step every ``config.accumulate`` batches
     (one per batch by default), gradients averaged over processes only on those steps.
 
-    ``forward(images, rows)`` gives the model's output: the whole model on augmented images, or the head alone
-    on cached features. The loss is copied to the CPU every SYNC_EVERY batches, not every batch.
+    ``forward(images, rows)`` gives the model's output: the whole model on augmented images, or the top of the
+    network on cached activations. The loss is copied to the CPU every SYNC_EVERY batches, not every batch.
     """
     train, device = inputs.train, inputs.device
+    all_targets = train.targets.to(device)  # one copy per epoch; each batch picks its rows on the device
+    all_mask = None if train.mask is None else train.mask.to(device)
     pending: list[torch.Tensor] = []
     losses: list[float] = []
     sizes: list[int] = []
@@ -403,8 +427,9 @@ def _train_one_epoch(
 
         for step, (images, rows) in enumerate(batches, start=1):
             steps_now = step % config.accumulate == 0 or step == total
-            targets = train.targets[rows].to(device, non_blocking=True)
-            mask = None if train.mask is None else train.mask[rows].to(device, non_blocking=True)
+            rows = rows.to(device, non_blocking=True)  # already there, unless the images are read per batch
+            targets = all_targets[rows]
+            mask = None if all_mask is None else all_mask[rows]
             gradient_sync = trained.no_sync() if hasattr(trained, "no_sync") and not steps_now else nullcontext()
             with gradient_sync:
                 with inputs.precision.autocast(device):

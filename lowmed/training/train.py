@@ -23,7 +23,7 @@ from lowmed.contracts import DERIVED_ARMS, MANIFEST, DatasetRef, RunDir, TrainSu
 from lowmed.data.loading import label_tensors, load_split, too_many_unreadable
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import load_or_prepare, subsample
-from lowmed.device import Precision, native_amp, resolve_device
+from lowmed.device import Precision, channels_last, native_amp, resolve_device
 from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.io import sha256_file, write_yaml
@@ -70,8 +70,10 @@ def train(
         _check_source_model(report, spec.name)
     dist.on_main(lambda: _open_run_dir(run_dir, config, resume, overwrite))  # only rank 0 writes the run dir
     state = read_training_state(run_dir) if resume else None
+    earlier_caches = {}  # a resumed run keeps what its finished phases recorded
     if resume:
-        report = run_dir.read_summary().weights
+        earlier = run_dir.read_summary()
+        report, earlier_caches = earlier.weights, earlier.caches
     if not quiet:
         console.print(f"[bold]{run_dir.path}[/] (arm {config.arm}): {spec.name}, {report.summary()}", highlight=False)
     preprocessing = {
@@ -112,7 +114,7 @@ def train(
         else None
     )
     model.to(device)
-    if precision.channels_last(device):
+    if channels_last(device):
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -171,13 +173,14 @@ def train(
         wall_seconds=round(time.perf_counter() - started, 2),  # this invocation (a resumed run: since resume)
         resumed=state is not None,
         epoch_seconds_total=round(sum(row["seconds"] for row in history), 2),
-        # per phase: a frozen phase on cached features runs the head alone and is far faster
+        # per phase: a phase on cached activations runs only the top of the network and is far faster
         train_images_per_s={
             phase.name: round(float(np.median([r["images_per_s"] for r in history if r["phase"] == phase.name])), 1)
             for phase in phases
             if any(r["phase"] == phase.name for r in history)
         },
         precision=precision.describe(),
+        caches={**earlier_caches, **result["caches"]},
         unreadable_files={name: split.unreadable for name, split in splits.items() if split.unreadable},
     )
     return summary
