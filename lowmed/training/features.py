@@ -57,16 +57,18 @@ class ActivationCache:
             f"{report['dtype']} in {report['build_seconds']} s"
         )
 
-    def _as_input(self, activations: torch.Tensor) -> torch.Tensor:
-        """A copy in the dtype and memory format the top takes (a copy: its first layer may work in place)."""
-        activations = activations.to(self.compute_dtype, copy=True)
+    def _as_input(self, activations: torch.Tensor, copy: bool) -> torch.Tensor:
+        """In the dtype and memory format the top takes; ``copy`` for a view of the cache, which the top's first
+        layer (an in-place ReLU) could otherwise overwrite."""
+        activations = activations.to(self.compute_dtype, copy=copy)
         if self.channels_last and activations.dim() == 4:
             return activations.contiguous(memory_format=torch.channels_last)
         return activations
 
     def train_batch(self, phase_epoch: int, rows: torch.Tensor) -> torch.Tensor:
         """The cached activations of ``rows`` in the view this epoch uses."""
-        return self._as_input(self.train_views[(phase_epoch - 1) % len(self.train_views)][rows])
+        view = self.train_views[(phase_epoch - 1) % len(self.train_views)]
+        return self._as_input(view[rows], copy=False)  # indexing by rows has copied them already
 
     def pooled_features(self, head: nn.Module, precision: Precision, batch_size: int) -> "ActivationCache":
         """The frozen phase's cache computed from this one: the backbone's remaining stages (frozen in that phase,
@@ -86,7 +88,7 @@ class ActivationCache:
     def _forward(self, module: nn.Module, activations: torch.Tensor, batch_size: int) -> torch.Tensor:
         """``module`` over cached ``activations`` in batches, as float32 (the caller sets grad mode and autocast)."""
         starts = range(0, len(activations), batch_size)
-        return torch.cat([module(self._as_input(activations[i : i + batch_size])).float() for i in starts])
+        return torch.cat([module(self._as_input(activations[i : i + batch_size], copy=True)).float() for i in starts])
 
 
 class PhaseCaches:
