@@ -14,6 +14,7 @@ _API = {
     "train": "lowmed.training.train",
     "train_model": "lowmed.training.train",
     "finetune": "lowmed.training.train",
+    "tune": "lowmed.tuning",
     "evaluate": "lowmed.evaluation.evaluate",
     "evaluate_model": "lowmed.evaluation.evaluate",
     "compare_runs": "lowmed.compare",

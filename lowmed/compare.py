@@ -24,7 +24,16 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from lowmed.console import track, warn
-from lowmed.contracts import Comparison, ComparisonDir, EvalDir, EvalReport, RunDir, TrainSummary, find_run_dirs
+from lowmed.contracts import (
+    Comparison,
+    ComparisonDir,
+    EvalDir,
+    EvalReport,
+    RunDir,
+    TrainSummary,
+    TuningRecord,
+    find_run_dirs,
+)
 from lowmed.data.loading import label_tensors
 from lowmed.data.manifest import read_info
 from lowmed.errors import LowmedError
@@ -86,6 +95,10 @@ class Run:
     def correct(self) -> np.ndarray | None:
         return _correct_calls(self.table, self.report.task)
 
+    @cached_property
+    def tuning(self) -> TuningRecord | None:
+        return self.run.read_tuning()
+
 
 def _by_path(predictions: pd.DataFrame) -> pd.DataFrame:
     return predictions.sort_values("path", kind="stable").reset_index(drop=True)
@@ -124,6 +137,8 @@ def load_runs(
     runs, skipped = [], []
     for run in run_dirs:
         summary = run.read_summary()
+        if summary.tuning_trial is not None:
+            continue  # a tuning trial: chosen on validation, never evaluated on the compared split
         if not summary.completed:
             skipped.append({"run": str(run.path), "reason": f"status {summary.status!r}, not completed"})
             continue
@@ -223,6 +238,7 @@ def compare_runs(
     write_csv(target.stats, tests)
     curves = _aggregate(table.dropna(subset=["per_class"]), ["dataset", "arm", "model", "per_class"])
     figures = plot_learning_curves(target, curves)
+    recipes = recipes_statement(runs)
     comparison = Comparison(
         split=split,
         metric=metric,
@@ -232,10 +248,11 @@ def compare_runs(
         comparisons=tests.to_dict("records"),
         skipped=skipped,
         figures=[str(f) for f in figures],
+        recipes=recipes,
         out=str(target.path),
     )
     comparison.write(target.record)
-    write_text(target.markdown, markdown_report(table, groups, tests, metric, baseline))
+    write_text(target.markdown, markdown_report(table, groups, tests, metric, baseline, recipes))
     return comparison
 
 
@@ -268,6 +285,7 @@ def _runs_table(runs: list[Run], metric: str) -> pd.DataFrame:
                 "n_test": run.report.n,
                 "train_seconds": summary.epoch_seconds_total if summary.epoch_seconds_total is not None else np.nan,
                 "epochs": summary.epochs_run,
+                "recipe": run.tuning.recipe() if run.tuning else "fixed",
             }
         )
     return pd.DataFrame(rows).sort_values(["dataset", "per_class", "arm", "model", "seed"], na_position="first")
@@ -296,6 +314,7 @@ def _aggregate(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
                 "ci_high": high,
                 "interval": kind,
                 "train_seconds": float(part["train_seconds"].mean()),
+                "recipe": " | ".join(sorted(set(part["recipe"]))),
             }
         )
     return pd.DataFrame(rows)
@@ -423,13 +442,46 @@ def format_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def recipes_statement(runs: list[Run]) -> str:
+    """Whether the compared arms were tuned: with one fixed recipe, the comparison answers "which arm does best
+    with these options", a narrower question than with every arm tuned alike."""
+    tuned = {run.arm: run.tuning for run in runs if run.tuning}
+    fixed = sorted({run.arm for run in runs if not run.tuning})
+    if not tuned:
+        return (
+            "Recipes: not tuned; every run trained with its configured options (one fixed recipe answers which "
+            "arm does best with these options)."
+        )
+    budgets = sorted({record.budget for record in tuned.values()})
+    metrics = sorted({record.metric for record in tuned.values()})
+    how = (
+        f"{' / '.join(map(str, budgets))} trials per cell, chosen by {' / '.join(metrics)} on the validation "
+        "split only; the values chosen are in the recipe column"
+    )
+    if fixed:
+        return (
+            f"Recipes: mixed; arms {', '.join(sorted(tuned))} were tuned ({how}), arms {', '.join(fixed)} were "
+            "not, so a difference between them may be the tuning's, not the arm's."
+        )
+    if len(budgets) > 1:
+        return f"Recipes: every arm tuned, but with different budgets ({how}); the budgets are not equal."
+    return f"Recipes: every arm tuned with the same budget ({how})."
+
+
 def markdown_report(
-    table: pd.DataFrame, groups: pd.DataFrame, tests: pd.DataFrame, metric: str, baseline: str | None
+    table: pd.DataFrame,
+    groups: pd.DataFrame,
+    tests: pd.DataFrame,
+    metric: str,
+    baseline: str | None,
+    recipes: str,
 ) -> str:
-    lines = [f"# lowmed compare — {metric}", "", "## Groups (mean over seeds, 95 % interval)", ""]
-    columns = [c for c in groups.columns if c not in ("metric", "ci_low", "ci_high", "interval", "sd", "mean")]
-    lines.append("| " + " | ".join([*columns, "metric", "mean [95 % CI]", "SD"]) + " |")
-    lines.append("|" + "---|" * (len(columns) + 3))
+    lines = [f"# lowmed compare — {metric}", "", recipes, "", "## Groups (mean over seeds, 95 % interval)", ""]
+    columns = [
+        c for c in groups.columns if c not in ("metric", "ci_low", "ci_high", "interval", "sd", "mean", "recipe")
+    ]
+    lines.append("| " + " | ".join([*columns, "metric", "mean [95 % CI]", "SD", "recipe"]) + " |")
+    lines.append("|" + "---|" * (len(columns) + 4))
     for row in groups.to_dict("records"):
         lines.append(
             "| "
@@ -439,6 +491,7 @@ def markdown_report(
                     row["metric"],
                     f"{_fmt(row['mean'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
                     _fmt(row["sd"]),
+                    row["recipe"],
                 ]
             )
             + " |"

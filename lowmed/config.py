@@ -93,7 +93,7 @@ class TrainConfig:
         if unknown:
             raise LowmedError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(known)}")
         hints = typing.get_type_hints(cls)
-        return cls(**{name: _coerce(value, hints[name], f"{source}: {name}") for name, value in values.items()})
+        return cls(**{name: coerce(value, hints[name], f"{source}: {name}") for name, value in values.items()})
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
@@ -104,7 +104,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def coerce(value: Any, hint: Any, where: str) -> Any:
     """Accept a YAML value for a field typed ``hint`` (ints for floats are fine; strings for ints are not)."""
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None:

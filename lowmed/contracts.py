@@ -219,8 +219,9 @@ class TrainSummary(Record):
     processes: int = 1
     global_batch_size: int | None = None
     versions: dict = field(default_factory=dict)
-    status: str = "running"  # running | interrupted | failed | completed
+    status: str = "running"  # running | interrupted | failed | completed | pruned (a tuning trial stopped early)
     error: str | None = None
+    tuning_trial: int | None = None  # the trial's number when the run is one of a tuning cell's trials
     phases: list[str] = field(default_factory=list)
     epochs_run: int = 0
     best: dict | None = None  # epoch, phase, monitor, value, metrics (the val metrics of that epoch)
@@ -338,6 +339,49 @@ class EvalDir:
         return EvalReport.read(self.metrics)
 
 
+@dataclass(kw_only=True)
+class TuningRecord(Record):
+    """``tuning.json``: one tuning cell's trials and the values chosen (``lowmed tune``, a study's ``tune:``).
+
+    Written in the cell's folder, and copied into every run trained with its values, so that a run dir alone
+    says which of its options were tuned, on what, and with how many trials.
+    """
+
+    FILE: ClassVar[str] = "tuning.json"
+
+    schema: int = SCHEMA
+    cell: str
+    optuna_study: str  # the study's name in the storage
+    storage: str  # the storage URL, without a password
+    metric: str  # val_loss | val_auroc | val_accuracy, of each trial's best epoch on the validation split
+    direction: str  # minimize | maximize
+    budget: int  # trials counted (completed or pruned); the same for every arm of a study
+    space: dict  # the search space as given
+    # every trial in number order: number, state, counted (one of the budget's first finished), value, params,
+    # epochs, seconds, outcome (why pruned); trials that failed or ran beyond the budget are not counted
+    trials: list[dict]
+    chosen: dict  # the best completed trial's values
+    best_trial: int
+    best_value: float
+    seconds: float  # the counted trials' training time, summed
+
+    @property
+    def counted(self) -> list[dict]:
+        return [trial for trial in self.trials if trial["counted"]]
+
+    def chosen_text(self) -> str:
+        return ", ".join(f"{name}={short_value(value)}" for name, value in self.chosen.items())
+
+    def recipe(self) -> str:
+        """The chosen values in a line (a table's "recipe" column)."""
+        return f"tuned: {self.chosen_text()}"
+
+
+def short_value(value: Any) -> str:
+    """A tuned value as tables show it (floats to 3 significant digits)."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 @dataclass(frozen=True)
 class RunDir:
     """A run dir: config.yaml, history.csv, best.pt, last.pt, train.json and eval/."""
@@ -366,6 +410,14 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.path / TrainSummary.FILE
+
+    @property
+    def tuning(self) -> Path:
+        """Where the tuning that chose this run's options is recorded (absent for a run not tuned)."""
+        return self.path / TuningRecord.FILE
+
+    def read_tuning(self) -> TuningRecord | None:
+        return TuningRecord.read(self.tuning) if self.tuning.is_file() else None
 
     def checkpoint(self, which: str) -> Path:
         """``best`` or ``last``."""
@@ -414,6 +466,7 @@ class Comparison(Record):
     comparisons: list[dict]  # stats.csv's rows
     skipped: list[dict] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    recipes: str = ""  # whether the arms were tuned, and alike (compare.recipes_statement)
     out: str
 
 

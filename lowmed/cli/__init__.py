@@ -21,6 +21,7 @@ from lowmed.cli.models import models_command
 from lowmed.cli.prepare import prepare_command
 from lowmed.cli.subsample import subsample_command
 from lowmed.cli.train import finetune_command, train_command
+from lowmed.cli.tune import tune_command
 from lowmed.console import console
 from lowmed.errors import LowmedError, RunFailed
 
@@ -37,6 +38,7 @@ app.command("prepare")(prepare_command)
 app.command("subsample")(subsample_command)
 app.command("train")(train_command)
 app.command("finetune")(finetune_command)
+app.command("tune")(tune_command)
 app.command("evaluate")(evaluate_command)
 app.command("compare")(compare_command)
 app.command("experiment")(experiment_command)

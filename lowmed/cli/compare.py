@@ -111,6 +111,8 @@ def render_comparison(result: Comparison) -> None:
             str(row["n"]),
         )
     stdout.print(groups)
+    if result.recipes:
+        stdout.print(result.recipes, highlight=False)
     primary = [row for row in result.comparisons if row["test"] == PRIMARY_TEST]
     if primary:
         against = f"b = baseline arm {result.baseline}" if result.baseline else "every pair"

@@ -32,19 +32,23 @@ def experiment_command(
     grid = (
         f"{len(spec.datasets)} dataset(s) × {len(spec.arms)} arms × {len(spec.per_class)} sizes"
         f" × {len(spec.seeds)} seeds = {len(result.runs)} runs, + {len(result.pretrain)} pretrain stage(s)"
+        + (f", + {len(result.cells)} tuning cell(s) of {spec.tune.trials} trials" if spec.tune else "")
     )
     table = Table(title=f"study {spec.name}: {grid}", title_justify="left")
     table.add_column("run", overflow="fold")
     table.add_column("arm", overflow="fold")
     table.add_column("weights", overflow="fold")
     table.add_column("status", overflow="fold")
-    for job in result.pretrain + result.runs:
-        weights = job.values.get("weights", "none")
+    jobs = [(job, job.values, "") for job in result.pretrain]
+    jobs += [(cell, cell.cell.base, "tuning: ") for cell in result.cells]
+    jobs += [(job, job.values, "") for job in result.runs]
+    for job, values, kind in jobs:
+        weights = values.get("weights", "none")
         table.add_row(
             job.name,
             job.arm.name if job.arm else "(pretrain stage)",
             Path(weights).name if "/" in weights else weights,
-            job.status + (f": {job.detail}" if job.detail else ""),
+            kind + job.status + (f": {job.detail}" if job.detail else ""),
         )
     stdout.print(table)
     if not dry_run:

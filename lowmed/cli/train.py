@@ -184,7 +184,7 @@ def train_command(
     if resume:
         summary = resume_run(resume, quiet=quiet)
     else:
-        summary = train(_config(locals()), overwrite=overwrite, quiet=quiet)
+        summary = train(train_config(locals()), overwrite=overwrite, quiet=quiet)
     render_summary(summary)
 
 
@@ -198,7 +198,8 @@ def _given_options(arguments: dict) -> dict:
     return values
 
 
-def _config(arguments: dict) -> TrainConfig:
+def train_config(arguments: dict) -> TrainConfig:
+    """The run config from a command's arguments: ``--config``'s file, then the options given (which win)."""
     return TrainConfig.from_dict(_given_options(arguments), source="options")
 
 

@@ -1,10 +1,12 @@
-"""Running a study: each planned run trained (or resumed) and evaluated, under torchrun shared out by claims.
+"""Running a study: pretrain stages, then tuning cells, then each planned run trained (or resumed) and evaluated,
+under torchrun shared out by claims.
 
 Finished runs are skipped, interrupted ones resumed, failed ones retried once; one failure never stops the others;
-an arm whose weights cannot be had is reported as skipped, with the reason. Under ``torchrun`` the pretrain stages
-train data-parallel across all processes, and each process then takes the grid's next unclaimed run and trains it
-alone on its own GPU; rank 0 prepares the data, draws the subsets, and writes the comparison and the report once
-every process has finished.
+an arm whose weights cannot be had is reported as skipped, with the reason. A tuning cell resumes with its finished
+trials kept; its runs take its chosen values and get a copy of its ``tuning.json``. Under ``torchrun`` the pretrain
+stages train data-parallel across all processes, and each process then takes the next unclaimed tuning cell, and
+after all cells the grid's next unclaimed run, and trains it alone on its own GPU; rank 0 prepares the data, draws
+the subsets, and writes the comparison and the report once every process has finished.
 """
 
 from __future__ import annotations
@@ -12,22 +14,23 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from lowmed.compare import compare_runs
 from lowmed.config import TrainConfig
 from lowmed.console import progress_bar
-from lowmed.contracts import Comparison, RunDir
+from lowmed.contracts import Comparison, RunDir, TuningRecord
 from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.evaluation.evaluate import evaluate
-from lowmed.experiment.plan import PlannedRun, plan
+from lowmed.experiment.plan import PlannedCell, PlannedRun, plan
 from lowmed.experiment.report import study_report
 from lowmed.experiment.study import Study, load_study
 from lowmed.io import write_text
 from lowmed.training.train import resume_run, train
+from lowmed.tuning import tune_cell, tuned_options
 
 # under torchrun, a process that has finished its share of the grid waits this long for the slowest one
 GRID_WAIT = timedelta(hours=24)
@@ -41,6 +44,7 @@ class StudyResult:
     study: Study
     pretrain: list[PlannedRun]
     runs: list[PlannedRun]
+    cells: list[PlannedCell] = field(default_factory=list)
     comparison: Comparison | None = None
     report: str | None = None
     wall_seconds: float = 0.0
@@ -57,6 +61,13 @@ def _execute(job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: 
     if job.arm is not None and job.arm.name in skip_reasons:
         job.status, job.detail = "skipped", skip_reasons[job.arm.name]
         return
+    tuning = None
+    if job.cell is not None:
+        tuning = job.cell.cell.record or _read_record(job.cell)
+        if tuning is None:
+            job.status, job.detail = "skipped", f"tuning cell {job.cell.name} did not finish"
+            return
+        job.values = {**job.values, **tuned_options(tuning)}
     run = RunDir(job.run_dir)
     state = dist.share(run.state())  # rank 0's reading, before any rank writes there
     if state == "completed":
@@ -86,8 +97,44 @@ def _execute(job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: 
                 job.status, job.detail = "failed", f"{type(exc).__name__}: {exc}"
         if job.status == "failed":
             return
+    if tuning is not None and not run.tuning.is_file():
+        tuning.write(run.tuning)
     if job.arm is not None and not run.evaluation(study.split).exists():
         evaluate(job.run_dir, quiet=True, **study.evaluate)
+
+
+def _read_record(planned: PlannedCell) -> TuningRecord | None:
+    """A cell another process tuned (under torchrun), from its ``tuning.json``."""
+    path = planned.cell.record_path
+    return TuningRecord.read(path) if path.is_file() else None
+
+
+def _tune(planned: PlannedCell, study: Study, skip_reasons: dict[str, str], show) -> None:
+    """Tune one cell (or find it tuned); an arm whose cell cannot be tuned is skipped with the reason."""
+    if planned.arm.name in skip_reasons:
+        planned.status, planned.detail = "skipped", skip_reasons[planned.arm.name]
+        return
+    done_before = planned.cell.record_path.is_file()
+    try:
+        record = tune_cell(planned.cell, study.tune, quiet=True, on_trial=show)
+    except Interrupted:
+        raise
+    except (LowmedError, RunFailed) as exc:
+        planned.status, planned.detail = "skipped", f"tuning failed: {exc}"
+        skip_reasons[planned.arm.name] = planned.detail
+        return
+    planned.cell.record = record
+    done = "done before" if done_before and record.budget == study.tune.trials else "tuned"
+    counted = record.counted
+    pruned = sum(t["state"] == "pruned" for t in counted)
+    planned.status = done
+    planned.detail = (
+        f"{len(counted)} trials ({pruned} pruned); {record.metric} {record.best_value:.4f}; {record.recipe()}"
+    )
+
+
+def _say(bar, line: str) -> None:
+    bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _claim(path: Path) -> bool:
@@ -109,8 +156,8 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
     started = time.perf_counter()
     study = load_study(study_path)
     if dry_run:
-        pretrains, runs = plan(study, prepare_data=False)
-        return StudyResult(study, pretrains, runs)
+        pretrains, cells, runs = plan(study, prepare_data=False)
+        return StudyResult(study, pretrains, runs, cells)
     dist = Distributed.from_environment(str(study.train.get("device", "auto")), timeout=GRID_WAIT)
     claims = study.out / ".claims"  # under torchrun: which process took which grid run
     planned: list = []
@@ -120,20 +167,24 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
         planned.append(plan(study))
 
     dist.on_main(prepare_study)
-    pretrains, runs = planned[0] if planned else plan(study)
+    pretrains, cells, runs = planned[0] if planned else plan(study)
     alone = Distributed()  # a grid run is small: each process trains its own, on its own GPU
     own_runs: list[PlannedRun] = []
     skip_reasons: dict[str, str] = {}
-    jobs = pretrains + runs
+    jobs = pretrains + cells + runs
     prefix = f"[process {dist.rank}] " if dist.world_size > 1 else ""
     with progress_bar(transient=False, disable=quiet or not dist.is_main) as bar:
         task = bar.add_task(f"study {study.name}", total=len(jobs), status="")
         for index, job in enumerate(jobs, start=1):
+            if dist.enabled and runs and job is runs[0]:
+                dist.barrier()  # every cell is tuned before any run takes its values
             if job.arm is not None and dist.world_size > 1 and not _claim(claims / job.name):
                 bar.advance(task)  # another process has it
                 continue
             bar.update(task, status=f"{job.name}")
-            if job.arm is None:
+            if isinstance(job, PlannedCell):
+                _tune(job, study, skip_reasons, None if quiet else lambda line: _say(bar, prefix + line))
+            elif job.arm is None:
                 _execute(job, study, skip_reasons, dist)
             else:
                 _execute(job, study, skip_reasons, alone)
@@ -143,12 +194,10 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
                     if run.arm.pretrain is not None and run.values["weights"] == str(job.run_dir):
                         skip_reasons[run.arm.name] = f"pretrain stage {job.name} {job.status}: {job.detail}"
             if not quiet:
-                bar.console.print(
+                _say(
+                    bar,
                     f"{prefix}[{index}/{len(jobs)}] {job.name}: {job.status}"
                     + (f" — {job.detail}" if job.detail else ""),
-                    markup=False,
-                    highlight=False,
-                    soft_wrap=True,
                 )
             bar.advance(task)
     if dist.enabled:  # every process's outcomes, on every process (waiting for the slowest)
@@ -161,7 +210,7 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
             run.status, run.detail = outcomes[run.name]
         if dist.is_main:
             shutil.rmtree(claims, ignore_errors=True)
-    result = StudyResult(study, pretrains, runs)
+    result = StudyResult(study, pretrains, runs, cells)
     if not dist.is_main:
         return result
     finished = [r for r in runs if r.status in ("trained", "done before")]
@@ -172,7 +221,10 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
     result.wall_seconds = time.perf_counter() - started
     report = study.out / "report.md"
     write_text(
-        report, study_report(study, pretrains, runs, result.comparison, result.wall_seconds, processes=dist.world_size)
+        report,
+        study_report(
+            study, pretrains, runs, result.comparison, result.wall_seconds, processes=dist.world_size, cells=cells
+        ),
     )
     result.report = str(report)
     return result

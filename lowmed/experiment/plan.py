@@ -1,8 +1,10 @@
-"""A study's plan: its pretrain stages and its grid of runs, with stable, readable names.
+"""A study's plan: its pretrain stages, its tuning cells and its grid of runs, with stable, readable names.
 
 A pretrain stage is identified by everything that makes it — model, weights, corpus and every training option —
 so two arms share one only when they would have trained the very same run; its folder name carries a short hash
 of all that. A grid run is named ``<dataset>-<arm>-<model>-n<N>-seed<K>``; arm names are unique, so these are too.
+With ``tune:``, each (dataset, arm, N) is a tuning cell ``<dataset>-<arm>-<model>-n<N>`` on the first seed's subset
+(``-seed<K>`` for every seed with ``per_seed``), whose chosen values its runs take.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from lowmed.contracts import DATASET_INFO, SUBSETS, is_prepared, slug, subset_path
 from lowmed.data.manifest import PreparedDataset
 from lowmed.experiment.study import Arm, DatasetSpec, Study
+from lowmed.tuning import Cell
 
 # a dataset's prepare options, as in 'lowmed prepare', that name CSV columns
 _CSV_COLUMN_OPTIONS = {
@@ -27,6 +30,23 @@ _CSV_COLUMN_OPTIONS = {
 
 
 @dataclass
+class PlannedCell:
+    """A tuning cell of the study: one (dataset, arm, N), tuned on one seed's subset."""
+
+    cell: Cell
+    arm: Arm
+    dataset: str
+    per_class: int
+    seed: int
+    status: str = "planned"
+    detail: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.cell.name
+
+
+@dataclass
 class PlannedRun:
     name: str
     run_dir: Path
@@ -35,6 +55,7 @@ class PlannedRun:
     dataset: str = ""
     status: str = "planned"
     detail: str = ""
+    cell: PlannedCell | None = None  # the tuning cell whose chosen values this run takes
 
 
 def prepared(spec: DatasetSpec, out: Path, quiet: bool) -> PreparedDataset:
@@ -66,9 +87,9 @@ def pretrain_stage(study: Study, arm: Arm) -> tuple[str, dict]:
     return slug(f"{arm.model}-on-{spec.name}-{digest}"), values
 
 
-def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], list[PlannedRun]]:
-    """The pretrain stages and the grid of runs. With ``prepare_data`` the datasets are prepared and the subsets
-    drawn (a dry run leaves both out)."""
+def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], list[PlannedCell], list[PlannedRun]]:
+    """The pretrain stages, the tuning cells and the grid of runs. With ``prepare_data`` the datasets are prepared
+    and the subsets drawn (a dry run leaves both out)."""
     from lowmed.data.subsample import subsample
 
     pretrains: dict[str, PlannedRun] = {}
@@ -85,6 +106,8 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
                 name, run_dir, {**values, "arm": name, "data": data, "out": str(run_dir)}, dataset=spec.name
             )
         pretrain_of[arm.name] = pretrains[name]
+    cells: dict[tuple, PlannedCell] = {}
+    tuning = study.out / "tuning"
     runs = []
     for spec in study.datasets:
         dataset = prepared(spec, study.out, quiet=True) if prepare_data else None
@@ -107,5 +130,18 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
                         "seed": seed,
                         "out": str(study.out / "runs" / name),
                     }
-                    runs.append(PlannedRun(name, study.out / "runs" / name, values, arm, spec.name))
-    return list(pretrains.values()), runs
+                    cell = None
+                    if study.tune is not None:
+                        tuned_seed = seed if study.tune.per_seed else study.seeds[0]
+                        key = (spec.name, arm.name, per_class, tuned_seed)
+                        if key not in cells:  # the first seed comes first: its values are the cell's base
+                            suffix = f"-seed{seed}" if study.tune.per_seed else ""
+                            cell_name = slug(f"{spec.name}-{arm.name}-{arm.model}-n{per_class}{suffix}")
+                            base = {k: v for k, v in values.items() if k != "out"}
+                            storage = f"sqlite:///{(tuning / 'optuna.db').resolve()}"
+                            cells[key] = PlannedCell(
+                                Cell(cell_name, base, tuning / cell_name, storage), arm, spec.name, per_class, seed
+                            )
+                        cell = cells[key]
+                    runs.append(PlannedRun(name, study.out / "runs" / name, values, arm, spec.name, cell=cell))
+    return list(pretrains.values()), list(cells.values()), runs

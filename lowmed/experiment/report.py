@@ -7,9 +7,9 @@ from pathlib import Path
 
 import lowmed
 from lowmed.compare import PRIMARY_TEST, format_p
-from lowmed.contracts import Comparison, ComparisonDir, RunDir
+from lowmed.contracts import Comparison, ComparisonDir, RunDir, short_value
 from lowmed.data.manifest import read_info
-from lowmed.experiment.plan import PlannedRun
+from lowmed.experiment.plan import PlannedCell, PlannedRun
 from lowmed.experiment.study import Study
 
 
@@ -43,6 +43,7 @@ def study_report(
     comparison: Comparison | None,
     wall_seconds: float,
     processes: int = 1,
+    cells: list[PlannedCell] = (),
 ) -> str:
     lines = [
         f"# {study.name}: does transfer learning help at small training-set sizes?",
@@ -82,6 +83,16 @@ def study_report(
         f"- Shared training options: {study.train or 'lowmed defaults'}; evaluation on the {study.split} "
         f"split: {study.evaluate or 'defaults'} (95 % bootstrap intervals over patients)."
     )
+    if study.tune is not None:
+        where = (
+            "every seed's subset"
+            if study.tune.per_seed
+            else f"seed {study.seeds[0]}'s subset, values used for every seed"
+        )
+        lines.append(
+            f"- Tuning: {study.tune.describe()}; per (dataset, arm, N) on {where}. The test split was never read "
+            "while tuning: trials train on the train split and are chosen on the validation split."
+        )
     summaries = [RunDir(r.run_dir).read_summary() for r in runs if RunDir(r.run_dir).summary.is_file()]
     if summaries:
         first = summaries[0]
@@ -116,8 +127,32 @@ def study_report(
             ]
         primary = [row for row in comparison.comparisons if row["test"] == PRIMARY_TEST]
         lines += [f"- {_sentence(row)}" for row in primary] or ["- No pair of arms shared test images to compare."]
-    problems = [r for r in pretrains + runs if r.status in ("failed", "skipped")]
+    tuned = [cell for cell in cells if cell.cell.record is not None]
+    if tuned:
+        lines += _tuning_section(tuned)
+    problems = [r for r in pretrains + cells + runs if r.status in ("failed", "skipped")]
     if problems:
         lines += ["", "## Skipped or failed runs", ""]
         lines += [f"- {r.name}: {r.status} — {r.detail}" for r in problems]
     return "\n".join(lines) + "\n"
+
+
+def _tuning_section(cells: list[PlannedCell]) -> list[str]:
+    """Per cell: the trials spent, the values chosen and the validation value they reached."""
+    lines = [
+        "",
+        "## Tuning",
+        "",
+        "| dataset | arm | N/class | seed | trials (pruned) | chosen | best val | trial time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for planned in cells:
+        record = planned.cell.record
+        counted = record.counted
+        pruned = sum(t["state"] == "pruned" for t in counted)
+        chosen = ", ".join(f"{name} {short_value(value)}" for name, value in record.chosen.items())
+        lines.append(
+            f"| {planned.dataset} | {planned.arm.name} | {planned.per_class} | {planned.seed} | {len(counted)} "
+            f"({pruned}) | {chosen} | {record.metric} {record.best_value:.4f} | {record.seconds / 60:.1f} min |"
+        )
+    return lines

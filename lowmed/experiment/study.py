@@ -15,8 +15,9 @@ from typing import Any
 from lowmed.config import TrainConfig
 from lowmed.contracts import read_yaml, slug
 from lowmed.errors import LowmedError
+from lowmed.tuning import TuneSettings
 
-_STUDY_KEYS = {"name", "out", "datasets", "arms", "per_class", "seeds", "train", "evaluate", "compare"}
+_STUDY_KEYS = {"name", "out", "datasets", "arms", "per_class", "seeds", "train", "tune", "evaluate", "compare"}
 _DATASET_KEYS = {"name", "data", "demo", "prepare"}
 _ARM_KEYS = {"name", "model", "weights", "pretrain", "options"}
 # the options of lowmed evaluate and lowmed compare a study may set (the compared split is the evaluated one)
@@ -50,6 +51,7 @@ class Study:
     per_class: list[int]
     seeds: list[int]
     train: dict = field(default_factory=dict)
+    tune: TuneSettings | None = None  # every arm tuned with the same budget before its runs
     evaluate: dict = field(default_factory=dict)
     compare: dict = field(default_factory=dict)
 
@@ -77,6 +79,7 @@ def load_study(path: str | os.PathLike) -> Study:
     TrainConfig.from_dict({**shared, "data": "."}, source=f"{path}: train").validate()  # field-named errors now
     for arm in arms:
         TrainConfig.from_dict({**shared, **arm.options, "data": "."}, source=f"{path}: arm {arm.name} options")
+    tune = _tune_settings(raw.get("tune"), shared, arms, f"{path}: tune")
     study = Study(
         name=str(raw.get("name", path.stem)),
         out=Path(_expand(str(raw.get("out", f"runs/{path.stem}")), f"{path}: out")),
@@ -85,11 +88,23 @@ def load_study(path: str | os.PathLike) -> Study:
         per_class=sorted(raw["per_class"]),
         seeds=list(raw["seeds"]),
         train=shared,
+        tune=tune,
         evaluate=dict(_checked_keys(raw.get("evaluate") or {}, _EVALUATE_KEYS, f"{path}: evaluate")),
         compare=_compare_options(raw.get("compare") or {}, f"{path}: compare"),
     )
     _check_whole(study, path)
     return study
+
+
+def _tune_settings(values: Any, shared: dict, arms: list[Arm], where: str) -> TuneSettings | None:
+    """The ``tune:`` mapping, checked against every arm's options (each bound and choice must make a valid run)."""
+    if values is None:
+        return None
+    if isinstance(values, dict) and values.get("storage") is not None:
+        values = {**values, "storage": _expand(str(values["storage"]), f"{where}.storage")}
+    for arm in arms:
+        TuneSettings.from_dict(values, where, base={**shared, **arm.options})
+    return TuneSettings.from_dict(values, where, base=shared)
 
 
 def _compare_options(values: Any, where: str) -> dict:

@@ -12,7 +12,7 @@ fresh one — at a fraction of the cost.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -26,6 +26,27 @@ from lowmed.evaluation.predict import model_input
 from lowmed.models.stages import Stage, backbone_stages
 
 UNKNOWN_MEMORY_BYTES = 4 * 2**30  # the CPU memory assumed where /proc/meminfo does not say
+# TrainConfig fields that act only above a cache (what trains on it, for how long, how the best epoch is picked);
+# every other field, including any added later, is taken to change the cached activations
+_ABOVE_THE_CACHE = {
+    "arm",
+    "out",
+    "head",
+    "epochs",
+    "fine_tune_epochs",
+    "fine_tune_layers",  # moves the fine-tuning boundary, which is part of the key
+    "lr",
+    "fine_tune_lr",
+    "weight_decay",
+    "patience",
+    "monitor",
+    "class_weights",
+    "balanced_sampler",
+    "accumulate",
+    "compile",
+    "cache_finetune",
+    "workers",
+}
 
 
 @dataclass
@@ -91,15 +112,46 @@ class ActivationCache:
         return torch.cat([module(self._as_input(activations[i : i + batch_size], copy=True)).float() for i in starts])
 
 
+class SharedCaches:
+    """Caches kept between runs that differ only above them — the trials of one tuning cell: a trial of another
+    head learning rate reuses the frozen features the first trial built, instead of running the backbone again.
+
+    A cache is reused only under the same boundary and the same value of every option that can change what the
+    cached layers produce (all but ``_ABOVE_THE_CACHE``); the network must be built from the same weights, as
+    every trial of a cell is. One cache per phase is kept, the latest, so the memory held stays bounded.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[tuple, ActivationCache]] = {}  # phase -> (key, cache)
+
+    @staticmethod
+    def key(config, boundary: str) -> tuple:
+        values = config.to_dict()
+        return (boundary, *((name, values[name]) for name in sorted(values) if name not in _ABOVE_THE_CACHE))
+
+    def get(self, phase: str, key: tuple) -> ActivationCache | None:
+        kept = self._kept.get(phase)
+        return kept[1] if kept is not None and kept[0] == key else None
+
+    def keep(self, phase: str, key: tuple, cache: ActivationCache) -> None:
+        self._kept[phase] = (key, cache)
+
+
+def _reused(kept: ActivationCache, top: nn.Module, above: nn.Module | None) -> ActivationCache:
+    """A kept cache's activations under this run's modules (the top that trains belongs to this run's model)."""
+    return replace(kept, top=top, above=above, seconds=0.0)
+
+
 class PhaseCaches:
     """Each phase's cache, and what ``train.json`` records of them (``reports``).
 
     When fine-tuning follows the frozen phase, its cache is built first and the frozen phase's features are
-    computed from it: the layers frozen in both phases run once per view for the two phases together.
+    computed from it: the layers frozen in both phases run once per view for the two phases together. With
+    ``shared`` (tuning trials), caches another run built with the same inputs are reused.
     """
 
-    def __init__(self, inputs, config, quiet: bool) -> None:
-        self.inputs, self.config, self.quiet = inputs, config, quiet
+    def __init__(self, inputs, config, quiet: bool, shared: SharedCaches | None = None) -> None:
+        self.inputs, self.config, self.quiet, self.shared = inputs, config, quiet, shared
         self.reports: dict[str, dict] = {}
         self._finetune: ActivationCache | None = None  # built ahead, during the frozen phase
 
@@ -112,22 +164,29 @@ class PhaseCaches:
             cache, self._finetune = self._finetune, None
             return cache
         if phase == "frozen" and finetune_frozen is not None:
-            ahead, report = build_cache(self.inputs, self.config, "finetune", finetune_frozen, self.quiet)
+            ahead, report = build_cache(self.inputs, self.config, "finetune", finetune_frozen, self.quiet, self.shared)
             if ahead is not None:
                 self._finetune, self.reports["finetune"] = ahead, report
-                batch = inference_batch_size(self.inputs.device, self.config.batch_size * 2)
-                cache = ahead.pooled_features(self.inputs.model.head, self.inputs.precision, batch)
-                self.reports["frozen"] = {**cache.report(), "computed_from": ahead.boundary}
+                key = SharedCaches.key(self.config, "backbone")
+                kept = self.shared.get("frozen", key) if self.shared else None
+                if kept is not None:
+                    cache = _reused(kept, self.inputs.model.head, None)
+                else:
+                    batch = inference_batch_size(self.inputs.device, self.config.batch_size * 2)
+                    cache = ahead.pooled_features(self.inputs.model.head, self.inputs.precision, batch)
+                    if self.shared:
+                        self.shared.keep("frozen", key, cache)
+                self.reports["frozen"] = {**cache.report(), "computed_from": ahead.boundary, "reused": kept is not None}
                 return cache
-        cache, self.reports[phase] = build_cache(self.inputs, self.config, phase, frozen, self.quiet)
+        cache, self.reports[phase] = build_cache(self.inputs, self.config, phase, frozen, self.quiet, self.shared)
         return cache
 
 
 def build_cache(
-    inputs, config, phase: str, frozen: list[nn.Module], quiet: bool
+    inputs, config, phase: str, frozen: list[nn.Module], quiet: bool, shared: SharedCaches | None = None
 ) -> tuple[ActivationCache | None, dict]:
-    """The cache for a phase, from the images, and what ``train.json`` records of it: its boundary and size, or
-    why there is none. ``frozen``: the backbone layers frozen in that phase.
+    """The cache for a phase, from the images (or kept in ``shared``), and what ``train.json`` records of it: its
+    boundary and size, or why there is none. ``frozen``: the backbone layers frozen in that phase.
     """
     views = config.cached_views if config.augment_strength > 0 else min(config.cached_views, 1)
     if views == 0:
@@ -145,6 +204,11 @@ def build_cache(
         lower, boundary = nn.Sequential(*(module for _, module in below)), below[-1][0]
         above = nn.Sequential(*(module for _, module in rest))
         top = nn.Sequential(above, inputs.model.head)
+    key = SharedCaches.key(config, boundary)
+    kept = shared.get(phase, key) if shared else None
+    if kept is not None:
+        cache = _reused(kept, top, above)
+        return cache, {**cache.report(), "reused": True}
     lower.eval()
     # pooled features stay float32 (they are small); activations are stored as the network made them, or in
     # float16 where float32 would not fit
@@ -189,6 +253,8 @@ def build_cache(
         inputs.channels_last,
         time.perf_counter() - started,
     )
+    if shared:
+        shared.keep(phase, key, cache)
     return cache, cache.report()
 
 

@@ -11,6 +11,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -30,7 +31,7 @@ from lowmed.evaluation.metrics import accuracy, auroc, probabilities
 from lowmed.evaluation.predict import model_input, predict_logits
 from lowmed.models.registry import Classifier, layer_groups
 from lowmed.training.checkpoint import CheckpointSaver
-from lowmed.training.features import ActivationCache, PhaseCaches
+from lowmed.training.features import ActivationCache, PhaseCaches, SharedCaches
 
 AUX_LOSS_WEIGHT = 0.4  # Inception v3's auxiliary classifier, as in the paper
 SYNC_EVERY = 20  # batches between copies of the loss to the CPU (each copy waits for the GPU)
@@ -129,6 +130,15 @@ class LoopInputs:
         return channels_last(self.device)
 
 
+@dataclass
+class TrialHooks:
+    """What the tuner adds to a run it trains as one of its trials."""
+
+    number: int  # the trial's number in its tuning study, recorded in train.json
+    should_stop: Callable[[dict], bool]  # given each epoch's history row; True ends the run there (pruned)
+    caches: SharedCaches  # activation caches shared by the trials of one cell
+
+
 def _epoch_generator(seed: int, phase_index: int, epoch: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(seed * 1_000_003 + phase_index * 10_007 + epoch)
@@ -190,21 +200,35 @@ class StopAfterBatch:
             raise KeyboardInterrupt
 
 
-def run_phases(inputs: LoopInputs, config: TrainConfig, phases: list[Phase], state: dict | None, quiet: bool) -> dict:
+def run_phases(
+    inputs: LoopInputs,
+    config: TrainConfig,
+    phases: list[Phase],
+    state: dict | None,
+    quiet: bool,
+    trial: TrialHooks | None = None,
+) -> dict:
     """Train through ``phases``, starting from ``state`` (a ``last.pt``) when resuming.
 
-    Returns the history (one row per epoch), the best epoch with its monitored value, and each phase's cache.
+    Returns the history (one row per epoch), the best epoch with its monitored value, each phase's cache, and
+    the epoch after which ``trial`` stopped the run (``pruned_at``; None when it ran to its end).
     """
     with StopAfterBatch() as stop:
-        return _run_phases(inputs, config, phases, state, quiet, stop)
+        return _run_phases(inputs, config, phases, state, quiet, stop, trial)
 
 
 def _run_phases(
-    inputs: LoopInputs, config: TrainConfig, phases: list[Phase], state: dict | None, quiet: bool, stop: StopAfterBatch
+    inputs: LoopInputs,
+    config: TrainConfig,
+    phases: list[Phase],
+    state: dict | None,
+    quiet: bool,
+    stop: StopAfterBatch,
+    trial: TrialHooks | None,
 ) -> dict:
     model, device = inputs.model, inputs.device
     history: list[dict] = list(state["history"]) if state else []
-    caches = PhaseCaches(inputs, config, quiet)
+    caches = PhaseCaches(inputs, config, quiet, trial.caches if trial else None)
     saver = CheckpointSaver(
         inputs.run_dir, config.monitor, inputs.checkpoint_extras, inputs.dist.is_main, state["best"] if state else None
     )
@@ -300,6 +324,8 @@ def _run_phases(
             is_best = saver.epoch_end(model, metrics, history, training_state)
             if not quiet:
                 _print_epoch(row, config.monitor, is_best)
+            if trial is not None and trial.should_stop(row):
+                return {"history": history, "best": saver.best, "caches": caches.reports, "pruned_at": epoch}
             if stale >= config.patience:
                 if not quiet:
                     console.print(
@@ -307,7 +333,7 @@ def _run_phases(
                     )
                 break
         state = None
-    return {"history": history, "best": saver.best, "caches": caches.reports}
+    return {"history": history, "best": saver.best, "caches": caches.reports, "pruned_at": None}
 
 
 def _epoch_order(train: LabelledImages, balanced: bool, generator: torch.Generator) -> torch.Tensor:

@@ -30,7 +30,15 @@ from lowmed.io import sha256_file, write_yaml
 from lowmed.models.registry import build_model, count_parameters, get_model_spec
 from lowmed.models.weights import load_checkpoint, load_weights, resolve_weights, weights_kind
 from lowmed.training.checkpoint import read_training_state
-from lowmed.training.loop import Criterion, LoopInputs, class_weights, plan_phases, run_phases, seed_everything
+from lowmed.training.loop import (
+    Criterion,
+    LoopInputs,
+    TrialHooks,
+    class_weights,
+    plan_phases,
+    run_phases,
+    seed_everything,
+)
 
 DEFAULT_RUNS_ROOT = Path("runs")
 
@@ -43,11 +51,13 @@ def train(
     quiet: bool = False,
     runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
     dist: Distributed | None = None,
+    trial: TrialHooks | None = None,
 ) -> TrainSummary:
     """Train one run; returns the summary also written to ``train.json``.
 
     With ``resume`` the run dir in ``config.out`` is continued from its ``last.pt``. ``dist``: the processes that
-    train it together; by default the ones torchrun started (or this process alone).
+    train it together; by default the ones torchrun started (or this process alone). ``trial``: the run is a
+    tuning trial (``lowmed.tuning``), which its pruner may stop early (status ``pruned``).
     """
     config.validate()
     dist = dist if dist is not None else Distributed.from_environment(config.device)
@@ -83,6 +93,7 @@ def train(
     }
     dist.on_main(lambda: _check_disk_space(run_dir.path, count_parameters(model)))
     summary = _summary(config, dataset, report, preprocessing, device, count_parameters(model), dist)
+    summary.tuning_trial = trial.number if trial else None
 
     def record(**changes) -> None:
         for name, value in changes.items():
@@ -141,7 +152,7 @@ def train(
     phases = plan_phases(config, pretrained=report.source != "none")
     started = time.perf_counter()
     try:
-        result = run_phases(inputs, config, phases, state, quiet)
+        result = run_phases(inputs, config, phases, state, quiet, trial)
     except KeyboardInterrupt:
         record(status="interrupted")
         raise Interrupted(
@@ -160,7 +171,8 @@ def train(
         raise
     history = result["history"]
     record(
-        status="completed",
+        status="pruned" if result["pruned_at"] else "completed",
+        error=f"stopped after epoch {result['pruned_at']} by the tuner's pruner" if result["pruned_at"] else None,
         phases=[p.name for p in phases],
         epochs_run=len(history),
         best={

@@ -1,0 +1,442 @@
+"""Tuning every arm with the same budget, on the validation split only (``lowmed tune``, a study's ``tune:``).
+
+A fixed recipe suits some arms and starves others; a fair comparison gives each arm the same number of trials of a
+search over its training options and picks each arm's values by a validation metric of the best epoch (Kornblith et
+al. 2019). Trials are ordinary lowmed runs, which read the train and val splits and never the test split. The
+search is Optuna's: a seeded TPE sampler, a median pruner fed each epoch's validation value, and a study kept in an
+SQLite file in the tuning folder (or in any storage URL Optuna takes, e.g. PostgreSQL, so that several machines can
+share one cell's trials), so that a stopped tuning resumes with its finished trials kept.
+
+A cell is one (dataset, arm, N) on one seed's subset; ``tune_cell`` runs its trials until ``trials`` of them have
+finished (completed or pruned) and records the outcome in ``tuning.json`` (``contracts.TuningRecord``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from lowmed.config import MONITORS, TrainConfig, coerce
+from lowmed.console import progress_bar
+from lowmed.contracts import TuningRecord, read_yaml, short_value, slug
+from lowmed.errors import LowmedError, RunFailed
+from lowmed.io import write_yaml
+
+# options that say what a cell is (its data, arm, seed) or where and how it runs, not how it trains
+NOT_TUNABLE = {"data", "subset", "per_class", "arm", "model", "weights", "seed", "out", "device", "workers"}
+TUNABLE = [name for name in TrainConfig.__dataclass_fields__ if name not in NOT_TUNABLE]
+DIRECTIONS = {"val_loss": "minimize", "val_auroc": "maximize", "val_accuracy": "maximize"}
+PRUNERS = ("median", "none")
+PRUNE_WARMUP_EPOCHS = 5  # no trial is pruned before its fifth epoch: early validation values say little
+STALE_POLL_SECONDS = 30  # with shared storage: how often to look at other machines' trials while they run
+HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # shared storage: a trial with no heartbeat for this long failed
+_SETTINGS_KEYS = {"space", "trials", "metric", "per_seed", "pruner", "seed", "storage"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tuned option: a range (``low``..``high``, optionally on a log scale or in steps) or a list of choices."""
+
+    name: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple | None = None
+
+    def suggest(self, trial) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if isinstance(self.low, int):
+            return trial.suggest_int(self.name, self.low, self.high, step=self.step or 1, log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+    def as_given(self) -> Any:
+        if self.choices is not None:
+            return list(self.choices)
+        given = {"low": self.low, "high": self.high}
+        return given | ({"log": True} if self.log else {}) | ({"step": self.step} if self.step else {})
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """A study's ``tune:`` mapping (or ``lowmed tune``'s options): what to search, with how many trials, on what."""
+
+    space: tuple[Param, ...]
+    trials: int = 12
+    metric: str = "val_loss"
+    per_seed: bool = False  # tune every seed's subset, not the first seed's only
+    pruner: str = "median"
+    seed: int = 0
+    storage: str | None = None  # an Optuna storage URL; None = an SQLite file in the tuning folder
+
+    @classmethod
+    def from_dict(cls, values: Any, where: str, base: dict | None = None) -> "TuneSettings":
+        """Check everything now, so that a typo costs seconds: ``base`` is the TrainConfig values the trials start
+        from (every bound and choice must make a valid run with them)."""
+        if not isinstance(values, dict):
+            raise LowmedError(f"{where}: expected a mapping with space, trials, metric, ...")
+        unknown = sorted(set(values) - _SETTINGS_KEYS)
+        if unknown:
+            raise LowmedError(
+                f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(_SETTINGS_KEYS))}"
+            )
+        space = values.get("space")
+        if not isinstance(space, dict) or not space:
+            raise LowmedError(
+                f"{where}.space: expected a mapping of options to ranges or choices, "
+                "e.g. lr: {low: 1e-5, high: 1e-2, log: true}"
+            )
+        return cls(
+            space=tuple(_param(str(name), given, f"{where}.space.{name}", base or {}) for name, given in space.items()),
+            trials=_whole(values.get("trials", cls.trials), f"{where}.trials", minimum=1),
+            metric=_choice(values.get("metric", cls.metric), MONITORS, f"{where}.metric"),
+            per_seed=_flag(values.get("per_seed", cls.per_seed), f"{where}.per_seed"),
+            pruner=_choice(values.get("pruner", cls.pruner), PRUNERS, f"{where}.pruner"),
+            seed=_whole(values.get("seed", cls.seed), f"{where}.seed", minimum=0),
+            storage=None if values.get("storage") is None else str(values["storage"]),
+        )
+
+    def describe(self) -> str:
+        space = "; ".join(f"{p.name} {p.as_given()}" for p in self.space)
+        return (
+            f"{self.trials} trials per cell, each arm alike, chosen by {self.metric} of the best epoch on the "
+            f"validation split (TPE sampler, seed {self.seed}; pruner {self.pruner}); space: {space}"
+        )
+
+    def identity(self) -> dict:
+        """What makes a cell's trials comparable: not the budget (raising it continues the same trials), not the
+        storage."""
+        return {
+            "space": {p.name: p.as_given() for p in self.space},
+            "metric": self.metric,
+            "pruner": self.pruner,
+            "seed": self.seed,
+        }
+
+
+def _whole(value: Any, where: str, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise LowmedError(f"{where}: {value!r}; expected a whole number of at least {minimum}")
+    return value
+
+
+def _choice(value: Any, allowed: tuple, where: str) -> str:
+    if value not in allowed:
+        raise LowmedError(f"{where}: {value!r}; expected one of {', '.join(allowed)}")
+    return value
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise LowmedError(f"{where}: {value!r}; expected true or false")
+    return value
+
+
+def _param(name: str, given: Any, where: str, base: dict) -> Param:
+    if name not in TrainConfig.__dataclass_fields__:
+        raise LowmedError(f"{where}: unknown option; tunable options: {', '.join(TUNABLE)}")
+    if name in NOT_TUNABLE:
+        raise LowmedError(
+            f"{where}: not tunable (it says what the cell is or where it runs); tunable options: {', '.join(TUNABLE)}"
+        )
+    hint = typing.get_type_hints(TrainConfig)[name]
+    kinds = set(typing.get_args(hint) or (hint,)) - {type(None)}
+    if isinstance(given, list):
+        if not given:
+            raise LowmedError(f"{where}: an empty list of choices; give at least one")
+        param = Param(name, choices=tuple(coerce(choice, hint, where) for choice in given))
+        values = list(param.choices)
+    elif isinstance(given, dict):
+        unknown = sorted(set(given) - {"low", "high", "log", "step"})
+        if unknown or "low" not in given or "high" not in given:
+            raise LowmedError(
+                f"{where}: expected {{low: ..., high: ...}} with optional log and step, or a list of choices"
+            )
+        if not kinds & {int, float}:
+            raise LowmedError(
+                f"{where}: a range for a {'/'.join(k.__name__ for k in kinds)} option; give a list of choices"
+            )
+        whole = int in kinds and float not in kinds
+        low, high, step = given["low"], given["high"], given.get("step")
+        for label, bound in (("low", low), ("high", high), ("step", step)):
+            if bound is None and label == "step":
+                continue
+            if isinstance(bound, bool) or not isinstance(bound, int if whole else (int, float)):
+                expected = "a whole number (the option is an integer)" if whole else "a number"
+                raise LowmedError(f"{where}.{label}: {bound!r}; expected {expected}")
+        if not low < high:
+            raise LowmedError(f"{where}: empty range [{low}, {high}]; expected low < high")
+        log = _flag(given.get("log", False), f"{where}.log")
+        if log and low <= 0:
+            raise LowmedError(f"{where}: a log range must start above 0, not at {low}")
+        if log and step is not None:
+            raise LowmedError(f"{where}: give log or step, not both")
+        if step is not None and step <= 0:
+            raise LowmedError(f"{where}.step: {step}; expected a positive step")
+        cast = int if whole else float
+        param = Param(name, cast(low), cast(high), log, None if step is None else cast(step))
+        values = [param.low, param.high]
+    else:
+        raise LowmedError(f"{where}: {given!r}; expected {{low: ..., high: ...}} or a list of choices")
+    for value in values:  # every end of the range and every choice must make a valid run
+        try:
+            TrainConfig.from_dict({**base, "data": base.get("data") or ".", name: value}, source=where).validate()
+        except LowmedError as exc:
+            raise LowmedError(f"{where}: {value!r} would not make a valid run: {exc}") from None
+    return param
+
+
+def settings_from_file(path: str | Path) -> dict:
+    """A YAML file holding a ``tune:`` mapping, or the mapping itself (for ``lowmed tune --space``)."""
+    values = read_yaml(path, f"--space {path}")
+    return values["tune"] if set(values) == {"tune"} else values
+
+
+@dataclass
+class Cell:
+    """One tuning cell: the trials start from ``base`` (TrainConfig values) and run in ``folder``."""
+
+    name: str
+    base: dict
+    folder: Path
+    storage: str | None = None  # default storage URL when the settings name none
+    record: TuningRecord | None = field(default=None, repr=False)
+
+    @property
+    def record_path(self) -> Path:
+        return self.folder / TuningRecord.FILE
+
+    def optuna_study(self, settings: TuneSettings) -> str:
+        """The study's name in the storage: the cell's name and a digest of everything its trials depend on, so a
+        changed space or recipe starts a new set of trials instead of mixing with the old."""
+        base = {k: v for k, v in self.base.items() if k != "out"}
+        identity = json.dumps({"base": base, **settings.identity()}, sort_keys=True, default=str)
+        return f"{self.name}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
+
+
+def tuned_options(record: TuningRecord) -> dict:
+    """What a run trained with a cell's outcome takes: the chosen values, and the tuning metric picks its best
+    epoch as it picked the trials'."""
+    return {**record.chosen, "monitor": record.metric}
+
+
+def tune_cell(
+    cell: Cell, settings: TuneSettings, quiet: bool = False, on_trial: Callable[[str], None] | None = None
+) -> TuningRecord:
+    """Run (or resume) ``cell``'s trials until ``settings.trials`` have finished; write and return the record.
+
+    A cell whose record already holds this budget of these trials is not tuned again. ``on_trial`` is given a line
+    per finished trial (for a caller that shows its own progress bar and runs this ``quiet``).
+    """
+    name = cell.optuna_study(settings)
+    if cell.record_path.is_file():
+        record = TuningRecord.read(cell.record_path)
+        if record.optuna_study == name and record.budget == settings.trials:
+            return record
+    optuna = _optuna()
+    cell.folder.mkdir(parents=True, exist_ok=True)
+    storage, url, owned = _storage(
+        settings.storage or cell.storage or f"sqlite:///{(cell.folder / 'optuna.db').resolve()}",
+        settings.storage is None,
+    )
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        load_if_exists=True,
+        direction=DIRECTIONS[settings.metric],
+        sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=min(10, max(4, settings.trials // 3))),
+        pruner=(
+            optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=PRUNE_WARMUP_EPOCHS)
+            if settings.pruner == "median"
+            else optuna.pruners.NopPruner()
+        ),
+    )
+    if owned:  # lowmed's own file: a trial still marked running was left by a stopped invocation
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    from lowmed.training.features import SharedCaches
+
+    caches = SharedCaches()
+    with progress_bar(transient=False, disable=quiet) as bar:
+        task = bar.add_task(f"tuning {cell.name}", total=settings.trials, status="")
+        while True:
+            finished, running = _finished_and_running(study, optuna)
+            bar.update(task, completed=min(len(finished), settings.trials), status=_status(finished, settings))
+            if len(finished) >= settings.trials:
+                break
+            if len(finished) + len(running) >= settings.trials:  # other machines' trials complete the budget
+                time.sleep(STALE_POLL_SECONDS)
+                optuna.storages.fail_stale_trials(study)
+                continue
+            ours: list[int] = []  # this trial's number (with shared storage, other machines add trials too)
+            study.optimize(partial(_run_trial, cell=cell, settings=settings, caches=caches, numbers=ours), n_trials=1)
+            if on_trial is not None:
+                on_trial(_trial_line(cell, study.get_trials(deepcopy=False)[ours[0]], settings))
+    record = _record(cell, settings, study, name, url, optuna)
+    record.write(cell.record_path)
+    return record
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise LowmedError("tuning needs Optuna: pip install 'lowmed[tune]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def _storage(url: str, owned: bool):
+    """Optuna's storage for ``url`` and the URL to record (without a password). A shared database gets
+    heartbeats, so that a trial whose machine died is failed (and run again) instead of waited for forever."""
+    import optuna
+
+    shown = re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    try:
+        if owned:
+            return optuna.storages.RDBStorage(url), shown, True
+        return (
+            optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS),
+            shown,
+            False,
+        )
+    except Exception as exc:  # a URL Optuna cannot open: a driver missing, a server not there, a typo
+        raise LowmedError(f"tuning storage {shown}: cannot open it ({type(exc).__name__}: {exc})") from None
+
+
+def _finished_and_running(study, optuna) -> tuple[list, list]:
+    states = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    finished = sorted((t for t in trials if t.state in (states.COMPLETE, states.PRUNED)), key=lambda t: t.number)
+    return finished, [t for t in trials if t.state == states.RUNNING]
+
+
+def _status(finished: list, settings: TuneSettings) -> str:
+    values = [t.value for t in finished[: settings.trials] if t.value is not None]
+    if not values:
+        return ""
+    best = min(values) if DIRECTIONS[settings.metric] == "minimize" else max(values)
+    return f"best {settings.metric} {best:.4f}"
+
+
+def _trial_line(cell: Cell, trial, settings: TuneSettings) -> str:
+    values = ", ".join(f"{name}={short_value(value)}" for name, value in trial.params.items())  # as chosen_text
+    if trial.value is None:
+        return f"{cell.name} trial {trial.number}: {trial.state.name.lower()} ({values})"
+    return f"{cell.name} trial {trial.number}: {settings.metric} {trial.value:.4f} ({values})"
+
+
+def _run_trial(trial, cell: Cell, settings: TuneSettings, caches, numbers: list[int]) -> float:
+    """One trial: a lowmed run with the suggested values, stopped by the pruner when its validation curve is
+    hopeless. Its checkpoints are removed afterwards; its config, history and train.json stay."""
+    import optuna
+
+    numbers.append(trial.number)
+    from lowmed.training.loop import TrialHooks
+    from lowmed.training.train import train
+
+    values = {p.name: p.suggest(trial) for p in settings.space}
+    run_dir = cell.folder / f"trial-{trial.number:03d}"
+    config = TrainConfig.from_dict(
+        {**cell.base, **values, "monitor": settings.metric, "out": str(run_dir)},
+        source=f"{cell.name} trial {trial.number}",
+    )
+    better = min if DIRECTIONS[settings.metric] == "minimize" else max
+    best_so_far: list[float] = []
+
+    def should_stop(row: dict) -> bool:
+        best_so_far.append(better([*best_so_far[-1:], row[settings.metric]]))
+        trial.report(best_so_far[-1], step=row["epoch"])
+        return trial.should_prune()
+
+    try:
+        summary = train(config, overwrite=True, quiet=True, trial=TrialHooks(trial.number, should_stop, caches))
+    except RunFailed as exc:  # diverged (a loss that is not finite): a hopeless trial, as a pruned one
+        trial.set_user_attr("outcome", f"diverged: {exc}")
+        raise optuna.TrialPruned(str(exc)) from None
+    finally:
+        for checkpoint in run_dir.glob("*.pt"):
+            checkpoint.unlink()
+    trial.set_user_attr("epochs", summary.epochs_run)
+    trial.set_user_attr("train_seconds", summary.epoch_seconds_total)
+    if summary.status == "pruned":
+        trial.set_user_attr("outcome", summary.error)
+        raise optuna.TrialPruned(summary.error)
+    return float(summary.best["value"])
+
+
+def _record(cell: Cell, settings: TuneSettings, study, name: str, url: str, optuna) -> TuningRecord:
+    finished, _ = _finished_and_running(study, optuna)
+    counted = {t.number for t in finished[: settings.trials]}
+    completed = [t for t in finished if t.number in counted and t.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
+        raise RunFailed(
+            f"tuning {cell.name}: all {settings.trials} trials were pruned or diverged; "
+            "narrow the space (e.g. lower learning rates) or raise trials"
+        )
+    sign = 1 if DIRECTIONS[settings.metric] == "minimize" else -1
+    best = min(completed, key=lambda t: (sign * t.value, t.number))  # ties: the earlier trial
+    trials = [
+        {
+            "number": t.number,
+            "state": t.state.name.lower(),
+            "counted": t.number in counted,
+            "value": t.value,
+            "params": t.params,
+            "epochs": t.user_attrs.get("epochs"),
+            "seconds": t.user_attrs.get("train_seconds"),
+            "outcome": t.user_attrs.get("outcome"),
+        }
+        for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    ]
+    return TuningRecord(
+        cell=cell.name,
+        optuna_study=name,
+        storage=url,
+        metric=settings.metric,
+        direction=DIRECTIONS[settings.metric],
+        budget=settings.trials,
+        space={p.name: p.as_given() for p in settings.space},
+        trials=trials,
+        chosen=dict(best.params),
+        best_trial=best.number,
+        best_value=float(best.value),
+        seconds=round(sum(t["seconds"] or 0 for t in trials if t["counted"]), 2),
+    )
+
+
+def tune(
+    config: TrainConfig, settings: TuneSettings, out: str | Path | None = None, *, quiet: bool = False
+) -> tuple[TuningRecord, Path]:
+    """``lowmed tune``: tune one cell — ``config``'s data, model, weights, N and seed — into ``out`` (an existing
+    tuning folder resumes).
+
+    Returns the record and ``best-config.yaml``: the chosen values in a full run config, for ``lowmed train
+    --config``.
+    """
+    from lowmed.data.subsample import subsample
+
+    config.validate()
+    base = config.to_dict()
+    base.pop("out")
+    if config.per_class and not config.subset:  # one subset drawn once, for every trial
+        base["subset"] = str(subsample(config.data, config.per_class, seed=config.seed, quiet=quiet).path)
+    source = Path(config.subset or config.data)
+    size = f"n{config.per_class}" if config.per_class else "all"
+    folder = Path(out) if out else Path("runs") / slug(f"tune-{source.stem}-{config.model}-{size}-seed{config.seed}")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "optuna.db").is_file():
+        if not (folder / TuningRecord.FILE).is_file():
+            raise LowmedError(f"--out {folder}: exists and is not a tuning folder; choose another --out")
+    record = tune_cell(Cell(folder.name, base, folder), settings, quiet)
+    best_config = folder / "best-config.yaml"
+    write_yaml(best_config, TrainConfig.from_dict({**base, **tuned_options(record)}, source=str(best_config)).to_dict())
+    return record, best_config
