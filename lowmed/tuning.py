@@ -18,6 +18,7 @@ import json
 import re
 import time
 import typing
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -237,6 +238,8 @@ def tune_cell(
     A cell whose record already holds this budget of these trials is not tuned again. ``on_trial`` is given a line
     per finished trial (for a caller that shows its own progress bar and runs this ``quiet``).
     """
+    from lowmed.training.features import SharedCaches
+
     name = cell.optuna_study(settings)
     if cell.record_path.is_file():
         record = TuningRecord.read(cell.record_path)
@@ -263,8 +266,6 @@ def tune_cell(
     if owned:  # lowmed's own file: a trial still marked running was left by a stopped invocation
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    from lowmed.training.features import SharedCaches
-
     caches = SharedCaches()
     with progress_bar(transient=False, disable=quiet) as bar:
         task = bar.add_task(f"tuning {cell.name}", total=settings.trials, status="")
@@ -275,7 +276,9 @@ def tune_cell(
                 break
             if len(finished) + len(running) >= settings.trials:  # other machines' trials complete the budget
                 time.sleep(STALE_POLL_SECONDS)
-                optuna.storages.fail_stale_trials(study)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
                 continue
             ours: list[int] = []  # this trial's number (with shared storage, other machines add trials too)
             study.optimize(partial(_run_trial, cell=cell, settings=settings, caches=caches, numbers=ours), n_trials=1)
@@ -300,17 +303,23 @@ def _storage(url: str, owned: bool):
     heartbeats, so that a trial whose machine died is failed (and run again) instead of waited for forever."""
     import optuna
 
-    shown = re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    password = re.search(r"://[^:/@]+:([^@]*)@", url)
+
+    def hidden(text: str) -> str:
+        return text.replace(password.group(1), "***") if password and password.group(1) else text
+
+    shown = hidden(url)
     try:
         if owned:
             return optuna.storages.RDBStorage(url), shown, True
-        return (
-            optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS),
-            shown,
-            False,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+        return storage, shown, False
     except Exception as exc:  # a URL Optuna cannot open: a driver missing, a server not there, a typo
-        raise LowmedError(f"tuning storage {shown}: cannot open it ({type(exc).__name__}: {exc})") from None
+        raise LowmedError(
+            f"tuning storage {shown}: cannot open it ({type(exc).__name__}: {hidden(str(exc))})"
+        ) from None
 
 
 def _finished_and_running(study, optuna) -> tuple[list, list]:

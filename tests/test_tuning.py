@@ -217,3 +217,23 @@ def test_a_bad_tune_mapping_in_a_study_names_the_field(kermany, tmp_path):
     study.write_text(yaml.safe_dump(values))
     with pytest.raises(LowmedError, match=r"study.yaml: tune.space.epochs: 0 would not make a valid run"):
         run_experiment(study, dry_run=True)
+
+
+def test_a_shared_storage_url_holds_the_trials_and_hides_its_password(separable, tmp_path, capsys):
+    import optuna
+
+    shared = tmp_path / "shared.db"
+    space = _space(tmp_path, {"space": {"lr": [0.001, 0.003]}, "trials": 2, "storage": f"sqlite:///{shared}"})
+    code, output = _tune_cli(
+        capsys, separable, "--space", space, "--per-class", 6, "--image-size", 32, "--out", tmp_path / "cell", "-q"
+    )
+    assert code == 0, output
+    record = TuningRecord.read(tmp_path / "cell" / "tuning.json")
+    assert record.storage == f"sqlite:///{shared}" and not (tmp_path / "cell" / "optuna.db").exists()
+    trials = optuna.load_study(study_name=record.optuna_study, storage=record.storage).trials
+    assert [t.params["lr"] for t in trials] == [t["params"]["lr"] for t in record.trials]
+
+    url = "postgresql://lowmed:s3cret@127.0.0.1:1/lowmed"
+    code, output = _tune_cli(capsys, separable, "--space", space, "--storage", url, "--out", tmp_path / "other")
+    assert code == 2 and "tuning storage postgresql://lowmed:***@127.0.0.1:1/lowmed: cannot open it" in output
+    assert "s3cret" not in output

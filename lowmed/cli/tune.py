@@ -20,7 +20,7 @@ def tune_command(
         Path,
         typer.Option(
             help=(
-                "YAML of the search: space (option: {low, high, log} or [choices]), and optionally trials, metric, "
+                "YAML of the search: space (option: {low, high, log} or \\[choices]), and optionally trials, metric, "
                 "pruner, seed, storage — a study's tune: mapping."
             ),
             show_default=False,
@@ -61,7 +61,9 @@ def tune_command(
     out: Annotated[
         Optional[Path],
         typer.Option(
-            "--out", "-o", help="Tuning folder; an existing one resumes. \\[default: runs/tune-<data>-<model>-n<N>]"
+            "--out",
+            "-o",
+            help="Tuning folder; an existing one resumes. \\[default: runs/tune-<data>-<model>-n<N>-seed<K>]",
         ),
     ] = None,
     quiet: Quiet = False,
