@@ -330,7 +330,7 @@ def _finished_and_running(study, optuna) -> tuple[list, list]:
 
 
 def _status(finished: list, settings: TuneSettings) -> str:
-    values = [t.value for t in finished[: settings.trials] if t.value is not None]
+    values = [t.value for t in finished[: settings.trials] if t.state.name == "COMPLETE"]
     if not values:
         return ""
     best = min(values) if DIRECTIONS[settings.metric] == "minimize" else max(values)
@@ -339,9 +339,11 @@ def _status(finished: list, settings: TuneSettings) -> str:
 
 def _trial_line(cell: Cell, trial, settings: TuneSettings) -> str:
     values = ", ".join(f"{name}={short_value(value)}" for name, value in trial.params.items())  # as chosen_text
+    state = trial.state.name.lower()
     if trial.value is None:
-        return f"{cell.name} trial {trial.number}: {trial.state.name.lower()} ({values})"
-    return f"{cell.name} trial {trial.number}: {settings.metric} {trial.value:.4f} ({values})"
+        return f"{cell.name} trial {trial.number}: {state} ({values})"
+    outcome = f"{settings.metric} {trial.value:.4f}" + ("" if state == "complete" else f", {state}")
+    return f"{cell.name} trial {trial.number}: {outcome} ({values})"
 
 
 def _run_trial(trial, cell: Cell, settings: TuneSettings, caches, numbers: list[int]) -> float:

@@ -46,3 +46,9 @@ def test_finetune_cache_auroc_table_matches_the_study():
     kept = BENCHMARKS / "results" / "finetune-cache"
     runs, stats = pd.read_csv(kept / "compare.csv"), pd.read_csv(kept / "stats.csv")
     assert script("paired_arms").auroc_table(runs, stats, "whole", "cached") in README
+
+
+def test_tuning_table_matches_the_studies():
+    kept = BENCHMARKS / "results" / "tuning"
+    table = script("tuning_fair").tuning_table(kept / "fixed", kept / "tuned")
+    assert table in (BENCHMARKS.parent / "README.md").read_text()
