@@ -45,6 +45,22 @@ def xrv_cache(tmp_path_factory):
     return folder
 
 
+def _train_xrv(data: Path, weights_dir: Path, out: Path) -> list[str]:
+    """``lowmed train`` with the ``all`` weights from ``weights_dir``."""
+    return [
+        "train",
+        str(data),
+        "--model",
+        "densenet121",
+        "--weights",
+        f"xrv:{ALL}",
+        "--weights-dir",
+        str(weights_dir),
+        "--out",
+        str(out),
+    ]
+
+
 def _xrv_model(cache: Path) -> torch.nn.Module:
     with torch.serialization.safe_globals([xrv.models.DenseNet]):  # only to read the test's own file back
         return torch.load(cache / _file_name(ALL), weights_only=False).eval()
@@ -107,20 +123,7 @@ def test_a_tampered_weight_file_is_refused_without_running_it(separable, tmp_pat
     cache.mkdir()
     torch.save(Payload(), cache / _file_name(ALL))
     with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "train",
-                str(separable),
-                "--model",
-                "densenet121",
-                "--weights",
-                f"xrv:{ALL}",
-                "--weights-dir",
-                str(cache),
-                "--out",
-                str(tmp_path / "run"),
-            ]
-        )
+        main(_train_xrv(separable, cache, tmp_path / "run"))
     output = capsys.readouterr().err
     assert exit_info.value.code == 2 and "refused: not a torchxrayvision weight file" in output
     assert not marker.exists() and not (tmp_path / "run").exists()
@@ -132,20 +135,7 @@ def test_offline_without_the_file_names_file_url_and_folder(separable, tmp_path,
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "train",
-                str(separable),
-                "--model",
-                "densenet121",
-                "--weights",
-                f"xrv:{ALL}",
-                "--weights-dir",
-                str(tmp_path / "empty"),
-                "--out",
-                str(tmp_path / "run"),
-            ]
-        )
+        main(_train_xrv(separable, tmp_path / "empty", tmp_path / "run"))
     output = " ".join(capsys.readouterr().err.split())
     url = xrv.models.model_urls[ALL]["weights_url"]
     assert exit_info.value.code == 2

@@ -109,7 +109,8 @@ def load_weights(
         state, report = _imagenet_state(spec)
     elif kind == "xrv":
         name = xrv.check_name(weights, spec.name)
-        path = xrv.weights_file(name, weights_dir)
+        path, url = xrv.expected_file(name, weights_dir)
+        fetched(path, url, weights, "; or give its folder with --weights-dir")
         report = WeightsReport(
             "xrv",
             str(path),
@@ -190,21 +191,27 @@ def _imagenet_state(spec: ModelSpec) -> tuple[dict[str, torch.Tensor], WeightsRe
             ) from None
         return model.state_dict(), WeightsReport("imagenet", f"timm:{spec.timm_name}")
     path, url = _imagenet_file(spec)
-    folder = path.parent
+    fetched(path, url, "imagenet")
+    report = WeightsReport("imagenet", str(path), sha256_file(path))
+    return read_state_dict(path, report), report
+
+
+def fetched(path: Path, url: str, weights: str, hint: str = "") -> Path:
+    """``path``, downloaded from ``url`` first if it is not there (whole or not at all); offline, an error naming
+    the file, the URL and the folder to put it in."""
     if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(url, str(partial), progress=True)
         except (URLError, OSError, ConnectionError) as exc:
             partial.unlink(missing_ok=True)
             raise LowmedError(
-                f"--weights imagenet: {path.name} is not cached and cannot be downloaded ({exc}); "
-                f"fetch {url} and put it in {folder}"
+                f"--weights {weights}: {path.name} is not cached and cannot be downloaded ({exc}); "
+                f"fetch {url} and put it in {path.parent}{hint}"
             ) from None
         os.replace(partial, path)
-    report = WeightsReport("imagenet", str(path), sha256_file(path))
-    return read_state_dict(path, report), report
+    return path
 
 
 def _imagenet_file(spec: ModelSpec) -> tuple[Path, str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from urllib.error import URLError
 
 import torch
 from torch import nn
@@ -79,25 +78,6 @@ def expected_file(name: str, weights_dir: str | None) -> tuple[Path, str]:
     xrv = _xrv()
     url = xrv.models.model_urls[name]["weights_url"]
     return Path(weights_dir or xrv.utils.get_cache_dir()).expanduser() / os.path.basename(url), url
-
-
-def weights_file(name: str, weights_dir: str | None) -> Path:
-    """The file of weight ``name``, downloaded to where it belongs if it is not there."""
-    path, url = expected_file(name, weights_dir)
-    folder = path.parent
-    if not path.is_file():
-        partial = path.with_name(path.name + ".partial")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(url, str(partial), progress=True)
-        except (URLError, OSError, ConnectionError) as exc:
-            partial.unlink(missing_ok=True)
-            raise LowmedError(
-                f"--weights xrv:{name}: {path.name} is not in {folder} and cannot be downloaded ({exc}); "
-                f"fetch {url} and put it in {folder} (or give its folder with --weights-dir)"
-            ) from None
-        os.replace(partial, path)
-    return path
 
 
 def _allowed_classes() -> list:
