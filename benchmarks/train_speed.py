@@ -42,12 +42,12 @@ from lowmed.data.prepare import prepare
 from lowmed.data.subsample import materialize_tree, subsample
 from lowmed.device import CPU_INFERENCE_BATCH, Precision, channels_last
 from lowmed.evaluation.metrics import binary_auroc
-from lowmed.evaluation.predict import model_input, predict_files
-from lowmed.models.registry import IMAGENET_MEAN, IMAGENET_STD, build_model, get_model_spec, layer_groups
+from lowmed.evaluation.predict import Normalizer, model_input, predict_files
+from lowmed.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from lowmed.models.registry import build_model, get_model_spec, layer_groups
 from lowmed.training.train import train
 
-MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+NORMALIZE = Normalizer(Preprocessing(224), torch.device("cpu"))  # ImageNet mean and std
 
 
 def peak_rss_mb() -> float:
@@ -153,7 +153,7 @@ def lowmed_epoch(model: nn.Module, images, optimizer, batch_size: int, max_batch
     for step, (pixels, rows) in enumerate(images.batches(chunks)):
         if max_batches is not None and step >= max_batches:
             break
-        x = model_input(pixels, MEAN, STD, cpu, lambda b: augment_batch(b, 0.5, generator), channels_last(cpu))
+        x = model_input(pixels, NORMALIZE, cpu, lambda b: augment_batch(b, 0.5, generator), channels_last(cpu))
         loss = nn.functional.cross_entropy(model(x), images.targets[rows])
         optimizer.zero_grad()
         loss.backward()
@@ -273,7 +273,7 @@ def child_evaluate(args) -> dict:
         if channels_last(cpu):
             model.to(memory_format=torch.channels_last)
         batch = CPU_INFERENCE_BATCH
-        _, readable = predict_files(model, paths, args.image_size, MEAN, STD, cpu, Precision(False), batch)
+        _, readable = predict_files(model, paths, args.image_size, NORMALIZE, cpu, Precision(False), batch)
         count = len(readable)
     seconds = time.perf_counter() - started
     return {"images": count, "seconds": seconds, "images_per_s": count / seconds, "peak_rss_mb": peak_rss_mb()}

@@ -239,6 +239,7 @@ def compare_runs(
     curves = _aggregate(table.dropna(subset=["per_class"]), ["dataset", "arm", "model", "per_class"])
     figures = plot_learning_curves(target, curves)
     recipes = recipes_statement(runs)
+    overlap = overlap_statement(runs)
     comparison = Comparison(
         split=split,
         metric=metric,
@@ -249,10 +250,14 @@ def compare_runs(
         skipped=skipped,
         figures=[str(f) for f in figures],
         recipes=recipes,
+        overlap=overlap,
         out=str(target.path),
     )
     comparison.write(target.record)
-    write_text(target.markdown, markdown_report(table, groups, tests, metric, baseline, recipes))
+    write_text(
+        target.markdown,
+        markdown_report(table, groups, tests, metric, baseline, "\n\n".join(filter(None, (recipes, overlap)))),
+    )
     return comparison
 
 
@@ -286,6 +291,7 @@ def _runs_table(runs: list[Run], metric: str) -> pd.DataFrame:
                 "train_seconds": summary.epoch_seconds_total if summary.epoch_seconds_total is not None else np.nan,
                 "epochs": summary.epochs_run,
                 "recipe": run.tuning.recipe() if run.tuning else "fixed",
+                "pretraining_overlap": (summary.pretraining_overlap or {}).get("status", "not known"),
             }
         )
     return pd.DataFrame(rows).sort_values(["dataset", "per_class", "arm", "model", "seed"], na_position="first")
@@ -468,15 +474,35 @@ def recipes_statement(runs: list[Run]) -> str:
     return f"Recipes: every arm tuned with the same budget ({how})."
 
 
+def overlap_statement(runs: list[Run]) -> str:
+    """Arms whose pretraining data may include the target's source (known for torchxrayvision weights)."""
+    flagged: dict[str, tuple] = {}
+    for run in runs:
+        overlap = run.summary.pretraining_overlap or {}
+        if overlap.get("status") == "possible":
+            flagged[run.arm] = (run.summary.weights.name, overlap["target"], overlap["weights_trained_on"])
+    if not flagged:
+        return ""
+    arms = "; ".join(
+        f"arm {arm} ({weights}: pretrained on {', '.join(datasets)}, which includes {target})"
+        for arm, (weights, target, datasets) in sorted(flagged.items())
+    )
+    return (
+        f"Pretraining overlap possible: {arms}. Its test images may have been seen in pretraining, so its results "
+        "may be optimistic."
+    )
+
+
 def markdown_report(
     table: pd.DataFrame,
     groups: pd.DataFrame,
     tests: pd.DataFrame,
     metric: str,
     baseline: str | None,
-    recipes: str,
+    notes: str,
 ) -> str:
-    lines = [f"# lowmed compare — {metric}", "", recipes, "", "## Groups (mean over seeds, 95 % interval)", ""]
+    """``notes``: what the reader needs before the numbers (whether the arms were tuned, pretraining overlap)."""
+    lines = [f"# lowmed compare — {metric}", "", notes, "", "## Groups (mean over seeds, 95 % interval)", ""]
     columns = [
         c for c in groups.columns if c not in ("metric", "ci_low", "ci_high", "interval", "sd", "mean", "recipe")
     ]

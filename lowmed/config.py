@@ -11,6 +11,7 @@ from typing import Any
 
 from lowmed.contracts import read_yaml
 from lowmed.errors import LowmedError
+from lowmed.models.preprocessing import parse_input_norm
 
 MONITORS = ("val_loss", "val_auroc", "val_accuracy")
 HEADS = ("mlp", "linear")
@@ -26,8 +27,12 @@ class TrainConfig:
     per_class: int | None = None  # subsample on the fly when no subset is given
     arm: str | None = None  # the study arm this run belongs to; None = derived from the weights (A scratch, ...)
     model: str = "simplecnn"
-    weights: str = "auto"  # none | imagenet | PATH | RUN_DIR; auto = imagenet, or none for simplecnn
+    weights: str = "auto"  # none | imagenet | xrv:<name> | PATH | RUN_DIR; auto = imagenet, or none for simplecnn
+    weights_dir: str | None = None  # where xrv: weight files are; None = torchxrayvision's cache
     allow_partial_weights: bool = False
+    input_channels: int | None = None  # 1 | 3; None = what the weights expect (resolved in config.yaml)
+    input_norm: str | None = None  # imagenet | xrv | unit | MEAN,STD; None = what the weights expect
+    dataset_name: str | None = None  # the target's public dataset (nih, chexpert...); None = its prepare format
     head: str = "mlp"
     epochs: int = 30
     batch_size: int = 32  # per process; the global batch is batch_size × processes × accumulate
@@ -75,10 +80,13 @@ class TrainConfig:
             ("device", self.device in DEVICES, f"one of {', '.join(DEVICES)}"),
             ("class_weights", self.class_weights in ("auto", "none"), "auto or none"),
             ("arm", self.arm is None or bool(self.arm.strip()), "a non-empty name"),
+            ("input_channels", self.input_channels in (None, 1, 3), "1 or 3"),
         ]
         for name, ok, expected in checks:
             if not ok:
                 raise LowmedError(f"{_flag(name)} {getattr(self, name)!r}: expected {expected}")
+        if self.input_norm is not None:
+            parse_input_norm(self.input_norm, self.input_channels or 3)
         if self.data is None and self.subset is None:
             raise LowmedError("no dataset: give DATA (a prepared dir, subset manifest or raw dataset) or --subset")
         return self

@@ -33,7 +33,13 @@ SUBSETS = "subsets"
 
 # The arm a run belongs to when nobody named it (--arm): derived from its kind of weight source, as lowmed did
 # before arms had names.
-DERIVED_ARMS = {"none": "A scratch", "imagenet": "B ImageNet", "run": "C medical", "file": "C medical"}
+DERIVED_ARMS = {
+    "none": "A scratch",
+    "imagenet": "B ImageNet",
+    "xrv": "C medical",
+    "run": "C medical",
+    "file": "C medical",
+}
 
 
 def slug(text: str) -> str:
@@ -145,11 +151,13 @@ class Record(ReadsLikeADict):
 class WeightsReport(ReadsLikeADict):
     """Where a backbone's weights came from and how they matched it (``train.json``'s ``weights``)."""
 
-    source: str  # none | imagenet | file | run
+    source: str  # none | imagenet | xrv | file | run
     path: str | None = None
     sha256: str | None = None
     source_model: str | None = None
     source_preprocessing: dict | None = None
+    trained_on: list[str] | None = None  # the public datasets behind the weights, where known (xrv)
+    name: str | None = None  # a named weight, e.g. xrv:densenet121-res224-all
     matched: int = 0
     backbone_tensors: int = 0
     missing: list[str] = field(default_factory=list)
@@ -161,8 +169,8 @@ class WeightsReport(ReadsLikeADict):
         if self.source == "none":
             return "weights: none (random initialisation)"
         text = (
-            f"weights: {self.source} {self.path or ''} — matched {self.matched}/{self.backbone_tensors} backbone "
-            f"tensors, {len(self.missing)} missing, {len(self.unexpected)} unexpected (dropped)"
+            f"weights: {self.source} {self.name or self.path or ''} — matched {self.matched}/{self.backbone_tensors} "
+            f"backbone tensors, {len(self.missing)} missing, {len(self.unexpected)} unexpected (dropped)"
         )
         if self.shape_mismatch:
             text += f", {len(self.shape_mismatch)} of another shape"
@@ -222,6 +230,8 @@ class TrainSummary(Record):
     status: str = "running"  # running | interrupted | failed | completed | pruned (a tuning trial stopped early)
     error: str | None = None
     tuning_trial: int | None = None  # the trial's number when the run is one of a tuning cell's trials
+    # weights whose training datasets are known: status possible | none known | unknown, those datasets, the target
+    pretraining_overlap: dict | None = None
     phases: list[str] = field(default_factory=list)
     epochs_run: int = 0
     best: dict | None = None  # epoch, phase, monitor, value, metrics (the val metrics of that epoch)
@@ -467,6 +477,7 @@ class Comparison(Record):
     skipped: list[dict] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
     recipes: str = ""  # whether the arms were tuned, and alike (compare.recipes_statement)
+    overlap: str = ""  # arms whose pretraining may have seen the target's images (compare.overlap_statement)
     out: str
 
 

@@ -32,7 +32,20 @@ from lowmed.errors import LowmedError, RunFailed
 from lowmed.io import write_yaml
 
 # options that say what a cell is (its data, arm, seed) or where and how it runs, not how it trains
-NOT_TUNABLE = {"data", "subset", "per_class", "arm", "model", "weights", "seed", "out", "device", "workers"}
+NOT_TUNABLE = {
+    "data",
+    "subset",
+    "per_class",
+    "arm",
+    "model",
+    "weights",
+    "weights_dir",
+    "dataset_name",
+    "seed",
+    "out",
+    "device",
+    "workers",
+}
 TUNABLE = [name for name in TrainConfig.__dataclass_fields__ if name not in NOT_TUNABLE]
 DIRECTIONS = {"val_loss": "minimize", "val_auroc": "maximize", "val_accuracy": "maximize"}
 PRUNERS = ("median", "none")

@@ -219,7 +219,7 @@ def test_cpu_evaluation_batches_default_to_16(trained_run, tmp_path, monkeypatch
 
     sizes = []
     real = evaluate_module.predict_files
-    monkeypatch.setattr(evaluate_module, "predict_files", lambda *a: sizes.append(a[7]) or real(*a))
+    monkeypatch.setattr(evaluate_module, "predict_files", lambda *a: sizes.append(a[6]) or real(*a))
     evaluate(trained_run, out=tmp_path / "default", bootstrap=0, device="cpu", quiet=True)
     evaluate(trained_run, out=tmp_path / "given", bootstrap=0, device="cpu", batch_size=8, quiet=True)
     assert sizes == [16, 8]

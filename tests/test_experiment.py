@@ -153,7 +153,8 @@ def test_every_example_study_plans(example, tmp_path, monkeypatch):
         if "data" in spec:
             Path(os.path.expandvars(spec["data"])).mkdir(parents=True)
     for arm in study["arms"]:
-        if arm.get("weights", "none") not in ("none", "imagenet") and not Path(arm["weights"]).exists():
+        weights = arm.get("weights", "none")
+        if weights not in ("none", "imagenet") and not weights.startswith("xrv:") and not Path(weights).exists():
             weights = Path(os.path.expandvars(arm["weights"]))
             weights.parent.mkdir(parents=True, exist_ok=True)
             weights.touch()

@@ -111,8 +111,9 @@ def render_comparison(result: Comparison) -> None:
             str(row["n"]),
         )
     stdout.print(groups)
-    if result.recipes:
-        stdout.print(result.recipes, highlight=False)
+    for note in (result.recipes, result.overlap):
+        if note:
+            stdout.print(note, highlight=False)
     primary = [row for row in result.comparisons if row["test"] == PRIMARY_TEST]
     if primary:
         against = f"b = baseline arm {result.baseline}" if result.baseline else "every pair"

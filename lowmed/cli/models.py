@@ -1,13 +1,43 @@
-"""lowmed models: the registry as a table."""
+"""lowmed models: the registry as a table, or (--weights) the weight sources lowmed knows."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
 
 
-def models_command() -> None:
+def models_command(
+    weights: Annotated[
+        bool,
+        typer.Option(
+            "--weights",
+            help="List the weight sources instead: ImageNet per model, timm, torchxrayvision (xrv:<name>), with "
+            "their input contract, training data and whether the file is here.",
+        ),
+    ] = False,
+    weights_dir: Annotated[
+        Optional[Path],
+        typer.Option(help="Where xrv: weight files are looked for. \\[default: torchxrayvision's cache]"),
+    ] = None,
+) -> None:
     """List the registered models: parameters, default input size, ImageNet weights.
 
     Every model also takes --weights none, a weights file or a lowmed run dir."""
     from rich.table import Table
 
     from lowmed.cli._render import stdout
+
+    if weights:
+        from lowmed.models.weights import weight_sources
+
+        rows = weight_sources(str(weights_dir) if weights_dir else None)
+        table = Table(title="weight sources (--weights)", title_justify="left")
+        for column in ("weights", "model", "input", "trained_on", "file"):
+            table.add_column(column.replace("_", " "), overflow="fold")
+        for row in rows:
+            table.add_row(*(row[column] for column in ("weights", "model", "input", "trained_on", "file")))
+        stdout.print(table)
+        return
     from lowmed.models.registry import MODELS, count_parameters
 
     table = Table(title="lowmed models (also timm:<name> when timm is installed)", title_justify="left")

@@ -42,8 +42,37 @@ def train_command(
         Optional[str],
         typer.Option(
             help=(
-                "none | imagenet | PATH (weights file) | RUN_DIR (Model C); auto = imagenet, none for simplecnn. "
+                "none | imagenet | xrv:<name> (torchxrayvision, see 'lowmed models --weights') | PATH (weights file) | "
+                "RUN_DIR (Model C); auto = imagenet, none for simplecnn. "
                 "\\[default: auto]"
+            )
+        ),
+    ] = None,
+    weights_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Where xrv:<name> weight files are (and are downloaded to). \\[default: torchxrayvision's cache]"
+        ),
+    ] = None,
+    input_channels: Annotated[
+        Optional[int],
+        typer.Option(help="1 (grey) or 3: what the weights expect. \\[default: the weights' (1 for xrv:, else 3)]"),
+    ] = None,
+    input_norm: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "imagenet | xrv ([-1024, 1024]) | unit ([0, 1]) | MEAN,STD | a mean and a std per channel. "
+                "\\[default: the weights']"
+            )
+        ),
+    ] = None,
+    dataset_name: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "The target's public dataset (nih, chexpert, padchest, mimic-cxr, rsna...), checked against what "
+                "xrv: weights were trained on. \\[default: from its prepare format]"
             )
         ),
     ] = None,

@@ -22,9 +22,10 @@ from lowmed.device import Precision, channels_last, inference_batch_size, native
 from lowmed.errors import LowmedError
 from lowmed.evaluation.metrics import compute_metrics, counted_labels, expected_calibration_error, probabilities
 from lowmed.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
-from lowmed.evaluation.predict import predict_files
+from lowmed.evaluation.predict import Normalizer, predict_files
 from lowmed.evaluation.stats import bootstrap_ci
 from lowmed.io import staged_dir, write_csv
+from lowmed.models.preprocessing import Preprocessing
 from lowmed.models.registry import build_model, get_model_spec
 from lowmed.models.weights import load_checkpoint
 
@@ -89,9 +90,8 @@ def evaluate(
     model.to(torch_device)
     if channels_last(torch_device):
         model.to(memory_format=torch.channels_last)
-    preprocessing = trained["preprocessing"]
-    mean = torch.tensor(preprocessing["mean"], device=torch_device).view(1, 3, 1, 1)
-    std = torch.tensor(preprocessing["std"], device=torch_device).view(1, 3, 1, 1)
+    preprocessing = Preprocessing.from_dict(trained["preprocessing"])
+    normalize = Normalizer(preprocessing, torch_device)
 
     def predict(source: PreparedDataset, name: str):
         frame = source.split(name)
@@ -100,7 +100,7 @@ def evaluate(
         targets, mask = label_tensors(frame, task, classes, source.info.get("uncertain", "ignore"))
         paths = source.image_paths(frame)
         logits, readable = predict_files(
-            model, paths, preprocessing["input_size"], mean, std, torch_device, precision, batch_size, tta
+            model, paths, preprocessing.input_size, normalize, torch_device, precision, batch_size, tta
         )
         if not readable:
             raise LowmedError(f"{source.manifest_path}: none of the {len(paths)} {name} images could be read")

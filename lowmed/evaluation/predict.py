@@ -10,12 +10,28 @@ from torch import nn
 
 from lowmed.data.loading import LabelledImages, decoded_batches, index_chunks
 from lowmed.device import Precision, channels_last
+from lowmed.models.preprocessing import Preprocessing
+
+
+class Normalizer:
+    """A run's ``Preprocessing`` on the device: grey for one-channel weights, then (x − mean) / std, in the three
+    channels the backbone takes."""
+
+    def __init__(self, preprocessing: Preprocessing, device: torch.device) -> None:
+        self.grey = preprocessing.channels == 1
+        self.mean = torch.tensor(preprocessing.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(preprocessing.std, device=device).view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grey:
+            x = x.mean(1, keepdim=True)
+        x = (x - self.mean) / self.std
+        return x.expand(-1, 3, -1, -1) if self.grey else x
 
 
 def model_input(
     images: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    normalize: Normalizer,
     device: torch.device,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     channels_last: bool = False,
@@ -24,15 +40,14 @@ def model_input(
     x = images.to(device, non_blocking=True).float().div_(255)
     if augment is not None:
         x = augment(x)
-    x = (x - mean) / std
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    x = normalize(x)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
 def predict_logits(
     model: nn.Module,
     split: LabelledImages,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    normalize: Normalizer,
     device: torch.device,
     precision: Precision,
     batch_size: int,
@@ -43,15 +58,14 @@ def predict_logits(
     With ``tta`` the logits of each image and its horizontal mirror are averaged.
     """
     batches = (images for images, _ in split.batches(index_chunks(torch.arange(len(split)), batch_size, False)))
-    return batch_logits(model, batches, mean, std, device, precision, tta)
+    return batch_logits(model, batches, normalize, device, precision, tta)
 
 
 def predict_files(
     model: nn.Module,
     paths: list[Path],
     size: int,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    normalize: Normalizer,
     device: torch.device,
     precision: Precision,
     batch_size: int,
@@ -69,15 +83,14 @@ def predict_files(
             if rows:
                 yield images
 
-    logits = batch_logits(model, batches(), mean, std, device, precision, tta)
+    logits = batch_logits(model, batches(), normalize, device, precision, tta)
     return logits, readable
 
 
 def batch_logits(
     model: nn.Module,
     batches: Iterable[torch.Tensor],
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    normalize: Normalizer,
     device: torch.device,
     precision: Precision,
     tta: bool = False,
@@ -87,7 +100,7 @@ def batch_logits(
     outputs = []
     with torch.inference_mode(), precision.autocast(device):
         for images in batches:
-            x = model_input(images, mean, std, device, channels_last=channels_last(device))
+            x = model_input(images, normalize, device, channels_last=channels_last(device))
             logits = model(x).float()
             if tta:
                 logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2

@@ -16,20 +16,9 @@ from torch import nn
 
 from lowmed.errors import LowmedError
 from lowmed.models.heads import build_head
+from lowmed.models.preprocessing import Preprocessing
 from lowmed.models.simple_cnn import SimpleCNN
 from lowmed.models.stages import GlobalPool
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What the weights expect of an input; recorded in every run so it travels with them."""
-
-    input_size: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Weight sources: none, ImageNet (torchvision's weights API), a weights file, or an earlier lowmed run.
+"""Weight sources: none, ImageNet (torchvision's weights API), torchxrayvision's chest X-ray weights, a weights file,
+or an earlier lowmed run.
 
 Weights are matched to the backbone by name and shape; the source's classifier is dropped; a report of
 matched, missing and unexpected keys is returned. A partial match is refused unless allowed, so no part
@@ -19,7 +20,9 @@ from torch import nn
 from lowmed.contracts import RunDir, WeightsReport
 from lowmed.errors import LowmedError
 from lowmed.io import sha256_file
-from lowmed.models.registry import ModelSpec
+from lowmed.models import xrv
+from lowmed.models.preprocessing import Preprocessing
+from lowmed.models.registry import MODELS, ModelSpec
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile
 
@@ -32,8 +35,12 @@ def resolve_weights(weights: str, model: str) -> str:
 
 
 def weights_kind(weights: str, spec: ModelSpec | None = None) -> str:
-    """none | imagenet | file | run for a resolved ``--weights`` value; an unusable one is refused by name
-    (with ``spec``, also ImageNet weights the model does not have)."""
+    """none | imagenet | xrv | file | run for a resolved ``--weights`` value; an unusable one is refused by name
+    (with ``spec``, also ImageNet or torchxrayvision weights the model does not have)."""
+    if xrv.is_xrv(weights):
+        if spec is not None:
+            xrv.check_name(weights, spec.name)
+        return "xrv"
     if weights in ("none", "imagenet"):
         if weights == "imagenet" and spec is not None and spec.imagenet_weights is None and not spec.timm_name:
             raise LowmedError(f"--weights imagenet: {spec.name} has no ImageNet weights; use --weights none or a file")
@@ -48,12 +55,72 @@ def weights_kind(weights: str, spec: ModelSpec | None = None) -> str:
     )
 
 
-def load_weights(backbone: nn.Module, spec: ModelSpec, weights: str, allow_partial: bool = False) -> WeightsReport:
+def weight_sources(weights_dir: str | None = None) -> list[dict]:
+    """Every named weight source lowmed knows — torchvision's ImageNet weights per model, timm's, torchxrayvision's —
+    with its input contract, what it was trained on, and whether its file is here (``lowmed models --weights``)."""
+    rows = []
+    for spec in MODELS.values():
+        if spec.imagenet_weights:
+            path = _imagenet_file(spec)[0]
+            rows.append(_source_row(spec.name, "imagenet", spec.preprocessing, "ImageNet-1k", path))
+    rows.append(
+        {
+            "weights": "imagenet",
+            "model": "timm:<name>",
+            "input": "the model's (timm pretrained_cfg)",
+            "trained_on": "ImageNet (per model)",
+            "file": "timm's Hugging Face cache",
+        }
+    )
+    for name, datasets in xrv.TRAINED_ON.items():
+        try:
+            path = xrv.expected_file(name, weights_dir)[0]
+        except LowmedError:  # torchxrayvision not installed: the names are known, the files are not
+            path = None
+        rows.append(_source_row(xrv.model_for(name), f"xrv:{name}", xrv.preprocessing(name), ", ".join(datasets), path))
+    return rows
+
+
+def _source_row(model: str, weights: str, contract: Preprocessing, trained_on: str, path: Path | None) -> dict:
+    channels = "1 channel (grey)" if contract.channels == 1 else "3 channels"
+    return {
+        "weights": weights,
+        "model": model,
+        "input": f"{contract.input_size} px, {channels}, {contract.norm}",
+        "trained_on": trained_on,
+        "file": "install lowmed[xrv]" if path is None else f"{path} ({'present' if path.is_file() else 'missing'})",
+    }
+
+
+def weights_preprocessing(weights: str, spec: ModelSpec) -> Preprocessing:
+    """What the weights declare they expect, without reading them: torchxrayvision's contract, else the model's
+    (a lowmed run's own contract is read from its checkpoint when it is loaded)."""
+    return xrv.preprocessing(xrv.check_name(weights, spec.name)) if xrv.is_xrv(weights) else spec.preprocessing
+
+
+def load_weights(
+    backbone: nn.Module, spec: ModelSpec, weights: str, allow_partial: bool = False, weights_dir: str | None = None
+) -> WeightsReport:
+    """``weights_dir``: where ``xrv:`` weight files are (default: torchxrayvision's cache)."""
     kind = weights_kind(weights, spec)
     if kind == "none":
         return WeightsReport("none")
     if kind == "imagenet":
         state, report = _imagenet_state(spec)
+    elif kind == "xrv":
+        name = xrv.check_name(weights, spec.name)
+        path, url = xrv.expected_file(name, weights_dir)
+        fetched(path, url, weights, "; or give its folder with --weights-dir")
+        report = WeightsReport(
+            "xrv",
+            str(path),
+            sha256_file(path),
+            source_model=spec.name,
+            source_preprocessing=xrv.preprocessing(name).to_dict(),
+            trained_on=list(xrv.TRAINED_ON[name]),
+            name=weights,
+        )
+        state = xrv.read_state(path)
     else:
         path = Path(weights).expanduser()
         if kind == "run":
@@ -123,23 +190,34 @@ def _imagenet_state(spec: ModelSpec) -> tuple[dict[str, torch.Tensor], WeightsRe
                 "offline, download them elsewhere and pass the file with --weights PATH"
             ) from None
         return model.state_dict(), WeightsReport("imagenet", f"timm:{spec.timm_name}")
-    url = torchvision.models.get_weight(spec.imagenet_weights).url
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    path = folder / os.path.basename(url)
+    path, url = _imagenet_file(spec)
+    fetched(path, url, "imagenet")
+    report = WeightsReport("imagenet", str(path), sha256_file(path))
+    return read_state_dict(path, report), report
+
+
+def fetched(path: Path, url: str, weights: str, hint: str = "") -> Path:
+    """``path``, downloaded from ``url`` first if it is not there (whole or not at all); offline, an error naming
+    the file, the URL and the folder to put it in."""
     if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(url, str(partial), progress=True)
         except (URLError, OSError, ConnectionError) as exc:
             partial.unlink(missing_ok=True)
             raise LowmedError(
-                f"--weights imagenet: {path.name} is not cached and cannot be downloaded ({exc}); "
-                f"fetch {url} and put it in {folder}"
+                f"--weights {weights}: {path.name} is not cached and cannot be downloaded ({exc}); "
+                f"fetch {url} and put it in {path.parent}{hint}"
             ) from None
         os.replace(partial, path)
-    report = WeightsReport("imagenet", str(path), sha256_file(path))
-    return read_state_dict(path, report), report
+    return path
+
+
+def _imagenet_file(spec: ModelSpec) -> tuple[Path, str]:
+    """Where torchvision's ImageNet weights of ``spec`` belong (the torch hub cache), and their URL."""
+    url = torchvision.models.get_weight(spec.imagenet_weights).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url), url
 
 
 def _match_into(backbone: nn.Module, state: dict[str, torch.Tensor], report: WeightsReport) -> None:

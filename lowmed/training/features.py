@@ -314,7 +314,7 @@ def _activations(
     outputs = []
     with torch.no_grad(), precision.autocast(inputs.device):
         for images, _ in split.batches(index_chunks(torch.arange(len(split)), batch_size, drop_last=False)):
-            x = model_input(images, inputs.mean, inputs.std, inputs.device, augment, inputs.channels_last)
+            x = model_input(images, inputs.normalize, inputs.device, augment, inputs.channels_last)
             out = lower(x)
             outputs.append(out if storage is None else out.to(storage))
     return torch.cat(outputs)

@@ -28,7 +28,7 @@ from lowmed.device import Precision, channels_last, inference_batch_size
 from lowmed.distributed import Distributed
 from lowmed.errors import RunFailed
 from lowmed.evaluation.metrics import accuracy, auroc, probabilities
-from lowmed.evaluation.predict import model_input, predict_logits
+from lowmed.evaluation.predict import Normalizer, model_input, predict_logits
 from lowmed.models.registry import Classifier, layer_groups
 from lowmed.training.checkpoint import CheckpointSaver
 from lowmed.training.features import ActivationCache, PhaseCaches, SharedCaches
@@ -117,8 +117,7 @@ class LoopInputs:
     val: LabelledImages
     task: str
     criterion: Criterion
-    mean: torch.Tensor
-    std: torch.Tensor
+    normalize: Normalizer  # the weights' preprocessing contract, on the device
     device: torch.device
     precision: Precision
     run_dir: RunDir
@@ -151,8 +150,7 @@ def evaluate_split(inputs: LoopInputs, split: LabelledImages, batch_size: int) -
     logits = predict_logits(
         inputs.model,
         share,
-        inputs.mean,
-        inputs.std,
+        inputs.normalize,
         inputs.device,
         inputs.precision,
         inference_batch_size(inputs.device, batch_size * 2),
@@ -391,7 +389,7 @@ def _epoch(
             def augment(batch):
                 return augment_batch(batch, config.augment_strength, generator)
 
-            return trained(model_input(images, inputs.mean, inputs.std, device, augment, inputs.channels_last))
+            return trained(model_input(images, inputs.normalize, device, augment, inputs.channels_last))
 
     train_loss, seen = _train_one_epoch(
         inputs, config, phase, batches, len(chunks), forward, trained, optimizer, scaler, epoch, quiet, stop

@@ -26,9 +26,12 @@ from lowmed.data.subsample import load_or_prepare, subsample
 from lowmed.device import Precision, channels_last, native_amp, resolve_device
 from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
+from lowmed.evaluation.predict import Normalizer
 from lowmed.io import sha256_file, write_yaml
+from lowmed.models.preprocessing import Preprocessing
 from lowmed.models.registry import build_model, count_parameters, get_model_spec
-from lowmed.models.weights import load_checkpoint, load_weights, resolve_weights, weights_kind
+from lowmed.models.weights import load_checkpoint, load_weights, resolve_weights, weights_kind, weights_preprocessing
+from lowmed.models.xrv import FORMAT_DATASETS, is_xrv, overlap
 from lowmed.training.checkpoint import read_training_state
 from lowmed.training.loop import (
     Criterion,
@@ -76,24 +79,23 @@ def train(
             raise LowmedError("--sync-bn: synchronised batch norm needs GPUs (NCCL); leave it off on CPUs")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if not resume:  # weights that cannot be had or do not fit are refused before anything is written
-        report = load_weights(model.backbone, spec, config.weights, config.allow_partial_weights)
+        report = load_weights(model.backbone, spec, config.weights, config.allow_partial_weights, config.weights_dir)
         _check_source_model(report, spec.name)
+        preprocessing = _input_contract(report, spec, config)
+        config = replace(config, input_channels=preprocessing.channels, input_norm=preprocessing.norm)  # config.yaml
     dist.on_main(lambda: _open_run_dir(run_dir, config, resume, overwrite))  # only rank 0 writes the run dir
     state = read_training_state(run_dir) if resume else None
     earlier_caches = {}  # a resumed run keeps what its finished phases recorded
     if resume:
         earlier = run_dir.read_summary()
         report, earlier_caches = earlier.weights, earlier.caches
+        preprocessing = _input_contract(report, spec, config)
     if not quiet:
         console.print(f"[bold]{run_dir.path}[/] (arm {config.arm}): {spec.name}, {report.summary()}", highlight=False)
-    preprocessing = {
-        "input_size": config.image_size,
-        "mean": list((report.source_preprocessing or {}).get("mean", spec.preprocessing.mean)),
-        "std": list((report.source_preprocessing or {}).get("std", spec.preprocessing.std)),
-    }
     dist.on_main(lambda: _check_disk_space(run_dir.path, count_parameters(model)))
-    summary = _summary(config, dataset, report, preprocessing, device, count_parameters(model), dist)
+    summary = _summary(config, dataset, report, preprocessing.to_dict(), device, count_parameters(model), dist)
     summary.tuning_trial = trial.number if trial else None
+    summary.pretraining_overlap = _pretraining_overlap(report, dataset, config.dataset_name, quiet)
 
     def record(**changes) -> None:
         for name, value in changes.items():
@@ -135,15 +137,14 @@ def train(
         val=splits["val"],
         task=dataset.task,
         criterion=Criterion(dataset.task, None if weights is None else weights.to(device)),
-        mean=torch.tensor(preprocessing["mean"], device=device).view(1, 3, 1, 1),
-        std=torch.tensor(preprocessing["std"], device=device).view(1, 3, 1, 1),
+        normalize=Normalizer(preprocessing, device),
         device=device,
         precision=precision,
         run_dir=run_dir,
         dist=dist,
         checkpoint_extras={
             "config": config.to_dict(),
-            "preprocessing": preprocessing,
+            "preprocessing": preprocessing.to_dict(),
             "task": dataset.task,
             "classes": dataset.classes,
             "lowmed_version": lowmed.__version__,
@@ -288,7 +289,8 @@ def _resolved(config: TrainConfig, spec, dataset: PreparedDataset, runs_root: Pa
     subset = str(dataset.manifest_path) if dataset.subset else None
     per_class = dataset.subset["per_class"] if dataset.subset else config.per_class
     weights = resolve_weights(config.weights, spec.name)
-    weights = str(Path(weights).resolve()) if weights not in ("none", "imagenet") else weights
+    kind = weights_kind(weights, spec)
+    weights = str(Path(weights).resolve()) if kind in ("file", "run") else weights
     named_arm = config.arm
     config = replace(
         config,
@@ -297,8 +299,8 @@ def _resolved(config: TrainConfig, spec, dataset: PreparedDataset, runs_root: Pa
         per_class=per_class,
         model=spec.name,
         weights=weights,
-        arm=config.arm or DERIVED_ARMS[weights_kind(weights, spec)],
-        image_size=config.image_size or spec.preprocessing.input_size,
+        arm=config.arm or DERIVED_ARMS[kind],
+        image_size=config.image_size or weights_preprocessing(weights, spec).input_size,
         amp=config.amp if config.amp is not None else resolve_device(config.device).type == "cuda",
     )
     if config.image_size < spec.min_input_size:
@@ -314,6 +316,8 @@ def _run_name(config: TrainConfig, dataset: PreparedDataset, named_arm: str | No
         source = slug(named_arm)
     elif config.weights in ("none", "imagenet"):
         source = "scratch" if config.weights == "none" else "imagenet"
+    elif is_xrv(config.weights):
+        source = config.weights.replace(":", "-")
     else:
         path = Path(config.weights)
         source = "from-" + (path.name if path.is_dir() else path.stem)
@@ -356,6 +360,28 @@ def _check_disk_space(run_dir: Path, parameters: int) -> None:
             f"run dir {run_dir}: {free / 2**20:.0f} MB free, but the checkpoints of this model need "
             f"about {needed / 2**20:.0f} MB; free some space or choose another --out"
         )
+
+
+def _input_contract(report: WeightsReport, spec, config: TrainConfig) -> Preprocessing:
+    """What the network is fed: the weights' contract (a lowmed run's or torchxrayvision's, else the model's), with
+    the run's own image size and any --input-channels / --input-norm."""
+    source = Preprocessing.from_dict(report.source_preprocessing) if report.source_preprocessing else spec.preprocessing
+    return source.with_input(config.image_size, config.input_channels, config.input_norm)
+
+
+def _pretraining_overlap(report: WeightsReport, dataset: PreparedDataset, name: str | None, quiet: bool) -> dict | None:
+    """For weights whose training datasets are known: whether the target may be among them, with a warning."""
+    if report.trained_on is None:
+        return None
+    target = name or FORMAT_DATASETS.get(dataset.info.get("source", {}).get("format"))
+    result = overlap(report.name.removeprefix("xrv:"), target)
+    if result["status"] == "possible" and not quiet:
+        warn(
+            f"--weights {report.name} was pretrained on {', '.join(result['weights_trained_on'])}, which includes "
+            f"{target}, the target's source: its validation and test images may have been seen in pretraining "
+            "(pretraining_overlap: possible in train.json)"
+        )
+    return result
 
 
 def _check_source_model(report: WeightsReport, model: str) -> None:
