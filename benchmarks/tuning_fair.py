@@ -31,7 +31,8 @@ def _runs(study: Path) -> dict[str, RunDir]:
 
 def tuning_table(fixed: Path, tuned: Path) -> str:
     lines = [
-        "| arm | recipe | trials (pruned) | trials' training time | best val loss | test AUROC [95 % CI] | training time |",
+        "| arm | recipe | trials (pruned) | trials' training time | best val loss | test AUROC [95 % CI] "
+        "| training time |",
         "|---|---|---|---|---|---|---|",
     ]
     differences = []
