@@ -104,7 +104,7 @@ def _execute(job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: 
 
 
 def _read_record(planned: PlannedCell) -> TuningRecord | None:
-    """A cell another process tuned (under torchrun), from its ``tuning.json``."""
+    """A cell's ``tuning.json``, if it has been tuned (by an earlier invocation, or another torchrun process)."""
     path = planned.cell.record_path
     return TuningRecord.read(path) if path.is_file() else None
 
@@ -114,7 +114,7 @@ def _tune(planned: PlannedCell, study: Study, skip_reasons: dict[str, str], show
     if planned.arm.name in skip_reasons:
         planned.status, planned.detail = "skipped", skip_reasons[planned.arm.name]
         return
-    done_before = planned.cell.record_path.is_file()
+    before = _read_record(planned)
     try:
         record = tune_cell(planned.cell, study.tune, quiet=True, on_trial=show)
     except Interrupted:
@@ -124,10 +124,9 @@ def _tune(planned: PlannedCell, study: Study, skip_reasons: dict[str, str], show
         skip_reasons[planned.arm.name] = planned.detail
         return
     planned.cell.record = record
-    done = "done before" if done_before and record.budget == study.tune.trials else "tuned"
     counted = record.counted
     pruned = sum(t["state"] == "pruned" for t in counted)
-    planned.status = done
+    planned.status = "done before" if record == before else "tuned"
     planned.detail = (
         f"{len(counted)} trials ({pruned} pruned); {record.metric} {record.best_value:.4f}; {record.recipe()}"
     )

@@ -105,9 +105,8 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     raise LowmedError(f"{path}: refused: holds a {type(loaded).__name__}, not a model or a state dict")
 
 
-def overlap(name: str, target: str | None) -> dict:
+def overlap(trained_on: list[str], target: str | None) -> dict:
     """Whether the target dataset may have been in the weights' pretraining data (``train.json``)."""
-    trained_on = list(TRAINED_ON[name])
     if target is None:
         return {"status": "unknown", "weights_trained_on": trained_on, "target": None}
     status = "possible" if target.lower() in trained_on else "none known"

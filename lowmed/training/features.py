@@ -176,7 +176,8 @@ class PhaseCaches:
                     cache = ahead.pooled_features(self.inputs.model.head, self.inputs.precision, batch)
                     if self.shared:
                         self.shared.keep("frozen", key, cache)
-                self.reports["frozen"] = {**cache.report(), "computed_from": ahead.boundary, "reused": kept is not None}
+                reused = {"reused": kept is not None} if self.shared else {}
+                self.reports["frozen"] = {**cache.report(), "computed_from": ahead.boundary, **reused}
                 return cache
         cache, self.reports[phase] = build_cache(self.inputs, self.config, phase, frozen, self.quiet, self.shared)
         return cache
@@ -255,6 +256,7 @@ def build_cache(
     )
     if shared:
         shared.keep(phase, key, cache)
+        return cache, {**cache.report(), "reused": False}
     return cache, cache.report()
 
 

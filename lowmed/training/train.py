@@ -95,7 +95,7 @@ def train(
     dist.on_main(lambda: _check_disk_space(run_dir.path, count_parameters(model)))
     summary = _summary(config, dataset, report, preprocessing.to_dict(), device, count_parameters(model), dist)
     summary.tuning_trial = trial.number if trial else None
-    summary.pretraining_overlap = _pretraining_overlap(report, dataset, config.dataset_name, quiet)
+    summary.pretraining_overlap = _pretraining_overlap(report, dataset, config.dataset_name, dist.is_main)
 
     def record(**changes) -> None:
         for name, value in changes.items():
@@ -369,13 +369,13 @@ def _input_contract(report: WeightsReport, spec, config: TrainConfig) -> Preproc
     return source.with_input(config.image_size, config.input_channels, config.input_norm)
 
 
-def _pretraining_overlap(report: WeightsReport, dataset: PreparedDataset, name: str | None, quiet: bool) -> dict | None:
-    """For weights whose training datasets are known: whether the target may be among them, with a warning."""
+def _pretraining_overlap(report: WeightsReport, dataset: PreparedDataset, name: str | None, say: bool) -> dict | None:
+    """For weights whose training datasets are known: whether the target may be among them (warned, if ``say``)."""
     if report.trained_on is None:
         return None
     target = name or FORMAT_DATASETS.get(dataset.info.get("source", {}).get("format"))
-    result = overlap(report.name.removeprefix("xrv:"), target)
-    if result["status"] == "possible" and not quiet:
+    result = overlap(report.trained_on, target)
+    if result["status"] == "possible" and say:
         warn(
             f"--weights {report.name} was pretrained on {', '.join(result['weights_trained_on'])}, which includes "
             f"{target}, the target's source: its validation and test images may have been seen in pretraining "
