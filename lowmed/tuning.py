@@ -457,9 +457,9 @@ def tune(
     source = Path(config.subset or config.data)
     size = f"n{config.per_class}" if config.per_class else "all"
     folder = Path(out) if out else Path("runs") / slug(f"tune-{source.stem}-{config.model}-{size}-seed{config.seed}")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / "optuna.db").is_file():
-        if not (folder / TuningRecord.FILE).is_file():
-            raise LowmedError(f"--out {folder}: exists and is not a tuning folder; choose another --out")
+    tuned_here = any((folder / name).is_file() for name in ("optuna.db", TuningRecord.FILE))
+    if folder.is_dir() and any(folder.iterdir()) and not tuned_here:
+        raise LowmedError(f"--out {folder}: exists and is not a tuning folder; choose another --out")
     record = tune_cell(Cell(folder.name, base, folder), settings, quiet)
     best_config = folder / "best-config.yaml"
     write_yaml(best_config, TrainConfig.from_dict({**base, **tuned_options(record)}, source=str(best_config)).to_dict())

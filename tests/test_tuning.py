@@ -237,3 +237,12 @@ def test_a_shared_storage_url_holds_the_trials_and_hides_its_password(separable,
     code, output = _tune_cli(capsys, separable, "--space", space, "--storage", url, "--out", tmp_path / "other")
     assert code == 2 and "tuning storage postgresql://lowmed:***@127.0.0.1:1/lowmed: cannot open it" in output
     assert "s3cret" not in output
+
+
+def test_lowmed_tune_refuses_a_folder_that_is_not_a_tuning_folder(separable, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    space = _space(tmp_path, {"space": {"lr": [0.001]}, "trials": 1})
+    code, output = _tune_cli(capsys, separable, "--space", space, "--out", tmp_path / "taken")
+    assert code == 2 and "exists and is not a tuning folder" in output
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
