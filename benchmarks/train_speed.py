@@ -346,6 +346,19 @@ def recipe_table(now: dict, before: dict) -> str:
     return "\n".join(lines)
 
 
+def fullrun_table(result: dict) -> str:
+    """One model's two-phase recipe, lowmed against the reference of the same run (speed and memory only: without
+    --weights both start from the same randomly initialised backbone file)."""
+    ours, theirs = result["fullrun"]["lowmed"], result["fullrun"]["reference"]
+    lines = ["| figure | lowmed | reference | lowmed vs reference |", "|---|---|---|---|"]
+    for label, phase in (("wall time", None), ("frozen phase", "frozen"), ("fine-tuning phase", "finetune")):
+        a = ours["wall_seconds"] if phase is None else ours["phase_seconds"][phase]
+        r = theirs["wall_seconds"] if phase is None else theirs["phase_seconds"][phase]
+        lines.append(f"| {label} | {a:.1f} s | {r:.1f} s | {r / a:.1f}× faster |")
+    lines.append(f"| peak resident memory | {ours['peak_rss_mb']:.0f} MB | {theirs['peak_rss_mb']:.0f} MB | |")
+    return "\n".join(lines)
+
+
 def cache_table(result: dict) -> str:
     """Where each phase's cache cut the network, and its size and build time (lowmed's side of a full run)."""
     lines = ["| phase | boundary | views | shape | dtype | size | built in |", "|---|---|---|---|---|---|---|"]
@@ -542,6 +555,8 @@ def main() -> None:
     if {"fullrun", "evaluate"} <= set(parts) and args.before:
         print(recipe_table(results, json.loads(Path(args.before).read_text())))
     if "fullrun" in parts and "lowmed" in results["fullrun"]:
+        if "reference" in results["fullrun"]:
+            print(fullrun_table(results))
         print(cache_table(results))
 
 

@@ -52,3 +52,9 @@ def test_tuning_table_matches_the_studies():
     kept = BENCHMARKS / "results" / "tuning"
     table = script("tuning_fair").tuning_table(kept / "fixed", kept / "tuned")
     assert table in (BENCHMARKS.parent / "README.md").read_text()
+
+
+def test_resnet50_recipe_tables_match_the_measurements():
+    speed, measured = script("train_speed"), result("train_speed_resnet50.json")
+    assert speed.fullrun_table(measured) in README
+    assert speed.cache_table(measured) in README
