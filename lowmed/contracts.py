@@ -481,6 +481,22 @@ class Comparison(Record):
     out: str
 
 
+@dataclass(kw_only=True)
+class StudyLog(Record):
+    """``study.json`` in a study's folder: every invocation of ``lowmed experiment`` and how long it took, so that a
+    report written by a later invocation (one that found every run done) still says what the whole study cost."""
+
+    FILE: ClassVar[str] = "study.json"
+
+    schema: int = SCHEMA
+    study: str  # the study's name
+    invocations: list[dict] = field(default_factory=list)  # started (UTC, ISO 8601), seconds, processes, worked
+
+    @property
+    def seconds(self) -> float:
+        return sum(invocation["seconds"] for invocation in self.invocations)
+
+
 @dataclass(frozen=True)
 class ComparisonDir:
     """Where ``lowmed compare`` writes: compare.csv/.json/.md, stats.csv and one learning curve per dataset."""

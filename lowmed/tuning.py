@@ -53,6 +53,15 @@ PRUNE_WARMUP_EPOCHS = 5  # no trial is pruned before its fifth epoch: early vali
 STALE_POLL_SECONDS = 30  # with shared storage: how often to look at other machines' trials while they run
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # shared storage: a trial with no heartbeat for this long failed
 _SETTINGS_KEYS = {"space", "trials", "metric", "per_seed", "pruner", "seed", "storage"}
+# options that act only on a pretrained network's two phases (training.loop.plan_phases); a run from scratch has one
+TWO_PHASE_ONLY = {
+    "freeze_base",
+    "cached_views",
+    "cache_finetune",
+    "fine_tune_epochs",
+    "fine_tune_layers",
+    "fine_tune_lr",
+}
 
 
 @dataclass(frozen=True)
@@ -237,6 +246,16 @@ class Cell:
         return f"{self.name}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
 
 
+def cell_space(settings: TuneSettings, base: dict) -> tuple[Param, ...]:
+    """The space a cell searches: all of it for a two-phase run, less the options a one-phase run ignores, so that
+    a scratch arm spends its budget on what it trains with and its record names no values it never used."""
+    from lowmed.models.weights import resolve_weights
+
+    config = TrainConfig.from_dict({**base, "data": "."}, source="the tuning cell")
+    one_phase = resolve_weights(config.weights, config.model) == "none" or not config.freeze_base
+    return tuple(p for p in settings.space if not (one_phase and p.name in TWO_PHASE_ONLY))
+
+
 def tuned_options(record: TuningRecord) -> dict:
     """What a run trained with a cell's outcome takes: the chosen values, and the tuning metric picks its best
     epoch as it picked the trials'."""
@@ -368,7 +387,7 @@ def _run_trial(trial, cell: Cell, settings: TuneSettings, caches, numbers: list[
     from lowmed.training.loop import TrialHooks
     from lowmed.training.train import train
 
-    values = {p.name: p.suggest(trial) for p in settings.space}
+    values = {p.name: p.suggest(trial) for p in cell_space(settings, cell.base)}
     run_dir = cell.folder / f"trial-{trial.number:03d}"
     config = TrainConfig.from_dict(
         {**cell.base, **values, "monitor": settings.metric, "out": str(run_dir)},
@@ -429,7 +448,7 @@ def _record(cell: Cell, settings: TuneSettings, study, name: str, url: str, optu
         metric=settings.metric,
         direction=DIRECTIONS[settings.metric],
         budget=settings.trials,
-        space={p.name: p.as_given() for p in settings.space},
+        space={p.name: p.as_given() for p in cell_space(settings, cell.base)},
         trials=trials,
         chosen=dict(best.params),
         best_trial=best.number,

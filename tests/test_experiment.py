@@ -151,11 +151,11 @@ def test_every_example_study_plans(example, tmp_path, monkeypatch):
     specs = study["datasets"] + [arm["pretrain"]["dataset"] for arm in study["arms"] if "pretrain" in arm]
     for spec in specs:
         if "data" in spec:
-            Path(os.path.expandvars(spec["data"])).mkdir(parents=True)
-    for arm in study["arms"]:
-        weights = arm.get("weights", "none")
+            Path(os.path.expandvars(spec["data"])).mkdir(parents=True, exist_ok=True)
+    for options in [*study["arms"], *(arm["pretrain"] for arm in study["arms"] if "pretrain" in arm)]:
+        weights = options.get("weights", "none")
         if weights not in ("none", "imagenet") and not weights.startswith("xrv:") and not Path(weights).exists():
-            weights = Path(os.path.expandvars(arm["weights"]))
+            weights = Path(os.path.expandvars(weights))
             weights.parent.mkdir(parents=True, exist_ok=True)
             weights.touch()
     result = run_experiment(path, dry_run=True)

@@ -19,7 +19,7 @@ from lowmed.contracts import RunDir, TuningRecord
 from lowmed.errors import LowmedError
 from lowmed.training.features import SharedCaches
 from lowmed.training.loop import TrialHooks
-from lowmed.tuning import Cell, TuneSettings, tune_cell
+from lowmed.tuning import Cell, TuneSettings, cell_space, tune_cell
 from tests.conftest import FAST
 
 QUICK = {**FAST, "epochs": 3, "batch_size": 8}
@@ -168,7 +168,10 @@ def test_a_study_tunes_every_arm_with_the_same_budget_on_validation_only(kermany
                 "per_class": [6],
                 "seeds": [0, 1],
                 "train": {**QUICK, "epochs": 2},
-                "tune": {"space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}, "trials": 2},
+                "tune": {
+                    "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "fine_tune_lr": [1e-5, 1e-4]},
+                    "trials": 2,
+                },
                 "evaluate": {"bootstrap": 20},
                 "compare": {"resamples": 20},
             }
@@ -189,6 +192,8 @@ def test_a_study_tunes_every_arm_with_the_same_budget_on_validation_only(kermany
     assert [c.name for c in result.cells] == ["cxr-a-simplecnn-n6", "cxr-a-linear-simplecnn-n6"]
     records = [c.cell.record for c in result.cells]
     assert [len(r.counted) for r in records] == [2, 2]  # the same budget for every arm
+    for record in records:  # scratch arms train in one phase: no fine-tuning value is searched or claimed
+        assert list(record.space) == ["lr"] and list(record.chosen) == ["lr"]
     for run in result.runs:  # every seed takes its cell's values (tuned on seed 0), recorded in config.yaml
         record = next(c.cell.record for c in result.cells if c is run.cell)
         config = TrainConfig.from_yaml(RunDir(run.run_dir).config)
@@ -203,6 +208,22 @@ def test_a_study_tunes_every_arm_with_the_same_budget_on_validation_only(kermany
 
     again = run_experiment(study, quiet=True)  # resumed: nothing tuned or trained again
     assert {c.status for c in again.cells} == {"done before"} and {r.status for r in again.runs} == {"done before"}
+
+
+@pytest.mark.parametrize(
+    "base, searched",
+    [
+        ({"model": "resnet18", "weights": "imagenet"}, ["lr", "fine_tune_lr"]),
+        ({"model": "simplecnn"}, ["lr"]),
+        ({"model": "resnet18", "weights": "none"}, ["lr"]),
+        ({"model": "resnet18", "weights": "imagenet", "freeze_base": False}, ["lr"]),
+    ],
+)
+def test_a_one_phase_cell_searches_no_fine_tuning_option(base, searched):
+    settings = TuneSettings.from_dict(
+        {"space": {"lr": {"low": 1e-4, "high": 1e-2}, "fine_tune_lr": [1e-5, 1e-4]}}, "tune"
+    )
+    assert [p.name for p in cell_space(settings, base)] == searched
 
 
 def test_a_bad_tune_mapping_in_a_study_names_the_field(kermany, tmp_path):

@@ -15,13 +15,13 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from lowmed.compare import compare_runs
 from lowmed.config import TrainConfig
 from lowmed.console import progress_bar
-from lowmed.contracts import Comparison, RunDir, TuningRecord
+from lowmed.contracts import Comparison, RunDir, StudyLog, TuningRecord
 from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.evaluation.evaluate import evaluate
@@ -48,6 +48,7 @@ class StudyResult:
     comparison: Comparison | None = None
     report: str | None = None
     wall_seconds: float = 0.0
+    log: StudyLog | None = None  # every invocation so far, this one included
 
 
 def _execute(job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: Distributed) -> None:
@@ -152,7 +153,7 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
 
     Under torchrun every process returns the runs' outcomes; only rank 0's result names the report.
     """
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), datetime.now(UTC)
     study = load_study(study_path)
     if dry_run:
         pretrains, cells, runs = plan(study, prepare_data=False)
@@ -218,12 +219,26 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
             [r.run_dir for r in finished], split=study.split, out=study.out, quiet=True, **study.compare
         )
     result.wall_seconds = time.perf_counter() - started
+    result.log = _logged(study, started_at, result.wall_seconds, dist.world_size, pretrains + cells + runs)
     report = study.out / "report.md"
-    write_text(
-        report,
-        study_report(
-            study, pretrains, runs, result.comparison, result.wall_seconds, processes=dist.world_size, cells=cells
-        ),
-    )
+    write_text(report, study_report(study, pretrains, runs, result.comparison, result.log, cells=cells))
     result.report = str(report)
     return result
+
+
+def _logged(study: Study, started: datetime, seconds: float, processes: int, jobs: list) -> StudyLog:
+    """``study.json`` with this invocation added: when, how long, on how many processes, and how many runs and
+    cells it trained or tuned (0 for one that found everything done)."""
+    path = study.out / StudyLog.FILE
+    log = StudyLog.read(path) if path.is_file() else StudyLog(study=study.name)
+    worked = sum(job.status in ("trained", "tuned") for job in jobs)
+    log.invocations.append(
+        {
+            "started": started.isoformat(timespec="seconds"),
+            "seconds": round(seconds, 1),
+            "processes": processes,
+            "worked": worked,
+        }
+    )
+    log.write(path)
+    return log

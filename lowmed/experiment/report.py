@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lowmed
 from lowmed.compare import PRIMARY_TEST, format_p
-from lowmed.contracts import Comparison, ComparisonDir, RunDir, short_value
+from lowmed.contracts import Comparison, ComparisonDir, RunDir, StudyLog, short_value
 from lowmed.data.manifest import read_info
 from lowmed.experiment.plan import PlannedCell, PlannedRun
 from lowmed.experiment.study import Study
@@ -41,8 +41,7 @@ def study_report(
     pretrains: list[PlannedRun],
     runs: list[PlannedRun],
     comparison: Comparison | None,
-    wall_seconds: float,
-    processes: int = 1,
+    log: StudyLog,
     cells: list[PlannedCell] = (),
 ) -> str:
     lines = [
@@ -103,11 +102,15 @@ def study_report(
         )
     done = sum(r.status in ("trained", "done before") for r in pretrains + runs)
     training = sum(s.epoch_seconds_total or 0 for s in summaries)
+    tuning = sum(cell.cell.record.seconds for cell in cells if cell.cell.record is not None)
+    processes = max(invocation["processes"] for invocation in log.invocations)
     lines.append(
         f"- Runs: {done} of {len(pretrains) + len(runs)} completed; {training / 60:.1f} min of training "
-        f"epochs in all; this invocation took {wall_seconds / 60:.1f} min"
+        "epochs in all"
+        + (f", and {tuning / 60:.1f} min of tuning trials" if tuning else "")
+        + f". Wall time {log.seconds / 60:.1f} min over {len(log.invocations)} invocation(s) of lowmed experiment"
         + (
-            f" on {processes} processes (torchrun: pretrain stages data-parallel, grid runs one per process)."
+            f" on up to {processes} processes (torchrun: pretrain stages data-parallel, grid runs one per process)."
             if processes > 1
             else "."
         )

@@ -17,7 +17,19 @@ from lowmed.contracts import read_yaml, slug
 from lowmed.errors import LowmedError
 from lowmed.tuning import TuneSettings
 
-_STUDY_KEYS = {"name", "out", "datasets", "arms", "per_class", "seeds", "train", "tune", "evaluate", "compare"}
+_STUDY_KEYS = {
+    "name",
+    "out",
+    "publish",
+    "datasets",
+    "arms",
+    "per_class",
+    "seeds",
+    "train",
+    "tune",
+    "evaluate",
+    "compare",
+}
 _DATASET_KEYS = {"name", "data", "demo", "prepare"}
 _ARM_KEYS = {"name", "model", "weights", "pretrain", "options"}
 # the options of lowmed evaluate and lowmed compare a study may set (the compared split is the evaluated one)
@@ -54,6 +66,7 @@ class Study:
     tune: TuneSettings | None = None  # every arm tuned with the same budget before its runs
     evaluate: dict = field(default_factory=dict)
     compare: dict = field(default_factory=dict)
+    publish: Path | None = None  # where the report, the comparison and each run's small files are copied
 
     @property
     def split(self) -> str:
@@ -91,6 +104,7 @@ def load_study(path: str | os.PathLike) -> Study:
         tune=tune,
         evaluate=dict(_checked_keys(raw.get("evaluate") or {}, _EVALUATE_KEYS, f"{path}: evaluate")),
         compare=_compare_options(raw.get("compare") or {}, f"{path}: compare"),
+        publish=Path(_expand(str(raw["publish"]), f"{path}: publish")) if raw.get("publish") else None,
     )
     _check_whole(study, path)
     return study
@@ -145,6 +159,8 @@ def _arm(values: Any, where: str, index: int) -> Arm:
     if pretrain is not None:
         pretrain = dict(_checked_keys(pretrain, {"dataset", *TrainConfig.__dataclass_fields__}, f"{where}.pretrain"))
         pretrain["dataset"] = _dataset_spec(pretrain.get("dataset"), f"{where}.pretrain.dataset")
+        if "weights" in pretrain:
+            pretrain["weights"] = _expand(str(pretrain["weights"]), f"{where}.pretrain.weights")
     return Arm(
         name=str(values.get("name", f"arm{index + 1}")),
         model=str(values["model"]),
@@ -190,6 +206,13 @@ def _check_whole(study: Study, path: Path) -> None:
             users = [arm.name for arm in study.arms if arm.pretrain and arm.pretrain["dataset"].name == spec.name]
             whose = f" (pretraining of arm {', '.join(map(repr, users))})" if users else ""
             raise LowmedError(f"{path}: dataset {spec.name!r}{whose}: data {spec.data} does not exist")
+    if study.publish is not None:
+        published, out = study.publish.resolve(), study.out.resolve()
+        if published.is_relative_to(out) or out.is_relative_to(published):
+            raise LowmedError(
+                f"{path}: publish {study.publish} and out {study.out} overlap; publish needs a folder of its own "
+                f"(e.g. results/{slug(study.name)})"
+            )
     if study.split not in ("test", "val", "train"):
         raise LowmedError(f"{path}: evaluate.split {study.split!r}: expected test, val or train")
     baseline = study.compare.get("baseline")
