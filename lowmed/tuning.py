@@ -28,7 +28,7 @@ from typing import Any
 from lowmed.config import MONITORS, TrainConfig, coerce
 from lowmed.console import progress_bar
 from lowmed.contracts import TuningRecord, read_yaml, short_value, slug
-from lowmed.errors import LowmedError, RunFailed
+from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.io import write_yaml
 
 # options that say what a cell is (its data, arm, seed) or where and how it runs, not how it trains
@@ -403,6 +403,8 @@ def _run_trial(trial, cell: Cell, settings: TuneSettings, caches, numbers: list[
 
     try:
         summary = train(config, overwrite=True, quiet=True, trial=TrialHooks(trial.number, should_stop, caches))
+    except Interrupted:  # Ctrl-C: the trial failed (not counted) and the tuning stops, to resume later
+        raise
     except RunFailed as exc:  # diverged (a loss that is not finite): a hopeless trial, as a pruned one
         trial.set_user_attr("outcome", f"diverged: {exc}")
         raise optuna.TrialPruned(str(exc)) from None

@@ -132,6 +132,27 @@ def test_a_killed_tuning_resumes_with_its_finished_trials_kept(separable, tmp_pa
     assert record.trials[0]["value"] == first.best["value"]  # the finished trial was kept, not run again
 
 
+def test_ctrl_c_stops_the_tuning_and_the_stopped_trial_is_not_counted(separable, tmp_path):
+    space = {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "epochs": [200]}
+    space = _space(tmp_path, {"space": space, "trials": 3})
+    out = tmp_path / "cell"
+    command = [sys.executable, "-m", "lowmed", "tune", str(separable), "--space", str(space), "--out", str(out)]
+    command += ["--per-class", "8", "--image-size", "32", "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "trial-000" / "history.csv").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # once: the trial stops after its batch, and so does the tuning
+    assert process.wait(timeout=60) == 130
+    assert RunDir(out / "trial-000").read_summary().status == "interrupted"
+    assert not (out / "trial-001").exists()
+
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    record = TuningRecord.read(out / "tuning.json")
+    assert (record.trials[0]["state"], record.trials[0]["counted"]) == ("fail", False)
+    assert [t["number"] for t in record.counted] == [1, 2, 3]
+
+
 def test_trials_reuse_the_frozen_features_and_train_as_without(trained_run, separable, tmp_path):
     """Two trials with the same values: the second reuses the first's caches and trains exactly as the first."""
     base = {**QUICK, "data": str(separable), "weights": str(trained_run), "fine_tune_epochs": 2, "fine_tune_layers": 2}
