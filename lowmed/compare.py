@@ -251,6 +251,9 @@ def compare_runs(
         figures=[str(f) for f in figures],
         recipes=recipes,
         overlap=overlap,
+        by=list(by),
+        resamples=resamples,
+        seed=seed,
         out=str(target.path),
     )
     comparison.write(target.record)
@@ -287,6 +290,7 @@ def _runs_table(runs: list[Run], metric: str) -> pd.DataFrame:
                 "ci_low": low,
                 "ci_high": high,
                 "accuracy": run.report.metrics.get("accuracy", np.nan),
+                "balanced_accuracy": run.report.metrics.get("balanced_accuracy", np.nan),
                 "n_test": run.report.n,
                 "train_seconds": summary.epoch_seconds_total if summary.epoch_seconds_total is not None else np.nan,
                 "epochs": summary.epochs_run,

@@ -478,7 +478,18 @@ class Comparison(Record):
     figures: list[str] = field(default_factory=list)
     recipes: str = ""  # whether the arms were tuned, and alike (compare.recipes_statement)
     overlap: str = ""  # arms whose pretraining may have seen the target's images (compare.overlap_statement)
+    # the options that made it, so that the same comparison can be made again from the same runs
+    by: list[str] = field(default_factory=lambda: ["dataset", "arm", "model", "per_class"])
+    resamples: int | None = None
+    seed: int | None = None
     out: str
+
+    def options(self) -> dict:
+        """compare_runs' keyword arguments that make this comparison again (an older record's unknowns left out)."""
+        options = {"split": self.split, "metric": self.metric, "baseline": self.baseline, "by": tuple(self.by)}
+        return options | {
+            name: value for name, value in (("resamples", self.resamples), ("seed", self.seed)) if value is not None
+        }
 
 
 @dataclass(kw_only=True)

@@ -12,8 +12,10 @@ import yaml
 
 from lowmed import compare_models, compare_runs, run_experiment, train
 from lowmed.config import TrainConfig
+from lowmed.contracts import Comparison, StudyLog
 from lowmed.errors import LowmedError
 from lowmed.experiment import load_study
+from lowmed.experiment.report import headline_table
 from lowmed.training import train as train_module
 from tests.conftest import FAST
 
@@ -25,7 +27,9 @@ def study(tmp_path, kermany, chexpert):
         yaml.safe_dump(
             {
                 "name": "tiny",
+                "notes": "Tiny images; two epochs.",
                 "out": str(tmp_path / "study"),
+                "publish": str(tmp_path / "published"),
                 "datasets": [{"name": "cxr", "data": str(kermany), "prepare": {"min_val_per_class": 4}}],
                 "arms": [
                     {"name": "A", "model": "simplecnn", "weights": "none"},
@@ -91,6 +95,7 @@ def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, m
 
     out = tmp_path / "study"
     report = (out / "report.md").read_text()
+    assert "**Notes.** Tiny images; two epochs." in report and "## Headline" in report
     assert "## Conclusions" in report and "C · simplecnn" in report and "A · simplecnn" in report
     assert "cxr-b-resnet18-n5-seed0: skipped" in report
     stats = pd.read_csv(out / "stats.csv")
@@ -101,9 +106,46 @@ def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, m
     source = json.loads((out / "runs" / "cxr-c-simplecnn-n5-seed0" / "train.json").read_text())
     assert source["weight_source"] == "run" and source["weights"]["missing"] == []
 
+    _check_published(tmp_path / "published", result)
+
     again = run_experiment(study, quiet=True)  # resumable: nothing is trained twice
     assert {run.status for run in again.runs} == {"done before", "skipped"}
     assert again.pretrain[0].status == "done before"
+    assert [i["worked"] for i in again.log.invocations] == [9, 0]  # 1 stage + 8 runs, then nothing
+    assert f"Wall time {again.log.seconds / 60:.1f} min over 2 invocation(s)" in (out / "report.md").read_text()
+    assert StudyLog.read(tmp_path / "published" / "study.json") == again.log
+
+
+def _check_published(published, result):
+    """The record holds the small files only, and comparing its runs gives the report's tables again."""
+    files = {str(p.relative_to(published)) for p in published.rglob("*") if p.is_file()}
+    assert not [f for f in files if f.endswith(".pt") or "/data/" in f or f.startswith("tuning")]
+    run = "runs/cxr-c-simplecnn-n5-seed0"
+    for name in ("config.yaml", "train.json", "history.csv", "eval/test/metrics.json", "eval/test/predictions.csv"):
+        assert f"{run}/{name}" in files
+    assert {"study.yaml", "report.md", "study.json", "compare.csv", "stats.csv", "learning_curve_cxr.png"} <= files
+    assert any(f.startswith("pretrain/") and f.endswith("history.csv") for f in files)
+    assert not any(f.startswith("pretrain/") and f.endswith("train.json") for f in files)
+    report = (published / "report.md").read_text()
+    recorded = Comparison.read(published / "compare.json")
+    assert recorded.runs[0]["run"].startswith(str(published / "runs"))
+    again = compare_runs([published / "runs"], out=published.parent / "again", quiet=True, **recorded.options())
+    tables = (published.parent / "again" / "compare.md").read_text().split("\n", 2)[2]
+    assert tables in report and headline_table(again) in report
+    assert pd.read_csv(published / "stats.csv").equals(pd.read_csv(published.parent / "again" / "stats.csv"))
+    assert pd.read_csv(published / "stats.csv").equals(pd.read_csv(result.study.out / "stats.csv"))
+
+
+def test_publish_keeps_a_folder_that_is_not_a_published_study(study, tmp_path):
+    (tmp_path / "published").mkdir()
+    (tmp_path / "published" / "notes.txt").write_text("mine")
+    values = yaml.safe_load(study.read_text())
+    values.update(arms=values["arms"][:1], per_class=[5], seeds=[0])
+    study.write_text(yaml.safe_dump(values))
+    with pytest.raises(LowmedError, match="the folder exists and is not a published study"):
+        run_experiment(study, quiet=True)
+    assert (tmp_path / "published" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "study" / "runs").exists()  # refused before anything was trained
 
 
 def test_compare_aggregates_seeds_and_reports_missing_evaluations(trained_run, tmp_path):
@@ -124,6 +166,7 @@ def test_compare_aggregates_seeds_and_reports_missing_evaluations(trained_run, t
         ({"train": {"epochs": -1}}, "--epochs -1: expected at least 1"),
         ({"color": "red"}, "unknown key\\(s\\) color"),
         ({"datasets": [{"name": "x"}]}, "needs a name and exactly one of data"),
+        ({"out": "o", "publish": "o/results"}, "publish o/results and out o overlap"),
     ],
 )
 def test_bad_study_files_name_the_field(study, change, message):

@@ -17,7 +17,8 @@ def experiment_command(
 ) -> None:
     """Run datasets × named arms × per-class sizes × seeds under identical conditions, then compare and report.
 
-    The whole study file is checked first (arm names, models, weights, data paths). Under torchrun, pretrain stages
+    The whole study file is checked first (arm names, models, weights, data paths). With ``publish:`` the report
+    and each run's small files are copied there, and compared again from those files. Under torchrun, pretrain stages
     train across all processes and each process trains grid runs of its own.
     """
     from rich.table import Table
@@ -53,3 +54,5 @@ def experiment_command(
     stdout.print(table)
     if not dry_run:
         stdout.print(f"Report: {result.report} ({result.wall_seconds / 60:.1f} min)")
+        if result.published is not None:
+            stdout.print(f"Published (report, comparison, each run's small files): {result.published}")

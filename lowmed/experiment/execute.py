@@ -26,6 +26,7 @@ from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.evaluation.evaluate import evaluate
 from lowmed.experiment.plan import PlannedCell, PlannedRun, plan
+from lowmed.experiment.publish import check_publish_folder, publish_study
 from lowmed.experiment.report import study_report
 from lowmed.experiment.study import Study, load_study
 from lowmed.io import write_text
@@ -49,6 +50,7 @@ class StudyResult:
     report: str | None = None
     wall_seconds: float = 0.0
     log: StudyLog | None = None  # every invocation so far, this one included
+    published: Path | None = None  # the study's publish folder, once written
 
 
 def _execute(job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: Distributed) -> None:
@@ -158,6 +160,8 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
     if dry_run:
         pretrains, cells, runs = plan(study, prepare_data=False)
         return StudyResult(study, pretrains, runs, cells)
+    if study.publish is not None:
+        check_publish_folder(study.publish)  # before hours of training, not after
     dist = Distributed.from_environment(str(study.train.get("device", "auto")), timeout=GRID_WAIT)
     claims = study.out / ".claims"  # under torchrun: which process took which grid run
     planned: list = []
@@ -223,6 +227,9 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
     report = study.out / "report.md"
     write_text(report, study_report(study, pretrains, runs, result.comparison, result.log, cells=cells))
     result.report = str(report)
+    if study.publish is not None and result.comparison is not None:
+        publish_study(study, Path(study_path), pretrains, runs)
+        result.published = study.publish
     return result
 
 

@@ -7,8 +7,17 @@ from pathlib import Path
 
 import lowmed
 from lowmed.compare import PRIMARY_TEST, format_p
-from lowmed.contracts import Comparison, ComparisonDir, RunDir, StudyLog, short_value
-from lowmed.data.manifest import read_info
+from lowmed.contracts import (
+    SUBSETS,
+    Comparison,
+    ComparisonDir,
+    RunDir,
+    StudyLog,
+    short_value,
+    slug,
+    subset_path,
+)
+from lowmed.data.manifest import PreparedDataset, read_info
 from lowmed.experiment.plan import PlannedCell, PlannedRun
 from lowmed.experiment.study import Study
 
@@ -51,6 +60,7 @@ def study_report(
         "trained from scratch when only a few labelled images per class are available — and by how much, with "
         "what certainty?",
         "",
+        *([f"**Notes.** {study.notes}", ""] if study.notes else []),
         "## Setup",
         "",
     ]
@@ -69,7 +79,8 @@ def study_report(
     stage_of = {run.arm.name: run.values["weights"] for run in runs if run.arm.pretrain}
     for arm in study.arms:
         source = (
-            f"pretrained by lowmed on {arm.pretrain['dataset'].name} (stage {Path(stage_of[arm.name]).name})"
+            f"pretrained by lowmed on {arm.pretrain['dataset'].name} (stage {Path(stage_of[arm.name]).name}"
+            f"{_stage_outcome(RunDir(stage_of[arm.name]))})"
             if arm.pretrain
             else arm.weights
         )
@@ -82,6 +93,7 @@ def study_report(
         f"- Shared training options: {study.train or 'lowmed defaults'}; evaluation on the {study.split} "
         f"split: {study.evaluate or 'defaults'} (95 % bootstrap intervals over patients)."
     )
+    lines += _shortfalls(study)
     if study.tune is not None:
         where = (
             "every seed's subset"
@@ -116,6 +128,7 @@ def study_report(
         )
     )
     if comparison:
+        lines += ["", "## Headline", "", headline_table(comparison)]
         lines += ["", "## Results", ""]
         markdown = ComparisonDir(Path(comparison.out)).markdown
         lines.append(markdown.read_text(encoding="utf-8").split("\n", 2)[2] if markdown.is_file() else "")
@@ -138,6 +151,72 @@ def study_report(
         lines += ["", "## Skipped or failed runs", ""]
         lines += [f"- {r.name}: {r.status} — {r.detail}" for r in problems]
     return "\n".join(lines) + "\n"
+
+
+def _stage_outcome(stage: RunDir) -> str:
+    """How far the pretraining got: its best epoch and validation AUROC on its own corpus."""
+    if not stage.summary.is_file():
+        return ""
+    summary = stage.read_summary()
+    if summary.best is None:
+        return f"; {summary.status}"
+    metrics = summary.best["metrics"]
+    return (
+        f"; best epoch {summary.best['epoch']} of {summary.epochs_run} by {summary.best['monitor']}, "
+        f"val AUROC {metrics.get('val_auroc', float('nan')):.3f} on that corpus"
+    )
+
+
+def _shortfalls(study: Study) -> list[str]:
+    """Where a class had fewer training images than N: what each size really holds (the first seed's subset)."""
+    lines = []
+    for spec in study.datasets:
+        for per_class in study.per_class:
+            subset = subset_path(study.out / SUBSETS / slug(spec.name), per_class, study.seeds[0])
+            drawn = PreparedDataset.load(subset).subset if subset.is_file() else None
+            if drawn and drawn["shortfalls"]:
+                counts = drawn["counts"]["train"]
+                lines.append(
+                    f"- {spec.name} at N = {per_class}: some classes have fewer training images; each run holds "
+                    + ", ".join(f"{name} {count}" for name, count in counts.items())
+                    + f" ({sum(counts.values())} in all)."
+                )
+    return lines
+
+
+def headline_table(comparison: Comparison) -> str:
+    """Per dataset and N, each arm's mean test metric over seeds with its interval, its paired difference to the
+    baseline (seed-averaged bootstrap over patients) with the Holm-adjusted p, and its mean balanced accuracy."""
+    primary = {
+        (row["dataset"], row["per_class"], row["a"]): row
+        for row in comparison.comparisons
+        if row["test"] == PRIMARY_TEST and row["vs_baseline"]
+    }
+    balanced: dict[tuple, list[float]] = {}
+    for run in comparison.runs:
+        balanced.setdefault((run["dataset"], run["per_class"], run["arm"]), []).append(run["balanced_accuracy"])
+    baseline = comparison.baseline
+    metric = comparison.groups[0]["metric"].replace("auroc", "AUROC").replace("_", " ")
+    lines = [
+        f"| dataset | N/class | arm | seeds | test {metric}, mean [95 % CI] | − {baseline or 'baseline'} [paired 95 % "
+        "CI] | p (Holm) | balanced accuracy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    groups = sorted(comparison.groups, key=lambda g: (g["dataset"], g["per_class"], g["arm"] != baseline, g["arm"]))
+    for group in groups:
+        key = (group["dataset"], group["per_class"])
+        test = primary.get((*key, f"{group['arm']} · {group['model']}"))
+        difference, p = (
+            (f"{test['estimate']:+.3f} [{test['ci_low']:+.3f}, {test['ci_high']:+.3f}]", format_p(test["p_holm"]))
+            if test
+            else ("—", "—")
+        )
+        accuracy = sum(balanced[(*key, group["arm"])]) / len(balanced[(*key, group["arm"])])
+        lines.append(
+            f"| {group['dataset']} | {group['per_class']} | {group['arm']} | {group['n']} | {group['mean']:.3f} "
+            f"[{group['ci_low']:.3f}, {group['ci_high']:.3f}] | {difference} | {p} | {accuracy:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 def _tuning_section(cells: list[PlannedCell]) -> list[str]:

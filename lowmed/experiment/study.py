@@ -67,6 +67,7 @@ class Study:
     evaluate: dict = field(default_factory=dict)
     compare: dict = field(default_factory=dict)
     publish: Path | None = None  # where the report, the comparison and each run's small files are copied
+    notes: str = ""  # what the reader of the report needs to know first: choices made, what was traded
 
     @property
     def split(self) -> str:
@@ -104,6 +105,7 @@ def load_study(path: str | os.PathLike) -> Study:
         tune=tune,
         evaluate=dict(_checked_keys(raw.get("evaluate") or {}, _EVALUATE_KEYS, f"{path}: evaluate")),
         compare=_compare_options(raw.get("compare") or {}, f"{path}: compare"),
+        notes=str(raw.get("notes") or "").strip(),
         publish=Path(_expand(str(raw["publish"]), f"{path}: publish")) if raw.get("publish") else None,
     )
     _check_whole(study, path)

@@ -1,0 +1,36 @@
+"""The committed studies in results/: the tables in each report.md and in the README are what lowmed's own compare
+code makes of the per-run files behind them, so the numbers shown can never drift from the runs (no training)."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lowmed.compare import compare_runs
+from lowmed.contracts import Comparison, ComparisonDir, StudyLog
+from lowmed.experiment.report import headline_table
+
+ROOT = Path(__file__).parent.parent
+STUDIES = sorted(path.name for path in (ROOT / "results").iterdir() if (path / StudyLog.FILE).is_file())
+
+
+def test_both_public_data_studies_are_committed():
+    assert {"public-kermany", "public-ham10000"} <= set(STUDIES)
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_the_reported_tables_are_what_the_runs_give(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the runs are recorded by their path in the repository
+    published = Path("results") / name
+    recorded = Comparison.read(ComparisonDir(published).record)
+    again = compare_runs([published / "runs"], out=tmp_path, quiet=True, evaluate_missing=False, **recorded.options())
+
+    for table in ("compare.csv", "stats.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(published / table), pd.read_csv(tmp_path / table))
+    tables = ComparisonDir(tmp_path).markdown.read_text(encoding="utf-8").split("\n", 2)[2]
+    report = (published / "report.md").read_text(encoding="utf-8")
+    headline = headline_table(again)
+    assert tables in report
+    assert headline in report
+    assert headline in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert not [path for path in published.rglob("*.pt")]  # the small files only
