@@ -507,36 +507,40 @@ def markdown_report(
 ) -> str:
     """``notes``: what the reader needs before the numbers (whether the arms were tuned, pretraining overlap)."""
     lines = [f"# lowmed compare — {metric}", "", notes, "", "## Groups (mean over seeds, 95 % interval)", ""]
-    columns = [
-        c for c in groups.columns if c not in ("metric", "ci_low", "ci_high", "interval", "sd", "mean", "recipe")
-    ]
-    lines.append("| " + " | ".join([*columns, "metric", "mean [95 % CI]", "SD", "recipe"]) + " |")
-    lines.append("|" + "---|" * (len(columns) + 4))
-    for row in groups.to_dict("records"):
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    *(str(row[c]) if not isinstance(row[c], float) else _fmt(row[c], 1) for c in columns),
-                    row["metric"],
-                    f"{_fmt(row['mean'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
-                    _fmt(row["sd"]),
-                    row["recipe"],
-                ]
-            )
-            + " |"
-        )
+    lines += groups_markdown(groups)
     against = (
         f"every other arm against the baseline arm {baseline} (b), then the remaining pairs"
         if baseline
         else "every pair of arms; no baseline arm"
     )
-    lines += [
-        "",
-        "## Paired comparisons (a − b; Holm-adjusted within each test)",
-        "",
-        f"Pairs: {against}.",
-        "",
+    lines += ["", "## Paired comparisons (a − b; Holm-adjusted within each test)", "", f"Pairs: {against}.", ""]
+    lines += tests_markdown(tests)
+    lines += ["", f"{len(table)} runs."]
+    return "\n".join(lines) + "\n"
+
+
+def groups_markdown(groups: pd.DataFrame) -> list[str]:
+    """The seed aggregates as a Markdown table."""
+    columns = [
+        c for c in groups.columns if c not in ("metric", "ci_low", "ci_high", "interval", "sd", "mean", "recipe")
+    ]
+    lines = ["| " + " | ".join([*columns, "metric", "mean [95 % CI]", "SD", "recipe"]) + " |"]
+    lines.append("|" + "---|" * (len(columns) + 4))
+    for row in groups.to_dict("records"):
+        cells = [str(row[c]) if not isinstance(row[c], float) else _fmt(row[c], 1) for c in columns]
+        cells += [
+            row["metric"],
+            f"{_fmt(row['mean'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
+            _fmt(row["sd"]),
+            row["recipe"],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def tests_markdown(tests: pd.DataFrame) -> list[str]:
+    """The paired tests as a Markdown table."""
+    lines = [
         "| dataset | N/class | a | b | test | seeds | metric | difference [95 % CI] | p | p (Holm) | significant |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -547,8 +551,7 @@ def markdown_report(
             f"{row['seeds']} | {row['metric']} | {_fmt(row['estimate'])}{interval} | {format_p(row['p'])} | "
             f"{format_p(row['p_holm'])} | {'yes' if row['significant'] else 'no'} |"
         )
-    lines += ["", f"{len(table)} runs."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def compare_models(

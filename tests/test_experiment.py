@@ -15,7 +15,7 @@ from lowmed.config import TrainConfig
 from lowmed.contracts import Comparison, StudyLog
 from lowmed.errors import LowmedError
 from lowmed.experiment import load_study
-from lowmed.experiment.report import headline_table
+from lowmed.experiment.report import headline_table, results_tables
 from lowmed.training import train as train_module
 from tests.conftest import FAST
 
@@ -130,8 +130,7 @@ def _check_published(published, result):
     recorded = Comparison.read(published / "compare.json")
     assert recorded.runs[0]["run"].startswith(str(published / "runs"))
     again = compare_runs([published / "runs"], out=published.parent / "again", quiet=True, **recorded.options())
-    tables = (published.parent / "again" / "compare.md").read_text().split("\n", 2)[2]
-    assert tables in report and headline_table(again) in report
+    assert results_tables(again) in report and headline_table(again) in report
     assert pd.read_csv(published / "stats.csv").equals(pd.read_csv(published.parent / "again" / "stats.csv"))
     assert pd.read_csv(published / "stats.csv").equals(pd.read_csv(result.study.out / "stats.csv"))
 

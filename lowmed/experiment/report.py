@@ -5,12 +5,13 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+import pandas as pd
+
 import lowmed
-from lowmed.compare import PRIMARY_TEST, format_p
+from lowmed.compare import PRIMARY_TEST, format_p, groups_markdown, tests_markdown
 from lowmed.contracts import (
     SUBSETS,
     Comparison,
-    ComparisonDir,
     RunDir,
     StudyLog,
     short_value,
@@ -108,7 +109,9 @@ def study_report(
     if summaries:
         first = summaries[0]
         lines.append(
-            f"- Hardware: {first.device} ({first.device_name}), AMP {first.precision or 'off'}; "
+            f"- Hardware: {first.device} ({first.device_name}"
+            + (f", {first.cpu_threads} CPU threads per run" if first.device == "cpu" and first.cpu_threads else "")
+            + f"), AMP {first.precision or 'off'}; "
             f"lowmed {lowmed.__version__}, torch {first.versions.get('torch')}, "
             f"Python {platform.python_version()}."
         )
@@ -129,9 +132,7 @@ def study_report(
     )
     if comparison:
         lines += ["", "## Headline", "", headline_table(comparison)]
-        lines += ["", "## Results", ""]
-        markdown = ComparisonDir(Path(comparison.out)).markdown
-        lines.append(markdown.read_text(encoding="utf-8").split("\n", 2)[2] if markdown.is_file() else "")
+        lines += ["", "## Results", "", results_tables(comparison), ""]
         for figure in comparison.figures:
             lines += [f"![learning curve]({Path(figure).name})", ""]
         lines += ["## Conclusions", ""]
@@ -216,6 +217,30 @@ def headline_table(comparison: Comparison) -> str:
             f"| {group['dataset']} | {group['per_class']} | {group['arm']} | {group['n']} | {group['mean']:.3f} "
             f"[{group['ci_low']:.3f}, {group['ci_high']:.3f}] | {difference} | {p} | {accuracy:.3f} |"
         )
+    return "\n".join(lines)
+
+
+def results_tables(comparison: Comparison) -> str:
+    """The seed aggregates and the primary paired tests (seed-averaged bootstrap over patients, Holm-adjusted);
+    the per-seed DeLong and McNemar tests stay in compare.md and stats.csv, where they do not drown the reader."""
+    notes = [text for text in (comparison.recipes, comparison.overlap) if text]
+    primary = [row for row in comparison.comparisons if row["test"] == PRIMARY_TEST]
+    lines = (
+        [*notes, "", "### Mean over seeds (95 % interval)", ""]
+        if notes
+        else ["### Mean over seeds (95 % interval)", ""]
+    )
+    lines += groups_markdown(pd.DataFrame(comparison.groups))
+    lines += [
+        "",
+        "### Paired differences (a − b): bootstrap over patients of the seed-averaged metric, Holm-adjusted",
+        "",
+    ]
+    lines += tests_markdown(pd.DataFrame(primary)) if primary else ["No pair of arms shared test images."]
+    lines += [
+        "",
+        f"Per-seed DeLong (AUROC) and McNemar (accuracy) tests: compare.md and stats.csv; {len(comparison.runs)} runs.",
+    ]
     return "\n".join(lines)
 
 

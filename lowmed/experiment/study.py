@@ -19,6 +19,7 @@ from lowmed.tuning import TuneSettings
 
 _STUDY_KEYS = {
     "name",
+    "notes",
     "out",
     "publish",
     "datasets",
