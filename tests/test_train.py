@@ -288,3 +288,21 @@ def test_cpu_precision_is_fp32_unless_asked_and_evaluation_follows_the_run(
     assert ("emulated, slower than fp32" in capsys.readouterr().err) is not native
     report = evaluate(tmp_path / "bf16", bootstrap=0, quiet=True)
     assert report.precision == ("bfloat16" if native else "off")
+
+
+@pytest.mark.parametrize("monitor, epochs_run, best_epoch", [("val_loss", 2, 1), ("val_auroc", 4, 4)])
+def test_early_stopping_follows_the_monitored_value(monitor, epochs_run, best_epoch, separable, tmp_path, monkeypatch):
+    """A val loss that rises while the AUROC climbs (miscalibration early in training) stops a run monitored by
+    val_loss, but not one monitored by val_auroc, which keeps its best AUROC epoch."""
+    scripted = iter([(0.69, 0.50), (0.80, 0.60), (0.90, 0.70), (1.00, 0.80)])
+
+    def validation(*args, **kwargs):
+        loss, auroc = next(scripted)
+        return {"val_loss": loss, "val_accuracy": 0.5, "val_auroc": auroc}
+
+    monkeypatch.setattr(loop, "evaluate_split", validation)
+    config = TrainConfig(
+        data=str(separable), epochs=4, patience=1, monitor=monitor, out=str(tmp_path / monitor), **FAST
+    )
+    summary = train(config, quiet=True)
+    assert summary.epochs_run == epochs_run and summary.best["epoch"] == best_epoch

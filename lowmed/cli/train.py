@@ -172,7 +172,9 @@ def train_command(
     ] = None,
     patience: Annotated[
         Optional[int],
-        typer.Option(help=f"Early stop after this many epochs without a lower val_loss. \\[default: {_D.patience}]"),
+        typer.Option(
+            help=f"Early stop after this many epochs without a better --monitor value. \\[default: {_D.patience}]"
+        ),
     ] = None,
     monitor: Annotated[
         Optional[str],

@@ -242,7 +242,7 @@ def _run_phases(
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=phase.lr, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=0.5, patience=max(1, config.patience // 2)
+            optimizer, mode=_direction(config.monitor), factor=0.5, patience=max(1, config.patience // 2)
         )
         scaler = torch.amp.GradScaler(device.type, enabled=inputs.precision.needs_scaler)
         phase_epoch, stale = 0, 0
@@ -294,7 +294,7 @@ def _run_phases(
                 quiet,
                 stop,
             )
-            scheduler.step(metrics["val_loss"])
+            scheduler.step(metrics[config.monitor])
             seconds = time.perf_counter() - epoch_started + setup_seconds  # training and validation
             setup_seconds = 0.0
             row = {
@@ -308,8 +308,7 @@ def _run_phases(
                 "images_per_s": round(seen / train_seconds, 1),
             }
             history.append(row)
-            improved_loss = min(h["val_loss"] for h in history if h["phase"] == phase.name) == metrics["val_loss"]
-            stale = 0 if improved_loss else stale + 1
+            stale = 0 if _improved(history, phase.name, config.monitor) else stale + 1
             training_state = {
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
@@ -327,7 +326,8 @@ def _run_phases(
             if stale >= config.patience:
                 if not quiet:
                     console.print(
-                        f"[dim]early stop in {phase.name}: val_loss did not improve for {config.patience} epochs"
+                        f"[dim]early stop in {phase.name}: {config.monitor} did not improve for "
+                        f"{config.patience} epochs"
                     )
                 break
         state = None
@@ -478,6 +478,20 @@ def _train_one_epoch(
         if pending:
             check_pending(show)
     return float(np.average(losses, weights=sizes)), sum(sizes)
+
+
+def _direction(monitor: str) -> str:
+    return "min" if monitor == "val_loss" else "max"
+
+
+def _improved(history: list[dict], phase: str, monitor: str) -> bool:
+    """Whether the last epoch's monitored value beats every earlier one of its phase: early stopping and the
+    learning-rate schedule follow the value the best checkpoint is chosen by (a val loss that first rises while the
+    AUROC climbs must not stop a run monitored by AUROC at its first epoch)."""
+    *earlier, current = [row[monitor] for row in history if row["phase"] == phase]
+    if not earlier:
+        return True
+    return current < min(earlier) if _direction(monitor) == "min" else current > max(earlier)
 
 
 def _print_epoch(row: dict, monitor: str, is_best: bool) -> None:
