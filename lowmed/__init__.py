@@ -17,6 +17,7 @@ _API = {
     "tune": "lowmed.tuning",
     "evaluate": "lowmed.evaluation.evaluate",
     "evaluate_model": "lowmed.evaluation.evaluate",
+    "predict": "lowmed.inference",
     "compare_runs": "lowmed.compare",
     "compare_models": "lowmed.compare",
     "run_experiment": "lowmed.experiment",

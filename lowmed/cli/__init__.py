@@ -18,6 +18,7 @@ from lowmed.cli.compare import compare_command
 from lowmed.cli.evaluate import evaluate_command
 from lowmed.cli.experiment import experiment_command
 from lowmed.cli.models import models_command
+from lowmed.cli.predict import predict_command
 from lowmed.cli.prepare import prepare_command
 from lowmed.cli.subsample import subsample_command
 from lowmed.cli.train import finetune_command, train_command
@@ -40,6 +41,7 @@ app.command("train")(train_command)
 app.command("finetune")(finetune_command)
 app.command("tune")(tune_command)
 app.command("evaluate")(evaluate_command)
+app.command("predict")(predict_command)
 app.command("compare")(compare_command)
 app.command("experiment")(experiment_command)
 app.command("models")(models_command)

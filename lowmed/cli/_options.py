@@ -10,3 +10,15 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output instead of refusing.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", min=0, help="Worker processes (default: all cores).")]
 OutDir = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder.")]
+Checkpoint = Annotated[str, typer.Option("--checkpoint", help="best | last | PATH to a lowmed checkpoint.")]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps")]
+Amp = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--amp/--no-amp", help="Mixed precision. \\[default: as the run was trained, where this device has it]"
+    ),
+]
+BatchSize = Annotated[
+    Optional[int], typer.Option("--batch-size", help="Images per forward pass. \\[default: 16 on a CPU, 64 on a GPU]")
+]
+Tta = Annotated[bool, typer.Option("--tta", help="Average each image's prediction with its mirror image's.")]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from lowmed.cli._options import Quiet, Seed
+from lowmed.cli._options import Amp, BatchSize, Checkpoint, Device, Quiet, Seed, Tta
 
 if TYPE_CHECKING:
     from lowmed.contracts import EvalReport
@@ -26,7 +26,7 @@ def evaluate_command(
             help="Another prepared dataset with the same classes (external validation). \\[default: the run's own]"
         ),
     ] = None,
-    checkpoint: Annotated[str, typer.Option(help="best | last | PATH to a lowmed checkpoint.")] = "best",
+    checkpoint: Checkpoint = "best",
     threshold: Annotated[
         str,
         typer.Option(
@@ -36,23 +36,13 @@ def evaluate_command(
     bootstrap: Annotated[
         int, typer.Option(help="Bootstrap resamples (of patients/lesions) for 95 % intervals; 0 = none.")
     ] = 2000,
-    tta: Annotated[
-        bool, typer.Option("--tta", help="Average each image's prediction with its mirror image's.")
-    ] = False,
+    tta: Tta = False,
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Output dir. \\[default: RUN_DIR/eval/<split>]")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
-    amp: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--amp/--no-amp",
-            help="Mixed precision. \\[default: as the run was trained, where this device has it]",
-        ),
-    ] = None,
-    batch_size: Annotated[
-        Optional[int], typer.Option(help="Images per forward pass. \\[default: 16 on a CPU, 64 on a GPU]")
-    ] = None,
+    device: Device = "auto",
+    amp: Amp = None,
+    batch_size: BatchSize = None,
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.metrics import roc_curve
 
 import lowmed
@@ -18,15 +17,14 @@ from lowmed.contracts import EvalDir, EvalReport, RunDir
 from lowmed.data.loading import label_tensors
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import load_or_prepare
-from lowmed.device import Precision, channels_last, inference_batch_size, native_amp, resolve_device
+from lowmed.device import inference_batch_size
 from lowmed.errors import LowmedError
 from lowmed.evaluation.metrics import compute_metrics, counted_labels, expected_calibration_error, probabilities
 from lowmed.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
-from lowmed.evaluation.predict import Normalizer, predict_files
+from lowmed.evaluation.predict import predict_files
 from lowmed.evaluation.stats import bootstrap_ci
+from lowmed.evaluation.trained import TrainedModel
 from lowmed.io import staged_dir, write_csv
-from lowmed.models.preprocessing import Preprocessing
-from lowmed.models.registry import build_model, get_model_spec
 from lowmed.models.weights import load_checkpoint
 
 ACCELERATOR_BATCH = 64  # images per forward pass when evaluating on a GPU
@@ -61,11 +59,8 @@ def evaluate(
         raise LowmedError(f"--split {split!r}: expected test, val or train")
     if bootstrap < 0:
         raise LowmedError(f"--bootstrap {bootstrap}: expected 0 (no intervals) or more resamples")
-    checkpoint_path = _checkpoint_path(run_dir, checkpoint)
-    trained = load_checkpoint(checkpoint_path)
-    if not (isinstance(trained, dict) and {"model", "config", "classes", "task", "preprocessing"} <= set(trained)):
-        raise LowmedError(f"{checkpoint_path}: not a checkpoint written by 'lowmed train'")
-    task, classes, config = trained["task"], list(trained["classes"]), trained["config"]
+    trained = TrainedModel.load(run_dir, checkpoint, device, amp)
+    task, classes, config = trained.task, trained.classes, trained.config
     dataset = load_or_prepare(Path(data).expanduser(), None, quiet) if data else PreparedDataset.load(config["data"])
     external = dataset.root != Path(config["data"]).resolve()
     if dataset.task != task or dataset.classes != classes:
@@ -73,25 +68,12 @@ def evaluate(
             f"--data {data}: its task/classes ({dataset.task}: {', '.join(dataset.classes)}) differ "
             f"from the model's ({task}: {', '.join(classes)})"
         )
-    torch_device = resolve_device(device)
-    amp = amp if amp is not None else bool(config.get("amp")) and native_amp(torch_device)
-    precision = Precision.choose(torch_device, amp)
+    torch_device, precision = trained.device, trained.precision
     if batch_size is None:
         batch_size = inference_batch_size(torch_device, ACCELERATOR_BATCH)
     if batch_size < 1:
         raise LowmedError(f"--batch-size {batch_size}: expected at least 1 image per forward pass")
-    model = build_model(get_model_spec(config["model"]), len(classes), config["head"])
-    try:
-        model.load_state_dict(trained["model"])
-    except RuntimeError as exc:
-        raise LowmedError(
-            f"{checkpoint_path}: weights do not fit {config['model']} ({str(exc).splitlines()[0]})"
-        ) from None
-    model.to(torch_device)
-    if channels_last(torch_device):
-        model.to(memory_format=torch.channels_last)
-    preprocessing = Preprocessing.from_dict(trained["preprocessing"])
-    normalize = Normalizer(preprocessing, torch_device)
+    model, preprocessing, normalize = trained.model, trained.preprocessing, trained.normalize
 
     def predict(source: PreparedDataset, name: str):
         frame = source.split(name)
@@ -167,7 +149,7 @@ def evaluate(
             "seed": seed,
             "level": 0.95,
         },
-        checkpoint={"path": str(checkpoint_path), "epoch": trained.get("epoch"), "model": config["model"]},
+        checkpoint={"path": str(trained.path), "epoch": trained.epoch, "model": config["model"]},
         dataset={"prepared_dir": str(dataset.root), "external": external},
         tta=tta,
         device=str(torch_device),
@@ -179,7 +161,7 @@ def evaluate(
     out = (
         EvalDir(Path(out))
         if out
-        else RunDir(checkpoint_path.parent).evaluation(split, dataset.root.name if external else None)
+        else RunDir(trained.path.parent).evaluation(split, dataset.root.name if external else None)
     )
     with staged_dir(out.path) as staging:
         written = EvalDir(staging)
@@ -205,20 +187,6 @@ def evaluate_model(
     if model_name and trained_as and model_name != trained_as:
         raise LowmedError(f"{model_path}: trained as {trained_as}, not {model_name}")
     return evaluate(None, checkpoint=str(model_path), data=dataset_root, split=split, **options)
-
-
-def _checkpoint_path(run_dir, checkpoint: str) -> Path:
-    if checkpoint in ("best", "last"):
-        if run_dir is None:
-            raise LowmedError("give RUN_DIR, or --checkpoint PATH with --data")
-        path = RunDir(run_dir).checkpoint(checkpoint)
-    else:
-        path = Path(checkpoint)
-    if not path.is_file():
-        raise LowmedError(
-            f"{path}: no such checkpoint; expected a lowmed run dir with {RunDir(path.parent).best.name} or a .pt file"
-        )
-    return path
 
 
 def _threshold(requested, task: str, split: str, predict_val) -> tuple[float | np.ndarray, str]:

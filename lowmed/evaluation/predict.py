@@ -70,18 +70,22 @@ def predict_files(
     precision: Precision,
     batch_size: int,
     tta: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
     """Logits for the image files, decoded while the model works on the batch before (``decoded_batches``).
 
-    Returns the logits of the readable files and their row numbers in ``paths``.
+    Returns the logits of the readable files and their row numbers in ``paths``. ``on_batch`` is told how many
+    files each batch held (for a progress bar).
     """
     readable: list[int] = []
 
     def batches() -> Iterator[torch.Tensor]:
-        for images, rows in decoded_batches(paths, size, batch_size):
+        for start, (images, rows) in zip(range(0, len(paths), batch_size), decoded_batches(paths, size, batch_size)):
             readable.extend(rows)
             if rows:
                 yield images
+            if on_batch is not None:
+                on_batch(min(batch_size, len(paths) - start))
 
     logits = batch_logits(model, batches(), normalize, device, precision, tta)
     return logits, readable

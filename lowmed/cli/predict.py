@@ -1,0 +1,71 @@
+"""lowmed predict: a trained run applied to new image files, folders or a CSV of paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lowmed.cli._options import Amp, BatchSize, Checkpoint, Device, Overwrite, Quiet, Tta
+
+SHOWN_ROWS = 10
+
+
+def predict_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run dir from 'lowmed train'.", show_default=False)],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Image files, folders (searched recursively) or CSVs with a path column.", show_default=False
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output CSV.")] = Path("predictions.csv"),
+    checkpoint: Checkpoint = "best",
+    threshold: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Binary/multi-label decision threshold. \\[default: the one saved with the run's evaluation of this "
+            "checkpoint (its Youden threshold when it has one), else 0.5]"
+        ),
+    ] = None,
+    tta: Tta = False,
+    batch_size: BatchSize = None,
+    device: Device = "auto",
+    amp: Amp = None,
+    path_column: Annotated[str, typer.Option(help="The column of a CSV input that holds image paths.")] = "path",
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Probabilities and predicted labels for new images, preprocessed as the run was trained; unreadable files
+    are listed with the reason and the rest go on."""
+    from rich.table import Table
+
+    from lowmed.cli._render import stdout
+    from lowmed.inference import predict
+
+    result = predict(
+        run_dir,
+        inputs,
+        out=out,
+        checkpoint=checkpoint,
+        threshold=threshold,
+        tta=tta,
+        batch_size=batch_size,
+        device=device,
+        amp=amp,
+        path_column=path_column,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
+    shown = result.table.head(SHOWN_ROWS)
+    table = Table(title=f"{len(result.table)} image(s) · threshold {result.threshold_source}", title_justify="left")
+    for column in shown.columns:
+        table.add_column(column, overflow="fold", justify="right" if column.startswith("prob:") else "left")
+    for row in shown.itertuples(index=False):
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    stdout.print(table)
+    stdout.print(
+        f"{len(result.table) - result.unreadable} predicted, {result.unreadable} unreadable · "
+        f"{result.images_per_s} images/s · wrote {result.out}"
+    )

@@ -1,0 +1,213 @@
+"""``lowmed predict``: a trained run applied to new images, preprocessed exactly as in training (from the checkpoint),
+with the decision threshold the run's own evaluation chose, and a provenance header on the output.
+
+The output is a CSV whose first lines start with ``#`` (run, checkpoint SHA-256, lowmed version, threshold and its
+source); read it with ``pandas.read_csv(path, comment="#")``. One row per input file, in input order: ``path``,
+``prob:<class>`` per class, ``predicted`` (binary and multi-class) or ``pred:<finding>`` (multi-label),
+``threshold`` (binary), and ``error``: why a file could not be read (its other cells empty).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import lowmed
+from lowmed.console import progress_bar, warn
+from lowmed.contracts import EvalReport
+from lowmed.data.images import IMAGE_EXTENSIONS, inspect_image, list_files
+from lowmed.device import inference_batch_size
+from lowmed.errors import LowmedError
+from lowmed.evaluation.evaluate import ACCELERATOR_BATCH
+from lowmed.evaluation.metrics import probabilities
+from lowmed.evaluation.predict import predict_files
+from lowmed.evaluation.trained import TrainedModel
+from lowmed.io import sha256_file, write_text
+
+
+@dataclass
+class Predictions:
+    """What ``predict`` wrote: the table (also in ``out``), the threshold and where it came from, and counts."""
+
+    out: Path
+    table: pd.DataFrame
+    task: str
+    classes: list[str]
+    threshold: float | list[float] | None  # None: multi-class (the most probable class)
+    threshold_source: str
+    unreadable: int
+    images_per_s: float
+
+
+def predict(
+    run_dir: str | os.PathLike | None,
+    inputs: list[str | os.PathLike],
+    *,
+    out: str | os.PathLike = "predictions.csv",
+    checkpoint: str = "best",
+    threshold: float | None = None,
+    tta: bool = False,
+    batch_size: int | None = None,
+    device: str = "auto",
+    amp: bool | None = None,
+    path_column: str = "path",
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> Predictions:
+    """Predict every image among ``inputs`` (files, folders searched recursively, or CSVs with a ``path_column``)
+    with ``run_dir``'s checkpoint and write ``out``.
+
+    ``threshold``: the binary / multi-label decision threshold; by default the one saved with the run's
+    evaluation of this checkpoint (its Youden threshold when it has one), else 0.5. Files that cannot be read are
+    listed with the reason and the rest go on; when none can be read it is an error.
+    """
+    out = Path(out)
+    if out.suffix.lower() != ".csv":
+        raise LowmedError(f"--out {out}: expected a .csv file name")
+    if out.exists() and not overwrite:
+        raise LowmedError(f"--out {out} exists; give another name, or --overwrite to replace it")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise LowmedError(f"--threshold {threshold}: expected a probability between 0 and 1")
+    paths = collect_inputs(inputs, path_column)
+    trained = TrainedModel.load(run_dir, checkpoint, device, amp)
+    if threshold is not None and trained.task == "multiclass":
+        raise LowmedError(
+            "--threshold: multi-class predictions take the most probable class; "
+            "thresholds apply to binary and multi-label tasks"
+        )
+    cut, source = (threshold, "--threshold") if threshold is not None else saved_threshold(trained)
+    if batch_size is None:
+        batch_size = inference_batch_size(trained.device, ACCELERATOR_BATCH)
+    if batch_size < 1:
+        raise LowmedError(f"--batch-size {batch_size}: expected at least 1 image per forward pass")
+
+    started = time.perf_counter()
+    with progress_bar(disable=quiet) as bar:
+        task = bar.add_task("predicting", total=len(paths), status="")
+        logits, readable = predict_files(
+            trained.model,
+            paths,
+            trained.preprocessing.input_size,
+            trained.normalize,
+            trained.device,
+            trained.precision,
+            batch_size,
+            tta,
+            on_batch=lambda count: bar.advance(task, count),
+        )
+    seconds = time.perf_counter() - started
+    if not readable:
+        raise LowmedError(f"none of the {len(paths)} input files could be read as an image (e.g. {paths[0]})")
+    probs = np.full((len(paths), len(trained.classes)), np.nan)
+    probs[readable] = probabilities(logits, trained.task).cpu().numpy()
+    table = _table(paths, readable, probs, trained, cut)
+    unreadable = len(paths) - len(readable)
+    if unreadable:
+        warn(f"{unreadable} of {len(paths)} file(s) could not be read; their reasons are in the error column of {out}")
+    write_text(out, _header(trained, cut, source, tta) + table.to_csv(index=False))
+    return Predictions(
+        out=out,
+        table=table,
+        task=trained.task,
+        classes=trained.classes,
+        threshold=cut,
+        threshold_source=source,
+        unreadable=unreadable,
+        images_per_s=round(len(readable) / seconds, 1) if seconds else 0.0,
+    )
+
+
+def collect_inputs(inputs: list[str | os.PathLike], path_column: str = "path") -> list[Path]:
+    """The image files ``inputs`` name, in order: files as given, folders' images (by extension, recursively),
+    and a CSV's ``path_column`` (relative paths from the CSV's folder)."""
+    if not inputs:
+        raise LowmedError("no inputs: give image files, folders or a CSV with a path column")
+    paths: list[Path] = []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            found = [p for p in list_files(given) if p.suffix.lower() in IMAGE_EXTENSIONS]
+            if not found:
+                raise LowmedError(f"{given}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this folder")
+            paths += found
+        elif given.suffix.lower() == ".csv":
+            paths += _csv_paths(given, path_column)
+        elif given.exists():
+            paths.append(given)
+        else:
+            raise LowmedError(f"{given}: no such file or folder")
+    return paths
+
+
+def _csv_paths(csv: Path, column: str) -> list[Path]:
+    try:
+        frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise LowmedError(f"{csv}: cannot read as CSV ({exc})") from None
+    if column not in frame.columns:
+        raise LowmedError(
+            f"{csv}: no column {column!r}; it has {', '.join(map(repr, frame.columns)) or 'none'} "
+            "(name the column with --path-column)"
+        )
+    if frame.empty:
+        raise LowmedError(f"{csv}: no rows")
+    return [path if path.is_absolute() else csv.parent / path for path in map(Path, frame[column])]
+
+
+def saved_threshold(trained: TrainedModel) -> tuple[float | list[float] | None, str]:
+    """The threshold saved with the run's evaluations of this very checkpoint: a Youden one first (chosen on the
+    validation split), else the one evaluated with; 0.5 when the run has none. None for multi-class tasks."""
+    if trained.task == "multiclass":
+        return None, "multi-class: the most probable class"
+    reports = []
+    for metrics in sorted((trained.path.parent / "eval").glob(f"*/{EvalReport.FILE}")):
+        report = EvalReport.read(metrics)
+        if Path(report.checkpoint.get("path", "")).resolve() == trained.path.resolve():
+            reports.append(report)
+    chosen = [r for r in reports if r.threshold_source.startswith("youden")] or reports
+    if not chosen:
+        return 0.5, f"default 0.5: no saved evaluation of {trained.path.name} (run lowmed evaluate --threshold youden)"
+    report = chosen[0]
+    return (
+        report.threshold,
+        f"{report.threshold_source}; saved with {trained.path.parent.name}/eval/{Path(report.out).name}",
+    )
+
+
+def _table(paths: list[Path], readable: list[int], probs: np.ndarray, trained: TrainedModel, cut) -> pd.DataFrame:
+    table = pd.DataFrame({"path": [str(p) for p in paths]})
+    ok = np.zeros(len(paths), dtype=bool)
+    ok[readable] = True
+    for k, name in enumerate(trained.classes):
+        table[f"prob:{name}"] = probs[:, k]
+    if trained.task == "multilabel":
+        cuts = np.broadcast_to(np.asarray(cut, dtype=float), (len(trained.classes),))
+        for k, name in enumerate(trained.classes):
+            table[f"pred:{name}"] = pd.array(np.where(ok, probs[:, k] >= cuts[k], pd.NA), dtype="Int64")
+    else:
+        chosen = (probs[:, 1] >= cut).astype(int) if trained.task == "binary" else np.nan_to_num(probs).argmax(axis=1)
+        table["predicted"] = [trained.classes[i] if fine else "" for i, fine in zip(chosen, ok)]
+        if trained.task == "binary":
+            table["threshold"] = cut
+    table["error"] = [
+        "" if fine else inspect_image(str(path)).get("reason", "could not be decoded") for path, fine in zip(paths, ok)
+    ]
+    return table
+
+
+def _header(trained: TrainedModel, cut, source: str, tta: bool) -> str:
+    shown = "per finding " + ", ".join(f"{c:.3g}" for c in np.atleast_1d(cut)) if isinstance(cut, list) else cut
+    lines = [
+        f"lowmed predict · lowmed {lowmed.__version__} · {datetime.now(UTC).isoformat(timespec='seconds')}",
+        f"run: {trained.path.parent} · checkpoint {trained.path.name} (epoch {trained.epoch}) · "
+        f"sha256 {sha256_file(trained.path)}",
+        f"model: {trained.config['model']} · task {trained.task} · classes {', '.join(trained.classes)} · "
+        f"input {trained.preprocessing.input_size} px · tta {'on' if tta else 'off'}",
+        f"threshold: {shown if cut is not None else 'none'} ({source})",
+    ]
+    return "".join(f"# {line}\n" for line in lines)
