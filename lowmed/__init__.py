@@ -18,6 +18,7 @@ _API = {
     "evaluate": "lowmed.evaluation.evaluate",
     "evaluate_model": "lowmed.evaluation.evaluate",
     "predict": "lowmed.inference",
+    "export": "lowmed.exporting",
     "compare_runs": "lowmed.compare",
     "compare_models": "lowmed.compare",
     "run_experiment": "lowmed.experiment",

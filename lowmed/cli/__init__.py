@@ -17,6 +17,7 @@ import lowmed
 from lowmed.cli.compare import compare_command
 from lowmed.cli.evaluate import evaluate_command
 from lowmed.cli.experiment import experiment_command
+from lowmed.cli.export import export_command
 from lowmed.cli.models import models_command
 from lowmed.cli.predict import predict_command
 from lowmed.cli.prepare import prepare_command
@@ -44,6 +45,7 @@ app.command("evaluate")(evaluate_command)
 app.command("predict")(predict_command)
 app.command("compare")(compare_command)
 app.command("experiment")(experiment_command)
+app.command("export")(export_command)
 app.command("models")(models_command)
 
 _debug = {"on": False}  # set by --debug or LOWMED_DEBUG=1 for the current invocation
