@@ -45,6 +45,8 @@ from lowmed.io import write_csv, write_text
 
 ALPHA = 0.05
 PRIMARY_TEST = "paired bootstrap (seed-averaged)"
+# a run whose best validation AUROC stayed below this did not learn: its comparisons say nothing about pretraining
+LEARNED_AUROC = 0.55
 
 
 @dataclass
@@ -94,6 +96,23 @@ class Run:
     @cached_property
     def correct(self) -> np.ndarray | None:
         return _correct_calls(self.table, self.report.task)
+
+    @cached_property
+    def not_learned(self) -> str:
+        """Empty for a run that learned; else what shows it did not: its best validation AUROC stayed near chance."""
+        if not self.run.history.is_file():
+            return ""
+        history = pd.read_csv(self.run.history)
+        if "val_auroc" not in history or history["val_auroc"].isna().all():
+            return ""
+        best = float(history["val_auroc"].max())
+        if best >= LEARNED_AUROC:
+            return ""
+        last = history.iloc[-1]
+        return (
+            f"did not learn: stopped at epoch {int(last['epoch'])} with val AUROC {last['val_auroc']:.3f} "
+            f"(best {best:.3f})"
+        )
 
     @cached_property
     def tuning(self) -> TuningRecord | None:
@@ -240,6 +259,7 @@ def compare_runs(
     figures = plot_learning_curves(target, curves)
     recipes = recipes_statement(runs)
     overlap = overlap_statement(runs)
+    learning = learning_statement(runs)
     comparison = Comparison(
         split=split,
         metric=metric,
@@ -251,6 +271,7 @@ def compare_runs(
         figures=[str(f) for f in figures],
         recipes=recipes,
         overlap=overlap,
+        learning=learning,
         by=list(by),
         resamples=resamples,
         seed=seed,
@@ -259,7 +280,9 @@ def compare_runs(
     comparison.write(target.record)
     write_text(
         target.markdown,
-        markdown_report(table, groups, tests, metric, baseline, "\n\n".join(filter(None, (recipes, overlap)))),
+        markdown_report(
+            table, groups, tests, metric, baseline, "\n\n".join(filter(None, (recipes, overlap, learning)))
+        ),
     )
     return comparison
 
@@ -296,6 +319,7 @@ def _runs_table(runs: list[Run], metric: str) -> pd.DataFrame:
                 "epochs": summary.epochs_run,
                 "recipe": run.tuning.recipe() if run.tuning else "fixed",
                 "pretraining_overlap": (summary.pretraining_overlap or {}).get("status", "not known"),
+                "not_learned": run.not_learned,
             }
         )
     return pd.DataFrame(rows).sort_values(["dataset", "per_class", "arm", "model", "seed"], na_position="first")
@@ -494,6 +518,18 @@ def overlap_statement(runs: list[Run]) -> str:
     return (
         f"Pretraining overlap possible: {arms}. Its test images may have been seen in pretraining, so its results "
         "may be optimistic."
+    )
+
+
+def learning_statement(runs: list[Run]) -> str:
+    """The runs that did not learn, by name, so that no difference they make is read as an effect of pretraining."""
+    flagged = [run for run in runs if run.not_learned]
+    if not flagged:
+        return ""
+    listed = "; ".join(f"{run.path.name} ({run.not_learned})" for run in flagged)
+    return (
+        f"Did not learn ({len(flagged)} of {len(runs)} runs; best validation AUROC below {LEARNED_AUROC}): "
+        f"{listed}. Comparisons that include them measure a failed training, not the effect of pretraining."
     )
 
 

@@ -478,6 +478,7 @@ class Comparison(Record):
     figures: list[str] = field(default_factory=list)
     recipes: str = ""  # whether the arms were tuned, and alike (compare.recipes_statement)
     overlap: str = ""  # arms whose pretraining may have seen the target's images (compare.overlap_statement)
+    learning: str = ""  # runs that did not learn (compare.learning_statement)
     # the options that made it, so that the same comparison can be made again from the same runs
     by: list[str] = field(default_factory=lambda: ["dataset", "arm", "model", "per_class"])
     resamples: int | None = None

@@ -217,3 +217,23 @@ def test_seed_project_compare_models(trained_run, separable, tmp_path):
     assert set(comparison["metrics"]) == {"first", "second"} and "auroc" in comparison["ci95"]["first"]
     assert {row["test"] for row in comparison["tests"]} == {"DeLong", "McNemar"}
     assert all(0 <= row["p_holm"] <= 1 for row in comparison["tests"])
+
+
+def test_a_run_that_did_not_learn_is_flagged_in_the_table_the_notes_and_the_conclusions(trained_run, tmp_path):
+    import shutil
+
+    from lowmed.experiment.report import _not_learned
+
+    runs = tmp_path / "runs"
+    for arm in ("A", "B"):
+        copy = shutil.copytree(trained_run, runs / arm)
+        summary = json.loads((copy / "train.json").read_text())
+        (copy / "train.json").write_text(json.dumps({**summary, "arm": arm, "run_dir": str(copy)}))
+    history = pd.read_csv(runs / "A" / "history.csv")
+    history.assign(val_auroc=0.5).to_csv(runs / "A" / "history.csv", index=False)  # flat at chance
+    comparison = compare_runs([runs], bootstrap=20, resamples=20, baseline="A", out=tmp_path / "c", quiet=True)
+    flags = {row["arm"]: row["not_learned"] for row in comparison.runs}
+    assert flags["B"] == "" and flags["A"].startswith(f"did not learn: stopped at epoch {len(history)} with val AUROC")
+    assert "Did not learn (1 of 2 runs" in (tmp_path / "c" / "compare.md").read_text()
+    warnings = list(_not_learned(comparison).values())
+    assert warnings and "**Not an effect of pretraining:** 1 of the runs compared (A · simplecnn)" in warnings[0]

@@ -110,16 +110,23 @@ def test_lowmed_tune_one_cell_resumes_and_writes_a_config_to_train(separable, tm
     assert again.budget == 4 and again.trials[:3] == record.trials and len(again.counted) == 4
 
 
-def test_a_killed_tuning_resumes_with_its_finished_trials_kept(separable, tmp_path):
-    space = _space(tmp_path, {"space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}, "trials": 3})
+def _tuning_stopped(separable, tmp_path, space: dict, when: str, stop: int) -> tuple[list[str], Path, subprocess.Popen]:
+    """A `lowmed tune` of 3 trials in a subprocess, sent ``stop`` once the file ``when`` of the cell exists."""
+    space = _space(tmp_path, {"space": space, "trials": 3})
     out = tmp_path / "cell"
     command = [sys.executable, "-m", "lowmed", "tune", str(separable), "--space", str(space), "--out", str(out)]
     command += ["--per-class", "8", "--image-size", "32", "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not (out / "trial-001" / "train.json").is_file() and time.monotonic() < deadline:
+    while not (out / when).is_file() and time.monotonic() < deadline:
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)  # in trial 1, with trial 0 finished
+    process.send_signal(stop)
+    return command, out, process
+
+
+def test_a_killed_tuning_resumes_with_its_finished_trials_kept(separable, tmp_path):
+    space = {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}
+    command, out, process = _tuning_stopped(separable, tmp_path, space, "trial-001/train.json", signal.SIGKILL)
     process.wait()
     first = RunDir(out / "trial-000").read_summary()
     assert first.completed and not (out / "tuning.json").exists()
@@ -134,15 +141,8 @@ def test_a_killed_tuning_resumes_with_its_finished_trials_kept(separable, tmp_pa
 
 def test_ctrl_c_stops_the_tuning_and_the_stopped_trial_is_not_counted(separable, tmp_path):
     space = {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "epochs": [200]}
-    space = _space(tmp_path, {"space": space, "trials": 3})
-    out = tmp_path / "cell"
-    command = [sys.executable, "-m", "lowmed", "tune", str(separable), "--space", str(space), "--out", str(out)]
-    command += ["--per-class", "8", "--image-size", "32", "--quiet"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (out / "trial-000" / "history.csv").is_file() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)  # once: the trial stops after its batch, and so does the tuning
+    # Ctrl-C once: the trial stops after its batch, and so does the tuning
+    command, out, process = _tuning_stopped(separable, tmp_path, space, "trial-000/history.csv", signal.SIGINT)
     assert process.wait(timeout=60) == 130
     assert RunDir(out / "trial-000").read_summary().status == "interrupted"
     assert not (out / "trial-001").exists()

@@ -143,7 +143,10 @@ def study_report(
                 "",
             ]
         primary = [row for row in comparison.comparisons if row["test"] == PRIMARY_TEST]
-        lines += [f"- {_sentence(row)}" for row in primary] or ["- No pair of arms shared test images to compare."]
+        failed = _not_learned(comparison)
+        lines += [f"- {_sentence(row)}{failed.get(_pair(row), '')}" for row in primary] or [
+            "- No pair of arms shared test images to compare."
+        ]
     tuned = [cell for cell in cells if cell.cell.record is not None]
     if tuned:
         lines += _tuning_section(tuned)
@@ -152,6 +155,28 @@ def study_report(
         lines += ["", "## Skipped or failed runs", ""]
         lines += [f"- {r.name}: {r.status} — {r.detail}" for r in problems]
     return "\n".join(lines) + "\n"
+
+
+def _pair(row: dict) -> tuple:
+    return row["dataset"], row["per_class"], frozenset((row["a"], row["b"]))
+
+
+def _not_learned(comparison: Comparison) -> dict[tuple, str]:
+    """For each compared pair holding runs that did not learn: a warning to append to its conclusion."""
+    failed: dict[tuple, list[str]] = {}
+    for run in comparison.runs:
+        if run.get("not_learned"):
+            failed.setdefault((run["dataset"], run["per_class"]), []).append(f"{run['arm']} · {run['model']}")
+    warnings = {}
+    for row in comparison.comparisons:
+        names = [name for name in failed.get((row["dataset"], row["per_class"]), []) if name in (row["a"], row["b"])]
+        if names:
+            arms = ", ".join(sorted(set(names)))
+            warnings[_pair(row)] = (
+                f" **Not an effect of pretraining:** {len(names)} of the runs compared ({arms}) did not learn "
+                "(see Results)."
+            )
+    return warnings
 
 
 def _stage_outcome(stage: RunDir) -> str:
@@ -223,7 +248,7 @@ def headline_table(comparison: Comparison) -> str:
 def results_tables(comparison: Comparison) -> str:
     """The seed aggregates and the primary paired tests (seed-averaged bootstrap over patients, Holm-adjusted);
     the per-seed DeLong and McNemar tests stay in compare.md and stats.csv, where they do not drown the reader."""
-    notes = [text for text in (comparison.recipes, comparison.overlap) if text]
+    notes = [text for text in (comparison.recipes, comparison.overlap, comparison.learning) if text]
     primary = [row for row in comparison.comparisons if row["test"] == PRIMARY_TEST]
     lines = (
         [*notes, "", "### Mean over seeds (95 % interval)", ""]
