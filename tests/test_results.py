@@ -14,8 +14,11 @@ ROOT = Path(__file__).parent.parent
 STUDIES = sorted(path.name for path in (ROOT / "results").iterdir() if (path / StudyLog.FILE).is_file())
 
 
-def test_both_public_data_studies_are_committed():
+def test_both_public_data_studies_are_committed_with_the_wall_times_the_readme_gives():
     assert {"public-kermany", "public-ham10000"} <= set(STUDIES)
+    minutes = {name: round(StudyLog.read(ROOT / "results" / name / StudyLog.FILE).seconds / 60) for name in STUDIES}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"Kermany took {minutes['public-kermany']} min and HAM10000 {minutes['public-ham10000']} min" in readme
 
 
 @pytest.mark.parametrize("name", STUDIES)

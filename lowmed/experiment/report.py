@@ -110,7 +110,11 @@ def study_report(
         first = summaries[0]
         lines.append(
             f"- Hardware: {first.device} ({first.device_name}"
-            + (f", {first.cpu_threads} CPU threads per run" if first.device == "cpu" and first.cpu_threads else "")
+            + (
+                f", {first.cpu_threads} CPU thread{'s' if first.cpu_threads > 1 else ''} per run"
+                if first.device == "cpu" and first.cpu_threads
+                else ""
+            )
             + f"), AMP {first.precision or 'off'}; "
             f"lowmed {lowmed.__version__}, torch {first.versions.get('torch')}, "
             f"Python {platform.python_version()}."
