@@ -27,7 +27,7 @@ from lowmed.data.loading import decoded_batches
 from lowmed.data.manifest import PreparedDataset
 from lowmed.errors import LowmedError, RunFailed
 from lowmed.evaluation.predict import Normalizer
-from lowmed.evaluation.trained import TrainedModel
+from lowmed.evaluation.trained import TrainedModel, evaluated_with
 from lowmed.inference import saved_threshold
 from lowmed.io import sha256_file, staged_dir, write_json, write_text
 
@@ -120,7 +120,9 @@ def parity(model_path: Path, format: str, reference: nn.Module, images: torch.Te
         session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
         got = session.run(None, {"image": images.numpy()})[0]
     else:
-        loaded = torch.jit.load(str(model_path))
+        with warnings.catch_warnings():  # torch.jit is deprecated, and TorchScript files are what the format is
+            warnings.simplefilter("ignore", FutureWarning)
+            loaded = torch.jit.load(str(model_path))
         with torch.inference_mode():
             got = loaded(images).numpy()
     if got.shape != expected.shape:
@@ -193,7 +195,7 @@ def model_card(trained: TrainedModel, format: str, difference: float, images: in
     else:
         lines.append("- No train.json beside the checkpoint: the training record is not known.")
     lines += ["", "## Test performance", ""]
-    if report is not None and Path(report.checkpoint.get("path", "")).resolve() == trained.path.resolve():
+    if report is not None and evaluated_with(report, trained):
         lines.append(
             f"On the test split ({report.n} images; threshold {report.threshold} — {report.threshold_source}):"
         )

@@ -27,7 +27,7 @@ from lowmed.errors import LowmedError
 from lowmed.evaluation.evaluate import ACCELERATOR_BATCH
 from lowmed.evaluation.metrics import probabilities
 from lowmed.evaluation.predict import predict_files
-from lowmed.evaluation.trained import TrainedModel
+from lowmed.evaluation.trained import TrainedModel, evaluated_with
 from lowmed.io import sha256_file, write_text
 
 
@@ -167,7 +167,7 @@ def saved_threshold(trained: TrainedModel) -> tuple[float | list[float] | None, 
     reports = []
     for metrics in sorted((trained.path.parent / "eval").glob(f"*/{EvalReport.FILE}")):
         report = EvalReport.read(metrics)
-        if Path(report.checkpoint.get("path", "")).resolve() == trained.path.resolve():
+        if evaluated_with(report, trained):
             reports.append(report)
     chosen = [r for r in reports if r.threshold_source.startswith("youden")] or reports
     if not chosen:

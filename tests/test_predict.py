@@ -125,3 +125,10 @@ def test_a_multi_label_run_calls_each_finding_at_its_own_youden_threshold(chexpe
     for finding, cut in zip(report.classes, report.threshold):
         assert (table[f"pred:{finding}"] == (table[f"prob:{finding}"] >= cut).astype(int)).all()
     assert "youden per finding" in stdout
+
+
+def test_a_moved_run_still_finds_its_saved_threshold(run, test_images, tmp_path):
+    report = evaluate(run, threshold="youden", bootstrap=0, quiet=True)
+    moved = shutil.move(run, tmp_path / "moved")
+    result = predict(moved, test_images[:3], out=tmp_path / "p.csv", quiet=True)
+    assert result.threshold == pytest.approx(report.threshold)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lowmed.contracts import RunDir
+from lowmed.contracts import EvalReport, RunDir
 from lowmed.device import Precision, channels_last, native_amp, resolve_device
 from lowmed.errors import LowmedError
 from lowmed.evaluation.predict import Normalizer
@@ -70,6 +70,13 @@ class TrainedModel:
             device=torch_device,
             precision=Precision.choose(torch_device, amp),
         )
+
+
+def evaluated_with(report: EvalReport, trained: TrainedModel) -> bool:
+    """Whether ``report`` (a metrics.json of the checkpoint's run dir) evaluated this checkpoint: the same file name
+    and epoch, so that a run dir that was copied or moved still finds its evaluations."""
+    recorded = report.checkpoint
+    return Path(recorded.get("path", "")).name == trained.path.name and recorded.get("epoch") == trained.epoch
 
 
 def checkpoint_path(run_dir: str | os.PathLike | None, checkpoint: str) -> Path:
