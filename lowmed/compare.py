@@ -45,7 +45,7 @@ from lowmed.io import write_csv, write_text
 
 ALPHA = 0.05
 PRIMARY_TEST = "paired bootstrap (seed-averaged)"
-# a run whose best validation AUROC stayed below this did not learn: its comparisons say nothing about pretraining
+# a run whose checkpoint's validation AUROC is below this did not learn: its comparisons say nothing about pretraining
 LEARNED_AUROC = 0.55
 
 
@@ -99,19 +99,15 @@ class Run:
 
     @cached_property
     def not_learned(self) -> str:
-        """Empty for a run that learned; else what shows it did not: its best validation AUROC stayed near chance."""
-        if not self.run.history.is_file():
+        """Empty for a run that learned; else what shows it did not: the checkpoint it was evaluated with had a
+        validation AUROC near chance (early stopping can keep an epoch-1 model while later epochs learned)."""
+        best = self.summary.best or {}
+        auroc = (best.get("metrics") or {}).get("val_auroc")
+        if auroc is None or np.isnan(auroc) or auroc >= LEARNED_AUROC:
             return ""
-        history = pd.read_csv(self.run.history)
-        if "val_auroc" not in history or history["val_auroc"].isna().all():
-            return ""
-        best = float(history["val_auroc"].max())
-        if best >= LEARNED_AUROC:
-            return ""
-        last = history.iloc[-1]
         return (
-            f"did not learn: stopped at epoch {int(last['epoch'])} with val AUROC {last['val_auroc']:.3f} "
-            f"(best {best:.3f})"
+            f"did not learn: stopped at epoch {self.summary.epochs_run}; its checkpoint (epoch {best['epoch']}) has "
+            f"val AUROC {auroc:.3f}"
         )
 
     @cached_property
@@ -528,8 +524,9 @@ def learning_statement(runs: list[Run]) -> str:
         return ""
     listed = "; ".join(f"{run.path.name} ({run.not_learned})" for run in flagged)
     return (
-        f"Did not learn ({len(flagged)} of {len(runs)} runs; best validation AUROC below {LEARNED_AUROC}): "
-        f"{listed}. Comparisons that include them measure a failed training, not the effect of pretraining."
+        f"Did not learn ({len(flagged)} of {len(runs)} runs; validation AUROC of the checkpoint below "
+        f"{LEARNED_AUROC}): {listed}. Comparisons that include them measure a failed training, not the effect of "
+        "pretraining."
     )
 
 

@@ -229,11 +229,16 @@ def test_a_run_that_did_not_learn_is_flagged_in_the_table_the_notes_and_the_conc
         copy = shutil.copytree(trained_run, runs / arm)
         summary = json.loads((copy / "train.json").read_text())
         (copy / "train.json").write_text(json.dumps({**summary, "arm": arm, "run_dir": str(copy)}))
-    history = pd.read_csv(runs / "A" / "history.csv")
-    history.assign(val_auroc=0.5).to_csv(runs / "A" / "history.csv", index=False)  # flat at chance
+    summary = json.loads((runs / "A" / "train.json").read_text())  # its checkpoint at chance
+    summary["best"]["metrics"]["val_auroc"] = 0.5
+    (runs / "A" / "train.json").write_text(json.dumps(summary))
     comparison = compare_runs([runs], bootstrap=20, resamples=20, baseline="A", out=tmp_path / "c", quiet=True)
     flags = {row["arm"]: row["not_learned"] for row in comparison.runs}
-    assert flags["B"] == "" and flags["A"].startswith(f"did not learn: stopped at epoch {len(history)} with val AUROC")
+    epoch, best = summary["epochs_run"], summary["best"]["epoch"]
+    assert (
+        flags["B"] == ""
+        and flags["A"] == f"did not learn: stopped at epoch {epoch}; its checkpoint (epoch {best}) has val AUROC 0.500"
+    )
     assert "Did not learn (1 of 2 runs" in (tmp_path / "c" / "compare.md").read_text()
     warnings = list(_not_learned(comparison).values())
     assert warnings and "**Not an effect of pretraining:** 1 of the runs compared (A · simplecnn)" in warnings[0]
