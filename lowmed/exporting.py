@@ -26,7 +26,6 @@ from lowmed.contracts import RunDir, TrainSummary
 from lowmed.data.loading import decoded_batches
 from lowmed.data.manifest import PreparedDataset
 from lowmed.errors import LowmedError, RunFailed
-from lowmed.evaluation.predict import Normalizer
 from lowmed.evaluation.trained import TrainedModel, evaluated_with
 from lowmed.inference import saved_threshold
 from lowmed.io import sha256_file, staged_dir, write_json, write_text
@@ -42,7 +41,7 @@ class ProbabilityModel(nn.Module):
     def __init__(self, trained: TrainedModel) -> None:
         super().__init__()
         self.network = trained.model
-        self.normalize = Normalizer(trained.preprocessing, torch.device("cpu"))
+        self.normalize = trained.normalize  # loaded on the CPU, as the export is
         self.multilabel = trained.task == "multilabel"
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

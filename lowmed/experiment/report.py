@@ -28,13 +28,18 @@ def _p_text(p: float) -> str:
     return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
+def _metric_label(name: str) -> str:
+    """A metric's name as prose reads it: macro_auroc → macro AUROC."""
+    return name.replace("auroc", "AUROC").replace("_", " ")
+
+
 def _sentence(row: dict) -> str:
     """One plain-language line for a primary comparison: arm − baseline where b is the baseline, otherwise the
     better arm first, so that a difference is never read through a double negative."""
     a, b, difference, low, high = row["a"], row["b"], row["estimate"], row["ci_low"], row["ci_high"]
     if not row["vs_baseline"] and difference < 0:
         a, b, difference, low, high = b, a, -difference, -high, -low
-    metric = row["metric"].replace("auroc", "AUROC").replace("_", " ")
+    metric = _metric_label(row["metric"])
     numbers = (
         f"{difference:+.3f} [{low:+.3f}, {high:+.3f}], {_p_text(row['p'])} (Holm-adjusted {_p_text(row['p_holm'])})"
     )
@@ -226,7 +231,7 @@ def headline_table(comparison: Comparison) -> str:
     for run in comparison.runs:
         balanced.setdefault((run["dataset"], run["per_class"], run["arm"]), []).append(run["balanced_accuracy"])
     baseline = comparison.baseline
-    metric = comparison.groups[0]["metric"].replace("auroc", "AUROC").replace("_", " ")
+    metric = _metric_label(comparison.groups[0]["metric"])
     lines = [
         f"| dataset | N/class | arm | seeds | test {metric}, mean [95 % CI] | − {baseline or 'baseline'} [paired 95 % "
         "CI] | p (Holm) | balanced accuracy |",
