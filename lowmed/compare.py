@@ -42,6 +42,9 @@ from lowmed.evaluation.metrics import accuracy, auroc, compute_metrics
 from lowmed.evaluation.plots import plot_learning_curves
 from lowmed.evaluation.stats import delong_test, holm_by_family, mcnemar_test, paired_bootstrap
 from lowmed.io import write_csv, write_text
+from lowmed.saliency.arms import explain_arms
+from lowmed.saliency.lesions import read_lesions
+from lowmed.saliency.maps import UNCHANGED_CORRELATION, check_method
 
 ALPHA = 0.05
 PRIMARY_TEST = "paired bootstrap (seed-averaged)"
@@ -230,12 +233,26 @@ def compare_runs(
     bootstrap: int = 2000,
     resamples: int = 1000,
     seed: int = 0,
+    explain: str | None = None,
+    explain_count: int = 4,
+    lesions: str | os.PathLike | None = None,
+    device: str = "auto",
     quiet: bool = False,
 ) -> Comparison:
-    """Compare every completed run below ``paths``; write compare.csv/json/md, stats.csv and learning curves."""
+    """Compare every completed run below ``paths``; write compare.csv/json/md, stats.csv and learning curves.
+
+    ``explain``: a saliency method; ``explain_count`` test images of each dataset (with a finding; among those
+    ``lesions`` boxes, a ``lowmed.saliency.lesions`` CSV, when given) explained by every arm at each N, at the
+    lowest seed: a grid PNG per image under ``explain/<method>/``, and per arm the pointing game (with
+    ``lesions``) and the model-randomisation check."""
     known = {"dataset", "arm", "model", "per_class", "seed", "weights"}
     if set(by) - known:
         raise LowmedError(f"--by {','.join(by)}: expected fields among {', '.join(sorted(known))}")
+    if explain is not None:
+        check_method(explain, explain_count)
+    if lesions is not None and explain is None:
+        raise LowmedError("--lesions scores saliency maps: give --explain METHOD with it")
+    boxes = read_lesions(lesions) if lesions is not None else None
     runs, skipped = load_runs(find_run_dirs(paths), split, evaluate_missing, bootstrap, quiet)
     if not runs:
         raise LowmedError(f"no completed, evaluated runs found below {', '.join(map(str, paths))}")
@@ -256,6 +273,11 @@ def compare_runs(
     recipes = recipes_statement(runs)
     overlap = overlap_statement(runs)
     learning = learning_statement(runs)
+    attention = (
+        explain_arms(runs, explain, explain_count, target.explanations(explain), boxes, seed, device, quiet)
+        if explain is not None
+        else []
+    )
     comparison = Comparison(
         split=split,
         metric=metric,
@@ -268,6 +290,7 @@ def compare_runs(
         recipes=recipes,
         overlap=overlap,
         learning=learning,
+        attention=attention,
         by=list(by),
         resamples=resamples,
         seed=seed,
@@ -276,9 +299,8 @@ def compare_runs(
     comparison.write(target.record)
     write_text(
         target.markdown,
-        markdown_report(
-            table, groups, tests, metric, baseline, "\n\n".join(filter(None, (recipes, overlap, learning)))
-        ),
+        markdown_report(table, groups, tests, metric, baseline, "\n\n".join(filter(None, (recipes, overlap, learning))))
+        + attention_markdown(attention),
     )
     return comparison
 
@@ -549,6 +571,38 @@ def markdown_report(
     lines += ["", "## Paired comparisons (a − b; Holm-adjusted within each test)", "", f"Pairs: {against}.", ""]
     lines += tests_markdown(tests)
     lines += ["", f"{len(table)} runs."]
+    return "\n".join(lines) + "\n"
+
+
+def attention_markdown(attention: list[dict]) -> str:
+    """compare.md's section on ``--explain``: per arm and N, the pointing game and the randomisation check."""
+    if not attention:
+        return ""
+    method, seeds = attention[0]["method"], sorted({row["seed"] for row in attention})
+    lines = [
+        "",
+        f"## What each arm looks at ({method})",
+        "",
+        f"The same test images explained by every arm at seed {', '.join(map(str, seeds))}: one grid per image in "
+        f"explain/{method}/. Pointing game: the share of images whose map peaks inside a lesion box (chance: the "
+        "share of the image the boxes cover). Randomisation: the rank correlation ρ of the arm's maps with those of "
+        "the same network re-initialised (two re-initialised networks: the reference); maps at "
+        f"|ρ| ≥ {UNCHANGED_CORRELATION} barely depend on what was learned.",
+        "",
+        "| dataset | N/class | arm | model | images | pointing game [chance] | ρ randomised (reference) | flagged |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in attention:
+        pointing = (
+            "—"
+            if row["hits"] is None
+            else f"{row['hits']}/{row['images']} = {row['pointing_game']:.2f} [{row['chance']:.2f}]"
+        )
+        lines.append(
+            f"| {row['dataset']} | {row['per_class'] or 'all'} | {row['arm']} | {row['model']} | {row['images']} | "
+            f"{pointing} | {_fmt(row['rank_correlation_randomised'], 2)} ({_fmt(row['reference'], 2)}) | "
+            f"{'yes' if row['flagged'] else 'no'} |"
+        )
     return "\n".join(lines) + "\n"
 
 

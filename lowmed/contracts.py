@@ -342,11 +342,61 @@ class EvalDir:
         """A PNG: roc, pr, confusion or reliability."""
         return self.path / f"{name}.png"
 
+    @property
+    def explanations(self) -> "ExplainDir":
+        """``lowmed evaluate --explain``'s maps of this evaluation's most confident right and wrong calls."""
+        return ExplainDir(self.path / "explain")
+
     def exists(self) -> bool:
         return self.metrics.is_file()
 
     def read_report(self) -> EvalReport:
         return EvalReport.read(self.metrics)
+
+
+@dataclass(kw_only=True)
+class ExplainRecord(Record):
+    """``explain.json``: one saliency method applied to a set of images by one checkpoint, with the
+    model-randomisation check of its maps."""
+
+    FILE: ClassVar[str] = "explain.json"
+
+    schema: int = SCHEMA
+    method: str
+    layer: str | None  # the backbone layer Grad-CAM / Grad-CAM++ explain; None for input-space methods
+    model: str
+    checkpoint: dict  # path, epoch, sha256
+    images: int
+    # Spearman ρ between the trained network's maps and a re-initialised one's (mean over images), the same
+    # between two re-initialised networks, whether the maps barely change, and the sentence that says so
+    randomisation: dict
+    seconds: float
+    lowmed_version: str
+
+
+@dataclass(frozen=True)
+class ExplainDir:
+    """Saliency maps as written: explain.json, index.csv (one row per image), maps.npz and one PNG per image."""
+
+    path: Path
+
+    @property
+    def record(self) -> Path:
+        return self.path / ExplainRecord.FILE
+
+    @property
+    def index(self) -> Path:
+        return self.path / "index.csv"
+
+    @property
+    def maps(self) -> Path:
+        return self.path / "maps.npz"
+
+    def exists(self) -> bool:
+        return self.record.is_file()
+
+    def read(self) -> ExplainRecord:
+        return ExplainRecord.read(self.record)
 
 
 @dataclass(kw_only=True)
@@ -479,6 +529,7 @@ class Comparison(Record):
     recipes: str = ""  # whether the arms were tuned, and alike (compare.recipes_statement)
     overlap: str = ""  # arms whose pretraining may have seen the target's images (compare.overlap_statement)
     learning: str = ""  # runs that did not learn (compare.learning_statement)
+    attention: list[dict] = field(default_factory=list)  # compare --explain: explain/<method>/arms.csv's rows
     # the options that made it, so that the same comparison can be made again from the same runs
     by: list[str] = field(default_factory=lambda: ["dataset", "arm", "model", "per_class"])
     resamples: int | None = None
@@ -533,3 +584,7 @@ class ComparisonDir:
 
     def learning_curve(self, dataset: str) -> Path:
         return self.path / f"learning_curve_{dataset}.png"
+
+    def explanations(self, method: str) -> Path:
+        """``--explain``'s grids (a PNG per image) and arms.csv."""
+        return self.path / "explain" / method

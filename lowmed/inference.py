@@ -29,6 +29,8 @@ from lowmed.evaluation.metrics import probabilities
 from lowmed.evaluation.predict import predict_files
 from lowmed.evaluation.trained import TrainedModel, evaluated_with
 from lowmed.io import sha256_file, write_text
+from lowmed.saliency.explain import explain_cases, input_cases
+from lowmed.saliency.maps import check_method
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Predictions:
     threshold_source: str
     unreadable: int
     images_per_s: float
+    explanations: Path | None = None  # the saliency maps' folder, with --explain
 
 
 def predict(
@@ -57,6 +60,8 @@ def predict(
     device: str = "auto",
     amp: bool | None = None,
     path_column: str = "path",
+    explain: str | None = None,
+    explain_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     quiet: bool = False,
 ) -> Predictions:
@@ -66,6 +71,10 @@ def predict(
     ``threshold``: the binary / multi-label decision threshold; by default the one saved with the run's
     evaluation of this checkpoint (its Youden threshold when it has one), else 0.5. Files that cannot be read are
     listed with the reason and the rest go on; when none can be read it is an error.
+
+    ``explain``: a saliency method (``lowmed.saliency.maps.METHODS``) applied to every readable image, for the
+    positive class of a binary task, else the most probable class or finding; written to ``explain_dir`` (by
+    default ``explain/`` beside ``out``) with the model-randomisation check.
     """
     out = Path(out)
     if out.suffix.lower() != ".csv":
@@ -74,6 +83,11 @@ def predict(
         raise LowmedError(f"--out {out} exists; give another name, or --overwrite to replace it")
     if threshold is not None and not 0 <= threshold <= 1:
         raise LowmedError(f"--threshold {threshold}: expected a probability between 0 and 1")
+    explanations = Path(explain_dir) if explain_dir is not None else out.parent / "explain"
+    if explain is not None:
+        check_method(explain)
+        if explanations.exists() and not overwrite:
+            raise LowmedError(f"--explain-dir {explanations} exists; give another, or --overwrite to replace it")
     paths = collect_inputs(inputs, path_column)
     trained = TrainedModel.load(run_dir, checkpoint, device, amp)
     if threshold is not None and trained.task == "multiclass":
@@ -111,6 +125,9 @@ def predict(
     if unreadable:
         warn(f"{unreadable} of {len(paths)} file(s) could not be read; their reasons are in the error column of {out}")
     write_text(out, _header(trained, cut, source, tta) + table.to_csv(index=False))
+    if explain is not None:
+        cases = input_cases([paths[row] for row in readable], trained.task, probs[readable])
+        explain_cases(trained, cases, explain, explanations, quiet=quiet)
     return Predictions(
         out=out,
         table=table,
@@ -120,6 +137,7 @@ def predict(
         threshold_source=source,
         unreadable=unreadable,
         images_per_s=round(len(readable) / seconds, 1) if seconds else 0.0,
+        explanations=explanations if explain is not None else None,
     )
 
 

@@ -12,6 +12,7 @@ import traceback
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 import lowmed
 from lowmed.cli.compare import compare_command
@@ -88,13 +89,13 @@ def main(argv: list[str] | None = None) -> None:
     except (LowmedError, RunFailed) as exc:
         if _debug["on"]:
             traceback.print_exc()
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # an unforeseen failure during a run
         if _debug["on"]:
             traceback.print_exc()
         console.print(
-            f"[bold red]error:[/] {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))} (run with --debug for the traceback)",
             highlight=False,
             soft_wrap=True,
         )

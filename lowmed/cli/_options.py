@@ -22,3 +22,14 @@ BatchSize = Annotated[
     Optional[int], typer.Option("--batch-size", help="Images per forward pass. \\[default: 16 on a CPU, 64 on a GPU]")
 ]
 Tta = Annotated[bool, typer.Option("--tta", help="Average each image's prediction with its mirror image's.")]
+Explain = Annotated[
+    Optional[str],
+    typer.Option(
+        "--explain",
+        help="Saliency maps: gradcam | gradcam++ | occlusion | integrated-gradients (needs lowmed\\[explain]), with "
+        "the model-randomisation check.",
+    ),
+]
+ExplainCount = Annotated[
+    int, typer.Option("--explain-count", help="Images explained per kind (see the command's help).")
+]

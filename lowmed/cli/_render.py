@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from lowmed.contracts import ExplainDir
+
 stdout = Console()
 
 
@@ -20,3 +22,12 @@ def counts_table(title: str, counts: dict[str, dict[str, int]], images: dict[str
     table.add_section()
     table.add_row("[bold]images", *(f"[bold]{images.get(column, 0)}" for column in counts))
     return table
+
+
+def render_explanations(folder: ExplainDir) -> None:
+    """Where the saliency maps went, and what the randomisation check says of them (a flagged method was warned of
+    as the maps were made)."""
+    record = folder.read()
+    stdout.print(f"{record.method} maps of {record.images} image(s) · wrote {folder.path} (index.csv, one PNG each)")
+    if not record.randomisation["flagged"]:
+        stdout.print(f"[green]randomisation check:[/] {record.randomisation['verdict']}")

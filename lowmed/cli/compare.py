@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from lowmed.cli._options import Quiet, Seed
+from lowmed.cli._options import Device, Explain, ExplainCount, Quiet, Seed
 
 if TYPE_CHECKING:
     from lowmed.contracts import Comparison
@@ -40,11 +40,23 @@ def compare_command(
     ] = True,
     resamples: Annotated[int, typer.Option(help="Paired-bootstrap resamples per comparison.")] = 1000,
     seed: Seed = 0,
+    explain: Explain = None,
+    explain_count: ExplainCount = 4,
+    lesions: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="CSV of lesion boxes (path, x, y, width, height in pixels) for --explain's pointing game; the demo "
+            "data write raw/target/lesions.csv.",
+            show_default=False,
+        ),
+    ] = None,
+    device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
     """Tables with 95 % intervals, seed aggregates, DeLong / McNemar / paired-bootstrap tests (Holm), learning curves.
 
-    Runs are grouped by dataset, arm, model, N and seed; two runs in one such place are an error."""
+    Runs are grouped by dataset, arm, model, N and seed; two runs in one such place are an error. With --explain,
+    --explain-count test images of each dataset explained by every arm at each N (lowest seed): a grid per image."""
     from lowmed.compare import compare_runs
 
     result = compare_runs(
@@ -57,6 +69,10 @@ def compare_command(
         evaluate_missing=evaluate_missing,
         resamples=resamples,
         seed=seed,
+        explain=explain,
+        explain_count=explain_count,
+        lesions=lesions,
+        device=device,
         quiet=quiet,
     )
     render_comparison(result)
@@ -136,4 +152,31 @@ def render_comparison(result: Comparison) -> None:
                 format_p(row["p_holm"]) + (" *" if row["significant"] else ""),
             )
         stdout.print(tests)
+    if result.attention:
+        stdout.print(_attention_table(result.attention))
     stdout.print(f"Wrote compare.csv, compare.json, compare.md, stats.csv and learning curves to {result.out}")
+
+
+def _attention_table(attention: list[dict]):
+    from rich.table import Table
+
+    from lowmed.saliency.maps import UNCHANGED_CORRELATION
+
+    table = Table(
+        title=f"what each arm looks at ({attention[0]['method']}, seed {attention[0]['seed']}): pointing game "
+        f"(chance); rank correlation with a re-initialised network (two re-initialised: reference; "
+        f"|ρ| ≥ {UNCHANGED_CORRELATION} flagged)",
+        title_justify="left",
+    )
+    for column in ("dataset", "N", "arm · model", "pointing game", "ρ randomised", "flagged"):
+        table.add_column(column, overflow="fold")
+    for row in attention:
+        table.add_row(
+            row["dataset"],
+            str(row["per_class"]),
+            f"{row['arm']} · {row['model']}",
+            "—" if row["hits"] is None else f"{row['hits']}/{row['images']} ({row['chance']:.2f})",
+            f"{_number(row['rank_correlation_randomised'])} ({_number(row['reference'])})",
+            "[bold yellow]yes" if row["flagged"] else "no",
+        )
+    return table

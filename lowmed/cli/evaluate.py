@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from lowmed.cli._options import Amp, BatchSize, Checkpoint, Device, Quiet, Seed, Tta
+from lowmed.cli._options import Amp, BatchSize, Checkpoint, Device, Explain, ExplainCount, Quiet, Seed, Tta
 
 if TYPE_CHECKING:
     from lowmed.contracts import EvalReport
@@ -44,9 +44,15 @@ def evaluate_command(
     amp: Amp = None,
     batch_size: BatchSize = None,
     seed: Seed = 0,
+    explain: Explain = None,
+    explain_count: ExplainCount = 5,
     quiet: Quiet = False,
 ) -> None:
-    """Metrics with 95 % bootstrap intervals, calibration, ROC/PR/confusion/reliability plots, predictions."""
+    """Metrics with 95 % bootstrap intervals, calibration, ROC/PR/confusion/reliability plots, predictions.
+
+    With --explain, saliency maps of the --explain-count most confident true positives, false positives and false
+    negatives per class, under explain/ in the output dir."""
+    from lowmed.contracts import EvalDir
     from lowmed.evaluation.evaluate import evaluate
 
     report = evaluate(
@@ -62,9 +68,15 @@ def evaluate_command(
         amp=amp,
         batch_size=batch_size,
         seed=seed,
+        explain=explain,
+        explain_count=explain_count,
         quiet=quiet,
     )
     render_report(report)
+    if explain is not None:
+        from lowmed.cli._render import render_explanations
+
+        render_explanations(EvalDir(Path(report.out)).explanations)
 
 
 def _interval(values) -> str:

@@ -41,14 +41,16 @@ def models_command(
     from lowmed.models.registry import MODELS, count_parameters
 
     table = Table(title="lowmed models (also timm:<name> when timm is installed)", title_justify="left")
-    for column in ("name", "backbone params", "input px", "ImageNet weights", "description"):
-        table.add_column(column, justify="left" if column in ("name", "description") else "right")
+    for column in ("name", "backbone params", "input px", "ImageNet weights", "Grad-CAM layer", "description"):
+        text = column in ("name", "Grad-CAM layer", "description")
+        table.add_column(column, justify="left" if text else "right", overflow="fold")
     for spec in MODELS.values():
         table.add_row(
             spec.name,
             f"{count_parameters(spec.build_backbone()) / 1e6:.1f} M",
             str(spec.preprocessing.input_size),
             "yes" if spec.imagenet_weights else "no",
+            spec.cam_layer,
             spec.description,
         )
     stdout.print(table)

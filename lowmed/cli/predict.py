@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lowmed.cli._options import Amp, BatchSize, Checkpoint, Device, Overwrite, Quiet, Tta
+from lowmed.cli._options import Amp, BatchSize, Checkpoint, Device, Explain, Overwrite, Quiet, Tta
 
 SHOWN_ROWS = 10
 
@@ -34,14 +34,21 @@ def predict_command(
     device: Device = "auto",
     amp: Amp = None,
     path_column: Annotated[str, typer.Option(help="The column of a CSV input that holds image paths.")] = "path",
+    explain: Explain = None,
+    explain_dir: Annotated[
+        Optional[Path],
+        typer.Option(help="Where --explain writes its maps. \\[default: explain/ beside --out]", show_default=False),
+    ] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Probabilities and predicted labels for new images, preprocessed as the run was trained; unreadable files
-    are listed with the reason and the rest go on."""
+    are listed with the reason and the rest go on. With --explain, a saliency map of every image (the positive class
+    of a binary task, else the most probable class or finding)."""
     from rich.table import Table
 
-    from lowmed.cli._render import stdout
+    from lowmed.cli._render import render_explanations, stdout
+    from lowmed.contracts import ExplainDir
     from lowmed.inference import predict
 
     result = predict(
@@ -55,6 +62,8 @@ def predict_command(
         device=device,
         amp=amp,
         path_column=path_column,
+        explain=explain,
+        explain_dir=explain_dir,
         overwrite=overwrite,
         quiet=quiet,
     )
@@ -69,3 +78,5 @@ def predict_command(
         f"{len(result.table) - result.unreadable} predicted, {result.unreadable} unreadable · "
         f"{result.images_per_s} images/s · wrote {result.out}"
     )
+    if result.explanations is not None:
+        render_explanations(ExplainDir(result.explanations))

@@ -22,6 +22,7 @@ from PIL import Image
 
 from lowmed.data.formats import CsvColumns
 from lowmed.data.manifest import PreparedDataset
+from lowmed.saliency.lesions import LesionBox, write_lesions
 
 SIZE = 64
 TARGET_COUNTS = {"train": 200, "val": 40, "test": 200}  # per class
@@ -53,8 +54,9 @@ def _radiograph(
     effusion: bool = False,
     cardiomegaly: bool = False,
     size: int = SIZE,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One image in [0, 1] and the mask of its lung fields."""
+) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+    """One image in [0, 1] and its opacities' boxes (x, y, width, height in pixels: where each adds at least 1/e
+    of its peak brightness)."""
     x, y = _grid(size)
     x = x + rng.normal(0, 0.03)
     y = y + rng.normal(0, 0.03)
@@ -75,17 +77,20 @@ def _radiograph(
     heart = anatomy["heart"] * (1.5 if cardiomegaly else 1.0)
     image += 0.35 * np.exp(-(((x + 0.08) / heart) ** 2 + ((y - 0.25) / (heart * 1.3)) ** 2))
     inside = np.argwhere(lungs > 0.6)
+    boxes = []
     for _ in range(opacities):
         cy, cx = inside[rng.integers(len(inside))]
         radius = rng.uniform(0.12, 0.3)
         image += rng.uniform(0.06, 0.3) * np.exp(-((x - x[cy, cx]) ** 2 + (y - y[cy, cx]) ** 2) / radius**2)
+        pixels = radius * (size - 1) / 2  # the grid spans [-1, 1]; pixel i covers [i, i + 1)
+        boxes.append((cx + 0.5 - pixels, cy + 0.5 - pixels, 2 * pixels, 2 * pixels))
     for _ in range(nodules):
         cy, cx = inside[rng.integers(len(inside))]
         image += rng.uniform(0.15, 0.35) * np.exp(-((x - x[cy, cx]) ** 2 + (y - y[cy, cx]) ** 2) / 0.004)
     if effusion:
         image += 0.3 * lungs * (1 / (1 + np.exp(-(y - rng.uniform(0.25, 0.45)) * 25)))
     image = image * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05) + rng.normal(0, 0.04, image.shape)
-    return np.clip(image, 0, 1), lungs > 0.6
+    return np.clip(image, 0, 1), boxes
 
 
 def _save(path: Path, image: np.ndarray) -> str:
@@ -95,10 +100,12 @@ def _save(path: Path, image: np.ndarray) -> str:
 
 
 def make_target(root: str | Path, seed: int = 0) -> Path:
-    """The pneumonia-like binary task in the Kaggle folder layout."""
+    """The pneumonia-like binary task in the Kaggle folder layout, and ``lesions.csv``: where each opacity is (the
+    pointing game's ground truth; ``lowmed compare --lesions``)."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     patient = 0
+    lesions = []
     for split, per_class in TARGET_COUNTS.items():
         for label in ("NORMAL", "PNEUMONIA"):
             for index in range(per_class):
@@ -106,13 +113,15 @@ def make_target(root: str | Path, seed: int = 0) -> Path:
                     patient += 1
                     anatomy = _anatomy(rng)
                 opacities = int(rng.integers(1, 4)) if label == "PNEUMONIA" else 0
-                image, _ = _radiograph(rng, anatomy, opacities=opacities)
+                image, boxes = _radiograph(rng, anatomy, opacities=opacities)
                 name = (
                     f"person{patient}_bacteria_{index}.png"
                     if label == "PNEUMONIA"
                     else f"IM-{patient:04d}-{index % 2 + 1:04d}.png"
                 )
                 _save(root / split / label / name, image)
+                lesions += [LesionBox(f"{split}/{label}/{name}", *box) for box in boxes]
+    write_lesions(root / "lesions.csv", lesions)
     return root
 
 

@@ -26,6 +26,8 @@ from lowmed.evaluation.stats import bootstrap_ci
 from lowmed.evaluation.trained import TrainedModel
 from lowmed.io import staged_dir, write_csv
 from lowmed.models.weights import load_checkpoint
+from lowmed.saliency.explain import confident_cases, explain_cases
+from lowmed.saliency.maps import check_method
 
 ACCELERATOR_BATCH = 64  # images per forward pass when evaluating on a GPU
 
@@ -44,10 +46,16 @@ def evaluate(
     amp: bool | None = None,
     batch_size: int | None = None,
     seed: int = 0,
+    explain: str | None = None,
+    explain_count: int = 5,
     quiet: bool = False,
 ) -> EvalReport:
     """Evaluate a run's checkpoint on ``split`` of its own prepared dataset (or of ``data``: external
     validation) and write ``metrics.json``, ``metrics.csv``, ``predictions.csv`` and PNG plots.
+
+    ``explain``: a saliency method (``lowmed.saliency.maps.METHODS``) applied to the ``explain_count`` most confident
+    true positives, false positives and false negatives per class, written under ``explain/`` with the
+    model-randomisation check.
 
     ``threshold``: a number, or ``"youden"`` — chosen on the run's own validation split, never on the split
     being evaluated (unless that split is val itself, which the report then says). ``amp``: mixed precision;
@@ -59,6 +67,8 @@ def evaluate(
         raise LowmedError(f"--split {split!r}: expected test, val or train")
     if bootstrap < 0:
         raise LowmedError(f"--bootstrap {bootstrap}: expected 0 (no intervals) or more resamples")
+    if explain is not None:
+        check_method(explain, explain_count)
     trained = TrainedModel.load(run_dir, checkpoint, device, amp)
     task, classes, config = trained.task, trained.classes, trained.config
     dataset = load_or_prepare(Path(data).expanduser(), None, quiet) if data else PreparedDataset.load(config["data"])
@@ -169,6 +179,9 @@ def evaluate(
         write_csv(written.metrics_table, _metrics_table(result.flat(), intervals))
         write_csv(written.predictions, _predictions(frame, task, classes, probs, cut))
         _plots(written, task, classes, targets, probs, mask, result, report)
+        if explain is not None:
+            cases = confident_cases(dataset.image_paths(frame), task, classes, targets, probs, mask, cut, explain_count)
+            explain_cases(trained, cases, explain, written.explanations.path, seed, quiet)
     report.out = str(out.path)
     return report
 

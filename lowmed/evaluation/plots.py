@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import matplotlib
 
@@ -31,6 +33,17 @@ def _save(figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+@contextmanager
+def saved_figure(path: Path, figsize: tuple[float, float]) -> Iterator[plt.Figure]:
+    """A new figure to draw on, saved to ``path`` as a PNG when the block ends (and closed either way)."""
+    figure = plt.figure(figsize=figsize)
+    try:
+        yield figure
+        _save(figure, path)
+    finally:
+        plt.close(figure)
 
 
 def plot_roc(

@@ -31,6 +31,8 @@ class ModelSpec:
     imagenet_weights: str | None = None  # torchvision weights enum, e.g. "ResNet50_Weights.IMAGENET1K_V2"
     timm_name: str | None = None  # for timm:<name> entries (ImageNet weights come through timm)
     min_input_size: int = 32
+    # the backbone's module whose output maps Grad-CAM explains: its last spatial feature map
+    cam_layer: str = "features"
 
 
 class PooledFeatures(nn.Module):
@@ -78,9 +80,26 @@ _SPECS = [
         Preprocessing(224),
         "Model A: 4 conv blocks, trained from scratch",
         min_input_size=32,
+        cam_layer="features.29",  # the last ReLU, before the final max-pool halves the map
     ),
-    ModelSpec("resnet18", _resnet("resnet18"), 512, Preprocessing(224), "ResNet-18", "ResNet18_Weights.IMAGENET1K_V1"),
-    ModelSpec("resnet50", _resnet("resnet50"), 2048, Preprocessing(224), "ResNet-50", "ResNet50_Weights.IMAGENET1K_V2"),
+    ModelSpec(
+        "resnet18",
+        _resnet("resnet18"),
+        512,
+        Preprocessing(224),
+        "ResNet-18",
+        "ResNet18_Weights.IMAGENET1K_V1",
+        cam_layer="layer4",
+    ),
+    ModelSpec(
+        "resnet50",
+        _resnet("resnet50"),
+        2048,
+        Preprocessing(224),
+        "ResNet-50",
+        "ResNet50_Weights.IMAGENET1K_V2",
+        cam_layer="layer4",
+    ),
     ModelSpec("vgg19", _trunk("vgg19"), 512, Preprocessing(224), "VGG-19 conv trunk", "VGG19_Weights.IMAGENET1K_V1"),
     ModelSpec(
         "vgg19_bn",
@@ -99,6 +118,7 @@ _SPECS = [
         "Inception v3 (299 px, auxiliary head)",
         "Inception_V3_Weights.IMAGENET1K_V1",
         min_input_size=299,
+        cam_layer="Mixed_7c",
     ),
     ModelSpec(
         "densenet121",
@@ -145,7 +165,15 @@ def _timm_spec(name: str) -> ModelSpec:
     probe = build()
     cfg = probe.pretrained_cfg
     preprocessing = Preprocessing(int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
-    return ModelSpec(name, build, probe.num_features, preprocessing, f"timm {timm_name}", timm_name=timm_name)
+    return ModelSpec(
+        name,
+        build,
+        probe.num_features,
+        preprocessing,
+        f"timm {timm_name}",
+        timm_name=timm_name,
+        cam_layer=probe.feature_info[-1]["module"],  # timm's name for its last feature stage
+    )
 
 
 class Classifier(nn.Module):
