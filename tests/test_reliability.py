@@ -151,6 +151,8 @@ def bad_inputs(root, small):
     from lowmed.models.registry import build_model, get_model_spec
 
     torch.save(build_model(get_model_spec("simplecnn"), 2).backbone.state_dict(), incompatible)
+    text = root / "notes.txt"
+    text.write_text("these are not weights\n")
     return [
         (
             "duplicated image ids",
@@ -169,6 +171,9 @@ def bad_inputs(root, small):
             ["train", small, "--model", "resnet18", "--weights", incompatible, "-o", root / "r2"],
             "--allow-partial-weights",
         ),
+        ("text file as weights", ["train", small, "--weights", text, "-o", root / "r3"], "not a loadable weights file"),
+        ("text file as checkpoint", ["evaluate", "--checkpoint", text, "--data", small], "not a loadable weights"),
+        ("a file as run dir", ["train", small, "-o", text], f"--out {text} is a file; expected a folder"),
     ]
 
 

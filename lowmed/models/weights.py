@@ -152,6 +152,12 @@ def _run_checkpoint(run_dir: Path) -> Path:
 def load_checkpoint(path: Path) -> dict:
     """``torch.load`` with ``weights_only=True``: a file that would run code is refused, never executed."""
     try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        # torch.save writes a zip archive (or, before PyTorch 1.6, a pickle); anything else, such as a text file,
+        # makes the unpickler fail with whatever error the bytes happen to cause
+        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+            raise ValueError("neither a PyTorch file nor a pickle")
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -334,6 +334,8 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool, overwrite: boo
                 f"--resume {run_dir}: no {run.last.name} to continue from; start the run without --resume"
             )
         return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LowmedError(f"--out {run_dir} is a file; expected a folder for the run dir (new, or empty)")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise LowmedError(
