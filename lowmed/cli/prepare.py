@@ -30,7 +30,7 @@ def prepare_command(
         ),
     ] = False,
     format: Annotated[
-        str, typer.Option("--format", "-f", help="auto | imagefolder | ham10000 | chexpert | nih | csv")
+        str, typer.Option("--format", "-f", help="auto | imagefolder | ham10000 | chexpert | nih | rsna | csv")
     ] = "auto",
     seed: Seed = 0,
     val_fraction: Annotated[float, typer.Option(help="Share of images for a val split lowmed makes.")] = 0.1,
@@ -57,11 +57,17 @@ def prepare_command(
     allow_outside_root: Annotated[
         bool, typer.Option(help="csv format: allow image paths outside the CSV's folder.")
     ] = False,
+    hash_groups: Annotated[
+        bool,
+        typer.Option(
+            help="Write every patient/lesion group (e.g. a DICOM PatientID) as a salted hash; the salt is not kept."
+        ),
+    ] = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
-    """Verify every image, remove duplicates and leakage, make missing splits by patient, write manifest.csv and
-    dataset.yaml."""
+    """Verify every image (DICOM too), remove duplicates and leakage, make missing splits by patient, write
+    manifest.csv and dataset.yaml."""
     from lowmed.data.formats import CsvColumns
     from lowmed.data.prepare import prepare
     from lowmed.data.synthetic import prepare_demo
@@ -94,6 +100,7 @@ def prepare_command(
         uncertain=uncertain,
         csv_columns=columns,
         allow_outside_root=allow_outside_root,
+        hash_groups=hash_groups,
         overwrite=overwrite,
         quiet=quiet,
     )

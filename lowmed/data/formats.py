@@ -17,7 +17,8 @@ import pandas as pd
 from lowmed.data.images import IMAGE_EXTENSIONS, list_files
 from lowmed.errors import LowmedError
 
-FORMATS = ("auto", "imagefolder", "ham10000", "chexpert", "nih", "csv")
+FORMATS = ("auto", "imagefolder", "ham10000", "chexpert", "nih", "rsna", "csv")
+RSNA_CLASSES = ["NORMAL", "PNEUMONIA"]  # Kermany's names, so that a model trained on one evaluates on the other
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {
     "train": "train",
@@ -72,7 +73,9 @@ class SourceRecords:
     format: str
     task: str  # binary | multiclass | multilabel
     classes: list[str]
-    records: pd.DataFrame  # path, group, given_split, label or one column per finding, metadata
+    # path, group, given_split, label or one column per finding, metadata; group_given False where the layout knows
+    # no patient and the group is the image itself (a DICOM file's PatientID then takes its place)
+    records: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     excluded: list[dict] = field(default_factory=list)
     root: Path | None = None  # the SRC it was read from
@@ -112,6 +115,8 @@ def check_format(fmt: str) -> None:
 def detect_format(src: Path) -> str:
     if src.is_file():
         if src.suffix.lower() == ".csv":
+            if src.name.lower().startswith("stage_2_train_labels"):
+                return "rsna"
             return "ham10000" if src.name.lower().startswith("ham10000_metadata") else "csv"
         raise LowmedError(f"{src}: expected a dataset folder or a CSV file")
     if _find_one(src, "HAM10000_metadata*.csv"):
@@ -120,11 +125,13 @@ def detect_format(src: Path) -> str:
         return "nih"
     if _chexpert_csvs(src):
         return "chexpert"
+    if _find_one(src, RSNA_LABELS):
+        return "rsna"
     if any(d.is_dir() and not d.name.startswith(".") for d in src.iterdir()):
         return "imagefolder"
     raise LowmedError(
         f"{src}: cannot tell the dataset layout (no class folders, HAM10000_metadata.csv, "
-        "Data_Entry_2017.csv or CheXpert train.csv found); pass --format"
+        "Data_Entry_2017.csv, CheXpert train.csv or stage_2_train_labels.csv found); pass --format"
     )
 
 
@@ -149,6 +156,8 @@ def read_source(
         found = read_chexpert(src, frontal_only=frontal_only)
     elif fmt == "nih":
         found = read_nih(src)
+    elif fmt == "rsna":
+        found = read_rsna(src)
     elif fmt == "csv":
         found = read_csv_dataset(src, csv_columns or CsvColumns(), allow_outside_root=allow_outside_root)
     else:
@@ -189,6 +198,7 @@ def read_imagefolder(src: Path) -> SourceRecords:
                     "label": label,
                     "given_split": split,
                     "group": kermany_group(path.name) or path.relative_to(src).as_posix(),
+                    "group_given": kermany_group(path.name) is not None,
                 }
             )
     classes = sorted(canonical.values())
@@ -215,6 +225,42 @@ def _class_dirs(parent: Path) -> list[Path]:
     if not dirs:
         raise LowmedError(f"{parent}: no class folders; expected one sub-folder per class")
     return dirs
+
+
+# --- RSNA Pneumonia Detection Challenge ----------------------------------------------------------
+
+RSNA_LABELS = "stage_2_train_labels*.csv"
+
+
+def read_rsna(src: Path) -> SourceRecords:
+    """``stage_2_train_labels.csv`` (one row per box: patientId, x, y, width, height, Target) and
+    ``stage_2_train_images/<patientId>.dcm``: one row per image, PNEUMONIA where any of its rows has Target 1;
+    ``stage_2_detailed_class_info.csv``, when present, becomes the ``rsna_class`` column."""
+    table, labels_path, root = _metadata_table(src, RSNA_LABELS, ["patientId", "Target"], image_id=None)
+    images = _index_images(root)
+    detail_path = _find_one(labels_path.parent, "stage_2_detailed_class_info*.csv")
+    detail = {}
+    if detail_path is not None:
+        classes_table = _read_csv(detail_path, required=["patientId", "class"])
+        detail = classes_table.drop_duplicates("patientId").set_index("patientId")["class"].to_dict()
+    target = pd.to_numeric(table["Target"], errors="coerce")
+    if target.isna().any() or not target.isin([0, 1]).all():
+        row = int(np.flatnonzero(target.isna() | ~target.isin([0, 1]))[0]) + 2
+        raise LowmedError(f"{labels_path}: row {row}, column 'Target': expected 0 or 1")
+    positive = target.groupby(table["patientId"], sort=False).max()
+    rows, excluded = [], []
+    for patient, label in positive.items():
+        path = images.get(patient)
+        if path is None:
+            excluded.append({"path": f"{patient}.dcm", "reason": "listed in the labels, image file not found"})
+            continue
+        row = {"path": str(path), "label": RSNA_CLASSES[int(label)], "group": patient, "given_split": None}
+        rows.append(row | ({"rsna_class": detail.get(patient, "")} if detail else {}))
+    notes = [
+        f"RSNA pneumonia: {len(positive)} images from {labels_path.name} (several boxes per image made one row); "
+        "no official test labels, so lowmed makes train/val/test, disjoint by patientId"
+    ]
+    return SourceRecords("rsna", "binary", RSNA_CLASSES, pd.DataFrame(rows), notes, excluded)
 
 
 # --- HAM10000 ----------------------------------------------------------------------------------
@@ -401,6 +447,7 @@ def read_csv_dataset(src: Path, columns: CsvColumns, *, allow_outside_root: bool
             "path": str(path),
             "given_split": split,
             "group": str(record[columns.group]) if columns.group else str(record[columns.path]),
+            "group_given": bool(columns.group),
         }
         if multilabel:
             row.update({name: record[name] for name in label_columns})
@@ -421,15 +468,19 @@ def read_csv_dataset(src: Path, columns: CsvColumns, *, allow_outside_root: bool
 # --- shared helpers ----------------------------------------------------------------------------
 
 
-def _metadata_table(src: Path, pattern: str, required: list[str], image_id: str) -> tuple[pd.DataFrame, Path, Path]:
+def _metadata_table(
+    src: Path, pattern: str, required: list[str], image_id: str | None
+) -> tuple[pd.DataFrame, Path, Path]:
     """The metadata CSV (SRC itself, or found in SRC or one level down), with its required columns filled in and
-    each image id once; also the folder below which the images are searched."""
+    each ``image_id`` once (None: an image may have several rows); also the folder below which the images are
+    searched."""
     path = src if src.is_file() else _find_one(src, pattern)
     if path is None:
         raise LowmedError(f"{src}: {pattern.replace('*', '')} not found")
     table = _read_csv(path, required=required)
     _refuse_blank(table, required, path)
-    _refuse_duplicates(table, image_id, path)
+    if image_id is not None:
+        _refuse_duplicates(table, image_id, path)
     return table, path, path.parent if src.is_file() else src
 
 

@@ -11,7 +11,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
+from lowmed.data.dicom import DICOM_EXTENSIONS, is_dicom, read_dicom
+
+IMAGE_EXTENSIONS = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".gif",
+    ".webp",
+    ".pgm",
+    ".ppm",
+    *DICOM_EXTENSIONS,
+}
 # Files operating systems and archivers leave behind; never worth a word in the report.
 _SYSTEM_FILES = {".ds_store", "thumbs.db", "desktop.ini", "icon\r"}
 _SKIPPED_DIRS = {"__macosx"}
@@ -55,8 +69,24 @@ def load_image(path: str | os.PathLike, size_hint: int | None = None) -> Image.I
     With ``size_hint`` a JPEG is decoded at the smallest power-of-two scale still at least that big, which makes
     multi-megapixel originals several times cheaper to read.
     """
+    path = Path(path)
+    if _maybe_dicom(path):
+        data = path.read_bytes()
+        if is_dicom(data, path.suffix):
+            return read_dicom(data)[0]
     with Image.open(path) as image:
         return _decode(image, size_hint)
+
+
+def _maybe_dicom(path: Path) -> bool:
+    """Whether a file may be DICOM: by its extension, or, without a known image extension, by its first bytes."""
+    suffix = path.suffix.lower()
+    if suffix in DICOM_EXTENSIONS:
+        return True
+    if suffix in IMAGE_EXTENSIONS:
+        return False
+    with open(path, "rb") as handle:
+        return is_dicom(handle.read(132))
 
 
 def _decode(image: Image.Image, size_hint: int | None) -> Image.Image:
@@ -90,6 +120,13 @@ def inspect_image(path: str, cache_dir: str | None = None, cache_size: int | Non
     if not data:
         return {"ok": False, "reason": "empty file (0 bytes)"}
     sha1 = hashlib.sha1(data).hexdigest()
+    if is_dicom(data, Path(path).suffix):
+        try:
+            standard, tags = read_dicom(data)
+        except ValueError as exc:
+            return {"ok": False, "reason": str(exc)}
+        result = {"ok": True, "reason": None, "sha1": sha1, "width": standard.width, "height": standard.height}
+        return _cached(result | {"mode": "DICOM", **tags}, standard, cache_dir, cache_size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -103,6 +140,12 @@ def inspect_image(path: str, cache_dir: str | None = None, cache_size: int | Non
     except (OSError, SyntaxError, ValueError) as exc:
         return {"ok": False, "reason": f"unreadable image ({exc})"}
     result = {"ok": True, "reason": None, "sha1": sha1, "width": width, "height": height, "mode": original_mode}
+    return _cached(result, standard, cache_dir, cache_size)
+
+
+def _cached(result: dict, standard: Image.Image, cache_dir: str | None, cache_size: int | None) -> dict:
+    """``result`` with the resized copy written, when asked, named by the file's content hash."""
+    sha1 = result["sha1"]
     if cache_dir and cache_size:
         relative = Path("cache") / sha1[:2] / f"{sha1}.png"
         target = Path(cache_dir) / relative

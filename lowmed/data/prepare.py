@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
+import secrets
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
@@ -43,11 +45,16 @@ def prepare(
     uncertain: str = "ignore",
     csv_columns: CsvColumns | None = None,
     allow_outside_root: bool = False,
+    hash_groups: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
 ) -> PreparedDataset:
     """Read ``src``, verify every image, remove duplicates and leakage, make the missing splits,
     and write ``manifest.csv`` and ``dataset.yaml`` (and resized copies with ``cache_size``) to ``out``.
+
+    DICOM files are read as images (``lowmed.data.dicom``); their PatientID is the group where the layout gives
+    none. ``hash_groups``: every group written as a salted hash (the salt is not kept), so that no patient
+    identifier reaches the manifest.
 
     The output dir appears whole or not at all: everything is written to a staging dir first.
     """
@@ -59,6 +66,7 @@ def prepare(
     )
     with staged_dir(out) as staging:
         records, excluded = _inspect_all(source, staging, cache_size, workers, quiet)
+        records = _patient_groups(records, hash_groups)
         records, excluded, leakage, warnings = _drop_duplicates(records, excluded)
         records, split_info = _assign_splits(records, source, seed, val_fraction, test_fraction, min_val_per_class)
         manifest = _manifest_frame(records, source)
@@ -86,6 +94,7 @@ def prepare(
                 for s in SPLITS
                 if (manifest["split"] == s).any()
             },
+            "groups_hashed": hash_groups,
             "group_overlap": overlap,
             "leakage_removed": leakage,
             "warnings": warnings
@@ -159,6 +168,21 @@ def _inspect_all(
         raise LowmedError(f"{source.root}: none of the {len(paths)} files is a usable image")
     good = records[~bad].astype({"width": int, "height": int})
     return good.reset_index(drop=True), excluded
+
+
+def _patient_groups(records: pd.DataFrame, hash_groups: bool) -> pd.DataFrame:
+    """DICOM PatientIDs as the groups the layout did not give; the PatientID column itself is never kept (the group
+    holds it, or its hash)."""
+    given = records.pop("group_given") if "group_given" in records else pd.Series(True, index=records.index)
+    given = given.fillna(True).astype(bool)
+    if "patient_id" in records:
+        patient = records.pop("patient_id").fillna("").astype(str)
+        from_dicom = ~given & (patient != "")
+        records.loc[from_dicom, "group"] = patient[from_dicom]
+    if hash_groups:
+        salt = secrets.token_bytes(16)
+        records["group"] = [hashlib.sha256(salt + str(g).encode()).hexdigest()[:16] for g in records["group"]]
+    return records
 
 
 def _drop_duplicates(records: pd.DataFrame, excluded: list[dict]):
