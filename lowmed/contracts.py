@@ -305,6 +305,8 @@ class EvalReport(Record):
     bootstrap: dict = field(default_factory=dict)
     checkpoint: dict = field(default_factory=dict)
     dataset: dict = field(default_factory=dict)  # prepared_dir, external
+    absent_classes: list[str] = field(default_factory=list)  # the model's classes the evaluated set lacks
+    class_map: dict[str, str] = field(default_factory=dict)  # --class-map: the set's class → the model's
     tta: bool = False
     device: str = ""
     precision: str = "off"  # bfloat16 | float16 | off

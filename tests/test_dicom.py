@@ -182,3 +182,16 @@ def test_the_rsna_layout_prepares_one_row_per_image_grouped_by_patient(tmp_path)
     assert (manifest["rsna_class"] == "Lung Opacity").eq(manifest["label"] == "PNEUMONIA").all()
     excluded = dataset.info["excluded"]
     assert len(excluded) == 1 and "image file not found" in excluded[0]["reason"]
+
+
+def test_frontal_only_keeps_pa_and_ap_views_and_the_cache_holds_png_copies(tmp_path):
+    source = _dicom_tree(tmp_path / "raw")
+    for label in ("NORMAL", "PNEUMONIA"):  # two lateral views per class
+        for index in range(2):
+            write_dicom(source / label / f"lateral{index}.dcm", PatientID=f"L{label}{index}", ViewPosition="LL")
+    dataset = prepare(source, tmp_path / "prepared", min_val_per_class=2, frontal_only=True, cache_size=16, quiet=True)
+    assert len(dataset.manifest) == 32 and set(dataset.manifest["view_position"]) == {"PA", "AP"}
+    reasons = [item["reason"] for item in dataset.info["excluded"]]
+    assert reasons.count("not a frontal view (ViewPosition LL; --frontal-only)") == 4
+    cached = dataset.image_paths(dataset.manifest)
+    assert all(path.suffix == ".png" and path.is_file() for path in cached)

@@ -195,7 +195,7 @@ def test_seed_project_evaluate_model(trained_run, separable):
 
 def test_external_data_must_share_the_classes(trained_run, ham, tmp_path):
     other = prepare(ham, tmp_path / "ham", quiet=True).root
-    with pytest.raises(LowmedError, match="task/classes .* differ from the model's"):
+    with pytest.raises(LowmedError, match=r"are not among the model.s \(NORMAL, PNEUMONIA\)"):
         evaluate(trained_run, data=other, quiet=True)
 
 
@@ -204,7 +204,7 @@ def test_external_data_must_share_the_classes(trained_run, ham, tmp_path):
     [
         ({"threshold": "1.5"}, "--threshold 1.5: expected a probability between 0 and 1"),
         ({"threshold": "median"}, "--threshold 'median': expected a probability, or youden"),
-        ({"split": "holdout"}, "--split 'holdout': expected test, val or train"),
+        ({"split": "holdout"}, "--split 'holdout': expected test, val, train or all"),
         ({"checkpoint": "/no/such.pt"}, "/no/such.pt: no such checkpoint"),
         ({"batch_size": 0}, "--batch-size 0: expected at least 1 image per forward pass"),
     ],

@@ -19,11 +19,19 @@ def evaluate_command(
         Optional[Path],
         typer.Argument(help="Run dir from 'lowmed train' (or use --checkpoint PATH).", show_default=False),
     ] = None,
-    split: Annotated[str, typer.Option(help="test | val | train")] = "test",
+    split: Annotated[str, typer.Option(help="test | val | train | all (every image)")] = "test",
     data: Annotated[
         Optional[Path],
         typer.Option(
-            help="Another prepared dataset with the same classes (external validation). \\[default: the run's own]"
+            help="Another dataset (external validation): a prepared dir, or a raw folder, prepared then as an "
+            "external test set (every image scored). \\[default: the run's own]"
+        ),
+    ] = None,
+    class_map: Annotated[
+        Optional[str],
+        typer.Option(
+            help="--data's class names → the model's, e.g. normal=NORMAL,pneumonia=PNEUMONIA (names that differ "
+            "only in case match without it)."
         ),
     ] = None,
     checkpoint: Checkpoint = "best",
@@ -53,7 +61,7 @@ def evaluate_command(
     With --explain, saliency maps of the --explain-count most confident true positives, false positives and false
     negatives per class, under explain/ in the output dir."""
     from lowmed.contracts import EvalDir
-    from lowmed.evaluation.evaluate import evaluate
+    from lowmed.evaluation.evaluate import evaluate, parse_class_map
 
     report = evaluate(
         run_dir,
@@ -70,6 +78,7 @@ def evaluate_command(
         seed=seed,
         explain=explain,
         explain_count=explain_count,
+        class_map=parse_class_map(class_map),
         quiet=quiet,
     )
     render_report(report)
@@ -125,6 +134,14 @@ def render_report(report: EvalReport) -> None:
             )
             per_class.add_row(name, f"{values[key]:.3f}", _interval(values.get(f"{key}_ci95")), *extra)
         stdout.print(per_class)
+    if report.dataset.get("external"):
+        scored = "every image" if report.split == "all" else f"its {report.split} split"
+        stdout.print(f"external set {report.dataset['prepared_dir']}: {report.n} image(s) scored ({scored})")
+    if report.absent_classes:
+        stdout.print(
+            f"[yellow]not in this set:[/] {', '.join(report.absent_classes)} — per-class metrics, balanced accuracy "
+            "and macro AUROC are over the classes present"
+        )
     stdout.print(
         f"{report.bootstrap['resamples']} bootstrap resamples of {report.bootstrap['groups']} "
         f"{report.bootstrap['unit']}s · {report.seconds:.1f} s · wrote {report.out}"

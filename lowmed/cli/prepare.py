@@ -43,7 +43,9 @@ def prepare_command(
         typer.Option(help="Also write resized copies (shorter side N px) so training never decodes the originals."),
     ] = None,
     workers: Workers = None,
-    frontal_only: Annotated[bool, typer.Option(help="CheXpert: keep frontal views only.")] = False,
+    frontal_only: Annotated[
+        bool, typer.Option(help="Keep frontal views only: CheXpert's Frontal/Lateral, a DICOM file's ViewPosition.")
+    ] = False,
     uncertain: Annotated[
         str, typer.Option(help="Multi-label: how uncertain (-1) labels train: ignore (masked) | zeros | ones.")
     ] = "ignore",
@@ -63,6 +65,9 @@ def prepare_command(
             help="Write every patient/lesion group (e.g. a DICOM PatientID) as a salted hash; the salt is not kept."
         ),
     ] = False,
+    role: Annotated[
+        str, typer.Option(help="full (train/val/test as given or made) | test (an external test set: every image)")
+    ] = "full",
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -101,6 +106,7 @@ def prepare_command(
         csv_columns=columns,
         allow_outside_root=allow_outside_root,
         hash_groups=hash_groups,
+        role=role,
         overwrite=overwrite,
         quiet=quiet,
     )

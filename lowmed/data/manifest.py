@@ -82,7 +82,23 @@ class PreparedDataset:
         return [p if p.is_absolute() else self.root / p for p in map(Path, column)]
 
     def split(self, name: str) -> pd.DataFrame:
-        return self.manifest[self.manifest["split"] == name].reset_index(drop=True)
+        """The rows of split ``name`` (train, val or test), or every row for ``all``."""
+        rows = self.manifest if name == "all" else self.manifest[self.manifest["split"] == name]
+        return rows.reset_index(drop=True)
+
+    @property
+    def role(self) -> str:
+        """full, or test: a dataset prepared as an external test set (every image a test image)."""
+        return self.info.get("role", "full")
+
+    def check_trainable(self) -> "PreparedDataset":
+        """This dataset, unless it is an external test set, which has nothing to train or subsample."""
+        if self.role == "test":
+            raise LowmedError(
+                f"{self.root}: prepared as an external test set (--role test), so it has no training images; "
+                "evaluate runs on it, or prepare it again without --role test to train on it"
+            )
+        return self
 
 
 def read_info(root: str | Path) -> dict:

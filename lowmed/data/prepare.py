@@ -27,6 +27,7 @@ from lowmed.errors import LowmedError
 from lowmed.io import sha256_file, staged_dir, write_csv, write_yaml
 
 UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
+ROLES = ("full", "test")  # full: train/val/test as given or made; test: every image a test image (an external set)
 _SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}  # a duplicate is kept in the split listed first
 
 
@@ -46,6 +47,7 @@ def prepare(
     csv_columns: CsvColumns | None = None,
     allow_outside_root: bool = False,
     hash_groups: bool = False,
+    role: str = "full",
     overwrite: bool = False,
     quiet: bool = False,
 ) -> PreparedDataset:
@@ -54,11 +56,14 @@ def prepare(
 
     DICOM files are read as images (``lowmed.data.dicom``); their PatientID is the group where the layout gives
     none. ``hash_groups``: every group written as a salted hash (the salt is not kept), so that no patient
-    identifier reaches the manifest.
+    identifier reaches the manifest. ``role="test"``: every image is a test image (an external test set: no
+    train or val split is made, and none is needed).
 
     The output dir appears whole or not at all: everything is written to a staging dir first.
     """
     _check_options(format, val_fraction, test_fraction, min_val_per_class, cache_size, uncertain)
+    if role not in ROLES:
+        raise LowmedError(f"--role {role!r}: expected full (train/val/test) or test (an external test set)")
     out = Path(out).expanduser().resolve()
     _check_out_dir(out, overwrite)
     source = read_source(
@@ -67,8 +72,13 @@ def prepare(
     with staged_dir(out) as staging:
         records, excluded = _inspect_all(source, staging, cache_size, workers, quiet)
         records = _patient_groups(records, hash_groups)
+        if frontal_only and "view_position" in records:
+            records, excluded = _frontal_views(records, excluded)
         records, excluded, leakage, warnings = _drop_duplicates(records, excluded)
-        records, split_info = _assign_splits(records, source, seed, val_fraction, test_fraction, min_val_per_class)
+        if role == "test":
+            records, split_info = records.assign(split="test"), {"origin": {"test": "every image (--role test)"}}
+        else:
+            records, split_info = _assign_splits(records, source, seed, val_fraction, test_fraction, min_val_per_class)
         manifest = _manifest_frame(records, source)
         overlap = _group_overlap(manifest)
         write_csv(staging / MANIFEST, manifest)
@@ -79,9 +89,10 @@ def prepare(
             "classes": source.classes,
             "source": {"format": source.format, "path": str(source.root)},
             "seed": seed,
+            "role": role,
             "splits": split_info,
             **({"uncertain": uncertain} if source.task == "multilabel" else {}),
-            **({"frontal_only": frontal_only} if source.format == "chexpert" else {}),
+            **({"frontal_only": frontal_only} if frontal_only or source.format == "chexpert" else {}),
             "cache": {"size": cache_size} if cache_size else None,
             "images": {
                 "found": len(source.records) + len(source.excluded),
@@ -183,6 +194,20 @@ def _patient_groups(records: pd.DataFrame, hash_groups: bool) -> pd.DataFrame:
         salt = secrets.token_bytes(16)
         records["group"] = [hashlib.sha256(salt + str(g).encode()).hexdigest()[:16] for g in records["group"]]
     return records
+
+
+def _frontal_views(records: pd.DataFrame, excluded: list[dict]) -> tuple[pd.DataFrame, list[dict]]:
+    """DICOM images whose ViewPosition is not PA or AP, excluded with it as the reason (files without the tag, and
+    other formats' images, are kept)."""
+    view = records["view_position"].fillna("").astype(str).str.upper()
+    lateral = (view != "") & ~view.isin(["PA", "AP"])
+    excluded = excluded + [
+        {"path": path, "reason": f"not a frontal view (ViewPosition {position}; --frontal-only)"}
+        for path, position in zip(records.loc[lateral, "path"], view[lateral])
+    ]
+    if lateral.all():
+        raise LowmedError("--frontal-only: no image has a frontal ViewPosition (PA or AP)")
+    return records[~lateral].reset_index(drop=True), excluded
 
 
 def _drop_duplicates(records: pd.DataFrame, excluded: list[dict]):

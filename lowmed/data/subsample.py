@@ -60,7 +60,7 @@ def subsample(
     if per_class < 1:
         raise LowmedError(f"--per-class {per_class}: expected a positive number of images per class")
     dataset = load_or_prepare(Path(data).expanduser(), prepared_dir, quiet)
-    train = dataset.split("train")
+    train = dataset.check_trainable().split("train")
     picked, shortfalls = _pick_nested(train, dataset.task, dataset.classes, per_class, seed)
     if shortfalls and strict:
         raise LowmedError(f"--per-class {per_class} --strict: {shortfalls[0]}")
@@ -99,25 +99,32 @@ def subsample(
     return subset
 
 
-def load_or_prepare(data: Path, prepared_dir: str | os.PathLike | None, quiet: bool) -> PreparedDataset:
-    """A prepared dir or subset manifest as is; a raw dataset folder prepared with defaults (once)."""
+def load_or_prepare(
+    data: Path, prepared_dir: str | os.PathLike | None, quiet: bool, role: str = "full"
+) -> PreparedDataset:
+    """A prepared dir or subset manifest as is; a raw dataset folder prepared with defaults (once), in ``role``
+    (``prepare``'s: full, or test for an external test set)."""
     if is_prepared(data):
         return PreparedDataset.load(data)
     if not data.exists():
         raise LowmedError(f"{data}: no such file or folder")
-    target = Path(prepared_dir) if prepared_dir else DEFAULT_PREPARED_ROOT / data.resolve().name
+    name = data.resolve().name + ("-external" if role == "test" else "")
+    target = Path(prepared_dir) if prepared_dir else DEFAULT_PREPARED_ROOT / name
     if (target / DATASET_INFO).is_file():
         existing = PreparedDataset.load(target)
-        if existing.info.get("source", {}).get("path") == str(data.resolve()):
+        if existing.info.get("source", {}).get("path") == str(data.resolve()) and existing.role == role:
             if not quiet:
                 console.print(f"Using {target}, prepared earlier from {data}")
             return existing
-        raise LowmedError(f"{target} holds a dataset prepared from another source; pass --prepared-dir")
+        raise LowmedError(
+            f"{target} holds a dataset prepared from another source or with another --role; pass --prepared-dir"
+        )
     from lowmed.data.prepare import prepare
 
     if not quiet:
-        console.print(f"{data} is a raw dataset: preparing it into {target} with default options")
-    return prepare(data, target, quiet=quiet)
+        what = "as an external test set (every image a test image)" if role == "test" else "with default options"
+        console.print(f"{data} is a raw dataset: preparing it into {target} {what}")
+    return prepare(data, target, role=role, quiet=quiet)
 
 
 def _pick_nested(

@@ -48,10 +48,16 @@ def evaluate(
     seed: int = 0,
     explain: str | None = None,
     explain_count: int = 5,
+    class_map: dict[str, str] | None = None,
     quiet: bool = False,
 ) -> EvalReport:
     """Evaluate a run's checkpoint on ``split`` of its own prepared dataset (or of ``data``: external
     validation) and write ``metrics.json``, ``metrics.csv``, ``predictions.csv`` and PNG plots.
+
+    ``data``: a prepared dataset, or a raw folder, prepared then as an external test set (every image a test image;
+    ``./lowmed-data/<name>-external``). Its classes are matched to the model's by name, ignoring case, or by
+    ``class_map`` (its class → the model's); a set that lacks some of the model's classes is evaluated over those
+    it has (``absent_classes`` in metrics.json). ``split``: test, val, train, or all (every image).
 
     ``explain``: a saliency method (``lowmed.saliency.maps.METHODS``) applied to the ``explain_count`` most confident
     true positives, false positives and false negatives per class, written under ``explain/`` with the
@@ -63,21 +69,20 @@ def evaluate(
     there than larger batches, benchmarks/cpu_precision.py) and 64 elsewhere. Returns metrics.json's record.
     """
     started = time.perf_counter()
-    if split not in ("test", "val", "train"):
-        raise LowmedError(f"--split {split!r}: expected test, val or train")
+    if split not in ("test", "val", "train", "all"):
+        raise LowmedError(f"--split {split!r}: expected test, val, train or all")
     if bootstrap < 0:
         raise LowmedError(f"--bootstrap {bootstrap}: expected 0 (no intervals) or more resamples")
     if explain is not None:
         check_method(explain, explain_count)
     trained = TrainedModel.load(run_dir, checkpoint, device, amp)
     task, classes, config = trained.task, trained.classes, trained.config
-    dataset = load_or_prepare(Path(data).expanduser(), None, quiet) if data else PreparedDataset.load(config["data"])
+    if data:
+        dataset = load_or_prepare(Path(data).expanduser(), None, quiet, role="test")
+    else:
+        dataset = PreparedDataset.load(config["data"])
     external = dataset.root != Path(config["data"]).resolve()
-    if dataset.task != task or dataset.classes != classes:
-        raise LowmedError(
-            f"--data {data}: its task/classes ({dataset.task}: {', '.join(dataset.classes)}) differ "
-            f"from the model's ({task}: {', '.join(classes)})"
-        )
+    names, absent = match_classes(classes, task, dataset, class_map or {})
     torch_device, precision = trained.device, trained.precision
     if batch_size is None:
         batch_size = inference_batch_size(torch_device, ACCELERATOR_BATCH)
@@ -87,6 +92,8 @@ def evaluate(
 
     def predict(source: PreparedDataset, name: str):
         frame = source.split(name)
+        if source is dataset:
+            frame = _in_model_names(frame, names, task, absent)
         if frame.empty:
             raise LowmedError(f"{source.manifest_path}: no {name} rows to evaluate")
         targets, mask = label_tensors(frame, task, classes, source.info.get("uncertain", "ignore"))
@@ -161,6 +168,8 @@ def evaluate(
         },
         checkpoint={"path": str(trained.path), "epoch": trained.epoch, "model": config["model"]},
         dataset={"prepared_dir": str(dataset.root), "external": external},
+        absent_classes=absent,
+        class_map=class_map or {},
         tta=tta,
         device=str(torch_device),
         precision=precision.describe(),
@@ -184,6 +193,52 @@ def evaluate(
             explain_cases(trained, cases, explain, written.explanations.path, seed, quiet)
     report.out = str(out.path)
     return report
+
+
+def match_classes(
+    model_classes: list[str], model_task: str, dataset: PreparedDataset, class_map: dict[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """The model's name for each of ``dataset``'s classes (by ``class_map``, else the same name in any case), and
+    the model's classes the dataset lacks. A class the model does not know is an error that lists both sets."""
+    theirs = ", ".join(dataset.classes)
+    if (model_task == "multilabel") != (dataset.task == "multilabel"):
+        raise LowmedError(f"--data {dataset.root}: a {dataset.task} dataset ({theirs}); the model is {model_task}")
+    for given, target in class_map.items():
+        if given not in dataset.classes:
+            raise LowmedError(f"--class-map {given}={target}: {dataset.root.name} has no class {given!r} ({theirs})")
+        if target not in model_classes:
+            raise LowmedError(
+                f"--class-map {given}={target}: the model has no class {target!r} ({', '.join(model_classes)})"
+            )
+    by_lower = {name.lower(): name for name in model_classes}
+    names = {name: class_map.get(name) or by_lower.get(name.lower()) for name in dataset.classes}
+    unknown = [name for name, ours in names.items() if ours is None]
+    if unknown:
+        raise LowmedError(
+            f"--data {dataset.root}: class(es) {', '.join(unknown)} are not among the model's "
+            f"({', '.join(model_classes)}); the dataset has {theirs}. Name the model's class for each with "
+            f"--class-map {unknown[0]}=<model class>"
+        )
+    if len(set(names.values())) < len(names):
+        raise LowmedError(f"--data {dataset.root}: two of its classes map to one of the model's ({names})")
+    return names, [name for name in model_classes if name not in names.values()]
+
+
+def parse_class_map(text: str | None) -> dict[str, str]:
+    """``--class-map normal=NORMAL,pneumonia=PNEUMONIA`` as a dict."""
+    if not text:
+        return {}
+    pairs = [item.split("=") for item in text.split(",")]
+    if any(len(pair) != 2 or not all(part.strip() for part in pair) for pair in pairs):
+        raise LowmedError(f"--class-map {text!r}: expected THEIRS=OURS pairs separated by commas")
+    return {theirs.strip(): ours.strip() for theirs, ours in pairs}
+
+
+def _in_model_names(frame: pd.DataFrame, names: dict[str, str], task: str, absent: list[str]) -> pd.DataFrame:
+    """Rows of another dataset with their labels in the model's class names; absent findings unmentioned."""
+    if task != "multilabel":
+        return frame.assign(label=frame["label"].map(names))
+    return frame.rename(columns=names).assign(**{name: np.nan for name in absent})
 
 
 def evaluate_model(

@@ -20,6 +20,13 @@ def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
     return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
 
 
+def finite_mean(values) -> float:
+    """The mean of the defined values (NaN, without a warning, when none is)."""
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator) if denominator else float("nan")
 
@@ -174,7 +181,7 @@ def _multiclass(classes: list[str], y: np.ndarray, probs: np.ndarray) -> Metrics
     weights = np.array([per_class[name]["support"] for name in present], dtype=float)
 
     def macro(key: str) -> float:
-        return float(np.nanmean([per_class[name][key] for name in present]))
+        return finite_mean([per_class[name][key] for name in present])
 
     def weighted(key: str) -> float:
         values = np.nan_to_num([per_class[name][key] for name in present])

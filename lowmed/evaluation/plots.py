@@ -24,7 +24,9 @@ def _curves(
     if task == "binary":
         return [(classes[1], targets, probs[:, 1])]
     if task == "multiclass":
-        return [(name, (targets == c).astype(int), probs[:, c]) for c, name in enumerate(classes)]
+        return [
+            (name, (targets == c).astype(int), probs[:, c]) for c, name in enumerate(classes) if (targets == c).any()
+        ]
     counted = [(name, *counted_labels(targets, probs, mask, k)) for k, name in enumerate(classes)]
     return [(name, y, score) for name, y, score in counted if 0 < y.sum() < len(y)]
 

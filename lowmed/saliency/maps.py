@@ -31,6 +31,7 @@ from scipy.stats import rankdata
 from torch import nn
 
 from lowmed.errors import LowmedError
+from lowmed.evaluation.metrics import finite_mean
 from lowmed.evaluation.predict import Normalizer
 from lowmed.models.registry import get_model_spec
 
@@ -150,12 +151,6 @@ def rank_correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     norms = np.sqrt((ranks_a**2).sum(axis=1) * (ranks_b**2).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(norms > 0, (ranks_a * ranks_b).sum(axis=1) / norms, np.nan)
-
-
-def finite_mean(values: np.ndarray) -> float:
-    """The mean of the defined values (NaN when none is)."""
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else float("nan")
 
 
 @dataclass

@@ -278,10 +278,12 @@ def train_model(
 
 def _dataset(config: TrainConfig, quiet: bool) -> PreparedDataset:
     if config.subset:
-        return PreparedDataset.load(config.subset)
-    if config.per_class:
-        return subsample(config.data, config.per_class, seed=config.seed, quiet=quiet).dataset
-    return load_or_prepare(Path(config.data).expanduser(), None, quiet)
+        dataset = PreparedDataset.load(config.subset)
+    elif config.per_class:
+        dataset = subsample(config.data, config.per_class, seed=config.seed, quiet=quiet).dataset
+    else:
+        dataset = load_or_prepare(Path(config.data).expanduser(), None, quiet)
+    return dataset.check_trainable()
 
 
 def _resolved(config: TrainConfig, spec, dataset: PreparedDataset, runs_root: Path) -> TrainConfig:

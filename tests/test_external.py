@@ -1,0 +1,82 @@
+"""External test sets: prepared with every image a test image, scored whole, classes matched by name or mapped, and
+a set that lacks some of the model's classes evaluated over those it has."""
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from lowmed import evaluate, prepare, train
+from lowmed.config import TrainConfig
+from lowmed.data.manifest import PreparedDataset
+from tests.conftest import FAST
+from tests.factory import make_kermany
+from tests.test_cli import run_cli
+
+
+@pytest.fixture
+def run(trained_run, tmp_path):
+    return shutil.copytree(trained_run, tmp_path / "run")
+
+
+def _other_site(root, names=("normal", "pneumonia")):
+    """Another site's images in flat class folders (no splits), its classes named its own way."""
+    source = make_kermany(root / "src", {"all": {"NORMAL": 10, "PNEUMONIA": 10}})
+    flat = root / "site"
+    for ours, theirs in zip(("NORMAL", "PNEUMONIA"), names):
+        shutil.copytree(source / "all" / ours, flat / theirs)
+    return flat
+
+
+def test_prepare_role_test_makes_every_image_a_test_image_and_training_on_it_is_refused(tmp_path, capsys):
+    dataset = prepare(_other_site(tmp_path), tmp_path / "prepared", role="test", quiet=True)
+    assert set(dataset.manifest["split"]) == {"test"} and len(dataset.manifest) == 20 and dataset.role == "test"
+    code, _, err = run_cli(capsys, "train", str(tmp_path / "prepared"), "-o", str(tmp_path / "r"))
+    assert code == 2 and "prepared as an external test set (--role test)" in err and not (tmp_path / "r").exists()
+    code, _, err = run_cli(capsys, "subsample", str(tmp_path / "prepared"), "--per-class", "5")
+    assert code == 2 and "external test set" in err
+
+
+def test_a_raw_folder_given_to_evaluate_is_scored_whole_with_classes_matched_ignoring_case(
+    run, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    site = _other_site(tmp_path)
+    code, out, err = run_cli(capsys, "evaluate", str(run), "--data", str(site), "--bootstrap", "20")
+    assert code in (0, None), err
+    prepared = tmp_path / "lowmed-data" / "site-external"
+    assert "as an external test set" in out + err and "20 image(s) scored" in " ".join(out.split())
+    report = pd.read_json(run / "eval" / "external-site-external-test" / "metrics.json", typ="series")
+    assert report["n"] == 20 and report["dataset"]["external"] and report["absent_classes"] == []
+    assert PreparedDataset.load(prepared).role == "test"
+
+
+def test_class_names_that_differ_need_a_class_map(run, tmp_path, capsys):
+    site = prepare(_other_site(tmp_path, ("healthy", "sick")), tmp_path / "prepared", role="test", quiet=True)
+    code, _, err = run_cli(capsys, "evaluate", str(run), "--data", str(site.root))
+    assert code == 2 and "healthy, sick are not among the model's (NORMAL, PNEUMONIA)" in err and "--class-map" in err
+    code, _, err = run_cli(capsys, "evaluate", str(run), "--data", str(site.root), "--class-map", "healthy=ILL")
+    assert code == 2 and "the model has no class 'ILL'" in err
+    report = evaluate(run, data=site.root, class_map={"healthy": "NORMAL", "sick": "PNEUMONIA"}, bootstrap=0)
+    assert report.n == 20 and report.class_map == {"healthy": "NORMAL", "sick": "PNEUMONIA"}
+    predictions = pd.read_csv(run / "eval" / "external-prepared-test" / "predictions.csv")
+    assert set(predictions["label"]) == {"NORMAL", "PNEUMONIA"}
+
+
+def test_split_all_scores_every_image_of_a_prepared_dataset(run, separable):
+    report = evaluate(run, split="all", bootstrap=0)
+    assert report.n == len(PreparedDataset.load(separable).manifest) and report.split == "all"
+
+
+def test_a_set_with_some_of_a_multiclass_models_classes_is_evaluated_over_those(ham, tmp_path):
+    dataset = prepare(ham, tmp_path / "ham", min_val_per_class=2, quiet=True)
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(dataset.root), epochs=1, out=str(run), **FAST), quiet=True)
+    rows = dataset.manifest[dataset.manifest["label"].isin(["bcc", "mel", "nv"])]
+    pd.DataFrame({"path": dataset.image_paths(rows), "label": rows["label"].str.upper()}).to_csv(
+        tmp_path / "clinic.csv", index=False
+    )
+    clinic = prepare(tmp_path / "clinic.csv", tmp_path / "clinic", role="test", allow_outside_root=True, quiet=True)
+    report = evaluate(run, data=clinic.root, bootstrap=0)
+    assert report.absent_classes == ["akiec", "bkl", "df", "vasc"] and report.n == len(rows)
+    assert 0 <= report.metrics["macro_auroc"] <= 1 and 0 <= report.metrics["balanced_accuracy"] <= 1
