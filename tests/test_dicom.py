@@ -8,8 +8,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from lowmed import prepare
+from lowmed import evaluate, prepare, train
+from lowmed.config import TrainConfig
 from lowmed.data.images import inspect_image, load_image
+from tests.conftest import FAST
 
 STORED = np.array([[0, 1000], [2000, 4095]] * 16, dtype=np.uint16).reshape(32, 2).repeat(16, axis=1)  # 32×32
 
@@ -116,6 +118,12 @@ def test_dicom_trees_prepare_with_patient_groups_and_no_identifying_tags(tmp_pat
     for split in ("train", "val", "test"):  # patients never straddle splits
         others = set(manifest.loc[manifest["split"] != split, "group"])
         assert not set(manifest.loc[manifest["split"] == split, "group"]) & others
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(dataset.root), epochs=1, out=str(run), **FAST), quiet=True)
+    evaluate(run, bootstrap=10, quiet=True)
+    for output in [*run.rglob("*.json"), *run.rglob("*.csv"), *run.rglob("*.yaml")]:
+        text = output.read_text()
+        assert not any(secret in text for secret in ("Doe", "Jane", "19700101", "ACC987654")), output
 
 
 def test_hashed_groups_keep_the_patients_together_and_no_patient_id(tmp_path):

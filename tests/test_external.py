@@ -9,6 +9,7 @@ import pytest
 from lowmed import evaluate, prepare, train
 from lowmed.config import TrainConfig
 from lowmed.data.manifest import PreparedDataset
+from lowmed.errors import LowmedError
 from tests.conftest import FAST
 from tests.factory import make_kermany
 from tests.test_cli import run_cli
@@ -28,9 +29,16 @@ def _other_site(root, names=("normal", "pneumonia")):
     return flat
 
 
-def test_prepare_role_test_makes_every_image_a_test_image_and_training_on_it_is_refused(tmp_path, capsys):
-    dataset = prepare(_other_site(tmp_path), tmp_path / "prepared", role="test", quiet=True)
+def test_prepare_role_test_makes_every_image_a_test_image_and_training_on_it_is_refused(run, tmp_path, capsys):
+    code, _, err = run_cli(
+        capsys, "prepare", str(_other_site(tmp_path)), "--role", "test", "-o", str(tmp_path / "prepared")
+    )
+    assert code in (0, None), err
+    dataset = PreparedDataset.load(tmp_path / "prepared")
     assert set(dataset.manifest["split"]) == {"test"} and len(dataset.manifest) == 20 and dataset.role == "test"
+    code, _, err = run_cli(capsys, "evaluate", str(run), "--data", str(dataset.root), "--split", "all", "-q")
+    assert code in (0, None), err
+    assert pd.read_json(run / "eval" / "external-prepared-all" / "metrics.json", typ="series")["n"] == 20
     code, _, err = run_cli(capsys, "train", str(tmp_path / "prepared"), "-o", str(tmp_path / "r"))
     assert code == 2 and "prepared as an external test set (--role test)" in err and not (tmp_path / "r").exists()
     code, _, err = run_cli(capsys, "subsample", str(tmp_path / "prepared"), "--per-class", "5")
@@ -80,3 +88,65 @@ def test_a_set_with_some_of_a_multiclass_models_classes_is_evaluated_over_those(
     report = evaluate(run, data=clinic.root, bootstrap=0)
     assert report.absent_classes == ["akiec", "bkl", "df", "vasc"] and report.n == len(rows)
     assert 0 <= report.metrics["macro_auroc"] <= 1 and 0 <= report.metrics["balanced_accuracy"] <= 1
+
+
+def test_a_study_evaluates_every_run_on_its_external_sets_and_reports_them_beside_its_own(kermany, tmp_path):
+    import yaml
+
+    from lowmed import run_experiment
+    from lowmed.contracts import RunDir
+
+    study = tmp_path / "study.yaml"
+    site = _other_site(tmp_path)
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "name": "ext",
+                "out": str(tmp_path / "out"),
+                "datasets": [
+                    {
+                        "name": "cxr",
+                        "data": str(kermany),
+                        "prepare": {"min_val_per_class": 4},
+                        "external": [{"name": "site", "data": str(site)}],
+                    }
+                ],
+                "arms": [{"name": "A", "model": "simplecnn", "weights": "none"}],
+                "per_class": [5],
+                "seeds": [0, 1],
+                "train": {"image_size": 32, "batch_size": 8, "epochs": 1},
+                "evaluate": {"bootstrap": 0},
+            }
+        )
+    )
+    result = run_experiment(study, quiet=True)
+    assert PreparedDataset.load(tmp_path / "out" / "data" / "site").role == "test"
+    aurocs = {"own": [], "site": []}
+    for run in result.runs:
+        folder = RunDir(run.run_dir)
+        aurocs["own"].append(folder.evaluation("test").read_report().metrics["auroc"])
+        external = folder.evaluation("test", "site").read_report()
+        assert external.n == 20 and external.dataset["external"]
+        aurocs["site"].append(external.metrics["auroc"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    row = f"| cxr | 5 | A | {sum(aurocs['own']) / 2:.3f} (2) | {sum(aurocs['site']) / 2:.3f} (2) |"
+    assert "## External validation" in report and row in report
+
+
+def test_an_external_set_needs_a_name_and_data(tmp_path):
+    import yaml
+
+    from lowmed.experiment.study import load_study
+
+    study = tmp_path / "study.yaml"
+    dataset = {"name": "cxr", "data": "x", "external": [{"name": "cxr", "data": "y"}]}
+    arms = [{"name": "A", "model": "simplecnn"}]
+    study.write_text(yaml.safe_dump({"name": "s", "datasets": [dataset], "arms": arms, "per_class": [5], "seeds": [0]}))
+    with pytest.raises(LowmedError, match="every external set needs a name of its own"):
+        load_study(study)
+    dataset["external"] = [{"name": "site", "data": str(tmp_path / "nowhere")}]
+    (tmp_path / "x").mkdir()
+    dataset["data"] = str(tmp_path / "x")
+    study.write_text(yaml.safe_dump({"name": "s", "datasets": [dataset], "arms": arms, "per_class": [5], "seeds": [0]}))
+    with pytest.raises(LowmedError, match="external set 'site': data .*nowhere does not exist"):
+        load_study(study)

@@ -25,7 +25,7 @@ from lowmed.contracts import Comparison, RunDir, StudyLog, TuningRecord
 from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.evaluation.evaluate import evaluate
-from lowmed.experiment.plan import PlannedCell, PlannedRun, plan
+from lowmed.experiment.plan import PlannedCell, PlannedRun, external_sets, plan
 from lowmed.experiment.publish import check_publish_folder, publish_study
 from lowmed.experiment.report import study_report
 from lowmed.experiment.study import Study, load_study
@@ -104,6 +104,9 @@ def _execute(job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: 
         tuning.write(run.tuning)
     if job.arm is not None and not run.evaluation(study.split).exists():
         evaluate(job.run_dir, quiet=True, **study.evaluate)
+    for external in external_sets(study, job) if job.arm is not None else ():
+        if not run.evaluation("test", external.root.name).exists():
+            evaluate(job.run_dir, data=external.root, quiet=True, **study.evaluate)
 
 
 def _read_record(planned: PlannedCell) -> TuningRecord | None:

@@ -58,8 +58,9 @@ class PlannedRun:
     cell: PlannedCell | None = None  # the tuning cell whose chosen values this run takes
 
 
-def prepared(spec: DatasetSpec, out: Path, quiet: bool) -> PreparedDataset:
-    """The dataset, prepared once inside the study's folder (demo data generated there)."""
+def prepared(spec: DatasetSpec, out: Path, quiet: bool, role: str = "full") -> PreparedDataset:
+    """The dataset, prepared once inside the study's folder (demo data generated there); ``role="test"`` for an
+    external test set."""
     from lowmed.data.formats import CsvColumns
     from lowmed.data.prepare import prepare
     from lowmed.data.synthetic import prepare_demo_dataset
@@ -74,7 +75,13 @@ def prepared(spec: DatasetSpec, out: Path, quiet: bool) -> PreparedDataset:
         return PreparedDataset.load(source)
     options = dict(spec.prepare)
     columns = {field: options.pop(key) for key, field in _CSV_COLUMN_OPTIONS.items() if key in options}
-    return prepare(source, target, csv_columns=CsvColumns(**columns), quiet=quiet, **options)
+    return prepare(source, target, csv_columns=CsvColumns(**columns), role=role, quiet=quiet, **options)
+
+
+def external_sets(study: Study, run: PlannedRun) -> list[PreparedDataset]:
+    """The external test sets of the dataset a grid run trains on, prepared (once) in the study's folder."""
+    spec = next(spec for spec in study.datasets if spec.name == run.dataset)
+    return [prepared(external, study.out, quiet=True, role="test") for external in spec.external]
 
 
 def pretrain_stage(study: Study, arm: Arm) -> tuple[str, dict]:
@@ -111,6 +118,8 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
     runs = []
     for spec in study.datasets:
         dataset = prepared(spec, study.out, quiet=True) if prepare_data else None
+        for external in spec.external if prepare_data else ():
+            prepared(external, study.out, quiet=True, role="test")
         for per_class in study.per_class:
             for seed in study.seeds:
                 subset = subset_path(study.out / SUBSETS / slug(spec.name), per_class, seed)

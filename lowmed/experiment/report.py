@@ -19,7 +19,7 @@ from lowmed.contracts import (
     subset_path,
 )
 from lowmed.data.manifest import PreparedDataset, read_info
-from lowmed.experiment.plan import PlannedCell, PlannedRun
+from lowmed.experiment.plan import PlannedCell, PlannedRun, external_sets
 from lowmed.experiment.study import Study
 
 
@@ -156,6 +156,8 @@ def study_report(
         lines += [f"- {_sentence(row)}{failed.get(_pair(row), '')}" for row in primary] or [
             "- No pair of arms shared test images to compare."
         ]
+    if any(spec.external for spec in study.datasets) and comparison:
+        lines += ["", "## External validation", "", external_table(study, runs, comparison), ""]
     tuned = [cell for cell in cells if cell.cell.record is not None]
     if tuned:
         lines += _tuning_section(tuned)
@@ -252,6 +254,41 @@ def headline_table(comparison: Comparison) -> str:
             f"[{group['ci_low']:.3f}, {group['ci_high']:.3f}] | {difference} | {p} | {accuracy:.3f} |"
         )
     return "\n".join(lines)
+
+
+def external_table(study: Study, runs: list[PlannedRun], comparison: Comparison) -> str:
+    """Each arm's mean test metric over seeds on its own dataset's test split beside the same on every external
+    test set (all of whose images are scored), per dataset and N."""
+    metric = comparison.groups[0]["metric"]
+    names = {spec.name: [external.name for external in spec.external] for spec in study.datasets}
+    columns = list(dict.fromkeys(name for externals in names.values() for name in externals))
+    values: dict[tuple, dict[str, list[float]]] = {}
+    for run in runs:
+        run_dir = RunDir(run.run_dir)
+        if run.dataset not in names or not names[run.dataset] or not run_dir.evaluation(study.split).exists():
+            continue
+        key = (run.dataset, run_dir.read_summary().dataset.per_class, run.arm.name)
+        cells = values.setdefault(key, {})
+        cells.setdefault("own", []).append(run_dir.evaluation(study.split).read_report().metrics[metric])
+        for external, name in zip(external_sets(study, run), names[run.dataset]):
+            evaluated = run_dir.evaluation("test", external.root.name)
+            if evaluated.exists():
+                cells.setdefault(name, []).append(evaluated.read_report().metrics[metric])
+    lines = [
+        f"Mean test {_metric_label(metric)} over seeds (runs): on the dataset's own test split, and on each external "
+        "test set, every image of which is scored.",
+        "",
+        "| dataset | N/class | arm | own test | " + " | ".join(columns) + " |",
+        "|---|---|---|---|" + "---|" * len(columns),
+    ]
+    for (dataset, per_class, arm), cells in sorted(values.items(), key=lambda item: tuple(map(str, item[0]))):
+        shown = [_mean_of(cells.get(name, [])) for name in ["own", *columns]]
+        lines.append(f"| {dataset} | {per_class} | {arm} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
+def _mean_of(values: list[float]) -> str:
+    return f"{sum(values) / len(values):.3f} ({len(values)})" if values else "—"
 
 
 def results_tables(comparison: Comparison) -> str:

@@ -31,7 +31,7 @@ _STUDY_KEYS = {
     "evaluate",
     "compare",
 }
-_DATASET_KEYS = {"name", "data", "demo", "prepare"}
+_DATASET_KEYS = {"name", "data", "demo", "prepare", "external"}
 _ARM_KEYS = {"name", "model", "weights", "pretrain", "options"}
 # the options of lowmed evaluate and lowmed compare a study may set (the compared split is the evaluated one)
 _EVALUATE_KEYS = {"split", "checkpoint", "threshold", "bootstrap", "tta", "device", "amp", "batch_size", "seed"}
@@ -44,6 +44,8 @@ class DatasetSpec:
     data: str | None = None  # prepared dir or raw dataset
     demo: str | None = None  # target | corpus: lowmed's synthetic demo data
     prepare: dict = field(default_factory=dict)  # options for prepare() when data is raw
+    # external test sets: every image a test image, every run of this dataset evaluated on each
+    external: list["DatasetSpec"] = field(default_factory=list)
 
 
 @dataclass
@@ -151,6 +153,13 @@ def _dataset_spec(values: Any, where: str) -> DatasetSpec:
     values["name"] = str(values["name"])
     if values.get("data"):
         values["data"] = _expand(str(values["data"]), where)
+    external = values.get("external", [])
+    if not isinstance(external, list) or any(isinstance(item, dict) and "external" in item for item in external):
+        raise LowmedError(f"{where}.external: expected a list of datasets (name, data), none with its own external")
+    values["external"] = [_dataset_spec(item, f"{where}.external[{k}]") for k, item in enumerate(external)]
+    names = [spec.name for spec in values["external"]]
+    if len(set(names)) < len(names) or values["name"] in names:
+        raise LowmedError(f"{where}.external: every external set needs a name of its own")
     return DatasetSpec(**values)
 
 
@@ -209,6 +218,13 @@ def _check_whole(study: Study, path: Path) -> None:
             users = [arm.name for arm in study.arms if arm.pretrain and arm.pretrain["dataset"].name == spec.name]
             whose = f" (pretraining of arm {', '.join(map(repr, users))})" if users else ""
             raise LowmedError(f"{path}: dataset {spec.name!r}{whose}: data {spec.data} does not exist")
+    for spec in study.datasets:
+        for external in spec.external:
+            where = f"{path}: dataset {spec.name!r}: external set {external.name!r}"
+            if specs.setdefault(external.name, external) != external:
+                raise LowmedError(f"{where}: another dataset of the study has that name; give it its own")
+            if external.data and not Path(external.data).expanduser().exists():
+                raise LowmedError(f"{where}: data {external.data} does not exist")
     if study.publish is not None:
         published, out = study.publish.resolve(), study.out.resolve()
         if published.is_relative_to(out) or out.is_relative_to(published):
