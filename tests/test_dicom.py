@@ -203,3 +203,23 @@ def test_frontal_only_keeps_pa_and_ap_views_and_the_cache_holds_png_copies(tmp_p
     assert reasons.count("not a frontal view (ViewPosition LL; --frontal-only)") == 4
     cached = dataset.image_paths(dataset.manifest)
     assert all(path.suffix == ".png" and path.is_file() for path in cached)
+
+
+def test_without_pydicom_a_dicom_file_names_the_extra_to_install(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from tests.test_cli import run_cli
+
+    _dicom_tree(tmp_path / "raw")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pydicom" else real(name, *a))
+    code, _, err = run_cli(capsys, "prepare", str(tmp_path / "raw"), "-o", str(tmp_path / "prepared"), "--workers", "1")
+    assert code == 2 and "pip install 'lowmed[dicom]'" in err and not (tmp_path / "prepared").exists()
+
+
+def test_lesion_boxes_on_a_dicom_image_use_its_size(tmp_path):
+    from lowmed.saliency.lesions import LesionBox, lesion_mask
+
+    write_dicom(tmp_path / "wide.dcm", pixels=np.zeros((20, 40), dtype=np.uint16))
+    mask = lesion_mask(tmp_path / "wide.dcm", [LesionBox("wide.dcm", 20, 0, 20, 10)], 4)
+    assert mask[:2, 2:].all() and mask.sum() == 4

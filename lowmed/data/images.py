@@ -78,6 +78,17 @@ def load_image(path: str | os.PathLike, size_hint: int | None = None) -> Image.I
         return _decode(image, size_hint)
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file, DICOM included, read from its header where the format allows."""
+    path = Path(path)
+    if _maybe_dicom(path):
+        data = path.read_bytes()
+        if is_dicom(data, path.suffix):
+            return read_dicom(data)[0].size
+    with Image.open(path) as image:
+        return image.size
+
+
 def _maybe_dicom(path: Path) -> bool:
     """Whether a file may be DICOM: by its extension, or, without a known image extension, by its first bytes."""
     suffix = path.suffix.lower()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from lowmed.data.images import image_size
 from lowmed.errors import LowmedError
 from lowmed.io import write_csv
 
@@ -61,8 +61,7 @@ def read_lesions(csv: str | Path) -> dict[Path, list[LesionBox]]:
 
 def lesion_mask(image: Path, boxes: list[LesionBox], size: int) -> np.ndarray:
     """The boxes on the (size, size) grid the model sees: lowmed resizes the whole image to a square."""
-    with Image.open(image) as opened:
-        width, height = opened.size
+    width, height = image_size(image)
     columns = (np.arange(size) + 0.5) * width / size
     rows = (np.arange(size) + 0.5) * height / size
     mask = np.zeros((size, size), dtype=bool)
