@@ -59,13 +59,22 @@ def read_dicom(data: bytes) -> tuple[Image.Image, dict[str, str]]:
         syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown")
         name = getattr(syntax, "name", str(syntax))
         raise ValueError(
-            f"cannot decode the pixels ({name}: {str(exc).splitlines()[0]}); compressed DICOM needs the decoders "
-            "of pip install 'lowmed[dicom]'"
+            f"cannot decode the pixels ({name}: {str(exc).splitlines()[0]}); install its decoder: "
+            f"pip install {_decoder(name)} (or pip install 'lowmed[dicom]' for all of them)"
         ) from None
     tags = {kept: str(dataset.get(tag, "") or "").strip() for tag, kept in KEPT_TAGS.items()}
     if stored.ndim == 3:  # colour (pydicom returns RGB, converting YBR)
         return Image.fromarray(np.asarray(stored, dtype=np.uint8), mode="RGB"), tags
     return Image.fromarray(np.round(display_values(stored, dataset) * 255).astype(np.uint8), mode="L"), tags
+
+
+def _decoder(transfer_syntax: str) -> str:
+    """The pylibjpeg plugin that decodes a compressed transfer syntax (by its name)."""
+    if "2000" in transfer_syntax or "HTJ2K" in transfer_syntax:
+        return "pylibjpeg pylibjpeg-openjpeg"
+    if "JPEG" in transfer_syntax:
+        return "pylibjpeg pylibjpeg-libjpeg"
+    return "pylibjpeg"
 
 
 def display_values(stored: np.ndarray, dataset) -> np.ndarray:
