@@ -69,35 +69,29 @@ def load_image(path: str | os.PathLike, size_hint: int | None = None) -> Image.I
     With ``size_hint`` a JPEG is decoded at the smallest power-of-two scale still at least that big, which makes
     multi-megapixel originals several times cheaper to read.
     """
-    path = Path(path)
-    if _maybe_dicom(path):
-        data = path.read_bytes()
-        if is_dicom(data, path.suffix):
-            return read_dicom(data)[0]
+    dicom = _dicom_bytes(Path(path))
+    if dicom is not None:
+        return read_dicom(dicom)[0]
     with Image.open(path) as image:
         return _decode(image, size_hint)
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of an image file, DICOM included, read from its header where the format allows."""
-    path = Path(path)
-    if _maybe_dicom(path):
-        data = path.read_bytes()
-        if is_dicom(data, path.suffix):
-            return read_dicom(data)[0].size
+    """(width, height) of an image file, DICOM included (a DICOM file is decoded; other formats' headers do)."""
+    dicom = _dicom_bytes(Path(path))
+    if dicom is not None:
+        return read_dicom(dicom)[0].size
     with Image.open(path) as image:
         return image.size
 
 
-def _maybe_dicom(path: Path) -> bool:
-    """Whether a file may be DICOM: by its extension, or, without a known image extension, by its first bytes."""
+def _dicom_bytes(path: Path) -> bytes | None:
+    """A DICOM file's bytes (known by its extension, or, without a known image extension, its marker); else None."""
     suffix = path.suffix.lower()
-    if suffix in DICOM_EXTENSIONS:
-        return True
-    if suffix in IMAGE_EXTENSIONS:
-        return False
-    with open(path, "rb") as handle:
-        return is_dicom(handle.read(132))
+    if suffix in IMAGE_EXTENSIONS - DICOM_EXTENSIONS:
+        return None
+    data = path.read_bytes()
+    return data if is_dicom(data, suffix) else None
 
 
 def _decode(image: Image.Image, size_hint: int | None) -> Image.Image:

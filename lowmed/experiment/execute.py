@@ -106,7 +106,7 @@ def _execute(job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: 
         evaluate(job.run_dir, quiet=True, **study.evaluate)
     for external in external_sets(study, job) if job.arm is not None else ():
         if not run.evaluation("test", external.root.name).exists():
-            evaluate(job.run_dir, data=external.root, quiet=True, **study.evaluate)
+            evaluate(job.run_dir, data=external.root, quiet=True, **{**study.evaluate, "split": "test"})
 
 
 def _read_record(planned: PlannedCell) -> TuningRecord | None:
