@@ -35,7 +35,7 @@ def test_every_backbone_names_a_layer_with_spatial_maps(name):
     spec = get_model_spec(name)
     model = build_model(spec, 2).eval()
     seen = []
-    target_layer(model, name).register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    target_layer(model, spec.cam_layer).register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
     size = max(spec.min_input_size, 64)
     with torch.no_grad():
         model(torch.rand(1, 3, size, size))
@@ -49,7 +49,7 @@ def test_every_method_gives_one_non_negative_map_per_image_for_simplecnn_and_res
     for name in ("simplecnn", "resnet18"):
         model = build_model(get_model_spec(name), 2).eval()
         normalize = Normalizer(Preprocessing(32), torch.device("cpu"))
-        maps = saliency_maps(model, name, normalize, images, torch.tensor([0, 1, 1]), method)
+        maps = saliency_maps(model, get_model_spec(name).cam_layer, normalize, images, torch.tensor([0, 1, 1]), method)
         assert maps.shape == (3, 32, 32) and (maps >= 0).all() and np.isfinite(maps).all()
 
 

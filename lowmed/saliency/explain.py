@@ -94,20 +94,19 @@ def image_maps(trained: TrainedModel, cases: list[Case], method: str, seed: int 
     started = time.perf_counter()
     size = trained.preprocessing.input_size
     model_name = trained.config["model"]
+    layer = get_model_spec(model_name).cam_layer  # once: a timm entry builds its network to know it
     images = torch.stack([decode_square(case.path, size) for case in cases]).float().div(255)
     targets = torch.tensor([case.target for case in cases])
     on_device = images.to(trained.device)
     with progress_bar(disable=quiet) as bar:
         task = bar.add_task(f"{method} maps", total=3, status="trained network")
-        maps = saliency_maps(trained.model, model_name, trained.normalize, on_device, targets, method)
+        maps = saliency_maps(trained.model, layer, trained.normalize, on_device, targets, method)
         bar.update(task, advance=1, status="re-initialised networks")
-        check = randomisation_check(
-            trained.model, model_name, trained.normalize, on_device, targets, method, maps, seed
-        )
+        check = randomisation_check(trained.model, layer, trained.normalize, on_device, targets, method, maps, seed)
         bar.update(task, advance=2, status="")
     record = ExplainRecord(
         method=method,
-        layer=get_model_spec(model_name).cam_layer if method in LAYER_METHODS else None,
+        layer=layer if method in LAYER_METHODS else None,
         model=model_name,
         checkpoint={"path": str(trained.path), "epoch": trained.epoch, "sha256": sha256_file(trained.path)},
         images=len(cases),

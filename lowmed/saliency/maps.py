@@ -33,7 +33,6 @@ from torch import nn
 from lowmed.errors import LowmedError
 from lowmed.evaluation.metrics import finite_mean
 from lowmed.evaluation.predict import Normalizer
-from lowmed.models.registry import get_model_spec
 
 METHODS = ("gradcam", "gradcam++", "occlusion", "integrated-gradients")
 # the |mean rank correlation| between trained and randomised maps at or above which a method's maps "barely change"
@@ -70,20 +69,21 @@ class InputSpaceModel(nn.Module):
         return self.network(self.normalize(image))
 
 
-def target_layer(network: nn.Module, model_name: str) -> nn.Module:
-    """The module of ``network`` (a lowmed ``Classifier``) whose feature maps Grad-CAM explains."""
-    return network.backbone.get_submodule(get_model_spec(model_name).cam_layer)
+def target_layer(network: nn.Module, layer: str) -> nn.Module:
+    """The module of ``network`` (a lowmed ``Classifier``) whose feature maps Grad-CAM explains: ``layer`` is its
+    registry entry's ``cam_layer``, a path inside the backbone."""
+    return network.backbone.get_submodule(layer)
 
 
 def saliency_maps(
-    network: nn.Module, model_name: str, normalize: Normalizer, images: torch.Tensor, targets: torch.Tensor, method: str
+    network: nn.Module, layer: str, normalize: Normalizer, images: torch.Tensor, targets: torch.Tensor, method: str
 ) -> np.ndarray:
     """(N, H, W) non-negative float32 maps for ``images`` (float [0, 1], (N, 3, H, W), on the network's device),
-    each explaining the logit of its ``targets`` class."""
+    each explaining the logit of its ``targets`` class; ``layer``: the registry's ``cam_layer`` of the network."""
     model = InputSpaceModel(network, normalize).eval()
-    layer = target_layer(network, model_name)
+    module = target_layer(network, layer)
     maps = [
-        _attribute(model, layer, images[start : start + BATCH], targets[start : start + BATCH], method)
+        _attribute(model, module, images[start : start + BATCH], targets[start : start + BATCH], method)
         for start in range(0, len(images), BATCH)
     ]
     return torch.cat(maps).float().cpu().numpy()
@@ -184,7 +184,7 @@ class RandomisationCheck:
 
 def randomisation_check(
     network: nn.Module,
-    model_name: str,
+    layer: str,
     normalize: Normalizer,
     images: torch.Tensor,
     targets: torch.Tensor,
@@ -194,7 +194,7 @@ def randomisation_check(
 ) -> RandomisationCheck:
     """Adebayo et al.'s model-randomisation test on ``images`` (whose trained maps are ``trained_maps``)."""
     first, second = (
-        saliency_maps(randomised(network, seed + k), model_name, normalize, images, targets, method) for k in (0, 1)
+        saliency_maps(randomised(network, seed + k), layer, normalize, images, targets, method) for k in (0, 1)
     )
     return RandomisationCheck(
         per_image=rank_correlations(trained_maps, first),
