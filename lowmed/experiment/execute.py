@@ -104,7 +104,7 @@ def _execute(job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: 
         tuning.write(run.tuning)
     if job.arm is not None and not run.evaluation(study.split).exists():
         evaluate(job.run_dir, quiet=True, **study.evaluate)
-    for external in external_sets(study, job) if job.arm is not None else ():
+    for external in external_sets(study, job.dataset).values() if job.arm is not None else ():
         if not run.evaluation("test", external.root.name).exists():
             evaluate(job.run_dir, data=external.root, quiet=True, **{**study.evaluate, "split": "test"})
 

@@ -78,10 +78,10 @@ def prepared(spec: DatasetSpec, out: Path, quiet: bool, role: str = "full") -> P
     return prepare(source, target, csv_columns=CsvColumns(**columns), role=role, quiet=quiet, **options)
 
 
-def external_sets(study: Study, run: PlannedRun) -> list[PreparedDataset]:
-    """The external test sets of the dataset a grid run trains on, prepared (once) in the study's folder."""
-    spec = next(spec for spec in study.datasets if spec.name == run.dataset)
-    return [prepared(external, study.out, quiet=True, role="test") for external in spec.external]
+def external_sets(study: Study, dataset: str) -> dict[str, PreparedDataset]:
+    """The external test sets of the study's dataset ``dataset`` by their names, prepared (once) in its folder."""
+    spec = next(spec for spec in study.datasets if spec.name == dataset)
+    return {external.name: prepared(external, study.out, quiet=True, role="test") for external in spec.external}
 
 
 def pretrain_stage(study: Study, arm: Arm) -> tuple[str, dict]:

@@ -260,17 +260,17 @@ def external_table(study: Study, runs: list[PlannedRun], comparison: Comparison)
     """Each arm's mean test metric over seeds on its own dataset's test split beside the same on every external
     test set (all of whose images are scored), per dataset and N."""
     metric = comparison.groups[0]["metric"]
-    names = {spec.name: [external.name for external in spec.external] for spec in study.datasets}
-    columns = list(dict.fromkeys(name for externals in names.values() for name in externals))
+    sets = {spec.name: external_sets(study, spec.name) for spec in study.datasets if spec.external}
+    columns = list(dict.fromkeys(name for externals in sets.values() for name in externals))
     values: dict[tuple, dict[str, list[float]]] = {}
     for run in runs:
         run_dir = RunDir(run.run_dir)
-        if run.dataset not in names or not names[run.dataset] or not run_dir.evaluation(study.split).exists():
+        if run.dataset not in sets or not run_dir.evaluation(study.split).exists():
             continue
         key = (run.dataset, run_dir.read_summary().dataset.per_class, run.arm.name)
         cells = values.setdefault(key, {})
         cells.setdefault("own", []).append(run_dir.evaluation(study.split).read_report().metrics[metric])
-        for external, name in zip(external_sets(study, run), names[run.dataset]):
+        for name, external in sets[run.dataset].items():
             evaluated = run_dir.evaluation("test", external.root.name)
             if evaluated.exists():
                 cells.setdefault(name, []).append(evaluated.read_report().metrics[metric])
