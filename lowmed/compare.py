@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from lowmed.config import check_seed
 from lowmed.console import track, warn
 from lowmed.contracts import (
     Comparison,
@@ -41,7 +42,7 @@ from lowmed.evaluation.evaluate import evaluate
 from lowmed.evaluation.metrics import accuracy, auroc, compute_metrics
 from lowmed.evaluation.plots import plot_learning_curves
 from lowmed.evaluation.stats import delong_test, holm_by_family, mcnemar_test, paired_bootstrap
-from lowmed.io import write_csv, write_text
+from lowmed.io import check_writable, write_csv, write_text
 from lowmed.saliency.arms import explain_arms
 from lowmed.saliency.lesions import read_lesions
 from lowmed.saliency.maps import UNCHANGED_CORRELATION, check_method
@@ -158,7 +159,7 @@ def load_runs(
         if summary.tuning_trial is not None:
             continue  # a tuning trial: chosen on validation, never evaluated on the compared split
         if not summary.completed:
-            skipped.append({"run": str(run.path), "reason": f"status {summary.status!r}, not completed"})
+            skipped.append({"run": str(run.path), "reason": f"status {summary.status_label}, not completed"})
             continue
         evaluation = run.evaluation(split)
         if not evaluation.exists():
@@ -248,11 +249,13 @@ def compare_runs(
     known = {"dataset", "arm", "model", "per_class", "seed", "weights"}
     if set(by) - known:
         raise LowmedError(f"--by {','.join(by)}: expected fields among {', '.join(sorted(known))}")
+    check_seed(seed)
     if explain is not None:
         check_method(explain, explain_count)
     if lesions is not None and explain is None:
         raise LowmedError("--lesions scores saliency maps: give --explain METHOD with it")
     boxes = read_lesions(lesions) if lesions is not None else None
+    check_writable(Path(out or paths[0]) / "compare.csv", "--out")
     runs, skipped = load_runs(find_run_dirs(paths), split, evaluate_missing, bootstrap, quiet)
     if not runs:
         raise LowmedError(f"no completed, evaluated runs found below {', '.join(map(str, paths))}")

@@ -16,6 +16,12 @@ from lowmed.models.preprocessing import parse_input_norm
 MONITORS = ("val_loss", "val_auroc", "val_accuracy")
 HEADS = ("mlp", "linear")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+MAX_SEED = 2**32 - 1  # the widest seed every generator lowmed seeds (numpy's legacy one included) accepts
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise LowmedError(f"{flag} {seed}: expected a whole number from 0 to {MAX_SEED}")
 
 
 @dataclass
@@ -85,6 +91,7 @@ class TrainConfig:
         for name, ok, expected in checks:
             if not ok:
                 raise LowmedError(f"{_flag(name)} {getattr(self, name)!r}: expected {expected}")
+        check_seed(self.seed)
         if self.input_norm is not None:
             parse_input_norm(self.input_norm, self.input_channels or 3)
         if self.data is None and self.subset is None:

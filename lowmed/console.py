@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from lowmed.errors import LowmedError
+
 T = TypeVar("T")
 
 console = Console(stderr=True)
@@ -39,3 +41,10 @@ def track(items: Iterable[T], total: int, description: str, quiet: bool = False)
 
 def warn(message: str) -> None:
     console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def warn_or_refuse(message: str, strict: bool) -> None:
+    """A warning; with ``--strict``, bad input instead (exit 2)."""
+    if strict:
+        raise LowmedError(f"--strict: {message}")
+    warn(message)

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from lowmed import locking
 from lowmed.errors import LowmedError
 from lowmed.io import sha256_file, write_json
 
@@ -30,6 +31,8 @@ DEFAULT_PREPARED_ROOT = Path("lowmed-data")
 MANIFEST = "manifest.csv"
 DATASET_INFO = "dataset.yaml"
 SUBSETS = "subsets"
+# the subset 'lowmed subsample' last wrote below DEFAULT_PREPARED_ROOT: what 'lowmed train' takes with no DATA
+LAST_SUBSET = "last-subset.txt"
 
 # The arm a run belongs to when nobody named it (--arm): derived from its kind of weight source, as lowmed did
 # before arms had names.
@@ -192,6 +195,7 @@ class DatasetRef(ReadsLikeADict):
     per_class: int | None = None
     train_counts: dict | None = None
     val_counts: dict | None = None
+    chosen: str | None = None  # how the data was chosen when no DATA was given
 
     @property
     def name(self) -> str:
@@ -227,7 +231,9 @@ class TrainSummary(Record):
     processes: int = 1
     global_batch_size: int | None = None
     versions: dict = field(default_factory=dict)
-    status: str = "running"  # running | interrupted | failed | completed | pruned (a tuning trial stopped early)
+    # running | interrupted | failed | completed | pruned (a tuning trial stopped early); read as killed when it says
+    # running and no process owns the run dir (the system killed it, or the machine stopped)
+    status: str = "running"
     error: str | None = None
     tuning_trial: int | None = None  # the trial's number when the run is one of a tuning cell's trials
     # weights whose training datasets are known: status possible | none known | unknown, those datasets, the target
@@ -246,6 +252,10 @@ class TrainSummary(Record):
     @property
     def completed(self) -> bool:
         return self.status == "completed"
+
+    @property
+    def status_label(self) -> str:
+        return "failed (killed)" if self.status == "killed" else self.status
 
     @property
     def model_path(self) -> str:
@@ -490,7 +500,15 @@ class RunDir:
         return EvalDir(self.path / "eval" / (f"external-{external}-{split}" if external else split))
 
     def read_summary(self) -> TrainSummary:
-        return TrainSummary.read(self.summary)
+        """train.json; a run that says it is running while no other process owns the run dir was killed."""
+        summary = TrainSummary.read(self.summary)
+        if summary.status == "running" and not locking.in_use_by_another(self.path):
+            summary.status = "killed"
+            summary.error = (
+                "the process ended without recording why (killed by the system, e.g. for memory, or the machine "
+                f"stopped); continue with: lowmed train --resume {self.path}"
+            )
+        return summary
 
     def state(self) -> str:
         """new | resumable | completed: what ``lowmed experiment`` does with it."""
@@ -499,7 +517,7 @@ class RunDir:
         status = self.read_summary().status
         if status == "completed":
             return "completed"
-        return "resumable" if self.last.is_file() and status != "failed" else "new"
+        return "resumable" if self.last.is_file() and status != "failed" else "new"  # killed: resumable
 
 
 def find_run_dirs(paths: list[str | os.PathLike]) -> list[RunDir]:

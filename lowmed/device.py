@@ -26,6 +26,22 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+UNKNOWN_MEMORY_BYTES = 4 * 2**30  # the CPU memory assumed where /proc/meminfo does not say
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` now: a GPU's free memory, or the CPU's MemAvailable (Linux)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return UNKNOWN_MEMORY_BYTES
+
+
 @cache
 def cpu_supports_bf16() -> bool:
     """Whether this CPU does bfloat16 arithmetic natively, as Linux reports it; elsewhere no (the CPU stays fp32)."""

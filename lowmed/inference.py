@@ -28,7 +28,7 @@ from lowmed.evaluation.evaluate import ACCELERATOR_BATCH
 from lowmed.evaluation.metrics import probabilities
 from lowmed.evaluation.predict import predict_files
 from lowmed.evaluation.trained import TrainedModel, evaluated_with
-from lowmed.io import sha256_file, write_text
+from lowmed.io import check_writable, sha256_file, write_text
 from lowmed.saliency.explain import explain_cases, input_cases
 from lowmed.saliency.maps import check_method
 
@@ -81,6 +81,7 @@ def predict(
         raise LowmedError(f"--out {out}: expected a .csv file name")
     if out.exists() and not overwrite:
         raise LowmedError(f"--out {out} exists; give another name, or --overwrite to replace it")
+    check_writable(out, "--out")
     if threshold is not None and not 0 <= threshold <= 1:
         raise LowmedError(f"--threshold {threshold}: expected a probability between 0 and 1")
     explanations = Path(explain_dir) if explain_dir is not None else out.parent / "explain"

@@ -7,11 +7,14 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
+
+from lowmed.errors import LowmedError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,6 +34,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def check_writable(path: str | os.PathLike, option: str) -> None:
+    """Refuse, before any work, an output path beside which nothing can be written (no permission, a read-only
+    disk, a file where a folder should be): outputs are staged beside their final place."""
+    path = Path(path).expanduser().absolute()
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise LowmedError(f"{option} {path}: {folder} is a file; expected a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".lowmed-write-check-", dir=folder))
+    except OSError as exc:
+        raise LowmedError(
+            f"{option} {path}: cannot write in {folder} ({exc.strerror or exc}); choose another folder"
+        ) from None
 
 
 def fsync_dir(directory: Path) -> None:

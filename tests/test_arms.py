@@ -247,8 +247,8 @@ def test_every_train_config_field_is_one_option_and_every_option_a_field():
     command = typer.main.get_command(app)
     fields = set(TrainConfig.__dataclass_fields__)
     for name, extra in (
-        ("train", {"config", "resume", "overwrite", "quiet"}),
-        ("finetune", {"source", "config", "overwrite", "quiet"}),
+        ("train", {"config", "resume", "overwrite", "strict", "quiet"}),
+        ("finetune", {"source", "config", "overwrite", "strict", "quiet"}),
     ):
         params = [param.name for param in command.commands[name].params]
         assert len(params) == len(set(params)), name

@@ -1,5 +1,6 @@
 """The command line as a user meets it: exit codes, one-line errors, tracebacks only with --debug."""
 
+import json
 import subprocess
 import sys
 
@@ -57,6 +58,35 @@ def test_per_class_below_one(capsys, kermany, tmp_path):
 def test_debug_shows_traceback(capsys):
     code, _, err = run_cli(capsys, "--debug", "prepare", "/no/such/dir")
     assert code == 2 and "Traceback" in err
+
+
+def test_an_unforeseen_failure_with_debug_shows_the_traceback_and_no_hint(capsys, monkeypatch):
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated")
+
+    monkeypatch.setattr("lowmed.data.prepare.prepare", crash)
+    code, _, err = run_cli(capsys, "--debug", "prepare", ".")
+    assert code == 1 and "Traceback" in err and "RuntimeError: simulated" in err and "--debug for" not in err
+    code, _, err = run_cli(capsys, "prepare", ".")
+    assert code == 1 and "Traceback" not in err and err.strip().endswith("(run with --debug for the traceback)")
+
+
+def test_the_used_by_commands_run_as_typed(kermany, tmp_path):
+    """subsample a raw folder, then train with no DATA (the subset just drawn), then compare: in a fresh folder."""
+
+    def typed(*args):
+        done = subprocess.run([sys.executable, "-m", "lowmed", *args], capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0, (args, done.stderr)
+        return done
+
+    typed("subsample", str(kermany), "--per-class", "6", "-q")
+    trained = typed("train", "--epochs", "1", "--image-size", "32", "-q")
+    subset = (tmp_path / "lowmed-data" / "chest_xray" / "subsets" / "subset-6-seed0.csv").resolve()
+    assert f"no DATA given: took {subset}" in trained.stderr
+    run = tmp_path / "runs" / "chest_xray-simplecnn-scratch-n6-seed0"
+    assert json.loads((run / "train.json").read_text())["dataset"]["chosen"].startswith("no DATA given: took")
+    typed("compare", "runs/", "--resamples", "50", "-q")
+    assert (tmp_path / "runs" / "compare.csv").is_file()
 
 
 def test_usage_error_exit_2(capsys):

@@ -97,7 +97,9 @@ def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, m
     report = (out / "report.md").read_text()
     assert "**Notes.** Tiny images; two epochs." in report and "## Headline" in report
     assert "## Conclusions" in report and "C · simplecnn" in report and "A · simplecnn" in report
-    assert "cxr-b-resnet18-n5-seed0: skipped" in report
+    skipped = [line for line in report.splitlines() if "is not cached and cannot be downloaded" in line]
+    assert len(skipped) == 1 and skipped[0].startswith("- 4 runs skipped — ")  # said once per arm, not per run
+    assert "(runs: cxr-b-resnet18-n5-seed0, " in report
     stats = pd.read_csv(out / "stats.csv")
     primary = stats[stats["test"] == "paired bootstrap (seed-averaged)"]
     assert len(primary) == 2 and set(primary["seeds"]) == {2}  # A vs C at N = 5 and 10, two seeds each

@@ -67,8 +67,9 @@ def test_finetune_runs_the_frozen_layers_once_per_view(separable, source, tmp_pa
     summary = finetune(source, separable, cached_views=2, out=str(tmp_path / "cached"), quiet=True, **FINETUNE)
     train_images = sum(summary["dataset"]["train_counts"].values())
     val_images = sum(summary["dataset"]["val_counts"].values())
-    # for both phases together: two views of the train set, the val set once, one probe image
-    once = 2 * train_images + val_images + 1
+    # for both phases together: two views of the train set, the val set once, two probe images (the memory
+    # estimate's and the cache's)
+    once = 2 * train_images + val_images + 2
     assert sum(calls) == once
     caches = summary["caches"]
     stage_names = [name for name, _ in backbone_stages(build_model(get_model_spec("simplecnn"), 2).backbone)]

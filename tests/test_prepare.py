@@ -73,6 +73,35 @@ def test_class_folder_case_differs_across_splits(tmp_path):
     assert dataset.info["counts"]["test"] == {"NORMAL": 3, "PNEUMONIA": 3}
 
 
+def test_labels_differing_by_case_or_spaces_are_refused_or_merged_when_asked(tmp_path):
+    for index in range(40):
+        write_image(tmp_path / f"{index}.png", index)
+    labels = ["NORMAL", "normal", " NORMAL", "PNEUMONIA"]
+    source = tmp_path / "labels.csv"
+    source.write_text("path,label\n" + "".join(f"{i}.png,{labels[i % 4]}\n" for i in range(40)))
+    with pytest.raises(LowmedError, match="'NORMAL' \\(10\\) and 'normal' \\(10\\) and ' NORMAL' \\(10\\)"):
+        prepare(source, tmp_path / "refused", quiet=True)
+    assert not (tmp_path / "refused").exists()
+    dataset = prepare(source, tmp_path / "out", normalize_labels=True, min_val_per_class=2, quiet=True)
+    assert dataset.classes == ["NORMAL", "PNEUMONIA"] and dataset.task == "binary"
+    assert sum(dataset.info["counts"][split]["NORMAL"] for split in dataset.info["counts"]) == 30
+    assert any("'normal' → 'NORMAL'" in note for note in dataset.info["notes"])
+
+
+def test_made_splits_far_from_the_fractions_asked_are_said(tmp_path):
+    for index in range(60):
+        write_image(tmp_path / f"{index}.png", index)
+    source = tmp_path / "labels.csv"
+    source.write_text("path,label\n" + "".join(f"{i}.png,{'AB'[i % 2]}\n" for i in range(60)))
+    dataset = prepare(source, tmp_path / "out", quiet=True)
+    val = dataset.info["counts"]["val"]
+    assert sum(val.values()) > 20  # the floor of --min-val-per-class 20, capped at half of each class
+    assert any(w.startswith(f"val split: {sum(val.values())} of 60 images") for w in dataset.info["warnings"])
+    with pytest.raises(LowmedError, match="--strict: val split"):
+        prepare(source, tmp_path / "strict", strict=True, quiet=True)
+    assert not (tmp_path / "strict").exists()
+
+
 def test_bad_files_excluded_with_reasons_and_odd_modes_accepted(tmp_path):
     src = make_kermany(tmp_path / "src", {"train": {"NORMAL": 10, "PNEUMONIA": 10}})
     broken = write_broken_files(src / "train" / "NORMAL")

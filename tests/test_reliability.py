@@ -2,22 +2,27 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import pytest
 import torch
 import yaml
 
-from lowmed import prepare, train
+from lowmed import prepare, subsample, train
 from lowmed.config import TrainConfig
+from lowmed.contracts import RunDir, TrainSummary
 from lowmed.errors import LowmedError
+from lowmed.locking import owner
 from lowmed.training.train import resume_run
 from tests.conftest import FAST
-from tests.factory import make_kermany
+from tests.factory import make_kermany, write_image
 
 TRAIN_FLAGS = ["--image-size", "32", "--batch-size", "16", "--lr", "0.001", "--patience", "100", "-q"]
 
@@ -86,6 +91,9 @@ def test_ctrl_c_stops_after_the_batch_marks_interrupted_and_exits_130(small, tmp
 
 def test_truncated_checkpoint_is_detected_and_reported(small, tmp_path):
     train(TrainConfig(data=str(small), epochs=2, out=str(tmp_path / "run"), **FAST), quiet=True)
+    summary = TrainSummary.read(tmp_path / "run" / "train.json")
+    summary.status = "interrupted"  # as if stopped after epoch 2, and its last.pt then damaged
+    summary.write(tmp_path / "run" / "train.json")
     last = tmp_path / "run" / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])
     done = subprocess.run(lowmed("train", "--resume", tmp_path / "run"), capture_output=True, text=True)
@@ -110,7 +118,7 @@ def test_images_deleted_after_prepare_are_skipped_with_a_warning(tmp_path):
 
 def test_unwritable_run_dir_is_refused_before_training(small, tmp_path):
     (tmp_path / "a-file").write_text("x")
-    with pytest.raises(LowmedError, match="cannot write there"):
+    with pytest.raises(LowmedError, match="a-file is a file; expected a folder"):
         train(TrainConfig(data=str(small), epochs=1, out=str(tmp_path / "a-file" / "run"), **FAST), quiet=True)
 
 
@@ -120,8 +128,19 @@ def test_not_enough_disk_space_is_refused_before_training(small, tmp_path, monke
         train(TrainConfig(data=str(small), epochs=1, out=str(tmp_path / "run"), **FAST), quiet=True)
 
 
-def bad_inputs(root, small):
-    """(name, command, text the one-line error must contain) for a corpus of broken inputs."""
+UNWRITABLE = Path("/sys/lowmed-corpus")  # refused even to root, as CI runs: /sys is not writable by anyone
+
+
+class BadInput(NamedTuple):
+    name: str
+    args: list
+    culprit: str  # text the one-line error must contain
+    untouched: Path  # an output that must not appear, or an input that must not change
+    cwd: Path | None = None  # the folder the command is typed in
+
+
+def bad_inputs(root, small, trained_run) -> list[BadInput]:
+    """A corpus of broken inputs, across every command."""
     root.mkdir(parents=True, exist_ok=True)
     ham_like = root / "ham.csv"
     ham_like.write_text("lesion_id,image_id,dx\nL1,I1,nv\nL1,I1,mel\n")
@@ -136,6 +155,22 @@ def bad_inputs(root, small):
         "Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices"
     )
     (chex / "train.csv").write_text(header + "\nCheXpert-v1.0-small/train/p1/s1/v.jpg" + ",2" * 14 + "\n")
+    header_only = root / "header-only.csv"
+    header_only.write_text("path,label\n")
+    images = root / "images"
+    for index in range(60):
+        write_image(images / f"{index}.png", index)
+    cased = root / "cased.csv"
+    cased.write_text(
+        "path,label\n" + "".join(f"images/{i}.png,{['NORMAL', 'normal', 'NORMAL '][i % 3]}\n" for i in range(60))
+    )
+    tiny = root / "tiny.csv"
+    tiny.write_text("path,label\n" + "".join(f"images/{i}.png,{'AB'[i % 2]}\n" for i in range(60)))
+    latin1 = make_kermany(root / "latin1", {"train": {"A": 6, "B": 6}, "test": {"A": 2, "B": 2}})
+    write_image(latin1 / "train" / "A" / os.fsdecode(b"caf\xe9.png"), 7)
+    lost_class = make_kermany(root / "lost", {"train": {"A": 12, "B": 12}, "test": {"A": 3, "B": 3}})
+    for path in (lost_class / "test" / "B").iterdir():
+        path.write_text("no longer an image")
     unknown_key = root / "unknown.yaml"
     unknown_key.write_text("epochs: 3\nlearning-rate: 0.1\n")
     wrong_type = root / "wrong.yaml"
@@ -147,40 +182,196 @@ def bad_inputs(root, small):
     foreign_subset = root / "foreign.csv"
     pd.read_csv(other / "manifest.csv").to_csv(foreign_subset, index=False)
     (root / "foreign.yaml").write_text(yaml.safe_dump({"prepared_dir": str(small)}))
+    drawn_elsewhere = subsample(other, 2, out=root / "drawn-elsewhere.csv", quiet=True).path
     incompatible = root / "simple.pth"
     from lowmed.models.registry import build_model, get_model_spec
 
     torch.save(build_model(get_model_spec("simplecnn"), 2).backbone.state_dict(), incompatible)
     text = root / "notes.txt"
     text.write_text("these are not weights\n")
-    return [
+    unfinished = root / "unfinished-run"
+    shutil.copytree(trained_run, unfinished, ignore=shutil.ignore_patterns("eval"))
+    summary = TrainSummary.read(unfinished / "train.json")
+    summary.status = "interrupted"
+    summary.write(unfinished / "train.json")
+    ambiguous = root / "ambiguous"
+    for seed in (1, 2):
+        subsample(small, 4, seed=seed, out=ambiguous / "lowmed-data" / "small" / "subsets" / f"s{seed}.csv", quiet=True)
+    rows = [
         (
             "duplicated image ids",
             ["prepare", ham_like, "--format", "ham10000", "-o", root / "o1"],
             "image_id 'I1' appears more than once",
+            root / "o1",
         ),
-        ("misspelled column", ["prepare", misspelled, "-o", root / "o2"], "missing column(s) 'path'"),
-        ("path escaping the root", ["prepare", outside, "-o", root / "o3"], "points outside"),
-        ("bad CheXpert value", ["prepare", root / "chex", "-o", root / "o4"], "value '2' is not 1, 0, -1 or empty"),
-        ("unknown config key", ["train", small, "--config", unknown_key], "unknown key(s) learning-rate"),
-        ("wrong config type", ["train", small, "--config", wrong_type], "epochs: 'many' is not a valid int"),
-        ("negative epochs", ["train", "--config", negative], "--epochs -2: expected at least 1"),
-        ("subset of another dataset", ["train", foreign_subset, "-o", root / "r1"], "label(s) ['A', 'B'] are not in"),
+        ("misspelled column", ["prepare", misspelled, "-o", root / "o2"], "missing column(s) 'path'", root / "o2"),
+        ("path escaping the root", ["prepare", outside, "-o", root / "o3"], "points outside", root / "o3"),
+        (
+            "bad CheXpert value",
+            ["prepare", root / "chex", "-o", root / "o4"],
+            "value '2' is not 1, 0, -1 or empty",
+            root / "o4",
+        ),
+        ("a header and no rows", ["prepare", header_only, "-o", root / "o5"], "a header and no rows", root / "o5"),
+        ("file name not UTF-8", ["prepare", latin1, "-o", root / "o6"], "not valid UTF-8 (e.g. b'", root / "o6"),
+        ("labels differing by case", ["prepare", cased, "-o", root / "o7"], "'normal' (20)", root / "o7"),
+        (
+            "a class lost to exclusions",
+            ["prepare", lost_class, "-o", root / "o8"],
+            "no images of 'B' in test",
+            root / "o8",
+        ),
+        (
+            "made splits far from the fractions",
+            ["prepare", tiny, "-o", root / "o9", "--strict"],
+            "--strict: val split",
+            root / "o9",
+        ),
+        ("prepare into an unwritable folder", ["prepare", tiny, "-o", UNWRITABLE], "cannot write in /sys", UNWRITABLE),
+        ("demo into an unwritable folder", ["prepare", "--demo", "-o", UNWRITABLE], "cannot write in /sys", UNWRITABLE),
+        ("negative seed", ["subsample", small, "-n", 4, "--seed", -1], "--seed -1: expected a whole number", small),
+        ("seed beyond 64 bits", ["train", small, "--seed", 2**70, "-o", root / "r4"], f"--seed {2**70}", root / "r4"),
+        (
+            "subset into an unwritable folder",
+            ["subsample", small, "-n", 4, "-o", UNWRITABLE / "s.csv"],
+            "cannot write in /sys",
+            small,
+        ),
+        ("unknown config key", ["train", small, "--config", unknown_key], "unknown key(s) learning-rate", small),
+        ("wrong config type", ["train", small, "--config", wrong_type], "epochs: 'many' is not a valid int", small),
+        ("negative epochs", ["train", "--config", negative], "--epochs -2: expected at least 1", small),
+        (
+            "subset of another dataset",
+            ["train", foreign_subset, "-o", root / "r1"],
+            "label(s) ['A', 'B'] are not in",
+            root / "r1",
+        ),
+        (
+            "DATA and a subset of another dataset",
+            ["train", small, "--subset", drawn_elsewhere, "-o", root / "r5"],
+            "was drawn from",
+            root / "r5",
+        ),
         (
             "incompatible weights",
             ["train", small, "--model", "resnet18", "--weights", incompatible, "-o", root / "r2"],
             "--allow-partial-weights",
+            root / "r2",
         ),
-        ("text file as weights", ["train", small, "--weights", text, "-o", root / "r3"], "not a loadable weights file"),
-        ("text file as checkpoint", ["evaluate", "--checkpoint", text, "--data", small], "not a loadable weights"),
-        ("a file as run dir", ["train", small, "-o", text], f"--out {text} is a file; expected a folder"),
+        (
+            "text file as weights",
+            ["train", small, "--weights", text, "-o", root / "r3"],
+            "not a loadable weights file",
+            root / "r3",
+        ),
+        (
+            "text file as checkpoint",
+            ["evaluate", "--checkpoint", text, "--data", small],
+            "not a loadable weights",
+            small,
+        ),
+        ("a file as run dir", ["train", small, "-o", text], f"run dir {text} is a file; expected a folder", text),
+        (
+            "an image size no memory holds",
+            ["train", small, "--image-size", 100000, "-o", root / "r6"],
+            "training needs about",
+            root / "r6",
+        ),
+        ("no DATA and several subsets", ["train"], "2 subsets below", ambiguous, ambiguous),
+        (
+            "evaluate into an unwritable folder",
+            ["evaluate", trained_run, "-o", UNWRITABLE],
+            "cannot write in /sys",
+            trained_run / "eval",
+        ),
+        (
+            "compare into an unwritable folder",
+            ["compare", trained_run, "-o", UNWRITABLE],
+            "cannot write in /sys",
+            trained_run,
+        ),
+        (
+            "evaluate an unfinished run, strictly",
+            ["evaluate", unfinished, "--strict", "--bootstrap", 0],
+            "did not finish (interrupted",
+            unfinished,
+        ),
     ]
+    return [BadInput(*row) for row in rows]
 
 
-def test_bad_inputs_give_one_line_and_exit_2(small, tmp_path):
-    for name, args, culprit in bad_inputs(tmp_path / "corpus", small):
-        done = subprocess.run(lowmed(*args), capture_output=True, text=True)
+def snapshot(path: Path) -> dict | None:
+    """Every file below ``path`` with its size and modification time; None where nothing is there."""
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in files}
+
+
+def test_bad_inputs_give_one_line_and_exit_2_and_write_nothing(small, trained_run, tmp_path):
+    corpus = bad_inputs(tmp_path / "corpus", small, trained_run)
+    for case in corpus:
+        before = snapshot(case.untouched)
+        done = subprocess.run(lowmed(*case.args), capture_output=True, text=True, cwd=case.cwd)
         lines = done.stderr.strip().splitlines()
-        assert done.returncode == 2, (name, done.stderr)
-        assert len(lines) == 1 and culprit in lines[0], (name, done.stderr)
-    assert not (tmp_path / "corpus" / "o1").exists() and not (tmp_path / "corpus" / "r2").exists()
+        assert done.returncode == 2, (case.name, done.stderr)
+        assert len(lines) == 1 and case.culprit in lines[0], (case.name, done.stderr)
+        assert snapshot(case.untouched) == before, case.name
+
+
+def test_a_run_dir_has_one_owner_and_a_killed_run_says_so(small, tmp_path):
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        lowmed("train", small, "--epochs", 60, "--out", run, *TRAIN_FLAGS),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_epochs(run, 2, process)
+    assert owner(run)["pid"] == process.pid and RunDir(run).read_summary().status == "running"
+    for args in (["train", "--resume", run], ["evaluate", run, "--bootstrap", 0]):
+        refused = subprocess.run(lowmed(*args), capture_output=True, text=True)
+        assert refused.returncode == 2 and f"is in use by process {process.pid}" in refused.stderr, refused.stderr
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed = RunDir(run).read_summary()
+    assert (killed.status, killed.status_label) == ("killed", "failed (killed)") and "--resume" in killed.error
+    assert RunDir(run).state() == "resumable"
+    resumed = subprocess.run(lowmed("train", "--resume", run, "-q"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"took over the lock of process {process.pid}" in resumed.stderr
+    assert RunDir(run).read_summary().status == "completed" and owner(run) is None
+
+
+def test_resume_of_a_completed_run_says_so_and_touches_nothing(small, tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(small), epochs=1, out=str(run), **FAST), quiet=True)
+    before = snapshot(run)
+    done = subprocess.run(lowmed("train", "--resume", run), capture_output=True, text=True)
+    assert (
+        done.returncode == 0
+        and done.stdout.strip() == f"{run}: already completed; nothing to resume (its files are untouched)"
+    )
+    assert snapshot(run) == before
+    assert resume_run(run, quiet=True).completed and snapshot(run) == before
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate(small, tmp_path, monkeypatch):
+    monkeypatch.setattr("lowmed.training.memory.free_memory", lambda device: 2**20)
+    with pytest.raises(
+        LowmedError, match=r"training needs about .* \(images .*, model .*, one batch .*\), but cpu has 1 MiB"
+    ):
+        train(TrainConfig(data=str(small), epochs=1, out=str(tmp_path / "run"), **FAST), quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_memory_estimate_grows_with_the_pixels_and_the_batch():
+    from lowmed.models.registry import build_model, get_model_spec
+    from lowmed.training.memory import estimate_training_memory
+
+    model = build_model(get_model_spec("simplecnn"), 2)
+    small_batch = estimate_training_memory(model, 64, 8, images=100)
+    assert estimate_training_memory(model, 128, 8, images=100).batch == pytest.approx(4 * small_batch.batch, rel=0.05)
+    assert estimate_training_memory(model, 64, 16, images=100).batch == 2 * small_batch.batch
+    assert small_batch.images == 100 * 3 * 64 * 64 and small_batch.model == 16 * sum(
+        p.numel() for p in model.parameters()
+    )

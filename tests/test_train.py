@@ -212,7 +212,8 @@ def test_frozen_phase_runs_the_backbone_once_per_view_not_per_epoch(separable, t
     train_images = sum(summary["dataset"]["train_counts"].values())
     val_images = sum(summary["dataset"]["val_counts"].values())
     assert summary["epochs_run"] == 6
-    assert sum(calls) == 2 * train_images + val_images + 1  # two views of the train set, the val set once, a probe
+    # two views of the train set, the val set once, and two probe images (the memory estimate's, the cache's)
+    assert sum(calls) == 2 * train_images + val_images + 2
     calls.clear()
     finetune(
         tmp_path / "source",

@@ -92,11 +92,12 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # an unforeseen failure during a run
+        hint = ""
         if _debug["on"]:
             traceback.print_exc()
+        else:
+            hint = " (run with --debug for the traceback)"
         console.print(
-            f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))} (run with --debug for the traceback)",
-            highlight=False,
-            soft_wrap=True,
+            f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}{hint}", highlight=False, soft_wrap=True
         )
         sys.exit(1)

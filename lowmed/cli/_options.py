@@ -7,6 +7,7 @@ import typer
 
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (recorded in every output).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Strict = Annotated[bool, typer.Option("--strict", help="Make warnings errors (exit 2; nothing is written).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output instead of refusing.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", min=0, help="Worker processes (default: all cores).")]
 OutDir = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder.")]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from lowmed.cli._options import Amp, BatchSize, Checkpoint, Device, Explain, ExplainCount, Quiet, Seed, Tta
+from lowmed.cli._options import Amp, BatchSize, Checkpoint, Device, Explain, ExplainCount, Quiet, Seed, Strict, Tta
 
 if TYPE_CHECKING:
     from lowmed.contracts import EvalReport
@@ -54,6 +54,7 @@ def evaluate_command(
     seed: Seed = 0,
     explain: Explain = None,
     explain_count: ExplainCount = 5,
+    strict: Strict = False,
     quiet: Quiet = False,
 ) -> None:
     """Metrics with 95 % bootstrap intervals, calibration, ROC/PR/confusion/reliability plots, predictions.
@@ -78,6 +79,7 @@ def evaluate_command(
         seed=seed,
         explain=explain,
         explain_count=explain_count,
+        strict=strict,
         class_map=parse_class_map(class_map),
         quiet=quiet,
     )

@@ -21,10 +21,12 @@ def experiment_command(
     and each run's small files are copied there, and compared again from those files. Under torchrun, pretrain stages
     train across all processes and each process trains grid runs of its own.
     """
+    from rich.markup import escape
     from rich.table import Table
 
     from lowmed.cli._render import stdout
     from lowmed.experiment import run_experiment
+    from lowmed.experiment.report import grouped_problems
 
     result = run_experiment(study, dry_run=dry_run, quiet=quiet)
     if not dry_run and result.report is None:
@@ -43,15 +45,19 @@ def experiment_command(
     jobs = [(job, job.values, "") for job in result.pretrain]
     jobs += [(cell, cell.cell.base, "tuning: ") for cell in result.cells]
     jobs += [(job, job.values, "") for job in result.runs]
+    shared = {key: names for key, names in grouped_problems(j for j, _, _ in jobs).items() if len(names) > 1}
     for job, values, kind in jobs:
         weights = values.get("weights", "none")
+        detail = " (the reason is below)" if (job.status, job.detail) in shared else f": {job.detail}"
         table.add_row(
             job.name,
             job.arm.name if job.arm else "(pretrain stage)",
             Path(weights).name if "/" in weights else weights,
-            kind + job.status + (f": {job.detail}" if job.detail else ""),
+            kind + job.status + (detail if job.detail else ""),
         )
     stdout.print(table)
+    for (status, reason), names in shared.items():
+        stdout.print(f"[yellow]{len(names)} runs {status}:[/] {escape(reason)}", highlight=False, soft_wrap=True)
     if not dry_run:
         stdout.print(f"Report: {result.report} ({result.wall_seconds / 60:.1f} min)")
         if result.published is not None:

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lowmed.cli._options import OutDir, Overwrite, Quiet, Seed, Workers
+from lowmed.cli._options import OutDir, Overwrite, Quiet, Seed, Strict, Workers
 from lowmed.contracts import DEFAULT_PREPARED_ROOT
 from lowmed.errors import LowmedError
 
@@ -68,6 +68,10 @@ def prepare_command(
     role: Annotated[
         str, typer.Option(help="full (train/val/test as given or made) | test (an external test set: every image)")
     ] = "full",
+    normalize_labels: Annotated[
+        bool, typer.Option(help="Merge labels that differ only by case or surrounding spaces (else an error).")
+    ] = False,
+    strict: Strict = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -107,6 +111,8 @@ def prepare_command(
         allow_outside_root=allow_outside_root,
         hash_groups=hash_groups,
         role=role,
+        normalize_labels=normalize_labels,
+        strict=strict,
         overwrite=overwrite,
         quiet=quiet,
     )

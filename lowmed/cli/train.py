@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from lowmed.cli._options import Overwrite, Quiet
+from lowmed.cli._options import Overwrite, Quiet, Strict
 from lowmed.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -207,15 +207,20 @@ def train_command(
     ] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run dir from its last.pt.")] = None,
     overwrite: Overwrite = False,
+    strict: Strict = False,
     quiet: Quiet = False,
 ) -> None:
     """Train one model: from scratch (Model A), from ImageNet (Model B) or from a medical run (Model C)."""
+    from lowmed.contracts import RunDir
     from lowmed.training.train import resume_run, train
 
+    if resume and RunDir(resume).state() == "completed":
+        typer.echo(f"{resume}: already completed; nothing to resume (its files are untouched)")
+        return
     if resume:
         summary = resume_run(resume, quiet=quiet)
     else:
-        summary = train(train_config(locals()), overwrite=overwrite, quiet=quiet)
+        summary = train(train_config(locals()), overwrite=overwrite, quiet=quiet, strict=strict)
     render_summary(summary)
 
 
@@ -238,7 +243,13 @@ def finetune_command(source: Path, **arguments) -> None:
     """Model C: fine-tune from an earlier run's (or a checkpoint's) backbone; the model defaults to the source's."""
     from lowmed.training.train import finetune
 
-    summary = finetune(source, overwrite=arguments["overwrite"], quiet=arguments["quiet"], **_given_options(arguments))
+    summary = finetune(
+        source,
+        overwrite=arguments["overwrite"],
+        quiet=arguments["quiet"],
+        strict=arguments["strict"],
+        **_given_options(arguments),
+    )
     render_summary(summary)
 
 

@@ -7,6 +7,8 @@ Readers only look at names and tables; opening the images is ``prepare``'s job.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +144,10 @@ def read_source(
     frontal_only: bool = False,
     csv_columns: CsvColumns | None = None,
     allow_outside_root: bool = False,
+    normalize_labels: bool = False,
 ) -> SourceRecords:
+    """The images and labels at ``src`` in its native layout. Labels that differ only by case or surrounding
+    spaces are refused, or with ``normalize_labels`` merged under their most common spelling."""
     src = Path(src).expanduser().resolve()
     if not src.exists():
         raise LowmedError(f"{src}: no such file or folder")
@@ -164,8 +169,68 @@ def read_source(
         check_format(fmt)
     if found.records.empty:
         raise LowmedError(f"{src}: no images found for format {fmt!r}")
+    _refuse_undecodable_names(found.records["path"], src)
+    if found.task != "multilabel":
+        found = _merge_label_spellings(found, src) if normalize_labels else _refuse_label_spellings(found, src)
     found.root = src
     return found
+
+
+def _refuse_undecodable_names(paths: pd.Series, src: Path) -> None:
+    """A file name that is not valid UTF-8 cannot be written to the manifest (or read back from it elsewhere)."""
+    bad = [path for path in paths if not _is_utf8(path)]
+    if bad:
+        raise LowmedError(
+            f"{src}: {len(bad)} file name(s) are not valid UTF-8 (e.g. {os.fsencode(bad[0])!r}); "
+            "rename them to UTF-8 (convmv -f latin1 -t utf8 does it for a whole tree)"
+        )
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _label_spellings(labels: pd.Series) -> dict[str, pd.Series]:
+    """Per label written two or more ways (ignoring case and surrounding spaces): each spelling's image count."""
+    key = labels.str.strip().str.casefold()
+    counts = labels.groupby(key).value_counts()
+    return {k: counts[k] for k in counts.index.get_level_values(0).unique() if len(counts[k]) > 1}
+
+
+def _refuse_label_spellings(found: SourceRecords, src: Path) -> SourceRecords:
+    clashes = _label_spellings(found.records["label"])
+    if clashes:
+        listed = "; ".join(
+            " and ".join(f"{spelling!r} ({count})" for spelling, count in spellings.items())
+            for spellings in clashes.values()
+        )
+        raise LowmedError(
+            f"{src}: labels that differ only by case or surrounding spaces would be separate classes: {listed}; "
+            "correct them, or pass --normalize-labels to merge each under its most common spelling"
+        )
+    return found
+
+
+def _merge_label_spellings(found: SourceRecords, src: Path) -> SourceRecords:
+    labels = found.records["label"].str.strip()
+    merged = {}
+    for spellings in _label_spellings(labels).values():  # value_counts: the most common spelling first
+        merged.update({spelling: spellings.index[0] for spelling in spellings.index[1:]})
+    if merged:
+        found.notes.append(
+            "--normalize-labels: "
+            + ", ".join(f"{a!r} → {b!r}" for a, b in merged.items())
+            + " (and surrounding spaces removed)"
+        )
+    records = found.records.assign(label=labels.replace(merged))
+    classes = sorted(records["label"].unique())
+    if len(classes) < 2:
+        raise LowmedError(f"{src}: with --normalize-labels, {len(classes)} class is left; expected at least 2")
+    return dataclasses.replace(found, task=single_label_task(classes), classes=classes, records=records)
 
 
 # --- imagefolder -------------------------------------------------------------------------------
@@ -497,6 +562,8 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
         table = pd.read_csv(path, dtype=str, keep_default_na=True)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise LowmedError(f"{path}: not a readable CSV ({exc})") from None
+    if table.empty:
+        raise LowmedError(f"{path}: a header and no rows; expected one row per image")
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise LowmedError(

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 import lowmed
+from lowmed.config import check_seed
 from lowmed.console import track
 from lowmed.contracts import DATASET_INFO, MANIFEST
 from lowmed.data.formats import SPLITS, CsvColumns, SourceRecords, check_format, read_source
@@ -24,7 +25,7 @@ from lowmed.data.images import inspect_image
 from lowmed.data.manifest import PreparedDataset, bucket_names, count_table, positives_matrix
 from lowmed.data.splits import group_stratified_split
 from lowmed.errors import LowmedError
-from lowmed.io import sha256_file, staged_dir, write_csv, write_yaml
+from lowmed.io import check_writable, sha256_file, staged_dir, write_csv, write_yaml
 
 UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
 ROLES = ("full", "test")  # full: train/val/test as given or made; test: every image a test image (an external set)
@@ -48,6 +49,8 @@ def prepare(
     allow_outside_root: bool = False,
     hash_groups: bool = False,
     role: str = "full",
+    normalize_labels: bool = False,
+    strict: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
 ) -> PreparedDataset:
@@ -57,17 +60,25 @@ def prepare(
     DICOM files are read as images (``lowmed.data.dicom``); their PatientID is the group where the layout gives
     none. ``hash_groups``: every group written as a salted hash (the salt is not kept), so that no patient
     identifier reaches the manifest. ``role="test"``: every image is a test image (an external test set: no
-    train or val split is made, and none is needed).
+    train or val split is made, and none is needed). ``normalize_labels``: labels that differ only by case or
+    surrounding spaces are merged (without it they are an error). ``strict``: every warning is an error.
 
     The output dir appears whole or not at all: everything is written to a staging dir first.
     """
+    check_seed(seed)
     _check_options(format, val_fraction, test_fraction, min_val_per_class, cache_size, uncertain)
     if role not in ROLES:
         raise LowmedError(f"--role {role!r}: expected full (train/val/test) or test (an external test set)")
     out = Path(out).expanduser().resolve()
     _check_out_dir(out, overwrite)
+    check_writable(out, "--out")
     source = read_source(
-        Path(src), format, frontal_only=frontal_only, csv_columns=csv_columns, allow_outside_root=allow_outside_root
+        Path(src),
+        format,
+        frontal_only=frontal_only,
+        csv_columns=csv_columns,
+        allow_outside_root=allow_outside_root,
+        normalize_labels=normalize_labels,
     )
     with staged_dir(out) as staging:
         records, excluded = _inspect_all(source, staging, cache_size, workers, quiet)
@@ -81,6 +92,17 @@ def prepare(
             records, split_info = _assign_splits(records, source, seed, val_fraction, test_fraction, min_val_per_class)
         manifest = _manifest_frame(records, source)
         overlap = _group_overlap(manifest)
+        warnings += _split_share_warnings(manifest, split_info) + _empty_class_problems(
+            manifest, source, role, excluded
+        )
+        warnings += [
+            f"{pair}: {item['groups']} patient/lesion group(s) appear in both splits "
+            f"(e.g. {', '.join(item['examples'][:3])}); the source gave these splits and they were kept"
+            for pair, item in overlap.items()
+        ]
+        if strict and warnings:
+            more = f" (and {len(warnings) - 1} more warning(s))" if len(warnings) > 1 else ""
+            raise LowmedError(f"--strict: {warnings[0]}{more}")
         write_csv(staging / MANIFEST, manifest)
         info = {
             "lowmed_version": lowmed.__version__,
@@ -108,12 +130,7 @@ def prepare(
             "groups_hashed": hash_groups,
             "group_overlap": overlap,
             "leakage_removed": leakage,
-            "warnings": warnings
-            + [
-                f"{pair}: {item['groups']} patient/lesion group(s) appear in both splits "
-                f"(e.g. {', '.join(item['examples'][:3])}); the source gave these splits and they were kept"
-                for pair, item in overlap.items()
-            ],
+            "warnings": warnings,
             "notes": source.notes,
             "excluded": excluded,
             "manifest_sha256": sha256_file(staging / MANIFEST),
@@ -304,6 +321,52 @@ def _assign_splits(
         "min_val_per_class": min_val_per_class,
     }
     return records.assign(split=split), info
+
+
+def _split_share_warnings(manifest: pd.DataFrame, split_info: dict) -> list[str]:
+    """A made split far from the share asked for (on a small dataset the val floor per class, or whole patients
+    kept together, can move it a long way) is said, with the reason."""
+    origin = split_info["origin"]
+    sizes = manifest["split"].value_counts()
+    pool = int(sum(sizes.get(s, 0) for s in origin if origin[s] != "given"))
+    warnings = []
+    for split in ("val", "test"):
+        if origin.get(split) != "made":
+            continue
+        asked, got = split_info[f"{split}_fraction"] * pool, int(sizes.get(split, 0))
+        if abs(got - asked) > max(2, 0.25 * asked):
+            reason = (
+                f"--min-val-per-class {split_info['min_val_per_class']} sets a floor per class (lower it for a "
+                "dataset this small)"
+                if split == "val" and got > asked
+                else "whole patients/lesions stay in one split"
+            )
+            warnings.append(
+                f"{split} split: {got} of {pool} images ({got / pool:.0%}), where --{split}-fraction "
+                f"{split_info[f'{split}_fraction']} asked for about {asked:.0f}: {reason}"
+            )
+    return warnings
+
+
+def _empty_class_problems(manifest: pd.DataFrame, source: SourceRecords, role: str, excluded: list[dict]) -> list[str]:
+    """A class with no image in a split cannot be learnt or measured there: refused for single-label data; for
+    multi-label data, a finding without positives in a split is a warning (its AUROC is undefined there). An
+    external test set (``role="test"``) may lack classes: evaluation reports them as absent."""
+    if role == "test":
+        return []
+    counts = count_table(manifest, source.task, source.classes)
+    problems = [(split, name) for split, row in counts.items() for name, count in row.items() if count == 0]
+    if not problems:
+        return []
+    listed = ", ".join(f"{name!r} in {split}" for split, name in problems)
+    after = ""
+    if excluded:
+        after = f", after {len(excluded)} file(s) were excluded (e.g. {excluded[0]['path']}: {excluded[0]['reason']})"
+    if source.task != "multilabel":
+        raise LowmedError(
+            f"{source.root}: no images of {listed}{after}; every class needs images in train, val and test"
+        )
+    return [f"no positive images of {listed}{after}: those findings cannot be learnt or measured there"]
 
 
 def _manifest_frame(records: pd.DataFrame, source: SourceRecords) -> pd.DataFrame:

@@ -12,10 +12,12 @@ import numpy as np
 import pandas as pd
 
 import lowmed
+from lowmed.config import check_seed
 from lowmed.console import console
 from lowmed.contracts import (
     DATASET_INFO,
     DEFAULT_PREPARED_ROOT,
+    LAST_SUBSET,
     MANIFEST,
     SUBSETS,
     is_prepared,
@@ -24,7 +26,7 @@ from lowmed.contracts import (
 )
 from lowmed.data.manifest import PreparedDataset, bucket_names, count_table, positives_matrix
 from lowmed.errors import LowmedError
-from lowmed.io import sha256_file, staged_dir, write_csv, write_yaml
+from lowmed.io import check_writable, sha256_file, staged_dir, write_csv, write_text, write_yaml
 
 
 @dataclass
@@ -59,6 +61,9 @@ def subsample(
     """
     if per_class < 1:
         raise LowmedError(f"--per-class {per_class}: expected a positive number of images per class")
+    check_seed(seed)
+    if out is not None:
+        check_writable(out, "--out")
     dataset = load_or_prepare(Path(data).expanduser(), prepared_dir, quiet)
     train = dataset.check_trainable().split("train")
     picked, shortfalls = _pick_nested(train, dataset.task, dataset.classes, per_class, seed)
@@ -71,6 +76,7 @@ def subsample(
     out = Path(out) if out else subset_path(dataset.root / SUBSETS, per_class, seed)
     if out.suffix != ".csv":
         raise LowmedError(f"--out {out}: expected a .csv file name for the subset manifest")
+    check_writable(out, "--out")
     sidecar = {
         "lowmed_version": lowmed.__version__,
         "prepared_dir": str(dataset.root),
@@ -86,6 +92,8 @@ def subsample(
     }
     write_csv(out, subset_frame)
     write_yaml(subset_sidecar(out), sidecar)
+    if out.resolve().is_relative_to(DEFAULT_PREPARED_ROOT.resolve()):
+        write_text(DEFAULT_PREPARED_ROOT / LAST_SUBSET, str(out.resolve()) + "\n")
     # what PreparedDataset.load(out) would read back, without reading and hashing the manifests again
     subset = Subset(
         out,
@@ -97,6 +105,28 @@ def subsample(
     if materialize:
         materialize_tree(subset.dataset, Path(materialize))
     return subset
+
+
+def last_subset(root: Path = DEFAULT_PREPARED_ROOT) -> Path:
+    """The subset ``lowmed subsample`` last wrote below ``root`` (what ``lowmed train`` with no DATA takes); with
+    no record of it, the only subset there. Several and no record, or none, is an error that lists them."""
+    pointer = root / LAST_SUBSET
+    if pointer.is_file():
+        recorded = Path(pointer.read_text().strip())
+        if recorded.is_file():
+            return recorded
+    candidates = sorted(root.glob(f"*/{SUBSETS}/*.csv"))
+    if len(candidates) == 1:
+        return candidates[0].resolve()
+    if not candidates:
+        raise LowmedError(
+            f"no dataset: give DATA (a prepared dir, subset manifest or raw dataset) or --subset; no subset from "
+            f"'lowmed subsample' was found below {root.resolve()}"
+        )
+    raise LowmedError(
+        f"no DATA given, and {len(candidates)} subsets below {root.resolve()} could be meant: "
+        f"{', '.join(map(str, candidates))}; give one as DATA or --subset"
+    )
 
 
 def load_or_prepare(

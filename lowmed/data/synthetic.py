@@ -22,6 +22,7 @@ from PIL import Image
 
 from lowmed.data.formats import CsvColumns
 from lowmed.data.manifest import PreparedDataset
+from lowmed.io import check_writable
 from lowmed.saliency.lesions import LesionBox, write_lesions
 
 SIZE = 64
@@ -161,4 +162,5 @@ def prepare_demo_dataset(kind: str, raw: str | Path, out: str | Path, quiet: boo
 def prepare_demo(root: str | Path, quiet: bool = True) -> dict[str, PreparedDataset]:
     """Both demo datasets: raw under ``root/raw/``, prepared into ``root/target`` and ``root/corpus``."""
     root = Path(root)
+    check_writable(root, "--out")
     return {kind: prepare_demo_dataset(kind, root / "raw" / kind, root / kind, quiet) for kind in ("target", "corpus")}

@@ -12,7 +12,8 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 import lowmed
-from lowmed.console import warn
+from lowmed.config import check_seed
+from lowmed.console import warn_or_refuse
 from lowmed.contracts import EvalDir, EvalReport, RunDir
 from lowmed.data.loading import label_tensors
 from lowmed.data.manifest import PreparedDataset
@@ -24,7 +25,8 @@ from lowmed.evaluation.plots import plot_confusion, plot_pr, plot_reliability, p
 from lowmed.evaluation.predict import predict_files
 from lowmed.evaluation.stats import bootstrap_ci
 from lowmed.evaluation.trained import TrainedModel
-from lowmed.io import staged_dir, write_csv
+from lowmed.io import check_writable, staged_dir, write_csv
+from lowmed.locking import own_run_dir
 from lowmed.models.weights import load_checkpoint
 from lowmed.saliency.explain import confident_cases, explain_cases
 from lowmed.saliency.maps import check_method
@@ -49,6 +51,7 @@ def evaluate(
     explain: str | None = None,
     explain_count: int = 5,
     class_map: dict[str, str] | None = None,
+    strict: bool = False,
     quiet: bool = False,
 ) -> EvalReport:
     """Evaluate a run's checkpoint on ``split`` of its own prepared dataset (or of ``data``: external
@@ -61,7 +64,8 @@ def evaluate(
 
     ``explain``: a saliency method (``lowmed.saliency.maps.METHODS``) applied to the ``explain_count`` most confident
     true positives, false positives and false negatives per class, written under ``explain/`` with the
-    model-randomisation check.
+    model-randomisation check. A run that did not finish is evaluated as it stands, with a warning (``strict``:
+    refused, as are images lost since prepare).
 
     ``threshold``: a number, or ``"youden"`` — chosen on the run's own validation split, never on the split
     being evaluated (unless that split is val itself, which the report then says). ``amp``: mixed precision;
@@ -73,15 +77,19 @@ def evaluate(
         raise LowmedError(f"--split {split!r}: expected test, val, train or all")
     if bootstrap < 0:
         raise LowmedError(f"--bootstrap {bootstrap}: expected 0 (no intervals) or more resamples")
+    check_seed(seed)
     if explain is not None:
         check_method(explain, explain_count)
     trained = TrainedModel.load(run_dir, checkpoint, device, amp)
     task, classes, config = trained.task, trained.classes, trained.config
+    run = RunDir(trained.path.parent)
     if data:
         dataset = load_or_prepare(Path(data).expanduser(), None, quiet, role="test")
     else:
         dataset = PreparedDataset.load(config["data"])
     external = dataset.root != Path(config["data"]).resolve()
+    out = EvalDir(Path(out)) if out else run.evaluation(split, dataset.root.name if external else None)
+    check_writable(out.path, "--out")
     names, absent = match_classes(classes, task, dataset, class_map or {})
     torch_device, precision = trained.device, trained.precision
     if batch_size is None:
@@ -105,8 +113,15 @@ def evaluate(
             raise LowmedError(f"{source.manifest_path}: none of the {len(paths)} {name} images could be read")
         if len(readable) < len(paths):
             unreadable = sorted(set(range(len(paths))) - set(readable))
-            warn(f"{len(unreadable)} {name} image(s) could not be read and are left out (e.g. {paths[unreadable[0]]})")
+            warn_or_refuse(
+                f"{len(unreadable)} {name} image(s) could not be read and are left out (e.g. {paths[unreadable[0]]})",
+                strict,
+            )
             frame = frame.iloc[readable].reset_index(drop=True)
+            left = set(targets[readable].long().tolist()) if task != "multilabel" else set(range(len(classes)))
+            lost = [c for i, c in enumerate(classes) if i not in left and c not in absent]
+            if lost:
+                warn_or_refuse(f"no readable {name} image of class(es) {', '.join(lost)} is left", strict)
         return (
             frame,
             targets[readable].numpy(),
@@ -114,85 +129,107 @@ def evaluate(
             probabilities(logits, task).cpu().numpy(),
         )
 
-    frame, targets, mask, probs = predict(dataset, split)
+    with own_run_dir(run.path, "evaluate", enabled=run.summary.is_file()):  # not while it trains
+        run_status = _run_status(run, checkpoint, strict)
+        frame, targets, mask, probs = predict(dataset, split)
 
-    def own_val():  # a chosen threshold comes from the run's own val split (loaded again only for external data)
-        return predict(PreparedDataset.load(config["data"]) if external else dataset, "val")
+        def own_val():  # a chosen threshold comes from the run's own val split (loaded again only for external data)
+            return predict(PreparedDataset.load(config["data"]) if external else dataset, "val")
 
-    cut, cut_source = _threshold(threshold, task, split, own_val)
-    result = compute_metrics(task, classes, targets, probs, mask, cut)
+        cut, cut_source = _threshold(threshold, task, split, own_val)
+        result = compute_metrics(task, classes, targets, probs, mask, cut)
 
-    # strata for the bootstrap: the class, or for multi-label data whether any counted finding is positive
-    strata = targets if task != "multilabel" else ((targets > 0) & (mask > 0 if mask is not None else True)).any(axis=1)
-    groups_known = bool((frame["group"] != frame["path"]).any())
-    groups = frame["group"].to_numpy() if groups_known else np.arange(len(frame))
-    intervals = {}
-    if bootstrap:
+        # strata for the bootstrap: the class, or for multi-label data whether any counted finding is positive
+        strata = (
+            targets if task != "multilabel" else ((targets > 0) & (mask > 0 if mask is not None else True)).any(axis=1)
+        )
+        groups_known = bool((frame["group"] != frame["path"]).any())
+        groups = frame["group"].to_numpy() if groups_known else np.arange(len(frame))
+        intervals = {}
+        if bootstrap:
 
-        def statistic(indices: np.ndarray) -> dict[str, float]:
-            return compute_metrics(
-                task, classes, targets[indices], probs[indices], None if mask is None else mask[indices], cut
-            ).flat()
+            def statistic(indices: np.ndarray) -> dict[str, float]:
+                return compute_metrics(
+                    task, classes, targets[indices], probs[indices], None if mask is None else mask[indices], cut
+                ).flat()
 
-        intervals = bootstrap_ci(statistic, groups, np.asarray(strata), bootstrap, seed, quiet)
-    seconds = time.perf_counter() - started
-    report = EvalReport(
-        task=task,
-        split=split,
-        n=int(len(frame)),
-        classes=classes,
-        positive_class=classes[1] if task == "binary" else None,
-        threshold=_plain(cut),
-        threshold_source=cut_source,
-        metrics=result.metrics,
-        ci95={k: v for k, v in intervals.items() if "/" not in k},
-        per_class={
-            name: {
-                **values,
-                **{
-                    f"{key}_ci95": intervals[f"{name}/{key}"]
-                    for key in values
-                    if f"{name}/{key}" in intervals and key in ("auroc", "auprc")
-                },
-            }
-            for name, values in result.per_class.items()
-        },
-        confusion_matrix=result.confusion_matrix,
-        bootstrap={
-            "resamples": bootstrap,
-            "unit": "patient/lesion group" if groups_known else "image",
-            "groups": int(len(np.unique(groups))),
-            "stratified_by": "class",
-            "seed": seed,
-            "level": 0.95,
-        },
-        checkpoint={"path": str(trained.path), "epoch": trained.epoch, "model": config["model"]},
-        dataset={"prepared_dir": str(dataset.root), "external": external},
-        absent_classes=absent,
-        class_map=class_map or {},
-        tta=tta,
-        device=str(torch_device),
-        precision=precision.describe(),
-        seconds=round(seconds, 2),
-        images_per_s=round(len(frame) / seconds, 1),
-        lowmed_version=lowmed.__version__,
-    )
-    out = (
-        EvalDir(Path(out))
-        if out
-        else RunDir(trained.path.parent).evaluation(split, dataset.root.name if external else None)
-    )
-    with staged_dir(out.path) as staging:
-        written = EvalDir(staging)
-        report.write(written.metrics)
-        write_csv(written.metrics_table, _metrics_table(result.flat(), intervals))
-        write_csv(written.predictions, _predictions(frame, task, classes, probs, cut))
-        _plots(written, task, classes, targets, probs, mask, result, report)
-        if explain is not None:
-            cases = confident_cases(dataset.image_paths(frame), task, classes, targets, probs, mask, cut, explain_count)
-            explain_cases(trained, cases, explain, written.explanations.path, seed, quiet)
-    report.out = str(out.path)
-    return report
+            intervals = bootstrap_ci(statistic, groups, np.asarray(strata), bootstrap, seed, quiet)
+        seconds = time.perf_counter() - started
+        report = EvalReport(
+            task=task,
+            split=split,
+            n=int(len(frame)),
+            classes=classes,
+            positive_class=classes[1] if task == "binary" else None,
+            threshold=_plain(cut),
+            threshold_source=cut_source,
+            metrics=result.metrics,
+            ci95={k: v for k, v in intervals.items() if "/" not in k},
+            per_class={
+                name: {
+                    **values,
+                    **{
+                        f"{key}_ci95": intervals[f"{name}/{key}"]
+                        for key in values
+                        if f"{name}/{key}" in intervals and key in ("auroc", "auprc")
+                    },
+                }
+                for name, values in result.per_class.items()
+            },
+            confusion_matrix=result.confusion_matrix,
+            bootstrap={
+                "resamples": bootstrap,
+                "unit": "patient/lesion group" if groups_known else "image",
+                "groups": int(len(np.unique(groups))),
+                "stratified_by": "class",
+                "seed": seed,
+                "level": 0.95,
+            },
+            checkpoint={
+                "path": str(trained.path),
+                "epoch": trained.epoch,
+                "model": config["model"],
+                "run_status": run_status,
+            },
+            dataset={"prepared_dir": str(dataset.root), "external": external},
+            absent_classes=absent,
+            class_map=class_map or {},
+            tta=tta,
+            device=str(torch_device),
+            precision=precision.describe(),
+            seconds=round(seconds, 2),
+            images_per_s=round(len(frame) / seconds, 1),
+            lowmed_version=lowmed.__version__,
+        )
+        with staged_dir(out.path) as staging:
+            written = EvalDir(staging)
+            report.write(written.metrics)
+            write_csv(written.metrics_table, _metrics_table(result.flat(), intervals))
+            write_csv(written.predictions, _predictions(frame, task, classes, probs, cut))
+            _plots(written, task, classes, targets, probs, mask, result, report)
+            if explain is not None:
+                cases = confident_cases(
+                    dataset.image_paths(frame), task, classes, targets, probs, mask, cut, explain_count
+                )
+                explain_cases(trained, cases, explain, written.explanations.path, seed, quiet)
+        report.out = str(out.path)
+        return report
+
+
+def _run_status(run: RunDir, checkpoint: str, strict: bool) -> str | None:
+    """The status of the run whose checkpoint is evaluated (None for a checkpoint outside a run dir); a run that
+    did not finish is said."""
+    if not run.summary.is_file():
+        return None
+    summary = run.read_summary()
+    if not summary.completed:
+        epochs = len(pd.read_csv(run.history)) if run.history.is_file() else 0
+        warn_or_refuse(
+            f"run {run.path} did not finish ({summary.status_label}, {epochs} epoch(s) in {run.history.name}): its "
+            f"{checkpoint} checkpoint is evaluated as it stands; finish it with: lowmed train --resume {run.path}",
+            strict,
+        )
+    return summary.status_label
 
 
 def match_classes(

@@ -29,7 +29,7 @@ from lowmed.experiment.plan import PlannedCell, PlannedRun, external_sets, plan
 from lowmed.experiment.publish import check_publish_folder, publish_study
 from lowmed.experiment.report import study_report
 from lowmed.experiment.study import Study, load_study
-from lowmed.io import write_text
+from lowmed.io import check_writable, write_text
 from lowmed.training.train import resume_run, train
 from lowmed.tuning import tune_cell, tuned_options
 
@@ -165,6 +165,7 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
         return StudyResult(study, pretrains, runs, cells)
     if study.publish is not None:
         check_publish_folder(study.publish)  # before hours of training, not after
+    check_writable(study.out / "report.md", f"{study_path}: out:")
     dist = Distributed.from_environment(str(study.train.get("device", "auto")), timeout=GRID_WAIT)
     claims = study.out / ".claims"  # under torchrun: which process took which grid run
     planned: list = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -161,11 +162,26 @@ def study_report(
     tuned = [cell for cell in cells if cell.cell.record is not None]
     if tuned:
         lines += _tuning_section(tuned)
-    problems = [r for r in pretrains + cells + runs if r.status in ("failed", "skipped")]
+    problems = grouped_problems(pretrains + cells + runs)
     if problems:
         lines += ["", "## Skipped or failed runs", ""]
-        lines += [f"- {r.name}: {r.status} — {r.detail}" for r in problems]
+        for (status, detail), names in problems.items():
+            lines.append(
+                f"- {names[0]}: {status} — {detail}"
+                if len(names) == 1
+                else f"- {len(names)} runs {status} — {detail}\n  (runs: {', '.join(names)})"
+            )
     return "\n".join(lines) + "\n"
+
+
+def grouped_problems(jobs: Iterable) -> dict[tuple[str, str], list[str]]:
+    """Failed or skipped jobs by status and reason, in order: a reason many runs share (an arm whose weights cannot
+    be had offline skips every run of it) is said once, with the runs it affects."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for job in jobs:
+        if job.status in ("failed", "skipped"):
+            groups.setdefault((job.status, job.detail), []).append(job.name)
+    return groups
 
 
 def _pair(row: dict) -> tuple:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowmed.config import TrainConfig
+from lowmed.config import TrainConfig, check_seed
 from lowmed.contracts import read_yaml, slug
 from lowmed.errors import LowmedError
 from lowmed.tuning import TuneSettings
@@ -92,6 +92,8 @@ def load_study(path: str | os.PathLike) -> Study:
             raise LowmedError(f"{path}: {key} must be a list of whole numbers")
     if any(n < 1 for n in raw["per_class"]):
         raise LowmedError(f"{path}: per_class sizes must be at least 1")
+    for seed in raw["seeds"]:
+        check_seed(seed, f"{path}: seeds:")
     shared = dict(raw.get("train") or {})
     TrainConfig.from_dict({**shared, "data": "."}, source=f"{path}: train").validate()  # field-named errors now
     for arm in arms:

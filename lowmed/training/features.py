@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -21,11 +20,10 @@ from torch import nn
 from lowmed.console import track
 from lowmed.data.augment import augment_batch
 from lowmed.data.loading import LabelledImages, index_chunks
-from lowmed.device import Precision, inference_batch_size
+from lowmed.device import Precision, free_memory, inference_batch_size
 from lowmed.evaluation.predict import model_input
 from lowmed.models.stages import Stage, backbone_stages
 
-UNKNOWN_MEMORY_BYTES = 4 * 2**30  # the CPU memory assumed where /proc/meminfo does not say
 # TrainConfig fields that act only above a cache (what trains on it, for how long, how the best epoch is picked);
 # every other field, including any added later, is taken to change the cached activations
 _ABOVE_THE_CACHE = {
@@ -288,19 +286,7 @@ def _same_every_epoch(stage: nn.Module, frozen_ids: set[int]) -> bool:
 
 def memory_budget(device: torch.device) -> int:
     """Half the memory free on ``device`` now: what the cached activations may take."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free // 2
-    return _available_cpu_memory() // 2
-
-
-def _available_cpu_memory() -> int:
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return UNKNOWN_MEMORY_BYTES
+    return free_memory(device) // 2
 
 
 def _activations(

@@ -18,16 +18,26 @@ from torch import nn
 
 import lowmed
 from lowmed.config import TrainConfig
-from lowmed.console import console, warn
-from lowmed.contracts import DERIVED_ARMS, MANIFEST, DatasetRef, RunDir, TrainSummary, WeightsReport, slug
+from lowmed.console import console, warn, warn_or_refuse
+from lowmed.contracts import (
+    DERIVED_ARMS,
+    MANIFEST,
+    DatasetRef,
+    RunDir,
+    TrainSummary,
+    WeightsReport,
+    is_prepared,
+    slug,
+)
 from lowmed.data.loading import label_tensors, load_split, too_many_unreadable
 from lowmed.data.manifest import PreparedDataset
-from lowmed.data.subsample import load_or_prepare, subsample
+from lowmed.data.subsample import last_subset, load_or_prepare, subsample
 from lowmed.device import Precision, channels_last, native_amp, resolve_device
 from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.evaluation.predict import Normalizer
 from lowmed.io import sha256_file, write_yaml
+from lowmed.locking import LOCK_FILE, own_run_dir
 from lowmed.models.preprocessing import Preprocessing
 from lowmed.models.registry import build_model, count_parameters, get_model_spec
 from lowmed.models.weights import load_checkpoint, load_weights, resolve_weights, weights_kind, weights_preprocessing
@@ -42,6 +52,7 @@ from lowmed.training.loop import (
     run_phases,
     seed_everything,
 )
+from lowmed.training.memory import check_fits, estimate_training_memory
 
 DEFAULT_RUNS_ROOT = Path("runs")
 
@@ -55,13 +66,21 @@ def train(
     runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
     dist: Distributed | None = None,
     trial: TrialHooks | None = None,
+    strict: bool = False,
 ) -> TrainSummary:
     """Train one run; returns the summary also written to ``train.json``.
 
     With ``resume`` the run dir in ``config.out`` is continued from its ``last.pt``. ``dist``: the processes that
     train it together; by default the ones torchrun started (or this process alone). ``trial``: the run is a
-    tuning trial (``lowmed.tuning``), which its pruner may stop early (status ``pruned``).
+    tuning trial (``lowmed.tuning``), which its pruner may stop early (status ``pruned``). ``strict``: images lost
+    since prepare, and weights that may have seen the target's test images, are errors, not warnings. With no
+    data and no subset, the subset ``lowmed subsample`` last wrote below ``./lowmed-data`` is taken (and said).
     """
+    chosen = None
+    if config.data is None and config.subset is None:
+        subset = last_subset()
+        chosen = f"no DATA given: took {subset}, the subset 'lowmed subsample' last wrote"
+        config = replace(config, subset=str(subset))
     config.validate()
     dist = dist if dist is not None else Distributed.from_environment(config.device)
     quiet = quiet or not dist.is_main
@@ -69,6 +88,8 @@ def train(
         raise LowmedError("--balanced-sampler: not available under torchrun; use --class-weights auto")
     spec = get_model_spec(config.model)
     dataset = _dataset(config, quiet)
+    if chosen and dist.is_main:
+        console.print(chosen, highlight=False, soft_wrap=True)
     config = _resolved(config, spec, dataset, Path(runs_root))
     run_dir = RunDir(config.out)
     device = dist.device(config.device)
@@ -83,127 +104,137 @@ def train(
         _check_source_model(report, spec.name)
         preprocessing = _input_contract(report, spec, config)
         config = replace(config, input_channels=preprocessing.channels, input_norm=preprocessing.norm)  # config.yaml
-    dist.on_main(lambda: _open_run_dir(run_dir, config, resume, overwrite))  # only rank 0 writes the run dir
-    state = read_training_state(run_dir) if resume else None
-    earlier_caches = {}  # a resumed run keeps what its finished phases recorded
-    if resume:
-        earlier = run_dir.read_summary()
-        report, earlier_caches = earlier.weights, earlier.caches
-        preprocessing = _input_contract(report, spec, config)
-    if not quiet:
-        console.print(f"[bold]{run_dir.path}[/] (arm {config.arm}): {spec.name}, {report.summary()}", highlight=False)
-    dist.on_main(lambda: _check_disk_space(run_dir.path, count_parameters(model)))
-    summary = _summary(config, dataset, report, preprocessing.to_dict(), device, count_parameters(model), dist)
-    summary.tuning_trial = trial.number if trial else None
-    summary.pretraining_overlap = _pretraining_overlap(report, dataset, config.dataset_name, dist.is_main)
-
-    def record(**changes) -> None:
-        for name, value in changes.items():
-            setattr(summary, name, value)
-        if dist.is_main:
-            summary.write(run_dir.summary)
-
-    record(status="running")
-
-    uncertain = dataset.info.get("uncertain", "ignore")
-    splits = {}
-    for name in ("train", "val"):
-        frame = dataset.split(name)
-        if frame.empty:
-            raise LowmedError(
-                f"{dataset.manifest_path}: no {name} rows; expected a prepared dataset with a {name} split"
+    images = len(dataset.split("train")) + len(dataset.split("val"))
+    estimate = estimate_training_memory(model, config.image_size, config.batch_size, images)
+    check_fits(estimate, device, config.image_size, config.batch_size)  # before the run dir is touched
+    with own_run_dir(run_dir.path, "train", enabled=dist.is_main):  # one process at a time in a run dir
+        dist.on_main(lambda: _open_run_dir(run_dir, config, resume, overwrite))  # only rank 0 writes the run dir
+        state = read_training_state(run_dir) if resume else None
+        earlier_caches = {}  # a resumed run keeps what its finished phases recorded
+        if resume:
+            earlier = run_dir.read_summary()
+            report, earlier_caches = earlier.weights, earlier.caches
+            preprocessing = _input_contract(report, spec, config)
+        if not quiet:
+            console.print(
+                f"[bold]{run_dir.path}[/] (arm {config.arm}): {spec.name}, {report.summary()}", highlight=False
             )
-        targets, mask = label_tensors(frame, dataset.task, dataset.classes, uncertain)
-        splits[name] = load_split(dataset.image_paths(frame), targets, mask, config.image_size)
-        _report_unreadable(name, splits[name])
-        if device.type == "cuda" and splits[name].pixels is not None:
-            splits[name].pixels = splits[name].pixels.to(device)  # decoded once, then no host-to-GPU copies
-    precision = Precision.choose(device, bool(config.amp))
-    if precision.enabled and not native_amp(device) and dist.is_main:
-        warn(f"--amp: this {device.type} has no native {precision.describe()}; it is emulated, slower than fp32")
-    weights = (
-        class_weights(dataset.task, splits["train"].targets, splits["train"].mask, len(dataset.classes))
-        if config.class_weights == "auto" and not config.balanced_sampler
-        else None
-    )
-    model.to(device)
-    if channels_last(device):
-        model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    inputs = LoopInputs(
-        model=model,
-        train=splits["train"],
-        val=splits["val"],
-        task=dataset.task,
-        criterion=Criterion(dataset.task, None if weights is None else weights.to(device)),
-        normalize=Normalizer(preprocessing, device),
-        device=device,
-        precision=precision,
-        run_dir=run_dir,
-        dist=dist,
-        checkpoint_extras={
-            "config": config.to_dict(),
-            "preprocessing": preprocessing.to_dict(),
-            "task": dataset.task,
-            "classes": dataset.classes,
-            "lowmed_version": lowmed.__version__,
-        },
-    )
-    phases = plan_phases(config, pretrained=report.source != "none")
-    started = time.perf_counter()
-    try:
-        result = run_phases(inputs, config, phases, state, quiet, trial)
-    except KeyboardInterrupt:
-        record(status="interrupted")
-        raise Interrupted(
-            f"interrupted; {run_dir.last.name} holds the last finished epoch; continue with: "
-            f"lowmed train --resume {run_dir.path}"
-        ) from None
-    except torch.cuda.OutOfMemoryError:
-        message = (
-            f"out of GPU memory at --batch-size {config.batch_size}, --image-size {config.image_size} "
-            f"({config.model}); try --batch-size {max(2, config.batch_size // 2)} or a smaller --image-size"
+        dist.on_main(lambda: _check_disk_space(run_dir.path, count_parameters(model)))
+        summary = _summary(config, dataset, report, preprocessing.to_dict(), device, count_parameters(model), dist)
+        summary.tuning_trial = trial.number if trial else None
+        summary.dataset.chosen = earlier.dataset.chosen if resume else chosen
+        summary.pretraining_overlap = _pretraining_overlap(report, dataset, config.dataset_name, dist.is_main, strict)
+
+        def record(**changes) -> None:
+            for name, value in changes.items():
+                setattr(summary, name, value)
+            if dist.is_main:
+                summary.write(run_dir.summary)
+
+        record(status="running")
+
+        uncertain = dataset.info.get("uncertain", "ignore")
+        splits = {}
+        for name in ("train", "val"):
+            frame = dataset.split(name)
+            if frame.empty:
+                raise LowmedError(
+                    f"{dataset.manifest_path}: no {name} rows; expected a prepared dataset with a {name} split"
+                )
+            targets, mask = label_tensors(frame, dataset.task, dataset.classes, uncertain)
+            splits[name] = load_split(dataset.image_paths(frame), targets, mask, config.image_size)
+            _report_unreadable(name, splits[name], dataset, strict)
+            if device.type == "cuda" and splits[name].pixels is not None:
+                splits[name].pixels = splits[name].pixels.to(device)  # decoded once, then no host-to-GPU copies
+        precision = Precision.choose(device, bool(config.amp))
+        if precision.enabled and not native_amp(device) and dist.is_main:
+            warn(f"--amp: this {device.type} has no native {precision.describe()}; it is emulated, slower than fp32")
+        weights = (
+            class_weights(dataset.task, splits["train"].targets, splits["train"].mask, len(dataset.classes))
+            if config.class_weights == "auto" and not config.balanced_sampler
+            else None
         )
-        record(status="failed", error=message)
-        raise RunFailed(message) from None
-    except RunFailed as exc:
-        record(status="failed", error=str(exc))
-        raise
-    history = result["history"]
-    record(
-        status="pruned" if result["pruned_at"] else "completed",
-        error=f"stopped after epoch {result['pruned_at']} by the tuner's pruner" if result["pruned_at"] else None,
-        phases=[p.name for p in phases],
-        epochs_run=len(history),
-        best={
-            "epoch": result["best"]["epoch"],
-            "phase": result["best"]["phase"],
-            "monitor": config.monitor,
-            "value": result["best"]["value"],
-            "metrics": {k: v for k, v in history[result["best"]["epoch"] - 1].items() if k.startswith("val_")},
-        },
-        wall_seconds=round(time.perf_counter() - started, 2),  # this invocation (a resumed run: since resume)
-        resumed=state is not None,
-        epoch_seconds_total=round(sum(row["seconds"] for row in history), 2),
-        # per phase: a phase on cached activations runs only the top of the network and is far faster
-        train_images_per_s={
-            phase.name: round(float(np.median([r["images_per_s"] for r in history if r["phase"] == phase.name])), 1)
-            for phase in phases
-            if any(r["phase"] == phase.name for r in history)
-        },
-        precision=precision.describe(),
-        caches={**earlier_caches, **result["caches"]},
-        unreadable_files={name: split.unreadable for name, split in splits.items() if split.unreadable},
-    )
-    return summary
+        model.to(device)
+        if channels_last(device):
+            model.to(memory_format=torch.channels_last)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        inputs = LoopInputs(
+            model=model,
+            train=splits["train"],
+            val=splits["val"],
+            task=dataset.task,
+            criterion=Criterion(dataset.task, None if weights is None else weights.to(device)),
+            normalize=Normalizer(preprocessing, device),
+            device=device,
+            precision=precision,
+            run_dir=run_dir,
+            dist=dist,
+            checkpoint_extras={
+                "config": config.to_dict(),
+                "preprocessing": preprocessing.to_dict(),
+                "task": dataset.task,
+                "classes": dataset.classes,
+                "lowmed_version": lowmed.__version__,
+            },
+        )
+        phases = plan_phases(config, pretrained=report.source != "none")
+        started = time.perf_counter()
+        try:
+            result = run_phases(inputs, config, phases, state, quiet, trial)
+        except KeyboardInterrupt:
+            record(status="interrupted")
+            raise Interrupted(
+                f"interrupted; {run_dir.last.name} holds the last finished epoch; continue with: "
+                f"lowmed train --resume {run_dir.path}"
+            ) from None
+        except torch.cuda.OutOfMemoryError:
+            message = (
+                f"out of GPU memory at --batch-size {config.batch_size}, --image-size {config.image_size} "
+                f"({config.model}); try --batch-size {max(2, config.batch_size // 2)} or a smaller --image-size"
+            )
+            record(status="failed", error=message)
+            raise RunFailed(message) from None
+        except RunFailed as exc:
+            record(status="failed", error=str(exc))
+            raise
+        history = result["history"]
+        record(
+            status="pruned" if result["pruned_at"] else "completed",
+            error=f"stopped after epoch {result['pruned_at']} by the tuner's pruner" if result["pruned_at"] else None,
+            phases=[p.name for p in phases],
+            epochs_run=len(history),
+            best={
+                "epoch": result["best"]["epoch"],
+                "phase": result["best"]["phase"],
+                "monitor": config.monitor,
+                "value": result["best"]["value"],
+                "metrics": {k: v for k, v in history[result["best"]["epoch"] - 1].items() if k.startswith("val_")},
+            },
+            wall_seconds=round(time.perf_counter() - started, 2),  # this invocation (a resumed run: since resume)
+            resumed=state is not None,
+            epoch_seconds_total=round(sum(row["seconds"] for row in history), 2),
+            # per phase: a phase on cached activations runs only the top of the network and is far faster
+            train_images_per_s={
+                phase.name: round(float(np.median([r["images_per_s"] for r in history if r["phase"] == phase.name])), 1)
+                for phase in phases
+                if any(r["phase"] == phase.name for r in history)
+            },
+            precision=precision.describe(),
+            caches={**earlier_caches, **result["caches"]},
+            unreadable_files={name: split.unreadable for name, split in splits.items() if split.unreadable},
+        )
+        return summary
 
 
 def resume_run(run_dir: str | os.PathLike, *, quiet: bool = False, dist: Distributed | None = None) -> TrainSummary:
-    """Continue an interrupted run from its ``last.pt`` with its own ``config.yaml``."""
+    """Continue an interrupted run from its ``last.pt`` with its own ``config.yaml``; a completed run is left
+    untouched (its summary is returned)."""
     run = RunDir(run_dir)
     if not run.config.is_file():
         raise LowmedError(f"--resume {run.path}: no {run.config.name}; expected a lowmed run dir")
+    if run.state() == "completed":
+        return run.read_summary()
     config = TrainConfig.from_yaml(run.config)
     return train(replace(config, out=str(run.path)), resume=True, quiet=quiet, dist=dist)
 
@@ -214,6 +245,7 @@ def finetune(
     *,
     overwrite: bool = False,
     quiet: bool = False,
+    strict: bool = False,
     runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
     **options: Any,
 ) -> TrainSummary:
@@ -231,9 +263,8 @@ def finetune(
         values["model"] = source_model_name(source)
         if values["model"] is None:
             raise LowmedError(f"SOURCE {source} is a plain weights file; say which architecture with --model")
-    return train(
-        TrainConfig.from_dict(values, source="finetune"), overwrite=overwrite, quiet=quiet, runs_root=runs_root
-    )
+    config = TrainConfig.from_dict(values, source="finetune")
+    return train(config, overwrite=overwrite, quiet=quiet, strict=strict, runs_root=runs_root)
 
 
 def source_model_name(source: Path) -> str | None:
@@ -279,11 +310,26 @@ def train_model(
 def _dataset(config: TrainConfig, quiet: bool) -> PreparedDataset:
     if config.subset:
         dataset = PreparedDataset.load(config.subset)
+        if config.data is not None:
+            _check_subset_of(dataset, Path(config.data).expanduser())
     elif config.per_class:
         dataset = subsample(config.data, config.per_class, seed=config.seed, quiet=quiet).dataset
     else:
         dataset = load_or_prepare(Path(config.data).expanduser(), None, quiet)
     return dataset.check_trainable()
+
+
+def _check_subset_of(subset: PreparedDataset, data: Path) -> None:
+    """DATA and --subset together must name one dataset: a subset is trained on its own prepared dir's images."""
+    if is_prepared(data):
+        same = PreparedDataset.load(data).root == subset.root
+    else:
+        same = str(data.resolve()) == subset.info.get("source", {}).get("path")
+    if not same:
+        raise LowmedError(
+            f"--subset {subset.manifest_path} was drawn from {subset.root}, not from DATA {data}; give only one of "
+            "them, or a subset drawn from DATA"
+        )
 
 
 def _resolved(config: TrainConfig, spec, dataset: PreparedDataset, runs_root: Path) -> TrainConfig:
@@ -336,22 +382,19 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool, overwrite: boo
                 f"--resume {run_dir}: no {run.last.name} to continue from; start the run without --resume"
             )
         return
-    if run_dir.exists() and not run_dir.is_dir():
-        raise LowmedError(f"--out {run_dir} is a file; expected a folder for the run dir (new, or empty)")
-    if run_dir.exists() and any(run_dir.iterdir()):
+    written = [p for p in run_dir.iterdir() if p.name != LOCK_FILE]
+    if written:
         if not overwrite:
             raise LowmedError(
                 f"run dir {run_dir} exists; continue it with --resume {run_dir}, "
                 "start again with --overwrite, or choose --out"
             )
-        shutil.rmtree(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_yaml(run.config, config.to_dict())
-    except OSError as exc:
-        raise LowmedError(
-            f"run dir {run_dir}: cannot write there ({exc.strerror or exc}); choose another --out"
-        ) from None
+        for path in written:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    write_yaml(run.config, config.to_dict())
 
 
 def _check_disk_space(run_dir: Path, parameters: int) -> None:
@@ -373,17 +416,20 @@ def _input_contract(report: WeightsReport, spec, config: TrainConfig) -> Preproc
     return source.with_input(config.image_size, config.input_channels, config.input_norm)
 
 
-def _pretraining_overlap(report: WeightsReport, dataset: PreparedDataset, name: str | None, say: bool) -> dict | None:
+def _pretraining_overlap(
+    report: WeightsReport, dataset: PreparedDataset, name: str | None, say: bool, strict: bool
+) -> dict | None:
     """For weights whose training datasets are known: whether the target may be among them (warned, if ``say``)."""
     if report.trained_on is None:
         return None
     target = name or FORMAT_DATASETS.get(dataset.info.get("source", {}).get("format"))
     result = overlap(report.trained_on, target)
     if result["status"] == "possible" and say:
-        warn(
+        warn_or_refuse(
             f"--weights {report.name} was pretrained on {', '.join(result['weights_trained_on'])}, which includes "
             f"{target}, the target's source: its validation and test images may have been seen in pretraining "
-            "(pretraining_overlap: possible in train.json)"
+            "(pretraining_overlap: possible in train.json)",
+            strict,
         )
     return result
 
@@ -393,16 +439,27 @@ def _check_source_model(report: WeightsReport, model: str) -> None:
         raise LowmedError(f"--weights {report.path}: trained as {report.source_model}, but --model is {model}")
 
 
-def _report_unreadable(name: str, split) -> None:
+def _report_unreadable(name: str, split, dataset: PreparedDataset, strict: bool) -> None:
+    """Files broken since prepare are skipped with a warning; a run that would lose too many, or every image of a
+    class, stops."""
     if split.unreadable:
-        warn(
+        warn_or_refuse(
             f"{len(split.unreadable)} {name} image(s) could not be read and were skipped "
-            f"(e.g. {split.unreadable[0]}); they changed after prepare"
+            f"(e.g. {split.unreadable[0]}); they changed after prepare",
+            strict,
         )
         if too_many_unreadable(split):
             raise RunFailed(
                 f"{len(split.unreadable)} {name} images are unreadable — too many to go on; run 'lowmed prepare' again"
             )
+        if dataset.task != "multilabel":
+            present = torch.bincount(split.targets, minlength=len(dataset.classes))
+            lost = [c for c, count in zip(dataset.classes, present.tolist()) if count == 0]
+            if lost:
+                raise RunFailed(
+                    f"no readable {name} image of class(es) {', '.join(map(repr, lost))} is left; "
+                    "run 'lowmed prepare' again"
+                )
 
 
 def _cpu_name() -> str:

@@ -1,0 +1,133 @@
+"""One process at a time in a run dir: an exclusive lock file naming its owner.
+
+``train``, ``finetune``, ``--resume`` and ``evaluate`` own the run dir they write. The lock file holds the owner's
+pid, host, command and start time; a lock whose process is gone (killed, the machine restarted) is stale and is
+taken over with a warning. A process may take a lock it already holds (an experiment trains, then evaluates).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from lowmed.console import warn
+from lowmed.errors import LowmedError
+from lowmed.io import check_writable
+
+LOCK_FILE = ".lowmed.lock"
+_held: dict[Path, int] = {}  # the run dirs this process owns, and how many times it took each
+
+
+def owner(run_dir: str | os.PathLike) -> dict | None:
+    """The lock's record (pid, host, command, since), or None where the run dir has no lock."""
+    try:
+        record = json.loads((Path(run_dir) / LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else {}
+
+
+def owner_alive(record: dict) -> bool:
+    """Whether the lock's process still runs; one on another host cannot be checked and counts as running."""
+    if record.get("host") != socket.gethostname():
+        return True
+    pid = record.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def in_use_by_another(run_dir: str | os.PathLike) -> bool:
+    """Whether a live process other than this one owns ``run_dir`` now."""
+    record = owner(run_dir)
+    if record is None or not owner_alive(record):
+        return False
+    return record.get("pid") != os.getpid() or record.get("host") != socket.gethostname()
+
+
+@contextmanager
+def own_run_dir(run_dir: str | os.PathLike, command: str, enabled: bool = True) -> Iterator[None]:
+    """Hold ``run_dir``'s lock for the block. A folder it creates is removed again when the block refuses bad input
+    (``LowmedError``) or fails before anything but the lock was written. ``enabled`` False (a torchrun rank other
+    than 0) does nothing.
+    """
+    path = Path(run_dir).expanduser().absolute()
+    if not enabled:
+        yield
+        return
+    if path in _held:
+        _held[path] += 1
+        try:
+            yield
+        finally:
+            _held[path] -= 1
+        return
+    created = not path.exists()
+    if path.exists() and not path.is_dir():
+        raise LowmedError(f"run dir {path} is a file; expected a folder")
+    if created:
+        check_writable(path, "--out")
+        path.mkdir(parents=True)
+    _acquire(path, command)
+    _held[path] = 1
+    refused = failed = True
+    try:
+        yield
+        refused = failed = False
+    except LowmedError:
+        raise
+    except BaseException:
+        refused = False
+        raise
+    finally:
+        del _held[path]
+        (path / LOCK_FILE).unlink(missing_ok=True)
+        if created and (refused or (failed and not any(path.iterdir()))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _acquire(path: Path, command: str) -> None:
+    lock = path / LOCK_FILE
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": command,
+        "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    for _ in range(2):  # a second try after taking over a stale lock
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            held = owner(path) or {}
+            if owner_alive(held):
+                raise LowmedError(
+                    f"run dir {path} is in use by process {held.get('pid')} on {held.get('host')} "
+                    f"({held.get('command')}, since {held.get('since')}); wait for it to finish, or delete {lock} "
+                    "if that process is gone"
+                ) from None
+            warn(
+                f"run dir {path}: took over the lock of process {held.get('pid')} ({held.get('command')}, since "
+                f"{held.get('since')}), which is no longer running"
+            )
+            lock.unlink(missing_ok=True)
+            continue
+        except OSError as exc:
+            raise LowmedError(
+                f"run dir {path}: cannot write there ({exc.strerror or exc}); choose another --out"
+            ) from None
+        with os.fdopen(fd, "w") as handle:
+            json.dump(record, handle)
+        return
+    raise LowmedError(f"run dir {path}: another process took its lock at the same moment; try again")
