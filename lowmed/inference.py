@@ -21,7 +21,7 @@ import pandas as pd
 import lowmed
 from lowmed.console import progress_bar, warn
 from lowmed.contracts import EvalReport
-from lowmed.data.images import IMAGE_EXTENSIONS, inspect_image, list_files
+from lowmed.data.images import IMAGE_EXTENSIONS, inspect_image, list_files, refuse_undecodable_names
 from lowmed.device import inference_batch_size
 from lowmed.errors import LowmedError
 from lowmed.evaluation.evaluate import ACCELERATOR_BATCH
@@ -160,6 +160,7 @@ def collect_inputs(inputs: list[str | os.PathLike], path_column: str = "path") -
             paths.append(given)
         else:
             raise LowmedError(f"{given}: no such file or folder")
+    refuse_undecodable_names(paths, ", ".join(map(str, inputs)))
     return paths
 
 

@@ -265,6 +265,12 @@ def bad_inputs(root, small, trained_run) -> list[BadInput]:
             root / "r3",
         ),
         (
+            "predict a folder with a file name not UTF-8",
+            ["predict", trained_run, latin1, "-o", root / "predictions.csv"],
+            "not valid UTF-8",
+            root / "predictions.csv",
+        ),
+        (
             "text file as checkpoint",
             ["evaluate", "--checkpoint", text, "--data", small],
             "not a loadable weights",

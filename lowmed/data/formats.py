@@ -8,7 +8,6 @@ Readers only look at names and tables; opening the images is ``prepare``'s job.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lowmed.data.images import IMAGE_EXTENSIONS, list_files
+from lowmed.data.images import IMAGE_EXTENSIONS, list_files, refuse_undecodable_names
 from lowmed.errors import LowmedError
 
 FORMATS = ("auto", "imagefolder", "ham10000", "chexpert", "nih", "rsna", "csv")
@@ -169,29 +168,11 @@ def read_source(
         check_format(fmt)
     if found.records.empty:
         raise LowmedError(f"{src}: no images found for format {fmt!r}")
-    _refuse_undecodable_names(found.records["path"], src)
+    refuse_undecodable_names(found.records["path"], src)
     if found.task != "multilabel":
         found = _merge_label_spellings(found, src) if normalize_labels else _refuse_label_spellings(found, src)
     found.root = src
     return found
-
-
-def _refuse_undecodable_names(paths: pd.Series, src: Path) -> None:
-    """A file name that is not valid UTF-8 cannot be written to the manifest (or read back from it elsewhere)."""
-    bad = [path for path in paths if not _is_utf8(path)]
-    if bad:
-        raise LowmedError(
-            f"{src}: {len(bad)} file name(s) are not valid UTF-8 (e.g. {os.fsencode(bad[0])!r}); "
-            "rename them to UTF-8 (convmv -f latin1 -t utf8 does it for a whole tree)"
-        )
-
-
-def _is_utf8(path: str) -> bool:
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _label_spellings(labels: pd.Series) -> dict[str, pd.Series]:

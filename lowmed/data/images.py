@@ -6,12 +6,14 @@ import hashlib
 import io
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lowmed.data.dicom import DICOM_EXTENSIONS, is_dicom, read_dicom
+from lowmed.errors import LowmedError
 
 IMAGE_EXTENSIONS = {
     ".jpg",
@@ -43,6 +45,24 @@ def list_files(root: Path) -> list[Path]:
         subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d.lower() not in _SKIPPED_DIRS)
         found.extend(Path(directory) / f for f in sorted(files) if not is_system_file(Path(f)))
     return found
+
+
+def refuse_undecodable_names(paths: Iterable[str | Path], where: str | Path) -> None:
+    """A file name that is not valid UTF-8 cannot be written to a manifest or a predictions CSV."""
+    bad = [str(path) for path in paths if not _is_utf8(str(path))]
+    if bad:
+        raise LowmedError(
+            f"{where}: {len(bad)} file name(s) are not valid UTF-8 (e.g. {os.fsencode(bad[0])!r}); "
+            "rename them to UTF-8 (convmv -f latin1 -t utf8 does it for a whole tree)"
+        )
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def to_standard_mode(image: Image.Image) -> Image.Image:
