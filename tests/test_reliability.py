@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from lowmed import prepare, subsample, train
+from lowmed.cli import main
 from lowmed.config import TrainConfig
 from lowmed.contracts import RunDir, TrainSummary
 from lowmed.errors import LowmedError
@@ -314,49 +315,55 @@ def snapshot(path: Path) -> dict | None:
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in files}
 
 
-def test_bad_inputs_give_one_line_and_exit_2_and_write_nothing(small, trained_run, tmp_path):
-    corpus = bad_inputs(tmp_path / "corpus", small, trained_run)
-    for case in corpus:
+def test_bad_inputs_give_one_line_and_exit_2_and_write_nothing(small, trained_run, tmp_path, capsys, monkeypatch):
+    """Each case through ``main``, the console script's entry point (in this process: 30 interpreters would take a
+    minute and a half to start)."""
+    for case in bad_inputs(tmp_path / "corpus", small, trained_run):
+        monkeypatch.chdir(case.cwd or tmp_path)
         before = snapshot(case.untouched)
-        done = subprocess.run(lowmed(*case.args), capture_output=True, text=True, cwd=case.cwd)
-        lines = done.stderr.strip().splitlines()
-        assert done.returncode == 2, (case.name, done.stderr)
-        assert len(lines) == 1 and case.culprit in lines[0], (case.name, done.stderr)
+        with pytest.raises(SystemExit) as exit:
+            main([str(arg) for arg in case.args])
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert exit.value.code == 2, (case.name, err)
+        assert len(lines) == 1 and case.culprit in lines[0], (case.name, err)
         assert snapshot(case.untouched) == before, case.name
 
 
-def test_a_run_dir_has_one_owner_and_a_killed_run_says_so(small, tmp_path):
+def test_a_run_dir_has_one_owner_and_a_killed_run_says_so(small, tmp_path, capsys):
+    """A training process owns its run dir; this test's process, a second one, is refused, then takes over."""
     run = tmp_path / "run"
     process = subprocess.Popen(
-        lowmed("train", small, "--epochs", 60, "--out", run, *TRAIN_FLAGS),
+        lowmed("train", small, "--epochs", 6, "--out", run, *TRAIN_FLAGS),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     wait_for_epochs(run, 2, process)
+    process.send_signal(signal.SIGSTOP)  # alive, holding the lock, and not finishing while the others try
     assert owner(run)["pid"] == process.pid and RunDir(run).read_summary().status == "running"
-    for args in (["train", "--resume", run], ["evaluate", run, "--bootstrap", 0]):
-        refused = subprocess.run(lowmed(*args), capture_output=True, text=True)
-        assert refused.returncode == 2 and f"is in use by process {process.pid}" in refused.stderr, refused.stderr
+    for args in (["train", "--resume", run], ["evaluate", run, "--bootstrap", "0"]):
+        with pytest.raises(SystemExit) as refused:
+            main([str(arg) for arg in args])
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and f"is in use by process {process.pid}" in err, err
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed = RunDir(run).read_summary()
     assert (killed.status, killed.status_label) == ("killed", "failed (killed)") and "--resume" in killed.error
     assert RunDir(run).state() == "resumable"
-    resumed = subprocess.run(lowmed("train", "--resume", run, "-q"), capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"took over the lock of process {process.pid}" in resumed.stderr
+    assert resume_run(run, quiet=True).completed
+    assert f"took over the lock of process {process.pid}" in capsys.readouterr().err
     assert RunDir(run).read_summary().status == "completed" and owner(run) is None
 
 
-def test_resume_of_a_completed_run_says_so_and_touches_nothing(small, tmp_path):
+def test_resume_of_a_completed_run_says_so_and_touches_nothing(small, tmp_path, capsys):
     run = tmp_path / "run"
     train(TrainConfig(data=str(small), epochs=1, out=str(run), **FAST), quiet=True)
     before = snapshot(run)
-    done = subprocess.run(lowmed("train", "--resume", run), capture_output=True, text=True)
-    assert (
-        done.returncode == 0
-        and done.stdout.strip() == f"{run}: already completed; nothing to resume (its files are untouched)"
-    )
+    with pytest.raises(SystemExit) as exit:
+        main(["train", "--resume", str(run)])
+    said = capsys.readouterr().out.strip()
+    assert exit.value.code == 0 and said == f"{run}: already completed; nothing to resume (its files are untouched)"
     assert snapshot(run) == before
     assert resume_run(run, quiet=True).completed and snapshot(run) == before
 
