@@ -92,9 +92,8 @@ def prepare(
             records, split_info = _assign_splits(records, source, seed, val_fraction, test_fraction, min_val_per_class)
         manifest = _manifest_frame(records, source)
         overlap = _group_overlap(manifest)
-        warnings += _split_share_warnings(manifest, split_info) + _empty_class_problems(
-            manifest, source, role, excluded
-        )
+        warnings += _split_share_warnings(manifest, split_info)
+        warnings += _empty_class_problems(manifest, source, role, excluded)
         warnings += [
             f"{pair}: {item['groups']} patient/lesion group(s) appear in both splits "
             f"(e.g. {', '.join(item['examples'][:3])}); the source gave these splits and they were kept"

@@ -62,7 +62,9 @@ def subsample(
     if per_class < 1:
         raise LowmedError(f"--per-class {per_class}: expected a positive number of images per class")
     check_seed(seed)
-    if out is not None:
+    if out is not None:  # before a raw dataset is prepared
+        if Path(out).suffix != ".csv":
+            raise LowmedError(f"--out {out}: expected a .csv file name for the subset manifest")
         check_writable(out, "--out")
     dataset = load_or_prepare(Path(data).expanduser(), prepared_dir, quiet)
     train = dataset.check_trainable().split("train")
@@ -73,10 +75,10 @@ def subsample(
     manifest = dataset.manifest
     keep = (manifest["split"] != "train") | manifest["path"].isin(chosen)
     subset_frame = manifest[keep]
-    out = Path(out) if out else subset_path(dataset.root / SUBSETS, per_class, seed)
-    if out.suffix != ".csv":
-        raise LowmedError(f"--out {out}: expected a .csv file name for the subset manifest")
-    check_writable(out, "--out")
+    if out is None:
+        out = subset_path(dataset.root / SUBSETS, per_class, seed)
+        check_writable(out, "the subset manifest")
+    out = Path(out)
     sidecar = {
         "lowmed_version": lowmed.__version__,
         "prepared_dir": str(dataset.root),
