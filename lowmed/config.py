@@ -103,6 +103,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        if not isinstance(values, dict) or not all(isinstance(key, str) for key in values):
+            raise LowmedError(f"{source}: expected a mapping of option names to values")
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:

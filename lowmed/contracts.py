@@ -77,7 +77,7 @@ def read_yaml(path: str | os.PathLike, what: str | None = None) -> dict:
         raise LowmedError(f"{what}: not a text file; expected YAML") from None
     except yaml.YAMLError as exc:
         raise LowmedError(f"{what}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not all(isinstance(key, str) for key in data):
         raise LowmedError(f"{what}: expected a mapping of names to values")
     return data
 

@@ -1,9 +1,11 @@
 """Property-based tests of the readers a user feeds by hand: the CSV, the run config and the study file.
 
 Whatever the bytes, columns or value types, each reader either accepts the file or refuses it as bad input
-(``LowmedError``, exit 2); no other exception gets out.
+(``LowmedError``, exit 2); no other exception gets out. ``LOWMED_HYPOTHESIS_EXAMPLES`` sets the examples per
+property (150 by default; a longer search: 2000).
 """
 
+import os
 import string
 
 import pandas as pd
@@ -19,7 +21,11 @@ from lowmed.errors import LowmedError
 from lowmed.experiment.study import load_study
 from tests.factory import write_image
 
-EXAMPLES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+EXAMPLES = settings(
+    max_examples=int(os.environ.get("LOWMED_HYPOTHESIS_EXAMPLES", 150)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 names = st.text(alphabet=string.ascii_letters + string.digits + " _-.", min_size=1, max_size=12)
 scalars = st.one_of(

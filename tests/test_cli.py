@@ -90,9 +90,23 @@ def test_the_used_by_commands_run_as_typed(capsys, kermany, tmp_path, monkeypatc
     assert (tmp_path / "runs" / "compare.csv").is_file()
 
 
-def test_usage_error_exit_2(capsys):
-    code, _, err = run_cli(capsys, "subsample", "somewhere")
-    assert code == 2 and "--per-class" in err
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["subsample", "somewhere"], "Missing option '--per-class'"),
+        (["subsample", "somewhere", "--per-class", "abc"], "Invalid value for '--per-class'"),
+        (["train", "--bogus"], "No such option: --bogus"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(capsys, args, culprit):
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and err.strip().splitlines() == [err.strip()] and culprit in err
+    assert f"(lowmed {args[0]} -h lists the options)" in err
+
+
+def test_bare_lowmed_shows_the_help(capsys):
+    code, out, err = run_cli(capsys)
+    assert code == 2 and "prepare" in out + err and "error" not in err
 
 
 def test_python_dash_m():

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from lowmed import compare_models, compare_runs, run_experiment, train
+from lowmed.cli import main
 from lowmed.config import TrainConfig
 from lowmed.contracts import Comparison, StudyLog
 from lowmed.errors import LowmedError
@@ -72,7 +73,7 @@ def test_dry_run_plans_the_grid_without_training(study, tmp_path):
     assert not (tmp_path / "study" / "runs").exists()
 
 
-def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, monkeypatch):
+def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, monkeypatch, capsys):
     real_train, failures = train_module.train, []
 
     def flaky_train(config, **kwargs):  # the first attempt of one run crashes
@@ -116,6 +117,12 @@ def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, m
     assert [i["worked"] for i in again.log.invocations] == [9, 0]  # 1 stage + 8 runs, then nothing
     assert f"Wall time {again.log.seconds / 60:.1f} min over 2 invocation(s)" in (out / "report.md").read_text()
     assert StudyLog.read(tmp_path / "published" / "study.json") == again.log
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["experiment", str(study), "-q"])  # as a user sees it: the arm's reason once, not once per run
+    shown = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "4 runs skipped:" in shown
+    assert shown.count("is not cached and cannot be downloaded") == 1
 
 
 def _check_published(published, result):

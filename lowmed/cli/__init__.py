@@ -6,6 +6,7 @@ once, and each command imports its core module (torch, pandas, matplotlib) when 
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -75,22 +76,33 @@ def _leave_process_group() -> None:
         distributed.leave_process_group()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: exit 2 for bad input, 1 for a failed run; tracebacks only with --debug.
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """The exception Typer raises for a usage error: click's, from the copy Typer vendors (0.2x) or click itself."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(module).ClickException)
+        except ImportError:
+            continue
+    return tuple(found)
 
-    Typer reports usage errors itself (exit 2); lowmed's own errors pass through it to here.
-    """
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: exit 2 for bad input (a usage error included, in one line), 1 for a failed run, 130 for Ctrl-C;
+    tracebacks only with --debug."""
     _debug["on"] = bool(os.environ.get("LOWMED_DEBUG"))
     try:
-        app(args=argv, prog_name="lowmed")
-    except SystemExit:
-        _leave_process_group()
-        raise
+        code = app(args=argv, prog_name="lowmed", standalone_mode=False)
+    except _usage_errors() as exc:  # an unknown option, a value of the wrong type, a missing argument
+        code = exc.exit_code
+        if type(exc).__name__ != "NoArgsIsHelpError":  # bare 'lowmed': the help was shown
+            where = f" ({exc.ctx.command_path} -h lists the options)" if getattr(exc, "ctx", None) else ""
+            console.print(f"[bold red]error:[/] {escape(exc.format_message())}{where}", highlight=False, soft_wrap=True)
     except (LowmedError, RunFailed) as exc:
         if _debug["on"]:
             traceback.print_exc()
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except Exception as exc:  # an unforeseen failure during a run
         hint = ""
         if _debug["on"]:
@@ -100,4 +112,6 @@ def main(argv: list[str] | None = None) -> None:
         console.print(
             f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}{hint}", highlight=False, soft_wrap=True
         )
-        sys.exit(1)
+        code = 1
+    _leave_process_group()
+    sys.exit(code if isinstance(code, int) else 0)
