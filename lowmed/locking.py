@@ -25,21 +25,22 @@ _held: dict[Path, int] = {}  # the run dirs this process owns, and how many time
 
 
 def owner(run_dir: str | os.PathLike) -> dict | None:
-    """The lock's record (pid, host, command, since), or None where the run dir has no lock."""
+    """The lock's record (pid, host, command, since), or None where the run dir has no lock (or an unreadable one)."""
     try:
         record = json.loads((Path(run_dir) / LOCK_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else {}
+    return record if isinstance(record, dict) else None
 
 
 def owner_alive(record: dict) -> bool:
-    """Whether the lock's process still runs; one on another host cannot be checked and counts as running."""
-    if record.get("host") != socket.gethostname():
-        return True
-    pid = record.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
+    """Whether the lock's process still runs; one on another host cannot be checked and counts as running, and a
+    lock that names no process (a write cut short) is stale."""
+    pid, host = record.get("pid"), record.get("host")
+    if not isinstance(pid, int) or pid <= 0 or not host:
         return False
+    if host != socket.gethostname():
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -82,20 +83,22 @@ def own_run_dir(run_dir: str | os.PathLike, command: str, enabled: bool = True) 
         path.mkdir(parents=True)
     _acquire(path, command)
     _held[path] = 1
-    refused = failed = True
     try:
         yield
-        refused = failed = False
-    except LowmedError:
+    except LowmedError:  # bad input: a folder made for it goes again
+        _release(path, remove=created)
         raise
-    except BaseException:
-        refused = False
+    except BaseException:  # a failed run keeps what it wrote
+        _release(path, remove=created and not any(p.name != LOCK_FILE for p in path.iterdir()))
         raise
-    finally:
-        del _held[path]
-        (path / LOCK_FILE).unlink(missing_ok=True)
-        if created and (refused or (failed and not any(path.iterdir()))):
-            shutil.rmtree(path, ignore_errors=True)
+    _release(path, remove=False)
+
+
+def _release(path: Path, remove: bool) -> None:
+    del _held[path]
+    (path / LOCK_FILE).unlink(missing_ok=True)
+    if remove:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _acquire(path: Path, command: str) -> None:

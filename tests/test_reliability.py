@@ -20,7 +20,7 @@ from lowmed.cli import main
 from lowmed.config import TrainConfig
 from lowmed.contracts import RunDir, TrainSummary
 from lowmed.errors import LowmedError
-from lowmed.locking import owner
+from lowmed.locking import LOCK_FILE, in_use_by_another, own_run_dir, owner
 from lowmed.training.train import resume_run
 from tests.conftest import FAST
 from tests.factory import make_kermany, write_image
@@ -354,6 +354,25 @@ def test_a_run_dir_has_one_owner_and_a_killed_run_says_so(small, tmp_path, capsy
     assert resume_run(run, quiet=True).completed
     assert f"took over the lock of process {process.pid}" in capsys.readouterr().err
     assert RunDir(run).read_summary().status == "completed" and owner(run) is None
+
+
+def test_a_damaged_lock_is_stale_and_one_from_another_host_is_respected(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_FILE).write_text('{"pid": 12')  # a write cut short
+    with own_run_dir(run, "train"):
+        assert owner(run)["pid"] == os.getpid() and not in_use_by_another(run)
+    assert "took over the lock" in capsys.readouterr().err and owner(run) is None
+    (run / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "another-host", "command": "train", "since": "now"}))
+    with pytest.raises(LowmedError, match="is in use by process 1 on another-host \\(train, since now\\)"):
+        with own_run_dir(run, "evaluate"):
+            pass
+    assert in_use_by_another(run) and owner(run)["host"] == "another-host"  # left as it was
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(LowmedError, match="bad input"):  # a refusal inside the block removes a folder it made
+        with own_run_dir(tmp_path / "new", "train"):
+            raise LowmedError("bad input")
+    assert not (tmp_path / "new").exists()
 
 
 def test_resume_of_a_completed_run_says_so_and_touches_nothing(small, tmp_path, capsys):
