@@ -87,6 +87,16 @@ class PreparedDataset:
         return rows.reset_index(drop=True)
 
     @property
+    def source_path(self) -> str | None:
+        """The raw dataset (folder or CSV) it was prepared from."""
+        return self.info.get("source", {}).get("path")
+
+    @property
+    def source_format(self) -> str | None:
+        """The layout it was read in (``prepare --format``)."""
+        return self.info.get("source", {}).get("format")
+
+    @property
     def role(self) -> str:
         """full, or test: a dataset prepared as an external test set (every image a test image)."""
         return self.info.get("role", "full")

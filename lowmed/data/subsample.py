@@ -144,7 +144,7 @@ def load_or_prepare(
     target = Path(prepared_dir) if prepared_dir else DEFAULT_PREPARED_ROOT / name
     if (target / DATASET_INFO).is_file():
         existing = PreparedDataset.load(target)
-        if existing.info.get("source", {}).get("path") == str(data.resolve()) and existing.role == role:
+        if existing.source_path == str(data.resolve()) and existing.role == role:
             if not quiet:
                 console.print(f"Using {target}, prepared earlier from {data}")
             return existing

@@ -324,7 +324,7 @@ def _check_subset_of(subset: PreparedDataset, data: Path) -> None:
     if is_prepared(data):
         same = PreparedDataset.load(data).root == subset.root
     else:
-        same = str(data.resolve()) == subset.info.get("source", {}).get("path")
+        same = str(data.resolve()) == subset.source_path
     if not same:
         raise LowmedError(
             f"--subset {subset.manifest_path} was drawn from {subset.root}, not from DATA {data}; give only one of "
@@ -422,7 +422,7 @@ def _pretraining_overlap(
     """For weights whose training datasets are known: whether the target may be among them (warned, if ``say``)."""
     if report.trained_on is None:
         return None
-    target = name or FORMAT_DATASETS.get(dataset.info.get("source", {}).get("format"))
+    target = name or FORMAT_DATASETS.get(dataset.source_format)
     result = overlap(report.trained_on, target)
     if result["status"] == "possible" and say:
         warn_or_refuse(
