@@ -119,10 +119,11 @@ def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, m
     assert StudyLog.read(tmp_path / "published" / "study.json") == again.log
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main(["experiment", str(study), "-q"])  # as a user sees it: the arm's reason once, not once per run
-    shown = capsys.readouterr().out
-    assert exit_info.value.code == 0 and "4 runs skipped:" in shown
-    assert shown.count("is not cached and cannot be downloaded") == 1
+        main(["experiment", str(study)])  # as a user sees it: the arm's reason once, not once per run
+    shown = capsys.readouterr()
+    assert exit_info.value.code == 0 and "4 runs skipped:" in shown.out
+    assert shown.out.count("is not cached and cannot be downloaded") == 1
+    assert shown.err.count("is not cached and cannot be downloaded") == 1 and "skipped (as above)" in shown.err
 
 
 def _check_published(published, result):

@@ -48,7 +48,7 @@ def experiment_command(
     shared = {key: names for key, names in grouped_problems(j for j, _, _ in jobs).items() if len(names) > 1}
     for job, values, kind in jobs:
         weights = values.get("weights", "none")
-        detail = " (the reason is below)" if (job.status, job.detail) in shared else f": {job.detail}"
+        detail = " (see below)" if (job.status, job.detail) in shared else f": {job.detail}"
         table.add_row(
             job.name,
             job.arm.name if job.arm else "(pretrain stage)",

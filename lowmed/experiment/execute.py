@@ -178,6 +178,7 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
     pretrains, cells, runs = planned[0] if planned else plan(study)
     alone = Distributed()  # a grid run is small: each process trains its own, on its own GPU
     own_runs: list[PlannedRun] = []
+    said: set[tuple[str, str]] = set()  # outcomes whose reason was shown: an arm's skip reason once, not per run
     skip_reasons: dict[str, str] = {}
     jobs = pretrains + cells + runs
     prefix = f"[process {dist.rank}] " if dist.world_size > 1 else ""
@@ -202,11 +203,11 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
                     if run.arm.pretrain is not None and run.values["weights"] == str(job.run_dir):
                         skip_reasons[run.arm.name] = f"pretrain stage {job.name} {job.status}: {job.detail}"
             if not quiet:
-                _say(
-                    bar,
-                    f"{prefix}[{index}/{len(jobs)}] {job.name}: {job.status}"
-                    + (f" — {job.detail}" if job.detail else ""),
-                )
+                detail = f" — {job.detail}" if job.detail else ""
+                if job.detail and (job.status, job.detail) in said:
+                    detail = " (as above)"
+                said.add((job.status, job.detail))
+                _say(bar, f"{prefix}[{index}/{len(jobs)}] {job.name}: {job.status}{detail}")
             bar.advance(task)
     if dist.enabled:  # every process's outcomes, on every process (waiting for the slowest)
         outcomes = {
