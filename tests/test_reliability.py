@@ -115,6 +115,8 @@ def test_images_deleted_after_prepare_are_skipped_with_a_warning(tmp_path):
         os.remove(path)
     with pytest.raises(Exception, match="unreadable — too many to go on"):
         train(TrainConfig(data=str(data.root), epochs=1, out=str(tmp_path / "run2"), **FAST), quiet=True)
+    stopped = RunDir(tmp_path / "run2").read_summary()
+    assert stopped.status == "failed" and "too many to go on" in stopped.error  # not running, nor read as killed
 
 
 def test_unwritable_run_dir_is_refused_before_training(small, tmp_path):

@@ -132,20 +132,11 @@ def train(
                 summary.write(run_dir.summary)
 
         record(status="running")
-
-        uncertain = dataset.info.get("uncertain", "ignore")
-        splits = {}
-        for name in ("train", "val"):
-            frame = dataset.split(name)
-            if frame.empty:
-                raise LowmedError(
-                    f"{dataset.manifest_path}: no {name} rows; expected a prepared dataset with a {name} split"
-                )
-            targets, mask = label_tensors(frame, dataset.task, dataset.classes, uncertain)
-            splits[name] = load_split(dataset.image_paths(frame), targets, mask, config.image_size)
-            _report_unreadable(name, splits[name], dataset, strict)
-            if device.type == "cuda" and splits[name].pixels is not None:
-                splits[name].pixels = splits[name].pixels.to(device)  # decoded once, then no host-to-GPU copies
+        try:
+            splits = _load_splits(dataset, config.image_size, device, strict)
+        except (LowmedError, RunFailed) as exc:  # the run dir says why it stopped
+            record(status="failed", error=str(exc))
+            raise
         precision = Precision.choose(device, bool(config.amp))
         if precision.enabled and not native_amp(device) and dist.is_main:
             warn(f"--amp: this {device.type} has no native {precision.describe()}; it is emulated, slower than fp32")
@@ -437,6 +428,24 @@ def _pretraining_overlap(
 def _check_source_model(report: WeightsReport, model: str) -> None:
     if report.source_model and report.source_model != model:
         raise LowmedError(f"--weights {report.path}: trained as {report.source_model}, but --model is {model}")
+
+
+def _load_splits(dataset: PreparedDataset, image_size: int, device: torch.device, strict: bool) -> dict:
+    """The train and val images, decoded once (on a GPU, kept there), with their targets."""
+    uncertain = dataset.info.get("uncertain", "ignore")
+    splits = {}
+    for name in ("train", "val"):
+        frame = dataset.split(name)
+        if frame.empty:
+            raise LowmedError(
+                f"{dataset.manifest_path}: no {name} rows; expected a prepared dataset with a {name} split"
+            )
+        targets, mask = label_tensors(frame, dataset.task, dataset.classes, uncertain)
+        splits[name] = load_split(dataset.image_paths(frame), targets, mask, image_size)
+        _report_unreadable(name, splits[name], dataset, strict)
+        if device.type == "cuda" and splits[name].pixels is not None:
+            splits[name].pixels = splits[name].pixels.to(device)  # decoded once, then no host-to-GPU copies
+    return splits
 
 
 def _report_unreadable(name: str, split, dataset: PreparedDataset, strict: bool) -> None:
