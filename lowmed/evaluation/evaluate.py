@@ -138,22 +138,7 @@ def evaluate(
 
         cut, cut_source = _threshold(threshold, task, split, own_val)
         result = compute_metrics(task, classes, targets, probs, mask, cut)
-
-        # strata for the bootstrap: the class, or for multi-label data whether any counted finding is positive
-        strata = (
-            targets if task != "multilabel" else ((targets > 0) & (mask > 0 if mask is not None else True)).any(axis=1)
-        )
-        groups_known = bool((frame["group"] != frame["path"]).any())
-        groups = frame["group"].to_numpy() if groups_known else np.arange(len(frame))
-        intervals = {}
-        if bootstrap:
-
-            def statistic(indices: np.ndarray) -> dict[str, float]:
-                return compute_metrics(
-                    task, classes, targets[indices], probs[indices], None if mask is None else mask[indices], cut
-                ).flat()
-
-            intervals = bootstrap_ci(statistic, groups, np.asarray(strata), bootstrap, seed, quiet)
+        intervals, resampling = _intervals(task, classes, frame, targets, probs, mask, cut, bootstrap, seed, quiet)
         seconds = time.perf_counter() - started
         report = EvalReport(
             task=task,
@@ -177,14 +162,7 @@ def evaluate(
                 for name, values in result.per_class.items()
             },
             confusion_matrix=result.confusion_matrix,
-            bootstrap={
-                "resamples": bootstrap,
-                "unit": "patient/lesion group" if groups_known else "image",
-                "groups": int(len(np.unique(groups))),
-                "stratified_by": "class",
-                "seed": seed,
-                "level": 0.95,
-            },
+            bootstrap=resampling,
             checkpoint={
                 "path": str(trained.path),
                 "epoch": trained.epoch,
@@ -214,6 +192,44 @@ def evaluate(
                 explain_cases(trained, cases, explain, written.explanations.path, seed, quiet)
         report.out = str(out.path)
         return report
+
+
+def _intervals(
+    task: str,
+    classes: list[str],
+    frame: pd.DataFrame,
+    targets: np.ndarray,
+    probs: np.ndarray,
+    mask: np.ndarray | None,
+    cut,
+    resamples: int,
+    seed: int,
+    quiet: bool,
+) -> tuple[dict, dict]:
+    """95 % intervals of every metric by a bootstrap over patient/lesion groups (images where the layout knows
+    none), stratified by class; and how they were drawn (metrics.json's ``bootstrap``)."""
+    # the stratum: the class, or for multi-label data whether any counted finding is positive
+    strata = targets if task != "multilabel" else ((targets > 0) & (mask > 0 if mask is not None else True)).any(axis=1)
+    groups_known = bool((frame["group"] != frame["path"]).any())
+    groups = frame["group"].to_numpy() if groups_known else np.arange(len(frame))
+    intervals = {}
+    if resamples:
+
+        def statistic(indices: np.ndarray) -> dict[str, float]:
+            return compute_metrics(
+                task, classes, targets[indices], probs[indices], None if mask is None else mask[indices], cut
+            ).flat()
+
+        intervals = bootstrap_ci(statistic, groups, np.asarray(strata), resamples, seed, quiet)
+    resampling = {
+        "resamples": resamples,
+        "unit": "patient/lesion group" if groups_known else "image",
+        "groups": int(len(np.unique(groups))),
+        "stratified_by": "class",
+        "seed": seed,
+        "level": 0.95,
+    }
+    return intervals, resampling
 
 
 def _run_status(run: RunDir, checkpoint: str, strict: bool) -> str | None:
