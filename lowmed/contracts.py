@@ -22,7 +22,7 @@ import yaml
 
 from lowmed import locking
 from lowmed.errors import LowmedError
-from lowmed.io import sha256_file, write_json
+from lowmed.io import sha256_file, write_json, write_yaml
 
 SCHEMA = 2  # of train.json and metrics.json as this lowmed writes them
 
@@ -96,6 +96,38 @@ class ReadsLikeADict:
 
     def keys(self) -> list[str]:
         return [f.name for f in fields(self)]
+
+
+@dataclass(kw_only=True)
+class SubsetRecord(ReadsLikeADict):
+    """A subset manifest's sidecar (``subset-N-seedK.yaml``, written by ``lowmed subsample``): the prepared dataset it
+    was drawn from (and that manifest's hash), N, the seed, and what the subset holds."""
+
+    lowmed_version: str = ""
+    prepared_dir: str
+    source_manifest_sha256: str | None = None
+    per_class: int
+    seed: int
+    task: str = ""
+    meaning: str = ""  # images per class, or positives per finding (greedy)
+    counts: dict = field(default_factory=dict)  # {split: {class or finding: images}}
+    images: dict = field(default_factory=dict)  # {split: images}
+    train_available: dict = field(default_factory=dict)  # the prepared train split's counts and images
+    shortfalls: list[str] = field(default_factory=list)  # classes with fewer than N training images
+
+    def write(self, path: str | os.PathLike) -> None:
+        write_yaml(path, asdict(self))
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "SubsetRecord":
+        values = read_yaml(path)
+        known = {f.name for f in fields(cls)}
+        missing = [name for name in ("prepared_dir", "per_class", "seed") if name not in values]
+        if missing:
+            raise LowmedError(
+                f"{path}: missing field(s) {', '.join(missing)}; expected a sidecar from 'lowmed subsample'"
+            )
+        return cls(**{name: value for name, value in values.items() if name in known})
 
 
 class Record(ReadsLikeADict):
@@ -279,7 +311,7 @@ def _prepared_manifest_sha256(dataset: dict) -> str | None:
     """For an old run: the hash of its prepared manifest, from the subset's sidecar or the manifest itself."""
     sidecar = subset_sidecar(dataset["subset"])
     if sidecar.is_file():
-        recorded = read_yaml(sidecar).get("source_manifest_sha256")
+        recorded = SubsetRecord.read(sidecar).source_manifest_sha256
         if recorded:
             return recorded
     manifest = Path(dataset.get("prepared_dir", "")) / MANIFEST

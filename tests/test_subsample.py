@@ -35,7 +35,7 @@ def test_exact_n_per_class_and_val_test_untouched(prepared, tmp_path):
     assert train["label"].value_counts().to_dict() == {"NORMAL": 10, "PNEUMONIA": 10}
     for split in ("val", "test"):
         assert subset.dataset.split(split).equals(full.split(split))
-    assert subset.dataset.subset["per_class"] == 10 and subset.dataset.subset["seed"] == 0
+    assert subset.dataset.subset.per_class == 10 and subset.dataset.subset.seed == 0
     assert subset.warnings == []
 
 

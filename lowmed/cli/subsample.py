@@ -54,8 +54,8 @@ def subsample_command(
         quiet=quiet,
     )
     sidecar = subset.dataset.subset
-    counts = {"train available": sidecar["train_available"]["counts"], **sidecar["counts"]}
-    images = {"train available": sidecar["train_available"]["images"], **sidecar["images"]}
+    counts = {"train available": sidecar.train_available["counts"], **sidecar.counts}
+    images = {"train available": sidecar.train_available["images"], **sidecar.images}
     stdout.print(counts_table(f"subset: {per_class} per class, seed {seed}", counts, images))
     for message in subset.warnings:
         warn(message)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lowmed.contracts import DATASET_INFO, MANIFEST, read_yaml, subset_sidecar
+from lowmed.contracts import DATASET_INFO, MANIFEST, SubsetRecord, read_yaml, subset_sidecar
 from lowmed.data.formats import SPLITS
 from lowmed.errors import LowmedError
 from lowmed.io import sha256_file
@@ -24,7 +24,7 @@ class PreparedDataset:
     info: dict  # dataset.yaml
     manifest: pd.DataFrame
     manifest_path: Path
-    subset: dict | None = None  # the subset sidecar, when this is a subset manifest
+    subset: SubsetRecord | None = None  # the subset sidecar, when this is a subset manifest
 
     @property
     def task(self) -> str:
@@ -48,13 +48,9 @@ class PreparedDataset:
             sidecar_path = subset_sidecar(location)
             if not sidecar_path.is_file():
                 raise LowmedError(f"{location}: subset manifest without its sidecar {sidecar_path.name}")
-            sidecar = read_yaml(sidecar_path)
-            if "prepared_dir" not in sidecar:
-                raise LowmedError(
-                    f"{sidecar_path}: missing field 'prepared_dir'; expected a sidecar from 'lowmed subsample'"
-                )
-            dataset = cls._load_dir(Path(sidecar["prepared_dir"]))
-            expected = sidecar.get("source_manifest_sha256")
+            sidecar = SubsetRecord.read(sidecar_path)
+            dataset = cls._load_dir(Path(sidecar.prepared_dir))
+            expected = sidecar.source_manifest_sha256
             if expected and expected != sha256_file(dataset.manifest_path):
                 raise LowmedError(
                     f"{location}: drawn from another version of {dataset.root} (its manifest changed "

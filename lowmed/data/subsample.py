@@ -20,13 +20,14 @@ from lowmed.contracts import (
     LAST_SUBSET,
     MANIFEST,
     SUBSETS,
+    SubsetRecord,
     is_prepared,
     subset_path,
     subset_sidecar,
 )
 from lowmed.data.manifest import PreparedDataset, bucket_names, count_table, positives_matrix
 from lowmed.errors import LowmedError
-from lowmed.io import check_writable, sha256_file, staged_dir, write_csv, write_text, write_yaml
+from lowmed.io import check_writable, sha256_file, staged_dir, write_csv, write_text
 
 
 @dataclass
@@ -79,21 +80,21 @@ def subsample(
         out = subset_path(dataset.root / SUBSETS, per_class, seed)
         check_writable(out, "the subset manifest")
     out = Path(out)
-    sidecar = {
-        "lowmed_version": lowmed.__version__,
-        "prepared_dir": str(dataset.root),
-        "source_manifest_sha256": sha256_file(dataset.root / MANIFEST),
-        "per_class": per_class,
-        "seed": seed,
-        "task": dataset.task,
-        "meaning": "positives per finding (greedy)" if dataset.task == "multilabel" else "images per class",
-        "counts": count_table(subset_frame, dataset.task, dataset.classes),
-        "images": {str(k): int(v) for k, v in subset_frame["split"].value_counts().items()},
-        "train_available": {"counts": dataset.info["counts"].get("train", {}), "images": len(train)},
-        "shortfalls": shortfalls,
-    }
+    sidecar = SubsetRecord(
+        lowmed_version=lowmed.__version__,
+        prepared_dir=str(dataset.root),
+        source_manifest_sha256=sha256_file(dataset.root / MANIFEST),
+        per_class=per_class,
+        seed=seed,
+        task=dataset.task,
+        meaning="positives per finding (greedy)" if dataset.task == "multilabel" else "images per class",
+        counts=count_table(subset_frame, dataset.task, dataset.classes),
+        images={str(k): int(v) for k, v in subset_frame["split"].value_counts().items()},
+        train_available={"counts": dataset.info["counts"].get("train", {}), "images": len(train)},
+        shortfalls=shortfalls,
+    )
     write_csv(out, subset_frame)
-    write_yaml(subset_sidecar(out), sidecar)
+    sidecar.write(subset_sidecar(out))
     if out.resolve().is_relative_to(DEFAULT_PREPARED_ROOT.resolve()):
         write_text(DEFAULT_PREPARED_ROOT / LAST_SUBSET, str(out.resolve()) + "\n")
     # what PreparedDataset.load(out) would read back, without reading and hashing the manifests again

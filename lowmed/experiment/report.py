@@ -227,8 +227,8 @@ def _shortfalls(study: Study) -> list[str]:
         for per_class in study.per_class:
             subset = subset_path(study.out / SUBSETS / slug(spec.name), per_class, study.seeds[0])
             drawn = PreparedDataset.load(subset).subset if subset.is_file() else None
-            if drawn and drawn["shortfalls"]:
-                counts = drawn["counts"]["train"]
+            if drawn and drawn.shortfalls:
+                counts = drawn.counts["train"]
                 lines.append(
                     f"- {spec.name} at N = {per_class}: some classes have fewer training images; each run holds "
                     + ", ".join(f"{name} {count}" for name, count in counts.items())

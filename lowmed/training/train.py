@@ -326,7 +326,7 @@ def _check_subset_of(subset: PreparedDataset, data: Path) -> None:
 def _resolved(config: TrainConfig, spec, dataset: PreparedDataset, runs_root: Path) -> TrainConfig:
     """The config as it will run: paths, image size, weights, AMP and run dir filled in."""
     subset = str(dataset.manifest_path) if dataset.subset else None
-    per_class = dataset.subset["per_class"] if dataset.subset else config.per_class
+    per_class = dataset.subset.per_class if dataset.subset else config.per_class
     weights = resolve_weights(config.weights, spec.name)
     kind = weights_kind(weights, spec)
     weights = str(Path(weights).resolve()) if kind in ("file", "run") else weights
@@ -491,7 +491,7 @@ def _summary(
     parameters: int,
     dist: Distributed,
 ) -> TrainSummary:
-    counts = (dataset.subset or dataset.info)["counts"]
+    counts = dataset.subset.counts if dataset.subset else dataset.info["counts"]
     return TrainSummary(
         run_dir=config.out,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
