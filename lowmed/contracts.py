@@ -106,8 +106,8 @@ class SubsetRecord(ReadsLikeADict):
     lowmed_version: str = ""
     prepared_dir: str
     source_manifest_sha256: str | None = None
-    per_class: int
-    seed: int
+    per_class: int | None = None
+    seed: int | None = None
     task: str = ""
     meaning: str = ""  # images per class, or positives per finding (greedy)
     counts: dict = field(default_factory=dict)  # {split: {class or finding: images}}
@@ -122,11 +122,8 @@ class SubsetRecord(ReadsLikeADict):
     def read(cls, path: str | os.PathLike) -> "SubsetRecord":
         values = read_yaml(path)
         known = {f.name for f in fields(cls)}
-        missing = [name for name in ("prepared_dir", "per_class", "seed") if name not in values]
-        if missing:
-            raise LowmedError(
-                f"{path}: missing field(s) {', '.join(missing)}; expected a sidecar from 'lowmed subsample'"
-            )
+        if "prepared_dir" not in values:
+            raise LowmedError(f"{path}: missing field 'prepared_dir'; expected a sidecar from 'lowmed subsample'")
         return cls(**{name: value for name, value in values.items() if name in known})
 
 
