@@ -118,10 +118,11 @@ def evaluate(
                 strict,
             )
             frame = frame.iloc[readable].reset_index(drop=True)
-            left = set(targets[readable].long().tolist()) if task != "multilabel" else set(range(len(classes)))
-            lost = [c for i, c in enumerate(classes) if i not in left and c not in absent]
-            if lost:
-                warn_or_refuse(f"no readable {name} image of class(es) {', '.join(lost)} is left", strict)
+            if task != "multilabel":
+                left = set(targets[readable].tolist())
+                lost = [c for i, c in enumerate(classes) if i not in left and c not in absent]
+                if lost:
+                    warn_or_refuse(f"no readable {name} image of class(es) {', '.join(lost)} is left", strict)
         return (
             frame,
             targets[readable].numpy(),
