@@ -113,7 +113,14 @@ def test_auto_weights_and_unknown_names():
 
 @pytest.mark.parametrize(
     "name, features",
-    [("resnet18", 512), ("vgg19", 512), ("densenet121", 1024), ("efficientnet_b0", 1280), ("simplecnn", 256)],
+    [
+        ("resnet18", 512),
+        ("vgg19", 512),
+        ("densenet121", 1024),
+        ("efficientnet_b0", 1280),
+        ("simplecnn", 256),
+        ("timm:mobilenetv3_small_100", 1024),  # pooled 576, then timm's hidden head layer: 1024
+    ],
 )
 def test_registry_feature_sizes_and_layer_groups(name, features):
     spec = get_model_spec(name)

@@ -168,7 +168,9 @@ def _timm_spec(name: str) -> ModelSpec:
     return ModelSpec(
         name,
         build,
-        probe.num_features,
+        # what forward gives with no classifier: wider than num_features where timm's head has a hidden layer
+        # after pooling (MobileNetV3, GhostNet)
+        getattr(probe, "head_hidden_size", probe.num_features),
         preprocessing,
         f"timm {timm_name}",
         timm_name=timm_name,
