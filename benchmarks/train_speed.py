@@ -8,8 +8,9 @@ memory is its own.
     python benchmarks/train_speed.py --data ../shared/data/chest_xray --out benchmarks/results-cpu.json
     python benchmarks/train_speed.py --only scaling --sizes 300,3000,30000
 
-Parts (``--only``): epoch (images/s per model), fullrun (the two-phase recipe at --per-class), prepare, evaluate,
-fullres (the pack scaled up to ~1500 px, as the original Kaggle files are), scaling (300 / 3 000 / 30 000 images).
+Parts (``--only``): epoch (images/s per model), fullrun (the two-phase recipe at --per-class), tunedcell (a tuning
+cell of --trials trials of that recipe; needs fullrun's reference in the same run), prepare, evaluate, fullres (the
+pack scaled up to ~1500 px, as the original Kaggle files are), scaling (300 / 3 000 / 30 000 images).
 """
 
 from __future__ import annotations
@@ -242,6 +243,50 @@ def child_fullrun(args) -> dict:
     return result
 
 
+# a tuning space whose values change neither what the frozen layers produce nor what an epoch costs, so that the
+# reference can charge every trial's epochs at its own per-epoch cost
+TUNED_SPACE = {
+    "lr": {"low": 1e-5, "high": 3e-3, "log": True},
+    "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
+    "fine_tune_lr": {"low": 1e-6, "high": 1e-3, "log": True},
+}
+
+
+def child_tunedcell(args) -> dict:
+    """lowmed's tuning cell (``lowmed.tuning.tune_cell``: Optuna's TPE and median pruner, caches shared by the
+    trials) over TUNED_SPACE, each trial the full-run recipe; and how many epochs of each phase every trial ran."""
+    from lowmed.tuning import Cell, TuneSettings, tune_cell
+
+    base = {
+        "subset": str(args.subset),
+        "model": args.model,
+        "weights": args.weights,
+        "epochs": args.epochs,
+        "fine_tune_epochs": args.fine_tune_epochs,
+        "fine_tune_layers": args.fine_tune_layers,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "patience": 100,
+    }
+    settings = TuneSettings.from_dict({"space": TUNED_SPACE, "trials": args.trials}, "the benchmark", base)
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        record = tune_cell(Cell("benchmark", base, Path(folder)), settings, quiet=True)
+        wall = time.perf_counter() - started
+        trials = []
+        for trial in record.counted:
+            history = pd.read_csv(RunDir(Path(folder) / f"trial-{trial['number']:03d}").history)
+            trials.append({"state": trial["state"], "epochs": history.groupby("phase").size().to_dict()})
+    return {"wall_seconds": wall, "trials": trials, "peak_rss_mb": peak_rss_mb()}
+
+
+def reference_cell_seconds(cell: dict, reference: dict, epochs: dict[str, int]) -> float:
+    """What the reference would take for the same trials: each phase's epochs at the cost per epoch its full run
+    measured (``epochs``: how many epochs of each phase that run had)."""
+    per_epoch = {phase: reference["phase_seconds"][phase] / count for phase, count in epochs.items()}
+    return sum(count * per_epoch[phase] for trial in cell["trials"] for phase, count in trial["epochs"].items())
+
+
 def child_prepare(args) -> dict:
     with tempfile.TemporaryDirectory() as out:
         if args.side == "reference":  # open and verify every file, one process, as a plain script would
@@ -307,6 +352,7 @@ def child_load(args) -> dict:
 CHILDREN = {
     "epoch": child_epoch,
     "fullrun": child_fullrun,
+    "tunedcell": child_tunedcell,
     "prepare": child_prepare,
     "evaluate": child_evaluate,
     "load": child_load,
@@ -357,6 +403,24 @@ def fullrun_table(result: dict) -> str:
         lines.append(f"| {label} | {a:.1f} s | {r:.1f} s | {r / a:.1f}× faster |")
     lines.append(f"| peak resident memory | {ours['peak_rss_mb']:.0f} MB | {theirs['peak_rss_mb']:.0f} MB | |")
     return "\n".join(lines)
+
+
+def tuned_cell_table(result: dict) -> str:
+    """A tuning cell: lowmed's wall time against the reference's cost of the same trials' epochs."""
+    cell, reference = result["tunedcell"]["lowmed"], result["tunedcell"]["reference_seconds"]
+    pruned = sum(trial["state"] == "pruned" for trial in cell["trials"])
+    epochs = sum(sum(trial["epochs"].values()) for trial in cell["trials"])
+    return "\n".join(
+        [
+            "| figure | lowmed | reference (the same epochs) | lowmed vs reference |",
+            "|---|---|---|---|",
+            f"| tuning cell, {len(cell['trials'])} trials ({pruned} pruned), {epochs} epochs | "
+            f"{cell['wall_seconds']:.1f} s | {reference:.1f} s | {reference / cell['wall_seconds']:.1f}× faster |",
+            f"| per trial | {cell['wall_seconds'] / len(cell['trials']):.1f} s | "
+            f"{reference / len(cell['trials']):.1f} s | |",
+            f"| peak resident memory | {cell['peak_rss_mb']:.0f} MB | | |",
+        ]
+    )
 
 
 def cache_table(result: dict) -> str:
@@ -424,6 +488,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--fine-tune-epochs", type=int, default=10)
     parser.add_argument("--fine-tune-layers", type=int, default=50)
+    parser.add_argument("--trials", type=int, default=6, help="tunedcell: trials in the cell")
     parser.add_argument("--sizes", default="300,3000,30000")
     parser.add_argument("--sides", default="lowmed,reference", help="fullrun: which sides to run")
     parser.add_argument("--out", default="benchmarks/results.json")
@@ -440,8 +505,10 @@ def main() -> None:
         print(json.dumps(CHILDREN[args.child](args)))
         return
 
-    work = Path(tempfile.mkdtemp(prefix="lowmed-bench-"))
     parts = args.only.split(",")
+    if "tunedcell" in parts and not ("fullrun" in parts and "reference" in args.sides.split(",")):
+        raise SystemExit("tunedcell is set against fullrun's reference: --only fullrun,tunedcell, both --sides")
+    work = Path(tempfile.mkdtemp(prefix="lowmed-bench-"))
     results = {
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "settings": vars(args),
@@ -496,6 +563,12 @@ def main() -> None:
                 f"frozen "
                 f"{theirs['phase_seconds']['frozen'] / max(ours['phase_seconds'].get('frozen', 1e-9), 1e-9):.1f}x"
             )
+        if "tunedcell" in parts:
+            cell = run_child("tunedcell", trials=args.trials, **options)
+            phases = {"frozen": args.epochs, "finetune": args.fine_tune_epochs}
+            reference = reference_cell_seconds(cell, results["fullrun"]["reference"], phases)
+            results["tunedcell"] = {"lowmed": cell, "reference_seconds": reference}
+            print(tuned_cell_table(results))
         if "prepare" in parts:
             results["prepare"] = {
                 "lowmed": run_child("prepare", side="lowmed", tree=args.data),

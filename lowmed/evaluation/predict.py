@@ -10,6 +10,7 @@ from torch import nn
 
 from lowmed.data.loading import LabelledImages, decoded_batches, index_chunks
 from lowmed.device import Precision, channels_last
+from lowmed.models.folding import folded_for_inference
 from lowmed.models.preprocessing import Preprocessing
 
 
@@ -99,8 +100,9 @@ def batch_logits(
     precision: Precision,
     tta: bool = False,
 ) -> torch.Tensor:
-    """The model's logits for uint8 image batches, concatenated (empty when there are none)."""
-    model.eval()
+    """The model's logits for uint8 image batches, concatenated (empty when there are none); batch norms folded
+    into their convolutions for the pass."""
+    model = folded_for_inference(model.eval())
     outputs = []
     with torch.inference_mode(), precision.autocast(device):
         for images in batches:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
 
 from lowmed.contracts import RunDir
-from lowmed.errors import LowmedError
+from lowmed.errors import LowmedError, RunFailed
 from lowmed.io import atomic_path, write_csv
 from lowmed.models.weights import load_checkpoint
 
@@ -20,14 +22,118 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+def _snapshot(value: Any) -> Any:
+    """``value`` with every container and tensor copied (tensors to the CPU), so that training can go on changing
+    the originals while the copy is written."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _snapshot(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_snapshot(item) for item in value)
+    return value
+
+
+class _BackgroundWriter:
+    """One thread writing the latest snapshot of each of a run's files, so that an epoch does not wait for the disk.
+
+    Files are written in the order ``FILES`` (best.pt before last.pt, whose record names the best epoch, before
+    history.csv): what is on disk is always consistent. A snapshot not yet begun is replaced by a newer one of the
+    same file. A failed write is raised in the training thread at its next ``submit`` or ``flush`` (``RunFailed``
+    where the disk refused it).
+    """
+
+    FILES = ("best", "last", "history")
+
+    def __init__(self, paths: dict[str, Path]) -> None:
+        self.paths = paths
+        self._pending: dict[str, Any] = {}
+        self._writing = False
+        self._error: BaseException | None = None
+        self._closed = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="lowmed-checkpoints", daemon=True)
+        self._thread.start()
+
+    def submit(self, contents: dict[str, Any]) -> None:
+        with self._changed:
+            self._raise_error()
+            self._pending.update(contents)
+            self._changed.notify_all()
+
+    def flush(self) -> None:
+        """Wait until everything submitted is on disk."""
+        with self._changed:
+            self._changed.wait_for(lambda: not (self._pending or self._writing) or self._error is not None)
+            self._raise_error()
+
+    def close(self, raise_error: bool = True) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: not (self._pending or self._writing) or self._error is not None)
+            self._closed = True
+            self._changed.notify_all()
+        self._thread.join()
+        if raise_error:
+            with self._changed:
+                self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._pending or self._closed)
+                if not self._pending:
+                    return
+                batch, self._pending, self._writing = self._pending, {}, True
+            try:
+                for name in self.FILES:
+                    if name in batch:
+                        self._write(name, batch[name])
+            except BaseException as exc:  # noqa: BLE001 - handed to the training thread, which raises it
+                with self._changed:
+                    self._error, self._pending = exc, {}
+            with self._changed:
+                self._writing = False
+                self._changed.notify_all()
+
+    def _write(self, name: str, contents: Any) -> None:
+        path = self.paths[name]
+        try:
+            if isinstance(contents, pd.DataFrame):
+                write_csv(path, contents)
+            else:
+                save_checkpoint(path, contents)
+        except OSError as exc:  # a full disk, a folder made read-only: the run stops, resumable once mended
+            raise RunFailed(
+                f"could not write {path} ({exc.strerror or exc}); make room or mend the folder, then continue with: "
+                f"lowmed train --resume {path.parent}"
+            ) from None
+
+
 class CheckpointSaver:
     """Owns a run's checkpoints, as timm's ``CheckpointSaver`` does: ``best.pt`` whenever the monitored value
     improves, ``last.pt`` (all a resume needs) and ``history.csv`` after every epoch. Only the process that
-    ``writes`` touches the files; every process keeps the same record of the best epoch."""
+    ``writes`` touches the files, on a background thread (``_BackgroundWriter``); every process keeps the same record
+    of the best epoch. Use it as a context manager: leaving the block waits for the files."""
 
     def __init__(self, run: RunDir, monitor: str, extras: dict, writes: bool, best: dict | None = None) -> None:
         self.run, self.monitor, self.extras, self.writes = run, monitor, extras, writes
         self.best = best or {"value": None, "epoch": None, "phase": None}
+        self._writer: _BackgroundWriter | None = None
+
+    def __enter__(self) -> "CheckpointSaver":
+        if self.writes:
+            self._writer = _BackgroundWriter({"best": self.run.best, "last": self.run.last, "history": self.run.history})
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if self._writer is not None:
+            self._writer.close(raise_error=exc_type is None)  # an error already raised is the one to report
+            self._writer = None
 
     def is_better(self, value: float) -> bool:
         if math.isnan(value):
@@ -42,33 +148,37 @@ class CheckpointSaver:
         improved = self.is_better(metrics[self.monitor])
         if improved:
             self.best = {"value": metrics[self.monitor], "epoch": row["epoch"], "phase": row["phase"]}
-        if self.writes:
-            if improved:
-                save_checkpoint(
-                    self.run.best,
-                    {
-                        "model": model.state_dict(),
-                        "epoch": row["epoch"],
-                        "phase": row["phase"],
-                        "metrics": metrics,
-                        **self.extras,
-                    },
-                )
-            save_checkpoint(
-                self.run.last,
-                {
-                    "model": model.state_dict(),
-                    **training_state,
+        if self._writer is not None:
+            weights = _snapshot(model.state_dict())
+            contents = {
+                "last": {
+                    "model": weights,
+                    **_snapshot(training_state),
                     "epoch": row["epoch"],
-                    "best": self.best,
-                    "history": history,
+                    "best": dict(self.best),
+                    "history": _snapshot(history),
                     **self.extras,
                 },
-            )
-            write_csv(self.run.history, pd.DataFrame(history))
+                "history": pd.DataFrame(history),
+            }
+            if improved:
+                contents["best"] = {
+                    "model": weights,
+                    "epoch": row["epoch"],
+                    "phase": row["phase"],
+                    "metrics": dict(metrics),
+                    **self.extras,
+                }
+            self._writer.submit(contents)
         return improved
 
+    def flush(self) -> None:
+        """Wait until the files of every epoch so far are on disk."""
+        if self._writer is not None:
+            self._writer.flush()
+
     def best_weights(self, device: torch.device) -> dict:
+        self.flush()
         return torch.load(self.run.best, map_location=device, weights_only=True)["model"]
 
 

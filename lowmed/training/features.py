@@ -6,7 +6,8 @@ every validation image once, and trains the rest of the network on those outputs
 the frozen phase the cached part is the whole backbone and the head trains on pooled features; in fine-tuning it
 is every stage below the first one that trains (``lowmed.models.stages``). What trains sees the same kind of
 inputs as when the whole network runs every epoch — drawn from a pool of K augmentations per image instead of a
-fresh one — at a fraction of the cost.
+fresh one — at a fraction of the cost. The cached part runs with its batch norms folded into the convolutions
+before them (``lowmed.models.folding``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from lowmed.data.augment import augment_batch
 from lowmed.data.loading import LabelledImages, index_chunks
 from lowmed.device import Precision, free_memory, inference_batch_size
 from lowmed.evaluation.predict import model_input
+from lowmed.models.folding import folded_for_inference
 from lowmed.models.stages import Stage, backbone_stages
 
 # TrainConfig fields that act only above a cache (what trains on it, for how long, how the best epoch is picked);
@@ -93,10 +95,10 @@ class ActivationCache:
         """The frozen phase's cache computed from this one: the backbone's remaining stages (frozen in that phase,
         so in eval mode) over every cached view, instead of the whole backbone over the images again."""
         started = time.perf_counter()
-        self.above.eval()
+        above = folded_for_inference(self.above.eval())
         with torch.no_grad(), precision.autocast(self.val.device):  # not inference mode: the head trains on them
-            views = torch.stack([self._forward(self.above, view, batch_size) for view in self.train_views])
-            val = self._forward(self.above, self.val, batch_size)
+            views = torch.stack([self._forward(above, view, batch_size) for view in self.train_views])
+            val = self._forward(above, self.val, batch_size)
         return ActivationCache("backbone", head, None, views, val, torch.float32, False, time.perf_counter() - started)
 
     def val_logits(self, precision: Precision, batch_size: int) -> torch.Tensor:
@@ -208,7 +210,7 @@ def build_cache(
     if kept is not None:
         cache = _reused(kept, top, above)
         return cache, {**cache.report(), "reused": True}
-    lower.eval()
+    lower = folded_for_inference(lower.eval())
     # pooled features stay float32 (they are small); activations are stored as the network made them, or in
     # float16 where float32 would not fit
     produced = torch.float32 if phase == "frozen" else None

@@ -211,8 +211,11 @@ def run_phases(
     Returns the history (one row per epoch), the best epoch with its monitored value, each phase's cache, and
     the epoch after which ``trial`` stopped the run (``pruned_at``; None when it ran to its end).
     """
-    with StopAfterBatch() as stop:
-        return _run_phases(inputs, config, phases, state, quiet, stop, trial)
+    saver = CheckpointSaver(
+        inputs.run_dir, config.monitor, inputs.checkpoint_extras, inputs.dist.is_main, state["best"] if state else None
+    )
+    with StopAfterBatch() as stop, saver:
+        return _run_phases(inputs, config, phases, state, quiet, stop, saver, trial)
 
 
 def _run_phases(
@@ -222,20 +225,19 @@ def _run_phases(
     state: dict | None,
     quiet: bool,
     stop: StopAfterBatch,
+    saver: CheckpointSaver,
     trial: TrialHooks | None,
 ) -> dict:
     model, device = inputs.model, inputs.device
     history: list[dict] = list(state["history"]) if state else []
     caches = PhaseCaches(inputs, config, quiet, trial.caches if trial else None)
-    saver = CheckpointSaver(
-        inputs.run_dir, config.monitor, inputs.checkpoint_extras, inputs.dist.is_main, state["best"] if state else None
-    )
     start_phase = state["phase_index"] if state else 0
     for phase_index in range(start_phase, len(phases)):
         phase = phases[phase_index]
         resuming_here = state is not None and phase_index == state["phase_index"]
         if phase_index > 0 and not resuming_here:
             # each new phase starts from the best weights so far, not from the last epoch's
+            saver.flush()
             inputs.dist.barrier()  # rank 0 has written best.pt
             model.load_state_dict(saver.best_weights(device))
         frozen = set_trainable(model, phase, config.fine_tune_layers)
