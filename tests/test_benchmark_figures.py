@@ -48,6 +48,17 @@ def test_finetune_cache_auroc_table_matches_the_study():
     assert script("paired_arms").auroc_table(runs, stats, "whole", "cached") in README
 
 
+def test_folding_tables_match_the_measurements():
+    assert script("folding").speed_table(result("folding_speed.json")) in README
+    kept = BENCHMARKS / "results" / "folding"
+    runs, stats = pd.read_csv(kept / "compare.csv"), pd.read_csv(kept / "stats.csv")
+    assert script("paired_arms").auroc_table(runs, stats, "unfolded", "folded") in README
+
+
+def test_tuned_cell_table_matches_the_measurements():
+    assert script("train_speed").tuned_cell_table(result("train_speed.json")) in README
+
+
 def test_tuning_table_matches_the_studies():
     kept = BENCHMARKS / "results" / "tuning"
     table = script("tuning_fair").tuning_table(kept / "fixed", kept / "tuned")

@@ -64,18 +64,21 @@ class _BackgroundWriter:
     def flush(self) -> None:
         """Wait until everything submitted is on disk."""
         with self._changed:
-            self._changed.wait_for(lambda: not (self._pending or self._writing) or self._error is not None)
+            self._changed.wait_for(self._idle)
             self._raise_error()
 
     def close(self, raise_error: bool = True) -> None:
+        """Flush, then end the thread."""
         with self._changed:
-            self._changed.wait_for(lambda: not (self._pending or self._writing) or self._error is not None)
+            self._changed.wait_for(self._idle)
             self._closed = True
             self._changed.notify_all()
         self._thread.join()
         if raise_error:
-            with self._changed:
-                self._raise_error()
+            self._raise_error()
+
+    def _idle(self) -> bool:
+        return not (self._pending or self._writing) or self._error is not None
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -148,7 +151,9 @@ class CheckpointSaver:
         improved = self.is_better(metrics[self.monitor])
         if improved:
             self.best = {"value": metrics[self.monitor], "epoch": row["epoch"], "phase": row["phase"]}
-        if self._writer is not None:
+        if self.writes:
+            if self._writer is None:
+                raise RuntimeError("a CheckpointSaver writes inside its with block only")
             weights = _snapshot(model.state_dict())
             contents = {
                 "last": {
