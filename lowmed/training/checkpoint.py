@@ -130,7 +130,9 @@ class CheckpointSaver:
 
     def __enter__(self) -> "CheckpointSaver":
         if self.writes:
-            self._writer = _BackgroundWriter({"best": self.run.best, "last": self.run.last, "history": self.run.history})
+            self._writer = _BackgroundWriter(
+                {"best": self.run.best, "last": self.run.last, "history": self.run.history}
+            )
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:
