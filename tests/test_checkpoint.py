@@ -109,3 +109,9 @@ def test_a_run_whose_checkpoint_cannot_be_written_fails_and_resumes_once_mended(
     monkeypatch.setattr(checkpoint, "save_checkpoint", original)
     resumed = resume_run(run, quiet=True)
     assert resumed.status == "completed" and len(pd.read_csv(RunDir(run).history)) == 5
+
+
+def test_a_saver_writes_inside_its_with_block_only(tmp_path):
+    """Outside it nothing would wait for the last files: refused, not silently unsaved."""
+    with pytest.raises(RuntimeError, match="inside its with block"):
+        epoch(CheckpointSaver(RunDir(tmp_path), "val_loss", {}, writes=True), nn.Linear(2, 1), [], 0.5)
