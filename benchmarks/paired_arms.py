@@ -57,6 +57,14 @@ def auroc_table(runs: pd.DataFrame, stats: pd.DataFrame, before: str = "fp32", a
     return "\n".join(lines)
 
 
+def keep(source: ComparisonDir, folder: Path) -> None:
+    """Copy a study's compare.csv, stats.csv and compare.md to ``folder`` (benchmarks/results/...), for the tables."""
+    kept = ComparisonDir(Path(folder))
+    kept.path.mkdir(parents=True, exist_ok=True)
+    for name in ("table", "stats", "markdown"):
+        shutil.copyfile(getattr(source, name), getattr(kept, name))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path, help="the study's out folder (runs/cpu-bf16)")
@@ -67,10 +75,7 @@ def main() -> None:
     before, after = args.kinds.split(",")
     print(auroc_table(pd.read_csv(source.table), pd.read_csv(source.stats), before, after))
     if args.keep:
-        kept = ComparisonDir(args.keep)
-        kept.path.mkdir(parents=True, exist_ok=True)
-        for name in ("table", "stats", "markdown"):
-            shutil.copyfile(getattr(source, name), getattr(kept, name))
+        keep(source, args.keep)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,22 @@ def child_epoch(args) -> dict:
     return results
 
 
+def recipe(args) -> dict:
+    """lowmed's side of the full run, as TrainConfig values: every epoch runs (no early stop)."""
+    return {
+        "subset": str(args.subset),
+        "model": args.model,
+        "weights": args.weights,
+        "epochs": args.epochs,
+        "fine_tune_epochs": args.fine_tune_epochs,
+        "fine_tune_layers": args.fine_tune_layers,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "patience": 100,
+        "augment_strength": 0.5,
+    }
+
+
 def child_fullrun(args) -> dict:
     if args.side == "reference":
         result = reference_full_run(
@@ -214,22 +230,7 @@ def child_fullrun(args) -> dict:
     else:
         with tempfile.TemporaryDirectory() as runs:
             started = time.perf_counter()
-            summary = train(
-                TrainConfig(
-                    subset=args.subset,
-                    model=args.model,
-                    weights=args.weights,
-                    epochs=args.epochs,
-                    fine_tune_epochs=args.fine_tune_epochs,
-                    fine_tune_layers=args.fine_tune_layers,
-                    image_size=args.image_size,
-                    batch_size=args.batch_size,
-                    patience=100,
-                    out=f"{runs}/run",
-                    augment_strength=0.5,
-                ),
-                quiet=True,
-            )
+            summary = train(TrainConfig(**recipe(args), out=f"{runs}/run"), quiet=True)
             wall = time.perf_counter() - started
             history = pd.read_csv(RunDir(f"{runs}/run").history)
         result = {
@@ -257,17 +258,7 @@ def child_tunedcell(args) -> dict:
     trials) over TUNED_SPACE, each trial the full-run recipe; and how many epochs of each phase every trial ran."""
     from lowmed.tuning import Cell, TuneSettings, tune_cell
 
-    base = {
-        "subset": str(args.subset),
-        "model": args.model,
-        "weights": args.weights,
-        "epochs": args.epochs,
-        "fine_tune_epochs": args.fine_tune_epochs,
-        "fine_tune_layers": args.fine_tune_layers,
-        "image_size": args.image_size,
-        "batch_size": args.batch_size,
-        "patience": 100,
-    }
+    base = recipe(args)
     settings = TuneSettings.from_dict({"space": TUNED_SPACE, "trials": args.trials}, "the benchmark", base)
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
@@ -427,6 +418,9 @@ def cache_table(result: dict) -> str:
     """Where each phase's cache cut the network, and its size and build time (lowmed's side of a full run)."""
     lines = ["| phase | boundary | views | shape | dtype | size | built in |", "|---|---|---|---|---|---|---|"]
     for phase, cache in result["fullrun"]["lowmed"]["caches"].items():
+        if cache["boundary"] is None:  # the phase ran the whole network every epoch
+            lines.append(f"| {phase} | none: {cache['reason']} | | | | | |")
+            continue
         boundary = cache["boundary"] + (f" (from {cache['computed_from']})" if "computed_from" in cache else "")
         shape = "×".join(map(str, cache["shape"]))
         lines.append(
