@@ -7,11 +7,12 @@ taken over with a warning. A process may take a lock it already holds (an experi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
-from contextlib import contextmanager
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -27,8 +28,15 @@ _held: dict[Path, int] = {}  # the run dirs this process owns, and how many time
 def owner(run_dir: str | os.PathLike) -> dict | None:
     """The lock's record (pid, host, command, since), or None where the run dir has no lock (or an unreadable one)."""
     try:
-        record = json.loads((Path(run_dir) / LOCK_FILE).read_text())
-    except (OSError, ValueError):
+        return _parsed((Path(run_dir) / LOCK_FILE).read_bytes())
+    except OSError:
+        return None
+
+
+def _parsed(content: bytes) -> dict | None:
+    try:
+        record = json.loads(content)
+    except ValueError:
         return None
     return record if isinstance(record, dict) else None
 
@@ -58,7 +66,7 @@ def in_use_by_another(run_dir: str | os.PathLike) -> bool:
     return record.get("pid") != os.getpid() or record.get("host") != socket.gethostname()
 
 
-@contextmanager
+@contextlib.contextmanager
 def own_run_dir(run_dir: str | os.PathLike, command: str, enabled: bool = True) -> Iterator[None]:
     """Hold ``run_dir``'s lock for the block. A folder it creates is removed again when the block refuses bad input
     (``LowmedError``) or fails before anything but the lock was written. ``enabled`` False (a torchrun rank other
@@ -109,22 +117,29 @@ def _acquire(path: Path, command: str) -> None:
         "command": command,
         "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    for _ in range(2):  # a second try after taking over a stale lock
+    for _ in range(_TRIES):  # again after a stale lock was taken over, or while another process takes one over
         try:
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
-            held = owner(path) or {}
+            seen = _read_bytes(lock)
+            if seen is None:  # released meanwhile
+                continue
+            held = _parsed(seen)
+            if held is None and _age_s(lock) < _WRITING_S:  # just made by another process, its record not yet in
+                time.sleep(_TAKEOVER_WAIT_S)
+                continue
+            held = held or {}
             if owner_alive(held):
                 raise LowmedError(
                     f"run dir {path} is in use by process {held.get('pid')} on {held.get('host')} "
                     f"({held.get('command')}, since {held.get('since')}); wait for it to finish, or delete {lock} "
                     "if that process is gone"
                 ) from None
-            warn(
-                f"run dir {path}: took over the lock of process {held.get('pid')} ({held.get('command')}, since "
-                f"{held.get('since')}), which is no longer running"
-            )
-            lock.unlink(missing_ok=True)
+            if _remove_stale(lock, seen):
+                warn(
+                    f"run dir {path}: took over the lock of process {held.get('pid')} ({held.get('command')}, "
+                    f"since {held.get('since')}), which is no longer running"
+                )
             continue
         except OSError as exc:
             raise LowmedError(
@@ -133,4 +148,46 @@ def _acquire(path: Path, command: str) -> None:
         with os.fdopen(fd, "w") as handle:
             json.dump(record, handle)
         return
-    raise LowmedError(f"run dir {path}: another process took its lock at the same moment; try again")
+    raise LowmedError(f"run dir {path}: other processes kept taking its lock; try again")
+
+
+_TRIES = 50
+_TAKEOVER_WAIT_S = 0.1  # between tries while another process writes a new lock or takes a stale one over
+_WRITING_S = 2  # an unreadable lock younger than this is being written; older, it is a write cut short
+_TAKEOVER_STALE_S = 30  # a takeover mark this old was left by a process killed in the middle of one
+
+
+def _remove_stale(lock: Path, seen: bytes) -> bool:
+    """Remove the stale lock whose content was ``seen``, unless another process replaced it since. Two processes
+    finding the same stale lock would otherwise both remove it — the second removing the first's new lock — and
+    both go on; so the check is repeated under a takeover mark that only one process at a time can make."""
+    mark = lock.with_name(lock.name + ".takeover")
+    try:
+        mark.mkdir()
+    except FileExistsError:  # another process is taking it over: the next try sees its lock
+        if _age_s(mark) > _TAKEOVER_STALE_S:
+            with contextlib.suppress(OSError):  # another process may remove it first
+                mark.rmdir()
+        time.sleep(_TAKEOVER_WAIT_S)
+        return False
+    try:
+        if _read_bytes(lock) != seen:
+            return False
+        lock.unlink(missing_ok=True)
+        return True
+    finally:
+        mark.rmdir()
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,8 +20,8 @@ from lowmed import prepare, subsample, train
 from lowmed.cli import main
 from lowmed.config import TrainConfig
 from lowmed.contracts import RunDir, TrainSummary
-from lowmed.errors import LowmedError
-from lowmed.locking import LOCK_FILE, in_use_by_another, own_run_dir, owner
+from lowmed.errors import LowmedError, RunFailed
+from lowmed.locking import LOCK_FILE, in_use_by_another, own_run_dir, owner, owner_alive
 from lowmed.training.train import resume_run
 from tests.conftest import FAST
 from tests.factory import make_kermany, write_image
@@ -113,10 +114,31 @@ def test_images_deleted_after_prepare_are_skipped_with_a_warning(tmp_path):
     assert summary["unreadable_files"] == {"train": [victim]}
     for path in data.split("train")["path"].iloc[1:20]:  # far more than 1 %: the run refuses to go on
         os.remove(path)
-    with pytest.raises(Exception, match="unreadable — too many to go on"):
+    with pytest.raises(RunFailed, match="unreadable — too many to go on"):
         train(TrainConfig(data=str(data.root), epochs=1, out=str(tmp_path / "run2"), **FAST), quiet=True)
-    stopped = RunDir(tmp_path / "run2").read_summary()
-    assert stopped.status == "failed" and "too many to go on" in stopped.error  # not running, nor read as killed
+    assert not (tmp_path / "run2").exists()  # stopped before it wrote anything: no run dir left to read as killed
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    with pytest.raises(RunFailed, match="too many to go on"):  # an --overwrite that stops keeps the old run
+        train(TrainConfig(data=str(data.root), epochs=1, out=str(tmp_path / "run"), **FAST), overwrite=True, quiet=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
+
+
+def test_a_strict_overwrite_refused_for_unreadable_images_keeps_the_old_run(tmp_path):
+    src = make_kermany(
+        tmp_path / "src", {"train": {"NORMAL": 60, "PNEUMONIA": 60}, "test": {"NORMAL": 4, "PNEUMONIA": 4}}
+    )
+    data = prepare(src, tmp_path / "p", min_val_per_class=4, quiet=True)
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(data.root), epochs=1, out=str(run), **FAST), quiet=True)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    os.remove(data.split("train")["path"].iloc[0])
+    done = subprocess.run(
+        lowmed("train", data.root, "--epochs", 1, "--out", run, "--overwrite", "--strict", "--image-size", 32),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "--strict: 1 train image(s) could not be read" in done.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # the old run is untouched
 
 
 def test_unwritable_run_dir_is_refused_before_training(small, tmp_path):
@@ -361,7 +383,8 @@ def test_a_run_dir_has_one_owner_and_a_killed_run_says_so(small, tmp_path, capsy
 def test_a_damaged_lock_is_stale_and_one_from_another_host_is_respected(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    (run / LOCK_FILE).write_text('{"pid": 12')  # a write cut short
+    (run / LOCK_FILE).write_text('{"pid": 12')  # a write cut short, a minute ago
+    os.utime(run / LOCK_FILE, (time.time() - 60, time.time() - 60))
     with own_run_dir(run, "train"):
         assert owner(run)["pid"] == os.getpid() and not in_use_by_another(run)
     assert "took over the lock" in capsys.readouterr().err and owner(run) is None
@@ -375,6 +398,62 @@ def test_a_damaged_lock_is_stale_and_one_from_another_host_is_respected(tmp_path
         with own_run_dir(tmp_path / "new", "train"):
             raise LowmedError("bad input")
     assert not (tmp_path / "new").exists()
+
+
+def test_two_processes_finding_one_stale_lock_do_not_both_take_it(tmp_path, monkeypatch, capsys):
+    """B reads a dead process's lock; before B removes it, A takes it over and writes its own. B must see that
+    and be refused, not remove A's lock and go on beside A."""
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = run / LOCK_FILE
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock.write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "command": "train", "since": "then"}))
+    a = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    judged = []
+
+    def a_takes_over_after_b_judged(record):
+        alive = owner_alive(record)
+        if not judged:  # B's first look: A's takeover lands right after it
+            judged.append(alive)
+            lock.write_text(
+                json.dumps({"pid": a.pid, "host": socket.gethostname(), "command": "train", "since": "now"})
+            )
+        return alive
+
+    monkeypatch.setattr("lowmed.locking.owner_alive", a_takes_over_after_b_judged)
+    try:
+        with pytest.raises(LowmedError, match=f"is in use by process {a.pid}"):
+            with own_run_dir(run, "evaluate"):
+                pass
+        assert judged == [False] and owner(run)["pid"] == a.pid  # A's lock stands
+        assert "took over" not in capsys.readouterr().err
+    finally:
+        a.kill()
+        a.wait()
+
+
+def test_a_lock_still_being_written_is_waited_for(tmp_path, monkeypatch):
+    """An empty lock made this instant belongs to a process between creating it and writing its record."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_FILE).write_text("")
+    a = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    waits = []
+
+    def record_written_meanwhile(seconds):
+        waits.append(seconds)
+        (run / LOCK_FILE).write_text(json.dumps({"pid": a.pid, "host": socket.gethostname(), "command": "train"}))
+
+    monkeypatch.setattr("lowmed.locking.time.sleep", record_written_meanwhile)
+    try:
+        with pytest.raises(LowmedError, match=f"is in use by process {a.pid}"):
+            with own_run_dir(run, "evaluate"):
+                pass
+        assert len(waits) == 1
+    finally:
+        a.kill()
+        a.wait()
 
 
 def test_resume_of_a_completed_run_says_so_and_touches_nothing(small, tmp_path, capsys):

@@ -108,7 +108,7 @@ def train(
     estimate = estimate_training_memory(model, config.image_size, config.batch_size, images)
     check_fits(estimate, device, config.image_size, config.batch_size)  # before the run dir is touched
     with own_run_dir(run_dir.path, "train", enabled=dist.is_main):  # one process at a time in a run dir
-        dist.on_main(lambda: _open_run_dir(run_dir, config, resume, overwrite))  # only rank 0 writes the run dir
+        dist.on_main(lambda: _check_run_dir(run_dir, resume, overwrite))
         state = read_training_state(run_dir) if resume else None
         earlier_caches = {}  # a resumed run keeps what its finished phases recorded
         if resume:
@@ -119,11 +119,17 @@ def train(
             console.print(
                 f"[bold]{run_dir.path}[/] (arm {config.arm}): {spec.name}, {report.summary()}", highlight=False
             )
+        # every refusal, and the images, before anything in the run dir changes: an --overwrite that stops here
+        # leaves the old run as it was
+        pretraining_overlap = _pretraining_overlap(report, dataset, config.dataset_name, dist.is_main, strict)
+        splits = _load_splits(dataset, config.image_size, device, strict)
         dist.on_main(lambda: _check_disk_space(run_dir.path, count_parameters(model)))
+        if not resume:
+            dist.on_main(lambda: _start_run_dir(run_dir, config))  # only rank 0 writes the run dir
         summary = _summary(config, dataset, report, preprocessing.to_dict(), device, count_parameters(model), dist)
         summary.tuning_trial = trial.number if trial else None
         summary.dataset.chosen = earlier.dataset.chosen if resume else chosen
-        summary.pretraining_overlap = _pretraining_overlap(report, dataset, config.dataset_name, dist.is_main, strict)
+        summary.pretraining_overlap = pretraining_overlap
 
         def record(**changes) -> None:
             for name, value in changes.items():
@@ -132,11 +138,6 @@ def train(
                 summary.write(run_dir.summary)
 
         record(status="running")
-        try:
-            splits = _load_splits(dataset, config.image_size, device, strict)
-        except (LowmedError, RunFailed) as exc:  # the run dir says why it stopped
-            record(status="failed", error=str(exc))
-            raise
         precision = Precision.choose(device, bool(config.amp))
         if precision.enabled and not native_amp(device) and dist.is_main:
             warn(f"--amp: this {device.type} has no native {precision.describe()}; it is emulated, slower than fp32")
@@ -364,28 +365,32 @@ def _run_name(config: TrainConfig, dataset: PreparedDataset, named_arm: str | No
     return f"{dataset.root.name}-{config.model}-{source}-{size}-seed{config.seed}"
 
 
-def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool, overwrite: bool) -> None:
-    """A new run gets an empty dir; an existing one is only continued (--resume) or replaced (--overwrite)."""
-    run_dir = run.path
+def _check_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
+    """An existing run dir is only continued (--resume) or replaced (--overwrite)."""
     if resume:
         if not run.last.is_file():
             raise LowmedError(
-                f"--resume {run_dir}: no {run.last.name} to continue from; start the run without --resume"
+                f"--resume {run.path}: no {run.last.name} to continue from; start the run without --resume"
             )
-        return
-    written = [p for p in run_dir.iterdir() if p.name != LOCK_FILE]
-    if written:
-        if not overwrite:
-            raise LowmedError(
-                f"run dir {run_dir} exists; continue it with --resume {run_dir}, "
-                "start again with --overwrite, or choose --out"
-            )
-        for path in written:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+    elif not overwrite and _written(run):
+        raise LowmedError(
+            f"run dir {run.path} exists; continue it with --resume {run.path}, "
+            "start again with --overwrite, or choose --out"
+        )
+
+
+def _start_run_dir(run: RunDir, config: TrainConfig) -> None:
+    """A new run starts in an empty dir: what an --overwrite replaces goes now, not before."""
+    for path in _written(run):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     write_yaml(run.config, config.to_dict())
+
+
+def _written(run: RunDir) -> list[Path]:
+    return [p for p in run.path.iterdir() if p.name != LOCK_FILE]
 
 
 def _check_disk_space(run_dir: Path, parameters: int) -> None:
