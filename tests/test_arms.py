@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -284,3 +285,33 @@ def test_conclusions_never_read_through_a_double_negative():
     assert _sentence(row).startswith("At 50 per class, Y improved AUROC over X by +0.100 [+0.050, +0.150], p = 0.001")
     against_baseline = _sentence({**row, "vs_baseline": True})  # Y is the baseline: the difference stays X − Y
     assert against_baseline.startswith("At 50 per class, X had a lower AUROC than Y: -0.100 [-0.150, -0.050]")
+
+
+def test_a_finished_run_is_not_reported_under_options_it_was_not_trained_with(tmp_path, kermany, capsys):
+    arms = [{"name": "A", "model": "simplecnn", "weights": "none"}]
+    study = write_study(tmp_path / "study.yaml", datasets=[{"name": "cxr", "data": str(kermany)}], arms=arms, seeds=[0])
+    assert run_experiment(study).runs[0].status == "trained"
+    assert run_experiment(study).runs[0].status == "done before"  # unchanged: found finished, not trained again
+    run = tmp_path / "study" / "runs" / "cxr-a-simplecnn-n5-seed0"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    write_study(
+        tmp_path / "study.yaml",
+        datasets=[{"name": "cxr", "data": str(kermany)}],
+        arms=arms,
+        seeds=[0],
+        train={**TINY, "epochs": 3, "lr": 0.002},
+    )
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        main(["experiment", str(study)])
+    err = capsys.readouterr().err.strip()
+    assert exit.value.code == 2 and len(err.splitlines()) == 1, err
+    assert f"{run} was trained with epochs 2 (now 3), lr 0.001 (now 0.002); the study file changed since" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_pretrain_stage_keeps_its_name_across_lowmed_versions():
+    """A stage's folder is its identity: if it changed, a study run again after an upgrade would pretrain again.
+    The quickstart's stage is named as lowmed named it before datasets could list external test sets."""
+    result = run_experiment(Path(__file__).parent.parent / "examples" / "quickstart.yaml", dry_run=True)
+    assert [stage.name for stage in result.pretrain] == ["simplecnn-on-demo-corpus-4fbca6b8"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,6 +30,8 @@ from lowmed.experiment.publish import check_publish_folder, publish_study
 from lowmed.experiment.report import study_report
 from lowmed.experiment.study import Study, load_study
 from lowmed.io import check_writable, write_text
+from lowmed.models.registry import get_model_spec
+from lowmed.models.weights import resolve_weights
 from lowmed.training.train import resume_run, train
 from lowmed.tuning import tune_cell, tuned_options
 
@@ -73,6 +75,8 @@ def _execute(job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: 
         job.values = {**job.values, **tuned_options(tuning)}
     run = RunDir(job.run_dir)
     state = dist.share(run.state())  # rank 0's reading, before any rank writes there
+    if state in ("completed", "resumable"):
+        _check_as_planned(run, job.values)
     if state == "completed":
         job.status = "done before"
     else:
@@ -107,6 +111,33 @@ def _execute(job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: 
     for external in external_sets(study, job.dataset).values() if job.arm is not None else ():
         if not run.evaluation("test", external.root.name).exists():
             evaluate(job.run_dir, data=external.root, quiet=True, **{**study.evaluate, "split": "test"})
+
+
+def _check_as_planned(run: RunDir, planned: dict) -> None:
+    """Refuse to report (or resume) a run under options it was not trained with: the study file changed since it
+    ran (an epoch count, a learning rate, the values a tuning cell chose, the weights of a pretrain stage)."""
+    recorded, wanted = TrainConfig.from_yaml(run.config), TrainConfig.from_dict(planned, source=str(run.path))
+    model = get_model_spec(wanted.model).name  # as train records them: the model's own name, auto weights resolved
+    wanted = replace(wanted, model=model, weights=resolve_weights(wanted.weights, model))
+    differences = [
+        f"{name} {getattr(recorded, name)} (now {getattr(wanted, name)})"
+        for name in planned
+        if name != "out" and not _same_option(getattr(wanted, name), getattr(recorded, name))
+    ]
+    if differences:
+        raise LowmedError(
+            f"{run.path} was trained with {', '.join(differences[:3])}"
+            + (f" and {len(differences) - 3} more" if len(differences) > 3 else "")
+            + "; the study file changed since: put its values back, give the study a new out:, or delete that run "
+            "dir to train it again"
+        )
+
+
+def _same_option(wanted, recorded) -> bool:
+    """Equal, or the same file by two spellings of its path (train records paths resolved)."""
+    if wanted is None or wanted == recorded:  # None: filled in when the run started
+        return True
+    return isinstance(wanted, str) and isinstance(recorded, str) and Path(wanted).resolve() == Path(recorded).resolve()
 
 
 def _read_record(planned: PlannedCell) -> TuningRecord | None:
@@ -176,6 +207,12 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
 
     dist.on_main(prepare_study)
     pretrains, cells, runs = planned[0] if planned else plan(study)
+    tuned = {param.name for param in study.tune.space} | {"monitor"} if study.tune else set()
+    for job in pretrains + runs:  # before anything trains (a tuned run's chosen values: once its cell is tuned)
+        if RunDir(job.run_dir).state() in ("completed", "resumable"):
+            _check_as_planned(
+                RunDir(job.run_dir), {k: v for k, v in job.values.items() if not (job.cell and k in tuned)}
+            )
     alone = Distributed()  # a grid run is small: each process trains its own, on its own GPU
     own_runs: list[PlannedRun] = []
     said: set[tuple[str, str]] = set()  # outcomes whose reason was shown: an arm's skip reason once, not per run

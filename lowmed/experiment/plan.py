@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from lowmed.contracts import DATASET_INFO, SUBSETS, is_prepared, slug, subset_path
@@ -84,12 +84,19 @@ def external_sets(study: Study, dataset: str) -> dict[str, PreparedDataset]:
     return {external.name: prepared(external, study.out, quiet=True, role="test") for external in spec.external}
 
 
+# What names a pretraining corpus in a stage's identity: the fields that change what the stage learns, as they were
+# when stages were first named. Not asdict(spec): a field added to DatasetSpec later (external test sets) would
+# rename every existing stage, and a study run again would train its stages again.
+_CORPUS_FIELDS = ("name", "data", "demo", "prepare")
+
+
 def pretrain_stage(study: Study, arm: Arm) -> tuple[str, dict]:
     """The stage's name and its TrainConfig values (all but ``data`` and ``out``)."""
     spec: DatasetSpec = arm.pretrain["dataset"]
     options = {k: v for k, v in arm.pretrain.items() if k != "dataset"}
     values = {"weights": "none", **study.train, **options, "model": arm.model}
-    identity = json.dumps({"values": values, "dataset": asdict(spec)}, sort_keys=True, default=str)
+    corpus = {name: getattr(spec, name) for name in _CORPUS_FIELDS}
+    identity = json.dumps({"values": values, "dataset": corpus}, sort_keys=True, default=str)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
     return slug(f"{arm.model}-on-{spec.name}-{digest}"), values
 
