@@ -6,9 +6,9 @@ prepared manifest), arm, model, per-class N and seed; two runs that claim the sa
 averaged. Two arms are compared where they were evaluated on the same test images of the same dataset at the same
 N; seeds pair up, since one seed draws the same training subset for every arm. Every pair of arms is tested; with a
 baseline arm (``--baseline``, or the one arm trained from scratch) each other arm is set against it (other −
-baseline). The primary test of a pair is a paired bootstrap over patients of the seed-averaged metric difference;
-DeLong (AUROC, binary tasks) and McNemar (accuracy at the saved thresholds) are reported per seed. Each family of
-tests is Holm-corrected.
+baseline). The primary test of a pair is a paired bootstrap over patients (lesions for HAM10000) of the
+seed-averaged metric difference; DeLong (AUROC, binary tasks) and McNemar (accuracy at the saved thresholds) are
+reported per seed. Each family of tests is Holm-corrected.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _prediction_arrays(
     probs = table[[f"prob:{c}" for c in classes]].to_numpy(dtype=float)
     if task == "multilabel":
         truth = table[[f"true:{c}" for c in classes]].set_axis(classes, axis=1)
-        targets, mask = label_tensors(truth, task, classes, read_info(prepared_dir).get("uncertain", "ignore"))
+        targets, mask = label_tensors(truth, task, classes, read_info(prepared_dir).uncertain_policy)
         return targets.numpy(), probs, mask.numpy()
     targets, _ = label_tensors(table, task, classes)
     return targets.numpy(), probs, None

@@ -121,10 +121,97 @@ class SubsetRecord(ReadsLikeADict):
     @classmethod
     def read(cls, path: str | os.PathLike) -> "SubsetRecord":
         values = read_yaml(path)
-        known = {f.name for f in fields(cls)}
         if "prepared_dir" not in values:
             raise LowmedError(f"{path}: missing field 'prepared_dir'; expected a sidecar from 'lowmed subsample'")
-        return cls(**{name: value for name, value in values.items() if name in known})
+        return cls(**_known_fields(cls, values))
+
+
+DATASET_SCHEMA = 1  # of dataset.yaml as this lowmed writes it (files without ``schema`` are 1)
+# What a manifest's group (the unit kept whole in one split, and resampled by the bootstrap) is, per source layout:
+# a patient, except for HAM10000 (a lesion, several images each) and the generic csv (the user's --group-column)
+GROUP_UNITS = {"ham10000": "lesion", "csv": "group"}
+
+
+@dataclass(kw_only=True)
+class SplitRecord(ReadsLikeADict):
+    """How a prepared dataset's splits came about (``dataset.yaml``'s ``splits``)."""
+
+    origin: dict[str, str]  # {split: given | made | ...}, in split order
+    val_rebuilt: str | None = None  # why a given val split was folded into train and made again
+    val_fraction: float | None = None  # the shares and floor asked for (not recorded for an external test set)
+    test_fraction: float | None = None
+    min_val_per_class: int | None = None
+
+    def fraction(self, split: str) -> float | None:
+        return {"val": self.val_fraction, "test": self.test_fraction}[split]
+
+
+@dataclass(kw_only=True)
+class DatasetInfo(ReadsLikeADict):
+    """A prepared dir's ``dataset.yaml`` (written by ``lowmed prepare``): what its manifest holds, where it came
+    from, and how its splits were made; the manifest's hash ties the two files together."""
+
+    schema: int = DATASET_SCHEMA
+    lowmed_version: str = ""
+    created: str = ""
+    task: str  # binary | multiclass | multilabel
+    classes: list[str]
+    source: dict[str, str] = field(default_factory=dict)  # {format, path}: the raw dataset it was prepared from
+    seed: int | None = None
+    role: str = "full"  # full, or test: an external test set (every image a test image)
+    splits: SplitRecord = field(default_factory=lambda: SplitRecord(origin={}))
+    uncertain: str | None = None  # multi-label only: what its uncertain labels (-1) became (prepare --uncertain)
+    frontal_only: bool | None = None  # CheXpert only
+    cache: dict | None = None  # {size}: the resized copies prepare --cache-size made
+    images: dict[str, int] = field(default_factory=dict)  # found, usable, excluded
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # {split: {class or finding: images}}
+    groups: dict[str, int] = field(default_factory=dict)  # {split: patients or lesions}
+    groups_hashed: bool = False
+    group_overlap: dict = field(default_factory=dict)  # {split pair: groups in both} where the source gave both
+    leakage_removed: list = field(default_factory=list)  # duplicate images dropped across splits
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    excluded: list[dict[str, str]] = field(default_factory=list)  # {path, reason}
+    manifest_sha256: str | None = None
+
+    @property
+    def source_format(self) -> str | None:
+        return self.source.get("format")
+
+    @property
+    def source_path(self) -> str | None:
+        return self.source.get("path")
+
+    @property
+    def group_unit(self) -> str:
+        return GROUP_UNITS.get(self.source_format, "patient")
+
+    @property
+    def uncertain_policy(self) -> str:
+        return self.uncertain or "ignore"
+
+    def write(self, path: str | os.PathLike) -> None:
+        write_yaml(path, asdict(self))
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "DatasetInfo":
+        values = read_yaml(path)
+        schema = values.get("schema", 1)
+        if not isinstance(schema, int) or schema < 1:
+            raise LowmedError(f"{path}: schema {schema!r} is not a version number; not a lowmed {DATASET_INFO}")
+        if schema > DATASET_SCHEMA:
+            raise LowmedError(
+                f"{path}: written by a newer lowmed (schema {schema}; this one reads up to {DATASET_SCHEMA}); "
+                "upgrade lowmed to read it"
+            )
+        for name in ("task", "classes"):
+            if name not in values:
+                raise LowmedError(f"{path}: missing field {name!r}; expected a {DATASET_INFO} from 'lowmed prepare'")
+        if not isinstance(values["classes"], list) or not all(isinstance(c, str) for c in values["classes"]):
+            raise LowmedError(f"{path}: 'classes' must be a list of class names")
+        splits = values.get("splits") if isinstance(values.get("splits"), dict) else {}
+        values["splits"] = _typed(SplitRecord, {"origin": {}, **splits}, f"{path}: splits")
+        return _typed(cls, values, str(path))
 
 
 class Record(ReadsLikeADict):
@@ -316,11 +403,16 @@ def _prepared_manifest_sha256(dataset: dict) -> str | None:
 
 
 def _typed(cls, values: dict, where: str):
-    known = {f.name for f in fields(cls)}
     try:
-        return cls(**{name: value for name, value in values.items() if name in known})
+        return cls(**_known_fields(cls, values))
     except TypeError as exc:
         raise LowmedError(f"{where}: incomplete ({exc})") from None
+
+
+def _known_fields(cls, values: dict) -> dict:
+    """The entries of ``values`` that are fields of ``cls``: what a later lowmed added is left out."""
+    known = {f.name for f in fields(cls)}
+    return {name: value for name, value in values.items() if name in known}
 
 
 @dataclass(kw_only=True)

@@ -137,7 +137,7 @@ def test_evaluate_a_trained_run_end_to_end(trained_run):
     assert {"task", "split", "n", "classes", "threshold", "metrics", "ci95", "per_class", "confusion_matrix"} <= set(
         saved
     )
-    assert saved["n"] == 20 and saved["threshold"] == 0.5 and saved["bootstrap"]["unit"] == "patient/lesion group"
+    assert saved["n"] == 20 and saved["threshold"] == 0.5 and saved["bootstrap"]["unit"] == "patient"
     predictions = pd.read_csv(folder / "predictions.csv")
     y = (predictions["label"] == "PNEUMONIA").astype(int)
     assert report["metrics"]["auroc"] == pytest.approx(sk.roc_auc_score(y, predictions["prob:PNEUMONIA"]))
@@ -172,6 +172,7 @@ def test_multiclass_and_multilabel_runs_evaluate(ham, chexpert, tmp_path):
         report = evaluate(tmp_path / f"run-{name}", bootstrap=50, quiet=True)
         folder = tmp_path / f"run-{name}" / "eval" / "test"
         assert (folder / "roc.png").is_file() and (folder / "reliability.png").is_file()
+        assert report.bootstrap["unit"] == {"ham": "lesion", "cx": "patient"}[name]  # what the resampled groups are
         if name == "ham":
             assert "macro_auroc" in report["ci95"] and (folder / "confusion.png").is_file()
         else:

@@ -97,6 +97,7 @@ def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, m
     out = tmp_path / "study"
     report = (out / "report.md").read_text()
     assert "**Notes.** Tiny images; two epochs." in report and "## Headline" in report
+    assert "the 95 % bootstrap intervals and the paired tests resample whole patients." in report  # Kermany's groups
     assert "## Conclusions" in report and "C · simplecnn" in report and "A · simplecnn" in report
     skipped = [line for line in report.splitlines() if "is not cached and cannot be downloaded" in line]
     assert len(skipped) == 1 and skipped[0].startswith("- 4 runs skipped — ")  # said once per arm, not per run

@@ -7,7 +7,9 @@ import yaml
 from PIL import Image
 
 from lowmed import prepare
+from lowmed.contracts import DatasetInfo
 from lowmed.data.formats import CsvColumns, kermany_group
+from lowmed.data.manifest import PreparedDataset
 from lowmed.errors import LowmedError
 from tests.factory import image_array, make_kermany, write_broken_files, write_image
 
@@ -42,7 +44,7 @@ def test_kermany_tree_small_val_is_rebuilt_by_patient(kermany, tmp_path):
         str(p.resolve()) for p in (kermany / "test").rglob("*.jpeg")
     }
     # 4+4 val images are too few: folded into train, a new val of >= 20 per class made by patient
-    assert "val_rebuilt" in info["splits"] and info["splits"]["origin"]["val"] == "made"
+    assert "folded into train" in info.splits.val_rebuilt and info.splits.origin["val"] == "made"
     assert info["counts"]["val"]["NORMAL"] >= 20 and info["counts"]["val"]["PNEUMONIA"] >= 20
     assert info["counts"]["train"]["NORMAL"] + info["counts"]["val"]["NORMAL"] == 44
     groups = split_groups(manifest)
@@ -301,3 +303,28 @@ def test_existing_output_needs_overwrite(kermany, tmp_path):
 def test_bad_options(kermany, tmp_path, options, message):
     with pytest.raises(LowmedError, match=message):
         prepare(kermany, tmp_path / "out", quiet=True, **options)
+
+
+def test_dataset_yaml_is_a_versioned_contract(kermany, tmp_path):
+    """dataset.yaml reads back as the record prepare wrote; one from an earlier lowmed (no schema, no val_rebuilt
+    when the val split was kept, a later field unknown here) still reads; one from a newer lowmed is refused."""
+    dataset = prepare(kermany, tmp_path / "out", quiet=True)
+    path = tmp_path / "out" / "dataset.yaml"
+    assert DatasetInfo.read(path) == dataset.info and dataset.info.schema == 1
+    assert dataset.info.source_format == "imagefolder" and dataset.info.uncertain_policy == "ignore"
+    older = yaml.safe_load(path.read_text())
+    del older["schema"], older["splits"]["val_rebuilt"], older["uncertain"]
+    older["added_later"] = 1
+    path.write_text(yaml.safe_dump(older))
+    read = DatasetInfo.read(path)
+    assert (read.schema, read.splits.val_rebuilt, read.counts) == (1, None, dataset.info.counts)
+    path.write_text(yaml.safe_dump({**older, "schema": 2}))
+    with pytest.raises(LowmedError, match=r"dataset.yaml: written by a newer lowmed \(schema 2"):
+        DatasetInfo.read(path)
+    path.write_text(yaml.safe_dump({**older, "classes": "NORMAL"}))
+    with pytest.raises(LowmedError, match="'classes' must be a list of class names"):
+        PreparedDataset.load(tmp_path / "out")
+    del older["task"]
+    path.write_text(yaml.safe_dump(older))
+    with pytest.raises(LowmedError, match="dataset.yaml: missing field 'task'"):
+        PreparedDataset.load(tmp_path / "out")

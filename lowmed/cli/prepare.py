@@ -126,14 +126,14 @@ def render_prepared(dataset) -> None:
     info = dataset.info
     images = dataset.manifest["split"].value_counts().to_dict()
     what = "positives per finding" if dataset.task == "multilabel" else "images per class"
-    stdout.print(counts_table(f"{info['source']['format']} · {dataset.task} · {what}", info["counts"], images))
-    stdout.print("groups (patients/lesions): " + ", ".join(f"{s} {n}" for s, n in info["groups"].items()))
-    stdout.print("splits: " + ", ".join(f"{s} {o}" for s, o in info["splits"]["origin"].items()))
-    for note in info["notes"] + ([info["splits"]["val_rebuilt"]] if "val_rebuilt" in info["splits"] else []):
+    stdout.print(counts_table(f"{info.source_format} · {dataset.task} · {what}", info.counts, images))
+    stdout.print("groups (patients/lesions): " + ", ".join(f"{s} {n}" for s, n in info.groups.items()))
+    stdout.print("splits: " + ", ".join(f"{s} {o}" for s, o in info.splits.origin.items()))
+    for note in info.notes + ([info.splits.val_rebuilt] if info.splits.val_rebuilt else []):
         stdout.print(f"[dim]note: {note}")
-    for message in info["warnings"]:
+    for message in info.warnings:
         warn(message)
-    excluded = info["excluded"]
+    excluded = info.excluded
     if excluded:
         stdout.print(f"[yellow]{len(excluded)} file(s) excluded[/] (all listed in dataset.yaml):")
         for item in excluded[:_SHOWN_EXCLUSIONS]:

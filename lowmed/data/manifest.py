@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lowmed.contracts import DATASET_INFO, MANIFEST, SubsetRecord, read_yaml, subset_sidecar
+from lowmed.contracts import DATASET_INFO, MANIFEST, DatasetInfo, SubsetRecord, subset_sidecar
 from lowmed.data.formats import SPLITS
 from lowmed.errors import LowmedError
 from lowmed.io import sha256_file
@@ -21,18 +21,18 @@ class PreparedDataset:
     """A prepared dataset dir (or one of its subset manifests) loaded into memory."""
 
     root: Path  # the prepared dir: relative paths in the manifest are relative to it
-    info: dict  # dataset.yaml
+    info: DatasetInfo  # dataset.yaml
     manifest: pd.DataFrame
     manifest_path: Path
     subset: SubsetRecord | None = None  # the subset sidecar, when this is a subset manifest
 
     @property
     def task(self) -> str:
-        return self.info["task"]
+        return self.info.task
 
     @property
     def classes(self) -> list[str]:
-        return list(self.info["classes"])
+        return list(self.info.classes)
 
     @property
     def label_columns(self) -> list[str]:
@@ -85,17 +85,17 @@ class PreparedDataset:
     @property
     def source_path(self) -> str | None:
         """The raw dataset (folder or CSV) it was prepared from."""
-        return self.info.get("source", {}).get("path")
+        return self.info.source_path
 
     @property
     def source_format(self) -> str | None:
         """The layout it was read in (``prepare --format``)."""
-        return self.info.get("source", {}).get("format")
+        return self.info.source_format
 
     @property
     def role(self) -> str:
         """full, or test: a dataset prepared as an external test set (every image a test image)."""
-        return self.info.get("role", "full")
+        return self.info.role
 
     def check_trainable(self) -> "PreparedDataset":
         """This dataset, unless it is an external test set, which has nothing to train or subsample."""
@@ -107,35 +107,31 @@ class PreparedDataset:
         return self
 
 
-def read_info(root: str | Path) -> dict:
+def read_info(root: str | Path) -> DatasetInfo:
     """A prepared dir's ``dataset.yaml`` alone (task, classes, counts, splits, uncertain policy), for readers
     that do not need its manifest."""
     info_path = Path(root) / DATASET_INFO
     if not info_path.is_file():
         raise LowmedError(f"{root}: not a prepared dataset (no {DATASET_INFO}; run 'lowmed prepare' first)")
-    info = read_yaml(info_path)
-    for key in ("task", "classes"):
-        if key not in info:
-            raise LowmedError(f"{info_path}: missing field {key!r}")
-    return info
+    return DatasetInfo.read(info_path)
 
 
-def _read_manifest(path: Path, info: dict) -> pd.DataFrame:
+def _read_manifest(path: Path, info: DatasetInfo) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype={"path": str, "split": str, "group": str, "label": str, "cache_path": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise LowmedError(f"{path}: not a readable manifest ({exc})") from None
-    label_columns = info["classes"] if info["task"] == "multilabel" else ["label"]
+    label_columns = info.classes if info.task == "multilabel" else ["label"]
     missing = [c for c in ("path", "split", "group", *label_columns) if c not in frame.columns]
     if missing:
         raise LowmedError(f"{path}: missing column(s) {', '.join(map(repr, missing))}")
     unknown_splits = set(frame["split"]) - set(SPLITS)
     if unknown_splits:
         raise LowmedError(f"{path}: unknown split(s) {sorted(unknown_splits)}; expected train, val or test")
-    if info["task"] != "multilabel":
-        unknown = set(frame["label"]) - set(info["classes"])
+    if info.task != "multilabel":
+        unknown = set(frame["label"]) - set(info.classes)
         if unknown:
-            raise LowmedError(f"{path}: label(s) {sorted(unknown)} are not in the class list {info['classes']}")
+            raise LowmedError(f"{path}: label(s) {sorted(unknown)} are not in the class list {info.classes}")
     return frame
 
 

@@ -19,13 +19,13 @@ import pandas as pd
 import lowmed
 from lowmed.config import check_seed
 from lowmed.console import track
-from lowmed.contracts import DATASET_INFO, MANIFEST
+from lowmed.contracts import DATASET_INFO, MANIFEST, DatasetInfo, SplitRecord
 from lowmed.data.formats import SPLITS, CsvColumns, SourceRecords, check_format, read_source
 from lowmed.data.images import inspect_image
 from lowmed.data.manifest import PreparedDataset, bucket_names, count_table, positives_matrix
 from lowmed.data.splits import group_stratified_split
 from lowmed.errors import LowmedError
-from lowmed.io import check_writable, sha256_file, staged_dir, write_csv, write_yaml
+from lowmed.io import check_writable, sha256_file, staged_dir, write_csv
 
 UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
 ROLES = ("full", "test")  # full: train/val/test as given or made; test: every image a test image (an external set)
@@ -87,7 +87,10 @@ def prepare(
             records, excluded = _frontal_views(records, excluded)
         records, excluded, leakage, warnings = _drop_duplicates(records, excluded)
         if role == "test":
-            records, split_info = records.assign(split="test"), {"origin": {"test": "every image (--role test)"}}
+            records, split_info = (
+                records.assign(split="test"),
+                SplitRecord(origin={"test": "every image (--role test)"}),
+            )
         else:
             records, split_info = _assign_splits(records, source, seed, val_fraction, test_fraction, min_val_per_class)
         manifest = _manifest_frame(records, source)
@@ -103,38 +106,37 @@ def prepare(
             more = f" (and {len(warnings) - 1} more warning(s))" if len(warnings) > 1 else ""
             raise LowmedError(f"--strict: {warnings[0]}{more}")
         write_csv(staging / MANIFEST, manifest)
-        info = {
-            "lowmed_version": lowmed.__version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "task": source.task,
-            "classes": source.classes,
-            "source": {"format": source.format, "path": str(source.root)},
-            "seed": seed,
-            "role": role,
-            "splits": split_info,
-            **({"uncertain": uncertain} if source.task == "multilabel" else {}),
-            **({"frontal_only": frontal_only} if frontal_only or source.format == "chexpert" else {}),
-            "cache": {"size": cache_size} if cache_size else None,
-            "images": {
+        DatasetInfo(
+            lowmed_version=lowmed.__version__,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            task=source.task,
+            classes=source.classes,
+            source={"format": source.format, "path": str(source.root)},
+            seed=seed,
+            role=role,
+            splits=split_info,
+            uncertain=uncertain if source.task == "multilabel" else None,
+            frontal_only=frontal_only if frontal_only or source.format == "chexpert" else None,
+            cache={"size": cache_size} if cache_size else None,
+            images={
                 "found": len(source.records) + len(source.excluded),
                 "usable": len(manifest),
                 "excluded": len(excluded),
             },
-            "counts": count_table(manifest, source.task, source.classes),
-            "groups": {
+            counts=count_table(manifest, source.task, source.classes),
+            groups={
                 s: int(manifest.loc[manifest["split"] == s, "group"].nunique())
                 for s in SPLITS
                 if (manifest["split"] == s).any()
             },
-            "groups_hashed": hash_groups,
-            "group_overlap": overlap,
-            "leakage_removed": leakage,
-            "warnings": warnings,
-            "notes": source.notes,
-            "excluded": excluded,
-            "manifest_sha256": sha256_file(staging / MANIFEST),
-        }
-        write_yaml(staging / DATASET_INFO, info)
+            groups_hashed=hash_groups,
+            group_overlap=overlap,
+            leakage_removed=leakage,
+            warnings=warnings,
+            notes=source.notes,
+            excluded=excluded,
+            manifest_sha256=sha256_file(staging / MANIFEST),
+        ).write(staging / DATASET_INFO)
     return PreparedDataset.load(out)
 
 
@@ -269,7 +271,7 @@ def _assign_splits(
     val_fraction: float,
     test_fraction: float,
     min_val_per_class: int,
-) -> tuple[pd.DataFrame, dict]:
+) -> tuple[pd.DataFrame, SplitRecord]:
     """Keep the source's own splits; make the missing ones, stratified and disjoint by group.
 
     A given val split too small to be useful is folded into train and rebuilt from it.
@@ -279,7 +281,7 @@ def _assign_splits(
     buckets = bucket_names(source.task, source.classes)
     split = records["given_split"].copy()
     origin = {s: "given" for s in SPLITS if (split == s).any()}
-    info: dict = {}
+    val_rebuilt = None
     val_rows = (split == "val").to_numpy()
     if val_rows.any():
         val_counts = targets[val_rows].sum(axis=0)
@@ -291,7 +293,7 @@ def _assign_splits(
         if too_small:
             split[val_rows] = "train"
             del origin["val"]
-            info["val_rebuilt"] = (
+            val_rebuilt = (
                 f"the given val split had {int(val_rows.sum())} images "
                 f"(fewer than {min_val_per_class} per class): folded into train, "
                 "and a new val split was made from train"
@@ -312,37 +314,36 @@ def _assign_splits(
         origin["train"] = "given, less the splits made from it" if origin.get("train") == "given" else "made"
     if not (split == "train").any():
         raise LowmedError(f"no training images left after making splits (classes: {', '.join(buckets)})")
-    info = {
-        "origin": {s: origin[s] for s in SPLITS if s in origin},
-        **info,
-        "val_fraction": val_fraction,
-        "test_fraction": test_fraction,
-        "min_val_per_class": min_val_per_class,
-    }
-    return records.assign(split=split), info
+    return records.assign(split=split), SplitRecord(
+        origin={s: origin[s] for s in SPLITS if s in origin},
+        val_rebuilt=val_rebuilt,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        min_val_per_class=min_val_per_class,
+    )
 
 
-def _split_share_warnings(manifest: pd.DataFrame, split_info: dict) -> list[str]:
+def _split_share_warnings(manifest: pd.DataFrame, split_info: SplitRecord) -> list[str]:
     """A made split far from the share asked for (on a small dataset the val floor per class, or whole patients
     kept together, can move it a long way) is said, with the reason."""
-    origin = split_info["origin"]
+    origin = split_info.origin
     sizes = manifest["split"].value_counts()
     pool = int(sum(sizes.get(s, 0) for s in origin if origin[s] != "given"))
     warnings = []
     for split in ("val", "test"):
         if origin.get(split) != "made":
             continue
-        asked, got = split_info[f"{split}_fraction"] * pool, int(sizes.get(split, 0))
+        asked, got = split_info.fraction(split) * pool, int(sizes.get(split, 0))
         if abs(got - asked) > max(2, 0.25 * asked):
             reason = (
-                f"--min-val-per-class {split_info['min_val_per_class']} sets a floor per class (lower it for a "
+                f"--min-val-per-class {split_info.min_val_per_class} sets a floor per class (lower it for a "
                 "dataset this small)"
                 if split == "val" and got > asked
                 else "whole patients/lesions stay in one split"
             )
             warnings.append(
                 f"{split} split: {got} of {pool} images ({got / pool:.0%}), where --{split}-fraction "
-                f"{split_info[f'{split}_fraction']} asked for about {asked:.0f}: {reason}"
+                f"{split_info.fraction(split)} asked for about {asked:.0f}: {reason}"
             )
     return warnings
 

@@ -90,7 +90,7 @@ def subsample(
         meaning="positives per finding (greedy)" if dataset.task == "multilabel" else "images per class",
         counts=count_table(subset_frame, dataset.task, dataset.classes),
         images={str(k): int(v) for k, v in subset_frame["split"].value_counts().items()},
-        train_available={"counts": dataset.info["counts"].get("train", {}), "images": len(train)},
+        train_available={"counts": dataset.info.counts.get("train", {}), "images": len(train)},
         shortfalls=shortfalls,
     )
     write_csv(out, subset_frame)

@@ -104,7 +104,7 @@ def evaluate(
             frame = _in_model_names(frame, names, task, absent)
         if frame.empty:
             raise LowmedError(f"{source.manifest_path}: no {name} rows to evaluate")
-        targets, mask = label_tensors(frame, task, classes, source.info.get("uncertain", "ignore"))
+        targets, mask = label_tensors(frame, task, classes, source.info.uncertain_policy)
         paths = source.image_paths(frame)
         logits, readable = predict_files(
             model, paths, preprocessing.input_size, normalize, torch_device, precision, batch_size, tta
@@ -139,7 +139,9 @@ def evaluate(
 
         cut, cut_source = _threshold(threshold, task, split, own_val)
         result = compute_metrics(task, classes, targets, probs, mask, cut)
-        intervals, resampling = _intervals(task, classes, frame, targets, probs, mask, cut, bootstrap, seed, quiet)
+        intervals, resampling = _intervals(
+            task, classes, frame, dataset.info.group_unit, targets, probs, mask, cut, bootstrap, seed, quiet
+        )
         seconds = time.perf_counter() - started
         report = EvalReport(
             task=task,
@@ -199,6 +201,7 @@ def _intervals(
     task: str,
     classes: list[str],
     frame: pd.DataFrame,
+    group_unit: str,
     targets: np.ndarray,
     probs: np.ndarray,
     mask: np.ndarray | None,
@@ -207,8 +210,9 @@ def _intervals(
     seed: int,
     quiet: bool,
 ) -> tuple[dict, dict]:
-    """95 % intervals of every metric by a bootstrap over patient/lesion groups (images where the layout knows
-    none), stratified by class; and how they were drawn (metrics.json's ``bootstrap``)."""
+    """95 % intervals of every metric by a bootstrap over the manifest's groups (``group_unit``: patients, or
+    lesions for HAM10000; images where the layout knows none), stratified by class; and how they were drawn
+    (metrics.json's ``bootstrap``)."""
     # the stratum: the class, or for multi-label data whether any counted finding is positive
     strata = targets if task != "multilabel" else ((targets > 0) & (mask > 0 if mask is not None else True)).any(axis=1)
     groups_known = bool((frame["group"] != frame["path"]).any())
@@ -224,7 +228,7 @@ def _intervals(
         intervals = bootstrap_ci(statistic, groups, np.asarray(strata), resamples, seed, quiet)
     resampling = {
         "resamples": resamples,
-        "unit": "patient/lesion group" if groups_known else "image",
+        "unit": group_unit if groups_known else "image",
         "groups": int(len(np.unique(groups))),
         "stratified_by": "class",
         "seed": seed,

@@ -71,12 +71,14 @@ def study_report(
         "## Setup",
         "",
     ]
+    units = []  # what the bootstrap resamples whole, per dataset
     for spec in study.datasets:
         info = read_info(next(run.values["data"] for run in runs if run.dataset == spec.name))
+        units.append(f"{info.group_unit}s" + (f" ({spec.name})" if len(study.datasets) > 1 else ""))
         lines.append(
-            f"- **{spec.name}** ({info['task']}; classes: {', '.join(info['classes'])}): "
-            + "; ".join(f"{split} {sum(c.values())} images" for split, c in info["counts"].items())
-            + f"; splits {', '.join(f'{s} {o}' for s, o in info['splits']['origin'].items())}."
+            f"- **{spec.name}** ({info.task}; classes: {', '.join(info.classes)}): "
+            + "; ".join(f"{split} {sum(c.values())} images" for split, c in info.counts.items())
+            + f"; splits {', '.join(f'{s} {o}' for s, o in info.splits.origin.items())}."
         )
     lines.append(
         f"- Training images per class: {', '.join(map(str, study.per_class))}; seeds: "
@@ -98,7 +100,8 @@ def study_report(
         )
     lines.append(
         f"- Shared training options: {study.train or 'lowmed defaults'}; evaluation on the {study.split} "
-        f"split: {study.evaluate or 'defaults'} (95 % bootstrap intervals over patients)."
+        f"split: {study.evaluate or 'defaults'}; the 95 % bootstrap intervals and the paired tests resample whole "
+        f"{', '.join(units)}."
     )
     lines += _shortfalls(study)
     if study.tune is not None:
@@ -239,7 +242,7 @@ def _shortfalls(study: Study) -> list[str]:
 
 def headline_table(comparison: Comparison) -> str:
     """Per dataset and N, each arm's mean test metric over seeds with its interval, its paired difference to the
-    baseline (seed-averaged bootstrap over patients) with the Holm-adjusted p, and its mean balanced accuracy."""
+    baseline (seed-averaged paired bootstrap) with the Holm-adjusted p, and its mean balanced accuracy."""
     primary = {
         (row["dataset"], row["per_class"], row["a"]): row
         for row in comparison.comparisons
@@ -308,7 +311,7 @@ def _mean_of(values: list[float]) -> str:
 
 
 def results_tables(comparison: Comparison) -> str:
-    """The seed aggregates and the primary paired tests (seed-averaged bootstrap over patients, Holm-adjusted);
+    """The seed aggregates and the primary paired tests (seed-averaged paired bootstrap, Holm-adjusted);
     the per-seed DeLong and McNemar tests stay in compare.md and stats.csv, where they do not drown the reader."""
     notes = [text for text in (comparison.recipes, comparison.overlap, comparison.learning) if text]
     primary = [row for row in comparison.comparisons if row["test"] == PRIMARY_TEST]
@@ -320,7 +323,7 @@ def results_tables(comparison: Comparison) -> str:
     lines += groups_markdown(pd.DataFrame(comparison.groups))
     lines += [
         "",
-        "### Paired differences (a − b): bootstrap over patients of the seed-averaged metric, Holm-adjusted",
+        "### Paired differences (a − b): paired bootstrap of the seed-averaged metric, Holm-adjusted",
         "",
     ]
     lines += tests_markdown(pd.DataFrame(primary)) if primary else ["No pair of arms shared test images."]

@@ -437,7 +437,7 @@ def _check_source_model(report: WeightsReport, model: str) -> None:
 
 def _load_splits(dataset: PreparedDataset, image_size: int, device: torch.device, strict: bool) -> dict:
     """The train and val images, decoded once (on a GPU, kept there), with their targets."""
-    uncertain = dataset.info.get("uncertain", "ignore")
+    uncertain = dataset.info.uncertain_policy
     splits = {}
     for name in ("train", "val"):
         frame = dataset.split(name)
@@ -496,7 +496,7 @@ def _summary(
     parameters: int,
     dist: Distributed,
 ) -> TrainSummary:
-    counts = dataset.subset.counts if dataset.subset else dataset.info["counts"]
+    counts = dataset.subset.counts if dataset.subset else dataset.info.counts
     return TrainSummary(
         run_dir=config.out,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
