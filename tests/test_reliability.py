@@ -482,9 +482,14 @@ def test_the_memory_estimate_grows_with_the_pixels_and_the_batch():
     from lowmed.training.memory import estimate_training_memory
 
     model = build_model(get_model_spec("simplecnn"), 2)
-    small_batch = estimate_training_memory(model, 64, 8, images=100)
-    assert estimate_training_memory(model, 128, 8, images=100).batch == pytest.approx(4 * small_batch.batch, rel=0.05)
-    assert estimate_training_memory(model, 64, 16, images=100).batch == 2 * small_batch.batch
-    assert small_batch.images == 100 * 3 * 64 * 64 and small_batch.model == 16 * sum(
-        p.numel() for p in model.parameters()
-    )
+    cpu = torch.device("cpu")
+    small_batch = estimate_training_memory(model, 64, 8, images=100, device=cpu)
+    larger = estimate_training_memory(model, 128, 8, images=100, device=cpu)
+    assert larger.batch == pytest.approx(4 * small_batch.batch, rel=0.05)
+    assert estimate_training_memory(model, 64, 16, images=100, device=cpu).batch == 2 * small_batch.batch
+    parameters = sum(p.numel() for p in model.parameters())
+    assert small_batch.images == 100 * 3 * 64 * 64 and small_batch.model == 16 * parameters
+    # two copies of weights + Adam's two moments in host memory; on a GPU they are not the device's memory
+    assert small_batch.checkpoints == 2 * 3 * 4 * parameters and "checkpoint copies" in small_batch.describe()
+    on_gpu = estimate_training_memory(model, 64, 8, images=100, device=torch.device("cuda"))
+    assert on_gpu.checkpoints == 0 and on_gpu.total == small_batch.total - small_batch.checkpoints

@@ -3,8 +3,9 @@ user nothing to go on.
 
 The estimate adds the decoded images held in memory, the model (weights, gradients, Adam's two moments) and one
 batch (its images as uint8 and float, and every layer's output kept for the backward pass, measured by one forward
-pass at a small size and scaled by the pixel count). The feature cache is not counted: it takes at most half of
-what is free and is skipped when it would not fit.
+pass at a small size and scaled by the pixel count), and on a CPU the checkpoint copies the background writer holds
+in host memory. The feature cache is not counted: it takes at most half of what is free and is skipped when it
+would not fit.
 """
 
 from __future__ import annotations
@@ -26,18 +27,26 @@ class MemoryEstimate:
     images: int  # bytes of decoded train and val images held in memory (0 when decoded per batch)
     model: int  # weights, gradients and optimizer state
     batch: int  # one batch's inputs and the activations kept for its backward pass
+    # the epoch-end copies of weights and Adam state the checkpoint writer holds (one being written, the newest
+    # waiting); in host memory, so counted only when training runs there
+    checkpoints: int = 0
 
     @property
     def total(self) -> int:
-        return self.images + self.model + self.batch
+        return self.images + self.model + self.batch + self.checkpoints
 
     def describe(self) -> str:
         parts = {"images": self.images, "model": self.model, "one batch": self.batch}
+        if self.checkpoints:
+            parts["checkpoint copies"] = self.checkpoints
         return ", ".join(f"{name} {_gib(size)}" for name, size in parts.items())
 
 
-def estimate_training_memory(model: nn.Module, image_size: int, batch_size: int, images: int) -> MemoryEstimate:
-    """The memory a run of ``model`` on ``images`` train and val images of ``image_size`` px needs at most."""
+def estimate_training_memory(
+    model: nn.Module, image_size: int, batch_size: int, images: int, device: torch.device
+) -> MemoryEstimate:
+    """The memory a run of ``model`` on ``images`` train and val images of ``image_size`` px needs at most on
+    ``device``."""
     pixels = 3 * image_size * image_size
     held = images * pixels if images * pixels <= IN_MEMORY_LIMIT_BYTES else 0
     parameters = sum(p.numel() for p in model.parameters())
@@ -47,6 +56,7 @@ def estimate_training_memory(model: nn.Module, image_size: int, batch_size: int,
         images=held,
         model=parameters * 4 * 4,
         batch=int(batch_size * (per_image + pixels * (1 + 4))),
+        checkpoints=parameters * 4 * 3 * 2 if device.type == "cpu" else 0,
     )
 
 

@@ -105,7 +105,7 @@ def train(
         preprocessing = _input_contract(report, spec, config)
         config = replace(config, input_channels=preprocessing.channels, input_norm=preprocessing.norm)  # config.yaml
     images = len(dataset.split("train")) + len(dataset.split("val"))
-    estimate = estimate_training_memory(model, config.image_size, config.batch_size, images)
+    estimate = estimate_training_memory(model, config.image_size, config.batch_size, images, device)
     check_fits(estimate, device, config.image_size, config.batch_size)  # before the run dir is touched
     with own_run_dir(run_dir.path, "train", enabled=dist.is_main):  # one process at a time in a run dir
         dist.on_main(lambda: _check_run_dir(run_dir, resume, overwrite))
