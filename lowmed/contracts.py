@@ -1,9 +1,10 @@
-"""The files that pass between lowmed's stages: every file name, and typed readers and writers for the JSON ones.
+"""The files that pass between lowmed's stages: every file name, and typed readers and writers for the records.
 
-A prepared dir, a subset manifest, a run dir and an eval dir are named here and nowhere else; ``train.json`` and
-``metrics.json`` are dataclasses with ``read``/``write`` and a ``schema`` version, so that every reader goes through
-one place and a later lowmed still reads the run dirs an earlier one wrote (files without ``schema`` are schema 1:
-no arm name, and ``dataset.manifest_sha256`` hashed the subset manifest when there was one).
+A prepared dir, a subset manifest, a run dir and an eval dir are named here and nowhere else; ``dataset.yaml``,
+``train.json`` and ``metrics.json`` are dataclasses with ``read``/``write`` and a ``schema`` version, so that every
+reader goes through one place and a later lowmed still reads the files an earlier one wrote (files without
+``schema`` are schema 1: for train.json, no arm name, and ``dataset.manifest_sha256`` hashed the subset manifest when
+there was one).
 
 This module is light (no torch, no pandas) so that the command line and ``lowmed compare`` can use it freely.
 """
