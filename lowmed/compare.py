@@ -150,9 +150,15 @@ def headline_name(task: str, metric: str) -> str:
 
 
 def load_runs(
-    run_dirs: list[RunDir], split: str, evaluate_missing: bool, bootstrap: int, quiet: bool
+    run_dirs: list[RunDir],
+    split: str,
+    evaluate_missing: bool,
+    bootstrap: int,
+    quiet: bool,
+    external: str | None = None,
 ) -> tuple[list[Run], list[dict]]:
-    """Completed runs with their evaluations (made on the fly where missing), and the runs left out, with why."""
+    """Completed runs with their evaluations (made on the fly where missing, except on an ``external`` set, whose
+    data lowmed cannot know), and the runs left out, with why."""
     runs, skipped = [], []
     for run in run_dirs:
         summary = run.read_summary()
@@ -161,7 +167,16 @@ def load_runs(
         if not summary.completed:
             skipped.append({"run": str(run.path), "reason": f"status {summary.status_label}, not completed"})
             continue
-        evaluation = run.evaluation(split)
+        evaluation = run.evaluation(split, external)
+        if not evaluation.exists() and external is not None:
+            skipped.append(
+                {
+                    "run": str(run.path),
+                    "reason": f"not evaluated on the external test set {external}; run: lowmed evaluate {run.path} "
+                    f"--data DIR (DIR: the prepared set, a folder named {external})",
+                }
+            )
+            continue
         if not evaluation.exists():
             if not evaluate_missing:
                 skipped.append(
@@ -239,8 +254,13 @@ def compare_runs(
     lesions: str | os.PathLike | None = None,
     device: str = "auto",
     quiet: bool = False,
+    external: str | None = None,
 ) -> Comparison:
     """Compare every completed run below ``paths``; write compare.csv/json/md, stats.csv and learning curves.
+
+    ``external``: compare the runs' evaluations on that external test set (the name of its prepared folder, as
+    ``lowmed evaluate RUN --data DIR`` wrote them) instead of on their own dataset's ``split``; the pairs and tests
+    are the same, on the external set's images.
 
     ``explain``: a saliency method; ``explain_count`` test images of each dataset (with a finding; among those
     ``lesions`` boxes, a ``lowmed.saliency.lesions`` CSV, when given) explained by every arm at each N, at the
@@ -254,11 +274,17 @@ def compare_runs(
         check_method(explain, explain_count)
     if lesions is not None and explain is None:
         raise LowmedError("--lesions scores saliency maps: give --explain METHOD with it")
+    if explain is not None and external is not None:
+        raise LowmedError("--explain explains images of the runs' own test split; leave out --external with it")
     boxes = read_lesions(lesions) if lesions is not None else None
     check_writable(Path(out or paths[0]) / "compare.csv", "--out")
-    runs, skipped = load_runs(find_run_dirs(paths), split, evaluate_missing, bootstrap, quiet)
+    runs, skipped = load_runs(find_run_dirs(paths), split, evaluate_missing, bootstrap, quiet, external)
     if not runs:
-        raise LowmedError(f"no completed, evaluated runs found below {', '.join(map(str, paths))}")
+        what = (
+            f"completed runs evaluated on the external test set {external}" if external else "completed, evaluated runs"
+        )
+        why = f" ({len(skipped)} left out; {skipped[0]['run']}: {skipped[0]['reason']})" if skipped else ""
+        raise LowmedError(f"no {what} found below {', '.join(map(str, paths))}{why}")
     _name_datasets(runs)
     _check_one_run_per_place(runs)
     baseline = choose_baseline(runs, baseline)
@@ -297,13 +323,14 @@ def compare_runs(
         by=list(by),
         resamples=resamples,
         seed=seed,
+        external=external,
         out=str(target.path),
     )
     comparison.write(target.record)
+    notes = "\n\n".join(filter(None, (recipes, overlap, learning)))
     write_text(
         target.markdown,
-        markdown_report(table, groups, tests, metric, baseline, "\n\n".join(filter(None, (recipes, overlap, learning))))
-        + attention_markdown(attention),
+        markdown_report(table, groups, tests, metric, baseline, notes, external) + attention_markdown(attention),
     )
     return comparison
 
@@ -562,9 +589,11 @@ def markdown_report(
     metric: str,
     baseline: str | None,
     notes: str,
+    external: str | None = None,
 ) -> str:
     """``notes``: what the reader needs before the numbers (whether the arms were tuned, pretraining overlap)."""
-    lines = [f"# lowmed compare — {metric}", "", notes, "", "## Groups (mean over seeds, 95 % interval)", ""]
+    title = f"# lowmed compare — {metric}" + (f", on the external test set {external}" if external else "")
+    lines = [title, "", notes, "", "## Groups (mean over seeds, 95 % interval)", ""]
     lines += groups_markdown(groups)
     against = (
         f"every other arm against the baseline arm {baseline} (b), then the remaining pairs"

@@ -676,13 +676,16 @@ class Comparison(Record):
     by: list[str] = field(default_factory=lambda: ["dataset", "arm", "model", "per_class"])
     resamples: int | None = None
     seed: int | None = None
+    external: str | None = None  # the external test set compared on, instead of the runs' own split
     out: str
 
     def options(self) -> dict:
         """compare_runs' keyword arguments that make this comparison again (an older record's unknowns left out)."""
         options = {"split": self.split, "metric": self.metric, "baseline": self.baseline, "by": tuple(self.by)}
         return options | {
-            name: value for name, value in (("resamples", self.resamples), ("seed", self.seed)) if value is not None
+            name: value
+            for name, value in (("resamples", self.resamples), ("seed", self.seed), ("external", self.external))
+            if value is not None
         }
 
 

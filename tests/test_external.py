@@ -90,7 +90,7 @@ def test_a_set_with_some_of_a_multiclass_models_classes_is_evaluated_over_those(
     assert 0 <= report.metrics["macro_auroc"] <= 1 and 0 <= report.metrics["balanced_accuracy"] <= 1
 
 
-def test_a_study_evaluates_every_run_on_its_external_sets_and_reports_them_beside_its_own(kermany, tmp_path):
+def test_a_study_evaluates_every_run_on_its_external_sets_and_reports_them_beside_its_own(kermany, tmp_path, capsys):
     import yaml
 
     from lowmed import run_experiment
@@ -111,11 +111,15 @@ def test_a_study_evaluates_every_run_on_its_external_sets_and_reports_them_besid
                         "external": [{"name": "site", "data": str(site)}],
                     }
                 ],
-                "arms": [{"name": "A", "model": "simplecnn", "weights": "none"}],
+                "arms": [
+                    {"name": "A", "model": "simplecnn", "weights": "none"},
+                    {"name": "A-fast", "model": "simplecnn", "weights": "none", "options": {"lr": 0.01}},
+                ],
                 "per_class": [5],
                 "seeds": [0, 1],
                 "train": {"image_size": 32, "batch_size": 8, "epochs": 1},
                 "evaluate": {"bootstrap": 0},
+                "compare": {"resamples": 50},
             }
         )
     )
@@ -124,13 +128,43 @@ def test_a_study_evaluates_every_run_on_its_external_sets_and_reports_them_besid
     aurocs = {"own": [], "site": []}
     for run in result.runs:
         folder = RunDir(run.run_dir)
-        aurocs["own"].append(folder.evaluation("test").read_report().metrics["auroc"])
         external = folder.evaluation("test", "site").read_report()
         assert external.n == 20 and external.dataset["external"]
-        aurocs["site"].append(external.metrics["auroc"])
+        if run.arm.name == "A":
+            aurocs["own"].append(folder.evaluation("test").read_report().metrics["auroc"])
+            aurocs["site"].append(external.metrics["auroc"])
     report = (tmp_path / "out" / "report.md").read_text()
     row = f"| cxr | 5 | A | {sum(aurocs['own']) / 2:.3f} (2) | {sum(aurocs['site']) / 2:.3f} (2) |"
     assert "## External validation" in report and row in report
+    # the arms' paired test on the external set: compare's, on the site's 20 images, both seeds paired
+    on_site = result.external["site"]
+    assert on_site.external == "site" and {run["n_test"] for run in on_site.runs} == {20}
+    (test,) = [row for row in on_site.comparisons if row["test"] == "paired bootstrap (seed-averaged)"]
+    assert test["seeds"] == 2 and {test["a"], test["b"]} == {"A · simplecnn", "A-fast · simplecnn"}
+    assert "### Paired differences on site (a − b)" in report
+    assert f"{test['estimate']:+.3f} [{test['ci_low']:+.3f}, {test['ci_high']:+.3f}]" in report
+    (own,) = [row for row in result.comparison.comparisons if row["test"] == test["test"]]
+    assert own["estimate"] != test["estimate"]  # the external set's test, not the own split's again
+    # the same comparison from the command line, made again from the run dirs
+    code, out, _ = run_cli(
+        capsys,
+        *("compare", str(tmp_path / "out" / "runs"), "--external", "site", "--resamples", "50"),
+        *("-o", str(tmp_path / "again")),
+    )
+    assert code == 0 and "runs · external site" in out
+    again = pd.read_csv(tmp_path / "again" / "stats.csv")
+    assert again.loc[again["test"] == test["test"], "estimate"].item() == pytest.approx(test["estimate"])
+
+
+def test_compare_on_an_external_set_leaves_out_the_runs_not_evaluated_on_it(run, tmp_path):
+    from lowmed import compare_runs
+
+    with pytest.raises(LowmedError, match="no completed runs evaluated on the external test set site found") as refused:
+        compare_runs([run], external="site", out=tmp_path / "c", quiet=True)
+    assert (
+        f"(1 left out; {run}: not evaluated on the external test set site; run: lowmed evaluate {run} --data DIR"
+        in (str(refused.value))
+    )
 
 
 def test_an_external_set_needs_a_name_and_data(tmp_path):

@@ -17,6 +17,14 @@ if TYPE_CHECKING:
 def compare_command(
     runs: Annotated[list[Path], typer.Argument(help="Run dirs, or folders searched for run dirs.", show_default=False)],
     split: Annotated[str, typer.Option(help="The evaluation split compared.")] = "test",
+    external: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Compare the runs' evaluations on this external test set instead (the name of its prepared folder, "
+            "as 'lowmed evaluate RUN --data DIR' wrote them).",
+            show_default=False,
+        ),
+    ] = None,
     metric: Annotated[
         str, typer.Option(help="auroc (the task's headline AUROC), accuracy, or any metric of metrics.json.")
     ] = "auroc",
@@ -74,6 +82,7 @@ def compare_command(
         lesions=lesions,
         device=device,
         quiet=quiet,
+        external=external,
     )
     render_comparison(result)
 
@@ -88,8 +97,9 @@ def render_comparison(result: Comparison) -> None:
     from lowmed.cli._render import stdout
     from lowmed.compare import PRIMARY_TEST, format_p
 
+    evaluated_on = f"external {result.external}" if result.external else result.split
     runs = Table(
-        title=f"runs · {result.split} · {result.runs[0]['metric']} (★ best per dataset and N)", title_justify="left"
+        title=f"runs · {evaluated_on} · {result.runs[0]['metric']} (★ best per dataset and N)", title_justify="left"
     )
     for column in ("dataset", "arm · model", "N", "seed", "value", "95% CI", "train s"):
         text = column in ("dataset", "arm · model")

@@ -21,7 +21,7 @@ from pathlib import Path
 from lowmed.compare import compare_runs
 from lowmed.config import TrainConfig
 from lowmed.console import progress_bar
-from lowmed.contracts import Comparison, RunDir, StudyLog, TuningRecord
+from lowmed.contracts import Comparison, RunDir, StudyLog, TuningRecord, slug
 from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.evaluation.evaluate import evaluate
@@ -52,6 +52,7 @@ class StudyResult:
     report: str | None = None
     wall_seconds: float = 0.0
     log: StudyLog | None = None  # every invocation so far, this one included
+    external: dict[str, Comparison] = field(default_factory=dict)  # per external test set: the paired tests on it
     published: Path | None = None  # the study's publish folder, once written
 
 
@@ -264,15 +265,41 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
         result.comparison = compare_runs(
             [r.run_dir for r in finished], split=study.split, out=study.out, quiet=True, **study.compare
         )
+        result.external = _external_comparisons(study, finished)
     result.wall_seconds = time.perf_counter() - started
     result.log = _logged(study, started_at, result.wall_seconds, dist.world_size, pretrains + cells + runs)
     report = study.out / "report.md"
-    write_text(report, study_report(study, pretrains, runs, result.comparison, result.log, cells=cells))
+    text = study_report(study, pretrains, runs, result.comparison, result.log, cells=cells, external=result.external)
+    write_text(report, text)
     result.report = str(report)
     if study.publish is not None and result.comparison is not None:
         publish_study(study, Path(study_path), pretrains, runs)
         result.published = study.publish
     return result
+
+
+def _external_comparisons(study: Study, finished: list[PlannedRun]) -> dict[str, Comparison]:
+    """Per external test set, the runs evaluated on it compared as on their own test split (same pairs, same
+    tests), written to ``external/<set>/`` in the study's folder."""
+    runs_on: dict[str, tuple[str, list[Path]]] = {}  # set name -> (its prepared folder's name, the runs)
+    for spec in study.datasets:
+        for name, dataset in external_sets(study, spec.name).items():
+            runs_on.setdefault(name, (dataset.root.name, []))[1].extend(
+                run.run_dir for run in finished if run.dataset == spec.name
+            )
+    return {
+        name: compare_runs(
+            run_dirs,
+            split="test",
+            external=folder,
+            out=study.out / "external" / slug(name),
+            evaluate_missing=False,
+            quiet=True,
+            **study.compare,
+        )
+        for name, (folder, run_dirs) in runs_on.items()
+        if run_dirs
+    }
 
 
 def _logged(study: Study, started: datetime, seconds: float, processes: int, jobs: list) -> StudyLog:

@@ -59,7 +59,10 @@ def study_report(
     comparison: Comparison | None,
     log: StudyLog,
     cells: list[PlannedCell] = (),
+    external: dict[str, Comparison] | None = None,
 ) -> str:
+    """The study's ``report.md``: setup, headline, results, conclusions, and (``external``: per external test set,
+    the comparison of the runs evaluated on it) external validation, tuning, and what was skipped."""
     lines = [
         f"# {study.name}: does transfer learning help at small training-set sizes?",
         "",
@@ -162,6 +165,15 @@ def study_report(
         ]
     if any(spec.external for spec in study.datasets) and comparison:
         lines += ["", "## External validation", "", external_table(study, runs, comparison), ""]
+        for name, tested in (external or {}).items():
+            primary = [row for row in tested.comparisons if row["test"] == PRIMARY_TEST]
+            lines += [
+                f"### Paired differences on {name} (a − b): paired bootstrap of the seed-averaged metric, "
+                "Holm-adjusted within this set",
+                "",
+                *(tests_markdown(pd.DataFrame(primary)) if primary else ["No pair of arms was evaluated on it."]),
+                "",
+            ]
     tuned = [cell for cell in cells if cell.cell.record is not None]
     if tuned:
         lines += _tuning_section(tuned)
