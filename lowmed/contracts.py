@@ -197,14 +197,7 @@ class DatasetInfo(ReadsLikeADict):
     @classmethod
     def read(cls, path: str | os.PathLike) -> "DatasetInfo":
         values = read_yaml(path)
-        schema = values.get("schema", 1)
-        if not isinstance(schema, int) or schema < 1:
-            raise LowmedError(f"{path}: schema {schema!r} is not a version number; not a lowmed {DATASET_INFO}")
-        if schema > DATASET_SCHEMA:
-            raise LowmedError(
-                f"{path}: written by a newer lowmed (schema {schema}; this one reads up to {DATASET_SCHEMA}); "
-                "upgrade lowmed to read it"
-            )
+        _schema_of(values, DATASET_SCHEMA, path, DATASET_INFO)
         for name in ("task", "classes"):
             if name not in values:
                 raise LowmedError(f"{path}: missing field {name!r}; expected a {DATASET_INFO} from 'lowmed prepare'")
@@ -245,14 +238,7 @@ class Record(ReadsLikeADict):
 
     @classmethod
     def from_dict(cls, values: dict, path: Path):
-        schema = values.get("schema", 1)
-        if not isinstance(schema, int) or schema < 1:
-            raise LowmedError(f"{path}: schema {schema!r} is not a version number; not a lowmed {cls.FILE}")
-        if schema > SCHEMA:
-            raise LowmedError(
-                f"{path}: written by a newer lowmed (schema {schema}; this one reads up to {SCHEMA}); "
-                "upgrade lowmed to read it"
-            )
+        schema = _schema_of(values, SCHEMA, path, cls.FILE)
         values = cls._upgraded({**values}, schema, path)
         known = {f.name: f for f in fields(cls)}
         required = [name for name, f in known.items() if f.default is MISSING and f.default_factory is MISSING]
@@ -401,6 +387,19 @@ def _prepared_manifest_sha256(dataset: dict) -> str | None:
             return recorded
     manifest = Path(dataset.get("prepared_dir", "")) / MANIFEST
     return sha256_file(manifest) if manifest.is_file() else None
+
+
+def _schema_of(values: dict, newest: int, path: str | os.PathLike, what: str) -> int:
+    """A record's schema version (1 where it has none); one this lowmed cannot read is refused."""
+    schema = values.get("schema", 1)
+    if not isinstance(schema, int) or schema < 1:
+        raise LowmedError(f"{path}: schema {schema!r} is not a version number; not a lowmed {what}")
+    if schema > newest:
+        raise LowmedError(
+            f"{path}: written by a newer lowmed (schema {schema}; this one reads up to {newest}); "
+            "upgrade lowmed to read it"
+        )
+    return schema
 
 
 def _typed(cls, values: dict, where: str):
