@@ -76,7 +76,7 @@ def _execute(job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: 
         job.values = {**job.values, **tuned_options(tuning)}
     run = RunDir(job.run_dir)
     state = dist.share(run.state())  # rank 0's reading, before any rank writes there
-    if state in ("completed", "resumable"):
+    if job.cell is not None and state in ("completed", "resumable"):  # its cell's chosen values, now known
         _check_as_planned(run, job.values)
     if state == "completed":
         job.status = "done before"
@@ -210,10 +210,9 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
     pretrains, cells, runs = planned[0] if planned else plan(study)
     tuned = {param.name for param in study.tune.space} | {"monitor"} if study.tune else set()
     for job in pretrains + runs:  # before anything trains (a tuned run's chosen values: once its cell is tuned)
-        if RunDir(job.run_dir).state() in ("completed", "resumable"):
-            _check_as_planned(
-                RunDir(job.run_dir), {k: v for k, v in job.values.items() if not (job.cell and k in tuned)}
-            )
+        done = RunDir(job.run_dir)
+        if done.state() in ("completed", "resumable"):
+            _check_as_planned(done, {k: v for k, v in job.values.items() if not (job.cell and k in tuned)})
     alone = Distributed()  # a grid run is small: each process trains its own, on its own GPU
     own_runs: list[PlannedRun] = []
     said: set[tuple[str, str]] = set()  # outcomes whose reason was shown: an arm's skip reason once, not per run
