@@ -288,3 +288,32 @@ def test_lowmed_tune_refuses_a_folder_that_is_not_a_tuning_folder(separable, tmp
     code, output = _tune_cli(capsys, separable, "--space", space, "--out", tmp_path / "taken")
     assert code == 2 and "exists and is not a tuning folder" in output
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
+
+
+def test_a_tuned_run_is_not_reported_under_values_its_cell_no_longer_chooses(kermany, tmp_path):
+    """The cell is tuned again over another space and chooses another lr: the run trained with the old one is
+    refused by name, not reported as if trained with the new."""
+
+    def write(space: dict) -> Path:
+        study = tmp_path / "study.yaml"
+        study.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "retuned",
+                    "out": str(tmp_path / "study"),
+                    "datasets": [{"name": "cxr", "data": str(kermany), "prepare": {"min_val_per_class": 4}}],
+                    "arms": [{"name": "A", "model": "simplecnn"}],
+                    "per_class": [6],
+                    "seeds": [0],
+                    "train": {**QUICK, "epochs": 1},
+                    "tune": {"space": space, "trials": 1, "pruner": "none"},
+                    "evaluate": {"bootstrap": 0},
+                }
+            )
+        )
+        return study
+
+    first = run_experiment(write({"lr": [0.001]}), quiet=True)
+    assert first.runs[0].status == "trained" and first.cells[0].cell.record.chosen == {"lr": 0.001}
+    with pytest.raises(LowmedError, match=r"cxr-a-simplecnn-n6-seed0 was trained with lr 0.001 \(now 0.002\)"):
+        run_experiment(write({"lr": [0.002]}), quiet=True)
