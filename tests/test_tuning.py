@@ -174,29 +174,36 @@ def test_a_pruned_run_stops_there_and_is_no_run_to_compare(separable, tmp_path):
     assert "stopped after epoch 2" in summary.error
 
 
-def test_a_study_tunes_every_arm_with_the_same_budget_on_validation_only(kermany, tmp_path, opened, monkeypatch):
+def _tuned_study(tmp_path, kermany, **changes) -> Path:
+    """A study on the Kermany fixture at 6 images per class, with ``changes`` (arms, seeds, train, tune, ...)."""
     study = tmp_path / "study.yaml"
-    study.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tuned",
-                "out": str(tmp_path / "study"),
-                "datasets": [{"name": "cxr", "data": str(kermany), "prepare": {"min_val_per_class": 4}}],
-                "arms": [
-                    {"name": "A", "model": "simplecnn"},
-                    {"name": "A-linear", "model": "simplecnn", "options": {"head": "linear"}},
-                ],
-                "per_class": [6],
-                "seeds": [0, 1],
-                "train": {**QUICK, "epochs": 2},
-                "tune": {
-                    "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "fine_tune_lr": [1e-5, 1e-4]},
-                    "trials": 2,
-                },
-                "evaluate": {"bootstrap": 20},
-                "compare": {"resamples": 20},
-            }
-        )
+    values = {
+        "name": "tuned",
+        "out": str(tmp_path / "study"),
+        "datasets": [{"name": "cxr", "data": str(kermany), "prepare": {"min_val_per_class": 4}}],
+        "per_class": [6],
+        **changes,
+    }
+    study.write_text(yaml.safe_dump(values))
+    return study
+
+
+def test_a_study_tunes_every_arm_with_the_same_budget_on_validation_only(kermany, tmp_path, opened, monkeypatch):
+    study = _tuned_study(
+        tmp_path,
+        kermany,
+        arms=[
+            {"name": "A", "model": "simplecnn"},
+            {"name": "A-linear", "model": "simplecnn", "options": {"head": "linear"}},
+        ],
+        seeds=[0, 1],
+        train={**QUICK, "epochs": 2},
+        tune={
+            "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "fine_tune_lr": [1e-5, 1e-4]},
+            "trials": 2,
+        },
+        evaluate={"bootstrap": 20},
+        compare={"resamples": 20},
     )
     prepared = tmp_path / "study" / "data" / "cxr"
 
@@ -295,23 +302,15 @@ def test_a_tuned_run_is_not_reported_under_values_its_cell_no_longer_chooses(ker
     refused by name, not reported as if trained with the new."""
 
     def write(space: dict) -> Path:
-        study = tmp_path / "study.yaml"
-        study.write_text(
-            yaml.safe_dump(
-                {
-                    "name": "retuned",
-                    "out": str(tmp_path / "study"),
-                    "datasets": [{"name": "cxr", "data": str(kermany), "prepare": {"min_val_per_class": 4}}],
-                    "arms": [{"name": "A", "model": "simplecnn"}],
-                    "per_class": [6],
-                    "seeds": [0],
-                    "train": {**QUICK, "epochs": 1},
-                    "tune": {"space": space, "trials": 1, "pruner": "none"},
-                    "evaluate": {"bootstrap": 0},
-                }
-            )
+        return _tuned_study(
+            tmp_path,
+            kermany,
+            arms=[{"name": "A", "model": "simplecnn"}],
+            seeds=[0],
+            train={**QUICK, "epochs": 1},
+            tune={"space": space, "trials": 1, "pruner": "none"},
+            evaluate={"bootstrap": 0},
         )
-        return study
 
     first = run_experiment(write({"lr": [0.001]}), quiet=True)
     assert first.runs[0].status == "trained" and first.cells[0].cell.record.chosen == {"lr": 0.001}
