@@ -103,11 +103,16 @@ def test_truncated_checkpoint_is_detected_and_reported(small, tmp_path):
     assert "last.pt is damaged and cannot be resumed" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_images_deleted_after_prepare_are_skipped_with_a_warning(tmp_path):
+def _sixty_per_class(tmp_path):
+    """A prepared dataset of 60 training images per class: one lost image is under 1 %, twenty are far more."""
     src = make_kermany(
         tmp_path / "src", {"train": {"NORMAL": 60, "PNEUMONIA": 60}, "test": {"NORMAL": 4, "PNEUMONIA": 4}}
     )
-    data = prepare(src, tmp_path / "p", min_val_per_class=4, quiet=True)
+    return prepare(src, tmp_path / "p", min_val_per_class=4, quiet=True)
+
+
+def test_images_deleted_after_prepare_are_skipped_with_a_warning(tmp_path):
+    data = _sixty_per_class(tmp_path)
     victim = data.split("train")["path"].iloc[0]
     os.remove(victim)
     summary = train(TrainConfig(data=str(data.root), epochs=1, out=str(tmp_path / "run"), **FAST), quiet=True)
@@ -124,10 +129,7 @@ def test_images_deleted_after_prepare_are_skipped_with_a_warning(tmp_path):
 
 
 def test_a_strict_overwrite_refused_for_unreadable_images_keeps_the_old_run(tmp_path):
-    src = make_kermany(
-        tmp_path / "src", {"train": {"NORMAL": 60, "PNEUMONIA": 60}, "test": {"NORMAL": 4, "PNEUMONIA": 4}}
-    )
-    data = prepare(src, tmp_path / "p", min_val_per_class=4, quiet=True)
+    data = _sixty_per_class(tmp_path)
     run = tmp_path / "run"
     train(TrainConfig(data=str(data.root), epochs=1, out=str(run), **FAST), quiet=True)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
@@ -400,7 +402,16 @@ def test_a_damaged_lock_is_stale_and_one_from_another_host_is_respected(tmp_path
     assert not (tmp_path / "new").exists()
 
 
-def test_two_processes_finding_one_stale_lock_do_not_both_take_it(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def live_process():
+    """Another process, alive for the test: the owner of a lock that must be respected."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_two_processes_finding_one_stale_lock_do_not_both_take_it(tmp_path, monkeypatch, capsys, live_process):
     """B reads a dead process's lock; before B removes it, A takes it over and writes its own. B must see that
     and be refused, not remove A's lock and go on beside A."""
     run = tmp_path / "run"
@@ -409,7 +420,7 @@ def test_two_processes_finding_one_stale_lock_do_not_both_take_it(tmp_path, monk
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     lock.write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "command": "train", "since": "then"}))
-    a = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    a = live_process
     judged = []
 
     def a_takes_over_after_b_judged(record):
@@ -422,38 +433,30 @@ def test_two_processes_finding_one_stale_lock_do_not_both_take_it(tmp_path, monk
         return alive
 
     monkeypatch.setattr("lowmed.locking.owner_alive", a_takes_over_after_b_judged)
-    try:
-        with pytest.raises(LowmedError, match=f"is in use by process {a.pid}"):
-            with own_run_dir(run, "evaluate"):
-                pass
-        assert judged == [False] and owner(run)["pid"] == a.pid  # A's lock stands
-        assert "took over" not in capsys.readouterr().err
-    finally:
-        a.kill()
-        a.wait()
+    with pytest.raises(LowmedError, match=f"is in use by process {a.pid}"):
+        with own_run_dir(run, "evaluate"):
+            pass
+    assert judged == [False] and owner(run)["pid"] == a.pid  # A's lock stands
+    assert "took over" not in capsys.readouterr().err
 
 
-def test_a_lock_still_being_written_is_waited_for(tmp_path, monkeypatch):
+def test_a_lock_still_being_written_is_waited_for(tmp_path, monkeypatch, live_process):
     """An empty lock made this instant belongs to a process between creating it and writing its record."""
     run = tmp_path / "run"
     run.mkdir()
     (run / LOCK_FILE).write_text("")
-    a = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     waits = []
 
     def record_written_meanwhile(seconds):
         waits.append(seconds)
-        (run / LOCK_FILE).write_text(json.dumps({"pid": a.pid, "host": socket.gethostname(), "command": "train"}))
+        record = {"pid": live_process.pid, "host": socket.gethostname(), "command": "train"}
+        (run / LOCK_FILE).write_text(json.dumps(record))
 
     monkeypatch.setattr("lowmed.locking.time.sleep", record_written_meanwhile)
-    try:
-        with pytest.raises(LowmedError, match=f"is in use by process {a.pid}"):
-            with own_run_dir(run, "evaluate"):
-                pass
-        assert len(waits) == 1
-    finally:
-        a.kill()
-        a.wait()
+    with pytest.raises(LowmedError, match=f"is in use by process {live_process.pid}"):
+        with own_run_dir(run, "evaluate"):
+            pass
+    assert len(waits) == 1
 
 
 def test_resume_of_a_completed_run_says_so_and_touches_nothing(small, tmp_path, capsys):
