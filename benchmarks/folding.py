@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lowmed.compare import compare_runs
+from lowmed.comparison.compare import compare_runs
 from lowmed.config import TrainConfig
 from lowmed.contracts import ComparisonDir
 from lowmed.data.prepare import prepare

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lowmed.compare import PRIMARY_TEST, format_p
-from lowmed.contracts import ComparisonDir
+from lowmed.comparison.render import format_p, test_label
+from lowmed.contracts import PRIMARY_TESTS, ComparisonDir
 
 
 def _p(p: float) -> str:
@@ -42,13 +42,13 @@ def auroc_table(runs: pd.DataFrame, stats: pd.DataFrame, before: str = "fp32", a
             seconds = f"{first.loc[seed, 'train_seconds']:.0f} → {second.loc[seed, 'train_seconds']:.0f}"
             lines.append(f"| {model} | {seed} | {low:.3f} | {high:.3f} | {high - low:+.3f} | {seconds} |")
         entities = {f"{family}-{before} · {model}", f"{family}-{after} · {model}"}
-        test = stats[(stats["test"] == PRIMARY_TEST) & stats["a"].isin(entities) & stats["b"].isin(entities)].iloc[0]
+        test = stats[stats["test"].isin(PRIMARY_TESTS) & stats["a"].isin(entities) & stats["b"].isin(entities)].iloc[0]
         sign = 1 if test["a"].startswith(f"{family}-{after}") else -1  # the difference as after − before
         low, high = sorted((sign * test["ci_low"], sign * test["ci_high"]))
         lines.append(
             f"| {model} | mean of {len(first)} | {first['value'].mean():.3f} (seed SD {first['value'].std():.3f}) | "
             f"{second['value'].mean():.3f} (seed SD {second['value'].std():.3f}) | {sign * test['estimate']:+.3f} "
-            f"[{low:+.3f}, {high:+.3f}], paired bootstrap p {_p(test['p'])} | "
+            f"[{low:+.3f}, {high:+.3f}], {test_label(test['test'])} p {_p(test['p'])} | "
             f"{first['train_seconds'].sum() / second['train_seconds'].sum():.1f}× less in {after} |"
         )
     for one, other in combinations(sorted(means, reverse=True), 2):

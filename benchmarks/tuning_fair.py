@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lowmed.compare import PRIMARY_TEST, format_p
-from lowmed.contracts import ComparisonDir, RunDir, TrainSummary
+from lowmed.comparison.render import format_p, test_label
+from lowmed.contracts import PRIMARY_TESTS, ComparisonDir, RunDir, TrainSummary
 
 
 def _runs(study: Path) -> dict[str, RunDir]:
@@ -53,12 +53,13 @@ def tuning_table(fixed: Path, tuned: Path) -> str:
                 f"{row['ci_high']:.3f}] | {summary.epoch_seconds_total / 60:.1f} min |"
             )
         stats = pd.read_csv(ComparisonDir(study).stats)
-        primary = stats[stats["test"] == PRIMARY_TEST].iloc[0]
+        primary = stats[stats["test"].isin(PRIMARY_TESTS)].iloc[0]
         differences.append(
             f"{label}: {primary['a'].split(' · ')[0]} − {primary['b'].split(' · ')[0]} = {primary['estimate']:+.3f} "
-            f"[{primary['ci_low']:+.3f}, {primary['ci_high']:+.3f}], p = {format_p(primary['p'])}"
+            f"[{primary['ci_low']:+.3f}, {primary['ci_high']:+.3f}], p = {format_p(primary['p'])} "
+            f"({test_label(primary['test'])})"
         )
-    return "\n".join(lines) + "\n\nTest AUROC difference, paired bootstrap over patients: " + "; ".join(differences)
+    return "\n".join(lines) + "\n\nTest AUROC difference, paired: " + "; ".join(differences)
 
 
 def keep(study: Path, target: Path) -> None:

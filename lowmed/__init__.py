@@ -19,8 +19,8 @@ _API = {
     "evaluate_model": "lowmed.evaluation.evaluate",
     "predict": "lowmed.inference",
     "export": "lowmed.exporting",
-    "compare_runs": "lowmed.compare",
-    "compare_models": "lowmed.compare",
+    "compare_runs": "lowmed.comparison",
+    "compare_models": "lowmed.comparison",
     "run_experiment": "lowmed.experiment",
 }
 __all__ = ["__version__", *_API]

@@ -212,6 +212,7 @@ class Record(ReadsLikeADict):
     """A JSON file as a dataclass: read with its schema checked (older ones upgraded), written atomically."""
 
     FILE: ClassVar[str]
+    NEWEST: ClassVar[int] = SCHEMA  # the newest schema of this file that this lowmed reads and writes
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -238,7 +239,7 @@ class Record(ReadsLikeADict):
 
     @classmethod
     def from_dict(cls, values: dict, path: Path):
-        schema = _schema_of(values, SCHEMA, path, cls.FILE)
+        schema = _schema_of(values, cls.NEWEST, path, cls.FILE)
         values = cls._upgraded({**values}, schema, path)
         known = {f.name: f for f in fields(cls)}
         required = [name for name, f in known.items() if f.default is MISSING and f.default_factory is MISSING]
@@ -407,6 +408,12 @@ def _typed(cls, values: dict, where: str):
         return cls(**_known_fields(cls, values))
     except TypeError as exc:
         raise LowmedError(f"{where}: incomplete ({exc})") from None
+
+
+def _undefined_as_default(cls, values: dict) -> dict:
+    """JSON holds an undefined number (NaN, infinity) as null: read it back as the field's default."""
+    defaults = {f.name: f.default for f in fields(cls) if isinstance(f.default, float)}
+    return {name: defaults[name] if value is None and name in defaults else value for name, value in values.items()}
 
 
 def _known_fields(cls, values: dict) -> dict:
@@ -651,25 +658,227 @@ def find_run_dirs(paths: list[str | os.PathLike]) -> list[RunDir]:
     return [RunDir(path) for path in sorted(found)]
 
 
+# The families of paired tests (compare.json's rows' ``family``): Holm's correction runs within each.
+PRIMARY = "primary"  # every arm against the baseline, over every N: the comparisons a study is planned to answer
+SECONDARY = "secondary"  # the other pairs of arms
+SENSITIVITY = "sensitivity"  # the two-level bootstrap beside the primary test (ten or more seeds)
+DESCRIPTIVE = "descriptive"  # per-seed DeLong / McNemar: one trained model against another, not two pipelines
+# The primary test: the seed-averaged difference with Var = SE_pat² + SD_seed²/n, t with Welch–Satterthwaite df
+PRIMARY_TEST = "seeds + test set, t (Satterthwaite)"
+TWO_LEVEL_TEST = "two-level bootstrap (seeds × patients)"
+# the primary test as stats.csv names it, in files of this lowmed and in those compared before the test carried the
+# variance between seeds (compare.json schema 2: a paired bootstrap over patients of the seed-averaged difference)
+PRIMARY_TESTS = (PRIMARY_TEST, "paired bootstrap (seed-averaged)")
+
+
+@dataclass(kw_only=True)
+class Estimate(ReadsLikeADict):
+    """A metric's mean over seeds with its 95 % interval from both sources of variance (see
+    ``lowmed.comparison.statistics``); with one seed, the test set's alone."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    sd_seed: float = float("nan")
+    se_patient: float = float("nan")
+    df: float = float("inf")
+
+
+@dataclass(kw_only=True)
+class RunRow(ReadsLikeADict):
+    """One run in a comparison (a row of compare.csv): its headline metric with the run's own bootstrap interval,
+    and its calls at the evaluation's threshold."""
+
+    run: str
+    dataset: str
+    dataset_sha256: str
+    task: str
+    arm: str
+    model: str
+    weights: str
+    per_class: int | None
+    seed: int
+    metric: str
+    value: float
+    ci_low: float
+    ci_high: float
+    accuracy: float = float("nan")
+    balanced_accuracy: float = float("nan")
+    sensitivity: float = float("nan")  # binary tasks
+    specificity: float = float("nan")
+    ece: float = float("nan")
+    threshold: str = ""  # the evaluation's threshold, as it was applied ("0.5", "0.431"; "" for most probable)
+    threshold_source: str = ""  # fixed | youden on the val split | most probable class
+    n_test: int = 0
+    train_seconds: float = float("nan")
+    epochs: int = 0
+    recipe: str = "fixed"
+    pretraining_overlap: str = "not known"
+    not_learned: str = ""
+
+    @property
+    def entity(self) -> str:
+        return f"{self.arm} · {self.model}"
+
+
+@dataclass(kw_only=True)
+class GroupRow(ReadsLikeADict):
+    """An arm's runs aggregated over seeds (a row of groups.csv), keyed by the comparison's ``by`` fields (the
+    others None): the headline metric and the calls at the evaluations' threshold, each mean [95 % interval]."""
+
+    dataset: str | None = None
+    arm: str | None = None
+    model: str | None = None
+    per_class: int | None = None
+    seed: int | None = None
+    weights: str | None = None
+    metric: str
+    n: int  # runs (seeds)
+    value: Estimate
+    interval: str  # the kind of interval shown (combined variance, or one run's bootstrap)
+    # balanced_accuracy, sensitivity, specificity (binary), ece: at the threshold the evaluations applied
+    thresholded: dict[str, Estimate] = field(default_factory=dict)
+    threshold_source: str = ""
+    train_seconds: float = float("nan")
+    recipe: str = "fixed"
+
+    @property
+    def entity(self) -> str:
+        return f"{self.arm} · {self.model}"
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "GroupRow":
+        def estimate(value: dict) -> Estimate:
+            return Estimate(**_undefined_as_default(Estimate, _known_fields(Estimate, value)))
+
+        values = {**_undefined_as_default(cls, values), "value": estimate(values["value"])}
+        values["thresholded"] = {name: estimate(e) for name, e in (values.get("thresholded") or {}).items()}
+        return cls(**_known_fields(cls, values))
+
+
+@dataclass(kw_only=True)
+class TestRow(ReadsLikeADict):
+    """One paired test between two arms at one N (a row of stats.csv); ``a − b``, the baseline as b.
+
+    The primary test's row carries its parts: the per-seed differences, how many favour each arm, SD_seed, SE_pat,
+    the share of the variance from seeds and the df."""
+
+    __test__ = False  # not a pytest class
+
+    dataset: str
+    per_class: int | None
+    a: str
+    b: str
+    test: str
+    family: str  # primary | secondary | sensitivity | descriptive
+    seeds: int  # the seeds paired (1 for a per-seed test)
+    seed: int | None = None  # the seed, for a per-seed test
+    metric: str
+    estimate: float
+    ci_low: float = float("nan")
+    ci_high: float = float("nan")
+    p: float = float("nan")
+    p_holm: float = float("nan")
+    significant: bool = False
+    vs_baseline: bool = False
+    per_seed: list[float] = field(default_factory=list)
+    favours_a: int | None = None
+    favours_b: int | None = None
+    sd_seed: float = float("nan")
+    se_patient: float = float("nan")
+    seed_share: float = float("nan")
+    df: float = float("nan")
+
+    @property
+    def key(self) -> tuple:
+        """The comparison a family member names: dataset, N and the two arms (either order)."""
+        return self.dataset, self.per_class, frozenset((self.a, self.b))
+
+
+@dataclass(kw_only=True)
+class FamilyMember(ReadsLikeADict):
+    """One planned comparison: arm a against arm b at N images per class of a dataset."""
+
+    dataset: str
+    per_class: int | None
+    a: str
+    b: str
+
+    @property
+    def key(self) -> tuple:
+        return self.dataset, self.per_class, frozenset((self.a, self.b))
+
+
+@dataclass(kw_only=True)
+class TestFamilies(Record):
+    """``families.json``: the paired comparisons a study is planned to make, fixed before any run trains, so that
+    Holm's correction covers the study's family whatever one ``lowmed compare`` call happens to contain. Members
+    name arms as ``arm · model`` (the compared entities). Without a study, the family is the pairs found."""
+
+    __test__ = False
+
+    FILE: ClassVar[str] = "families.json"
+
+    schema: int = SCHEMA
+    source: str  # "study NAME" (fixed when planned) | "the runs compared"
+    baseline: str | None
+    primary: list[FamilyMember]
+    secondary: list[FamilyMember] = field(default_factory=list)
+
+    def family_of(self, row: TestRow) -> str | None:
+        for name, members in ((PRIMARY, self.primary), (SECONDARY, self.secondary)):
+            if any(member.key == row.key for member in members):
+                return name
+        return None
+
+    def size(self, family: str) -> int:
+        return len(self.primary if family == PRIMARY else self.secondary)
+
+    @classmethod
+    def _upgraded(cls, values: dict, schema: int, path: Path) -> dict:
+        for name in (PRIMARY, SECONDARY):
+            values[name] = [_typed(FamilyMember, member, f"{path}: {name}") for member in values.get(name) or []]
+        return values
+
+
+@dataclass(kw_only=True)
+class PowerRow(ReadsLikeADict):
+    """The minimum difference a primary comparison can detect at 80 % power (``compare --power``, a study's
+    Setup): from its measured SE_pat and SD_seed, at its own seeds and at other counts."""
+
+    dataset: str
+    per_class: int | None
+    a: str
+    b: str
+    seeds: int
+    se_patient: float
+    sd_seed: float
+    family_size: int
+    detectable: dict[int, float]  # seeds -> minimum detectable difference (Holm's first step, two-sided α 0.05)
+
+
 @dataclass(kw_only=True)
 class Comparison(Record):
     """``compare.json``: every run's value, the seed aggregates and the paired tests, as ``lowmed compare`` made
     them."""
 
     FILE: ClassVar[str] = "compare.json"
+    NEWEST: ClassVar[int] = 3  # 3: typed rows, tests in families, intervals from both sources of variance
 
-    schema: int = SCHEMA
+    schema: int = 3
     split: str
     metric: str
     baseline: str | None  # the arm every other arm is set against (as a − baseline); None: all pairs as they sort
-    runs: list[dict]  # compare.csv's rows
-    groups: list[dict]
-    comparisons: list[dict]  # stats.csv's rows
+    runs: list[RunRow]  # compare.csv's rows
+    groups: list[GroupRow]  # groups.csv's rows
+    comparisons: list[TestRow]  # stats.csv's rows
+    families: TestFamilies | None = None  # the families Holm's correction ran within
     skipped: list[dict] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
     recipes: str = ""  # whether the arms were tuned, and alike (compare.recipes_statement)
     overlap: str = ""  # arms whose pretraining may have seen the target's images (compare.overlap_statement)
     learning: str = ""  # runs that did not learn (compare.learning_statement)
+    unit: str = "patient"  # what the bootstrap resampled whole: patient | lesion | group | image
     attention: list[dict] = field(default_factory=list)  # compare --explain: explain/<method>/arms.csv's rows
     # the options that made it, so that the same comparison can be made again from the same runs
     by: list[str] = field(default_factory=lambda: ["dataset", "arm", "model", "per_class"])
@@ -677,6 +886,13 @@ class Comparison(Record):
     seed: int | None = None
     external: str | None = None  # the external test set compared on, instead of the runs' own split
     out: str
+
+    def tests(self, family: str) -> list[TestRow]:
+        return [row for row in self.comparisons if row.family == family]
+
+    def primary(self) -> list[TestRow]:
+        """The primary test of every pair of arms in the primary family, then the secondary family."""
+        return [row for row in self.comparisons if row.test == PRIMARY_TEST]
 
     def options(self) -> dict:
         """compare_runs' keyword arguments that make this comparison again (an older record's unknowns left out)."""
@@ -686,6 +902,21 @@ class Comparison(Record):
             for name, value in (("resamples", self.resamples), ("seed", self.seed), ("external", self.external))
             if value is not None
         }
+
+    @classmethod
+    def _upgraded(cls, values: dict, schema: int, path: Path) -> dict:
+        if schema < 3:  # untyped rows, tests without families: read as they were, for the attention section
+            values["runs"], values["groups"], values["comparisons"] = [], [], []
+            return values
+        values["runs"] = [_typed(RunRow, _undefined_as_default(RunRow, row), f"{path}: runs") for row in values["runs"]]
+        values["groups"] = [GroupRow.from_dict(row) for row in values["groups"]]
+        values["comparisons"] = [
+            _typed(TestRow, _undefined_as_default(TestRow, row), f"{path}: comparisons")
+            for row in values["comparisons"]
+        ]
+        if values.get("families") is not None:
+            values["families"] = TestFamilies.from_dict(values["families"], path)
+        return values
 
 
 @dataclass(kw_only=True)
@@ -725,6 +956,21 @@ class ComparisonDir:
     @property
     def stats(self) -> Path:
         return self.path / "stats.csv"
+
+    @property
+    def groups(self) -> Path:
+        """The seed aggregates: each arm's mean and interval per N (GroupRow, flattened)."""
+        return self.path / "groups.csv"
+
+    @property
+    def power(self) -> Path:
+        """``compare --power``: the minimum detectable difference of each primary comparison."""
+        return self.path / "power.csv"
+
+    @property
+    def families(self) -> Path:
+        """A study's planned families of tests, where the runs compared belong to one."""
+        return self.path / TestFamilies.FILE
 
     def learning_curve(self, dataset: str) -> Path:
         return self.path / f"learning_curve_{dataset}.png"

@@ -13,7 +13,7 @@ import yaml
 from lowmed import compare_runs, evaluate, prepare, run_experiment, train
 from lowmed.cli import app, main
 from lowmed.config import TrainConfig
-from lowmed.contracts import SCHEMA, RunDir, TrainSummary
+from lowmed.contracts import PRIMARY_TEST, SCHEMA, RunDir, TrainSummary
 from lowmed.errors import LowmedError
 from lowmed.experiment import load_study
 from tests.conftest import FAST
@@ -69,7 +69,7 @@ def test_two_arms_of_one_model_and_weight_kind_stay_apart(tmp_path, kermany, che
     assert sorted(table["arm"].unique()) == ["A-fast", "A-slow", "C-chexpert", "C-nih"]
     assert len(table) == 8 and (table.groupby("arm").size() == 2).all()  # two seeds each, none overwritten
     stats = pd.read_csv(out / "stats.csv")
-    primary = stats[stats["test"] == "paired bootstrap (seed-averaged)"]
+    primary = stats[stats["test"] == PRIMARY_TEST]
     pairs = {(a.split(" · ")[0], b.split(" · ")[0]) for a, b in zip(primary["a"], primary["b"])}
     assert len(pairs) == 6  # every pair of the four arms
     assert {("A-fast", "A-slow"), ("C-chexpert", "C-nih")} <= pairs
@@ -176,7 +176,7 @@ def named_runs(separable, tmp_path_factory):
 def test_compare_baseline_option(named_runs, tmp_path):
     result = compare_runs([named_runs], baseline="first", out=tmp_path, bootstrap=20, resamples=20, quiet=True)
     assert result.baseline == "first" and {row["arm"] for row in result.runs} == {"first", "second"}
-    primary = [row for row in result.comparisons if row["test"] == "paired bootstrap (seed-averaged)"]
+    primary = [row for row in result.comparisons if row["test"] == PRIMARY_TEST]
     assert [(row["a"], row["b"]) for row in primary] == [("second · simplecnn", "first · simplecnn")]
     unset = compare_runs([named_runs], out=tmp_path / "unset", bootstrap=20, resamples=20, quiet=True)
     assert unset.baseline is None  # two arms trained from scratch: no default baseline, all pairs

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 from urllib.error import URLError
 
@@ -12,11 +13,12 @@ import yaml
 
 from lowmed import compare_models, compare_runs, run_experiment, train
 from lowmed.cli import main
+from lowmed.comparison.render import headline_table
 from lowmed.config import TrainConfig
-from lowmed.contracts import Comparison, StudyLog
+from lowmed.contracts import PRIMARY_TEST, Comparison, StudyLog, TrainSummary
 from lowmed.errors import LowmedError
 from lowmed.experiment import load_study
-from lowmed.experiment.report import headline_table, results_tables
+from lowmed.experiment.report import results_tables
 from lowmed.training import train as train_module
 from tests.conftest import FAST
 
@@ -71,6 +73,52 @@ def test_dry_run_plans_the_grid_without_training(study, tmp_path):
         "cxr-c-simplecnn-n5-seed0",
     ]
     assert not (tmp_path / "study" / "runs").exists()
+    assert result.power.family_size == 4 and result.power.seeds == 2  # B and C against A, at 5 and 10 per class
+    assert "assumed before any run" in result.power.source and 0 < result.power.detectable < 1
+
+
+def test_dry_run_says_the_smallest_difference_the_study_can_detect(study, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["experiment", str(study), "--dry-run"])
+    shown = capsys.readouterr().out.replace("\n", " ")
+    assert exit_info.value.code == 0 and "Sample size: with 2 seeds and a primary family of 4 comparisons" in shown
+    assert "the primary test detects a difference in AUROC of 0." in shown and "80% power" in shown
+
+
+def test_a_study_continues_from_its_published_record_on_another_machine(study, tmp_path, offline, monkeypatch):
+    """Its runs and checkpoints gone (another machine with the repository only), the study finds every published run
+    done and trains nothing; with a third seed it trains that seed's runs alone, and the pretrain stage again for
+    them — the same stage, bit for bit, on a CPU."""
+    first = run_experiment(study, quiet=True)
+    shutil.rmtree(first.study.out)
+
+    def no_training(config, **kwargs):
+        raise AssertionError(f"trained {config.out}")
+
+    monkeypatch.setattr("lowmed.experiment.execute.train", no_training)
+    again = run_experiment(study, quiet=True)
+    assert {run.status for run in again.runs if run.arm.name != "B"} == {"done before"}
+    assert len(again.restored) == 8 and again.pretrain[0].status == "done before"
+    assert [cell.status for cell in again.cells] == []  # no tuning in this study: nothing to restore there
+    assert len(again.log.invocations) == 2  # the record's invocation, and this one
+    pd.testing.assert_frame_equal(
+        pd.read_csv(first.study.out / "stats.csv"), pd.read_csv(tmp_path / "published" / "stats.csv")
+    )
+    report = (first.study.out / "report.md").read_text()
+    assert "**Incomplete: 8 of 12 runs.**" in report and "Runs: 9 of 13 completed" in report  # B skipped offline
+
+    monkeypatch.setattr("lowmed.experiment.execute.train", train_module.train)
+    values = yaml.safe_load(study.read_text())
+    study.write_text(yaml.safe_dump({**values, "seeds": [0, 1, 2]}))
+    more = run_experiment(study, quiet=True)
+    trained = sorted(run.name for run in more.runs if run.status == "trained")
+    assert trained == sorted(f"cxr-{arm}-simplecnn-n{n}-seed2" for arm in ("a", "c") for n in (5, 10))
+    assert more.pretrain[0].status == "trained"  # its checkpoint was not published; seed 2's C runs need it
+    restored = TrainSummary.read(first.study.out / "runs" / "cxr-c-simplecnn-n5-seed0" / "train.json")
+    again_trained = TrainSummary.read(first.study.out / "runs" / "cxr-c-simplecnn-n5-seed2" / "train.json")
+    assert restored.weights.sha256 == again_trained.weights.sha256  # the stage trained again is the same, bit for bit
+    checklist = (first.study.out / "report.md").read_text()
+    assert f"the pretrained checkpoint's SHA-256 {restored.weights.sha256}" in checklist
 
 
 def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, monkeypatch, capsys):
@@ -97,13 +145,13 @@ def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, m
     out = tmp_path / "study"
     report = (out / "report.md").read_text()
     assert "**Notes.** Tiny images; two epochs." in report and "## Headline" in report
-    assert "the 95 % bootstrap intervals and the paired tests resample whole patients." in report  # Kermany's groups
+    assert "the bootstrap resamples whole patients." in report  # Kermany's groups
     assert "## Conclusions" in report and "C · simplecnn" in report and "A · simplecnn" in report
     skipped = [line for line in report.splitlines() if "is not cached and cannot be downloaded" in line]
     assert len(skipped) == 1 and skipped[0].startswith("- 4 runs skipped — ")  # said once per arm, not per run
     assert "(runs: cxr-b-resnet18-n5-seed0, " in report
     stats = pd.read_csv(out / "stats.csv")
-    primary = stats[stats["test"] == "paired bootstrap (seed-averaged)"]
+    primary = stats[stats["test"] == PRIMARY_TEST]
     assert len(primary) == 2 and set(primary["seeds"]) == {2}  # A vs C at N = 5 and 10, two seeds each
     assert {"DeLong", "McNemar"} <= set(stats["test"])
     assert (out / "learning_curve_cxr.png").is_file()
@@ -141,7 +189,7 @@ def _check_published(published, result):
     recorded = Comparison.read(published / "compare.json")
     assert recorded.runs[0]["run"].startswith(str(published / "runs"))
     again = compare_runs([published / "runs"], out=published.parent / "again", quiet=True, **recorded.options())
-    assert results_tables(again) in report and headline_table(again) in report
+    assert results_tables(again) in report and headline_table(again).markdown(title=False) in report
     assert pd.read_csv(published / "stats.csv").equals(pd.read_csv(published.parent / "again" / "stats.csv"))
     assert pd.read_csv(published / "stats.csv").equals(pd.read_csv(result.study.out / "stats.csv"))
 

@@ -8,6 +8,7 @@ import pytest
 
 from lowmed import evaluate, prepare, train
 from lowmed.config import TrainConfig
+from lowmed.contracts import PRIMARY_TEST
 from lowmed.data.manifest import PreparedDataset
 from lowmed.errors import LowmedError
 from tests.conftest import FAST
@@ -139,7 +140,7 @@ def test_a_study_evaluates_every_run_on_its_external_sets_and_reports_them_besid
     # the arms' paired test on the external set: compare's, on the site's 20 images, both seeds paired
     on_site = result.external["site"]
     assert on_site.external == "site" and {run["n_test"] for run in on_site.runs} == {20}
-    (test,) = [row for row in on_site.comparisons if row["test"] == "paired bootstrap (seed-averaged)"]
+    (test,) = [row for row in on_site.comparisons if row["test"] == PRIMARY_TEST]
     assert test["seeds"] == 2 and {test["a"], test["b"]} == {"A · simplecnn", "A-fast · simplecnn"}
     assert "### Paired differences on site (a − b)" in report
     assert f"{test['estimate']:+.3f} [{test['ci_low']:+.3f}, {test['ci_high']:+.3f}]" in report

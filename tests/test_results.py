@@ -4,12 +4,16 @@ code makes of the per-run files behind them, so the numbers shown can never drif
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from lowmed.compare import attention_markdown, compare_runs
-from lowmed.contracts import Comparison, ComparisonDir, StudyLog
-from lowmed.experiment.report import headline_table, results_tables
+from lowmed.comparison.compare import compare_runs, planned_power
+from lowmed.comparison.render import attention_markdown, headline_table, seeds_table
+from lowmed.contracts import PRIMARY, PRIMARY_TEST, Comparison, ComparisonDir, StudyLog, TestFamilies
+from lowmed.experiment.portable import absolute_paths
+from lowmed.experiment.report import results_tables
 
 ROOT = Path(__file__).parent.parent
 STUDIES = sorted(path.name for path in (ROOT / "results").iterdir() if (path / StudyLog.FILE).is_file())
@@ -32,11 +36,19 @@ def test_the_reported_tables_are_what_the_runs_give(name, tmp_path, monkeypatch)
     for table in ("compare.csv", "stats.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(published / table), pd.read_csv(tmp_path / table))
     report = (published / "report.md").read_text(encoding="utf-8")
-    headline = headline_table(again)
+    headline = headline_table(again).markdown(title=False)
     assert results_tables(again) in report
     assert headline in report
     assert headline in (ROOT / "README.md").read_text(encoding="utf-8")
     assert not [path for path in published.rglob("*.pt")]  # the small files only
+
+
+def test_the_readme_seeds_table_is_the_kermany_studys_variances():
+    published = ROOT / "results" / "public-kermany"
+    families = TestFamilies.read(published / TestFamilies.FILE)
+    seeds = len(yaml.safe_load((published / "study.yaml").read_text())["seeds"])
+    plan = planned_power(Comparison.read(published / Comparison.FILE), seeds, families.size(PRIMARY), None, "AUROC")
+    assert seeds_table(plan).markdown(title=False) in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_the_readme_attention_table_is_the_published_comparisons():
@@ -53,3 +65,100 @@ def test_the_readme_attention_table_is_the_published_comparisons():
     assert table in readme
     grids = list(ComparisonDir(published).explanations("occlusion").glob("*.png"))
     assert len(grids) == 1 and f"results/quickstart-attention/explain/occlusion/{grids[0].name}" in readme
+
+
+def _independent_primary(published: Path) -> pd.DataFrame:
+    """The primary family's tests computed again from the published predictions.csv files with none of lowmed's
+    code: scikit-learn's AUROC, a patient bootstrap of its own (stratified by class), the t with Satterthwaite
+    df, Holm."""
+    from scipy import stats as scipy_stats
+    from sklearn.metrics import roc_auc_score
+
+    runs = {}
+    for train in sorted(published.glob("runs/*/train.json")):
+        summary = json.loads(train.read_text())
+        table = pd.read_csv(train.parent / "eval" / "test" / "predictions.csv").sort_values("path")
+        runs[(summary["arm"], summary["dataset"]["per_class"], summary["seed"])] = table.reset_index(drop=True)
+    first = next(iter(runs.values()))
+    classes = [column.removeprefix("prob:") for column in first.columns if column.startswith("prob:")]
+    truth = first["label"].map({name: k for k, name in enumerate(classes)}).to_numpy()
+    groups = pd.factorize(first["group"])[0]
+    members = [np.flatnonzero(groups == g) for g in range(groups.max() + 1)]
+    strata = [[g for g in range(len(members)) if truth[members[g][0]] == k] for k in range(len(classes))]
+    rng = np.random.default_rng(2026)  # whole patients (lesions) drawn with replacement, as many of each class
+    resamples = [
+        np.concatenate([members[g] for stratum in strata for g in rng.choice(stratum, len(stratum))])
+        for _ in range(300)
+    ]
+
+    def auroc(table, rows=None):
+        """scikit-learn on the full test set; the Mann–Whitney rank form (the same number, faster) on resamples."""
+        scores = table[[f"prob:{c}" for c in classes]].to_numpy()
+        if rows is None:
+            if len(classes) == 2:
+                return roc_auc_score(truth, scores[:, 1])
+            return roc_auc_score(truth, scores, multi_class="ovr", average="macro", labels=range(len(classes)))
+        one_vs_rest = [
+            (truth[rows] == k, scores[rows, k]) for k in (range(1, 2) if len(classes) == 2 else range(len(classes)))
+        ]
+        areas = []
+        for positive, score in one_vs_rest:
+            ranks = scipy_stats.rankdata(score)
+            n1, n0 = positive.sum(), (~positive).sum()
+            areas.append((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+        return np.mean(areas)
+
+    families = json.loads((published / "families.json").read_text())
+    rows = []
+    for member in families["primary"]:
+        a, b = (member[k].split(" · ")[0] for k in ("a", "b"))
+        seeds = sorted(seed for arm, n, seed in runs if arm == a and n == member["per_class"])
+        per_seed = np.array(
+            [auroc(runs[(a, member["per_class"], s)]) - auroc(runs[(b, member["per_class"], s)]) for s in seeds]
+        )
+        draws = [
+            np.mean(
+                [
+                    auroc(runs[(a, member["per_class"], s)], r) - auroc(runs[(b, member["per_class"], s)], r)
+                    for s in seeds
+                ]
+            )
+            for r in resamples
+        ]
+        seed_term = per_seed.var(ddof=1) / len(seeds)
+        variance = np.var(draws, ddof=1) + seed_term
+        df = variance**2 / (seed_term**2 / (len(seeds) - 1))
+        p = 2 * scipy_stats.t.sf(abs(per_seed.mean()) / np.sqrt(variance), df)
+        rows.append({"per_class": member["per_class"], "a": member["a"], "estimate": per_seed.mean(), "p": p})
+    frame = pd.DataFrame(rows)
+    order = np.argsort(frame["p"].to_numpy())
+    adjusted, running = np.empty(len(frame)), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(frame) - rank) * frame["p"].iloc[index]))
+        adjusted[index] = running
+    return frame.assign(p_holm=adjusted)
+
+
+@pytest.mark.parametrize("name", ["public-kermany", "public-ham10000"])
+def test_the_published_decisions_agree_with_an_independent_computation(name):
+    published = ROOT / "results" / name
+    mine = _independent_primary(published)
+    stats = pd.read_csv(published / "stats.csv")
+    theirs = stats[(stats["test"] == PRIMARY_TEST) & (stats["family"] == PRIMARY)].set_index(["per_class", "a"])
+    assert len(mine) == len(theirs)
+    for row in mine.itertuples():
+        published_row = theirs.loc[(row.per_class, row.a)]
+        assert row.estimate == pytest.approx(published_row["estimate"], abs=1e-9)
+        if not 0.03 < row.p_holm < 0.08:  # a bootstrap of its own may move a borderline p across 0.05
+            assert (row.p_holm < 0.05) == bool(published_row["significant"]), (row, published_row)
+        assert row.p_holm == pytest.approx(published_row["p_holm"], rel=0.3, abs=0.01)
+
+
+def test_no_published_file_holds_an_absolute_path_of_the_machine_that_made_it():
+    found = {}
+    for path in (ROOT / "results").rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".yaml", ".md", ".csv"):
+            paths = absolute_paths(path.read_text(encoding="utf-8"))
+            if paths:
+                found[str(path.relative_to(ROOT))] = paths[:2]
+    assert not found

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -46,7 +45,23 @@ def compare_command(
     evaluate_missing: Annotated[
         bool, typer.Option("--evaluate/--no-evaluate", help="Evaluate runs that lack an evaluation.")
     ] = True,
-    resamples: Annotated[int, typer.Option(help="Paired-bootstrap resamples per comparison.")] = 1000,
+    resamples: Annotated[int, typer.Option(help="Patient (lesion) bootstrap resamples of the test set.")] = 1000,
+    families: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="A study's families.json: the comparisons Holm's correction runs over. \\[default: the one beside "
+            "the runs, else the pairs found]",
+            show_default=False,
+        ),
+    ] = None,
+    power: Annotated[
+        bool,
+        typer.Option(
+            "--power",
+            help="Also the minimum difference each primary comparison can detect at 80 % power, at its seeds and "
+            "at 3, 5, 10 and 20 seeds (power.csv).",
+        ),
+    ] = False,
     seed: Seed = 0,
     explain: Explain = None,
     explain_count: ExplainCount = 4,
@@ -61,11 +76,14 @@ def compare_command(
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
-    """Tables with 95 % intervals, seed aggregates, DeLong / McNemar / paired-bootstrap tests (Holm), learning curves.
+    """Each arm over seeds with intervals from seeds and the test set, paired tests between arms (Holm within
+    pre-specified families), learning curves.
 
-    Runs are grouped by dataset, arm, model, N and seed; two runs in one such place are an error. With --explain,
-    --explain-count test images of each dataset explained by every arm at each N (lowest seed): a grid per image."""
-    from lowmed.compare import compare_runs
+    The primary test of two arms is the mean over seeds of their per-seed difference, with the variance between seeds
+    and the test set's bootstrap variance together (t, Satterthwaite df). Runs are grouped by dataset, arm, model, N
+    and seed; two runs in one such place are an error. With --explain, --explain-count test images of each dataset
+    explained by every arm at each N (lowest seed): a grid per image."""
+    from lowmed.comparison.compare import compare_runs
 
     result = compare_runs(
         runs,
@@ -77,6 +95,8 @@ def compare_command(
         evaluate_missing=evaluate_missing,
         resamples=resamples,
         seed=seed,
+        families=families,
+        power=power,
         explain=explain,
         explain_count=explain_count,
         lesions=lesions,
@@ -84,109 +104,39 @@ def compare_command(
         quiet=quiet,
         external=external,
     )
-    render_comparison(result)
+    render_comparison(result, power)
 
 
-def _number(value) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
-
-
-def render_comparison(result: Comparison) -> None:
-    from rich.table import Table
-
+def render_comparison(result: Comparison, power: bool = False) -> None:
     from lowmed.cli._render import stdout
-    from lowmed.compare import PRIMARY_TEST, format_p
-
-    evaluated_on = f"external {result.external}" if result.external else result.split
-    runs = Table(
-        title=f"runs · {evaluated_on} · {result.runs[0]['metric']} (★ best per dataset and N)", title_justify="left"
+    from lowmed.comparison.compare import power_rows
+    from lowmed.comparison.render import (
+        attention_table,
+        groups_table,
+        method_sentence,
+        power_table,
+        runs_table,
+        tests_table,
     )
-    for column in ("dataset", "arm · model", "N", "seed", "value", "95% CI", "train s"):
-        text = column in ("dataset", "arm · model")
-        runs.add_column(column, justify="left" if text else "right", no_wrap=not text, overflow="fold")
-    best = {}
-    for row in result.runs:
-        key = (row["dataset"], row["per_class"])
-        best[key] = max(best.get(key, -math.inf), row["value"])
-    for row in result.runs:
-        mark = "★ " if row["value"] == best[(row["dataset"], row["per_class"])] else ""
-        runs.add_row(
-            row["dataset"],
-            f"{row['arm']} · {row['model']}",
-            str(row["per_class"]),
-            str(row["seed"]),
-            f"{mark}{_number(row['value'])}",
-            f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]",
-            f"{row['train_seconds']:.0f}",
-        )
-    stdout.print(runs)
-    groups = Table(title="over seeds (mean, 95% interval, SD, n)", title_justify="left")
-    keys = [
-        k
-        for k in result.groups[0]
-        if k not in ("metric", "mean", "sd", "n", "ci_low", "ci_high", "interval", "train_seconds")
-    ]
-    for column in (*keys, "mean", "95% CI", "SD", "n"):
-        groups.add_column(column, no_wrap=column in ("mean", "95% CI", "SD", "n"), overflow="fold")
-    for row in result.groups:
-        groups.add_row(
-            *(str(row[k]) for k in keys),
-            _number(row["mean"]),
-            f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]",
-            _number(row["sd"]),
-            str(row["n"]),
-        )
-    stdout.print(groups)
-    for note in (result.recipes, result.overlap):
+    from lowmed.contracts import PRIMARY, SECONDARY
+
+    stdout.print(runs_table(result).rich())
+    stdout.print(groups_table(result).rich())
+    for note in (result.recipes, result.overlap, result.learning):
         if note:
             stdout.print(note, highlight=False)
-    primary = [row for row in result.comparisons if row["test"] == PRIMARY_TEST]
-    if primary:
-        against = f"b = baseline arm {result.baseline}" if result.baseline else "every pair"
-        tests = Table(
-            title=f"paired bootstrap of the seed-averaged difference (a − b, {against}; Holm; "
-            "* = significant); DeLong and McNemar per seed in stats.csv",
-            title_justify="left",
-        )
-        for column in ("dataset", "N", "a", "b", "seeds", "difference", "95% CI", "p Holm"):
-            tests.add_column(column, overflow="fold", no_wrap=column in ("difference", "95% CI", "p Holm"))
-        for row in primary:
-            tests.add_row(
-                row["dataset"],
-                str(row["per_class"]),
-                row["a"],
-                row["b"],
-                str(row["seeds"]),
-                _number(row["estimate"]),
-                f"[{_number(row['ci_low'])}, {_number(row['ci_high'])}]",
-                format_p(row["p_holm"]) + (" *" if row["significant"] else ""),
-            )
-        stdout.print(tests)
+    if result.tests(PRIMARY) or result.tests(SECONDARY):
+        stdout.print(f"Primary test: {method_sentence(result)}.", highlight=False)
+    for family in (PRIMARY, SECONDARY):
+        if result.tests(family):
+            stdout.print(tests_table(result.tests(family), family, result.unit).rich())
+    if power:
+        rows = power_rows(result)
+        if rows:
+            stdout.print(power_table(rows).rich())
+        else:
+            stdout.print("Power: no comparison has two or more seeds, so the variance between seeds is not known.")
     if result.attention:
-        stdout.print(_attention_table(result.attention))
-    stdout.print(f"Wrote compare.csv, compare.json, compare.md, stats.csv and learning curves to {result.out}")
-
-
-def _attention_table(attention: list[dict]):
-    from rich.table import Table
-
-    from lowmed.saliency.maps import UNCHANGED_CORRELATION
-
-    table = Table(
-        title=f"what each arm looks at ({attention[0]['method']}, seed {attention[0]['seed']}): pointing game "
-        f"(chance); rank correlation with a re-initialised network (two re-initialised: reference; "
-        f"|ρ| ≥ {UNCHANGED_CORRELATION} flagged)",
-        title_justify="left",
-    )
-    for column in ("dataset", "N", "arm · model", "pointing game", "ρ randomised", "flagged"):
-        table.add_column(column, overflow="fold")
-    for row in attention:
-        table.add_row(
-            row["dataset"],
-            str(row["per_class"]),
-            f"{row['arm']} · {row['model']}",
-            "—" if row["hits"] is None else f"{row['hits']}/{row['images']} ({row['chance']:.2f})",
-            f"{_number(row['rank_correlation_randomised'])} ({_number(row['reference'])})",
-            "[bold yellow]yes" if row["flagged"] else "no",
-        )
-    return table
+        stdout.print(attention_table(result.attention).rich())
+    written = "compare.csv, groups.csv, stats.csv, compare.json, compare.md" + (", power.csv" if power else "")
+    stdout.print(f"Wrote {written} and learning curves to {result.out}; per-seed DeLong and McNemar in stats.csv")

@@ -11,7 +11,11 @@ from lowmed.cli._options import Quiet
 def experiment_command(
     study: Annotated[Path, typer.Argument(help="Study YAML (see examples/).", show_default=False)],
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Check the study, print the grid and its size; train nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check the study, print the grid, its size and the smallest difference it can detect; train nothing.",
+        ),
     ] = False,
     quiet: Quiet = False,
 ) -> None:
@@ -58,6 +62,10 @@ def experiment_command(
     stdout.print(table)
     for (status, reason), names in shared.items():
         stdout.print(f"[yellow]{len(names)} runs {status}:[/] {escape(reason)}", highlight=False, soft_wrap=True)
+    if result.restored:
+        stdout.print(f"{len(result.restored)} finished runs taken from the published record {spec.publish}")
+    if result.power is not None:
+        stdout.print(f"Sample size: {escape(result.power.sentence())}", highlight=False, soft_wrap=True)
     if not dry_run:
         stdout.print(f"Report: {result.report} ({result.wall_seconds / 60:.1f} min)")
         if result.published is not None:

@@ -180,3 +180,33 @@ def plot_learning_curves(target: ComparisonDir, curves) -> list[Path]:
         _save(figure, path)
         written.append(path)
     return written
+
+
+def plot_reliability_by_arm(path: Path, arms: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> None:
+    """One reliability curve per arm (``arms``: label -> (confidence, observed), pooled over its seeds): mean
+    predicted probability against observed frequency in equal-width bins."""
+    figure, axes = plt.subplots(figsize=(5.5, 5))
+    axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    for label, (confidence, observed) in arms.items():
+        index = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
+        counts = np.bincount(index, minlength=ECE_BINS)
+        filled = counts > 0
+        mean_confidence = np.bincount(index, confidence, ECE_BINS)[filled] / counts[filled]
+        frequency = np.bincount(index, observed.astype(float), ECE_BINS)[filled] / counts[filled]
+        axes.plot(mean_confidence, frequency, "o-", ms=4, label=label)
+    axes.set(xlabel="predicted probability", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    axes.legend(loc="upper left", fontsize=8)
+    _save(figure, path)
+
+
+def plot_image_grid(path: Path, images: list[np.ndarray], captions: list[str], title: str, columns: int = 4) -> None:
+    """Images (H×W×3 floats in [0, 1], or uint8) in a grid, each with its caption below."""
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.7 * rows + 0.4), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, caption in zip(axes.flat, images, captions):
+        axis.imshow(image, cmap="gray" if image.ndim == 2 else None)
+        axis.set_title(caption, fontsize=7)
+    figure.suptitle(title, fontsize=9)
+    _save(figure, path)

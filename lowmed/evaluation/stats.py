@@ -1,4 +1,4 @@
-"""Statistics a reviewer expects: patient-level bootstrap intervals, DeLong, McNemar, paired bootstrap, Holm."""
+"""Statistics a reviewer expects: patient-level bootstrap intervals, DeLong, McNemar, Holm."""
 
 from __future__ import annotations
 
@@ -114,31 +114,6 @@ def mcnemar_test(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, floa
     }
 
 
-def paired_bootstrap(
-    difference: Callable[[np.ndarray], float],
-    groups: np.ndarray,
-    strata: np.ndarray,
-    resamples: int,
-    seed: int,
-    level: float = 0.95,
-) -> dict[str, float]:
-    """Bootstrap of a paired difference (both models scored on the same resampled patients).
-
-    The p-value is two-sided: twice the share of resamples on the far side of zero.
-    """
-    draws = np.array([difference(indices) for indices in group_bootstrap_indices(groups, strata, resamples, seed)])
-    draws = draws[~np.isnan(draws)]
-    if not len(draws):
-        return {"ci_low": float("nan"), "ci_high": float("nan"), "p": float("nan")}
-    tail = (1 - level) / 2 * 100
-    p = min(1.0, 2 * min(np.mean(draws <= 0), np.mean(draws >= 0)))
-    return {
-        "ci_low": float(np.percentile(draws, tail)),
-        "ci_high": float(np.percentile(draws, 100 - tail)),
-        "p": float(p),
-    }
-
-
 def holm_by_family(p_values: list[float], families: list[str]) -> list[float]:
     """Holm-adjusted p-values, each family of tests (say, all DeLong tests) corrected on its own."""
     adjusted = [float("nan")] * len(p_values)
@@ -149,14 +124,16 @@ def holm_by_family(p_values: list[float], families: list[str]) -> list[float]:
     return adjusted
 
 
-def holm(p_values: list[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values (NaN entries stay NaN and do not count)."""
+def holm(p_values: list[float], family_size: int | None = None) -> list[float]:
+    """Holm–Bonferroni adjusted p-values. NaN entries stay NaN and do not count; ``family_size`` (at least the number
+    of finite p-values) counts the members of a fixed family that have no result yet, as if their p were 1."""
     values = np.asarray(p_values, dtype=float)
     adjusted = np.full(len(values), np.nan)
     finite = np.flatnonzero(~np.isnan(values))
+    size = max(len(finite), family_size or 0)
     order = finite[np.argsort(values[finite], kind="stable")]
     running = 0.0
     for rank, index in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * values[index]))
+        running = max(running, min(1.0, (size - rank) * values[index]))
         adjusted[index] = running
     return adjusted.tolist()

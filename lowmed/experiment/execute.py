@@ -12,21 +12,28 @@ the subsets, and writes the comparison and the report once every process has fin
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from lowmed.compare import compare_runs
+from lowmed.comparison.compare import compare_runs, planned_power
+from lowmed.comparison.render import metric_label
+from lowmed.comparison.statistics import PowerPlan
 from lowmed.config import TrainConfig
 from lowmed.console import progress_bar
-from lowmed.contracts import Comparison, RunDir, StudyLog, TuningRecord, slug
+from lowmed.contracts import DATASET_INFO, PRIMARY, Comparison, RunDir, StudyLog, TestFamilies, TuningRecord, slug
+from lowmed.data.manifest import read_info
 from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.evaluation.evaluate import evaluate
-from lowmed.experiment.plan import PlannedCell, PlannedRun, external_sets, plan
-from lowmed.experiment.publish import check_publish_folder, publish_study
+from lowmed.experiment.checklist import ReportInputs, draw_figures
+from lowmed.experiment.plan import PlannedCell, PlannedRun, external_sets, plan, study_families
+from lowmed.experiment.portable import PortablePaths
+from lowmed.experiment.publish import check_publish_folder, publish_study, restore_published
 from lowmed.experiment.report import study_report
 from lowmed.experiment.study import Study, load_study
 from lowmed.io import check_writable, write_text
@@ -54,11 +61,15 @@ class StudyResult:
     log: StudyLog | None = None  # every invocation so far, this one included
     external: dict[str, Comparison] = field(default_factory=dict)  # per external test set: the paired tests on it
     published: Path | None = None  # the study's publish folder, once written
+    power: PowerPlan | None = None  # the smallest difference the primary test can detect at the planned seeds
+    restored: list[str] = field(default_factory=list)  # runs taken from the published record as done
 
 
-def _execute(job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: Distributed) -> None:
+def _execute(
+    job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: Distributed, needed: bool = True
+) -> None:
     """Train (or resume) one run across ``dist``'s processes and evaluate it; record what happened in
-    ``job.status``.
+    ``job.status``. A pretrain stage no unfinished run needs (``needed`` False) is not trained.
 
     An input error (say, ImageNet weights that cannot be downloaded) skips the rest of its arm too. A crash is
     retried once from scratch, except in a run shared by several processes: they cannot retry in step after one
@@ -76,6 +87,11 @@ def _execute(job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: 
         job.values = {**job.values, **tuned_options(tuning)}
     run = RunDir(job.run_dir)
     state = dist.share(run.state())  # rank 0's reading, before any rank writes there
+    if job.arm is None and not needed:
+        job.status, job.detail = ("done before", "") if state == "completed" else ("not needed", "its runs are done")
+        return
+    if job.arm is None and state == "completed" and not run.best.is_file():
+        state = "new"  # a stage restored from a published record, without its checkpoint, that a new run needs
     if job.cell is not None and state in ("completed", "resumable"):  # its cell's chosen values, now known
         _check_as_planned(run, job.values)
     if state == "completed":
@@ -194,7 +210,10 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
     study = load_study(study_path)
     if dry_run:
         pretrains, cells, runs = plan(study, prepare_data=False)
-        return StudyResult(study, pretrains, runs, cells)
+        record = study.out / Comparison.FILE
+        earlier = Comparison.read(record) if record.is_file() else None
+        power = _power(study, earlier, study_families(study, runs))
+        return StudyResult(study, pretrains, runs, cells, power=power)
     if study.publish is not None:
         check_publish_folder(study.publish)  # before hours of training, not after
     check_writable(study.out / "report.md", f"{study_path}: out:")
@@ -202,12 +221,18 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
     claims = study.out / ".claims"  # under torchrun: which process took which grid run
     planned: list = []
 
-    def prepare_study() -> None:  # rank 0 prepares the data and draws the subsets; the others then read them
+    restored: list[str] = []
+
+    def prepare_study() -> None:  # rank 0 prepares the data, draws the subsets and restores published runs
         shutil.rmtree(claims, ignore_errors=True)  # left by an invocation that was stopped
-        planned.append(plan(study))
+        pretrains, cells, runs = plan(study)
+        restored.extend(restore_published(study, Path(study_path), pretrains, cells, runs))
+        study_families(study, runs).write(study.out / TestFamilies.FILE)  # fixed before any run trains
+        planned.append((pretrains, cells, runs))
 
     dist.on_main(prepare_study)
     pretrains, cells, runs = planned[0] if planned else plan(study)
+    families = TestFamilies.read(study.out / TestFamilies.FILE)
     tuned = {param.name for param in study.tune.space} | {"monitor"} if study.tune else set()
     for job in pretrains + runs:  # before anything trains (a tuned run's chosen values: once its cell is tuned)
         done = RunDir(job.run_dir)
@@ -231,7 +256,9 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
             if isinstance(job, PlannedCell):
                 _tune(job, study, skip_reasons, None if quiet else lambda line: _say(bar, prefix + line))
             elif job.arm is None:
-                _execute(job, study, skip_reasons, dist)
+                users = [run for run in runs if run.values.get("weights") == str(job.run_dir)]
+                needed = any(RunDir(run.run_dir).state() != "completed" for run in users)
+                _execute(job, study, skip_reasons, dist, needed)
             else:
                 _execute(job, study, skip_reasons, alone)
                 own_runs.append(job)
@@ -256,28 +283,57 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
             run.status, run.detail = outcomes[run.name]
         if dist.is_main:
             shutil.rmtree(claims, ignore_errors=True)
-    result = StudyResult(study, pretrains, runs, cells)
+    result = StudyResult(study, pretrains, runs, cells, restored=restored)
     if not dist.is_main:
         return result
     finished = [r for r in runs if r.status in ("trained", "done before")]
+    figures: dict[str, Path] = {}
     if finished:
         result.comparison = compare_runs(
-            [r.run_dir for r in finished], split=study.split, out=study.out, quiet=True, **study.compare
+            [r.run_dir for r in finished],
+            split=study.split,
+            out=study.out,
+            quiet=True,
+            families=families,
+            **study.compare,
         )
-        result.external = _external_comparisons(study, finished)
+        result.external = _external_comparisons(study, finished, families)
+        figures = draw_figures(result.comparison, study.out)
+    result.power = _power(study, result.comparison, families)
     result.wall_seconds = time.perf_counter() - started
-    result.log = _logged(study, started_at, result.wall_seconds, dist.world_size, pretrains + cells + runs)
+    result.log = _logged(study, study_path, started_at, result.wall_seconds, dist.world_size, pretrains + cells + runs)
     report = study.out / "report.md"
-    text = study_report(study, pretrains, runs, result.comparison, result.log, cells=cells, external=result.external)
+    inputs = ReportInputs(PortablePaths.for_study(study.variables), result.power, figures)
+    text = study_report(
+        study, pretrains, runs, result.comparison, result.log, inputs, cells=cells, external=result.external
+    )
     write_text(report, text)
     result.report = str(report)
     if study.publish is not None and result.comparison is not None:
-        publish_study(study, Path(study_path), pretrains, runs)
+        publish_study(study, Path(study_path), pretrains, runs, list(figures.values()))
         result.published = study.publish
     return result
 
 
-def _external_comparisons(study: Study, finished: list[PlannedRun]) -> dict[str, Comparison]:
+def _power(study: Study, comparison: Comparison | None, families: TestFamilies) -> PowerPlan:
+    """The primary test's minimum detectable difference at the study's seeds and family size: from its finished
+    runs where there are any, else from defaults and the first dataset's test counts, where it is prepared."""
+    spec = study.datasets[0]
+    root = (
+        Path(spec.data)
+        if spec.data and (Path(spec.data) / DATASET_INFO).is_file()
+        else study.out / "data" / slug(spec.name)
+    )
+    counts = None
+    if (root / DATASET_INFO).is_file():
+        info = read_info(root)
+        if info.task == "binary":
+            counts = [info.counts.get("test", {}).get(name, 0) for name in info.classes]
+    metric = metric_label(comparison.groups[0].metric) if comparison and comparison.groups else "AUROC"
+    return planned_power(comparison, len(study.seeds), max(1, families.size(PRIMARY)), counts, metric)
+
+
+def _external_comparisons(study: Study, finished: list[PlannedRun], families: TestFamilies) -> dict[str, Comparison]:
     """Per external test set, the runs evaluated on it compared as on their own test split (same pairs, same
     tests), written to ``external/<set>/`` in the study's folder."""
     runs_on: dict[str, tuple[str, list[Path]]] = {}  # set name -> (its prepared folder's name, the runs)
@@ -294,6 +350,7 @@ def _external_comparisons(study: Study, finished: list[PlannedRun]) -> dict[str,
             out=study.out / "external" / slug(name),
             evaluate_missing=False,
             quiet=True,
+            families=families,
             **study.compare,
         )
         for name, (folder, run_dirs) in runs_on.items()
@@ -301,7 +358,9 @@ def _external_comparisons(study: Study, finished: list[PlannedRun]) -> dict[str,
     }
 
 
-def _logged(study: Study, started: datetime, seconds: float, processes: int, jobs: list) -> StudyLog:
+def _logged(
+    study: Study, study_path: str | os.PathLike, started: datetime, seconds: float, processes: int, jobs: list
+) -> StudyLog:
     """``study.json`` with this invocation added: when, how long, on how many processes, and how many runs and
     cells it trained or tuned (0 for one that found everything done)."""
     path = study.out / StudyLog.FILE
@@ -313,7 +372,17 @@ def _logged(study: Study, started: datetime, seconds: float, processes: int, job
             "seconds": round(seconds, 1),
             "processes": processes,
             "worked": worked,
+            "command": shlex.join(["lowmed", *sys.argv[1:]])
+            if Path(sys.argv[0]).name in ("lowmed", "__main__.py")
+            else f"run_experiment({str(study.out)!r})",
         }
     )
     log.write(path)
     return log
+
+
+def _command(study_path: str | os.PathLike) -> str:
+    """The command line of this invocation, or the Python call that made it."""
+    if sys.argv[1:2] == ["experiment"]:
+        return shlex.join(["lowmed", *sys.argv[1:]])
+    return f"lowmed.run_experiment({str(study_path)!r})"

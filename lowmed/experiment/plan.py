@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 
-from lowmed.contracts import DATASET_INFO, SUBSETS, is_prepared, slug, subset_path
+from lowmed.contracts import DATASET_INFO, SUBSETS, FamilyMember, TestFamilies, is_prepared, slug, subset_path
 from lowmed.data.manifest import PreparedDataset
+from lowmed.experiment.portable import PortablePaths
 from lowmed.experiment.study import Arm, DatasetSpec, Study
 from lowmed.tuning import Cell
 
@@ -88,6 +90,7 @@ def external_sets(study: Study, dataset: str) -> dict[str, PreparedDataset]:
 # when stages were first named. Not asdict(spec): a field added to DatasetSpec later (external test sets) would
 # rename every existing stage, and a study run again would train its stages again.
 _CORPUS_FIELDS = ("name", "data", "demo", "prepare")
+_PATH_OPTIONS = ("weights", "weights_dir")
 
 
 def pretrain_stage(study: Study, arm: Arm) -> tuple[str, dict]:
@@ -96,7 +99,11 @@ def pretrain_stage(study: Study, arm: Arm) -> tuple[str, dict]:
     options = {k: v for k, v in arm.pretrain.items() if k != "dataset"}
     values = {"weights": "none", **study.train, **options, "model": arm.model}
     corpus = {name: getattr(spec, name) for name in _CORPUS_FIELDS}
-    identity = json.dumps({"values": values, "dataset": corpus}, sort_keys=True, default=str)
+    # files by their place against the study's anchors, so that a stage has one name on every machine
+    portable = PortablePaths.for_study(study.variables)
+    named = {**values, **{k: portable.identity(str(values[k])) for k in _PATH_OPTIONS if values.get(k) is not None}}
+    corpus["data"] = portable.identity(spec.data) if spec.data else None
+    identity = json.dumps({"values": named, "dataset": corpus}, sort_keys=True, default=str)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
     return slug(f"{arm.model}-on-{spec.name}-{digest}"), values
 
@@ -161,3 +168,31 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
                         cell = cells[key]
                     runs.append(PlannedRun(name, study.out / "runs" / name, values, arm, spec.name, cell=cell))
     return list(pretrains.values()), list(cells.values()), runs
+
+
+def study_baseline(study: Study) -> str | None:
+    """The arm every other arm is set against: the study's ``compare: baseline``, else its one arm trained from
+    scratch (weights none, no pretraining), else none."""
+    if study.compare.get("baseline"):
+        return str(study.compare["baseline"])
+    scratch = [arm.name for arm in study.arms if arm.weights == "none" and arm.pretrain is None]
+    return scratch[0] if len(scratch) == 1 else None
+
+
+def study_families(study: Study, runs: list[PlannedRun]) -> TestFamilies:
+    """The comparisons the study is planned to make, fixed before any run trains: every arm against the baseline at
+    every N of every dataset (primary), and every other pair of arms (secondary). Datasets are named as the
+    comparison names them, by their prepared folder."""
+    baseline = study_baseline(study)
+    entity = {arm.name: f"{arm.name} · {arm.model}" for arm in study.arms}
+    primary, secondary = [], []
+    for spec in study.datasets:
+        dataset = next(Path(run.values["data"]).name for run in runs if run.dataset == spec.name)
+        for per_class in study.per_class:
+            for first, second in combinations(study.arms, 2):
+                a, b = (second, first) if first.name == baseline else (first, second)
+                member = FamilyMember(dataset=dataset, per_class=per_class, a=entity[a.name], b=entity[b.name])
+                (primary if baseline is None or b.name == baseline else secondary).append(member)
+    return TestFamilies(
+        source=f"study {study.name}, fixed when planned", baseline=baseline, primary=primary, secondary=secondary
+    )

@@ -1,4 +1,5 @@
-"""``report.md``: a study's question, setup, results with intervals and p-values, and conclusions from the numbers."""
+"""``report.md``: a study's question, setup, results with intervals and p-values, conclusions from the numbers, and
+a reporting checklist a reviewer can hold against TRIPOD+AI and CLAIM."""
 
 from __future__ import annotations
 
@@ -6,20 +7,30 @@ import platform
 from collections.abc import Iterable
 from pathlib import Path
 
-import pandas as pd
-
 import lowmed
-from lowmed.compare import PRIMARY_TEST, format_p, groups_markdown, tests_markdown
+from lowmed.comparison.render import (
+    format_p,
+    groups_table,
+    headline_table,
+    metric_label,
+    paired_tables,
+    tests_table,
+)
 from lowmed.contracts import (
+    PRIMARY,
+    SECONDARY,
     SUBSETS,
     Comparison,
     RunDir,
     StudyLog,
+    TestRow,
+    TrainSummary,
     short_value,
     slug,
     subset_path,
 )
 from lowmed.data.manifest import PreparedDataset, read_info
+from lowmed.experiment.checklist import ReportInputs, reporting_checklist
 from lowmed.experiment.plan import PlannedCell, PlannedRun, external_sets
 from lowmed.experiment.study import Study
 
@@ -29,21 +40,20 @@ def _p_text(p: float) -> str:
     return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
-def _metric_label(name: str) -> str:
-    """A metric's name as prose reads it: macro_auroc → macro AUROC."""
-    return name.replace("auroc", "AUROC").replace("_", " ")
-
-
-def _sentence(row: dict) -> str:
-    """One plain-language line for a primary comparison: arm − baseline where b is the baseline, otherwise the
+def _sentence(row: TestRow | dict) -> str:
+    """One plain-language line for a paired comparison: arm − baseline where b is the baseline, otherwise the
     better arm first, so that a difference is never read through a double negative."""
     a, b, difference, low, high = row["a"], row["b"], row["estimate"], row["ci_low"], row["ci_high"]
     if not row["vs_baseline"] and difference < 0:
         a, b, difference, low, high = b, a, -difference, -high, -low
-    metric = _metric_label(row["metric"])
+    metric = metric_label(row["metric"])
     numbers = (
         f"{difference:+.3f} [{low:+.3f}, {high:+.3f}], {_p_text(row['p'])} (Holm-adjusted {_p_text(row['p_holm'])})"
     )
+    seeds = row.get("per_seed") or []
+    if len(seeds) > 1:
+        favour = row["favours_a"] if a == row["a"] else row["favours_b"]
+        numbers += f"; {favour} of {len(seeds)} seeds favour {a}"
     at = f"At {row['per_class']} per class,"
     if not row["significant"]:
         return f"{at} {a} did not differ significantly from {b} in {metric}: {numbers}."
@@ -58,22 +68,91 @@ def study_report(
     runs: list[PlannedRun],
     comparison: Comparison | None,
     log: StudyLog,
+    inputs: ReportInputs,
     cells: list[PlannedCell] = (),
     external: dict[str, Comparison] | None = None,
 ) -> str:
     """The study's ``report.md``: setup, headline, results, conclusions, and (``external``: per external test set,
-    the comparison of the runs evaluated on it) external validation, tuning, and what was skipped."""
+    the comparison of the runs evaluated on it) external validation, tuning, the reporting checklist and what was
+    skipped. ``inputs``: what the checklist reads beyond the comparison (paths, power, figures)."""
+    done = [r for r in runs if r.status in ("trained", "done before")]
     lines = [
         f"# {study.name}: does transfer learning help at small training-set sizes?",
         "",
-        "**Question.** Does a pretrained backbone (ImageNet, or a broader medical corpus) beat the same budget "
-        "trained from scratch when only a few labelled images per class are available — and by how much, with "
-        "what certainty?",
+        "**Question.** Does a pretrained backbone (ImageNet, a broader medical corpus, or the user's own unlabelled "
+        "images) beat the same budget trained from scratch when only a few labelled images per class are available — "
+        "and by how much, with what certainty?",
         "",
         *([f"**Notes.** {study.notes}", ""] if study.notes else []),
+        *(_incomplete(len(done), len(runs)) if len(done) < len(runs) else []),
         "## Setup",
         "",
     ]
+    summaries = [RunDir(r.run_dir).read_summary() for r in done]
+    lines += _setup(study, pretrains, runs, summaries, inputs)
+    training = sum(s.epoch_seconds_total or 0 for s in summaries)
+    tuning = sum(cell.cell.record.seconds for cell in cells if cell.cell.record is not None)
+    processes = max(invocation["processes"] for invocation in log.invocations)
+    finished = sum(r.status in ("trained", "done before", "not needed") for r in pretrains + runs)
+    lines.append(
+        f"- Runs: {finished} of {len(pretrains) + len(runs)} completed; {training / 60:.1f} min of training "
+        "epochs in all"
+        + (f", and {tuning / 60:.1f} min of tuning trials" if tuning else "")
+        + f". Wall time {log.seconds / 60:.1f} min over {len(log.invocations)} invocation(s) of lowmed experiment"
+        + (
+            f" on up to {processes} processes (torchrun: pretrain stages data-parallel, grid runs one per process)."
+            if processes > 1
+            else "."
+        )
+    )
+    lines.append(f"- Sample size: {inputs.power.sentence()}")
+    if comparison and comparison.groups:
+        lines += ["", "## Headline", "", headline_table(comparison).markdown(title=False)]
+        lines += ["", "## Results", "", results_tables(comparison), ""]
+        for figure in comparison.figures:
+            lines += [f"![learning curve]({Path(figure).name})", ""]
+        lines += _conclusions(comparison)
+    if any(spec.external for spec in study.datasets) and comparison:
+        lines += ["", "## External validation", "", external_table(study, runs, comparison), ""]
+        for name, tested in (external or {}).items():
+            primary = tested.primary()
+            lines += [
+                f"### Paired differences on {name} (a − b): the primary test, Holm-adjusted within this set",
+                "",
+                tests_table(primary, PRIMARY, tested.unit).markdown(title=False)
+                if primary
+                else "No pair of arms was evaluated on it.",
+                "",
+            ]
+    tuned = [cell for cell in cells if cell.cell.record is not None]
+    if tuned:
+        lines += _tuning_section(tuned)
+    if comparison:
+        lines += ["", *reporting_checklist(study, pretrains, runs, summaries, comparison, log, inputs)]
+    problems = grouped_problems(pretrains + cells + runs)
+    if problems:
+        lines += ["", "## Skipped or failed runs", ""]
+        for (status, detail), names in problems.items():
+            lines.append(
+                f"- {names[0]}: {status} — {detail}"
+                if len(names) == 1
+                else f"- {len(names)} runs {status} — {detail}\n  (runs: {', '.join(names)})"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _incomplete(done: int, planned: int) -> list[str]:
+    return [
+        f"**Incomplete: {done} of {planned} runs.** The tables below hold the finished runs only; they are partial, "
+        "not the study's answer. Run the same command again to continue.",
+        "",
+    ]
+
+
+def _setup(
+    study: Study, pretrains: list[PlannedRun], runs: list[PlannedRun], summaries: list[TrainSummary], inputs
+) -> list[str]:
+    lines = []
     units = []  # what the bootstrap resamples whole, per dataset
     for spec in study.datasets:
         info = read_info(next(run.values["data"] for run in runs if run.dataset == spec.name))
@@ -94,7 +173,7 @@ def study_report(
             f"pretrained by lowmed on {arm.pretrain['dataset'].name} (stage {Path(stage_of[arm.name]).name}"
             f"{_stage_outcome(RunDir(stage_of[arm.name]))})"
             if arm.pretrain
-            else arm.weights
+            else inputs.weights_text(arm.weights, _arm_summary(arm.name, summaries))
         )
         lines.append(
             f"- Arm **{arm.name}**: {arm.model}, weights {source}"
@@ -103,8 +182,7 @@ def study_report(
         )
     lines.append(
         f"- Shared training options: {study.train or 'lowmed defaults'}; evaluation on the {study.split} "
-        f"split: {study.evaluate or 'defaults'}; the 95 % bootstrap intervals and the paired tests resample whole "
-        f"{', '.join(units)}."
+        f"split: {study.evaluate or 'defaults'}; the bootstrap resamples whole {', '.join(units)}."
     )
     lines += _shortfalls(study)
     if study.tune is not None:
@@ -117,7 +195,6 @@ def study_report(
             f"- Tuning: {study.tune.describe()}; per (dataset, arm, N) on {where}. The test split was never read "
             "while tuning: trials train on the train split and are chosen on the validation split."
         )
-    summaries = [RunDir(r.run_dir).read_summary() for r in runs if RunDir(r.run_dir).summary.is_file()]
     if summaries:
         first = summaries[0]
         lines.append(
@@ -131,62 +208,33 @@ def study_report(
             f"lowmed {lowmed.__version__}, torch {first.versions.get('torch')}, "
             f"Python {platform.python_version()}."
         )
-    done = sum(r.status in ("trained", "done before") for r in pretrains + runs)
-    training = sum(s.epoch_seconds_total or 0 for s in summaries)
-    tuning = sum(cell.cell.record.seconds for cell in cells if cell.cell.record is not None)
-    processes = max(invocation["processes"] for invocation in log.invocations)
-    lines.append(
-        f"- Runs: {done} of {len(pretrains) + len(runs)} completed; {training / 60:.1f} min of training "
-        "epochs in all"
-        + (f", and {tuning / 60:.1f} min of tuning trials" if tuning else "")
-        + f". Wall time {log.seconds / 60:.1f} min over {len(log.invocations)} invocation(s) of lowmed experiment"
-        + (
-            f" on up to {processes} processes (torchrun: pretrain stages data-parallel, grid runs one per process)."
-            if processes > 1
-            else "."
-        )
-    )
-    if comparison:
-        lines += ["", "## Headline", "", headline_table(comparison)]
-        lines += ["", "## Results", "", results_tables(comparison), ""]
-        for figure in comparison.figures:
-            lines += [f"![learning curve]({Path(figure).name})", ""]
-        lines += ["## Conclusions", ""]
-        if comparison.baseline:
-            lines += [
-                f"Each arm against the baseline arm **{comparison.baseline}** (difference = arm − baseline), "
-                "then the other pairs.",
-                "",
-            ]
-        primary = [row for row in comparison.comparisons if row["test"] == PRIMARY_TEST]
-        failed = _not_learned(comparison)
-        lines += [f"- {_sentence(row)}{failed.get(_pair(row), '')}" for row in primary] or [
-            "- No pair of arms shared test images to compare."
+    return lines
+
+
+def _arm_summary(arm: str, summaries: list[TrainSummary]) -> TrainSummary | None:
+    return next((summary for summary in summaries if summary.arm == arm), None)
+
+
+def _conclusions(comparison: Comparison) -> list[str]:
+    """A sentence per comparison of the primary family, then of the secondary one; the per-seed DeLong and McNemar
+    tests are descriptive and stay out of them."""
+    lines = ["## Conclusions", ""]
+    if comparison.baseline:
+        lines += [
+            f"Each arm against the baseline arm **{comparison.baseline}** (difference = arm − baseline) is the primary "
+            "family; the other pairs are secondary. Each test carries the variance between seeds as well as the test "
+            "set's.",
+            "",
         ]
-    if any(spec.external for spec in study.datasets) and comparison:
-        lines += ["", "## External validation", "", external_table(study, runs, comparison), ""]
-        for name, tested in (external or {}).items():
-            primary = [row for row in tested.comparisons if row["test"] == PRIMARY_TEST]
-            lines += [
-                f"### Paired differences on {name} (a − b): paired bootstrap of the seed-averaged metric, "
-                "Holm-adjusted within this set",
-                "",
-                *(tests_markdown(pd.DataFrame(primary)) if primary else ["No pair of arms was evaluated on it."]),
-                "",
-            ]
-    tuned = [cell for cell in cells if cell.cell.record is not None]
-    if tuned:
-        lines += _tuning_section(tuned)
-    problems = grouped_problems(pretrains + cells + runs)
-    if problems:
-        lines += ["", "## Skipped or failed runs", ""]
-        for (status, detail), names in problems.items():
-            lines.append(
-                f"- {names[0]}: {status} — {detail}"
-                if len(names) == 1
-                else f"- {len(names)} runs {status} — {detail}\n  (runs: {', '.join(names)})"
-            )
-    return "\n".join(lines) + "\n"
+    failed = _not_learned(comparison)
+    primary, secondary = comparison.tests(PRIMARY), comparison.tests(SECONDARY)
+    lines += [f"- {_sentence(row)}{failed.get(row.key, '')}" for row in primary]
+    if secondary:
+        lines += ["", "Secondary comparisons:", ""]
+        lines += [f"- {_sentence(row)}{failed.get(row.key, '')}" for row in secondary]
+    if not primary and not secondary:
+        lines.append("- No pair of arms shared test images to compare.")
+    return lines
 
 
 def grouped_problems(jobs: Iterable) -> dict[tuple[str, str], list[str]]:
@@ -199,22 +247,18 @@ def grouped_problems(jobs: Iterable) -> dict[tuple[str, str], list[str]]:
     return groups
 
 
-def _pair(row: dict) -> tuple:
-    return row["dataset"], row["per_class"], frozenset((row["a"], row["b"]))
-
-
 def _not_learned(comparison: Comparison) -> dict[tuple, str]:
     """For each compared pair holding runs that did not learn: a warning to append to its conclusion."""
     failed: dict[tuple, list[str]] = {}
     for run in comparison.runs:
-        if run.get("not_learned"):
-            failed.setdefault((run["dataset"], run["per_class"]), []).append(f"{run['arm']} · {run['model']}")
+        if run.not_learned:
+            failed.setdefault((run.dataset, run.per_class), []).append(run.entity)
     warnings = {}
     for row in comparison.comparisons:
-        names = [name for name in failed.get((row["dataset"], row["per_class"]), []) if name in (row["a"], row["b"])]
+        names = [name for name in failed.get((row.dataset, row.per_class), []) if name in (row.a, row.b)]
         if names:
             arms = ", ".join(sorted(set(names)))
-            warnings[_pair(row)] = (
+            warnings[row.key] = (
                 f" **Not an effect of pretraining:** {len(names)} of the runs compared ({arms}) did not learn "
                 "(see Results)."
             )
@@ -252,45 +296,10 @@ def _shortfalls(study: Study) -> list[str]:
     return lines
 
 
-def headline_table(comparison: Comparison) -> str:
-    """Per dataset and N, each arm's mean test metric over seeds with its interval, its paired difference to the
-    baseline (seed-averaged paired bootstrap) with the Holm-adjusted p, and its mean balanced accuracy."""
-    primary = {
-        (row["dataset"], row["per_class"], row["a"]): row
-        for row in comparison.comparisons
-        if row["test"] == PRIMARY_TEST and row["vs_baseline"]
-    }
-    balanced: dict[tuple, list[float]] = {}
-    for run in comparison.runs:
-        balanced.setdefault((run["dataset"], run["per_class"], run["arm"]), []).append(run["balanced_accuracy"])
-    baseline = comparison.baseline
-    metric = _metric_label(comparison.groups[0]["metric"])
-    lines = [
-        f"| dataset | N/class | arm | seeds | test {metric}, mean [95 % CI] | − {baseline or 'baseline'} [paired 95 % "
-        "CI] | p (Holm) | balanced accuracy |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    groups = sorted(comparison.groups, key=lambda g: (g["dataset"], g["per_class"], g["arm"] != baseline, g["arm"]))
-    for group in groups:
-        key = (group["dataset"], group["per_class"])
-        test = primary.get((*key, f"{group['arm']} · {group['model']}"))
-        difference, p = (
-            (f"{test['estimate']:+.3f} [{test['ci_low']:+.3f}, {test['ci_high']:+.3f}]", format_p(test["p_holm"]))
-            if test
-            else ("—", "—")
-        )
-        accuracy = sum(balanced[(*key, group["arm"])]) / len(balanced[(*key, group["arm"])])
-        lines.append(
-            f"| {group['dataset']} | {group['per_class']} | {group['arm']} | {group['n']} | {group['mean']:.3f} "
-            f"[{group['ci_low']:.3f}, {group['ci_high']:.3f}] | {difference} | {p} | {accuracy:.3f} |"
-        )
-    return "\n".join(lines)
-
-
 def external_table(study: Study, runs: list[PlannedRun], comparison: Comparison) -> str:
     """Each arm's mean test metric over seeds on its own dataset's test split beside the same on every external
     test set (all of whose images are scored), per dataset and N."""
-    metric = comparison.groups[0]["metric"]
+    metric = comparison.groups[0].metric
     sets = {spec.name: external_sets(study, spec.name) for spec in study.datasets if spec.external}
     columns = list(dict.fromkeys(name for externals in sets.values() for name in externals))
     values: dict[tuple, dict[str, list[float]]] = {}
@@ -306,7 +315,7 @@ def external_table(study: Study, runs: list[PlannedRun], comparison: Comparison)
             if evaluated.exists():
                 cells.setdefault(name, []).append(evaluated.read_report().metrics[metric])
     lines = [
-        f"Mean test {_metric_label(metric)} over seeds (runs): on the dataset's own test split, and on each external "
+        f"Mean test {metric_label(metric)} over seeds (runs): on the dataset's own test split, and on each external "
         "test set, every image of which is scored.",
         "",
         "| dataset | N/class | arm | own test | " + " | ".join(columns) + " |",
@@ -323,25 +332,18 @@ def _mean_of(values: list[float]) -> str:
 
 
 def results_tables(comparison: Comparison) -> str:
-    """The seed aggregates and the primary paired tests (seed-averaged paired bootstrap, Holm-adjusted);
-    the per-seed DeLong and McNemar tests stay in compare.md and stats.csv, where they do not drown the reader."""
+    """Each arm over seeds, and the paired tests of the primary and secondary families (and the two-level bootstrap
+    with ten or more seeds); the per-seed DeLong and McNemar tests stay in compare.md and stats.csv, as descriptive."""
     notes = [text for text in (comparison.recipes, comparison.overlap, comparison.learning) if text]
-    primary = [row for row in comparison.comparisons if row["test"] == PRIMARY_TEST]
-    lines = (
-        [*notes, "", "### Mean over seeds (95 % interval)", ""]
-        if notes
-        else ["### Mean over seeds (95 % interval)", ""]
-    )
-    lines += groups_markdown(pd.DataFrame(comparison.groups))
+    lines = [*notes, *([""] if notes else []), *groups_table(comparison).section()[1:]]
+    for table in paired_tables(comparison):
+        lines += table.section()
+    if not comparison.primary():
+        lines += ["", "No pair of arms shared test images."]
     lines += [
         "",
-        "### Paired differences (a − b): paired bootstrap of the seed-averaged metric, Holm-adjusted",
-        "",
-    ]
-    lines += tests_markdown(pd.DataFrame(primary)) if primary else ["No pair of arms shared test images."]
-    lines += [
-        "",
-        f"Per-seed DeLong (AUROC) and McNemar (accuracy) tests: compare.md and stats.csv; {len(comparison.runs)} runs.",
+        "Per-seed DeLong (AUROC) and McNemar (accuracy) tests are descriptive (one trained model against another, not "
+        f"two pipelines): compare.md and stats.csv; {len(comparison.runs)} runs.",
     ]
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ typo costs seconds, not a half-trained grid.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ class Study:
     compare: dict = field(default_factory=dict)
     publish: Path | None = None  # where the report, the comparison and each run's small files are copied
     notes: str = ""  # what the reader of the report needs to know first: choices made, what was traded
+    variables: dict[str, str] = field(default_factory=dict)  # the environment variables its file names, as set
 
     @property
     def split(self) -> str:
@@ -112,6 +114,11 @@ def load_study(path: str | os.PathLike) -> Study:
         compare=_compare_options(raw.get("compare") or {}, f"{path}: compare"),
         notes=str(raw.get("notes") or "").strip(),
         publish=Path(_expand(str(raw["publish"]), f"{path}: publish")) if raw.get("publish") else None,
+        variables={
+            name: os.environ[name]
+            for name in dict.fromkeys(_VARIABLE.findall(path.read_text(encoding="utf-8")))
+            if name in os.environ
+        },
     )
     _check_whole(study, path)
     return study
@@ -182,6 +189,9 @@ def _arm(values: Any, where: str, index: int) -> Arm:
         pretrain=pretrain,
         options=dict(values.get("options") or {}),
     )
+
+
+_VARIABLE = re.compile(r"\$\{(\w+)\}")
 
 
 def _expand(path: str, where: str) -> str:

@@ -21,7 +21,7 @@ from lowmed.saliency.figures import GridCell, write_grid
 from lowmed.saliency.lesions import LesionBox, hits, lesion_mask
 
 if TYPE_CHECKING:
-    from lowmed.compare import Run
+    from lowmed.comparison.runs import Run
 
 
 def explain_arms(
