@@ -24,8 +24,31 @@ def check_seed(seed: int, flag: str = "--seed") -> None:
         raise LowmedError(f"{flag} {seed}: expected a whole number from 0 to {MAX_SEED}")
 
 
+class ConfigFile:
+    """A run's options as a dataclass that round-trips to YAML: unknown keys and wrongly typed values are refused by
+    name."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config"):
+        if not isinstance(values, dict) or not all(isinstance(key, str) for key in values):
+            raise LowmedError(f"{source}: expected a mapping of option names to values")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise LowmedError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(known)}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{name: coerce(value, hints[name], f"{source}: {name}") for name, value in values.items()})
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike):
+        return cls.from_dict(read_yaml(path, f"--config {path}"), source=str(path))
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigFile):
     """Everything that decides a training run. ``config.yaml`` in a run dir is this, fully resolved."""
 
     data: str | None = None  # prepared dir, subset manifest, or raw dataset folder
@@ -98,23 +121,76 @@ class TrainConfig:
             raise LowmedError("no dataset: give DATA (a prepared dir, subset manifest or raw dataset) or --subset")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
-        if not isinstance(values, dict) or not all(isinstance(key, str) for key in values):
-            raise LowmedError(f"{source}: expected a mapping of option names to values")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise LowmedError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(known)}")
-        hints = typing.get_type_hints(cls)
-        return cls(**{name: coerce(value, hints[name], f"{source}: {name}") for name, value in values.items()})
+METHODS = ("simclr", "moco")
+PRETRAIN_MONITORS = ("knn_auroc", "knn_accuracy")
 
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
-        return cls.from_dict(read_yaml(path, f"--config {path}"), source=str(path))
+
+@dataclass
+class PretrainConfig(ConfigFile):
+    """Everything that decides a self-supervised pretraining run (``lowmed pretrain``): the unlabelled corpus, the
+    labelled target it is for (the leakage guard and the monitor's validation split), the method, the views and the
+    optimisation. ``config.yaml`` in its run dir is this, fully resolved."""
+
+    data: str | None = None  # the unlabelled corpus: a prepared dir (--role unlabelled), a folder of images or a CSV
+    target: str | None = None  # the labelled dataset (prepared dir) whose val split monitors the pretraining
+    method: str = "simclr"  # simclr | moco (MoCo v2: a momentum key encoder and a queue of negatives)
+    model: str = "simplecnn"
+    init: str = "auto"  # none | imagenet | PATH | RUN_DIR to start from; auto = imagenet (none for simplecnn)
+    weights_dir: str | None = None  # where xrv: weight files are
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 3e-4  # AdamW, one epoch of linear warm-up, then cosine decay to 0
+    weight_decay: float = 1e-4
+    temperature: float = 0.1  # of the InfoNCE (NT-Xent) loss
+    projection_dim: int = 128
+    hidden_dim: int = 512
+    queue: int = 4096  # moco: negatives kept from earlier batches (at most the corpus's size)
+    momentum: float = 0.99  # moco: the key encoder's momentum, raised to 1 by a cosine schedule
+    image_size: int | None = None  # None = the model's default input size
+    crop_min: float = 0.5  # views: the smallest crop, as a share of the image's area
+    rotation: float = 10.0  # views: degrees, either way
+    intensity: float = 0.2  # views: brightness and contrast, ± this share
+    flip: bool = False  # views: horizontal flips (off: a chest X-ray's left and right differ)
+    knn_k: int = 10  # the monitor's neighbours (leave-one-out on the target's val split)
+    monitor: str = "knn_auroc"
+    device: str = "auto"
+    amp: bool | None = None  # None = on for CUDA, off elsewhere
+    seed: int = 0
+    out: str | None = None
+
+    def validate(self) -> "PretrainConfig":
+        checks = [
+            ("method", self.method in METHODS, f"one of {', '.join(METHODS)}"),
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 4, "at least 4 (each batch holds the negatives of its images)"),
+            ("lr", self.lr > 0, "positive"),
+            ("weight_decay", self.weight_decay >= 0, "0 or more"),
+            ("temperature", self.temperature > 0, "positive"),
+            ("projection_dim", self.projection_dim >= 8, "at least 8"),
+            ("hidden_dim", self.hidden_dim >= 8, "at least 8"),
+            ("queue", self.queue >= 0, "0 or more"),
+            ("momentum", 0 <= self.momentum < 1, "from 0 to below 1"),
+            ("image_size", self.image_size is None or self.image_size >= 16, "at least 16 (pixels)"),
+            ("crop_min", 0 < self.crop_min <= 1, "a share of the image's area above 0, at most 1"),
+            ("rotation", 0 <= self.rotation <= 90, "0 to 90 degrees"),
+            ("intensity", 0 <= self.intensity < 1, "0 to below 1"),
+            ("knn_k", self.knn_k >= 1, "at least 1"),
+            ("monitor", self.monitor in PRETRAIN_MONITORS, f"one of {', '.join(PRETRAIN_MONITORS)}"),
+            ("device", self.device in DEVICES, f"one of {', '.join(DEVICES)}"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise LowmedError(f"{_flag(name)} {getattr(self, name)!r}: expected {expected}")
+        check_seed(self.seed)
+        if self.data is None:
+            raise LowmedError("no corpus: give UNLABELLED (a folder of images, a CSV of paths, or a prepared corpus)")
+        if self.target is None:
+            raise LowmedError(
+                "--target: give the labelled dataset the pretraining is for; its val and test images are kept out "
+                "of the corpus, and its val split monitors the pretraining"
+            )
+        return self
 
 
 def _flag(name: str) -> str:

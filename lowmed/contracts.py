@@ -43,6 +43,7 @@ DERIVED_ARMS = {
     "xrv": "C medical",
     "run": "C medical",
     "file": "C medical",
+    "self-supervised": "D self-supervised",  # a run dir of lowmed pretrain
 }
 
 
@@ -130,7 +131,7 @@ class SubsetRecord(ReadsLikeADict):
 DATASET_SCHEMA = 1  # of dataset.yaml as this lowmed writes it (files without ``schema`` are 1)
 # What a manifest's group (the unit kept whole in one split, and resampled by the bootstrap) is, per source layout:
 # a patient, except for HAM10000 (a lesion, several images each) and the generic csv (the user's --group-column)
-GROUP_UNITS = {"ham10000": "lesion", "csv": "group"}
+GROUP_UNITS = {"ham10000": "lesion", "csv": "group", "unlabelled": "group"}
 
 
 @dataclass(kw_only=True)
@@ -155,11 +156,13 @@ class DatasetInfo(ReadsLikeADict):
     schema: int = DATASET_SCHEMA
     lowmed_version: str = ""
     created: str = ""
-    task: str  # binary | multiclass | multilabel
+    task: str  # binary | multiclass | multilabel | unlabelled
     classes: list[str]
     source: dict[str, str] = field(default_factory=dict)  # {format, path}: the raw dataset it was prepared from
     seed: int | None = None
-    role: str = "full"  # full, or test: an external test set (every image a test image)
+    # full; test: an external test set (every image a test image); unlabelled: images without labels (every one a
+    # train row), for self-supervised pretraining
+    role: str = "full"
     splits: SplitRecord = field(default_factory=lambda: SplitRecord(origin={}))
     uncertain: str | None = None  # multi-label only: what its uncertain labels (-1) became (prepare --uncertain)
     frontal_only: bool | None = None  # CheXpert only
@@ -339,6 +342,9 @@ class TrainSummary(Record):
     # running and no process owns the run dir (the system killed it, or the machine stopped)
     status: str = "running"
     error: str | None = None
+    # supervised, or self-supervised: a lowmed pretrain run on an unlabelled corpus (its own record: pretrain.json),
+    # whose backbone other runs start from and which is no run of a comparison
+    kind: str = "supervised"
     tuning_trial: int | None = None  # the trial's number when the run is one of a tuning cell's trials
     # weights whose training datasets are known: status possible | none known | unknown, those datasets, the target
     pretraining_overlap: dict | None = None
@@ -420,6 +426,30 @@ def _known_fields(cls, values: dict) -> dict:
     """The entries of ``values`` that are fields of ``cls``: what a later lowmed added is left out."""
     known = {f.name for f in fields(cls)}
     return {name: value for name, value in values.items() if name in known}
+
+
+@dataclass(kw_only=True)
+class SelfSupervisedRecord(Record):
+    """``pretrain.json`` of a self-supervised run (``lowmed pretrain``, a study arm's ``pretrain: {method: ...}``):
+    the method and its views, the corpus and the target by their manifests' SHA-256, what the leakage guard found
+    and removed, and the monitor's curve (a kNN on the target's val split, epoch 0 being the starting weights)."""
+
+    FILE: ClassVar[str] = "pretrain.json"
+
+    schema: int = SCHEMA
+    method: str  # simclr | moco
+    model: str
+    init: dict  # the starting weights: source, name or file, SHA-256
+    views: dict  # crop_min, rotation, intensity, flip
+    corpus: dict  # prepared_dir, manifest_sha256, images, used (after the guard), groups
+    target: dict  # prepared_dir, manifest_sha256, monitor split and its images
+    leakage: dict  # lowmed.data.leakage.CorpusOverlap
+    monitor: dict  # what it is (kNN, k, leave-one-out on val), its metric, and the curve: epoch → value
+    epochs: int
+    best_epoch: int | None = None
+    best_value: float | None = None
+    images_per_s: float | None = None
+    seconds: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -610,6 +640,11 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.path / TrainSummary.FILE
+
+    @property
+    def self_supervised(self) -> Path:
+        """A self-supervised run's own record (absent for a supervised run)."""
+        return self.path / SelfSupervisedRecord.FILE
 
     @property
     def tuning(self) -> Path:

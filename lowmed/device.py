@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cache
@@ -108,3 +109,31 @@ class Precision:
 
     def describe(self) -> str:
         return str(self.dtype).removeprefix("torch.") if self.enabled else "off"
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the processor's model name (Linux reports it in /proc/cpuinfo; ``platform.processor()``
+    is often empty)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def software_versions() -> dict[str, str]:
+    """What a run records it ran with."""
+    import torchvision
+
+    import lowmed
+
+    return {
+        "lowmed": lowmed.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }

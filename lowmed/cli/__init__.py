@@ -23,6 +23,7 @@ from lowmed.cli.export import export_command
 from lowmed.cli.models import models_command
 from lowmed.cli.predict import predict_command
 from lowmed.cli.prepare import prepare_command
+from lowmed.cli.pretrain import pretrain_command
 from lowmed.cli.subsample import subsample_command
 from lowmed.cli.train import finetune_command, train_command
 from lowmed.cli.tune import tune_command
@@ -42,6 +43,7 @@ app.command("prepare")(prepare_command)
 app.command("subsample")(subsample_command)
 app.command("train")(train_command)
 app.command("finetune")(finetune_command)
+app.command("pretrain")(pretrain_command)
 app.command("tune")(tune_command)
 app.command("evaluate")(evaluate_command)
 app.command("predict")(predict_command)

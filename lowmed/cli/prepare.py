@@ -66,7 +66,12 @@ def prepare_command(
         ),
     ] = False,
     role: Annotated[
-        str, typer.Option(help="full (train/val/test as given or made) | test (an external test set: every image)")
+        str,
+        typer.Option(
+            help="full (train/val/test as given or made) | test (an external test set: every image) | unlabelled "
+            "(images without labels, for lowmed pretrain; also taken for a folder of images without class folders, "
+            "or a CSV without its label column)"
+        ),
     ] = "full",
     normalize_labels: Annotated[
         bool, typer.Option(help="Merge labels that differ only by case or surrounding spaces (else an error).")
@@ -125,7 +130,9 @@ def render_prepared(dataset) -> None:
 
     info = dataset.info
     images = dataset.manifest["split"].value_counts().to_dict()
-    what = "positives per finding" if dataset.task == "multilabel" else "images per class"
+    what = {"multilabel": "positives per finding", "unlabelled": "images without labels"}.get(
+        dataset.task, "images per class"
+    )
     stdout.print(counts_table(f"{info.source_format} · {dataset.task} · {what}", info.counts, images))
     stdout.print("groups (patients/lesions): " + ", ".join(f"{s} {n}" for s, n in info.groups.items()))
     stdout.print("splits: " + ", ".join(f"{s} {o}" for s, o in info.splits.origin.items()))

@@ -142,8 +142,8 @@ def load_runs(
     runs, skipped = [], []
     for run in run_dirs:
         summary = run.read_summary()
-        if summary.tuning_trial is not None:
-            continue  # a tuning trial: chosen on validation, never evaluated on the compared split
+        if summary.tuning_trial is not None or summary.kind != "supervised":
+            continue  # a tuning trial (chosen on validation, never evaluated), or a self-supervised pretraining
         if not summary.completed:
             skipped.append({"run": str(run.path), "reason": f"status {summary.status_label}, not completed"})
             continue

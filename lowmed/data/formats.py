@@ -18,7 +18,7 @@ import pandas as pd
 from lowmed.data.images import IMAGE_EXTENSIONS, list_files, refuse_undecodable_names
 from lowmed.errors import LowmedError
 
-FORMATS = ("auto", "imagefolder", "ham10000", "chexpert", "nih", "rsna", "csv")
+FORMATS = ("auto", "imagefolder", "ham10000", "chexpert", "nih", "rsna", "csv", "unlabelled")
 RSNA_CLASSES = ["NORMAL", "PNEUMONIA"]  # Kermany's names, so that a model trained on one evaluates on the other
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {
@@ -83,6 +83,8 @@ class SourceRecords:
 
     @property
     def label_columns(self) -> list[str]:
+        if self.task == "unlabelled":
+            return []
         return self.classes if self.task == "multilabel" else ["label"]
 
 
@@ -130,6 +132,8 @@ def detect_format(src: Path) -> str:
         return "rsna"
     if any(d.is_dir() and not d.name.startswith(".") for d in src.iterdir()):
         return "imagefolder"
+    if any(path.suffix.lower() in IMAGE_EXTENSIONS for path in list_files(src)):  # images, no class folders
+        return "unlabelled"
     raise LowmedError(
         f"{src}: cannot tell the dataset layout (no class folders, HAM10000_metadata.csv, "
         "Data_Entry_2017.csv, CheXpert train.csv or stage_2_train_labels.csv found); pass --format"
@@ -150,8 +154,11 @@ def read_source(
     src = Path(src).expanduser().resolve()
     if not src.exists():
         raise LowmedError(f"{src}: no such file or folder")
+    columns = csv_columns or CsvColumns()
     if fmt == "auto":
         fmt = detect_format(src)
+        if fmt == "csv" and columns.labels is None and columns.label not in _csv_header(src):
+            fmt = "unlabelled"  # a CSV of paths with no label column: images without labels
     if fmt == "imagefolder":
         found = read_imagefolder(src)
     elif fmt == "ham10000":
@@ -163,13 +170,15 @@ def read_source(
     elif fmt == "rsna":
         found = read_rsna(src)
     elif fmt == "csv":
-        found = read_csv_dataset(src, csv_columns or CsvColumns(), allow_outside_root=allow_outside_root)
+        found = read_csv_dataset(src, columns, allow_outside_root=allow_outside_root)
+    elif fmt == "unlabelled":
+        found = read_unlabelled(src, columns, allow_outside_root=allow_outside_root)
     else:
         check_format(fmt)
     if found.records.empty:
         raise LowmedError(f"{src}: no images found for format {fmt!r}")
     refuse_undecodable_names(found.records["path"], src)
-    if found.task != "multilabel":
+    if found.task not in ("multilabel", "unlabelled"):
         found = _merge_label_spellings(found, src) if normalize_labels else _refuse_label_spellings(found, src)
     found.root = src
     return found
@@ -511,6 +520,47 @@ def read_csv_dataset(src: Path, columns: CsvColumns, *, allow_outside_root: bool
     return SourceRecords("csv", single_label_task(classes), classes, records)
 
 
+def read_unlabelled(src: Path, columns: CsvColumns, *, allow_outside_root: bool = False) -> SourceRecords:
+    """Images without labels: every file below a folder (its Kermany-style patient, else the file, as its group), or
+    a CSV's path column (``--path-column``) with an optional group column (``--group-column``, or ``group``)."""
+    if src.is_dir():
+        rows = [
+            {
+                "path": str(path),
+                "given_split": None,
+                "group": kermany_group(path.name) or path.relative_to(src).as_posix(),
+                "group_given": kermany_group(path.name) is not None,
+            }
+            for path in list_files(src)
+        ]
+        return SourceRecords("unlabelled", "unlabelled", [], pd.DataFrame(rows), ["images without labels: a folder"])
+    table = _read_csv(src, required=[columns.path])
+    group = columns.group or ("group" if "group" in table.columns else None)
+    if group is not None and group not in table.columns:
+        raise LowmedError(f"{src}: no column {group!r}; it has {', '.join(map(str, table.columns))}")
+    _refuse_blank(table, [columns.path], src)
+    _refuse_duplicates(table, columns.path, src)
+    root = src.parent.resolve()
+    rows = []
+    for line, record in enumerate(table.to_dict("records"), start=2):
+        path = (root / str(record[columns.path])).resolve()
+        if not allow_outside_root and not path.is_relative_to(root):
+            raise LowmedError(
+                f"{src}: row {line}: path {record[columns.path]!r} points outside {root}; "
+                "pass --allow-outside-root if that is intended"
+            )
+        rows.append(
+            {
+                "path": str(path),
+                "given_split": None,
+                "group": str(record[group]) if group else str(record[columns.path]),
+                "group_given": bool(group),
+            }
+        )
+    note = f"images without labels: a CSV of paths{f', grouped by {group!r}' if group else ''}"
+    return SourceRecords("unlabelled", "unlabelled", [], pd.DataFrame(rows), [note])
+
+
 # --- shared helpers ----------------------------------------------------------------------------
 
 
@@ -528,6 +578,16 @@ def _metadata_table(
     if image_id is not None:
         _refuse_duplicates(table, image_id, path)
     return table, path, path.parent if src.is_file() else src
+
+
+def _csv_header(path: Path) -> list[str]:
+    """A CSV's column names (none for a folder or a file that does not read as CSV)."""
+    if not path.is_file():
+        return []
+    try:
+        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
+        return []
 
 
 def _find_one(root: Path, pattern: str) -> Path | None:

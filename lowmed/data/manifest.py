@@ -14,6 +14,7 @@ from lowmed.errors import LowmedError
 from lowmed.io import sha256_file
 
 NO_FINDING = "(no finding)"
+UNLABELLED = "(unlabelled)"  # the one bucket of an unlabelled corpus's counts
 
 
 @dataclass
@@ -36,7 +37,7 @@ class PreparedDataset:
 
     @property
     def label_columns(self) -> list[str]:
-        return self.classes if self.task == "multilabel" else ["label"]
+        return label_columns(self.task, self.classes)
 
     @classmethod
     def load(cls, location: str | Path) -> "PreparedDataset":
@@ -98,7 +99,13 @@ class PreparedDataset:
         return self.info.role
 
     def check_trainable(self) -> "PreparedDataset":
-        """This dataset, unless it is an external test set, which has nothing to train or subsample."""
+        """This dataset, unless it is an external test set, which has nothing to train or subsample, or an unlabelled
+        corpus, which only self-supervised pretraining uses."""
+        if self.role == "unlabelled":
+            raise LowmedError(
+                f"{self.root}: an unlabelled corpus (--role unlabelled) has no labels to train on; pretrain on it with "
+                "'lowmed pretrain', then train on a labelled dataset from that run"
+            )
         if self.role == "test":
             raise LowmedError(
                 f"{self.root}: prepared as an external test set (--role test), so it has no training images; "
@@ -121,22 +128,31 @@ def _read_manifest(path: Path, info: DatasetInfo) -> pd.DataFrame:
         frame = pd.read_csv(path, dtype={"path": str, "split": str, "group": str, "label": str, "cache_path": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise LowmedError(f"{path}: not a readable manifest ({exc})") from None
-    label_columns = info.classes if info.task == "multilabel" else ["label"]
-    missing = [c for c in ("path", "split", "group", *label_columns) if c not in frame.columns]
+    missing = [c for c in ("path", "split", "group", *label_columns(info.task, info.classes)) if c not in frame.columns]
     if missing:
         raise LowmedError(f"{path}: missing column(s) {', '.join(map(repr, missing))}")
     unknown_splits = set(frame["split"]) - set(SPLITS)
     if unknown_splits:
         raise LowmedError(f"{path}: unknown split(s) {sorted(unknown_splits)}; expected train, val or test")
-    if info.task != "multilabel":
+    if info.task in ("binary", "multiclass"):
         unknown = set(frame["label"]) - set(info.classes)
         if unknown:
             raise LowmedError(f"{path}: label(s) {sorted(unknown)} are not in the class list {info.classes}")
     return frame
 
 
+def label_columns(task: str, classes: list[str]) -> list[str]:
+    """The manifest's label columns: ``label``, one per finding (multi-label), or none (an unlabelled corpus)."""
+    if task == "unlabelled":
+        return []
+    return classes if task == "multilabel" else ["label"]
+
+
 def positives_matrix(frame: pd.DataFrame, task: str, classes: list[str]) -> np.ndarray:
-    """(images × buckets) 0/1: one-hot classes, or positive findings plus a "no finding" bucket."""
+    """(images × buckets) 0/1: one-hot classes, positive findings plus a "no finding" bucket, or (unlabelled) one
+    bucket holding every image."""
+    if task == "unlabelled":
+        return np.ones((len(frame), 1))
     if task == "multilabel":
         positive = (frame[classes].to_numpy(dtype=float, na_value=0.0) == 1).astype(float)
         return np.hstack([positive, (positive.sum(axis=1) == 0)[:, None].astype(float)])
@@ -144,6 +160,8 @@ def positives_matrix(frame: pd.DataFrame, task: str, classes: list[str]) -> np.n
 
 
 def bucket_names(task: str, classes: list[str]) -> list[str]:
+    if task == "unlabelled":
+        return [UNLABELLED]
     return [*classes, NO_FINDING] if task == "multilabel" else list(classes)
 
 

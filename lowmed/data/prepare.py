@@ -28,7 +28,9 @@ from lowmed.errors import LowmedError
 from lowmed.io import check_writable, sha256_file, staged_dir, write_csv
 
 UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
-ROLES = ("full", "test")  # full: train/val/test as given or made; test: every image a test image (an external set)
+# full: train/val/test as given or made; test: every image a test image (an external set); unlabelled: images without
+# labels, every one a training image of self-supervised pretraining
+ROLES = ("full", "test", "unlabelled")
 _SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}  # a duplicate is kept in the split listed first
 
 
@@ -68,18 +70,25 @@ def prepare(
     check_seed(seed)
     _check_options(format, val_fraction, test_fraction, min_val_per_class, cache_size, uncertain)
     if role not in ROLES:
-        raise LowmedError(f"--role {role!r}: expected full (train/val/test) or test (an external test set)")
+        raise LowmedError(
+            f"--role {role!r}: expected full (train/val/test), test (an external test set) or unlabelled (images "
+            "without labels, for self-supervised pretraining)"
+        )
     out = Path(out).expanduser().resolve()
     _check_out_dir(out, overwrite)
     check_writable(out, "--out")
     source = read_source(
         Path(src),
-        format,
+        "unlabelled" if role == "unlabelled" else format,
         frontal_only=frontal_only,
         csv_columns=csv_columns,
         allow_outside_root=allow_outside_root,
         normalize_labels=normalize_labels,
     )
+    if source.task == "unlabelled":
+        if role == "test":
+            raise LowmedError(f"{src}: found images without labels; an external test set (--role test) needs labels")
+        role = "unlabelled"
     with staged_dir(out) as staging:
         records, excluded = _inspect_all(source, staging, cache_size, workers, quiet)
         records = _patient_groups(records, hash_groups)
@@ -90,6 +99,11 @@ def prepare(
             records, split_info = (
                 records.assign(split="test"),
                 SplitRecord(origin={"test": "every image (--role test)"}),
+            )
+        elif role == "unlabelled":
+            records, split_info = (
+                records.assign(split="train"),
+                SplitRecord(origin={"train": "every image (unlabelled, for self-supervised pretraining)"}),
             )
         else:
             records, split_info = _assign_splits(records, source, seed, val_fraction, test_fraction, min_val_per_class)
@@ -351,8 +365,9 @@ def _split_share_warnings(manifest: pd.DataFrame, split_info: SplitRecord) -> li
 def _empty_class_problems(manifest: pd.DataFrame, source: SourceRecords, role: str, excluded: list[dict]) -> list[str]:
     """A class with no image in a split cannot be learnt or measured there: refused for single-label data; for
     multi-label data, a finding without positives in a split is a warning (its AUROC is undefined there). An
-    external test set (``role="test"``) may lack classes: evaluation reports them as absent."""
-    if role == "test":
+    external test set (``role="test"``) may lack classes: evaluation reports them as absent; an unlabelled corpus has
+    none."""
+    if role in ("test", "unlabelled"):
         return []
     counts = count_table(manifest, source.task, source.classes)
     problems = [(split, name) for split, row in counts.items() for name, count in row.items() if count == 0]

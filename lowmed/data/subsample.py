@@ -141,7 +141,10 @@ def load_or_prepare(
         return PreparedDataset.load(data)
     if not data.exists():
         raise LowmedError(f"{data}: no such file or folder")
-    name = data.resolve().name + ("-external" if role == "test" else "")
+    source = data.resolve()
+    name = (source.stem if source.is_file() else source.name) + {"test": "-external", "unlabelled": "-unlabelled"}.get(
+        role, ""
+    )
     target = Path(prepared_dir) if prepared_dir else DEFAULT_PREPARED_ROOT / name
     if (target / DATASET_INFO).is_file():
         existing = PreparedDataset.load(target)
@@ -155,7 +158,10 @@ def load_or_prepare(
     from lowmed.data.prepare import prepare
 
     if not quiet:
-        what = "as an external test set (every image a test image)" if role == "test" else "with default options"
+        what = {
+            "test": "as an external test set (every image a test image)",
+            "unlabelled": "as an unlabelled corpus",
+        }.get(role, "with default options")
         console.print(f"{data} is a raw dataset: preparing it into {target} {what}")
     return prepare(data, target, role=role, quiet=quiet)
 

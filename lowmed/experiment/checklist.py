@@ -25,6 +25,7 @@ from lowmed.contracts import (
     Comparison,
     GroupRow,
     RunDir,
+    SelfSupervisedRecord,
     StudyLog,
     TrainSummary,
 )
@@ -218,7 +219,9 @@ def reporting_checklist(
         if arm.pretrain:
             stage = next(run for run in runs if run.arm is arm).values["weights"]
             corpus = next(job for job in pretrains if str(job.run_dir) == stage)
-            source = inputs.weights_text(str(corpus.values.get("weights", "none")), None)
+            source = inputs.weights_text(
+                str(corpus.values.get("init" if arm.self_supervised else "weights", "none")), None
+            )
             digests = Counter(s.weights.sha256 for s in summaries if s.arm == arm.name)
             checkpoint = (
                 f"the pretrained checkpoint's SHA-256 {next(iter(digests))}"
@@ -229,10 +232,18 @@ def reporting_checklist(
                 if digests
                 else "no run trained from it yet"
             )
+            how = f"self-supervised ({arm.pretrain['method']}, no labels) " if arm.self_supervised else ""
+            guard = ""
+            if RunDir(stage).self_supervised.is_file():
+                leakage = SelfSupervisedRecord.read(RunDir(stage).self_supervised).leakage
+                guard = (
+                    f"; the leakage guard removed {leakage['removed']} corpus image(s) shared with the target's val "
+                    f"or test split, and kept {leakage['kept_from_train']} shared with its train split"
+                )
             items.append(
-                f"**Initial weights** ({arm.name}): {arm.model} from {source}, pretrained by lowmed on "
+                f"**Initial weights** ({arm.name}): {arm.model} from {source}, pretrained {how}by lowmed on "
                 f"{arm.pretrain['dataset'].name} (prepared manifest SHA-256 "
-                f"{read_info(corpus.values['data']).manifest_sha256}); {checkpoint}."
+                f"{read_info(corpus.values['data']).manifest_sha256}){guard}; {checkpoint}."
             )
         else:
             items.append(f"**Initial weights** ({arm.name}): {arm.model}, {inputs.weights_text(arm.weights, summary)}.")

@@ -23,7 +23,7 @@ from pathlib import Path
 from lowmed.comparison.compare import compare_runs, planned_power
 from lowmed.comparison.render import metric_label
 from lowmed.comparison.statistics import PowerPlan
-from lowmed.config import TrainConfig
+from lowmed.config import ConfigFile, PretrainConfig, TrainConfig
 from lowmed.console import progress_bar
 from lowmed.contracts import DATASET_INFO, PRIMARY, Comparison, RunDir, StudyLog, TestFamilies, TuningRecord, slug
 from lowmed.data.manifest import read_info
@@ -99,7 +99,9 @@ def _execute(
     else:
         for attempt in (1, 2):
             try:
-                if state == "resumable" and attempt == 1:
+                if job.self_supervised:  # one process: a pretraining on unlabelled images is not data-parallel
+                    _pretrain(job, resume=state == "resumable" and attempt == 1)
+                elif state == "resumable" and attempt == 1:
                     resume_run(job.run_dir, quiet=True, dist=dist)
                 else:
                     train(TrainConfig.from_dict(job.values, source=job.name), overwrite=True, quiet=True, dist=dist)
@@ -130,12 +132,23 @@ def _execute(
             evaluate(job.run_dir, data=external.root, quiet=True, **{**study.evaluate, "split": "test"})
 
 
-def _check_as_planned(run: RunDir, planned: dict) -> None:
+def _pretrain(job: PlannedRun, resume: bool) -> None:
+    from lowmed.training.selfsupervised import pretrain, resume_pretraining
+
+    if resume:
+        resume_pretraining(job.run_dir, quiet=True)
+    else:
+        pretrain(PretrainConfig.from_dict(job.values, source=job.name), overwrite=True, quiet=True)
+
+
+def _check_as_planned(run: RunDir, planned: dict, options: type[ConfigFile] = TrainConfig) -> None:
     """Refuse to report (or resume) a run under options it was not trained with: the study file changed since it
-    ran (an epoch count, a learning rate, the values a tuning cell chose, the weights of a pretrain stage)."""
-    recorded, wanted = TrainConfig.from_yaml(run.config), TrainConfig.from_dict(planned, source=str(run.path))
+    ran (an epoch count, a learning rate, the values a tuning cell chose, the weights of a pretrain stage).
+    ``options``: the run's kind of config (a self-supervised stage's is a PretrainConfig)."""
+    recorded, wanted = options.from_yaml(run.config), options.from_dict(planned, source=str(run.path))
     model = get_model_spec(wanted.model).name  # as train records them: the model's own name, auto weights resolved
-    wanted = replace(wanted, model=model, weights=resolve_weights(wanted.weights, model))
+    weights = "init" if options is PretrainConfig else "weights"
+    wanted = replace(wanted, model=model, **{weights: resolve_weights(getattr(wanted, weights), model)})
     differences = [
         f"{name} {getattr(recorded, name)} (now {getattr(wanted, name)})"
         for name in planned
@@ -237,7 +250,8 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
     for job in pretrains + runs:  # before anything trains (a tuned run's chosen values: once its cell is tuned)
         done = RunDir(job.run_dir)
         if done.state() in ("completed", "resumable"):
-            _check_as_planned(done, {k: v for k, v in job.values.items() if not (job.cell and k in tuned)})
+            options = PretrainConfig if job.self_supervised else TrainConfig
+            _check_as_planned(done, {k: v for k, v in job.values.items() if not (job.cell and k in tuned)}, options)
     alone = Distributed()  # a grid run is small: each process trains its own, on its own GPU
     own_runs: list[PlannedRun] = []
     said: set[tuple[str, str]] = set()  # outcomes whose reason was shown: an arm's skip reason once, not per run

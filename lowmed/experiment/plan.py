@@ -52,17 +52,18 @@ class PlannedCell:
 class PlannedRun:
     name: str
     run_dir: Path
-    values: dict  # TrainConfig fields
+    values: dict  # TrainConfig fields (PretrainConfig fields for a self-supervised stage)
     arm: Arm | None = None  # None for a pretrain stage
     dataset: str = ""
     status: str = "planned"
     detail: str = ""
     cell: PlannedCell | None = None  # the tuning cell whose chosen values this run takes
+    self_supervised: bool = False  # a stage of lowmed pretrain on unlabelled images
 
 
 def prepared(spec: DatasetSpec, out: Path, quiet: bool, role: str = "full") -> PreparedDataset:
     """The dataset, prepared once inside the study's folder (demo data generated there); ``role="test"`` for an
-    external test set."""
+    external test set, ``"unlabelled"`` for a self-supervised stage's corpus."""
     from lowmed.data.formats import CsvColumns
     from lowmed.data.prepare import prepare
     from lowmed.data.synthetic import prepare_demo_dataset
@@ -76,6 +77,7 @@ def prepared(spec: DatasetSpec, out: Path, quiet: bool, role: str = "full") -> P
     if is_prepared(source):
         return PreparedDataset.load(source)
     options = dict(spec.prepare)
+    role = options.pop("role", role)
     columns = {field: options.pop(key) for key, field in _CSV_COLUMN_OPTIONS.items() if key in options}
     return prepare(source, target, csv_columns=CsvColumns(**columns), role=role, quiet=quiet, **options)
 
@@ -90,21 +92,33 @@ def external_sets(study: Study, dataset: str) -> dict[str, PreparedDataset]:
 # when stages were first named. Not asdict(spec): a field added to DatasetSpec later (external test sets) would
 # rename every existing stage, and a study run again would train its stages again.
 _CORPUS_FIELDS = ("name", "data", "demo", "prepare")
-_PATH_OPTIONS = ("weights", "weights_dir")
+_PATH_OPTIONS = ("weights", "weights_dir", "init")
 
 
-def pretrain_stage(study: Study, arm: Arm) -> tuple[str, dict]:
-    """The stage's name and its TrainConfig values (all but ``data`` and ``out``)."""
+# the study's training options a self-supervised stage takes too: it pretrains at the study's resolution
+_SHARED_WITH_SELF_SUPERVISED = ("image_size", "device", "amp")
+
+
+def pretrain_stage(study: Study, arm: Arm, target: str | None = None) -> tuple[str, dict]:
+    """The stage's name and its TrainConfig values (all but ``data`` and ``out``); for a self-supervised arm its
+    PretrainConfig values, for the study dataset ``target`` (whose val and test images its corpus is guarded
+    against, and whose val split monitors it): one stage per target."""
     spec: DatasetSpec = arm.pretrain["dataset"]
     options = {k: v for k, v in arm.pretrain.items() if k != "dataset"}
-    values = {"weights": "none", **study.train, **options, "model": arm.model}
+    if arm.self_supervised:
+        shared = {k: v for k, v in study.train.items() if k in _SHARED_WITH_SELF_SUPERVISED}
+        values = {**shared, **options, "model": arm.model}
+    else:
+        values = {"weights": "none", **study.train, **options, "model": arm.model}
     corpus = {name: getattr(spec, name) for name in _CORPUS_FIELDS}
     # files by their place against the study's anchors, so that a stage has one name on every machine
     portable = PortablePaths.for_study(study.variables)
     named = {**values, **{k: portable.identity(str(values[k])) for k in _PATH_OPTIONS if values.get(k) is not None}}
     corpus["data"] = portable.identity(spec.data) if spec.data else None
-    identity = json.dumps({"values": named, "dataset": corpus}, sort_keys=True, default=str)
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
+    made = {"values": named, "dataset": corpus, **({"target": target} if arm.self_supervised else {})}
+    digest = hashlib.sha256(json.dumps(made, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    if arm.self_supervised:
+        return slug(f"{arm.model}-{options['method']}-on-{spec.name}-for-{target}-{digest}"), values
     return slug(f"{arm.model}-on-{spec.name}-{digest}"), values
 
 
@@ -114,19 +128,29 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
     from lowmed.data.subsample import subsample
 
     pretrains: dict[str, PlannedRun] = {}
-    pretrain_of: dict[str, PlannedRun] = {}  # arm name -> its stage
+    pretrain_of: dict[tuple[str, str | None], PlannedRun] = {}  # (arm, its target: self-supervised only) -> stage
     for arm in study.arms:
         if arm.pretrain is None:
             continue
-        name, values = pretrain_stage(study, arm)
-        if name not in pretrains:
-            spec: DatasetSpec = arm.pretrain["dataset"]
-            run_dir = study.out / "pretrain" / name
-            data = str(prepared(spec, study.out, quiet=True).root) if prepare_data else spec.data or spec.demo
-            pretrains[name] = PlannedRun(
-                name, run_dir, {**values, "arm": name, "data": data, "out": str(run_dir)}, dataset=spec.name
-            )
-        pretrain_of[arm.name] = pretrains[name]
+        for target in [spec.name for spec in study.datasets] if arm.self_supervised else [None]:
+            name, values = pretrain_stage(study, arm, target)
+            if name not in pretrains:
+                spec: DatasetSpec = arm.pretrain["dataset"]
+                run_dir = study.out / "pretrain" / name
+                role = "unlabelled" if arm.self_supervised else "full"
+                data = str(prepared(spec, study.out, True, role).root) if prepare_data else spec.data or spec.demo
+                if arm.self_supervised:
+                    values = {**values, "target": _target_data(study, target, prepare_data)}
+                else:
+                    values = {**values, "arm": name}
+                pretrains[name] = PlannedRun(
+                    name,
+                    run_dir,
+                    {**values, "data": data, "out": str(run_dir)},
+                    dataset=spec.name,
+                    self_supervised=arm.self_supervised,
+                )
+            pretrain_of[(arm.name, target)] = pretrains[name]
     cells: dict[tuple, PlannedCell] = {}
     tuning = study.out / "tuning"
     runs = []
@@ -141,7 +165,8 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
                     subsample(dataset.root, per_class, seed=seed, out=subset, quiet=True)
                 for arm in study.arms:
                     name = slug(f"{spec.name}-{arm.name}-{arm.model}-n{per_class}-seed{seed}")
-                    weights = str(pretrain_of[arm.name].run_dir) if arm.name in pretrain_of else arm.weights
+                    stage = pretrain_of.get((arm.name, spec.name)) or pretrain_of.get((arm.name, None))
+                    weights = str(stage.run_dir) if stage is not None else arm.weights
                     values = {
                         **study.train,
                         **arm.options,
@@ -168,6 +193,12 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
                         cell = cells[key]
                     runs.append(PlannedRun(name, study.out / "runs" / name, values, arm, spec.name, cell=cell))
     return list(pretrains.values()), list(cells.values()), runs
+
+
+def _target_data(study: Study, name: str, prepare_data: bool) -> str:
+    """A study dataset's prepared dir (its name in a dry run), the target of a self-supervised stage."""
+    spec = next(spec for spec in study.datasets if spec.name == name)
+    return str(prepared(spec, study.out, quiet=True).root) if prepare_data else name
 
 
 def study_baseline(study: Study) -> str | None:

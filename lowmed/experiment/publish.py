@@ -7,7 +7,8 @@ of tests) and the report's figures; the comparison (``compare.csv/.json/.md``, `
 learning curves), made by ``lowmed compare`` on the published runs themselves; ``runs/<run>/`` with
 ``config.yaml``, ``train.json``, ``history.csv``, ``tuning.json`` and ``eval/<split>/metrics.json`` +
 ``predictions.csv`` (image paths relative to the dataset's source folder); ``pretrain/<stage>/`` with the stage's
-``config.yaml``, ``history.csv`` and its train.json as ``stage.json`` (a stage is no run of the comparison);
+``config.yaml``, ``history.csv``, its train.json as ``stage.json`` (a stage is no run of the comparison) and, for a
+self-supervised stage, ``pretrain.json``;
 ``subsets/<dataset>/*.yaml``, what each drawn subset holds. Paths are written against the study's anchors
 (``lowmed.experiment.portable``).
 
@@ -74,6 +75,8 @@ def publish_study(
                 shutil.copy2(source.history, _folder(copy.history))
                 if source.summary.is_file():
                     _copy_json(source.summary, copy.path / STAGE_RECORD, portable)
+                if source.self_supervised.is_file():
+                    _copy_json(source.self_supervised, copy.self_supervised, portable)
         for sidecar in sorted((study.out / SUBSETS).glob("*/*.yaml")):
             _copy_yaml(sidecar, _folder(staging / SUBSETS / sidecar.parent.name / sidecar.name), portable)
     runs_folder = Path(portable.text(str((target / "runs").absolute())))
@@ -163,12 +166,15 @@ def restore_published(
         published = RunDir(record / "pretrain" / names.pop())
         if published.config.is_file():  # a record written before stages kept their train.json has no stage.json
             with staged_dir(stage.run_dir) as staging:
-                planned = {name: stage.values[name] for name in (*_PATH_OPTIONS, "weights") if name in stage.values}
+                paths = (*_PATH_OPTIONS, "weights", "init", "target")
+                planned = {name: stage.values[name] for name in paths if name in stage.values}
                 _write_local_yaml(published.config, RunDir(staging).config, portable, planned)
                 shutil.copy2(published.history, staging / published.history.name)
                 if (published.path / STAGE_RECORD).is_file():
                     summary = _local_json(published.path / STAGE_RECORD, portable)
                     write_json(RunDir(staging).summary, summary | {"run_dir": str(stage.run_dir)})
+                if published.self_supervised.is_file():
+                    write_json(RunDir(staging).self_supervised, _local_json(published.self_supervised, portable))
     return restored
 
 

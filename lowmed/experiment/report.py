@@ -22,6 +22,7 @@ from lowmed.contracts import (
     SUBSETS,
     Comparison,
     RunDir,
+    SelfSupervisedRecord,
     StudyLog,
     TestRow,
     TrainSummary,
@@ -167,11 +168,16 @@ def _setup(
         f"{', '.join(map(str, study.seeds))} (one seed draws the same subset for every arm; subsets are "
         "nested in N)."
     )
-    stage_of = {run.arm.name: run.values["weights"] for run in runs if run.arm.pretrain}
+    stages_of: dict[str, list[str]] = {}  # a self-supervised arm has a stage per target dataset
+    for run in runs:
+        if run.arm.pretrain and run.values["weights"] not in stages_of.setdefault(run.arm.name, []):
+            stages_of[run.arm.name].append(run.values["weights"])
     for arm in study.arms:
+        how = f"self-supervised ({arm.pretrain['method']}) " if arm.self_supervised else ""
         source = (
-            f"pretrained by lowmed on {arm.pretrain['dataset'].name} (stage {Path(stage_of[arm.name]).name}"
-            f"{_stage_outcome(RunDir(stage_of[arm.name]))})"
+            f"pretrained {how}by lowmed on {arm.pretrain['dataset'].name} ("
+            + "; ".join(f"stage {Path(stage).name}{_stage_outcome(RunDir(stage))}" for stage in stages_of[arm.name])
+            + ")"
             if arm.pretrain
             else inputs.weights_text(arm.weights, _arm_summary(arm.name, summaries))
         )
@@ -266,17 +272,22 @@ def _not_learned(comparison: Comparison) -> dict[tuple, str]:
 
 
 def _stage_outcome(stage: RunDir) -> str:
-    """How far the pretraining got: its best epoch and validation AUROC on its own corpus."""
+    """How far the pretraining got: its best epoch by its monitor (a supervised stage's validation AUROC on its own
+    corpus; a self-supervised stage's kNN on the target's val split, beside the starting weights')."""
     if not stage.summary.is_file():
         return ""
     summary = stage.read_summary()
     if summary.best is None:
         return f"; {summary.status}"
-    metrics = summary.best["metrics"]
-    return (
-        f"; best epoch {summary.best['epoch']} of {summary.epochs_run} by {summary.best['monitor']}, "
-        f"val AUROC {metrics.get('val_auroc', float('nan')):.3f} on that corpus"
-    )
+    best = f"; best epoch {summary.best['epoch']} of {summary.epochs_run} by {summary.best['monitor']}"
+    if stage.self_supervised.is_file():
+        record = SelfSupervisedRecord.read(stage.self_supervised)
+        start = record.monitor["curve"][0][record.monitor["metric"]]
+        return (
+            f"{best} {summary.best['value']:.3f} ({start:.3f} with the starting weights; {record.monitor['kind']}); "
+            f"{record.leakage['removed']} corpus images removed by the leakage guard"
+        )
+    return f"{best}, val AUROC {summary.best['metrics'].get('val_auroc', float('nan')):.3f} on that corpus"
 
 
 def _shortfalls(study: Study) -> list[str]:

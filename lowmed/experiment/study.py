@@ -7,13 +7,14 @@ typo costs seconds, not a half-trained grid.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowmed.config import TrainConfig, check_seed
+from lowmed.config import PretrainConfig, TrainConfig, check_seed
 from lowmed.contracts import read_yaml, slug
 from lowmed.errors import LowmedError
 from lowmed.tuning import TuneSettings
@@ -54,8 +55,15 @@ class Arm:
     name: str
     model: str
     weights: str = "none"  # none | imagenet | PATH | RUN_DIR; replaced by the pretrain run when pretrain is set
-    pretrain: dict | None = None  # {dataset: DatasetSpec, and TrainConfig options for the pretraining}
+    # {dataset: DatasetSpec, and TrainConfig options for a supervised pretraining, or PretrainConfig options (with a
+    # method) for a self-supervised one on unlabelled images}
+    pretrain: dict | None = None
     options: dict = field(default_factory=dict)  # TrainConfig options for this arm only
+
+    @property
+    def self_supervised(self) -> bool:
+        """Model D: pretrained by lowmed without labels, on the user's own images."""
+        return self.pretrain is not None and "method" in self.pretrain
 
 
 @dataclass
@@ -178,10 +186,21 @@ def _arm(values: Any, where: str, index: int) -> Arm:
         raise LowmedError(f"{where} needs a model")
     pretrain = values.get("pretrain")
     if pretrain is not None:
-        pretrain = dict(_checked_keys(pretrain, {"dataset", *TrainConfig.__dataclass_fields__}, f"{where}.pretrain"))
+        # with a method, a self-supervised stage on unlabelled images (PretrainConfig), else a supervised one
+        options = PretrainConfig if isinstance(pretrain, dict) and "method" in pretrain else TrainConfig
+        pretrain = dict(_checked_keys(pretrain, {"dataset", *options.__dataclass_fields__}, f"{where}.pretrain"))
         pretrain["dataset"] = _dataset_spec(pretrain.get("dataset"), f"{where}.pretrain.dataset")
-        if "weights" in pretrain:
-            pretrain["weights"] = _expand(str(pretrain["weights"]), f"{where}.pretrain.weights")
+        for name in ("weights", "init"):
+            if name in pretrain:
+                pretrain[name] = _expand(str(pretrain[name]), f"{where}.pretrain.{name}")
+        if options is PretrainConfig:
+            fixed = sorted(set(pretrain) & {"data", "target", "out"})
+            if fixed:
+                raise LowmedError(
+                    f"{where}.pretrain: {', '.join(fixed)} are set by the study (the corpus is pretrain.dataset, the "
+                    "target each dataset of the study)"
+                )
+            PretrainConfig.from_dict({k: v for k, v in pretrain.items() if k != "dataset"}, f"{where}.pretrain")
     return Arm(
         name=str(values.get("name", f"arm{index + 1}")),
         model=str(values["model"]),
@@ -214,7 +233,16 @@ def _check_whole(study: Study, path: Path) -> None:
         where = f"{path}: arm {arm.name!r}"
         try:
             model = get_model_spec(arm.model)
-            weights = {**study.train, **arm.pretrain}.get("weights", "none") if arm.pretrain else arm.weights
+            if arm.self_supervised:
+                weights = arm.pretrain.get("init", "auto")
+                if importlib.util.find_spec("lightly") is None:
+                    raise LowmedError(
+                        "its self-supervised pretraining needs lightly; install it with: pip install 'lowmed[ssl]'"
+                    )
+            elif arm.pretrain:
+                weights = {**study.train, **arm.pretrain}.get("weights", "none")
+            else:
+                weights = arm.weights
             weights_kind(resolve_weights(str(weights), model.name), model)
         except LowmedError as exc:
             raise LowmedError(f"{where}: {exc}") from None

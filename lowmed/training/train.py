@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import time
 from dataclasses import replace
@@ -13,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
 import lowmed
@@ -27,12 +25,13 @@ from lowmed.contracts import (
     TrainSummary,
     WeightsReport,
     is_prepared,
+    read_yaml,
     slug,
 )
 from lowmed.data.loading import label_tensors, load_split, too_many_unreadable
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import last_subset, load_or_prepare, subsample
-from lowmed.device import Precision, channels_last, native_amp, resolve_device
+from lowmed.device import Precision, channels_last, device_name, native_amp, resolve_device, software_versions
 from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.evaluation.predict import Normalizer
@@ -261,9 +260,9 @@ def finetune(
 
 def source_model_name(source: Path) -> str | None:
     """The model an earlier lowmed run (or its checkpoint) was trained with, if it is one."""
-    if source.is_dir():
+    if source.is_dir():  # a training run's config, or a pretraining's: both name their model
         config = RunDir(source).config
-        return TrainConfig.from_yaml(config).model if config.is_file() else None
+        return str(read_yaml(config).get("model")) if config.is_file() else None
     checkpoint = load_checkpoint(source)
     return checkpoint.get("config", {}).get("model") if isinstance(checkpoint, dict) else None
 
@@ -339,7 +338,7 @@ def _resolved(config: TrainConfig, spec, dataset: PreparedDataset, runs_root: Pa
         per_class=per_class,
         model=spec.name,
         weights=weights,
-        arm=config.arm or DERIVED_ARMS[kind],
+        arm=config.arm or DERIVED_ARMS["self-supervised" if _self_supervised(weights, kind) else kind],
         image_size=config.image_size or weights_preprocessing(weights, spec).input_size,
         amp=config.amp if config.amp is not None else resolve_device(config.device).type == "cuda",
     )
@@ -348,6 +347,11 @@ def _resolved(config: TrainConfig, spec, dataset: PreparedDataset, runs_root: Pa
     if config.out is None:
         config = replace(config, out=str(runs_root / _run_name(config, dataset, named_arm)))
     return config
+
+
+def _self_supervised(weights: str, kind: str) -> bool:
+    """Weights from a run dir of ``lowmed pretrain`` (Model D)."""
+    return kind == "run" and RunDir(weights).self_supervised.is_file()
 
 
 def _run_name(config: TrainConfig, dataset: PreparedDataset, named_arm: str | None) -> str:
@@ -476,17 +480,6 @@ def _report_unreadable(name: str, split, dataset: PreparedDataset, strict: bool)
                 )
 
 
-def _cpu_name() -> str:
-    """The processor's model name (Linux reports it in /proc/cpuinfo; ``platform.processor()`` is often empty)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
 def _summary(
     config: TrainConfig,
     dataset: PreparedDataset,
@@ -519,15 +512,10 @@ def _summary(
         seed=config.seed,
         preprocessing=preprocessing,
         device=str(device),
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        device_name=device_name(device),
         cpu_threads=torch.get_num_threads(),  # the order CPU sums run in: same threads, same run to the last bit
         amp=bool(config.amp),
         processes=dist.world_size,
         global_batch_size=config.batch_size * dist.world_size * config.accumulate,
-        versions={
-            "lowmed": lowmed.__version__,
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "python": platform.python_version(),
-        },
+        versions=software_versions(),
     )

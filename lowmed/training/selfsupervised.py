@@ -1,0 +1,482 @@
+"""``lowmed pretrain``: self-supervised pretraining of a backbone on the user's own unlabelled images (Model D).
+
+A clinic with 100–200 labelled images per class usually holds thousands more without labels. This module trains a
+backbone on them with a contrastive method — SimCLR (Chen et al. 2020) or MoCo v2 (Chen et al. 2020; a momentum key
+encoder and a queue of negatives, the method of MoCo-CXR) — from random weights or, the practical choice on a CPU,
+from ImageNet weights (domain-adaptive pretraining). The losses, projection heads and momentum update are lightly's
+(the ``ssl`` extra); the loop, checkpoints and resume are lowmed's, and the views are lowmed's batch warps, mild
+enough for medical images (``lowmed.data.augment.random_views``).
+
+Before anything trains, the corpus is guarded against its target (``lowmed.data.leakage``): images it shares with
+the target's val or test split are removed. After every epoch a kNN classifier on the backbone's features,
+leave-one-out on the target's val split (labels used to monitor only; the test split is never opened), measures the
+features and chooses ``best.pt`` — epoch 0 is the starting weights, so the curve shows what the pretraining added.
+``best.pt`` is a lowmed checkpoint whose backbone ``lowmed train --weights RUN_DIR`` starts from.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import lowmed
+from lowmed.config import PretrainConfig
+from lowmed.console import console, progress_bar
+from lowmed.contracts import MANIFEST, DatasetRef, RunDir, SelfSupervisedRecord, TrainSummary, slug
+from lowmed.data.augment import ViewSettings, random_views
+from lowmed.data.leakage import guard_corpus
+from lowmed.data.loading import LabelledImages, index_chunks, label_tensors, load_split
+from lowmed.data.manifest import PreparedDataset
+from lowmed.data.subsample import load_or_prepare
+from lowmed.device import (
+    Precision,
+    channels_last,
+    device_name,
+    inference_batch_size,
+    resolve_device,
+    software_versions,
+)
+from lowmed.errors import Interrupted, LowmedError, RunFailed
+from lowmed.evaluation.metrics import auroc
+from lowmed.evaluation.predict import Normalizer, predict_logits
+from lowmed.io import sha256_file, write_yaml
+from lowmed.locking import LOCK_FILE, own_run_dir
+from lowmed.models.preprocessing import Preprocessing
+from lowmed.models.registry import count_parameters, get_model_spec
+from lowmed.models.weights import load_weights, resolve_weights, weights_kind, weights_preprocessing
+from lowmed.training.checkpoint import CheckpointSaver, read_training_state
+from lowmed.training.loop import seed_everything
+
+KNN_TEMPERATURE = 0.07  # the weight of a neighbour's vote is exp(cosine similarity / this), as in Wu et al. 2018
+PHASE = "self-supervised"
+
+
+def lightly_modules():
+    """lightly's loss, heads and momentum update; a missing lightly is one line naming the extra."""
+    try:
+        from lightly.loss import NTXentLoss
+        from lightly.models.modules import MoCoProjectionHead, SimCLRProjectionHead
+        from lightly.models.utils import deactivate_requires_grad, update_momentum
+        from lightly.utils.scheduler import cosine_schedule
+    except ImportError:
+        raise LowmedError(
+            "self-supervised pretraining needs lightly; install it with: pip install 'lowmed[ssl]'"
+        ) from None
+    return (
+        NTXentLoss,
+        SimCLRProjectionHead,
+        MoCoProjectionHead,
+        deactivate_requires_grad,
+        update_momentum,
+        (cosine_schedule),
+    )
+
+
+class ContrastiveModel(nn.Module):
+    """A backbone and its projection head; for MoCo also their momentum copies (the key encoder), which no gradient
+    reaches. ``backbone.*`` in its state dict is what later runs start from."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, config: PretrainConfig) -> None:
+        super().__init__()
+        _, simclr_head, moco_head, deactivate, _, _ = lightly_modules()
+        head = moco_head if config.method == "moco" else simclr_head
+        self.backbone = backbone
+        self.projector = head(feature_dim, config.hidden_dim, config.projection_dim)
+        self.key_backbone = self.key_projector = None
+        if config.method == "moco":
+            self.key_backbone, self.key_projector = copy.deepcopy(backbone), copy.deepcopy(self.projector)
+            deactivate(self.key_backbone)
+            deactivate(self.key_projector)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(x))
+
+    @torch.no_grad()
+    def keys(self, x: torch.Tensor, momentum: float) -> torch.Tensor:
+        """MoCo: the momentum encoder moved towards the online one, then its projections of ``x``."""
+        update_momentum = lightly_modules()[4]
+        update_momentum(self.backbone, self.key_backbone, momentum)
+        update_momentum(self.projector, self.key_projector, momentum)
+        return self.key_projector(self.key_backbone(x)).detach()
+
+
+def pretrain(
+    config: PretrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    strict: bool = False,
+) -> TrainSummary:
+    """Pretrain a backbone on ``config.data`` for ``config.target``; returns the summary also written to
+    ``train.json`` (``pretrain.json`` holds the method, the views, the leakage guard and the monitor's curve)."""
+    loss_class = lightly_modules()[0]
+    config.validate()
+    spec = get_model_spec(config.model)
+    corpus = load_or_prepare(Path(config.data).expanduser(), None, quiet, role="unlabelled")
+    if corpus.role != "unlabelled":
+        raise LowmedError(
+            f"{config.data}: a labelled dataset; self-supervised pretraining takes images without labels (prepare "
+            "them with --role unlabelled)"
+        )
+    target = load_or_prepare(Path(config.target).expanduser(), None, quiet).check_trainable()
+    if target.split("val").empty:
+        raise LowmedError(f"--target {target.root}: no val split to monitor the pretraining on")
+    config = _resolved(config, spec, corpus, target)
+    run_dir = RunDir(config.out)
+    with own_run_dir(run_dir.path, "pretrain"):
+        _check_run_dir(run_dir, resume, overwrite)
+        rows, overlap = guard_corpus(corpus, target, strict, what=f"the corpus {corpus.root}")
+        if rows.empty:
+            raise LowmedError(f"{corpus.root}: no image is left once the target's val and test images are removed")
+        state = read_training_state(run_dir) if resume else None
+        device = resolve_device(config.device)
+        seed_everything(config.seed)
+        backbone = spec.build_backbone()
+        report = load_weights(backbone, spec, config.init, weights_dir=config.weights_dir)
+        preprocessing = _contract(report.source_preprocessing, spec, config)
+        images = _images(corpus, rows, target, config.image_size, quiet)
+        if not resume:
+            _start_run_dir(run_dir, config)
+        summary = _summary(config, corpus, report, preprocessing, device, count_parameters(backbone))
+        summary.status = "running"
+        summary.write(run_dir.summary)
+        record = SelfSupervisedRecord(
+            method=config.method,
+            model=spec.name,
+            init={"weights": config.init, "source": report.source, "sha256": report.sha256},
+            views=_views(config).__dict__,
+            corpus={
+                "prepared_dir": str(corpus.root),
+                "manifest_sha256": corpus.info.manifest_sha256,
+                "images": len(corpus.manifest),
+                "used": len(images["corpus"]),
+                "groups": int(rows["group"].nunique()),
+            },
+            target={
+                "prepared_dir": str(target.root),
+                "manifest_sha256": target.info.manifest_sha256,
+                "monitor_split": "val",
+                "monitor_images": len(images["val"]),
+            },
+            leakage=overlap.to_dict(),
+            monitor={
+                "kind": f"kNN (k {config.knn_k}, cosine, leave-one-out) on the target's val split",
+                "metric": config.monitor,
+                "curve": [],
+            },
+            epochs=config.epochs,
+        )
+        model = ContrastiveModel(backbone, spec.feature_dim, config).to(device)
+        if channels_last(device):
+            model.to(memory_format=torch.channels_last)
+        started = time.perf_counter()
+        try:
+            history, best = _run(model, loss_class, images, config, preprocessing, device, run_dir, state, quiet)
+        except KeyboardInterrupt:
+            summary.status = "interrupted"
+            summary.write(run_dir.summary)
+            raise Interrupted(
+                f"interrupted; {run_dir.last.name} holds the last finished epoch; continue with: "
+                f"lowmed pretrain --resume {run_dir.path}"
+            ) from None
+        except RunFailed as exc:
+            summary.status, summary.error = "failed", str(exc)
+            summary.write(run_dir.summary)
+            raise
+        trained = [row for row in history if row["epoch"] > 0]
+        record.monitor["curve"] = [{k: row.get(k) for k in ("epoch", "train_loss", *_MONITORED)} for row in history]
+        record.best_epoch, record.best_value = best["epoch"], best["value"]
+        record.images_per_s = round(float(np.median([row["images_per_s"] for row in trained])), 1)
+        record.seconds = round(sum(row["seconds"] for row in trained), 2)
+        record.write(run_dir.self_supervised)
+        summary.status, summary.phases, summary.epochs_run = "completed", [PHASE], len(trained)
+        summary.best = {
+            "epoch": best["epoch"],
+            "phase": PHASE,
+            "monitor": config.monitor,
+            "value": best["value"],
+            "metrics": {k: history[best["epoch"]][k] for k in _MONITORED},
+        }
+        summary.wall_seconds = round(time.perf_counter() - started, 2)
+        summary.resumed = state is not None
+        summary.epoch_seconds_total = record.seconds
+        summary.train_images_per_s = {PHASE: record.images_per_s}
+        summary.write(run_dir.summary)
+        if not quiet:
+            console.print(f"[bold]{run_dir.path}[/]: {overlap.sentence()}; best epoch {best['epoch']}", highlight=False)
+        return summary
+
+
+_MONITORED = ("knn_auroc", "knn_accuracy")
+
+
+def _resolved(config: PretrainConfig, spec, corpus: PreparedDataset, target: PreparedDataset) -> PretrainConfig:
+    init = resolve_weights(config.init, spec.name)
+    kind = weights_kind(init, spec)
+    init = str(Path(init).resolve()) if kind in ("file", "run") else init
+    config = replace(
+        config,
+        data=str(corpus.root),
+        target=str(target.root),
+        model=spec.name,
+        init=init,
+        image_size=config.image_size or weights_preprocessing(init, spec).input_size,
+        amp=config.amp if config.amp is not None else resolve_device(config.device).type == "cuda",
+    )
+    if config.image_size < spec.min_input_size:
+        raise LowmedError(f"--image-size {config.image_size}: {spec.name} needs at least {spec.min_input_size} px")
+    if config.out is None:
+        name = f"ssl-{corpus.root.name}-{slug(spec.name)}-{config.method}-seed{config.seed}"
+        config = replace(config, out=str(Path("runs") / name))
+    return config
+
+
+def _views(config: PretrainConfig) -> ViewSettings:
+    return ViewSettings(config.crop_min, config.rotation, config.intensity, config.flip)
+
+
+def _contract(source: dict | None, spec, config: PretrainConfig) -> Preprocessing:
+    """The input contract of the starting weights (a lowmed run's or torchxrayvision's, else the model's) at this
+    run's image size."""
+    contract = Preprocessing.from_dict(source) if source else spec.preprocessing
+    return contract.with_input(config.image_size, None, None)
+
+
+def _check_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not run.last.is_file():
+            raise LowmedError(f"--resume {run.path}: no {run.last.name} to continue from; start without --resume")
+    elif not overwrite and any(p.name != LOCK_FILE for p in run.path.iterdir()):
+        raise LowmedError(
+            f"run dir {run.path} exists; continue it with --resume {run.path}, start again with --overwrite, "
+            "or choose --out"
+        )
+
+
+def _start_run_dir(run: RunDir, config: PretrainConfig) -> None:
+    for path in run.path.iterdir():
+        if path.name != LOCK_FILE and path.is_file():
+            path.unlink()
+    write_yaml(run.config, config.to_dict())
+
+
+def _images(
+    corpus: PreparedDataset, rows, target: PreparedDataset, size: int, quiet: bool
+) -> dict[str, LabelledImages]:
+    """The corpus (after the guard) and the target's val split, decoded once; nothing of the test split."""
+    if not quiet:
+        console.print(f"decoding {len(rows)} corpus images and {len(target.split('val'))} val images at {size} px")
+    pictures = load_split(corpus.image_paths(rows), torch.zeros(len(rows), dtype=torch.long), None, size)
+    val = target.split("val")
+    targets, mask = label_tensors(val, target.task, target.classes, target.info.uncertain_policy)
+    checked = load_split(target.image_paths(val), targets, mask, size)
+    if pictures.pixels is None or checked.pixels is None:
+        raise LowmedError(f"{corpus.root}: too many images to hold in memory at {size} px; lower --image-size")
+    return {"corpus": pictures, "val": checked, "task": target.task}
+
+
+def _run(
+    model: ContrastiveModel,
+    loss_class,
+    images: dict,
+    config: PretrainConfig,
+    preprocessing: Preprocessing,
+    device: torch.device,
+    run_dir: RunDir,
+    state: dict | None,
+    quiet: bool,
+) -> tuple[list[dict], dict]:
+    """The epochs, from ``state`` (last.pt) when resuming: each one's views drawn from (seed, epoch), so a resumed
+    run replays what the uninterrupted one would have done."""
+    corpus, val = images["corpus"], images["val"]
+    batch_size = min(config.batch_size, len(corpus))
+    steps_per_epoch = len(index_chunks(torch.arange(len(corpus)), batch_size, drop_last=True))
+    queue = min(config.queue, len(corpus)) if config.method == "moco" else 0
+    criterion = loss_class(
+        temperature=config.temperature, memory_bank_size=(queue, config.projection_dim) if queue else 0
+    )
+    criterion.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    total = steps_per_epoch * config.epochs
+    warmup = steps_per_epoch
+
+    def factor(step: int) -> float:  # one epoch of linear warm-up, then cosine decay to 0
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup + 1)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    precision = Precision.choose(device, bool(config.amp))
+    normalize = Normalizer(preprocessing, device)
+    views = _views(config)
+    extras = {
+        "config": config.to_dict(),
+        "preprocessing": preprocessing.to_dict(),
+        "task": PHASE,
+        "classes": [],
+        "lowmed_version": lowmed.__version__,
+    }
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if queue:  # lightly keeps the queue out of the state dict: it travels in last.pt by itself
+            criterion.memory_bank.bank.copy_(state["queue"]["bank"])
+            criterion.memory_bank.bank_ptr.copy_(state["queue"]["bank_ptr"])
+        history, start = list(state["history"]), state["epoch"] + 1
+        torch.set_rng_state(state["torch_rng"])
+    else:
+        history, start = [_monitor(model, val, images["task"], config, normalize, device, precision, 0)], 1
+    saver = CheckpointSaver(run_dir, config.monitor, extras, writes=True, best=state["best"] if state else None)
+    with saver, progress_bar(disable=quiet) as bar:
+        task = bar.add_task(f"{config.method} · {config.model}", total=config.epochs, completed=start - 1, status="")
+        if state is None:
+            saver.epoch_end(model, history[0], history, _training_state(optimizer, scheduler, criterion))
+        for epoch in range(start, config.epochs + 1):
+            generator = torch.Generator()
+            generator.manual_seed(config.seed * 1_000_003 + epoch)
+            order = torch.randperm(len(corpus), generator=generator)
+            started, losses = time.perf_counter(), []
+            model.train()
+            for rows in index_chunks(order, batch_size, drop_last=True):
+                step = (epoch - 1) * steps_per_epoch + len(losses)
+                losses.append(
+                    _step(
+                        model,
+                        criterion,
+                        optimizer,
+                        corpus.pixels[rows],
+                        views,
+                        generator,
+                        normalize,
+                        device,
+                        precision,
+                        config,
+                        step,
+                        total,
+                    )
+                )
+                scheduler.step()
+                if not math.isfinite(losses[-1]):
+                    raise RunFailed(f"the loss became {losses[-1]} at epoch {epoch}; lower --lr or raise --temperature")
+            seconds = time.perf_counter() - started
+            row = _monitor(model, val, images["task"], config, normalize, device, precision, epoch)
+            row |= {
+                "train_loss": float(np.mean(losses)),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(seconds, 2),
+                "images_per_s": round(2 * len(losses) * batch_size / seconds, 1),
+            }
+            history.append(row)
+            saver.epoch_end(model, row, history, _training_state(optimizer, scheduler, criterion))
+            bar.update(
+                task, advance=1, status=f"loss {row['train_loss']:.3f} · {config.monitor} {row[config.monitor]:.3f}"
+            )
+    return history, saver.best
+
+
+def _step(
+    model, criterion, optimizer, pixels, views, generator, normalize, device, precision, config, step, total
+) -> float:
+    """One optimizer step on two views of each image of the batch."""
+    x = pixels.to(device, non_blocking=True).float().div_(255)
+    first, second = (normalize(random_views(x, views, generator)) for _ in range(2))
+    if channels_last(device):
+        first, second = (v.contiguous(memory_format=torch.channels_last) for v in (first, second))
+    with precision.autocast(device):
+        if config.method == "moco":
+            cosine_schedule = lightly_modules()[5]
+            momentum = cosine_schedule(step, total, config.momentum, 1.0)
+            loss = criterion(model(first), model.keys(second, momentum))
+        else:
+            loss = criterion(model(first), model(second))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _training_state(optimizer, scheduler, criterion) -> dict:
+    bank = criterion.memory_bank
+    return {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "queue": {"bank": bank.bank, "bank_ptr": bank.bank_ptr} if bank.size[0] else None,
+        "phase_index": 0,
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def _monitor(model, val: LabelledImages, task: str, config, normalize, device, precision, epoch: int) -> dict:
+    """The backbone's features of the target's val images, each classified by its k nearest other val images
+    (cosine similarity, votes weighted by exp(similarity / 0.07)): AUROC and accuracy of those votes."""
+    features = predict_logits(
+        model.backbone, val, normalize, device, precision, inference_batch_size(device, 2 * config.batch_size)
+    )
+    features = nn.functional.normalize(features.float(), dim=1)
+    similarity = features @ features.T
+    similarity.fill_diagonal_(-math.inf)  # leave one out: an image is not its own neighbour
+    k = min(config.knn_k, len(val) - 1)
+    nearest, index = similarity.topk(k, dim=1)
+    weights = torch.exp(nearest / KNN_TEMPERATURE)
+    targets = val.targets.to(device)
+    if task == "multilabel":
+        votes = (weights.unsqueeze(-1) * targets[index]).sum(1) / weights.sum(1, keepdim=True)
+        accuracy = float(((votes >= 0.5) == (targets >= 0.5)).float().mean())
+    else:
+        classes = int(targets.max()) + 1 if task == "multiclass" else 2
+        onehot = nn.functional.one_hot(targets[index], classes).float()
+        votes = (weights.unsqueeze(-1) * onehot).sum(1) / weights.sum(1, keepdim=True)
+        accuracy = float((votes.argmax(1) == targets).float().mean())
+    mask = None if val.mask is None else val.mask.numpy()
+    score = auroc(task, targets.cpu().numpy(), votes.cpu().numpy(), mask)
+    return {"phase": PHASE if epoch else "start", "epoch": epoch, "knn_auroc": score, "knn_accuracy": accuracy}
+
+
+def _summary(config, corpus: PreparedDataset, report, preprocessing, device, parameters: int) -> TrainSummary:
+    return TrainSummary(
+        run_dir=config.out,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        arm=Path(config.out).name,
+        model=config.model,
+        parameters=parameters,
+        weights=report,
+        weight_source=report.source,
+        dataset=DatasetRef(
+            prepared_dir=str(corpus.root),
+            task="unlabelled",
+            classes=[],
+            manifest_sha256=sha256_file(corpus.root / MANIFEST),
+        ),
+        seed=config.seed,
+        preprocessing=preprocessing.to_dict(),
+        device=str(device),
+        device_name=device_name(device),
+        cpu_threads=torch.get_num_threads(),
+        amp=bool(config.amp),
+        kind="self-supervised",
+        versions=software_versions(),
+    )
+
+
+def resume_pretraining(run_dir: str | os.PathLike, *, quiet: bool = False) -> TrainSummary:
+    """Continue an interrupted pretraining from its ``last.pt`` with its own ``config.yaml``; a completed one is left
+    as it is."""
+    run = RunDir(run_dir)
+    if not run.config.is_file():
+        raise LowmedError(f"--resume {run.path}: no {run.config.name}; expected a lowmed pretrain run dir")
+    if run.state() == "completed":
+        return run.read_summary()
+    config = PretrainConfig.from_yaml(run.config)
+    return pretrain(replace(config, out=str(run.path)), resume=True, quiet=quiet)
