@@ -69,3 +69,8 @@ def test_resnet50_recipe_tables_match_the_measurements():
     speed, measured = script("train_speed"), result("train_speed_resnet50.json")
     assert speed.fullrun_table(measured) in README
     assert speed.cache_table(measured) in README
+
+
+def test_self_supervised_throughput_table_matches_the_measurements():
+    readme = (BENCHMARKS.parent / "README.md").read_text()
+    assert script("selfsupervised").throughput_table(result("ssl_throughput.json")) in readme

@@ -48,6 +48,9 @@ def pretrain_command(
         bool, typer.Option("--flip/--no-flip", help="Views: horizontal flips (off: left and right differ in a chest).")
     ] = False,
     queue: Annotated[int, typer.Option(help="moco: negatives kept from earlier batches.")] = 4096,
+    momentum: Annotated[
+        float, typer.Option(help="moco: the key encoder's momentum, raised to 1 by a cosine schedule.")
+    ] = 0.99,
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Run dir. \\[default: runs/ssl-<corpus>-<model>-...]")
     ] = None,
@@ -92,6 +95,7 @@ def pretrain_command(
             "crop_min": crop_min,
             "flip": flip,
             "queue": queue,
+            "momentum": momentum,
             "out": None if out is None else str(out),
             "device": device,
             "seed": seed,

@@ -376,7 +376,7 @@ def _run(
                 "train_loss": float(np.mean(losses)),
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(seconds, 2),
-                "images_per_s": round(2 * len(losses) * batch_size / seconds, 1),
+                "images_per_s": round(len(losses) * batch_size / seconds, 1),  # corpus images (two views each)
             }
             history.append(row)
             saver.epoch_end(model, row, history, _training_state(optimizer, scheduler, criterion))
