@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from urllib.error import URLError
 
@@ -17,6 +18,7 @@ from lowmed.comparison.render import headline_table
 from lowmed.config import TrainConfig
 from lowmed.contracts import PRIMARY_TEST, Comparison, StudyLog, TrainSummary
 from lowmed.errors import LowmedError
+from lowmed.experiment import execute as execute_module
 from lowmed.experiment import load_study
 from lowmed.experiment.report import results_tables
 from lowmed.training import train as train_module
@@ -301,3 +303,24 @@ def test_a_run_that_did_not_learn_is_flagged_in_the_table_the_notes_and_the_conc
     assert "Did not learn (1 of 2 runs" in (tmp_path / "c" / "compare.md").read_text()
     warnings = list(_not_learned(comparison).values())
     assert warnings and "**Not an effect of pretraining:** 1 of the runs compared (A · simplecnn)" in warnings[0]
+
+
+def test_a_running_study_publishes_its_record_marked_incomplete(study, tmp_path, monkeypatch):
+    """With publish:, the record is published while the study runs (here after every run), its report saying how
+    many runs it holds, so that a study stopped anywhere can be continued from it; study.json keeps one entry for the
+    invocation, brought up to date each time."""
+    values = yaml.safe_load(study.read_text())
+    study.write_text(yaml.safe_dump({**values, "arms": values["arms"][:1], "per_class": [5]}))
+    monkeypatch.setattr("lowmed.experiment.execute.PUBLISH_EVERY", timedelta(0))
+    real_publish, reports = execute_module.publish_study, []
+
+    def publishing(study, *args):
+        reports.append((study.out / "report.md").read_text())
+        return real_publish(study, *args)
+
+    monkeypatch.setattr("lowmed.experiment.execute.publish_study", publishing)
+    result = run_experiment(study, quiet=True)
+    assert [run.status for run in result.runs] == ["trained", "trained"]
+    assert len(reports) == 3  # after the first run, after the second, and at the end
+    assert "**Incomplete: 1 of 2 runs.**" in reports[0] and "Incomplete" not in reports[-1]
+    assert len(StudyLog.read(tmp_path / "published" / "study.json").invocations) == 1

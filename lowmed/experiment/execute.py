@@ -44,6 +44,8 @@ from lowmed.tuning import tune_cell, tuned_options
 
 # under torchrun, a process that has finished its share of the grid waits this long for the slowest one
 GRID_WAIT = timedelta(hours=24)
+# with publish:, how often the record is published while the study runs (after a run finishes, not in between)
+PUBLISH_EVERY = timedelta(minutes=15)
 
 
 @dataclass
@@ -214,12 +216,36 @@ def _claim(path: Path) -> bool:
     return True
 
 
+@dataclass
+class _Session:
+    """One invocation of a study: what it planned, and how far it has got."""
+
+    study: Study
+    study_path: Path
+    dist: Distributed
+    pretrains: list[PlannedRun]
+    cells: list[PlannedCell]
+    runs: list[PlannedRun]
+    families: TestFamilies
+    restored: list[str]
+    started: float = field(default_factory=time.perf_counter)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    log_entry: int | None = None  # this invocation's place in study.json, once written
+    published_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def claims(self) -> Path:
+        """Under torchrun: which process took which grid run."""
+        return self.study.out / ".claims"
+
+
 def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quiet: bool = False) -> StudyResult:
     """Run (or resume) the whole study and write ``report.md``; with ``dry_run`` only plan it.
 
-    Under torchrun every process returns the runs' outcomes; only rank 0's result names the report.
+    Under torchrun every process returns the runs' outcomes; only rank 0's result names the report. With
+    ``publish:`` the record is also published every ``PUBLISH_EVERY`` while the study runs, marked incomplete, so
+    that a study stopped for any reason can be continued from it on another machine.
     """
-    started, started_at = time.perf_counter(), datetime.now(UTC)
     study = load_study(study_path)
     if dry_run:
         pretrains, cells, runs = plan(study, prepare_data=False)
@@ -227,24 +253,41 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
         earlier = Comparison.read(record) if record.is_file() else None
         power = _power(study, earlier, study_families(study, runs))
         return StudyResult(study, pretrains, runs, cells, power=power)
+    session = _initialise(study, Path(study_path))
+    own_runs = _run(session, quiet)
+    if session.dist.enabled:  # every process's outcomes, on every process (waiting for the slowest)
+        outcomes = {
+            name: (status, detail)
+            for share in session.dist.gather_objects([(r.name, r.status, r.detail) for r in own_runs])
+            for name, status, detail in share
+        }
+        for run in session.runs:
+            run.status, run.detail = outcomes[run.name]
+        if session.dist.is_main:
+            shutil.rmtree(session.claims, ignore_errors=True)
+    if not session.dist.is_main:
+        return StudyResult(study, session.pretrains, session.runs, session.cells, restored=session.restored)
+    return _finalise(session)
+
+
+def _initialise(study: Study, study_path: Path) -> _Session:
+    """Check the outputs, plan the study (rank 0 prepares the data, draws the subsets, restores published runs and
+    fixes the families of tests), and refuse any finished run the study file no longer describes."""
     if study.publish is not None:
         check_publish_folder(study.publish)  # before hours of training, not after
     check_writable(study.out / "report.md", f"{study_path}: out:")
     dist = Distributed.from_environment(str(study.train.get("device", "auto")), timeout=GRID_WAIT)
-    claims = study.out / ".claims"  # under torchrun: which process took which grid run
     planned: list = []
 
-    restored: list[str] = []
-
-    def prepare_study() -> None:  # rank 0 prepares the data, draws the subsets and restores published runs
-        shutil.rmtree(claims, ignore_errors=True)  # left by an invocation that was stopped
+    def prepare_study() -> None:
+        shutil.rmtree(study.out / ".claims", ignore_errors=True)  # left by an invocation that was stopped
         pretrains, cells, runs = plan(study)
-        restored.extend(restore_published(study, Path(study_path), pretrains, cells, runs))
+        restored = restore_published(study, study_path, pretrains, cells, runs)
         study_families(study, runs).write(study.out / TestFamilies.FILE)  # fixed before any run trains
-        planned.append((pretrains, cells, runs))
+        planned.append((pretrains, cells, runs, restored))
 
     dist.on_main(prepare_study)
-    pretrains, cells, runs = planned[0] if planned else plan(study)
+    pretrains, cells, runs, restored = planned[0] if planned else (*plan(study), [])
     families = TestFamilies.read(study.out / TestFamilies.FILE)
     tuned = {param.name for param in study.tune.space} | {"monitor"} if study.tune else set()
     for job in pretrains + runs:  # before anything trains (a tuned run's chosen values: once its cell is tuned)
@@ -252,18 +295,25 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
         if done.state() in ("completed", "resumable"):
             options = PretrainConfig if job.self_supervised else TrainConfig
             _check_as_planned(done, {k: v for k, v in job.values.items() if not (job.cell and k in tuned)}, options)
+    return _Session(study, study_path, dist, pretrains, cells, runs, families, restored)
+
+
+def _run(session: _Session, quiet: bool) -> list[PlannedRun]:
+    """Every job in order (stages, tuning cells, runs), the record published now and then; returns the grid runs
+    this process trained (under torchrun, each process its own)."""
+    study, dist, runs = session.study, session.dist, session.runs
     alone = Distributed()  # a grid run is small: each process trains its own, on its own GPU
     own_runs: list[PlannedRun] = []
     said: set[tuple[str, str]] = set()  # outcomes whose reason was shown: an arm's skip reason once, not per run
     skip_reasons: dict[str, str] = {}
-    jobs = pretrains + cells + runs
+    jobs = session.pretrains + session.cells + runs
     prefix = f"[process {dist.rank}] " if dist.world_size > 1 else ""
     with progress_bar(transient=False, disable=quiet or not dist.is_main) as bar:
         task = bar.add_task(f"study {study.name}", total=len(jobs), status="")
         for index, job in enumerate(jobs, start=1):
             if dist.enabled and runs and job is runs[0]:
                 dist.barrier()  # every cell is tuned before any run takes its values
-            if job.arm is not None and dist.world_size > 1 and not _claim(claims / job.name):
+            if job.arm is not None and dist.world_size > 1 and not _claim(session.claims / job.name):
                 bar.advance(task)  # another process has it
                 continue
             bar.update(task, status=f"{job.name}")
@@ -287,19 +337,17 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
                 said.add((job.status, job.detail))
                 _say(bar, f"{prefix}[{index}/{len(jobs)}] {job.name}: {job.status}{detail}")
             bar.advance(task)
-    if dist.enabled:  # every process's outcomes, on every process (waiting for the slowest)
-        outcomes = {
-            name: (status, detail)
-            for share in dist.gather_objects([(r.name, r.status, r.detail) for r in own_runs])
-            for name, status, detail in share
-        }
-        for run in runs:
-            run.status, run.detail = outcomes[run.name]
-        if dist.is_main:
-            shutil.rmtree(claims, ignore_errors=True)
-    result = StudyResult(study, pretrains, runs, cells, restored=restored)
-    if not dist.is_main:
-        return result
+            due = time.monotonic() - session.published_at >= PUBLISH_EVERY.total_seconds()
+            if study.publish is not None and not dist.enabled and job.status == "trained" and due:
+                _finalise(session)  # the record so far, marked incomplete
+    return own_runs
+
+
+def _finalise(session: _Session) -> StudyResult:
+    """Compare the finished runs, write the report (marked incomplete while runs are missing) and study.json (this
+    invocation's entry updated in place), and publish the record."""
+    study, pretrains, cells, runs = session.study, session.pretrains, session.cells, session.runs
+    result = StudyResult(study, pretrains, runs, cells, restored=session.restored)
     finished = [r for r in runs if r.status in ("trained", "done before")]
     figures: dict[str, Path] = {}
     if finished:
@@ -308,14 +356,14 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
             split=study.split,
             out=study.out,
             quiet=True,
-            families=families,
+            families=session.families,
             **study.compare,
         )
-        result.external = _external_comparisons(study, finished, families)
+        result.external = _external_comparisons(study, finished, session.families)
         figures = draw_figures(result.comparison, study.out)
-    result.power = _power(study, result.comparison, families)
-    result.wall_seconds = time.perf_counter() - started
-    result.log = _logged(study, study_path, started_at, result.wall_seconds, dist.world_size, pretrains + cells + runs)
+    result.power = _power(study, result.comparison, session.families)
+    result.wall_seconds = time.perf_counter() - session.started
+    result.log = _logged(session, result.wall_seconds, pretrains + cells + runs)
     report = study.out / "report.md"
     inputs = ReportInputs(PortablePaths.for_study(study.variables), result.power, figures)
     text = study_report(
@@ -324,8 +372,9 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
     write_text(report, text)
     result.report = str(report)
     if study.publish is not None and result.comparison is not None:
-        publish_study(study, Path(study_path), pretrains, runs, list(figures.values()))
+        publish_study(study, session.study_path, pretrains, runs, list(figures.values()))
         result.published = study.publish
+        session.published_at = time.monotonic()
     return result
 
 
@@ -372,25 +421,24 @@ def _external_comparisons(study: Study, finished: list[PlannedRun], families: Te
     }
 
 
-def _logged(
-    study: Study, study_path: str | os.PathLike, started: datetime, seconds: float, processes: int, jobs: list
-) -> StudyLog:
-    """``study.json`` with this invocation added: when, how long, on how many processes, and how many runs and
-    cells it trained or tuned (0 for one that found everything done)."""
-    path = study.out / StudyLog.FILE
-    log = StudyLog.read(path) if path.is_file() else StudyLog(study=study.name)
-    worked = sum(job.status in ("trained", "tuned") for job in jobs)
-    log.invocations.append(
-        {
-            "started": started.isoformat(timespec="seconds"),
-            "seconds": round(seconds, 1),
-            "processes": processes,
-            "worked": worked,
-            "command": shlex.join(["lowmed", *sys.argv[1:]])
-            if Path(sys.argv[0]).name in ("lowmed", "__main__.py")
-            else f"run_experiment({str(study.out)!r})",
-        }
-    )
+def _logged(session: _Session, seconds: float, jobs: list) -> StudyLog:
+    """``study.json`` with this invocation in it (added, or its entry brought up to date): when, how long, on how
+    many processes, how many runs and cells it trained or tuned (0 for one that found everything done), and the
+    command that ran it."""
+    path = session.study.out / StudyLog.FILE
+    log = StudyLog.read(path) if path.is_file() else StudyLog(study=session.study.name)
+    entry = {
+        "started": session.started_at.isoformat(timespec="seconds"),
+        "seconds": round(seconds, 1),
+        "processes": session.dist.world_size,
+        "worked": sum(job.status in ("trained", "tuned") for job in jobs),
+        "command": _command(session.study_path),
+    }
+    if session.log_entry is None:
+        log.invocations.append(entry)
+        session.log_entry = len(log.invocations) - 1
+    else:
+        log.invocations[session.log_entry] = entry
     log.write(path)
     return log
 
