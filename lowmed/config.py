@@ -74,6 +74,9 @@ class TrainConfig(ConfigFile):
     fine_tune_epochs: int = 10
     fine_tune_layers: int = 50
     fine_tune_lr: float = 1e-5
+    # fine-tuning keeps the backbone's batch-norm statistics as pretrained (their scale and shift still train), as is
+    # usual for small-data fine-tuning: re-estimated from batches of a few dozen images they jolt the features
+    freeze_bn: bool = False
     image_size: int | None = None  # None = the model's default input size
     augment_strength: float = 0.5
     cached_views: int = 3  # augmented views per image whose frozen-layer outputs are cached; 0 = off

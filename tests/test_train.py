@@ -93,6 +93,21 @@ def test_frozen_phase_leaves_the_backbone_untouched(separable, tmp_path):
     assert any(not torch.equal(source[k], tuned[k]) for k in source if k.startswith("head."))
 
 
+def test_freeze_bn_keeps_the_pretrained_statistics_while_the_weights_fine_tune(separable, tmp_path):
+    train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "source"), **FAST), quiet=True)
+    source = torch.load(tmp_path / "source" / "best.pt", weights_only=True)["model"]
+    options = {"epochs": 1, "fine_tune_epochs": 2, "fine_tune_layers": 1000, **FAST}
+    for frozen in (True, False):
+        out = tmp_path / f"freeze-{frozen}"
+        finetune(tmp_path / "source", separable, out=str(out), quiet=True, freeze_bn=frozen, **options)
+        tuned = torch.load(out / "last.pt", weights_only=True)["model"]
+        statistics = [k for k in source if k.startswith("backbone.") and k.endswith(("running_mean", "running_var"))]
+        kept = [torch.equal(source[k], tuned[k]) for k in statistics]
+        assert all(kept) if frozen else not any(kept)  # the statistics stay, or follow the small batches
+        weights = [k for k in source if k.startswith("backbone.") and k.endswith(".weight")]
+        assert any(not torch.equal(source[k], tuned[k]) for k in weights)  # the weights fine-tune either way
+
+
 def test_finetune_equals_train_with_run_dir_weights(separable, tmp_path):
     train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "source"), **FAST), quiet=True)
     options = {"epochs": 2, "fine_tune_epochs": 2, "fine_tune_layers": 4, **FAST}

@@ -141,6 +141,15 @@ def train_command(
         ),
     ] = None,
     fine_tune_lr: Annotated[Optional[float], typer.Option(help=f"\\[default: {_D.fine_tune_lr:g}]")] = None,
+    freeze_bn: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--freeze-bn/--no-freeze-bn",
+            help="Fine-tuning a pretrained backbone: keep its batch-norm statistics as pretrained (scale and shift "
+            "still train). \\[default: no-freeze-bn]",
+            show_default=False,
+        ),
+    ] = None,
     image_size: Annotated[
         Optional[int], typer.Option(help="Input size in px. \\[default: the model's, e.g. 224; 299 for inception_v3]")
     ] = None,

@@ -128,6 +128,8 @@ def study_report(
     tuned = [cell for cell in cells if cell.cell.record is not None]
     if tuned:
         lines += _tuning_section(tuned)
+    if summaries:
+        lines += _time_section(study, pretrains, done, summaries, tuned)
     if comparison:
         lines += ["", *reporting_checklist(study, pretrains, runs, summaries, comparison, log, inputs)]
     problems = grouped_problems(pretrains + cells + runs)
@@ -357,6 +359,56 @@ def results_tables(comparison: Comparison) -> str:
         f"two pipelines): compare.md and stats.csv; {len(comparison.runs)} runs.",
     ]
     return "\n".join(lines)
+
+
+def _time_section(
+    study: Study,
+    pretrains: list[PlannedRun],
+    done: list[PlannedRun],
+    summaries: list[TrainSummary],
+    cells: list[PlannedCell],
+) -> list[str]:
+    """Where the time went, per arm: training per run (of which building the cached activations), evaluation per
+    run, tuning per cell and the arm's pretraining, from the runs' own records."""
+    lines = [
+        "",
+        "## Where the time went",
+        "",
+        "Per arm, from the runs' records (train.json, metrics.json, tuning.json): the mean per run of the training "
+        "epochs (of which the cached activations' builds) and of the evaluation, and the tuning trials per cell.",
+        "",
+        "| arm | runs | training, min per run | of which cache builds, s | evaluation, s per run "
+        "| tuning, min per cell | pretraining, min |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm in study.arms:
+        own = [s for s in summaries if s.arm == arm.name]
+        if not own:
+            continue
+        jobs = [job for job in done if job.arm is arm]
+        evaluated = [RunDir(job.run_dir).evaluation(study.split) for job in jobs]
+        evaluation = [e.read_report().seconds for e in evaluated if e.exists()]
+        builds = [sum(c.get("build_seconds") or 0 for c in s.caches.values()) for s in own]
+        tuning = [cell.cell.record.seconds for cell in cells if cell.arm is arm]
+        stages = {job.values.get("weights") for job in jobs}
+        pretrained = [
+            RunDir(stage.run_dir).read_summary().epoch_seconds_total or 0
+            for stage in pretrains
+            if str(stage.run_dir) in stages and RunDir(stage.run_dir).summary.is_file()
+        ]
+        lines.append(
+            f"| {arm.name} | {len(own)} | {_mean([s.epoch_seconds_total or 0 for s in own]) / 60:.2f} | "
+            f"{_mean(builds):.1f} | {_mean(evaluation):.1f} | "
+            + (f"{_mean(tuning) / 60:.1f}" if tuning else "—")
+            + " | "
+            + (f"{sum(pretrained) / 60:.1f}" if pretrained else "—")
+            + " |"
+        )
+    return lines
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
 
 
 def _tuning_section(cells: list[PlannedCell]) -> list[str]:

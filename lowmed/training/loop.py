@@ -103,11 +103,16 @@ def set_trainable(model: Classifier, phase: Phase, fine_tune_layers: int) -> lis
     return frozen
 
 
-def train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
-    """Training mode, except that frozen layers keep their normalisation statistics fixed."""
+def train_mode(model: nn.Module, frozen: list[nn.Module], freeze_bn: bool = False) -> None:
+    """Training mode, except that frozen layers keep their normalisation statistics fixed, and with ``freeze_bn``
+    every 2-D batch norm (the backbone's; the head's are 1-D) too."""
     model.train()
     for module in frozen:
         module.eval()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
 
 
 @dataclass
@@ -123,6 +128,7 @@ class LoopInputs:
     run_dir: RunDir
     checkpoint_extras: dict  # config, preprocessing, classes... stored with every checkpoint
     dist: Distributed = field(default_factory=Distributed)
+    pretrained: bool = False  # the backbone started from weights (its batch-norm statistics mean something)
 
     @property
     def channels_last(self) -> bool:
@@ -376,15 +382,17 @@ def _epoch(
     if images_on_device or cache is not None:
         order = order.to(device)  # batches are picked on the device: no index copy per batch
     chunks = index_chunks(order, config.batch_size, drop_last=len(order) > config.batch_size)
+    # with --freeze-bn a pretrained backbone's statistics stay as they are while it fine-tunes
+    freeze_bn = config.freeze_bn and inputs.pretrained and phase.name != "frozen"
     if cache is not None:
-        train_mode(cache.top, frozen)
+        train_mode(cache.top, frozen, freeze_bn)
         batches = [(None, rows) for rows in chunks]
 
         def forward(_, rows):
             return trained(cache.train_batch(phase_epoch, rows))
 
     else:
-        train_mode(model, frozen)
+        train_mode(model, frozen, freeze_bn)
         batches = inputs.train.batches(chunks, config.workers)
 
         def forward(images, rows):

@@ -161,6 +161,7 @@ def train(
             precision=precision,
             run_dir=run_dir,
             dist=dist,
+            pretrained=report.source != "none",
             checkpoint_extras={
                 "config": config.to_dict(),
                 "preprocessing": preprocessing.to_dict(),
