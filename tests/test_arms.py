@@ -150,6 +150,8 @@ def test_a_bad_study_is_refused_before_anything_runs(tmp_path, kermany, capsys, 
     "changes, message",
     [
         ({"compare": {"baseline": "Z"}}, "compare.baseline 'Z' is not an arm; the arms are 'A'"),
+        ({"compare": {"pairs": [["A", "Z"]]}}, "compare.pairs \\[A, Z\\]: expected two different arms of the study"),
+        ({"compare": {"pairs": ["A"]}}, "compare.pairs: expected a list of \\[a, b\\] arm pairs"),
         ({"evaluate": {"split": "holdout"}}, "evaluate.split 'holdout': expected test, val or train"),
         ({"compare": {"split": "val"}}, "compare: unknown key\\(s\\) split"),
         ({"datasets": [{"name": "cxr", "data": "/no/such/data"}]}, "dataset 'cxr': data /no/such/data does not exist"),

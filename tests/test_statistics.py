@@ -11,6 +11,7 @@ from scipy import stats as scipy_stats
 
 from lowmed.cli import main
 from lowmed.comparison.compare import compare_runs
+from lowmed.comparison.render import headline_table
 from lowmed.comparison.statistics import (
     VarianceComponents,
     components,
@@ -210,3 +211,16 @@ def test_power_is_planned_from_the_runs_and_shown_by_compare(tmp_path, capsys):
     # more seeds help only down to the test set's own limit
     floor = minimum_detectable_difference(row["se_patient"], 0.0, 1000, 1)
     assert floor < row["detectable_20_seeds"] and floor == pytest.approx(2.8 * row["se_patient"], rel=0.01)
+
+
+def test_a_planned_pair_is_tested_as_the_study_wrote_it(tmp_path):
+    """compare.pairs: the primary family's members read a − b as planned, whatever the names' order or baseline."""
+    _two_arms(tmp_path / "runs", [0.03, 0.035, 0.025])
+    member = FamilyMember(dataset="synthetic", per_class=50, a="B · simplecnn", b="A · simplecnn")
+    families = TestFamilies(source="study resolution, fixed when planned", baseline=None, primary=[member])
+    comparison = compare_runs([tmp_path / "runs"], resamples=100, quiet=True, families=families)
+    row = _primary(comparison)
+    assert (row.a, row.b, row.family, row.vs_baseline) == ("B · simplecnn", "A · simplecnn", PRIMARY, True)
+    assert row.estimate > 0  # B − A, B being the better arm here
+    headline = headline_table(comparison).markdown(title=False)
+    assert "primary difference [95 % CI]" in headline and "− A: +0.0" in headline

@@ -147,7 +147,7 @@ def compare_runs(
     run_rows = [_run_row(run, scored[id(run)], metric) for run in runs]
     run_rows.sort(key=lambda row: (row.dataset, row.per_class or 0, row.arm, row.model, row.seed))
     groups = _aggregate(runs, scored, metric, list(by))
-    tests, found = _paired_tests(runs, scored, metric, baseline, seed, quiet)
+    tests, found = _paired_tests(runs, scored, metric, baseline, seed, quiet, planned)
     families_used = planned or found
     _correct(tests, families_used)
     tests.sort(key=_test_order)
@@ -367,10 +367,18 @@ def _curve_frame(groups: list[GroupRow]) -> pd.DataFrame:
 
 
 def _paired_tests(
-    runs: list[Run], scored: dict[int, Scored], metric: str, baseline: str | None, seed: int, quiet: bool
+    runs: list[Run],
+    scored: dict[int, Scored],
+    metric: str,
+    baseline: str | None,
+    seed: int,
+    quiet: bool,
+    planned: TestFamilies | None = None,
 ) -> tuple[list[TestRow], TestFamilies]:
-    """Every pair of arms/models on the same dataset, N and test images, the baseline arm as ``b``; and the
-    families as found (every arm against the baseline: primary; the rest: secondary)."""
+    """Every pair of arms/models on the same dataset, N and test images, the baseline arm as ``b`` (or as a planned
+    family member has them); and the families as found (every arm against the baseline: primary; the rest:
+    secondary)."""
+    oriented = {member.key: member for member in planned.primary} if planned is not None else {}
     cells: dict[tuple, dict[str, dict[int, Run]]] = {}
     arm_of: dict[str, str] = {}
     for run in runs:
@@ -380,18 +388,21 @@ def _paired_tests(
     jobs = []
     for key, entities in sorted(cells.items(), key=lambda item: (item[0][0], _sortable(item[0][1]), item[0][2])):
         for a, b in combinations(sorted(entities), 2):
-            if arm_of[a] == baseline and arm_of[b] != baseline:
+            member = oriented.get((key[0], key[1], frozenset((a, b))))
+            if member is not None:
+                a, b = member.a, member.b  # as the study planned it
+            elif arm_of[a] == baseline and arm_of[b] != baseline:
                 a, b = b, a  # the difference reads as other arm − baseline
-            jobs.append((key, a, b))
+            jobs.append((key, a, b, member is not None))
     rows: list[TestRow] = []
     primary, secondary = [], []
-    for key, a, b in track(jobs, len(jobs), "Paired tests", quiet):
+    for key, a, b, planned_primary in track(jobs, len(jobs), "Paired tests", quiet):
         by_seed_a, by_seed_b = cells[key][a], cells[key][b]
         pairs = [(by_seed_a[s], by_seed_b[s]) for s in sorted(set(by_seed_a) & set(by_seed_b))]
         pairs = [(x, y) for x, y in pairs if scored[id(x)].test_set is scored[id(y)].test_set]
         if not pairs:
             continue
-        vs_baseline = arm_of[b] == baseline and arm_of[a] != baseline
+        vs_baseline = planned_primary or (arm_of[b] == baseline and arm_of[a] != baseline)
         member = FamilyMember(dataset=key[0], per_class=key[1], a=a, b=b)
         (primary if vs_baseline or baseline is None else secondary).append(member)
         rows += _tests_for_pair(member, vs_baseline, pairs, scored, seed)

@@ -273,7 +273,7 @@ def headline_table(comparison: Comparison) -> Table:
         "arm",
         "seeds",
         f"test {metric}, mean [95 % CI]",
-        f"− {baseline or 'baseline'} [95 % CI]",
+        f"− {baseline} [95 % CI]" if baseline else "primary difference [95 % CI]",
         "p (Holm)",
         "balanced accuracy [95 % CI]",
     ]
@@ -291,7 +291,9 @@ def headline_table(comparison: Comparison) -> Table:
                 str(group.arm),
                 str(group.n),
                 interval_text(group.value),
-                difference_text(test) if test else "—",
+                (difference_text(test) if baseline else f"− {test.b.split(' · ')[0]}: {difference_text(test)}")
+                if test
+                else "—",
                 format_p(test.p_holm) if test else "—",
                 interval_text(group.thresholded["balanced_accuracy"])
                 if "balanced_accuracy" in group.thresholded

@@ -214,16 +214,23 @@ def study_families(study: Study, runs: list[PlannedRun]) -> TestFamilies:
     """The comparisons the study is planned to make, fixed before any run trains: every arm against the baseline at
     every N of every dataset (primary), and every other pair of arms (secondary). Datasets are named as the
     comparison names them, by their prepared folder."""
-    baseline = study_baseline(study)
+    baseline = None if study.pairs else study_baseline(study)
     entity = {arm.name: f"{arm.name} · {arm.model}" for arm in study.arms}
+    planned = {frozenset(pair): pair for pair in study.pairs}  # compare.pairs: the primary family, as a − b
     primary, secondary = [], []
     for spec in study.datasets:
         dataset = next(Path(run.values["data"]).name for run in runs if run.dataset == spec.name)
         for per_class in study.per_class:
             for first, second in combinations(study.arms, 2):
-                a, b = (second, first) if first.name == baseline else (first, second)
-                member = FamilyMember(dataset=dataset, per_class=per_class, a=entity[a.name], b=entity[b.name])
-                (primary if baseline is None or b.name == baseline else secondary).append(member)
+                a, b = planned.get(frozenset((first.name, second.name)), (first.name, second.name))
+                if a == baseline:
+                    a, b = b, a
+                member = FamilyMember(dataset=dataset, per_class=per_class, a=entity[a], b=entity[b])
+                if study.pairs:
+                    chosen = frozenset((a, b)) in planned
+                else:
+                    chosen = baseline is None or b == baseline
+                (primary if chosen else secondary).append(member)
     return TestFamilies(
         source=f"study {study.name}, fixed when planned", baseline=baseline, primary=primary, secondary=secondary
     )

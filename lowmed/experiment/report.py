@@ -234,6 +234,12 @@ def _conclusions(comparison: Comparison) -> list[str]:
             "set's.",
             "",
         ]
+    elif comparison.families and comparison.families.source.startswith("study"):
+        lines += [
+            "The pairs the study names (compare.pairs, each as a − b) are the primary family; the other pairs are "
+            "secondary. Each test carries the variance between seeds as well as the test set's.",
+            "",
+        ]
     failed = _not_learned(comparison)
     primary, secondary = comparison.tests(PRIMARY), comparison.tests(SECONDARY)
     lines += [f"- {_sentence(row)}{failed.get(row.key, '')}" for row in primary]

@@ -37,7 +37,7 @@ _DATASET_KEYS = {"name", "data", "demo", "prepare", "external"}
 _ARM_KEYS = {"name", "model", "weights", "pretrain", "options"}
 # the options of lowmed evaluate and lowmed compare a study may set (the compared split is the evaluated one)
 _EVALUATE_KEYS = {"split", "checkpoint", "threshold", "bootstrap", "tta", "device", "amp", "batch_size", "seed"}
-_COMPARE_KEYS = {"metric", "by", "baseline", "resamples", "seed"}
+_COMPARE_KEYS = {"metric", "by", "baseline", "resamples", "seed", "pairs"}
 
 
 @dataclass
@@ -79,6 +79,9 @@ class Study:
     evaluate: dict = field(default_factory=dict)
     compare: dict = field(default_factory=dict)
     publish: Path | None = None  # where the report, the comparison and each run's small files are copied
+    # compare: pairs: the primary family as (a, b) arm pairs, each a − b at every N (default: every arm against the
+    # baseline); for a study whose question is not "against one baseline", e.g. B − A at each resolution
+    pairs: list[tuple[str, str]] = field(default_factory=list)
     notes: str = ""  # what the reader of the report needs to know first: choices made, what was traded
     variables: dict[str, str] = field(default_factory=dict)  # the environment variables its file names, as set
 
@@ -120,6 +123,7 @@ def load_study(path: str | os.PathLike) -> Study:
         tune=tune,
         evaluate=dict(_checked_keys(raw.get("evaluate") or {}, _EVALUATE_KEYS, f"{path}: evaluate")),
         compare=_compare_options(raw.get("compare") or {}, f"{path}: compare"),
+        pairs=_pairs((raw.get("compare") or {}).get("pairs"), f"{path}: compare.pairs"),
         notes=str(raw.get("notes") or "").strip(),
         publish=Path(_expand(str(raw["publish"]), f"{path}: publish")) if raw.get("publish") else None,
         variables={
@@ -143,9 +147,20 @@ def _tune_settings(values: Any, shared: dict, arms: list[Arm], where: str) -> Tu
     return TuneSettings.from_dict(values, where, base=shared)
 
 
+def _pairs(values: Any, where: str) -> list[tuple[str, str]]:
+    if values is None:
+        return []
+    if not isinstance(values, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(isinstance(arm, str) for arm in pair) for pair in values
+    ):
+        raise LowmedError(f"{where}: expected a list of [a, b] arm pairs (each tested as a − b)")
+    return [(a, b) for a, b in values]
+
+
 def _compare_options(values: Any, where: str) -> dict:
-    """compare_runs' keyword arguments; ``by`` may be written as a list or as "dataset,arm"."""
-    options = dict(_checked_keys(values, _COMPARE_KEYS, where))
+    """compare_runs' keyword arguments; ``by`` may be written as a list or as "dataset,arm" (``pairs`` is the
+    study's own, the primary family it plans)."""
+    options = {k: v for k, v in _checked_keys(values, _COMPARE_KEYS, where).items() if k != "pairs"}
     if "by" in options:
         by = options["by"]
         options["by"] = tuple(by.split(",") if isinstance(by, str) else map(str, by))
@@ -274,6 +289,10 @@ def _check_whole(study: Study, path: Path) -> None:
             )
     if study.split not in ("test", "val", "train"):
         raise LowmedError(f"{path}: evaluate.split {study.split!r}: expected test, val or train")
+    names = {arm.name for arm in study.arms}
+    for a, b in study.pairs:
+        if a not in names or b not in names or a == b:
+            raise LowmedError(f"{path}: compare.pairs [{a}, {b}]: expected two different arms of the study")
     baseline = study.compare.get("baseline")
     if baseline is not None and str(baseline) not in {arm.name for arm in study.arms}:
         raise LowmedError(

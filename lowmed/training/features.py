@@ -198,7 +198,7 @@ def build_cache(
     if phase == "frozen":
         lower, boundary, above, top = backbone, "backbone", None, inputs.model.head
     else:
-        cut = _cut(backbone, frozen)
+        cut = split_at_cache(backbone, frozen)
         if isinstance(cut, str):
             return None, {"boundary": None, "reason": cut}
         below, rest = cut
@@ -260,8 +260,9 @@ def build_cache(
     return cache, cache.report()
 
 
-def _cut(backbone: nn.Module, frozen: list[nn.Module]) -> tuple[list[Stage], list[Stage]] | str:
-    """The backbone's stages below the first that trains (or is random in training), and the rest; or why not."""
+def split_at_cache(backbone: nn.Module, frozen: list[nn.Module]) -> tuple[list[Stage], list[Stage]] | str:
+    """The backbone's stages below the first that trains (or is random in training), whose outputs can be cached,
+    and the rest, which run every epoch; or why the backbone cannot be split."""
     stages = backbone_stages(backbone)
     if stages is None:
         return f"{type(backbone).__name__} is not a chain of stages (lowmed.models.stages)"
