@@ -19,6 +19,16 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 MAX_SEED = 2**32 - 1  # the widest seed every generator lowmed seeds (numpy's legacy one included) accepts
 
 
+def first_repeated(values: list) -> Any | None:
+    """The first value that a list holds twice (None if each is there once)."""
+    seen = []
+    for value in values:
+        if value in seen:
+            return value
+        seen.append(value)
+    return None
+
+
 def check_seed(seed: int, flag: str = "--seed") -> None:
     if not 0 <= seed <= MAX_SEED:
         raise LowmedError(f"{flag} {seed}: expected a whole number from 0 to {MAX_SEED}")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -84,20 +85,26 @@ def read_yaml(path: str | os.PathLike, what: str | None = None) -> dict:
     return data
 
 
-class ReadsLikeADict:
-    """Fields read like a mapping too (``summary["best"]["epoch"]``), as the seed project's API returned dicts."""
+class ReadsLikeADict(Mapping):
+    """A record that is also a read-only mapping of its fields (``summary["best"]["epoch"]``, ``"model_path" in
+    summary``, ``dict(summary)``), as the seed project's API returned dicts. ``ALSO_KEYS``: properties the mapping
+    holds too."""
+
+    ALSO_KEYS: ClassVar[tuple[str, ...]] = ()
 
     def __getitem__(self, name: str) -> Any:
-        try:
-            return getattr(self, name)
-        except AttributeError:
-            raise KeyError(name) from None
+        if not isinstance(name, str) or name not in self._names():
+            raise KeyError(name)
+        return getattr(self, name)
 
-    def get(self, name: str, default: Any = None) -> Any:
-        return getattr(self, name, default)
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
 
-    def keys(self) -> list[str]:
-        return [f.name for f in fields(self)]
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def _names(self) -> tuple[str, ...]:
+        return (*(f.name for f in fields(self)), *self.ALSO_KEYS)
 
 
 @dataclass(kw_only=True)
@@ -319,6 +326,7 @@ class TrainSummary(Record):
     """``train.json``: what a run is (arm, model, weights, data, seed) and how it went (status, best epoch, time)."""
 
     FILE: ClassVar[str] = "train.json"
+    ALSO_KEYS: ClassVar[tuple[str, ...]] = ("model_path",)  # the seed project's train_model() returned it
 
     schema: int = SCHEMA
     run_dir: str

@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from lowmed.config import MONITORS, TrainConfig, coerce
+from lowmed.config import MONITORS, TrainConfig, coerce, first_repeated
 from lowmed.console import progress_bar
 from lowmed.contracts import TuningRecord, read_yaml, short_value, slug
 from lowmed.errors import Interrupted, LowmedError, RunFailed
@@ -178,6 +178,9 @@ def _param(name: str, given: Any, where: str, base: dict) -> Param:
             raise LowmedError(f"{where}: an empty list of choices; give at least one")
         param = Param(name, choices=tuple(coerce(choice, hint, where) for choice in given))
         values = list(param.choices)
+        repeated = first_repeated(values)
+        if repeated is not None:
+            raise LowmedError(f"{where}: the choice {repeated!r} is listed twice; list each once")
     elif isinstance(given, dict):
         unknown = sorted(set(given) - {"low", "high", "log", "step"})
         if unknown or "low" not in given or "high" not in given:

@@ -190,6 +190,8 @@ def test_seed_project_evaluate_model(trained_run, separable):
         quiet=True,
     )
     assert 0 <= results["metrics"]["accuracy"] <= 1 and "f1" in results["metrics"]
+    assert "metrics" in results and "ci95" in results and dict(results)["split"] == "test"
+    assert {"task", "n", "classes", "threshold"} <= set(results.keys())
     with pytest.raises(LowmedError, match="trained as simplecnn, not vgg19"):
         evaluate_model(model_path=trained_run / "best.pt", dataset_root=separable, model_name="vgg19")
 

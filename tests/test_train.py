@@ -173,6 +173,14 @@ def test_seed_project_python_api(separable, tmp_path):
     )
     assert results["model_path"].endswith("best.pt") and (tmp_path / "checkpoints").is_dir()
     assert results["run_dir"].startswith(str(tmp_path / "checkpoints"))
+    # the usual dict idioms, as the seed project's dicts had them
+    assert "model_path" in results and "best" in results and "no such key" not in results
+    assert set(results.keys()) == set(dict(results)) == set(iter(results)) and len(results) == len(dict(results))
+    assert dict(results.items())["seed"] == results.get("seed") == 0 and results.get("no such key", 7) == 7
+    with pytest.raises(KeyError):
+        results["no such key"]
+    with pytest.raises(TypeError):
+        results["seed"] = 1  # read-only
 
 
 def test_inception_auxiliary_head_trains_at_299_px(tmp_path):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowmed.config import PretrainConfig, TrainConfig, check_seed
+from lowmed.config import PretrainConfig, TrainConfig, check_seed, first_repeated
 from lowmed.contracts import read_yaml, slug
 from lowmed.errors import LowmedError
 from lowmed.tuning import TuneSettings
@@ -103,6 +103,9 @@ def load_study(path: str | os.PathLike) -> Study:
     for key in ("per_class", "seeds"):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in raw[key]):
             raise LowmedError(f"{path}: {key} must be a list of whole numbers")
+        repeated = first_repeated(raw[key])
+        if repeated is not None:
+            raise LowmedError(f"{path}: {key} lists {repeated} twice; each run would be planned twice into one run dir")
     if any(n < 1 for n in raw["per_class"]):
         raise LowmedError(f"{path}: per_class sizes must be at least 1")
     for seed in raw["seeds"]:
@@ -154,6 +157,9 @@ def _pairs(values: Any, where: str) -> list[tuple[str, str]]:
         isinstance(pair, list) and len(pair) == 2 and all(isinstance(arm, str) for arm in pair) for pair in values
     ):
         raise LowmedError(f"{where}: expected a list of [a, b] arm pairs (each tested as a − b)")
+    repeated = first_repeated([frozenset(pair) for pair in values])
+    if repeated is not None:
+        raise LowmedError(f"{where}: the pair of {' and '.join(sorted(repeated))} is listed twice; list it once")
     return [(a, b) for a, b in values]
 
 
