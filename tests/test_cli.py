@@ -193,3 +193,19 @@ def test_prepare_demo_writes_both_demo_datasets(capsys, tmp_path):
     assert (tmp_path / "demo" / "target" / "manifest.csv").is_file()
     assert (tmp_path / "demo" / "corpus" / "manifest.csv").is_file()
     assert "PNEUMONIA" in out and "opacity" in out
+
+
+def test_model_names_never_wrap_piped_or_in_a_narrow_terminal(capsys, monkeypatch):
+    from lowmed.cli import _render
+    from lowmed.models.registry import MODELS
+
+    with pytest.raises(SystemExit):
+        main(["models"])
+    lines = capsys.readouterr().out.splitlines()  # piped: each row on a line of its own
+    for name in MODELS:
+        assert any(f" {name} " in line for line in lines), name
+    monkeypatch.setattr(_render.stdout, "width", 50)
+    with pytest.raises(SystemExit):
+        main(["models"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" · ")[0] for line in lines] == list(MODELS)  # plain lines, whole names

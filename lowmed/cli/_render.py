@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
 from lowmed.contracts import ExplainDir
 
-stdout = Console()
+# Output that goes to a file or a pipe is not wrapped at 80 columns: a table row stays on one line, so that
+# ``lowmed models | grep inception_v3`` finds it, and a name or path is never cut in two
+PIPED_WIDTH = 1000
+stdout = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
+
+
+def narrow() -> bool:
+    """A terminal too narrow for a wide table: commands then show fewer columns."""
+    return stdout.width < 100
 
 
 def counts_table(title: str, counts: dict[str, dict[str, int]], images: dict[str, int]) -> Table:
