@@ -122,6 +122,11 @@ def test_a_study_continues_from_its_published_record_on_another_machine(study, t
     checklist = (first.study.out / "report.md").read_text()
     assert f"the pretrained checkpoint's SHA-256 {restored.weights.sha256}" in checklist
 
+    shutil.rmtree(first.study.out)  # a later version of the study: its record's runs are not taken for its own
+    study.write_text(yaml.safe_dump({**values, "seeds": [0], "train": {**values["train"], "epochs": 3}}))
+    changed = run_experiment(study, quiet=True)
+    assert changed.restored == [] and {run.status for run in changed.runs if run.arm.name != "B"} == {"trained"}
+
 
 def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, monkeypatch, capsys):
     real_train, failures = train_module.train, []

@@ -16,7 +16,7 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,14 +31,19 @@ from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.evaluation.evaluate import evaluate
 from lowmed.experiment.checklist import ReportInputs, draw_figures
-from lowmed.experiment.plan import PlannedCell, PlannedRun, external_sets, plan, study_families
+from lowmed.experiment.plan import (
+    PlannedCell,
+    PlannedRun,
+    differences_from_plan,
+    external_sets,
+    plan,
+    study_families,
+)
 from lowmed.experiment.portable import PortablePaths
 from lowmed.experiment.publish import check_publish_folder, publish_study, restore_published
 from lowmed.experiment.report import study_report
 from lowmed.experiment.study import Study, load_study
 from lowmed.io import check_writable, write_text
-from lowmed.models.registry import get_model_spec
-from lowmed.models.weights import resolve_weights
 from lowmed.training.train import resume_run, train
 from lowmed.tuning import tune_cell, tuned_options
 
@@ -147,15 +152,7 @@ def _check_as_planned(run: RunDir, planned: dict, options: type[ConfigFile] = Tr
     """Refuse to report (or resume) a run under options it was not trained with: the study file changed since it
     ran (an epoch count, a learning rate, the values a tuning cell chose, the weights of a pretrain stage).
     ``options``: the run's kind of config (a self-supervised stage's is a PretrainConfig)."""
-    recorded, wanted = options.from_yaml(run.config), options.from_dict(planned, source=str(run.path))
-    model = get_model_spec(wanted.model).name  # as train records them: the model's own name, auto weights resolved
-    weights = "init" if options is PretrainConfig else "weights"
-    wanted = replace(wanted, model=model, **{weights: resolve_weights(getattr(wanted, weights), model)})
-    differences = [
-        f"{name} {getattr(recorded, name)} (now {getattr(wanted, name)})"
-        for name in planned
-        if name != "out" and not _same_option(getattr(wanted, name), getattr(recorded, name))
-    ]
+    differences = differences_from_plan(options.from_yaml(run.config), planned, str(run.path))
     if differences:
         raise LowmedError(
             f"{run.path} was trained with {', '.join(differences[:3])}"
@@ -163,13 +160,6 @@ def _check_as_planned(run: RunDir, planned: dict, options: type[ConfigFile] = Tr
             + "; the study file changed since: put its values back, give the study a new out:, or delete that run "
             "dir to train it again"
         )
-
-
-def _same_option(wanted, recorded) -> bool:
-    """Equal, or the same file by two spellings of its path (train records paths resolved)."""
-    if wanted is None or wanted == recorded:  # None: filled in when the run started
-        return True
-    return isinstance(wanted, str) and isinstance(recorded, str) and Path(wanted).resolve() == Path(recorded).resolve()
 
 
 def _read_record(planned: PlannedCell) -> TuningRecord | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
 
@@ -234,3 +234,29 @@ def study_families(study: Study, runs: list[PlannedRun]) -> TestFamilies:
     return TestFamilies(
         source=f"study {study.name}, fixed when planned", baseline=baseline, primary=primary, secondary=secondary
     )
+
+
+def differences_from_plan(recorded, planned: dict, where: str) -> list[str]:
+    """The options of ``planned`` (TrainConfig or PretrainConfig values) in which a run's recorded config differs:
+    "epochs 2 (now 3)". The model by its registry name and ``auto`` weights resolved, as training records them;
+    paths by the file they name."""
+    from lowmed.config import PretrainConfig
+    from lowmed.models.registry import get_model_spec
+    from lowmed.models.weights import resolve_weights
+
+    wanted = type(recorded).from_dict(planned, source=where)
+    model = get_model_spec(wanted.model).name
+    weights = "init" if isinstance(recorded, PretrainConfig) else "weights"
+    wanted = replace(wanted, model=model, **{weights: resolve_weights(getattr(wanted, weights), model)})
+    return [
+        f"{name} {getattr(recorded, name)} (now {getattr(wanted, name)})"
+        for name in planned
+        if name != "out" and not _same_option(getattr(wanted, name), getattr(recorded, name))
+    ]
+
+
+def _same_option(wanted, recorded) -> bool:
+    """Equal, or the same file by two spellings of its path (train records paths resolved)."""
+    if wanted is None or wanted == recorded:  # None: filled in when the run started
+        return True
+    return isinstance(wanted, str) and isinstance(recorded, str) and Path(wanted).resolve() == Path(recorded).resolve()

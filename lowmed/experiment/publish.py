@@ -27,6 +27,8 @@ import pandas as pd
 import yaml
 
 from lowmed.comparison.compare import compare_runs
+from lowmed.config import TrainConfig
+from lowmed.console import warn
 from lowmed.contracts import (
     SUBSETS,
     Comparison,
@@ -39,7 +41,7 @@ from lowmed.contracts import (
 )
 from lowmed.data.manifest import read_info
 from lowmed.errors import LowmedError
-from lowmed.experiment.plan import PlannedCell, PlannedRun
+from lowmed.experiment.plan import PlannedCell, PlannedRun, differences_from_plan
 from lowmed.experiment.portable import PortablePaths
 from lowmed.experiment.study import Study
 from lowmed.io import sha256_file, staged_dir, write_csv, write_json, write_text, write_yaml
@@ -142,16 +144,27 @@ def restore_published(
     log = study.out / StudyLog.FILE
     if not log.exists():  # the invocations that made the record: the study's wall time counts them
         write_json(_folder(log), _local_json(record / StudyLog.FILE, portable))
-    restored = []
+    restored, otherwise = [], []
     stage_names: dict[str, set[str]] = {}  # a planned stage -> the stage folders its published runs name
     for job in runs:
         source = RunDir(record / "runs" / job.run_dir.name)
         if job.run_dir.exists() or not source.summary.is_file() or not source.evaluation(study.split).exists():
             continue
+        differences = _trained_otherwise(source, job, study, portable)
+        if differences:  # an earlier version of the study (another image size, say): trained again
+            otherwise.append((job.name, differences))
+            continue
         if TrainSummary.read(source.summary).completed:
             published_weights = _restore_run(source, job, study.split, portable, record)
             restored.append(job.name)
             stage_names.setdefault(str(job.values.get("weights")), set()).add(Path(published_weights).name)
+    if otherwise:
+        name, differences = otherwise[0]
+        warn(
+            f"{len(otherwise)} run(s) of the published record {record} were trained under other options than the "
+            f"study now plans (e.g. {name}: {', '.join(differences[:2])}); they are trained again, and the record "
+            "is replaced once the study publishes"
+        )
     for planned in cells:
         _restore_cell(planned, study, runs)
     for stage in pretrains:
@@ -176,6 +189,18 @@ def restore_published(
                 if published.self_supervised.is_file():
                     write_json(RunDir(staging).self_supervised, _local_json(published.self_supervised, portable))
     return restored
+
+
+def _trained_otherwise(source: RunDir, job: PlannedRun, study: Study, portable: PortablePaths) -> list[str]:
+    """How a published run's options differ from what the study plans for it (its files by the planned paths; a
+    tuned run's tuned options by its cell's record, so not compared here)."""
+    values = portable.local_data(yaml.safe_load(source.config.read_text(encoding="utf-8")))
+    values |= {name: job.values[name] for name in _PATH_OPTIONS if name in job.values}
+    if _is_path(str(job.values.get("weights", "none"))):
+        values["weights"] = job.values["weights"]
+    tuned = {param.name for param in study.tune.space} | {"monitor"} if study.tune and job.cell else set()
+    planned = {name: value for name, value in job.values.items() if name not in tuned}
+    return differences_from_plan(TrainConfig.from_dict(values, str(source.config)), planned, str(source.path))
 
 
 def _restore_run(source: RunDir, job: PlannedRun, split: str, portable: PortablePaths, record: Path) -> str:
