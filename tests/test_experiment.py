@@ -126,6 +126,7 @@ def test_a_study_continues_from_its_published_record_on_another_machine(study, t
     study.write_text(yaml.safe_dump({**values, "seeds": [0], "train": {**values["train"], "epochs": 3}}))
     changed = run_experiment(study, quiet=True)
     assert changed.restored == [] and {run.status for run in changed.runs if run.arm.name != "B"} == {"trained"}
+    assert len(changed.log.invocations) == 1  # the earlier version's invocations are not this study's
 
 
 def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, monkeypatch, capsys):

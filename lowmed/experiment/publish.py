@@ -141,9 +141,6 @@ def restore_published(
     if record is None or not (record / StudyLog.FILE).is_file():
         return []
     portable = PortablePaths.for_study(study.variables)
-    log = study.out / StudyLog.FILE
-    if not log.exists():  # the invocations that made the record: the study's wall time counts them
-        write_json(_folder(log), _local_json(record / StudyLog.FILE, portable))
     restored, otherwise = [], []
     stage_names: dict[str, set[str]] = {}  # a planned stage -> the stage folders its published runs name
     for job in runs:
@@ -158,6 +155,9 @@ def restore_published(
             published_weights = _restore_run(source, job, study.split, portable, record)
             restored.append(job.name)
             stage_names.setdefault(str(job.values.get("weights")), set()).add(Path(published_weights).name)
+    log = study.out / StudyLog.FILE
+    if restored and not log.exists():  # the invocations that made the runs taken: the study's wall time counts them
+        write_json(_folder(log), _local_json(record / StudyLog.FILE, portable))
     if otherwise:
         name, differences = otherwise[0]
         warn(
