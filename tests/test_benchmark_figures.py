@@ -74,3 +74,8 @@ def test_resnet50_recipe_tables_match_the_measurements():
 def test_self_supervised_throughput_table_matches_the_measurements():
     readme = (BENCHMARKS.parent / "README.md").read_text()
     assert script("selfsupervised").throughput_table(result("ssl_throughput.json")) in readme
+
+
+def test_model_d_check_tables_match_its_record():
+    readme = (BENCHMARKS.parent / "README.md").read_text()
+    assert script("selfsupervised").knn_table() in readme

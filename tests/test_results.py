@@ -17,6 +17,12 @@ from lowmed.experiment.report import results_tables
 
 ROOT = Path(__file__).parent.parent
 STUDIES = sorted(path.name for path in (ROOT / "results").iterdir() if (path / StudyLog.FILE).is_file())
+# every published study record: results/ and the studies behind benchmarks' figures
+PUBLISHED = sorted(
+    str(path.parent.relative_to(ROOT))
+    for folder in ("results", "benchmarks/results")
+    for path in (ROOT / folder).glob(f"*/{StudyLog.FILE}")
+)
 
 
 def test_both_public_data_studies_are_committed_with_the_wall_times_the_readme_gives():
@@ -26,10 +32,10 @@ def test_both_public_data_studies_are_committed_with_the_wall_times_the_readme_g
     assert f"Kermany took {minutes['public-kermany']} min and HAM10000 {minutes['public-ham10000']} min" in readme
 
 
-@pytest.mark.parametrize("name", STUDIES)
+@pytest.mark.parametrize("name", PUBLISHED)
 def test_the_reported_tables_are_what_the_runs_give(name, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the runs are recorded by their path in the repository
-    published = Path("results") / name
+    published = Path(name)
     recorded = Comparison.read(ComparisonDir(published).record)
     again = compare_runs([published / "runs"], out=tmp_path, quiet=True, evaluate_missing=False, **recorded.options())
 
@@ -156,7 +162,8 @@ def test_the_published_decisions_agree_with_an_independent_computation(name):
 
 def test_no_published_file_holds_an_absolute_path_of_the_machine_that_made_it():
     found = {}
-    for path in (ROOT / "results").rglob("*"):
+    folders = [ROOT / "results", *(ROOT / name for name in PUBLISHED)]  # every published record
+    for path in (path for folder in folders for path in folder.rglob("*")):
         if path.is_file() and path.suffix in (".json", ".yaml", ".md", ".csv"):
             paths = absolute_paths(path.read_text(encoding="utf-8"))
             if paths:
