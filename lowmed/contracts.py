@@ -461,6 +461,36 @@ class SelfSupervisedRecord(Record):
 
 
 @dataclass(kw_only=True)
+class PredictionRecord(Record):
+    """``predictions.json``, beside a ``lowmed predict`` table (``<name>.csv`` → ``<name>.json``): where its numbers
+    came from — lowmed, the run and checkpoint (SHA-256), the model and its input, the threshold and its source —
+    so that the table itself stays a plain CSV any tool reads."""
+
+    FILE: ClassVar[str] = "predictions.json"
+
+    schema: int = SCHEMA
+    lowmed_version: str
+    created: str
+    table: str  # the CSV it describes (its file name)
+    run: str | None
+    checkpoint: dict  # path, epoch, sha256
+    model: str
+    task: str
+    classes: list[str]
+    input_size: int
+    tta: bool
+    threshold: float | list[float] | None
+    threshold_source: str
+    images: int
+    unreadable: int
+    run_status: str | None = None  # the run's status when it did not finish
+
+    @staticmethod
+    def beside(table: str | os.PathLike) -> Path:
+        return Path(table).with_suffix(".json")
+
+
+@dataclass(kw_only=True)
 class EvalReport(Record):
     """``metrics.json``: one checkpoint evaluated on one split, with 95 % intervals."""
 

@@ -26,11 +26,12 @@ from lowmed.contracts import RunDir, TrainSummary
 from lowmed.data.loading import decoded_batches
 from lowmed.data.manifest import PreparedDataset
 from lowmed.errors import LowmedError, RunFailed
-from lowmed.evaluation.trained import TrainedModel, evaluated_with
+from lowmed.evaluation.trained import TrainedModel, evaluated_with, run_status
 from lowmed.inference import saved_threshold
-from lowmed.io import sha256_file, staged_dir, write_json, write_text
+from lowmed.io import check_writable, sha256_file, staged_dir, write_json, write_text
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+PREPROCESSING, MODEL_CARD = "preprocessing.json", "MODEL_CARD.md"  # beside the model: what marks a lowmed export
 PARITY_TOLERANCE = 1e-4  # the largest difference of probabilities an export may show against PyTorch
 PARITY_IMAGES = 16
 
@@ -76,6 +77,13 @@ def export(
     out = Path(out) if out else trained.path.parent / f"export-{format}"
     if out.exists() and not overwrite:
         raise LowmedError(f"--out {out} exists; give another folder, or --overwrite to replace it")
+    if out.exists() and not is_export(out):  # --overwrite replaces an earlier export, nothing else
+        raise LowmedError(
+            f"--out {out}: not an earlier lowmed export (no {PREPROCESSING} and {MODEL_CARD}); --overwrite replaces "
+            "only those; remove the folder yourself or choose another --out"
+        )
+    check_writable(out / PREPROCESSING, "--out")
+    run_status(trained.path, "exported")
     wrapped = ProbabilityModel(trained).eval()
     images = parity_images(trained)
     with progress_bar(disable=quiet) as bar:
@@ -90,11 +98,14 @@ def export(
                     f"{len(images)} images (allowed {PARITY_TOLERANCE:g}); nothing was written"
                 )
             threshold, source = saved_threshold(trained)
-            write_json(staging / "preprocessing.json", _preprocessing(trained, threshold, source))
-            write_text(
-                staging / "MODEL_CARD.md", model_card(trained, format, difference, len(images), threshold, source)
-            )
+            write_json(staging / PREPROCESSING, _preprocessing(trained, threshold, source))
+            write_text(staging / MODEL_CARD, model_card(trained, format, difference, len(images), threshold, source))
     return Exported(out, out / FORMATS[format], format, difference, len(images))
+
+
+def is_export(folder: Path) -> bool:
+    """A folder ``lowmed export`` wrote (which ``--overwrite`` may replace)."""
+    return (folder / PREPROCESSING).is_file() and (folder / MODEL_CARD).is_file()
 
 
 def parity_images(trained: TrainedModel) -> torch.Tensor:
@@ -245,8 +256,13 @@ def _training_lines(summary: TrainSummary) -> list[str]:
         f"- Arm {summary.arm}; model {summary.model}; weights {weights.source}"
         + (f" {weights.name or weights.path} (SHA-256 {weights.sha256})" if weights.source != "none" else "")
         + f"; seed {summary.seed}.",
-        f"- Best epoch {summary.best['epoch'] if summary.best else '?'} of {summary.epochs_run}, by "
-        f"{summary.best['monitor'] if summary.best else '?'}; status {summary.status}.",
+        (
+            f"- Best epoch {summary.best['epoch']} of {summary.epochs_run}, by {summary.best['monitor']}; status "
+            f"{summary.status_label}."
+            if summary.completed
+            else f"- The run did not finish ({summary.status_label}, {summary.epochs_run} epoch(s) recorded): the "
+            "checkpoint is exported as it stood; finish the run with lowmed train --resume first."
+        ),
         f"- Trained on {summary.device} ({summary.device_name}), precision {summary.precision or 'float32'}; lowmed "
         f"{summary.versions.get('lowmed', '?')}, torch {summary.versions.get('torch', '?')}.",
     ]

@@ -1,10 +1,11 @@
 """``lowmed predict``: a trained run applied to new images, preprocessed exactly as in training (from the checkpoint),
-with the decision threshold the run's own evaluation chose, and a provenance header on the output.
+with the decision threshold the run's own evaluation chose.
 
-The output is a CSV whose first lines start with ``#`` (run, checkpoint SHA-256, lowmed version, threshold and its
-source); read it with ``pandas.read_csv(path, comment="#")``. One row per input file, in input order: ``path``,
-``prob:<class>`` per class, ``predicted`` (binary and multi-class) or ``pred:<finding>`` (multi-label),
-``threshold`` (binary), and ``error``: why a file could not be read (its other cells empty).
+The output is a plain CSV (``pandas.read_csv(path)`` reads it, and ``lowmed predict`` takes it back as input), one
+row per input file, in input order: ``path``, ``prob:<class>`` per class, ``predicted`` (binary and multi-class) or
+``pred:<finding>`` (multi-label), ``threshold`` (binary), and ``error``: why a file could not be read (its other
+cells empty). Where the numbers came from — run, checkpoint SHA-256, lowmed version, threshold and its source — is
+in the sidecar beside it (``predictions.json``, ``lowmed.contracts.PredictionRecord``).
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ import pandas as pd
 
 import lowmed
 from lowmed.console import progress_bar, warn
-from lowmed.contracts import EvalReport
+from lowmed.contracts import EvalReport, PredictionRecord, RunDir
 from lowmed.data.images import IMAGE_EXTENSIONS, inspect_image, list_files, refuse_undecodable_names
 from lowmed.device import inference_batch_size
 from lowmed.errors import LowmedError
 from lowmed.evaluation.evaluate import ACCELERATOR_BATCH
 from lowmed.evaluation.metrics import probabilities
 from lowmed.evaluation.predict import predict_files
-from lowmed.evaluation.trained import TrainedModel, evaluated_with
-from lowmed.io import check_writable, sha256_file, write_text
+from lowmed.evaluation.trained import TrainedModel, evaluated_with, run_status
+from lowmed.io import check_writable, sha256_file, write_csv
 from lowmed.saliency.explain import explain_cases, input_cases
 from lowmed.saliency.maps import check_method
 
@@ -79,8 +80,12 @@ def predict(
     out = Path(out)
     if out.suffix.lower() != ".csv":
         raise LowmedError(f"--out {out}: expected a .csv file name")
-    if out.exists() and not overwrite:
-        raise LowmedError(f"--out {out} exists; give another name, or --overwrite to replace it")
+    sidecar = PredictionRecord.beside(out)
+    for path in (out, sidecar):
+        if path.is_dir():
+            raise LowmedError(f"--out {out}: {path} is a folder; expected a file name")
+        if path.exists() and not overwrite:
+            raise LowmedError(f"--out {out}: {path} exists; give another name, or --overwrite to replace it")
     check_writable(out, "--out")
     if threshold is not None and not 0 <= threshold <= 1:
         raise LowmedError(f"--threshold {threshold}: expected a probability between 0 and 1")
@@ -91,6 +96,7 @@ def predict(
             raise LowmedError(f"--explain-dir {explanations} exists; give another, or --overwrite to replace it")
     paths = collect_inputs(inputs, path_column)
     trained = TrainedModel.load(run_dir, checkpoint, device, amp)
+    status = run_status(trained.path, "applied")
     if threshold is not None and trained.task == "multiclass":
         raise LowmedError(
             "--threshold: multi-class predictions take the most probable class; "
@@ -125,7 +131,8 @@ def predict(
     unreadable = len(paths) - len(readable)
     if unreadable:
         warn(f"{unreadable} of {len(paths)} file(s) could not be read; their reasons are in the error column of {out}")
-    write_text(out, _header(trained, cut, source, tta) + table.to_csv(index=False))
+    write_csv(out, table)
+    _record(trained, out, cut, source, tta, len(paths), unreadable, status).write(sidecar)
     if explain is not None:
         cases = input_cases([paths[row] for row in readable], trained.task, probs[readable])
         explain_cases(trained, cases, explain, explanations, quiet=quiet)
@@ -220,14 +227,23 @@ def _table(paths: list[Path], readable: list[int], probs: np.ndarray, trained: T
     return table
 
 
-def _header(trained: TrainedModel, cut, source: str, tta: bool) -> str:
-    shown = "per finding " + ", ".join(f"{c:.3g}" for c in np.atleast_1d(cut)) if isinstance(cut, list) else cut
-    lines = [
-        f"lowmed predict · lowmed {lowmed.__version__} · {datetime.now(UTC).isoformat(timespec='seconds')}",
-        f"run: {trained.path.parent} · checkpoint {trained.path.name} (epoch {trained.epoch}) · "
-        f"sha256 {sha256_file(trained.path)}",
-        f"model: {trained.config['model']} · task {trained.task} · classes {', '.join(trained.classes)} · "
-        f"input {trained.preprocessing.input_size} px · tta {'on' if tta else 'off'}",
-        f"threshold: {shown if cut is not None else 'none'} ({source})",
-    ]
-    return "".join(f"# {line}\n" for line in lines)
+def _record(
+    trained: TrainedModel, out: Path, cut, source: str, tta: bool, images: int, unreadable: int, status: str | None
+) -> PredictionRecord:
+    return PredictionRecord(
+        lowmed_version=lowmed.__version__,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        table=out.name,
+        run=str(trained.path.parent) if RunDir(trained.path.parent).summary.is_file() else None,
+        checkpoint={"path": str(trained.path), "epoch": trained.epoch, "sha256": sha256_file(trained.path)},
+        model=trained.config["model"],
+        task=trained.task,
+        classes=trained.classes,
+        input_size=trained.preprocessing.input_size,
+        tta=tta,
+        threshold=cut,
+        threshold_source=source,
+        images=images,
+        unreadable=unreadable,
+        run_status=status if status not in (None, "completed") else None,
+    )

@@ -1,4 +1,5 @@
-"""lowmed predict: new images through a run's own preprocessing, with its saved threshold and a provenance header."""
+"""lowmed predict: new images through a run's own preprocessing, with its saved threshold, a plain CSV and its
+provenance beside it."""
 
 import shutil
 
@@ -7,6 +8,7 @@ import pandas as pd
 import pytest
 
 from lowmed import evaluate, predict
+from lowmed.contracts import PredictionRecord
 from lowmed.data.manifest import PreparedDataset
 from lowmed.io import sha256_file
 from tests.factory import write_broken_files
@@ -26,7 +28,7 @@ def test_images(separable):
 
 
 def _read(path):
-    return pd.read_csv(path, comment="#", dtype={"error": str, "predicted": str}).fillna({"error": "", "predicted": ""})
+    return pd.read_csv(path, dtype={"error": str, "predicted": str}).fillna({"error": "", "predicted": ""})
 
 
 def test_files_folders_and_a_csv_match_evaluate_and_a_broken_file_is_listed(run, test_images, tmp_path, capsys):
@@ -53,10 +55,14 @@ def test_files_folders_and_a_csv_match_evaluate_and_a_broken_file_is_listed(run,
         key = next(k for k in evaluated.index if path.endswith(k))
         assert probability == pytest.approx(evaluated[key], abs=1e-5)
 
-    header = [line for line in out.read_text().splitlines() if line.startswith("#")]
-    assert sha256_file(run / "best.pt") in header[1]
-    assert "threshold: 0.5 (fixed; saved with run/eval/test)" in header[3]
+    assert list(pd.read_csv(out).columns)[:2] == ["path", "prob:NORMAL"]  # a plain CSV, pandas' defaults read it
+    record = PredictionRecord.read(PredictionRecord.beside(out))
+    assert record.checkpoint["sha256"] == sha256_file(run / "best.pt") and record.table == out.name
+    assert record.threshold == 0.5 and record.threshold_source == "fixed; saved with run/eval/test"
+    assert record.images == len(table) and record.unreadable == 3
     assert "predicted, 3 unreadable" in stdout
+    again = predict(run, [out], out=out.with_name("again.csv"), quiet=True)  # its own output back as input
+    assert list(again.table["path"]) == list(table["path"])
 
 
 def test_the_saved_youden_threshold_is_used_and_a_given_one_wins(run, test_images, tmp_path):

@@ -29,9 +29,11 @@ def decode_square(path: Path, size: int) -> torch.Tensor:
 
 
 def _decode_or_none(path: Path, size: int) -> torch.Tensor | None:
+    """The decoded image, or None for a file that is not one a run can use (broken, vanished, a decompression bomb:
+    ``inspect_image`` says why)."""
     try:
         return decode_square(path, size)
-    except (OSError, ValueError, SyntaxError):
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
 
 

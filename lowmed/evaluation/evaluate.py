@@ -24,7 +24,7 @@ from lowmed.evaluation.metrics import compute_metrics, counted_labels, expected_
 from lowmed.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
 from lowmed.evaluation.predict import predict_files
 from lowmed.evaluation.stats import bootstrap_ci
-from lowmed.evaluation.trained import TrainedModel
+from lowmed.evaluation.trained import TrainedModel, run_status
 from lowmed.io import check_writable, staged_dir, write_csv
 from lowmed.locking import own_run_dir
 from lowmed.models.weights import load_checkpoint
@@ -131,7 +131,7 @@ def evaluate(
         )
 
     with own_run_dir(run.path, "evaluate", enabled=run.summary.is_file()):  # not while it trains
-        run_status = _run_status(run, checkpoint, strict)
+        status = run_status(trained.path, "evaluated", strict)
         frame, targets, mask, probs = predict(dataset, split)
 
         def own_val():  # a chosen threshold comes from the run's own val split (loaded again only for external data)
@@ -170,7 +170,7 @@ def evaluate(
                 "path": str(trained.path),
                 "epoch": trained.epoch,
                 "model": config["model"],
-                "run_status": run_status,
+                "run_status": status,
             },
             dataset={"prepared_dir": str(dataset.root), "external": external},
             absent_classes=absent,
@@ -235,22 +235,6 @@ def _intervals(
         "level": 0.95,
     }
     return intervals, resampling
-
-
-def _run_status(run: RunDir, checkpoint: str, strict: bool) -> str | None:
-    """The status of the run whose checkpoint is evaluated (None for a checkpoint outside a run dir); a run that
-    did not finish is said."""
-    if not run.summary.is_file():
-        return None
-    summary = run.read_summary()
-    if not summary.completed:
-        epochs = len(pd.read_csv(run.history)) if run.history.is_file() else 0
-        warn_or_refuse(
-            f"run {run.path} did not finish ({summary.status_label}, {epochs} epoch(s) in {run.history.name}): its "
-            f"{checkpoint} checkpoint is evaluated as it stands; finish it with: lowmed train --resume {run.path}",
-            strict,
-        )
-    return summary.status_label
 
 
 def match_classes(

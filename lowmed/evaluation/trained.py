@@ -92,3 +92,24 @@ def checkpoint_path(run_dir: str | os.PathLike | None, checkpoint: str) -> Path:
             f"{path}: no such checkpoint; expected a lowmed run dir with {RunDir(path.parent).best.name} or a .pt file"
         )
     return path
+
+
+def run_status(checkpoint: Path, doing: str, strict: bool = False) -> str | None:
+    """The status of the run a checkpoint belongs to (None outside a run dir). A run that did not finish is said —
+    the same for ``evaluate``, ``predict`` and ``export`` — and refused with ``strict``."""
+    import pandas as pd
+
+    from lowmed.console import warn_or_refuse
+
+    run = RunDir(checkpoint.parent)
+    if not run.summary.is_file():
+        return None
+    summary = run.read_summary()
+    if not summary.completed:
+        epochs = len(pd.read_csv(run.history)) if run.history.is_file() else 0
+        warn_or_refuse(
+            f"run {run.path} did not finish ({summary.status_label}, {epochs} epoch(s) in {run.history.name}): its "
+            f"{checkpoint.name} checkpoint is {doing} as it stands; finish it with: lowmed train --resume {run.path}",
+            strict,
+        )
+    return summary.status_label

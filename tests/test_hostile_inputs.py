@@ -1,0 +1,90 @@
+"""Bad input, round three: the newer commands keep lowmed's promise — one line and exit 2 for bad input, exit 1 for a
+failure during a run, no traceback, nothing at the output changed — and one bad file never sinks a batch. Each kind
+is tried through ``main`` in this process, as a user would meet it."""
+
+import json
+
+import PIL.Image
+import pytest
+
+from lowmed.cli import main
+from lowmed.contracts import PredictionRecord, RunDir
+from tests.factory import write_image
+
+
+def refused(capsys, args: list, code: int = 2) -> str:
+    """Run ``lowmed ARGS``: it must exit ``code`` with one line on stderr and no traceback; returns that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in args])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == code, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def snapshot(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def unfinished(trained_run, tmp_path):
+    """A copy of a run whose train.json says it was stopped."""
+    import shutil
+
+    copy = shutil.copytree(trained_run, tmp_path / "stopped")
+    summary = json.loads((copy / "train.json").read_text())
+    (copy / "train.json").write_text(json.dumps({**summary, "status": "interrupted", "run_dir": str(copy)}))
+    return copy
+
+
+def test_one_decompression_bomb_among_good_images_gets_its_row_and_reason(trained_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1500)  # 32 px images pass; a 100 px one is a "bomb"
+    folder = tmp_path / "new"
+    good = [write_image(folder / f"{k}.png", 300 + k) for k in range(3)]
+    write_image(folder / "bomb.png", 999, size=100)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(trained_run), str(folder), "--out", str(tmp_path / "p.csv"), "-q"])
+    assert exit_info.value.code == 0
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    reasons = dict(zip(table["path"], table["error"]))
+    assert reasons[str(folder / "bomb.png")].startswith("decompression bomb refused")
+    assert all(reasons[str(path)] == "" for path in good)
+
+
+def test_predict_and_export_say_when_the_run_did_not_finish(unfinished, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(unfinished), str(write_image(tmp_path / "x.png", 1)), "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 0 and "did not finish (interrupted" in err and "lowmed train --resume" in err
+    assert PredictionRecord.read(tmp_path / "p.json").run_status == "interrupted"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(unfinished), "--format", "torchscript", "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 0 and "did not finish (interrupted" in err
+    card = (tmp_path / "e" / "MODEL_CARD.md").read_text()
+    assert "The run did not finish (interrupted" in card and "Best epoch ?" not in card
+
+
+def test_export_overwrite_replaces_only_an_earlier_export(trained_run, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    before = snapshot(mine)
+    line = refused(capsys, ["export", trained_run, "--format", "torchscript", "--out", mine, "--overwrite"])
+    assert "not an earlier lowmed export" in line and snapshot(mine) == before
+    out = tmp_path / "export"
+    for _ in range(2):  # an earlier export is replaced whole
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", str(trained_run), "--format", "torchscript", "--out", str(out), "--overwrite", "-q"])
+        assert exit_info.value.code == 0
+    assert (out / "model.pt").is_file()
+
+
+def test_predict_refuses_an_output_beside_which_it_cannot_write(trained_run, tmp_path, capsys):
+    image = write_image(tmp_path / "x.png", 1)
+    (tmp_path / "taken.json").mkdir()  # where the sidecar would go
+    line = refused(capsys, ["predict", trained_run, image, "--out", tmp_path / "taken.csv"])
+    assert "is a folder; expected a file name" in line and not (tmp_path / "taken.csv").exists()
+    assert RunDir(trained_run).summary.is_file()
