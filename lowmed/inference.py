@@ -21,7 +21,7 @@ import pandas as pd
 
 import lowmed
 from lowmed.console import progress_bar, warn
-from lowmed.contracts import EvalReport, PredictionRecord, RunDir
+from lowmed.contracts import EvalReport, ExplainRecord, PredictionRecord, RunDir
 from lowmed.data.images import IMAGE_EXTENSIONS, inspect_image, list_files, refuse_undecodable_names
 from lowmed.device import inference_batch_size
 from lowmed.errors import LowmedError
@@ -94,6 +94,7 @@ def predict(
         check_method(explain)
         if explanations.exists() and not overwrite:
             raise LowmedError(f"--explain-dir {explanations} exists; give another, or --overwrite to replace it")
+        check_writable(explanations / ExplainRecord.FILE, "--explain-dir")
     paths = collect_inputs(inputs, path_column)
     trained = TrainedModel.load(run_dir, checkpoint, device, amp)
     status = run_status(trained.path, "applied")

@@ -29,7 +29,7 @@ from lowmed.config import MONITORS, TrainConfig, coerce, first_repeated
 from lowmed.console import progress_bar
 from lowmed.contracts import TuningRecord, read_yaml, short_value, slug
 from lowmed.errors import Interrupted, LowmedError, RunFailed
-from lowmed.io import write_yaml
+from lowmed.io import check_writable, write_yaml
 
 # options that say what a cell is (its data, arm, seed) or where and how it runs, not how it trains
 NOT_TUNABLE = {
@@ -484,6 +484,7 @@ def tune(
     tuned_here = any((folder / name).is_file() for name in ("optuna.db", TuningRecord.FILE))
     if folder.is_dir() and any(folder.iterdir()) and not tuned_here:
         raise LowmedError(f"--out {folder}: exists and is not a tuning folder; choose another --out")
+    check_writable(folder / TuningRecord.FILE, "--out")
     record = tune_cell(Cell(folder.name, base, folder), settings, quiet)
     best_config = folder / "best-config.yaml"
     write_yaml(best_config, TrainConfig.from_dict({**base, **tuned_options(record)}, source=str(best_config)).to_dict())

@@ -88,3 +88,46 @@ def test_predict_refuses_an_output_beside_which_it_cannot_write(trained_run, tmp
     line = refused(capsys, ["predict", trained_run, image, "--out", tmp_path / "taken.csv"])
     assert "is a folder; expected a file name" in line and not (tmp_path / "taken.csv").exists()
     assert RunDir(trained_run).summary.is_file()
+
+
+def test_overwrite_replaces_only_what_lowmed_wrote(separable, tmp_path, capsys):
+    """train, pretrain and prepare --overwrite: a folder of someone else's files is refused and left as it was."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    before = snapshot(mine)
+    train = ["train", separable, "--epochs", "1", "--image-size", "32", "--out", mine, "--overwrite"]
+    assert "not a lowmed run" in refused(capsys, train)
+    assert "not a prepared dataset" in refused(capsys, ["prepare", separable, "--out", mine, "--overwrite"])
+    pretrain = ["pretrain", separable, "--target", separable, "--out", mine, "--overwrite"]
+    refused(capsys, pretrain)  # a labelled dataset is no corpus, and the folder is not a run either way
+    assert snapshot(mine) == before
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(trained_run, separable, tmp_path, capsys):
+    """A file where a folder should be (a read-only mount answers the same way: tried by hand as root)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    image = write_image(tmp_path / "x.png", 1)
+    space = tmp_path / "space.yaml"
+    space.write_text("space:\n  lr: {low: 1.0e-4, high: 1.0e-2, log: true}\ntrials: 2\n")
+    cases = [
+        ["tune", separable, "--space", space, "--per-class", "5", "--image-size", "32", "--out", blocker / "t"],
+        [
+            "predict",
+            trained_run,
+            image,
+            "--out",
+            tmp_path / "p.csv",
+            "--explain",
+            "occlusion",
+            "--explain-dir",
+            blocker / "x",
+        ],
+        ["export", trained_run, "--out", blocker / "e"],
+        ["compare", trained_run, "--out", blocker / "c"],
+        ["subsample", separable, "--per-class", "5", "--out", blocker / "s.csv"],
+    ]
+    for args in cases:
+        assert "is a file; expected a folder" in refused(capsys, args), args
+    assert not (tmp_path / "p.csv").exists()  # predict refused before it predicted

@@ -179,9 +179,16 @@ def _check_options(
 def _check_out_dir(out: Path, overwrite: bool) -> None:
     if out.is_file():
         raise LowmedError(f"--out {out}: is a file; expected a folder for the prepared dataset")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        what = "holds a prepared dataset" if (out / MANIFEST).exists() else "is not empty"
-        raise LowmedError(f"--out {out}: {what}; choose another folder or pass --overwrite")
+    if out.is_dir() and any(out.iterdir()):
+        prepared = (out / MANIFEST).exists() and (out / DATASET_INFO).exists()
+        if not overwrite:
+            what = "holds a prepared dataset" if prepared else "is not empty"
+            raise LowmedError(f"--out {out}: {what}; choose another folder or pass --overwrite")
+        if not prepared:  # --overwrite replaces an earlier prepared dataset, nothing else
+            raise LowmedError(
+                f"--out {out}: holds files that are not a prepared dataset; --overwrite replaces only one; choose "
+                "another folder"
+            )
 
 
 def _inspect_all(

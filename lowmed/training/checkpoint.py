@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from torch import nn
 
 from lowmed.contracts import RunDir
 from lowmed.errors import LowmedError, RunFailed
-from lowmed.io import atomic_path, write_csv
+from lowmed.io import atomic_path, write_csv, write_yaml
+from lowmed.locking import LOCK_FILE
 from lowmed.models.weights import load_checkpoint
 
 
@@ -203,3 +205,41 @@ def read_training_state(run: RunDir) -> dict:
                 f"{run.last}: not a lowmed training checkpoint (no {key!r}); start the run again with --overwrite"
             )
     return state
+
+
+def check_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
+    """An existing run dir is only continued (--resume) or replaced (--overwrite); a folder that holds anything but
+    a lowmed run is never replaced."""
+    if resume:
+        if not run.last.is_file():
+            raise LowmedError(
+                f"--resume {run.path}: no {run.last.name} to continue from; start the run without --resume"
+            )
+        return
+    written = written_files(run)
+    if written and not overwrite:
+        raise LowmedError(
+            f"run dir {run.path} exists; continue it with --resume {run.path}, start again with --overwrite, or "
+            "choose --out"
+        )
+    if written and not (run.config.is_file() or run.summary.is_file()):
+        raise LowmedError(
+            f"--out {run.path}: holds files that are not a lowmed run (e.g. {written[0].name}); --overwrite replaces "
+            "only a run dir; choose another --out"
+        )
+
+
+def start_run_dir(run: RunDir, config: dict) -> None:
+    """A new run starts in an empty dir: what an --overwrite replaces (an earlier run) goes now, not before; then
+    its ``config.yaml``."""
+    for path in written_files(run):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    write_yaml(run.config, config)
+
+
+def written_files(run: RunDir) -> list[Path]:
+    """What is in a run dir besides its lock."""
+    return [p for p in run.path.iterdir() if p.name != LOCK_FILE] if run.path.is_dir() else []

@@ -48,12 +48,12 @@ from lowmed.device import (
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.evaluation.metrics import auroc
 from lowmed.evaluation.predict import Normalizer, predict_logits
-from lowmed.io import sha256_file, write_yaml
-from lowmed.locking import LOCK_FILE, own_run_dir
+from lowmed.io import sha256_file
+from lowmed.locking import own_run_dir
 from lowmed.models.preprocessing import Preprocessing
 from lowmed.models.registry import count_parameters, get_model_spec
 from lowmed.models.weights import load_weights, resolve_weights, weights_kind, weights_preprocessing
-from lowmed.training.checkpoint import CheckpointSaver, read_training_state
+from lowmed.training.checkpoint import CheckpointSaver, check_run_dir, read_training_state, start_run_dir
 from lowmed.training.loop import seed_everything
 
 KNN_TEMPERATURE = 0.07  # the weight of a neighbour's vote is exp(cosine similarity / this), as in Wu et al. 2018
@@ -134,7 +134,7 @@ def pretrain(
     config = _resolved(config, spec, corpus, target)
     run_dir = RunDir(config.out)
     with own_run_dir(run_dir.path, "pretrain"):
-        _check_run_dir(run_dir, resume, overwrite)
+        check_run_dir(run_dir, resume, overwrite)
         rows, overlap = guard_corpus(corpus, target, strict, what=f"the corpus {corpus.root}")
         if rows.empty:
             raise LowmedError(f"{corpus.root}: no image is left once the target's val and test images are removed")
@@ -146,7 +146,7 @@ def pretrain(
         preprocessing = _contract(report.source_preprocessing, spec, config)
         images = _images(corpus, rows, target, config.image_size, quiet)
         if not resume:
-            _start_run_dir(run_dir, config)
+            start_run_dir(run_dir, config.to_dict())
         summary = _summary(config, corpus, report, preprocessing, device, count_parameters(backbone))
         summary.status = "running"
         summary.write(run_dir.summary)
@@ -250,24 +250,6 @@ def _contract(source: dict | None, spec, config: PretrainConfig) -> Preprocessin
     run's image size."""
     contract = Preprocessing.from_dict(source) if source else spec.preprocessing
     return contract.with_input(config.image_size, None, None)
-
-
-def _check_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
-    if resume:
-        if not run.last.is_file():
-            raise LowmedError(f"--resume {run.path}: no {run.last.name} to continue from; start without --resume")
-    elif not overwrite and any(p.name != LOCK_FILE for p in run.path.iterdir()):
-        raise LowmedError(
-            f"run dir {run.path} exists; continue it with --resume {run.path}, start again with --overwrite, "
-            "or choose --out"
-        )
-
-
-def _start_run_dir(run: RunDir, config: PretrainConfig) -> None:
-    for path in run.path.iterdir():
-        if path.name != LOCK_FILE and path.is_file():
-            path.unlink()
-    write_yaml(run.config, config.to_dict())
 
 
 def _images(

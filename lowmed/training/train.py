@@ -35,13 +35,13 @@ from lowmed.device import Precision, channels_last, device_name, native_amp, res
 from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.evaluation.predict import Normalizer
-from lowmed.io import sha256_file, write_yaml
-from lowmed.locking import LOCK_FILE, own_run_dir
+from lowmed.io import sha256_file
+from lowmed.locking import own_run_dir
 from lowmed.models.preprocessing import Preprocessing
 from lowmed.models.registry import build_model, count_parameters, get_model_spec
 from lowmed.models.weights import load_checkpoint, load_weights, resolve_weights, weights_kind, weights_preprocessing
 from lowmed.models.xrv import FORMAT_DATASETS, is_xrv, overlap
-from lowmed.training.checkpoint import read_training_state
+from lowmed.training.checkpoint import check_run_dir, read_training_state, start_run_dir
 from lowmed.training.loop import (
     Criterion,
     LoopInputs,
@@ -107,7 +107,7 @@ def train(
     estimate = estimate_training_memory(model, config.image_size, config.batch_size, images, device)
     check_fits(estimate, device, config.image_size, config.batch_size)  # before the run dir is touched
     with own_run_dir(run_dir.path, "train", enabled=dist.is_main):  # one process at a time in a run dir
-        dist.on_main(lambda: _check_run_dir(run_dir, resume, overwrite))
+        dist.on_main(lambda: check_run_dir(run_dir, resume, overwrite))
         state = read_training_state(run_dir) if resume else None
         earlier_caches = {}  # a resumed run keeps what its finished phases recorded
         if resume:
@@ -124,7 +124,7 @@ def train(
         splits = _load_splits(dataset, config.image_size, device, strict)
         dist.on_main(lambda: _check_disk_space(run_dir.path, count_parameters(model)))
         if not resume:
-            dist.on_main(lambda: _start_run_dir(run_dir, config))  # only rank 0 writes the run dir
+            dist.on_main(lambda: start_run_dir(run_dir, config.to_dict()))  # only rank 0 writes the run dir
         summary = _summary(config, dataset, report, preprocessing.to_dict(), device, count_parameters(model), dist)
         summary.tuning_trial = trial.number if trial else None
         summary.dataset.chosen = earlier.dataset.chosen if resume else chosen
@@ -368,34 +368,6 @@ def _run_name(config: TrainConfig, dataset: PreparedDataset, named_arm: str | No
         source = "from-" + (path.name if path.is_dir() else path.stem)
     size = f"n{config.per_class}" if config.per_class else "all"
     return f"{dataset.root.name}-{config.model}-{source}-{size}-seed{config.seed}"
-
-
-def _check_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
-    """An existing run dir is only continued (--resume) or replaced (--overwrite)."""
-    if resume:
-        if not run.last.is_file():
-            raise LowmedError(
-                f"--resume {run.path}: no {run.last.name} to continue from; start the run without --resume"
-            )
-    elif not overwrite and _written(run):
-        raise LowmedError(
-            f"run dir {run.path} exists; continue it with --resume {run.path}, "
-            "start again with --overwrite, or choose --out"
-        )
-
-
-def _start_run_dir(run: RunDir, config: TrainConfig) -> None:
-    """A new run starts in an empty dir: what an --overwrite replaces goes now, not before."""
-    for path in _written(run):
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    write_yaml(run.config, config.to_dict())
-
-
-def _written(run: RunDir) -> list[Path]:
-    return [p for p in run.path.iterdir() if p.name != LOCK_FILE]
 
 
 def _check_disk_space(run_dir: Path, parameters: int) -> None:
