@@ -29,6 +29,7 @@ from lowmed.config import MONITORS, TrainConfig, coerce, first_repeated
 from lowmed.console import progress_bar
 from lowmed.contracts import TuningRecord, read_yaml, short_value, slug
 from lowmed.errors import Interrupted, LowmedError, RunFailed
+from lowmed.interrupts import stop_asked
 from lowmed.io import check_writable, write_yaml
 
 # options that say what a cell is (its data, arm, seed) or where and how it runs, not how it trains
@@ -315,13 +316,26 @@ def tune_cell(
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)
                 continue
+            if stop_asked():  # Ctrl-C after the last batch of the trial before: stop here, not at the next one
+                raise Interrupted(_STOPPED.format(cell=cell.name))
             ours: list[int] = []  # this trial's number (with shared storage, other machines add trials too)
-            study.optimize(partial(_run_trial, cell=cell, settings=settings, caches=caches, numbers=ours), n_trials=1)
+            try:
+                study.optimize(
+                    partial(_run_trial, cell=cell, settings=settings, caches=caches, numbers=ours), n_trials=1
+                )
+            except KeyboardInterrupt:  # Ctrl-C outside a trial's batches (Optuna's bookkeeping, a cache build)
+                raise Interrupted(_STOPPED.format(cell=cell.name)) from None
             if on_trial is not None:
                 on_trial(_trial_line(cell, study.get_trials(deepcopy=False)[ours[0]], settings))
     record = _record(cell, settings, study, name, url, optuna)
     record.write(cell.record_path)
     return record
+
+
+_STOPPED = (
+    "tuning of {cell} stopped; a trial it was in is not counted; run the same command again to go on, with the "
+    "finished trials kept"
+)
 
 
 def _optuna():
@@ -407,7 +421,7 @@ def _run_trial(trial, cell: Cell, settings: TuneSettings, caches, numbers: list[
     try:
         summary = train(config, overwrite=True, quiet=True, trial=TrialHooks(trial.number, should_stop, caches))
     except Interrupted:  # Ctrl-C: the trial failed (not counted) and the tuning stops, to resume later
-        raise
+        raise Interrupted(_STOPPED.format(cell=cell.name)) from None
     except RunFailed as exc:  # diverged (a loss that is not finite): a hopeless trial, as a pruned one
         trial.set_user_attr("outcome", f"diverged: {exc}")
         raise optuna.TrialPruned(str(exc)) from None

@@ -6,6 +6,7 @@ import json
 
 import PIL.Image
 import pytest
+import yaml
 
 from lowmed.cli import main
 from lowmed.contracts import PredictionRecord, RunDir
@@ -131,3 +132,34 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(trained_run,
     for args in cases:
         assert "is a file; expected a folder" in refused(capsys, args), args
     assert not (tmp_path / "p.csv").exists()  # predict refused before it predicted
+
+
+def test_ctrl_c_after_a_runs_last_batch_still_stops_the_tuning_and_the_study(separable, kermany, tmp_path, monkeypatch):
+    """A Ctrl-C that lands after a run's last batch used to be lost: the tuning went on with its next trial."""
+    from lowmed import interrupts
+    from lowmed.errors import Interrupted
+    from lowmed.tuning import Cell, TuneSettings, tune_cell
+
+    monkeypatch.setattr(interrupts._STOP_ASKED, "is_set", lambda: True)
+    settings = TuneSettings.from_dict({"space": {"lr": [0.001]}, "trials": 2}, "tune")
+    cell = Cell("c", {"data": str(separable), "image_size": 32, "epochs": 1}, tmp_path / "cell")
+    with pytest.raises(Interrupted, match="run the same command again to go on, with the finished trials kept"):
+        tune_cell(cell, settings, quiet=True)
+    assert not (tmp_path / "cell" / "trial-000").exists()
+    study = tmp_path / "study.yaml"
+    dataset = {"name": "cxr", "data": str(kermany), "prepare": {"min_val_per_class": 4}}
+    arms = [{"name": "A", "model": "simplecnn"}]
+    values = {"name": "s", "out": str(tmp_path / "out"), "datasets": [dataset], "arms": arms, "per_class": [5]}
+    study.write_text(yaml.safe_dump({**values, "seeds": [0]}))
+    from lowmed import run_experiment
+
+    with pytest.raises(Interrupted, match=f"continue it with: lowmed experiment {study}"):
+        run_experiment(study, quiet=True)
+
+
+def test_ctrl_c_anywhere_else_is_one_line_and_exit_130(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("lowmed.data.prepare.prepare", interrupted)
+    assert "interrupted (Ctrl-C)" in refused(capsys, ["prepare", "/tmp", "--out", "/tmp/never-written"], code=130)

@@ -95,11 +95,18 @@ def main(argv: list[str] | None = None) -> None:
     _debug["on"] = bool(os.environ.get("LOWMED_DEBUG"))
     try:
         code = app(args=argv, prog_name="lowmed", standalone_mode=False)
+        if code == 130:  # click turned a Ctrl-C no command made a resumable stop of into this code
+            raise KeyboardInterrupt
     except _usage_errors() as exc:  # an unknown option, a value of the wrong type, a missing argument
         code = exc.exit_code
         if type(exc).__name__ != "NoArgsIsHelpError":  # bare 'lowmed': the help was shown
             where = f" ({exc.ctx.command_path} -h lists the options)" if getattr(exc, "ctx", None) else ""
             console.print(f"[bold red]error:[/] {escape(exc.format_message())}{where}", highlight=False, soft_wrap=True)
+    except KeyboardInterrupt:  # Ctrl-C where no command turned it into a resumable stop of its own
+        if _debug["on"]:
+            traceback.print_exc()
+        console.print("[bold red]error:[/] interrupted (Ctrl-C); nothing half-written was left", highlight=False)
+        code = 130
     except (LowmedError, RunFailed) as exc:
         if _debug["on"]:
             traceback.print_exc()

@@ -43,6 +43,7 @@ from lowmed.experiment.portable import PortablePaths
 from lowmed.experiment.publish import check_publish_folder, publish_study, restore_published
 from lowmed.experiment.report import study_report
 from lowmed.experiment.study import Study, load_study
+from lowmed.interrupts import stop_asked
 from lowmed.io import check_writable, write_text
 from lowmed.training.train import resume_run, train
 from lowmed.tuning import tune_cell, tuned_options
@@ -244,7 +245,13 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
         power = _power(study, earlier, study_families(study, runs))
         return StudyResult(study, pretrains, runs, cells, power=power)
     session = _initialise(study, Path(study_path))
-    own_runs = _run(session, quiet)
+    try:
+        own_runs = _run(session, quiet)
+    except (Interrupted, KeyboardInterrupt):  # Ctrl-C anywhere: the study goes on from where it stopped
+        raise Interrupted(
+            f"study {study.name} stopped; its finished runs and trials are kept; continue it with: "
+            f"lowmed experiment {study_path}"
+        ) from None
     if session.dist.enabled:  # every process's outcomes, on every process (waiting for the slowest)
         outcomes = {
             name: (status, detail)
@@ -301,6 +308,8 @@ def _run(session: _Session, quiet: bool) -> list[PlannedRun]:
     with progress_bar(transient=False, disable=quiet or not dist.is_main) as bar:
         task = bar.add_task(f"study {study.name}", total=len(jobs), status="")
         for index, job in enumerate(jobs, start=1):
+            if stop_asked():  # Ctrl-C after the last batch of the job before: stop here
+                raise Interrupted("stopped")
             if dist.enabled and runs and job is runs[0]:
                 dist.barrier()  # every cell is tuned before any run takes its values
             if job.arm is not None and dist.world_size > 1 and not _claim(session.claims / job.name):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 import random
-import signal
-import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -29,6 +27,7 @@ from lowmed.distributed import Distributed
 from lowmed.errors import RunFailed
 from lowmed.evaluation.metrics import accuracy, auroc, probabilities
 from lowmed.evaluation.predict import Normalizer, model_input, predict_logits
+from lowmed.interrupts import StopAfterBatch
 from lowmed.models.registry import Classifier, layer_groups
 from lowmed.training.checkpoint import CheckpointSaver
 from lowmed.training.features import ActivationCache, PhaseCaches, SharedCaches
@@ -174,34 +173,6 @@ def validation_metrics(inputs: LoopInputs, split: LabelledImages, logits: torch.
         "val_accuracy": accuracy(inputs.task, targets, probs, mask),
         "val_auroc": auroc(inputs.task, targets, probs, mask),
     }
-
-
-class StopAfterBatch:
-    """Ctrl-C once: finish the current batch, then stop (the last finished epoch's last.pt stays the resume point).
-    Ctrl-C twice: stop at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> "StopAfterBatch":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        console.print("[yellow]stopping after this batch (Ctrl-C again to stop at once)")
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
 
 
 def run_phases(
