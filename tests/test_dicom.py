@@ -4,6 +4,7 @@ tag in any output."""
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
@@ -80,6 +81,64 @@ def test_a_multi_frame_file_is_excluded_with_its_reason(tmp_path):
     assert not found["ok"] and "multi-frame DICOM (2 frames)" in found["reason"]
 
 
+def _without(name, path, **kwargs):
+    dataset = write_dicom(path, **kwargs)
+    del dataset[name]
+    dataset.save_as(path)
+
+
+def _truncated(path):
+    write_dicom(path)
+    path.write_bytes(path.read_bytes()[:-500])
+
+
+def _malformed(path, *tags):
+    from pydicom.dataelem import DataElement
+
+    dataset = write_dicom(path)
+    for tag in tags:
+        dataset.add(DataElement(tag, "LO", "many"))
+    dataset.save_as(path)
+
+
+BROKEN = {
+    "no Rows": (lambda p: _without("Rows", p), "incomplete DICOM header (Missing required element: (0028,0010) 'Rows')"),
+    "no PlanarConfiguration": (
+        lambda p: _without("PlanarConfiguration", p, pixels=np.zeros((8, 8, 3), np.uint8), bits=8, photometric="RGB"),
+        "incomplete DICOM header (Missing required element: (0028,0006) 'Planar Configuration')",
+    ),
+    "truncated pixels": (_truncated, "damaged or truncated pixel data (The number of bytes of pixel data is less"),
+    "a PNG named .dcm": (lambda p: Image.new("L", (8, 8)).save(p, format="PNG"), "not a DICOM file (a PNG image)"),
+    "text named .dcm": (lambda p: p.write_text("not an image\n" * 20), "not a DICOM file (no 'DICM' marker"),
+    "NumberOfFrames not a number": (
+        lambda p: _malformed(p, 0x00280008),
+        "malformed DICOM tag NumberOfFrames ('many')",
+    ),
+    "window not a number": (lambda p: _malformed(p, 0x00281050, 0x00281051), "malformed DICOM display tags"),
+    "palette colour": (
+        lambda p: write_dicom(p, photometric="PALETTE COLOR"),
+        "PALETTE COLOR DICOM; lowmed reads greyscale",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", BROKEN)
+def test_a_broken_dicom_file_is_excluded_with_a_true_reason(tmp_path, kind):
+    write, reason = BROKEN[kind]
+    write(tmp_path / "broken.dcm")
+    found = inspect_image(str(tmp_path / "broken.dcm"))
+    assert not found["ok"] and found["reason"].startswith(reason), found["reason"]
+    assert "install" not in found["reason"]  # only a compressed file is missing a decoder
+
+
+def test_broken_dicom_files_never_stop_prepare(tmp_path):
+    source = _dicom_tree(tmp_path / "raw")
+    for index, (write, _) in enumerate(BROKEN.values()):
+        write(source / "NORMAL" / f"broken{index}.dcm")
+    dataset = prepare(source, tmp_path / "prepared", min_val_per_class=2, quiet=True)
+    assert len(dataset.manifest) == 32 and len(dataset.info["excluded"]) == len(BROKEN)
+
+
 def _dicom_tree(root):
     """Two classes of DICOM files, some without an extension, two images per patient, every identifying tag set."""
     rng = np.random.default_rng(0)
@@ -134,15 +193,20 @@ def test_hashed_groups_keep_the_patients_together_and_no_patient_id(tmp_path):
     assert "MRN" not in _written(tmp_path / "prepared") and dataset.info["groups_hashed"] is True
 
 
-def test_a_compressed_file_without_its_decoder_is_excluded_naming_the_extra(tmp_path):
+def write_undecodable_j2k(path):
+    """A JPEG 2000 file whose pixels no installed plugin decodes (a J2K marker and nothing decodable)."""
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEG2000Lossless
 
-    dataset = write_dicom(tmp_path / "plain.dcm")
+    dataset = write_dicom(path)
     dataset.file_meta.TransferSyntaxUID = JPEG2000Lossless
-    dataset.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 60])  # a J2K marker and nothing decodable
+    dataset.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 60])
     dataset["PixelData"].VR = "OB"
-    dataset.save_as(tmp_path / "j2k.dcm", enforce_file_format=True)
+    dataset.save_as(path, enforce_file_format=True)
+
+
+def test_a_compressed_file_without_its_decoder_is_excluded_naming_the_extra(tmp_path):
+    write_undecodable_j2k(tmp_path / "j2k.dcm")
     found = inspect_image(str(tmp_path / "j2k.dcm"))
     assert (
         not found["ok"] and "cannot decode the pixels (JPEG 2000 Image Compression (Lossless Only)" in found["reason"]
@@ -226,3 +290,14 @@ def test_lesion_boxes_on_a_dicom_image_use_its_size(tmp_path):
     write_dicom(tmp_path / "wide.dcm", pixels=np.zeros((20, 40), dtype=np.uint16))
     mask = lesion_mask(tmp_path / "wide.dcm", [LesionBox("wide.dcm", 20, 0, 20, 10)], 4)
     assert mask[:2, 2:].all() and mask.sum() == 4
+
+
+def test_exclusion_reasons_are_shown_as_written_brackets_included(tmp_path, capsys):
+    from tests.test_cli import run_cli
+
+    source = _dicom_tree(tmp_path / "raw")
+    write_dicom(source / "NORMAL" / "[copy] scan.dcm", photometric="PALETTE COLOR")
+    write_undecodable_j2k(source / "NORMAL" / "j2k.dcm")
+    code, out, _ = run_cli(capsys, "prepare", str(source), "-o", str(tmp_path / "prepared"), "--workers", "1")
+    assert code == 0 and "pip install 'lowmed[dicom]' for all of them" in out
+    assert "[copy] scan.dcm: PALETTE COLOR DICOM" in out

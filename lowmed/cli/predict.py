@@ -46,6 +46,7 @@ def predict_command(
     are listed with the reason and the rest go on. With --explain, a saliency map of every image (the positive class
     of a binary task, else the most probable class or finding)."""
     from rich.table import Table
+    from rich.text import Text
 
     from lowmed.cli._render import render_explanations, stdout
     from lowmed.contracts import ExplainDir
@@ -72,7 +73,7 @@ def predict_command(
     for column in shown.columns:
         table.add_column(column, overflow="fold", justify="right" if column.startswith("prob:") else "left")
     for row in shown.itertuples(index=False):
-        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+        table.add_row(*(Text(f"{v:.3f}" if isinstance(v, float) else str(v)) for v in row))  # paths are not markup
     stdout.print(table)
     stdout.print(
         f"{len(result.table) - result.unreadable} predicted, {result.unreadable} unreadable · "

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from lowmed.cli._options import OutDir, Overwrite, Quiet, Seed, Strict, Workers
 from lowmed.contracts import DEFAULT_PREPARED_ROOT
@@ -137,14 +138,14 @@ def render_prepared(dataset) -> None:
     stdout.print("groups (patients/lesions): " + ", ".join(f"{s} {n}" for s, n in info.groups.items()))
     stdout.print("splits: " + ", ".join(f"{s} {o}" for s, o in info.splits.origin.items()))
     for note in info.notes + ([info.splits.val_rebuilt] if info.splits.val_rebuilt else []):
-        stdout.print(f"[dim]note: {note}")
+        stdout.print(f"[dim]note: {escape(note)}")
     for message in info.warnings:
         warn(message)
     excluded = info.excluded
     if excluded:
         stdout.print(f"[yellow]{len(excluded)} file(s) excluded[/] (all listed in dataset.yaml):")
         for item in excluded[:_SHOWN_EXCLUSIONS]:
-            stdout.print(f"  {item['path']}: {item['reason']}", highlight=False, soft_wrap=True)
+            stdout.print(f"  {item['path']}: {item['reason']}", highlight=False, soft_wrap=True, markup=False)
         if len(excluded) > _SHOWN_EXCLUSIONS:
             stdout.print(f"  … and {len(excluded) - _SHOWN_EXCLUSIONS} more")
     stdout.print(f"Wrote {dataset.root}/manifest.csv ({len(dataset.manifest)} images) and dataset.yaml")

@@ -39,33 +39,72 @@ def _require_pydicom() -> None:
 def read_dicom(data: bytes) -> tuple[Image.Image, dict[str, str]]:
     """The image ("L", or "RGB" for colour files) and the kept tags of one DICOM file's bytes.
 
-    Raises ValueError with the reason a file is unusable (not DICOM, no pixels, multi-frame, no decoder)."""
+    Raises ValueError with the reason a file is unusable (not DICOM, no pixels, multi-frame, a required tag missing
+    or malformed, truncated pixels, no decoder). pydicom reads damaged files lazily and raises many kinds of error
+    from deep inside; every one of them is a reason to exclude this file, never to stop the batch."""
     _require_pydicom()
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise ValueError(f"not a readable DICOM file ({exc})") from None
-    if "PixelData" not in dataset:
-        raise ValueError("DICOM file without pixel data")
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        has_pixels = "PixelData" in dataset
+    except Exception as exc:  # noqa: BLE001 — see the docstring
+        raise ValueError(f"not a readable DICOM file ({_first_line(exc)})") from None
+    if not has_pixels:
+        marked = data[128:132] == b"DICM"
+        raise ValueError("DICOM file without pixel data" if marked else f"not a DICOM file ({_what_it_is(data)})")
+    try:
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    except Exception:  # noqa: BLE001
+        raise ValueError(f"malformed DICOM tag NumberOfFrames ({dataset['NumberOfFrames'].value!r})") from None
     if frames > 1:
         raise ValueError(f"multi-frame DICOM ({frames} frames); lowmed reads single images")
-    try:
-        stored = dataset.pixel_array
-    except (RuntimeError, NotImplementedError, ValueError) as exc:
-        syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown")
-        name = getattr(syntax, "name", str(syntax))
-        raise ValueError(
-            f"cannot decode the pixels ({name}: {str(exc).splitlines()[0]}); install its decoder: "
-            f"pip install {_decoder(name)} (or pip install 'lowmed[dicom]' for all of them)"
-        ) from None
+    stored = _pixel_array(dataset)
     tags = {kept: str(dataset.get(tag, "") or "").strip() for tag, kept in KEPT_TAGS.items()}
+    photometric = str(dataset.get("PhotometricInterpretation", ""))
+    if photometric == "PALETTE COLOR":
+        raise ValueError("PALETTE COLOR DICOM; lowmed reads greyscale (MONOCHROME1/2) and RGB/YBR files")
     if stored.ndim == 3:  # colour (pydicom returns RGB, converting YBR)
         return Image.fromarray(np.asarray(stored, dtype=np.uint8), mode="RGB"), tags
-    return Image.fromarray(np.round(display_values(stored, dataset) * 255).astype(np.uint8), mode="L"), tags
+    try:
+        shown = display_values(stored, dataset)
+    except Exception as exc:  # noqa: BLE001 — malformed LUT, rescale or window tags
+        raise ValueError(f"malformed DICOM display tags (rescale, window or VOI LUT: {_first_line(exc)})") from None
+    return Image.fromarray(np.round(shown * 255).astype(np.uint8), mode="L"), tags
+
+
+def _pixel_array(dataset) -> np.ndarray:
+    """The stored pixel values, or ValueError naming what is missing, damaged or undecodable."""
+    syntax = dataset.file_meta.get("TransferSyntaxUID")
+    try:
+        return dataset.pixel_array
+    except AttributeError as exc:  # pydicom: "Missing required element: (0028,0010) 'Rows'"
+        raise ValueError(f"incomplete DICOM header ({_first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001
+        reason = _first_line(exc)
+        if syntax is not None and getattr(syntax, "is_compressed", False):
+            name = getattr(syntax, "name", str(syntax))
+            raise ValueError(
+                f"cannot decode the pixels ({name}: {reason}); install its decoder: "
+                f"pip install {_decoder(name)} (or pip install 'lowmed[dicom]' for all of them)"
+            ) from None
+        raise ValueError(f"damaged or truncated pixel data ({reason})") from None
+
+
+def _what_it_is(data: bytes) -> str:
+    """A short word on a file that claims to be DICOM and is not (an image under the wrong name, or text)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return f"a {image.format} image"
+    except Exception:  # noqa: BLE001 — not an image either
+        pass
+    return "no 'DICM' marker and no pixel data"
+
+
+def _first_line(exc: Exception) -> str:
+    """An exception's message to its first sentence (pydicom's run on for lines)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.split(" - ")[0]
 
 
 def _decoder(transfer_syntax: str) -> str:
