@@ -165,7 +165,8 @@ class DatasetInfo(ReadsLikeADict):
     created: str = ""
     task: str  # binary | multiclass | multilabel | unlabelled
     classes: list[str]
-    source: dict[str, str] = field(default_factory=dict)  # {format, path}: the raw dataset it was prepared from
+    # {format, path, stamp}: the raw dataset it was prepared from; stamp: what it held then (formats.source_stamp)
+    source: dict[str, str] = field(default_factory=dict)
     seed: int | None = None
     # full; test: an external test set (every image a test image); unlabelled: images without labels (every one a
     # train row), for self-supervised pretraining
@@ -192,6 +193,10 @@ class DatasetInfo(ReadsLikeADict):
     @property
     def source_path(self) -> str | None:
         return self.source.get("path")
+
+    @property
+    def source_stamp(self) -> str | None:
+        return self.source.get("stamp")
 
     @property
     def group_unit(self) -> str:

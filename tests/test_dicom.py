@@ -102,7 +102,10 @@ def _malformed(path, *tags):
 
 
 BROKEN = {
-    "no Rows": (lambda p: _without("Rows", p), "incomplete DICOM header (Missing required element: (0028,0010) 'Rows')"),
+    "no Rows": (
+        lambda p: _without("Rows", p),
+        "incomplete DICOM header (Missing required element: (0028,0010) 'Rows')",
+    ),
     "no PlanarConfiguration": (
         lambda p: _without("PlanarConfiguration", p, pixels=np.zeros((8, 8, 3), np.uint8), bits=8, photometric="RGB"),
         "incomplete DICOM header (Missing required element: (0028,0006) 'Planar Configuration')",

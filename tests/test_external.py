@@ -5,6 +5,7 @@ import shutil
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from lowmed import evaluate, prepare, train
 from lowmed.config import TrainConfig
@@ -58,6 +59,22 @@ def test_a_raw_folder_given_to_evaluate_is_scored_whole_with_classes_matched_ign
     report = pd.read_json(run / "eval" / "external-site-external-test" / "metrics.json", typ="series")
     assert report["n"] == 20 and report["dataset"]["external"] and report["absent_classes"] == []
     assert PreparedDataset.load(prepared).role == "test"
+
+
+def test_a_raw_folder_that_changed_since_it_was_scored_is_prepared_again(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    site = _other_site(tmp_path)
+    assert evaluate(run, data=site, bootstrap=0, quiet=True).n == 20
+    assert evaluate(run, data=site, bootstrap=0, quiet=True).n == 20  # unchanged: the prepared copy is used
+    for removed in sorted((site / "normal").iterdir())[:4]:
+        removed.unlink()
+    image = Image.open(next((site / "pneumonia").iterdir())).convert("L")
+    image.putpixel((0, 0), 255 - image.getpixel((0, 0)))
+    image.save(site / "pneumonia" / "new.png")  # a new image, not a duplicate
+    code, out, err = run_cli(capsys, "evaluate", str(run), "--data", str(site), "--bootstrap", "0")
+    assert code in (0, None) and "changed since it was prepared" in " ".join(err.split())
+    report = pd.read_json(run / "eval" / "external-site-external-test" / "metrics.json", typ="series")
+    assert report["n"] == 17 and "unreadable" not in out
 
 
 def test_class_names_that_differ_need_a_class_map(run, tmp_path, capsys):
@@ -185,3 +202,16 @@ def test_an_external_set_needs_a_name_and_data(tmp_path):
     study.write_text(yaml.safe_dump({"name": "s", "datasets": [dataset], "arms": arms, "per_class": [5], "seeds": [0]}))
     with pytest.raises(LowmedError, match="external set 'site': data .*nowhere does not exist"):
         load_study(study)
+
+
+def test_a_study_keeps_its_prepared_copy_of_a_source_that_changed_and_says_so(tmp_path, capsys):
+    from lowmed.experiment.plan import prepared
+    from lowmed.experiment.study import DatasetSpec
+
+    site = _other_site(tmp_path)
+    spec = DatasetSpec(name="site", data=str(site), prepare={"role": "test"})
+    first = prepared(spec, tmp_path / "study", quiet=True)
+    next((site / "normal").iterdir()).unlink()
+    again = prepared(spec, tmp_path / "study", quiet=True)
+    assert len(again.manifest) == len(first.manifest) == 20
+    assert "changed since this study prepared it" in " ".join(capsys.readouterr().err.split())

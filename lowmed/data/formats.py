@@ -8,6 +8,8 @@ Readers only look at names and tables; opening the images is ``prepare``'s job.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +184,22 @@ def read_source(
         found = _merge_label_spellings(found, src) if normalize_labels else _refuse_label_spellings(found, src)
     found.root = src
     return found
+
+
+def source_stamp(found: SourceRecords) -> str:
+    """A hash of what a source holds now: each candidate image's path, size and modification time, and the files
+    that label them (a source CSV, the CSV files beside the images). Another stamp later means the source changed
+    since it was prepared, and its prepared copy is stale."""
+    root = found.root
+    indexes = [root] if root.is_file() else sorted(root.glob("*.csv"))
+    digest = hashlib.sha256()
+    for path in sorted({*found.records["path"].astype(str), *map(str, indexes)}):
+        try:
+            facts = os.stat(path)
+            digest.update(f"{path}\0{facts.st_size}\0{facts.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()
 
 
 def _label_spellings(labels: pd.Series) -> dict[str, pd.Series]:

@@ -20,7 +20,7 @@ import lowmed
 from lowmed.config import check_seed
 from lowmed.console import track
 from lowmed.contracts import DATASET_INFO, MANIFEST, DatasetInfo, SplitRecord
-from lowmed.data.formats import SPLITS, CsvColumns, SourceRecords, check_format, read_source
+from lowmed.data.formats import SPLITS, CsvColumns, SourceRecords, check_format, read_source, source_stamp
 from lowmed.data.images import inspect_image
 from lowmed.data.manifest import PreparedDataset, bucket_names, count_table, positives_matrix
 from lowmed.data.splits import group_stratified_split
@@ -125,7 +125,7 @@ def prepare(
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             task=source.task,
             classes=source.classes,
-            source={"format": source.format, "path": str(source.root)},
+            source={"format": source.format, "path": str(source.root), "stamp": source_stamp(source)},
             seed=seed,
             role=role,
             splits=split_info,

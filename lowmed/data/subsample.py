@@ -13,7 +13,7 @@ import pandas as pd
 
 import lowmed
 from lowmed.config import check_seed
-from lowmed.console import console
+from lowmed.console import console, warn
 from lowmed.contracts import (
     DATASET_INFO,
     DEFAULT_PREPARED_ROOT,
@@ -25,6 +25,7 @@ from lowmed.contracts import (
     subset_path,
     subset_sidecar,
 )
+from lowmed.data.formats import CsvColumns, read_source, source_stamp
 from lowmed.data.manifest import PreparedDataset, bucket_names, count_table, positives_matrix
 from lowmed.errors import LowmedError
 from lowmed.io import check_writable, sha256_file, staged_dir, write_csv, write_text
@@ -146,24 +147,52 @@ def load_or_prepare(
         role, ""
     )
     target = Path(prepared_dir) if prepared_dir else DEFAULT_PREPARED_ROOT / name
+    stale = False
     if (target / DATASET_INFO).is_file():
         existing = PreparedDataset.load(target)
-        if existing.source_path == str(data.resolve()) and existing.role == role:
+        if existing.source_path != str(source) or existing.role != role:
+            raise LowmedError(
+                f"{target} holds a dataset prepared from another source or with another --role; pass --prepared-dir"
+            )
+        stale = source_changed(existing)
+        if not stale:
             if not quiet:
                 console.print(f"Using {target}, prepared earlier from {data}")
             return existing
-        raise LowmedError(
-            f"{target} holds a dataset prepared from another source or with another --role; pass --prepared-dir"
-        )
     from lowmed.data.prepare import prepare
 
-    if not quiet:
+    if stale:
+        warn(
+            f"{data} changed since it was prepared into {target} (images added, removed or modified); "
+            "preparing it again"
+        )
+    elif not quiet:
         what = {
             "test": "as an external test set (every image a test image)",
             "unlabelled": "as an unlabelled corpus",
         }.get(role, "with default options")
         console.print(f"{data} is a raw dataset: preparing it into {target} {what}")
-    return prepare(data, target, role=role, quiet=quiet)
+    return prepare(data, target, role=role, overwrite=stale, quiet=quiet)
+
+
+def source_changed(dataset: PreparedDataset, csv_columns: CsvColumns | None = None) -> bool:
+    """Whether the raw dataset a prepared one was made from holds other images now (or another label file), read
+    as it was prepared (``csv_columns`` as given to prepare). A source that is gone, or a dataset prepared before
+    lowmed kept stamps, counts as unchanged: nothing to compare."""
+    source = Path(dataset.source_path or "")
+    if not dataset.info.source_stamp or not dataset.source_path or not source.exists():
+        return False
+    try:
+        found = read_source(
+            source,
+            "unlabelled" if dataset.role == "unlabelled" else dataset.info.source_format or "auto",
+            frontal_only=bool(dataset.info.frontal_only),
+            csv_columns=csv_columns,
+            allow_outside_root=True,
+        )
+    except LowmedError:
+        return True  # it no longer reads as the dataset it was
+    return source_stamp(found) != dataset.info.source_stamp
 
 
 def _pick_nested(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
 
+from lowmed.console import warn
 from lowmed.contracts import DATASET_INFO, SUBSETS, FamilyMember, TestFamilies, is_prepared, slug, subset_path
 from lowmed.data.manifest import PreparedDataset
 from lowmed.experiment.portable import PortablePaths
@@ -66,20 +67,27 @@ def prepared(spec: DatasetSpec, out: Path, quiet: bool, role: str = "full") -> P
     external test set, ``"unlabelled"`` for a self-supervised stage's corpus."""
     from lowmed.data.formats import CsvColumns
     from lowmed.data.prepare import prepare
+    from lowmed.data.subsample import source_changed
     from lowmed.data.synthetic import prepare_demo_dataset
 
     target = out / "data" / slug(spec.name)
+    options = dict(spec.prepare)
+    role = options.pop("role", role)
+    columns = CsvColumns(**{field: options.pop(key) for key, field in _CSV_COLUMN_OPTIONS.items() if key in options})
     if (target / DATASET_INFO).is_file():
-        return PreparedDataset.load(target)
+        dataset = PreparedDataset.load(target)
+        if not spec.demo and source_changed(dataset, columns):
+            warn(
+                f"{spec.data} changed since this study prepared it into {target}; the study keeps its copy so that "
+                "its runs stay comparable (a new study prepares the source as it is now)"
+            )
+        return dataset
     if spec.demo:
         return prepare_demo_dataset(spec.demo, out / "data" / "raw" / slug(spec.name), target, quiet)
     source = Path(spec.data).expanduser()
     if is_prepared(source):
         return PreparedDataset.load(source)
-    options = dict(spec.prepare)
-    role = options.pop("role", role)
-    columns = {field: options.pop(key) for key, field in _CSV_COLUMN_OPTIONS.items() if key in options}
-    return prepare(source, target, csv_columns=CsvColumns(**columns), role=role, quiet=quiet, **options)
+    return prepare(source, target, csv_columns=columns, role=role, quiet=quiet, **options)
 
 
 def external_sets(study: Study, dataset: str) -> dict[str, PreparedDataset]:
