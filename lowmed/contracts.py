@@ -359,7 +359,8 @@ class TrainSummary(Record):
     # whose backbone other runs start from and which is no run of a comparison
     kind: str = "supervised"
     tuning_trial: int | None = None  # the trial's number when the run is one of a tuning cell's trials
-    # weights whose training datasets are known: status possible | none known | unknown, those datasets, the target
+    # weights whose training data is known: status possible | none known | unknown | none (checked image by image),
+    # those datasets, the target (lowmed.data.leakage for a lowmed run's weights)
     pretraining_overlap: dict | None = None
     phases: list[str] = field(default_factory=list)
     epochs_run: int = 0
@@ -441,11 +442,35 @@ def _known_fields(cls, values: dict) -> dict:
     return {name: value for name, value in values.items() if name in known}
 
 
+GROUPS = "patient/lesion group"
+
+
+@dataclass
+class CorpusOverlap(ReadsLikeADict):
+    """``pretrain.json``'s ``leakage`` (``lowmed.data.leakage``): what the images behind a pretrained model share with
+    its target — per target split, images identical to a target image (by content hash) and images of a target
+    group — and how many of the target's train images were among them. Any val or test overlap is refused, so a
+    record holds none (one written before the guard refused held ``removed``, always 0 in a published record)."""
+
+    target: str  # the target's prepared dir (its name)
+    target_manifest_sha256: str | None
+    by_hash: dict[str, int] = field(default_factory=dict)
+    by_group: dict[str, int] = field(default_factory=dict)
+    kept_from_train: int = 0  # pretraining images that are (or share a group with) the target's train images
+    examples: list[str] = field(default_factory=list)
+
+    def sentence(self) -> str:
+        return (
+            f"the leakage guard against {self.target}: no image or {GROUPS} shared with its val or test split; "
+            f"{self.kept_from_train} shared with its train split, kept"
+        )
+
+
 @dataclass(kw_only=True)
 class SelfSupervisedRecord(Record):
     """``pretrain.json`` of a self-supervised run (``lowmed pretrain``, a study arm's ``pretrain: {method: ...}``):
-    the method and its views, the corpus and the target by their manifests' SHA-256, what the leakage guard found
-    and removed, and the monitor's curve (a kNN on the target's val split, epoch 0 being the starting weights)."""
+    the method and its views, the corpus and the target by their manifests' SHA-256, what the leakage guard found,
+    and the monitor's curve (a kNN on the target's val split, epoch 0 being the starting weights)."""
 
     FILE: ClassVar[str] = "pretrain.json"
 
@@ -454,15 +479,20 @@ class SelfSupervisedRecord(Record):
     model: str
     init: dict  # the starting weights: source, name or file, SHA-256
     views: dict  # crop_min, rotation, intensity, flip
-    corpus: dict  # prepared_dir, manifest_sha256, images, used (after the guard), groups
+    corpus: dict  # prepared_dir, manifest_sha256, images, used, groups
     target: dict  # prepared_dir, manifest_sha256, monitor split and its images
-    leakage: dict  # lowmed.data.leakage.CorpusOverlap
+    leakage: CorpusOverlap
     monitor: dict  # what it is (kNN, k, leave-one-out on val), its metric, and the curve: epoch → value
     epochs: int
     best_epoch: int | None = None
     best_value: float | None = None
     images_per_s: float | None = None
     seconds: float | None = None
+
+    @classmethod
+    def _upgraded(cls, values: dict, schema: int, path: Path) -> dict:
+        values["leakage"] = _typed(CorpusOverlap, values.get("leakage") or {}, f"{path}: leakage")
+        return values
 
 
 @dataclass(kw_only=True)

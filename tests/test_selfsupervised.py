@@ -19,6 +19,7 @@ from lowmed import prepare, run_experiment
 from lowmed.cli import main
 from lowmed.config import PretrainConfig
 from lowmed.contracts import RunDir, SelfSupervisedRecord, TrainSummary
+from lowmed.errors import LowmedError
 from lowmed.training.selfsupervised import pretrain
 from tests.factory import write_image
 from tests.test_reliability import lowmed, wait_for_epochs
@@ -66,48 +67,53 @@ def test_a_folder_or_a_csv_of_images_without_labels_is_an_unlabelled_corpus(arch
     assert exit_info.value.code == 2  # nothing to learn labels from
 
 
-def test_the_guard_removes_the_targets_test_images_by_content_and_by_group(
-    target, archive, tmp_path, capsys, monkeypatch
+def _corpus_csv(archive, folder, extra=None, group_of_first=None):
+    """The archive as a CSV corpus in ``folder`` (``extra``: one more image copied in; ``group_of_first``: the
+    first image's group)."""
+    shutil.copytree(archive, folder / "images")
+    if extra is not None:
+        shutil.copy(extra, folder / "images" / "copied-test-image.jpeg")  # same bytes
+    rows = [
+        {"path": f"images/{p.name}", "group": f"archive-{k}"} for k, p in enumerate(sorted(folder.glob("images/*")))
+    ]
+    if group_of_first is not None:
+        rows[0]["group"] = group_of_first
+    pd.DataFrame(rows).to_csv(folder / "corpus.csv", index=False)
+    return folder / "corpus.csv"
+
+
+@pytest.mark.parametrize("planted", ["a copy of a test image", "another image of a test patient"])
+def test_a_corpus_that_holds_the_targets_test_images_is_refused_by_content_or_by_group(
+    target, archive, tmp_path, capsys, monkeypatch, planted
 ):
     monkeypatch.chdir(tmp_path)  # a raw corpus is prepared once into ./lowmed-data
-    planted = tmp_path / "corpus"
-    shutil.copytree(archive, planted / "images")
     test_rows = target.split("test")
-    shutil.copy(test_rows["path"].iloc[0], planted / "images" / "copied-test-image.jpeg")  # same bytes
-    rows = [
-        {"path": f"images/{p.name}", "group": f"archive-{k}"} for k, p in enumerate(sorted(planted.glob("images/*")))
-    ]
-    rows[0]["group"] = test_rows["group"].iloc[-1]  # another image of a test patient
-    pd.DataFrame(rows).to_csv(planted / "corpus.csv", index=False)
+    if planted == "a copy of a test image":
+        corpus = _corpus_csv(archive, tmp_path / "corpus", extra=test_rows["path"].iloc[0])
+    else:
+        corpus = _corpus_csv(archive, tmp_path / "corpus", group_of_first=test_rows["group"].iloc[-1])
     out = tmp_path / "ssl"
-    with pytest.raises(SystemExit) as exit_info:  # --strict: refused, nothing trained
-        main(
-            [
-                "pretrain",
-                str(planted / "corpus.csv"),
-                "--target",
-                str(target.root),
-                "--out",
-                str(out),
-                "--strict",
-                "--epochs",
-                "1",
-                "--image-size",
-                "32",
-                "-q",
-            ]
-        )
+    arguments = ["pretrain", str(corpus), "--target", str(target.root), "--out", str(out), "--epochs", "1", "-q"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*arguments, "--image-size", "32"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert "shares 2 image(s) with the val or test split" in err and not (out / "train.json").exists()
-    summary = pretrain(
-        PretrainConfig(data=str(planted / "corpus.csv"), target=str(target.root), out=str(out), **QUICK), quiet=True
-    )
-    record = SelfSupervisedRecord.read(RunDir(out).self_supervised)
-    assert record.leakage["by_hash"]["test"] == 1 and record.leakage["by_group"]["test"] == 1
-    assert record.leakage["removed"] == 2 and record.corpus["used"] == record.corpus["images"] - 2
-    assert record.leakage["kept_from_train"] == 79  # the target's train images but the one given a test patient's group
+    assert "saw images of the val or test split" in err and not out.exists()
+
+
+def test_a_corpus_that_holds_the_targets_train_images_is_kept_and_said(target, archive, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    corpus = _corpus_csv(archive, tmp_path / "corpus")
+    summary = pretrain(PretrainConfig(data=str(corpus), target=str(target.root), out=str(tmp_path / "ssl"), **QUICK))
+    record = SelfSupervisedRecord.read(RunDir(tmp_path / "ssl").self_supervised)
+    assert record.leakage.by_hash["test"] == record.leakage.by_group["test"] == 0
+    assert record.leakage.kept_from_train == 80 and record.corpus["used"] == record.corpus["images"] == 120
     assert summary.kind == "self-supervised" and summary.status == "completed"
+    with pytest.raises(LowmedError, match="--strict: the corpus .* holds 80 of the train images"):
+        pretrain(
+            PretrainConfig(data=str(corpus), target=str(target.root), out=str(tmp_path / "strict"), **QUICK),
+            strict=True,
+        )
 
 
 def test_a_two_epoch_stage_trains_an_arm_and_its_monitor_never_opens_a_test_image(
@@ -240,7 +246,7 @@ def test_a_study_arm_pretrains_on_unlabelled_images_and_is_reported(kermany, arc
     assert TrainSummary.read(d_run.run_dir / "train.json").weights.path == str(stage.run_dir.resolve())
     report = (tmp_path / "out" / "report.md").read_text()
     assert "pretrained self-supervised (moco) by lowmed on archive" in report
-    assert "the leakage guard removed 0 corpus image(s)" in report
+    assert "no image or patient/lesion group shared with its val or test split" in report
     published = tmp_path / "published" / "pretrain" / stage.name
     assert (published / "pretrain.json").is_file() and (published / "stage.json").is_file()
     assert json.loads((published / "pretrain.json").read_text())["method"] == "moco"

@@ -117,10 +117,8 @@ def pretrain_command(
             f"{row['knn_accuracy']:.3f}",
         )
     stdout.print(table)
-    leakage = record.leakage
     stdout.print(
-        f"corpus {record.corpus['used']} of {record.corpus['images']} images used; {leakage['removed']} removed for "
-        f"sharing an image or patient with the target's val or test split; best epoch {record.best_epoch} "
+        f"corpus {record.corpus['images']} images; {record.leakage.sentence()}; best epoch {record.best_epoch} "
         f"({record.monitor['metric']} {record.best_value:.3f}); {record.images_per_s} images/s",
         highlight=False,
     )

@@ -1,86 +1,103 @@
-"""The leakage guard between a pretraining corpus and the labelled dataset it is pretrained for.
+"""The leakage guard between what shaped a pretrained model and the labelled dataset it is fine-tuned on.
 
 No test image may shape a pretrained model, and no validation image either (validation chooses checkpoints and
-tunes recipes). A corpus image is the target's when its content hash (the SHA-1 ``prepare`` records) equals one of
-the target's images, or when its patient/lesion group is one of the target's groups (where both name groups the
-same way). Overlap with the target's val or test split is removed from the corpus (or, under ``--strict``,
-refused); overlap with its train split is said and kept, since a clinic's archive holds the images it labelled.
+tunes recipes). A pretraining image is the target's when its content hash (the SHA-1 ``prepare`` records) equals one
+of the target's images, or when its patient/lesion group is one of the target's groups (where both name groups the
+same way). Overlap with the target's val or test split is refused (exit 2); overlap with its train split is said
+and kept, since a clinic's archive holds the images it labelled. Three things are guarded: a self-supervised
+corpus, a supervised pretraining dataset, and the run behind ``--weights RUN_DIR``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
-from lowmed.console import warn, warn_or_refuse
+from lowmed.console import warn_or_refuse
+from lowmed.contracts import GROUPS, CorpusOverlap, RunDir, SelfSupervisedRecord
 from lowmed.data.manifest import PreparedDataset
+from lowmed.errors import LowmedError
 
-GUARDED_SPLITS = ("val", "test")  # what a corpus may never share with its target
-
-
-@dataclass
-class CorpusOverlap:
-    """What a corpus shares with its target: per target split, corpus images identical to a target image (by
-    content hash) and corpus images of a target group; what was removed and some examples."""
-
-    target: str  # the target's prepared dir (its name)
-    target_manifest_sha256: str | None
-    by_hash: dict[str, int] = field(default_factory=dict)
-    by_group: dict[str, int] = field(default_factory=dict)
-    removed: int = 0  # corpus images dropped for sharing an image or a group with the target's val or test split
-    kept_from_train: int = 0  # corpus images that are (or share a group with) the target's train images
-    examples: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def sentence(self) -> str:
-        guarded = ", ".join(
-            f"{split} {self.by_hash.get(split, 0)} by content and {self.by_group.get(split, 0)} by group"
-            for split in GUARDED_SPLITS
-        )
-        return (
-            f"leakage guard against {self.target}: {self.removed} corpus image(s) removed ({guarded}); "
-            f"{self.kept_from_train} shared with its train split, kept"
-        )
+GUARDED_SPLITS = ("val", "test")  # what pretraining may never share with its target
+CHECKED_NONE = "none (checked image by image)"  # train.json's pretraining_overlap status for --weights RUN_DIR
 
 
-def guard_corpus(
-    corpus: PreparedDataset, target: PreparedDataset, strict: bool, what: str = "the corpus"
-) -> tuple[pd.DataFrame, CorpusOverlap]:
-    """The corpus's manifest rows less every image it shares with the target's val or test split (by content or by
-    group), and the record of what was found; under ``strict`` such overlap is refused instead (exit 2)."""
-    rows = corpus.manifest
+def guard_pretraining(
+    trained: pd.DataFrame,
+    target: PreparedDataset,
+    what: str,
+    strict: bool = False,
+    selected: pd.DataFrame | None = None,
+    say: bool = True,
+) -> CorpusOverlap:
+    """Refuse (exit 2) pretraining whose ``trained`` rows (manifest rows with sha1 and group) share an image or a
+    group with the target's val or test split, or whose ``selected`` rows (those that chose its checkpoint) share
+    one with its test split; say (``say``), and keep, what it trained on of the target's train split (``strict``:
+    refuse that too). A val split shared as a val split is no leak: it chose checkpoints in both stages."""
     overlap = CorpusOverlap(target=target.root.name, target_manifest_sha256=target.info.manifest_sha256)
-    guarded = pd.Series(False, index=rows.index)
-    shared_with_train = pd.Series(False, index=rows.index)
+    leaked: list[pd.Series] = []  # paths of pretraining images that are the target's val or test images
+    chose = 0  # selected rows among the target's test images
     for split in ("train", *GUARDED_SPLITS):
         part = target.split(split)
         if part.empty:
             continue
-        same_image = rows["sha1"].isin(set(part["sha1"])) if "sha1" in rows and "sha1" in part else False
-        same_group = rows["group"].astype(str).isin(set(part["group"].astype(str)))
-        overlap.by_hash[split] = int(pd.Series(same_image, index=rows.index).sum())
-        overlap.by_group[split] = int(same_group.sum())
-        hit = same_group | same_image
-        if split in GUARDED_SPLITS:
-            guarded |= hit
+        shared = _shared(trained, part, overlap, split)
+        if split == "train":
+            overlap.kept_from_train = int(shared.sum())
+            overlap.examples = trained.loc[shared, "path"].head(5).tolist()
         else:
-            shared_with_train |= hit
-    overlap.removed = int(guarded.sum())
-    overlap.kept_from_train = int((shared_with_train & ~guarded).sum())
-    overlap.examples = rows.loc[guarded, "path"].head(5).tolist()
-    if overlap.removed:
+            leaked.append(trained.loc[shared, "path"])
+        if split == "test" and selected is not None and not selected.empty:
+            chosen = _shared(selected, part)
+            chose = int(chosen.sum())
+            leaked.append(selected.loc[chosen, "path"])
+    examples = pd.concat(leaked) if leaked else pd.Series(dtype=str)
+    if not examples.empty:
+        counts = ", ".join(
+            f"{split} {overlap.by_hash.get(split, 0)} by content and {overlap.by_group.get(split, 0)} by {GROUPS}"
+            for split in GUARDED_SPLITS
+        )
+        chosen_text = f"; its checkpoint was chosen with {chose} of them" if chose else ""
+        raise LowmedError(
+            f"{what} saw images of the val or test split of {target.root} (trained on: {counts}{chosen_text}; "
+            f"e.g. {examples.iloc[0]}); no validation or test image may shape a pretrained model: take them out of "
+            "the pretraining data, or fine-tune on a target they are not part of"
+        )
+    if overlap.kept_from_train and (say or strict):
         warn_or_refuse(
-            f"{what} shares {overlap.removed} image(s) with the val or test split of {target.root} (by content "
-            f"or patient group, e.g. {overlap.examples[0]}); "
-            + ("they are removed from it" if not strict else "remove them from the corpus"),
+            f"{what} holds {overlap.kept_from_train} of the train images (or patients) of {target.root}; kept (no "
+            "validation or test image is among them)",
             strict,
         )
-    elif overlap.kept_from_train:
-        warn(
-            f"{what} holds {overlap.kept_from_train} of the train images (or patients) of {target.root}; kept (no "
-            "validation or test image is among them)"
-        )
-    return rows[~guarded].reset_index(drop=True), overlap
+    return overlap
+
+
+def _shared(rows: pd.DataFrame, part: pd.DataFrame, overlap: CorpusOverlap | None = None, split: str = "") -> pd.Series:
+    """Per row: an image identical to one of ``part``'s (by content hash) or of one of its groups; the counts of
+    each kept in ``overlap`` under ``split``."""
+    same_image = rows["sha1"].isin(set(part["sha1"])) if "sha1" in rows and "sha1" in part else False
+    same_image = pd.Series(same_image, index=rows.index)
+    same_group = rows["group"].astype(str).isin(set(part["group"].astype(str)))
+    if overlap is not None:
+        overlap.by_hash[split], overlap.by_group[split] = int(same_image.sum()), int(same_group.sum())
+    return same_image | same_group
+
+
+def run_shaping_rows(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The images a lowmed run's weights were trained on, and those that chose its checkpoint, as manifest rows;
+    None when its data is no longer there to read. A self-supervised stage trained on its corpus, its monitor's
+    target train and val images chose its epoch; a supervised run trained on its subset's (or dataset's) train rows,
+    its val split chose."""
+    run = RunDir(run_dir)
+    summary = run.read_summary()
+    try:
+        if summary.kind == "self-supervised":
+            record = SelfSupervisedRecord.read(run.self_supervised)
+            monitor = PreparedDataset.load(record.target["prepared_dir"])
+            selected = pd.concat([monitor.split("train"), monitor.split("val")], ignore_index=True)
+            return PreparedDataset.load(record.corpus["prepared_dir"]).manifest, selected
+        dataset = PreparedDataset.load(summary.dataset.subset or summary.dataset.prepared_dir)
+        return dataset.split("train"), dataset.split("val")
+    except LowmedError:
+        return None

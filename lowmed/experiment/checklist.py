@@ -235,11 +235,7 @@ def reporting_checklist(
             how = f"self-supervised ({arm.pretrain['method']}, no labels) " if arm.self_supervised else ""
             guard = ""
             if RunDir(stage).self_supervised.is_file():
-                leakage = SelfSupervisedRecord.read(RunDir(stage).self_supervised).leakage
-                guard = (
-                    f"; the leakage guard removed {leakage['removed']} corpus image(s) shared with the target's val "
-                    f"or test split, and kept {leakage['kept_from_train']} shared with its train split"
-                )
+                guard = f"; {SelfSupervisedRecord.read(RunDir(stage).self_supervised).leakage.sentence()}"
             items.append(
                 f"**Initial weights** ({arm.name}): {arm.model} from {source}, pretrained {how}by lowmed on "
                 f"{arm.pretrain['dataset'].name} (prepared manifest SHA-256 "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lowmed.console import warn
 from lowmed.contracts import DATASET_INFO, SUBSETS, FamilyMember, TestFamilies, is_prepared, slug, subset_path
+from lowmed.data.leakage import guard_pretraining
 from lowmed.data.manifest import PreparedDataset
 from lowmed.experiment.portable import PortablePaths
 from lowmed.experiment.study import Arm, DatasetSpec, Study
@@ -159,6 +160,7 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
                     self_supervised=arm.self_supervised,
                 )
             pretrain_of[(arm.name, target)] = pretrains[name]
+    _guard_pretraining_data(study, pretrain_of, prepare_data)
     cells: dict[tuple, PlannedCell] = {}
     tuning = study.out / "tuning"
     runs = []
@@ -201,6 +203,53 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
                         cell = cells[key]
                     runs.append(PlannedRun(name, study.out / "runs" / name, values, arm, spec.name, cell=cell))
     return list(pretrains.values()), list(cells.values()), runs
+
+
+def _guard_pretraining_data(
+    study: Study, pretrain_of: dict[tuple[str, str | None], PlannedRun], prepare_data: bool
+) -> None:
+    """Refuse a study whose pretraining data holds images of a target's val or test split, before anything trains
+    (``lowmed.data.leakage``, image by image). A dry run (no ``prepare_data``) checks what is prepared already and
+    says where a pretraining source and a target's folders overlap, to be checked when the study runs."""
+
+    def dataset(spec: DatasetSpec, role: str = "full") -> PreparedDataset | None:
+        return prepared(spec, study.out, True, role) if prepare_data else _prepared_already(spec, study.out)
+
+    for (arm, target), stage in pretrain_of.items():
+        corpus_spec = next(a.pretrain["dataset"] for a in study.arms if a.name == arm)
+        corpus = dataset(corpus_spec, "unlabelled" if stage.self_supervised else "full")
+        for spec in study.datasets:
+            if target not in (None, spec.name):
+                continue
+            what = f"arm {arm}'s pretraining data ({corpus_spec.name})"
+            target_data = dataset(spec)
+            if corpus is not None and target_data is not None:
+                trained, selected = (
+                    (corpus.manifest, None) if stage.self_supervised else (corpus.split("train"), corpus.split("val"))
+                )
+                guard_pretraining(trained, target_data, what, selected=selected, say=False)
+            elif corpus_spec.data and spec.data and _nested(Path(corpus_spec.data), Path(spec.data)):
+                warn(
+                    f"{what} and dataset {spec.name} share folders ({corpus_spec.data}, {spec.data}); lowmed compares "
+                    "them image by image before anything trains and refuses pretraining data that holds the "
+                    "dataset's val or test images"
+                )
+
+
+def _prepared_already(spec: DatasetSpec, out: Path) -> PreparedDataset | None:
+    """A dataset as the study has it prepared (or as given prepared); None before the study prepares it."""
+    target = out / "data" / slug(spec.name)
+    if (target / DATASET_INFO).is_file():
+        return PreparedDataset.load(target)
+    if spec.data and is_prepared(Path(spec.data).expanduser()):
+        return PreparedDataset.load(Path(spec.data).expanduser())
+    return None
+
+
+def _nested(one: Path, other: Path) -> bool:
+    """The same folder, or one inside the other."""
+    one, other = one.expanduser().resolve(), other.expanduser().resolve()
+    return one.is_relative_to(other) or other.is_relative_to(one)
 
 
 def _target_data(study: Study, name: str, prepare_data: bool) -> str:

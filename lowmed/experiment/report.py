@@ -293,7 +293,7 @@ def _stage_outcome(stage: RunDir) -> str:
         start = record.monitor["curve"][0][record.monitor["metric"]]
         return (
             f"{best} {summary.best['value']:.3f} ({start:.3f} with the starting weights; {record.monitor['kind']}); "
-            f"{record.leakage['removed']} corpus images removed by the leakage guard"
+            f"{record.leakage.sentence()}"
         )
     return f"{best}, val AUROC {summary.best['metrics'].get('val_auroc', float('nan')):.3f} on that corpus"
 

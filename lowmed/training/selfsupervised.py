@@ -8,7 +8,7 @@ from ImageNet weights (domain-adaptive pretraining). The losses, projection head
 enough for medical images (``lowmed.data.augment.random_views``).
 
 Before anything trains, the corpus is guarded against its target (``lowmed.data.leakage``): images it shares with
-the target's val or test split are removed. After every epoch a kNN classifier on the backbone's features,
+the target's val or test split are refused. After every epoch a kNN classifier on the backbone's features,
 leave-one-out on the target's val split (labels used to monitor only; the test split is never opened), measures the
 features and chooses ``best.pt`` — epoch 0 is the starting weights, so the curve shows what the pretraining added.
 ``best.pt`` is a lowmed checkpoint whose backbone ``lowmed train --weights RUN_DIR`` starts from.
@@ -33,7 +33,7 @@ from lowmed.config import PretrainConfig
 from lowmed.console import console, progress_bar
 from lowmed.contracts import MANIFEST, DatasetRef, RunDir, SelfSupervisedRecord, TrainSummary, slug
 from lowmed.data.augment import ViewSettings, random_views
-from lowmed.data.leakage import guard_corpus
+from lowmed.data.leakage import guard_pretraining
 from lowmed.data.loading import LabelledImages, index_chunks, label_tensors, load_split
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import load_or_prepare
@@ -135,9 +135,8 @@ def pretrain(
     run_dir = RunDir(config.out)
     with own_run_dir(run_dir.path, "pretrain"):
         check_run_dir(run_dir, resume, overwrite)
-        rows, overlap = guard_corpus(corpus, target, strict, what=f"the corpus {corpus.root}")
-        if rows.empty:
-            raise LowmedError(f"{corpus.root}: no image is left once the target's val and test images are removed")
+        rows = corpus.manifest
+        overlap = guard_pretraining(rows, target, f"the corpus {corpus.root}", strict)
         state = read_training_state(run_dir) if resume else None
         device = resolve_device(config.device)
         seed_everything(config.seed)
@@ -168,7 +167,7 @@ def pretrain(
                 "monitor_split": "val",
                 "monitor_images": len(images["val"]),
             },
-            leakage=overlap.to_dict(),
+            leakage=overlap,
             monitor={
                 "kind": f"kNN (k {config.knn_k}, cosine, leave-one-out) on the target's val split",
                 "metric": config.monitor,

@@ -28,6 +28,7 @@ from lowmed.contracts import (
     read_yaml,
     slug,
 )
+from lowmed.data.leakage import CHECKED_NONE, guard_pretraining, run_shaping_rows
 from lowmed.data.loading import label_tensors, load_split, too_many_unreadable
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import last_subset, load_or_prepare, subsample
@@ -114,13 +115,13 @@ def train(
             earlier = run_dir.read_summary()
             report, earlier_caches = earlier.weights, earlier.caches
             preprocessing = _input_contract(report, spec, config)
+        # every refusal, and the images, before anything in the run dir changes: an --overwrite that stops here
+        # leaves the old run as it was
+        pretraining_overlap = _pretraining_overlap(report, dataset, config.dataset_name, dist.is_main, strict)
         if not quiet:
             console.print(
                 f"[bold]{run_dir.path}[/] (arm {config.arm}): {spec.name}, {report.summary()}", highlight=False
             )
-        # every refusal, and the images, before anything in the run dir changes: an --overwrite that stops here
-        # leaves the old run as it was
-        pretraining_overlap = _pretraining_overlap(report, dataset, config.dataset_name, dist.is_main, strict)
         splits = _load_splits(dataset, config.image_size, device, strict)
         dist.on_main(lambda: _check_disk_space(run_dir.path, count_parameters(model)))
         if not resume:
@@ -392,7 +393,11 @@ def _input_contract(report: WeightsReport, spec, config: TrainConfig) -> Preproc
 def _pretraining_overlap(
     report: WeightsReport, dataset: PreparedDataset, name: str | None, say: bool, strict: bool
 ) -> dict | None:
-    """For weights whose training datasets are known: whether the target may be among them (warned, if ``say``)."""
+    """For weights whose training data is known: whether the target may be among it. A lowmed run's images are
+    checked one by one (refused when they reach the target's val or test split, ``lowmed.data.leakage``); a
+    published weight's datasets by name (warned, if ``say``)."""
+    if report.source == "run":
+        return _run_weights_overlap(Path(report.path), dataset, say, strict)
     if report.trained_on is None:
         return None
     target = name or FORMAT_DATASETS.get(dataset.source_format)
@@ -405,6 +410,28 @@ def _pretraining_overlap(
             strict,
         )
     return result
+
+
+def _run_weights_overlap(run_dir: Path, dataset: PreparedDataset, say: bool, strict: bool) -> dict:
+    """``--weights RUN_DIR``: the images that run trained on, and chose its checkpoint with, against the target."""
+    shaping = run_shaping_rows(run_dir)
+    trained_on = [RunDir(run_dir).read_summary().dataset.name]
+    if shaping is None:
+        if say:
+            warn_or_refuse(
+                f"--weights {run_dir}: the data it was trained on is no longer where its train.json says; whether "
+                f"it saw images of {dataset.root}'s val or test split cannot be checked",
+                strict,
+            )
+        return {"status": "unknown", "weights_trained_on": trained_on, "target": dataset.root.name}
+    trained, selected = shaping
+    checked = guard_pretraining(trained, dataset, f"--weights {run_dir}", strict, selected, say)
+    return {
+        "status": CHECKED_NONE,
+        "weights_trained_on": trained_on,
+        "target": dataset.root.name,
+        "kept_from_train": checked.kept_from_train,
+    }
 
 
 def _check_source_model(report: WeightsReport, model: str) -> None:
