@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
 from lowmed.contracts import read_yaml
-from lowmed.errors import LowmedError
+from lowmed.errors import LowmedError, quoted
 from lowmed.models.preprocessing import parse_input_norm
 
 MONITORS = ("val_loss", "val_auroc", "val_accuracy")
 HEADS = ("mlp", "linear")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICE_EXPECTED = "auto, cpu, cuda, cuda:N (one GPU by its index) or mps"
+
+
+def is_device_name(name: str) -> bool:
+    """A device lowmed can be asked for (whether this machine has it is ``device.resolve_device``'s question)."""
+    return name in DEVICES or re.fullmatch(r"cuda:\d+", name) is not None
+
+
 MAX_SEED = 2**32 - 1  # the widest seed every generator lowmed seeds (numpy's legacy one included) accepts
 
 
@@ -119,14 +128,14 @@ class TrainConfig(ConfigFile):
             ("cached_views", self.cached_views >= 0, "0 or more"),
             ("monitor", self.monitor in MONITORS, f"one of {', '.join(MONITORS)}"),
             ("head", self.head in HEADS, f"one of {', '.join(HEADS)}"),
-            ("device", self.device in DEVICES, f"one of {', '.join(DEVICES)}"),
+            ("device", is_device_name(self.device), DEVICE_EXPECTED),
             ("class_weights", self.class_weights in ("auto", "none"), "auto or none"),
             ("arm", self.arm is None or bool(self.arm.strip()), "a non-empty name"),
             ("input_channels", self.input_channels in (None, 1, 3), "1 or 3"),
         ]
         for name, ok, expected in checks:
             if not ok:
-                raise LowmedError(f"{_flag(name)} {getattr(self, name)!r}: expected {expected}")
+                raise LowmedError(f"{_flag(name)} {quoted(getattr(self, name))}: expected {expected}")
         check_seed(self.seed)
         if self.input_norm is not None:
             parse_input_norm(self.input_norm, self.input_channels or 3)
@@ -190,11 +199,11 @@ class PretrainConfig(ConfigFile):
             ("intensity", 0 <= self.intensity < 1, "0 to below 1"),
             ("knn_k", self.knn_k >= 1, "at least 1"),
             ("monitor", self.monitor in PRETRAIN_MONITORS, f"one of {', '.join(PRETRAIN_MONITORS)}"),
-            ("device", self.device in DEVICES, f"one of {', '.join(DEVICES)}"),
+            ("device", is_device_name(self.device), DEVICE_EXPECTED),
         ]
         for name, ok, expected in checks:
             if not ok:
-                raise LowmedError(f"{_flag(name)} {getattr(self, name)!r}: expected {expected}")
+                raise LowmedError(f"{_flag(name)} {quoted(getattr(self, name))}: expected {expected}")
         check_seed(self.seed)
         if self.data is None:
             raise LowmedError("no corpus: give UNLABELLED (a folder of images, a CSV of paths, or a prepared corpus)")
@@ -227,4 +236,4 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         if option is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     expected = " or ".join(o.__name__ for o in options if o is not type(None))
-    raise LowmedError(f"{where}: {value!r} is not a valid {expected}")
+    raise LowmedError(f"{where}: {quoted(value)} is not a valid {expected}")

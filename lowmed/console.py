@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Iterable, Iterator, TypeVar
 
 from rich.console import Console
@@ -39,8 +40,21 @@ def track(items: Iterable[T], total: int, description: str, quiet: bool = False)
             bar.advance(task)
 
 
+MESSAGE_CHARACTERS = 1000  # an error or warning line at most (its head and its tail, which says what to do)
+
+
+def one_line(message: str) -> str:
+    """A message as one line of bounded length: a value quoted whole in a message (a YAML alias expands a few
+    hundred bytes into megabytes) is cut in the middle, keeping where it starts and what it asks for."""
+    text = re.sub(r"\s*[\r\n]+\s*", " ", message.strip())
+    if len(text) <= MESSAGE_CHARACTERS:
+        return text
+    head, tail = MESSAGE_CHARACTERS * 2 // 3, MESSAGE_CHARACTERS // 4
+    return f"{text[:head]} … ({len(text) - head - tail} characters left out) … {text[-tail:]}"
+
+
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]warning:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
 
 
 def warn_or_refuse(message: str, strict: bool) -> None:

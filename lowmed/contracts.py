@@ -24,7 +24,7 @@ import yaml
 
 from lowmed import locking
 from lowmed.errors import LowmedError
-from lowmed.io import sha256_file, write_json, write_yaml
+from lowmed.io import read_text_file, sha256_file, write_json, write_yaml
 
 SCHEMA = 2  # of train.json and metrics.json as this lowmed writes them
 
@@ -73,11 +73,7 @@ def read_yaml(path: str | os.PathLike, what: str | None = None) -> dict:
     path = Path(path)
     what = what or str(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise LowmedError(f"{what}: cannot read ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise LowmedError(f"{what}: not a text file; expected YAML") from None
+        data = yaml.safe_load(read_text_file(path, what))
     except yaml.YAMLError as exc:
         raise LowmedError(f"{what}: not valid YAML ({exc})") from None
     if not isinstance(data, dict) or not all(isinstance(key, str) for key in data):

@@ -10,18 +10,24 @@ from pathlib import Path
 
 import torch
 
+from lowmed.config import DEVICE_EXPECTED, is_device_name
 from lowmed.errors import LowmedError
 
 
 def resolve_device(requested: str) -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then the CPU; asking for one that is absent is an input error."""
+    if not is_device_name(requested):
+        raise LowmedError(f"--device {requested!r}: expected {DEVICE_EXPECTED}")
     mps = getattr(torch.backends, "mps", None)
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("mps") if mps and mps.is_available() else torch.device("cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise LowmedError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise LowmedError(f"--device {requested}: no CUDA device is available here; use --device cpu or auto")
+    if requested.startswith("cuda:") and int(requested[5:]) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise LowmedError(f"--device {requested}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     if requested == "mps" and not (mps and mps.is_available()):
         raise LowmedError("--device mps: Apple MPS is not available here; use --device cpu or auto")
     return torch.device(requested)

@@ -29,7 +29,7 @@ from lowmed.evaluation.evaluate import ACCELERATOR_BATCH
 from lowmed.evaluation.metrics import probabilities
 from lowmed.evaluation.predict import predict_files
 from lowmed.evaluation.trained import TrainedModel, evaluated_with, run_status
-from lowmed.io import check_writable, sha256_file, write_csv
+from lowmed.io import check_writable, read_csv_file, sha256_file, write_csv
 from lowmed.saliency.explain import explain_cases, input_cases
 from lowmed.saliency.maps import check_method
 
@@ -173,10 +173,7 @@ def collect_inputs(inputs: list[str | os.PathLike], path_column: str = "path") -
 
 
 def _csv_paths(csv: Path, column: str) -> list[Path]:
-    try:
-        frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as exc:
-        raise LowmedError(f"{csv}: cannot read as CSV ({exc})") from None
+    frame = read_csv_file(csv, str(csv), dtype=str, keep_default_na=False)
     if column not in frame.columns:
         raise LowmedError(
             f"{csv}: no column {column!r}; it has {', '.join(map(repr, frame.columns)) or 'none'} "

@@ -1,4 +1,6 @@
-"""Atomic file writes: a reader never sees a half-written file, a crash never leaves one."""
+"""Files in and out: atomic writes (a reader never sees a half-written file, a crash never leaves one), and the text
+files users give (YAML, CSV) read as UTF-8, with or without a byte-order mark, or UTF-16 with one; any other
+encoding is refused naming the first byte that is not UTF-8."""
 
 from __future__ import annotations
 
@@ -18,6 +20,46 @@ from lowmed.errors import LowmedError
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+def read_text_file(path: str | os.PathLike, what: str, how_to_save: str = "") -> str:
+    """A user's text file (``what`` names it in errors): UTF-8 (a BOM allowed) or UTF-16 with its BOM."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise LowmedError(f"{what}: cannot read ({exc.strerror or exc})") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise LowmedError(f"{what}: begins as UTF-16 but does not decode as it; save it as UTF-8") from None
+    if b"\x00" in data[:4096]:
+        raise LowmedError(f"{what}: not a text file (it holds NUL bytes)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise LowmedError(
+            f"{what}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}; Latin-1 or Windows-1252?); "
+            f"save it as UTF-8{how_to_save}"
+        ) from None
+
+
+def read_csv_file(path: str | os.PathLike, what: str, **options) -> "pd.DataFrame":
+    """A user's CSV (``what`` names it in errors), read by pandas with ``options`` in any encoding
+    ``read_text_file`` takes; one line for a file that is not a table."""
+    import io
+
+    import pandas as pd
+
+    text = read_text_file(path, what, " (from a spreadsheet: as CSV UTF-8)")
+    try:
+        return pd.read_csv(io.StringIO(text), **options)
+    except pd.errors.EmptyDataError:
+        raise LowmedError(f"{what}: empty; expected a CSV with a header row") from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LowmedError(f"{what}: not a readable CSV ({reason})") from None
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from typing import Any
 from lowmed.config import MONITORS, TrainConfig, coerce, first_repeated
 from lowmed.console import progress_bar
 from lowmed.contracts import TuningRecord, read_yaml, short_value, slug
-from lowmed.errors import Interrupted, LowmedError, RunFailed
+from lowmed.errors import Interrupted, LowmedError, RunFailed, quoted
 from lowmed.interrupts import stop_asked
 from lowmed.io import check_writable, write_yaml
 
@@ -149,19 +149,19 @@ class TuneSettings:
 
 def _whole(value: Any, where: str, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise LowmedError(f"{where}: {value!r}; expected a whole number of at least {minimum}")
+        raise LowmedError(f"{where}: {quoted(value)}; expected a whole number of at least {minimum}")
     return value
 
 
 def _choice(value: Any, allowed: tuple, where: str) -> str:
     if value not in allowed:
-        raise LowmedError(f"{where}: {value!r}; expected one of {', '.join(allowed)}")
+        raise LowmedError(f"{where}: {quoted(value)}; expected one of {', '.join(allowed)}")
     return value
 
 
 def _flag(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
-        raise LowmedError(f"{where}: {value!r}; expected true or false")
+        raise LowmedError(f"{where}: {quoted(value)}; expected true or false")
     return value
 
 
@@ -199,7 +199,7 @@ def _param(name: str, given: Any, where: str, base: dict) -> Param:
                 continue
             if isinstance(bound, bool) or not isinstance(bound, int if whole else (int, float)):
                 expected = "a whole number (the option is an integer)" if whole else "a number"
-                raise LowmedError(f"{where}.{label}: {bound!r}; expected {expected}")
+                raise LowmedError(f"{where}.{label}: {quoted(bound)}; expected {expected}")
         if not low < high:
             raise LowmedError(f"{where}: empty range [{low}, {high}]; expected low < high")
         log = _flag(given.get("log", False), f"{where}.log")
@@ -213,12 +213,12 @@ def _param(name: str, given: Any, where: str, base: dict) -> Param:
         param = Param(name, cast(low), cast(high), log, None if step is None else cast(step))
         values = [param.low, param.high]
     else:
-        raise LowmedError(f"{where}: {given!r}; expected {{low: ..., high: ...}} or a list of choices")
+        raise LowmedError(f"{where}: {quoted(given)}; expected {{low: ..., high: ...}} or a list of choices")
     for value in values:  # every end of the range and every choice must make a valid run
         try:
             TrainConfig.from_dict({**base, "data": base.get("data") or ".", name: value}, source=where).validate()
         except LowmedError as exc:
-            raise LowmedError(f"{where}: {value!r} would not make a valid run: {exc}") from None
+            raise LowmedError(f"{where}: {quoted(value)} would not make a valid run: {exc}") from None
     return param
 
 
@@ -282,11 +282,13 @@ def tune_cell(
         if record.optuna_study == name and record.budget == settings.trials:
             return record
     optuna = _optuna()
-    cell.folder.mkdir(parents=True, exist_ok=True)
-    storage, url, owned = _storage(
+    if settings.storage is None:  # lowmed's own database, in the cell's folder
+        cell.folder.mkdir(parents=True, exist_ok=True)
+    storage, url, owned = _storage(  # a URL given that does not open is refused before anything is written
         settings.storage or cell.storage or f"sqlite:///{(cell.folder / 'optuna.db').resolve()}",
         settings.storage is None,
     )
+    cell.folder.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         study_name=name,
         storage=storage,
@@ -366,9 +368,25 @@ def _storage(url: str, owned: bool):
             storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
         return storage, shown, False
     except Exception as exc:  # a URL Optuna cannot open: a driver missing, a server not there, a typo
+        reason = hidden(str(exc)).splitlines()[0] if str(exc) else ""
         raise LowmedError(
-            f"tuning storage {shown}: cannot open it ({type(exc).__name__}: {hidden(str(exc))})"
+            f"tuning storage {shown}: cannot open it ({type(exc).__name__}: {reason}){_storage_hint(url, exc)}"
         ) from None
+
+
+def _storage_hint(url: str, exc: Exception) -> str:
+    """What to do about a storage URL that did not open, where lowmed can tell."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if not scheme:
+        return "; expected a database URL such as sqlite:///tuning.db or postgresql://user@host/db"
+    if isinstance(exc, ImportError):
+        driver = {"postgresql": "psycopg2-binary", "mysql": "pymysql"}.get(scheme.split("+")[0], "its driver")
+        return f"; install the database driver: pip install {driver}"
+    if scheme == "sqlite" and url.startswith("sqlite:///"):
+        folder = Path(url[len("sqlite:///") :]).parent
+        if not folder.is_dir():
+            return f"; the folder {folder} does not exist"
+    return ""
 
 
 def _finished_and_running(study, optuna) -> tuple[list, list]:

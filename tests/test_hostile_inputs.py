@@ -4,6 +4,7 @@ is tried through ``main`` in this process, as a user would meet it."""
 
 import json
 
+import pandas as pd
 import PIL.Image
 import pytest
 import yaml
@@ -163,3 +164,61 @@ def test_ctrl_c_anywhere_else_is_one_line_and_exit_130(monkeypatch, capsys):
 
     monkeypatch.setattr("lowmed.data.prepare.prepare", interrupted)
     assert "interrupted (Ctrl-C)" in refused(capsys, ["prepare", "/tmp", "--out", "/tmp/never-written"], code=130)
+
+
+@pytest.mark.parametrize("device", ["tpu", "", "cuda:x", "cpu:1"])
+def test_a_device_that_is_no_device_name_is_refused_naming_the_choices(trained_run, device, capsys):
+    line = refused(capsys, ["evaluate", trained_run, "--device", device])
+    assert line == f"error: --device {device!r}: expected auto, cpu, cuda, cuda:N (one GPU by its index) or mps"
+
+
+def test_a_gpu_this_machine_lacks_is_refused(trained_run, separable, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "cuda:1: no CUDA device is available here" in refused(
+        capsys, ["evaluate", trained_run, "--device", "cuda:1"]
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    line = refused(capsys, ["train", separable, "--device", "cuda:2", "--out", tmp_path / "run"])
+    assert "--device cuda:2: this machine has 2 CUDA device(s), cuda:0 to cuda:1" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "url, said",
+    [
+        ("notaurl", "expected a database URL such as sqlite:///tuning.db"),
+        ("sqlite:////no/such/folder/optuna.db", "the folder /no/such/folder does not exist"),
+        ("postgresql://me:secret@localhost/db", "install the database driver: pip install psycopg2-binary"),
+    ],
+)
+def test_a_tuning_storage_that_does_not_open_is_refused_saying_what_to_do(separable, tmp_path, url, said, capsys):
+    (tmp_path / "space.yaml").write_text("space:\n  lr: {low: 0.0001, high: 0.01, log: true}\n")
+    out = tmp_path / "tuned"
+    line = refused(capsys, ["tune", separable, "--space", tmp_path / "space.yaml", "--storage", url, "--out", out])
+    assert said in line and "secret" not in line and not out.exists()
+
+
+def test_text_files_are_read_as_utf8_or_utf16_and_others_refused_naming_the_byte(trained_run, tmp_path, capsys):
+    (tmp_path / "latin1.yaml").write_bytes("arm: é\nepochs: 1\n".encode("latin-1"))
+    line = refused(capsys, ["train", trained_run.parent, "--config", tmp_path / "latin1.yaml"])
+    assert "latin1.yaml: not UTF-8 text (byte 0xe9 on line 1; Latin-1 or Windows-1252?); save it as UTF-8" in line
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    assert "not a text file" in refused(capsys, ["train", trained_run.parent, "--config", tmp_path / "binary.yaml"])
+    images = [write_image(tmp_path / "in" / f"{k}.png", 700 + k) for k in range(3)]
+    listing = tmp_path / "images.csv"
+    listing.write_text("path\n" + "\n".join(map(str, images)) + "\n", encoding="utf-16")  # as Excel saves "Unicode"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(trained_run), str(listing), "--out", str(tmp_path / "p.csv"), "-q"])
+    assert exit_info.value.code == 0 and len(pd.read_csv(tmp_path / "p.csv")) == 3
+
+
+def test_a_yaml_alias_bomb_makes_one_short_line(separable, tmp_path, capsys):
+    """231 bytes that expand to millions of characters: the message quotes the value shortened."""
+    levels = ['&a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    levels += [f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcd", "bcde")]
+    (tmp_path / "bomb.yaml").write_text(f"epochs: [{', '.join(levels)}, [{', '.join(['*e'] * 9)}]]\n")
+    line = refused(capsys, ["train", separable, "--config", tmp_path / "bomb.yaml", "--out", tmp_path / "run"])
+    assert len(line) < 500 and line.endswith("is not a valid int") and not (tmp_path / "run").exists()

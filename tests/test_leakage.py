@@ -12,15 +12,7 @@ from lowmed.config import TrainConfig
 from lowmed.contracts import TrainSummary
 from lowmed.data.leakage import CHECKED_NONE
 from tests.conftest import FAST
-
-
-def refused(capsys, arguments) -> str:
-    """The one line a refused command prints (exit 2, no traceback)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(argument) for argument in arguments])
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
+from tests.test_hostile_inputs import refused
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +71,7 @@ def _study(path, out, target, pretraining):
     return path
 
 
-def test_a_study_that_pretrains_on_its_targets_test_folder_is_refused_before_anything_trains(
-    kermany, tmp_path, capsys
-):
+def test_a_study_that_pretrains_on_its_targets_test_folder_is_refused_before_anything_trains(kermany, tmp_path, capsys):
     study = _study(tmp_path / "study.yaml", tmp_path / "out", kermany, kermany / "test")
     with pytest.raises(SystemExit) as exit_info:
         main(["experiment", str(study), "--dry-run"])

@@ -27,7 +27,7 @@ from lowmed.cli.pretrain import pretrain_command
 from lowmed.cli.subsample import subsample_command
 from lowmed.cli.train import finetune_command, train_command
 from lowmed.cli.tune import tune_command
-from lowmed.console import console
+from lowmed.console import console, one_line
 from lowmed.errors import LowmedError, RunFailed
 
 app = typer.Typer(
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.exit_code
         if type(exc).__name__ != "NoArgsIsHelpError":  # bare 'lowmed': the help was shown
             where = f" ({exc.ctx.command_path} -h lists the options)" if getattr(exc, "ctx", None) else ""
-            console.print(f"[bold red]error:[/] {escape(exc.format_message())}{where}", highlight=False, soft_wrap=True)
+            message = one_line(exc.format_message())
+            console.print(f"[bold red]error:[/] {escape(message)}{where}", highlight=False, soft_wrap=True)
     except KeyboardInterrupt:  # Ctrl-C where no command turned it into a resumable stop of its own
         if _debug["on"]:
             traceback.print_exc()
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     except (LowmedError, RunFailed) as exc:
         if _debug["on"]:
             traceback.print_exc()
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(one_line(str(exc)))}", highlight=False, soft_wrap=True)
         code = exc.exit_code
     except Exception as exc:  # an unforeseen failure during a run
         hint = ""
@@ -119,7 +120,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             hint = " (run with --debug for the traceback)"
         console.print(
-            f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}{hint}", highlight=False, soft_wrap=True
+            f"[bold red]error:[/] {type(exc).__name__}: {escape(one_line(str(exc)))}{hint}",
+            highlight=False,
+            soft_wrap=True,
         )
         code = 1
     _leave_process_group()

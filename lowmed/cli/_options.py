@@ -12,7 +12,7 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existin
 Workers = Annotated[Optional[int], typer.Option("--workers", min=0, help="Worker processes (default: all cores).")]
 OutDir = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder.")]
 Checkpoint = Annotated[str, typer.Option("--checkpoint", help="best | last | PATH to a lowmed checkpoint.")]
-Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps")]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N (a GPU by index) | mps")]
 Amp = Annotated[
     Optional[bool],
     typer.Option(

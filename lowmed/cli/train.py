@@ -195,7 +195,9 @@ def train_command(
     balanced_sampler: Annotated[
         Optional[bool], typer.Option("--balanced-sampler", help="Sample classes equally instead of weighting the loss.")
     ] = None,
-    device: Annotated[Optional[str], typer.Option(help=f"auto | cpu | cuda | mps. \\[default: {_D.device}]")] = None,
+    device: Annotated[
+        Optional[str], typer.Option(help=f"auto | cpu | cuda | cuda:N | mps. \\[default: {_D.device}]")
+    ] = None,
     amp: Annotated[
         Optional[bool],
         typer.Option(

@@ -40,7 +40,7 @@ def tune_command(
     ] = None,
     seed: Annotated[Optional[int], typer.Option(help="The cell's seed (subset, training). \\[default: 0]")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input size in px. \\[default: the model's]")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | mps. \\[default: auto]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N | mps. \\[default: auto]")] = None,
     trials: Annotated[
         Optional[int], typer.Option(help="Trials that finish (completed or pruned). \\[default: the file's, or 12]")
     ] = None,

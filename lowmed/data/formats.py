@@ -19,6 +19,7 @@ import pandas as pd
 
 from lowmed.data.images import IMAGE_EXTENSIONS, list_files, refuse_undecodable_names
 from lowmed.errors import LowmedError
+from lowmed.io import read_csv_file
 
 FORMATS = ("auto", "imagefolder", "ham10000", "chexpert", "nih", "rsna", "csv", "unlabelled")
 RSNA_CLASSES = ["NORMAL", "PNEUMONIA"]  # Kermany's names, so that a model trained on one evaluates on the other
@@ -603,8 +604,8 @@ def _csv_header(path: Path) -> list[str]:
     if not path.is_file():
         return []
     try:
-        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
+        return [str(c) for c in read_csv_file(path, str(path), nrows=0).columns]
+    except LowmedError:
         return []
 
 
@@ -617,10 +618,7 @@ def _find_one(root: Path, pattern: str) -> Path | None:
 
 
 def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise LowmedError(f"{path}: not a readable CSV ({exc})") from None
+    table = read_csv_file(path, str(path), dtype=str, keep_default_na=True)
     if table.empty:
         raise LowmedError(f"{path}: a header and no rows; expected one row per image")
     missing = [c for c in required if c not in table.columns]

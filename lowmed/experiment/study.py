@@ -16,7 +16,7 @@ from typing import Any
 
 from lowmed.config import PretrainConfig, TrainConfig, check_seed, first_repeated
 from lowmed.contracts import read_yaml, slug
-from lowmed.errors import LowmedError
+from lowmed.errors import LowmedError, quoted
 from lowmed.tuning import TuneSettings
 
 _STUDY_KEYS = {
@@ -187,7 +187,7 @@ def _dataset_spec(values: Any, where: str) -> DatasetSpec:
     if "name" not in values or bool(values.get("data")) == bool(values.get("demo")):
         raise LowmedError(f"{where}: needs a name and exactly one of data (a dataset path) or demo (target|corpus)")
     if values.get("demo") not in (None, "target", "corpus"):
-        raise LowmedError(f"{where}.demo: {values['demo']!r}; expected target or corpus")
+        raise LowmedError(f"{where}.demo: {quoted(values['demo'])}; expected target or corpus")
     values["name"] = str(values["name"])
     if values.get("data"):
         values["data"] = _expand(str(values["data"]), where)

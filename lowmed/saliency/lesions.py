@@ -17,7 +17,7 @@ import pandas as pd
 
 from lowmed.data.images import image_size
 from lowmed.errors import LowmedError
-from lowmed.io import write_csv
+from lowmed.io import read_csv_file, write_csv
 
 COLUMNS = ["path", "x", "y", "width", "height"]
 
@@ -38,10 +38,7 @@ def write_lesions(path: Path, boxes: list[LesionBox]) -> None:
 def read_lesions(csv: str | Path) -> dict[Path, list[LesionBox]]:
     """The boxes of ``csv`` by the resolved path of their image."""
     csv = Path(csv)
-    try:
-        frame = pd.read_csv(csv)
-    except (OSError, ValueError) as exc:
-        raise LowmedError(f"--lesions {csv}: cannot read as CSV ({exc})") from None
+    frame = read_csv_file(csv, f"--lesions {csv}")
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise LowmedError(f"--lesions {csv}: no column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}")
