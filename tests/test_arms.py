@@ -253,8 +253,8 @@ def test_every_train_config_field_is_one_option_and_every_option_a_field():
     command = typer.main.get_command(app)
     fields = set(TrainConfig.__dataclass_fields__)
     for name, extra in (
-        ("train", {"config", "resume", "overwrite", "strict", "quiet"}),
-        ("finetune", {"source", "config", "overwrite", "strict", "quiet"}),
+        ("train", {"config", "resume", "overwrite", "strict", "quiet", *TRACK_OPTIONS}),
+        ("finetune", {"source", "config", "overwrite", "strict", "quiet", *TRACK_OPTIONS}),
     ):
         params = [param.name for param in command.commands[name].params]
         assert len(params) == len(set(params)), name
@@ -262,10 +262,14 @@ def test_every_train_config_field_is_one_option_and_every_option_a_field():
         assert fields - set(params) == set(), name
 
 
+TRACK_OPTIONS = ("track", "track_uri", "track_experiment")
+
+
 def test_the_command_line_starts_without_heavy_imports():
     code = (
         "import sys, lowmed.cli; "
-        "print(sorted(m for m in ('torch', 'pandas', 'numpy', 'matplotlib', 'sklearn', 'scipy') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'pandas', 'numpy', 'matplotlib', 'sklearn', 'scipy', 'mlflow', 'optuna') "
+        "if m in sys.modules))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"

@@ -34,3 +34,18 @@ Explain = Annotated[
 ExplainCount = Annotated[
     int, typer.Option("--explain-count", help="Images explained per kind (see the command's help).")
 ]
+Track = Annotated[
+    Optional[str],
+    typer.Option(
+        "--track", help="Log the run to an experiment tracker: mlflow (needs lowmed\\[track]).", metavar="mlflow"
+    ),
+]
+TrackUri = Annotated[
+    Optional[str],
+    typer.Option(
+        "--track-uri", help="MLflow tracking URI. \\[default: MLFLOW_TRACKING_URI, else MLflow's: ./mlflow.db]"
+    ),
+]
+TrackExperiment = Annotated[
+    Optional[str], typer.Option("--track-experiment", help="MLflow experiment name. \\[default: lowmed]")
+]

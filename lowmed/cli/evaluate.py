@@ -8,7 +8,21 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from lowmed.cli._options import Amp, BatchSize, Checkpoint, Device, Explain, ExplainCount, Quiet, Seed, Strict, Tta
+from lowmed.cli._options import (
+    Amp,
+    BatchSize,
+    Checkpoint,
+    Device,
+    Explain,
+    ExplainCount,
+    Quiet,
+    Seed,
+    Strict,
+    Track,
+    TrackExperiment,
+    TrackUri,
+    Tta,
+)
 
 if TYPE_CHECKING:
     from lowmed.contracts import EvalReport
@@ -55,6 +69,9 @@ def evaluate_command(
     explain: Explain = None,
     explain_count: ExplainCount = 5,
     strict: Strict = False,
+    track: Track = None,
+    track_uri: TrackUri = None,
+    track_experiment: TrackExperiment = None,
     quiet: Quiet = False,
 ) -> None:
     """Metrics with 95 % bootstrap intervals, calibration, ROC/PR/confusion/reliability plots, predictions.
@@ -63,6 +80,7 @@ def evaluate_command(
     negatives per class, under explain/ in the output dir."""
     from lowmed.contracts import EvalDir
     from lowmed.evaluation.evaluate import evaluate, parse_class_map
+    from lowmed.tracking import TrackSettings
 
     report = evaluate(
         run_dir,
@@ -81,6 +99,7 @@ def evaluate_command(
         explain_count=explain_count,
         strict=strict,
         class_map=parse_class_map(class_map),
+        track=TrackSettings.given(track, track_uri, track_experiment),
         quiet=quiet,
     )
     render_report(report)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from lowmed.cli._options import Overwrite, Quiet, Strict
+from lowmed.cli._options import Overwrite, Quiet, Strict, Track, TrackExperiment, TrackUri
 from lowmed.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -219,10 +219,14 @@ def train_command(
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run dir from its last.pt.")] = None,
     overwrite: Overwrite = False,
     strict: Strict = False,
+    track: Track = None,
+    track_uri: TrackUri = None,
+    track_experiment: TrackExperiment = None,
     quiet: Quiet = False,
 ) -> None:
     """Train one model: from scratch (Model A), from ImageNet (Model B) or from a medical run (Model C)."""
     from lowmed.contracts import RunDir
+    from lowmed.tracking import TrackSettings
     from lowmed.training.train import resume_run, train
 
     if resume and RunDir(resume).state() == "completed":
@@ -231,7 +235,8 @@ def train_command(
     if resume:
         summary = resume_run(resume, quiet=quiet)
     else:
-        summary = train(train_config(locals()), overwrite=overwrite, quiet=quiet, strict=strict)
+        tracking = TrackSettings.given(track, track_uri, track_experiment)
+        summary = train(train_config(locals()), overwrite=overwrite, quiet=quiet, strict=strict, track=tracking)
     render_summary(summary)
 
 
@@ -252,6 +257,7 @@ def train_config(arguments: dict) -> TrainConfig:
 
 def finetune_command(source: Path, **arguments) -> None:
     """Model C: fine-tune from an earlier run's (or a checkpoint's) backbone; the model defaults to the source's."""
+    from lowmed.tracking import TrackSettings
     from lowmed.training.train import finetune
 
     summary = finetune(
@@ -259,6 +265,7 @@ def finetune_command(source: Path, **arguments) -> None:
         overwrite=arguments["overwrite"],
         quiet=arguments["quiet"],
         strict=arguments["strict"],
+        track=TrackSettings.given(arguments["track"], arguments["track_uri"], arguments["track_experiment"]),
         **_given_options(arguments),
     )
     render_summary(summary)

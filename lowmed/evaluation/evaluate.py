@@ -30,6 +30,7 @@ from lowmed.locking import own_run_dir
 from lowmed.models.weights import load_checkpoint
 from lowmed.saliency.explain import confident_cases, explain_cases
 from lowmed.saliency.maps import check_method
+from lowmed.tracking import TrackSettings, open_tracker
 
 ACCELERATOR_BATCH = 64  # images per forward pass when evaluating on a GPU
 
@@ -52,6 +53,7 @@ def evaluate(
     explain_count: int = 5,
     class_map: dict[str, str] | None = None,
     strict: bool = False,
+    track: TrackSettings | None = None,
     quiet: bool = False,
 ) -> EvalReport:
     """Evaluate a run's checkpoint on ``split`` of its own prepared dataset (or of ``data``: external
@@ -65,7 +67,8 @@ def evaluate(
     ``explain``: a saliency method (``lowmed.saliency.maps.METHODS``) applied to the ``explain_count`` most confident
     true positives, false positives and false negatives per class, written under ``explain/`` with the
     model-randomisation check. A run that did not finish is evaluated as it stands, with a warning (``strict``:
-    refused, as are images lost since prepare).
+    refused, as are images lost since prepare). ``track``: the run, this evaluation included, is logged to MLflow
+    (``lowmed.tracking``).
 
     ``threshold``: a number, or ``"youden"`` — chosen on the run's own validation split, never on the split
     being evaluated (unless that split is val itself, which the report then says). ``amp``: mixed precision;
@@ -80,6 +83,7 @@ def evaluate(
     check_seed(seed)
     if explain is not None:
         check_method(explain, explain_count)
+    tracker = open_tracker(track)
     trained = TrainedModel.load(run_dir, checkpoint, device, amp)
     task, classes, config = trained.task, trained.classes, trained.config
     run = RunDir(trained.path.parent)
@@ -194,7 +198,9 @@ def evaluate(
                 )
                 explain_cases(trained, cases, explain, written.explanations.path, seed, quiet)
         report.out = str(out.path)
-        return report
+    if tracker is not None and run.summary.is_file():
+        tracker.log_run(run.path)
+    return report
 
 
 def _intervals(

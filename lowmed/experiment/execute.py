@@ -45,6 +45,7 @@ from lowmed.experiment.report import study_report
 from lowmed.experiment.study import Study, load_study
 from lowmed.interrupts import stop_asked
 from lowmed.io import check_writable, write_text
+from lowmed.tracking import Tracker, open_tracker
 from lowmed.training.train import resume_run, train
 from lowmed.tuning import tune_cell, tuned_options
 
@@ -223,6 +224,7 @@ class _Session:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     log_entry: int | None = None  # this invocation's place in study.json, once written
     published_at: float = field(default_factory=time.monotonic)
+    tracker: Tracker | None = None  # the study's track: store, opened before anything trains
 
     @property
     def claims(self) -> Path:
@@ -274,6 +276,7 @@ def _initialise(study: Study, study_path: Path) -> _Session:
         check_publish_folder(study.publish)  # before hours of training, not after
     check_writable(study.out / "report.md", f"{study_path}: out:")
     dist = Distributed.from_environment(str(study.train.get("device", "auto")), timeout=GRID_WAIT)
+    tracker = open_tracker(study.track) if dist.is_main else None
     planned: list = []
 
     def prepare_study() -> None:
@@ -292,7 +295,7 @@ def _initialise(study: Study, study_path: Path) -> _Session:
         if done.state() in ("completed", "resumable"):
             options = PretrainConfig if job.self_supervised else TrainConfig
             _check_as_planned(done, {k: v for k, v in job.values.items() if not (job.cell and k in tuned)}, options)
-    return _Session(study, study_path, dist, pretrains, cells, runs, families, restored)
+    return _Session(study, study_path, dist, pretrains, cells, runs, families, restored, tracker=tracker)
 
 
 def _run(session: _Session, quiet: bool) -> list[PlannedRun]:
@@ -325,6 +328,8 @@ def _run(session: _Session, quiet: bool) -> list[PlannedRun]:
             else:
                 _execute(job, study, skip_reasons, alone)
                 own_runs.append(job)
+                if session.tracker is not None and job.status in ("trained", "done before"):
+                    session.tracker.log_run(job.run_dir)
             if job.arm is None and job.status in ("failed", "skipped"):
                 for run in runs:  # the arm that needed this pretraining cannot run
                     if run.arm.pretrain is not None and run.values["weights"] == str(job.run_dir):
@@ -370,6 +375,9 @@ def _finalise(session: _Session) -> StudyResult:
     )
     write_text(report, text)
     result.report = str(report)
+    if session.tracker is not None:
+        tables = [study.out / name for name in ("report.md", "compare.csv", "compare.md", "compare.json", "groups.csv")]
+        session.tracker.log_study(study.name, study.out, tables + list(figures.values()))
     if study.publish is not None and result.comparison is not None:
         publish_study(study, session.study_path, pretrains, runs, list(figures.values()))
         result.published = study.publish

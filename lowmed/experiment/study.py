@@ -17,6 +17,7 @@ from typing import Any
 from lowmed.config import PretrainConfig, TrainConfig, check_seed, first_repeated
 from lowmed.contracts import read_yaml, slug
 from lowmed.errors import LowmedError, quoted
+from lowmed.tracking import TrackSettings
 from lowmed.tuning import TuneSettings
 
 _STUDY_KEYS = {
@@ -32,6 +33,7 @@ _STUDY_KEYS = {
     "tune",
     "evaluate",
     "compare",
+    "track",
 }
 _DATASET_KEYS = {"name", "data", "demo", "prepare", "external"}
 _ARM_KEYS = {"name", "model", "weights", "pretrain", "options"}
@@ -84,6 +86,7 @@ class Study:
     pairs: list[tuple[str, str]] = field(default_factory=list)
     notes: str = ""  # what the reader of the report needs to know first: choices made, what was traded
     variables: dict[str, str] = field(default_factory=dict)  # the environment variables its file names, as set
+    track: TrackSettings | None = None  # each run and the study logged to MLflow (experiment: the study's name)
 
     @property
     def split(self) -> str:
@@ -129,6 +132,7 @@ def load_study(path: str | os.PathLike) -> Study:
         pairs=_pairs((raw.get("compare") or {}).get("pairs"), f"{path}: compare.pairs"),
         notes=str(raw.get("notes") or "").strip(),
         publish=Path(_expand(str(raw["publish"]), f"{path}: publish")) if raw.get("publish") else None,
+        track=_track_settings(raw.get("track"), str(raw.get("name", path.stem)), f"{path}: track"),
         variables={
             name: os.environ[name]
             for name in dict.fromkeys(_VARIABLE.findall(path.read_text(encoding="utf-8")))
@@ -137,6 +141,21 @@ def load_study(path: str | os.PathLike) -> Study:
     )
     _check_whole(study, path)
     return study
+
+
+def _track_settings(values: Any, study: str, where: str) -> TrackSettings | None:
+    """``track: mlflow`` or ``track: {to: mlflow, uri: ..., experiment: ...}`` (the experiment: the study's name)."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = {"to": values}
+    if not isinstance(values, dict):
+        raise LowmedError(f"{where}: expected mlflow, or a mapping {{to: mlflow, uri: ..., experiment: ...}}")
+    if values.get("uri") is not None:
+        values = {**values, "uri": _expand(str(values["uri"]), f"{where}.uri")}
+    settings = TrackSettings.from_dict({"experiment": study, **values}, where)
+    settings.check(where)
+    return settings
 
 
 def _tune_settings(values: Any, shared: dict, arms: list[Arm], where: str) -> TuneSettings | None:

@@ -42,6 +42,7 @@ from lowmed.models.preprocessing import Preprocessing
 from lowmed.models.registry import build_model, count_parameters, get_model_spec
 from lowmed.models.weights import load_checkpoint, load_weights, resolve_weights, weights_kind, weights_preprocessing
 from lowmed.models.xrv import FORMAT_DATASETS, is_xrv, overlap
+from lowmed.tracking import TrackSettings, open_tracker
 from lowmed.training.checkpoint import check_run_dir, read_training_state, start_run_dir
 from lowmed.training.loop import (
     Criterion,
@@ -67,6 +68,7 @@ def train(
     dist: Distributed | None = None,
     trial: TrialHooks | None = None,
     strict: bool = False,
+    track: TrackSettings | None = None,
 ) -> TrainSummary:
     """Train one run; returns the summary also written to ``train.json``.
 
@@ -75,6 +77,7 @@ def train(
     tuning trial (``lowmed.tuning``), which its pruner may stop early (status ``pruned``). ``strict``: images lost
     since prepare, and weights that may have seen the target's test images, are errors, not warnings. With no
     data and no subset, the subset ``lowmed subsample`` last wrote below ``./lowmed-data`` is taken (and said).
+    ``track``: the finished run is logged to MLflow (``lowmed.tracking``; its store is opened before any work).
     """
     chosen = None
     if config.data is None and config.subset is None:
@@ -84,6 +87,7 @@ def train(
     config.validate()
     dist = dist if dist is not None else Distributed.from_environment(config.device)
     quiet = quiet or not dist.is_main
+    tracker = open_tracker(track) if dist.is_main else None
     if dist.enabled and config.balanced_sampler:
         raise LowmedError("--balanced-sampler: not available under torchrun; use --class-weights auto")
     spec = get_model_spec(config.model)
@@ -217,7 +221,9 @@ def train(
             caches={**earlier_caches, **result["caches"]},
             unreadable_files={name: split.unreadable for name, split in splits.items() if split.unreadable},
         )
-        return summary
+    if tracker is not None:
+        tracker.log_run(run_dir.path)
+    return summary
 
 
 def resume_run(run_dir: str | os.PathLike, *, quiet: bool = False, dist: Distributed | None = None) -> TrainSummary:
@@ -240,6 +246,7 @@ def finetune(
     quiet: bool = False,
     strict: bool = False,
     runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
+    track: TrackSettings | None = None,
     **options: Any,
 ) -> TrainSummary:
     """Model C: train on ``data`` starting from the backbone of ``source`` (a run dir or a checkpoint file).
@@ -257,7 +264,7 @@ def finetune(
         if values["model"] is None:
             raise LowmedError(f"SOURCE {source} is a plain weights file; say which architecture with --model")
     config = TrainConfig.from_dict(values, source="finetune")
-    return train(config, overwrite=overwrite, quiet=quiet, strict=strict, runs_root=runs_root)
+    return train(config, overwrite=overwrite, quiet=quiet, strict=strict, runs_root=runs_root, track=track)
 
 
 def source_model_name(source: Path) -> str | None:
