@@ -42,7 +42,7 @@ from lowmed.models.stages import backbone_stages
 from lowmed.training.train import train
 
 # where lowmed calls folded_for_inference; the unfolded side replaces it there with the network as it is
-CALL_SITES = ("lowmed.training.features.folded_for_inference", "lowmed.evaluation.predict.folded_for_inference")
+CALL_SITES = ("lowmed.training.features.folded_for_inference", "lowmed.models.forward.folded_for_inference")
 
 
 def networks(names: list[str]) -> dict[str, nn.Module]:

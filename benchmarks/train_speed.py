@@ -43,9 +43,9 @@ from lowmed.data.prepare import prepare
 from lowmed.data.subsample import materialize_tree, subsample
 from lowmed.device import CPU_INFERENCE_BATCH, Precision, channels_last
 from lowmed.evaluation.metrics import binary_auroc
-from lowmed.evaluation.predict import Normalizer, model_input, predict_files
-from lowmed.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from lowmed.models.forward import Normalizer, model_input, predict_files
 from lowmed.models.registry import build_model, get_model_spec, layer_groups
+from lowmed.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from lowmed.training.train import train
 
 NORMALIZE = Normalizer(Preprocessing(224), torch.device("cpu"))  # ImageNet mean and std

@@ -17,7 +17,7 @@ _API = {
     "tune": "lowmed.tuning",
     "evaluate": "lowmed.evaluation.evaluate",
     "evaluate_model": "lowmed.evaluation.evaluate",
-    "predict": "lowmed.inference",
+    "predict": "lowmed.prediction",
     "export": "lowmed.exporting",
     "compare_runs": "lowmed.comparison",
     "compare_models": "lowmed.comparison",

@@ -12,7 +12,7 @@ from typing import Any
 
 from lowmed.contracts import read_yaml
 from lowmed.errors import LowmedError, quoted
-from lowmed.models.preprocessing import parse_input_norm
+from lowmed.preprocessing import parse_input_norm
 
 MONITORS = ("val_loss", "val_auroc", "val_accuracy")
 HEADS = ("mlp", "linear")

@@ -323,6 +323,17 @@ class DatasetRef(ReadsLikeADict):
 
 
 @dataclass(kw_only=True)
+class BestEpoch(ReadsLikeADict):
+    """The epoch whose weights are ``best.pt`` (``train.json``'s ``best``), and why: its monitored value."""
+
+    epoch: int
+    phase: str
+    monitor: str  # val_loss | val_auroc | val_accuracy, or a pretraining monitor (knn_auroc, ...)
+    value: float
+    metrics: dict[str, float] = field(default_factory=dict)  # the validation metrics of that epoch
+
+
+@dataclass(kw_only=True)
 class TrainSummary(Record):
     """``train.json``: what a run is (arm, model, weights, data, seed) and how it went (status, best epoch, time)."""
 
@@ -360,7 +371,7 @@ class TrainSummary(Record):
     pretraining_overlap: dict | None = None
     phases: list[str] = field(default_factory=list)
     epochs_run: int = 0
-    best: dict | None = None  # epoch, phase, monitor, value, metrics (the val metrics of that epoch)
+    best: BestEpoch | None = None
     wall_seconds: float | None = None
     resumed: bool = False
     epoch_seconds_total: float | None = None
@@ -392,6 +403,8 @@ class TrainSummary(Record):
                 dataset["manifest_sha256"] = _prepared_manifest_sha256(dataset)
         values["dataset"] = _typed(DatasetRef, dataset, f"{path}: dataset")
         values["weights"] = _typed(WeightsReport, values.get("weights") or {}, f"{path}: weights")
+        if values.get("best"):
+            values["best"] = _typed(BestEpoch, values["best"], f"{path}: best")
         return values
 
 
@@ -639,6 +652,20 @@ class ExplainDir:
 
 
 @dataclass(kw_only=True)
+class Trial(ReadsLikeADict):
+    """One trial of a tuning cell, as ``tuning.json`` records it."""
+
+    number: int
+    state: str  # complete | pruned | fail | running
+    counted: bool  # one of the budget's first finished trials
+    value: float | None  # the metric of its best epoch on the validation split
+    params: dict[str, Any]
+    epochs: int | None = None
+    seconds: float | None = None
+    outcome: str | None = None  # why it was pruned
+
+
+@dataclass(kw_only=True)
 class TuningRecord(Record):
     """``tuning.json``: one tuning cell's trials and the values chosen (``lowmed tune``, a study's ``tune:``).
 
@@ -656,17 +683,21 @@ class TuningRecord(Record):
     direction: str  # minimize | maximize
     budget: int  # trials counted (completed or pruned); the same for every arm of a study
     space: dict  # the search space as given
-    # every trial in number order: number, state, counted (one of the budget's first finished), value, params,
-    # epochs, seconds, outcome (why pruned); trials that failed or ran beyond the budget are not counted
-    trials: list[dict]
+    # every trial in number order; trials that failed or ran beyond the budget are not counted
+    trials: list[Trial]
     chosen: dict  # the best completed trial's values
     best_trial: int
     best_value: float
     seconds: float  # the counted trials' training time, summed
 
     @property
-    def counted(self) -> list[dict]:
-        return [trial for trial in self.trials if trial["counted"]]
+    def counted(self) -> list[Trial]:
+        return [trial for trial in self.trials if trial.counted]
+
+    @classmethod
+    def _upgraded(cls, values: dict, schema: int, path: Path) -> dict:
+        values["trials"] = [_typed(Trial, trial, f"{path}: trials") for trial in values.get("trials") or []]
+        return values
 
     def chosen_text(self) -> str:
         return ", ".join(f"{name}={short_value(value)}" for name, value in self.chosen.items())

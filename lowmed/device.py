@@ -77,6 +77,7 @@ def native_amp(device: torch.device) -> bool:
 
 
 CPU_INFERENCE_BATCH = 16
+ACCELERATOR_INFERENCE_BATCH = 64  # images per forward pass when evaluating or predicting on a GPU
 
 
 def inference_batch_size(device: torch.device, elsewhere: int) -> int:

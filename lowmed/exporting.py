@@ -26,9 +26,8 @@ from lowmed.contracts import RunDir, TrainSummary
 from lowmed.data.loading import decoded_batches
 from lowmed.data.manifest import PreparedDataset
 from lowmed.errors import LowmedError, RunFailed
-from lowmed.evaluation.trained import TrainedModel, evaluated_with, run_status
-from lowmed.inference import saved_threshold
 from lowmed.io import check_writable, sha256_file, staged_dir, write_json, write_text
+from lowmed.models.trained import TrainedModel, evaluated_with, run_status, saved_threshold
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 PREPROCESSING, MODEL_CARD = "preprocessing.json", "MODEL_CARD.md"  # beside the model: what marks a lowmed export
@@ -257,7 +256,7 @@ def _training_lines(summary: TrainSummary) -> list[str]:
         + (f" {weights.name or weights.path} (SHA-256 {weights.sha256})" if weights.source != "none" else "")
         + f"; seed {summary.seed}.",
         (
-            f"- Best epoch {summary.best['epoch']} of {summary.epochs_run}, by {summary.best['monitor']}; status "
+            f"- Best epoch {summary.best.epoch} of {summary.epochs_run}, by {summary.best.monitor}; status "
             f"{summary.status_label}."
             if summary.completed
             else f"- The run did not finish ({summary.status_label}, {summary.epochs_run} epoch(s) recorded): the "

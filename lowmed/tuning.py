@@ -27,7 +27,7 @@ from typing import Any
 
 from lowmed.config import MONITORS, TrainConfig, coerce, first_repeated
 from lowmed.console import progress_bar
-from lowmed.contracts import TuningRecord, read_yaml, short_value, slug
+from lowmed.contracts import Trial, TuningRecord, read_yaml, short_value, slug
 from lowmed.errors import Interrupted, LowmedError, RunFailed, quoted
 from lowmed.interrupts import stop_asked
 from lowmed.io import check_writable, write_yaml
@@ -451,7 +451,7 @@ def _run_trial(trial, cell: Cell, settings: TuneSettings, caches, numbers: list[
     if summary.status == "pruned":
         trial.set_user_attr("outcome", summary.error)
         raise optuna.TrialPruned(summary.error)
-    return float(summary.best["value"])
+    return float(summary.best.value)
 
 
 def _record(cell: Cell, settings: TuneSettings, study, name: str, url: str, optuna) -> TuningRecord:
@@ -466,16 +466,16 @@ def _record(cell: Cell, settings: TuneSettings, study, name: str, url: str, optu
     sign = 1 if DIRECTIONS[settings.metric] == "minimize" else -1
     best = min(completed, key=lambda t: (sign * t.value, t.number))  # ties: the earlier trial
     trials = [
-        {
-            "number": t.number,
-            "state": t.state.name.lower(),
-            "counted": t.number in counted,
-            "value": t.value,
-            "params": t.params,
-            "epochs": t.user_attrs.get("epochs"),
-            "seconds": t.user_attrs.get("train_seconds"),
-            "outcome": t.user_attrs.get("outcome"),
-        }
+        Trial(
+            number=t.number,
+            state=t.state.name.lower(),
+            counted=t.number in counted,
+            value=t.value,
+            params=t.params,
+            epochs=t.user_attrs.get("epochs"),
+            seconds=t.user_attrs.get("train_seconds"),
+            outcome=t.user_attrs.get("outcome"),
+        )
         for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     ]
     return TuningRecord(
@@ -490,7 +490,7 @@ def _record(cell: Cell, settings: TuneSettings, study, name: str, url: str, optu
         chosen=dict(best.params),
         best_trial=best.number,
         best_value=float(best.value),
-        seconds=round(sum(t["seconds"] or 0 for t in trials if t["counted"]), 2),
+        seconds=round(sum(t.seconds or 0 for t in trials if t.counted), 2),
     )
 
 

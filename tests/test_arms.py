@@ -4,7 +4,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -319,8 +318,26 @@ def test_a_finished_run_is_not_reported_under_options_it_was_not_trained_with(tm
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
-def test_a_pretrain_stage_keeps_its_name_across_lowmed_versions():
+# The quickstart as lowmed shipped it before datasets could list external test sets (and before its budget changed)
+EARLIER_QUICKSTART = """
+name: quickstart
+datasets: [{name: demo-cxr, demo: target}]
+arms:
+  - {name: A, model: simplecnn, weights: none, options: {epochs: 30}}
+  - {name: B, model: resnet18, weights: imagenet}
+  - {name: C, model: simplecnn, pretrain: {dataset: {name: demo-corpus, demo: corpus}, epochs: 12, lr: 0.001}}
+per_class: [20, 50, 100]
+seeds: [0, 1, 2]
+train: {image_size: 64, batch_size: 32, epochs: 15, fine_tune_epochs: 15, lr: 0.001, fine_tune_lr: 0.0001, patience: 10}
+evaluate: {bootstrap: 500}
+compare: {metric: auroc, resamples: 500}
+"""
+
+
+def test_a_pretrain_stage_keeps_its_name_across_lowmed_versions(tmp_path):
     """A stage's folder is its identity: if it changed, a study run again after an upgrade would pretrain again.
-    The quickstart's stage is named as lowmed named it before datasets could list external test sets."""
-    result = run_experiment(Path(__file__).parent.parent / "examples" / "quickstart.yaml", dry_run=True)
+    The earlier quickstart's stage is named as lowmed named it then."""
+    study = tmp_path / "quickstart.yaml"
+    study.write_text(EARLIER_QUICKSTART + f"out: {tmp_path / 'runs'}\n")
+    result = run_experiment(study, dry_run=True)
     assert [stage.name for stage in result.pretrain] == ["simplecnn-on-demo-corpus-4fbca6b8"]

@@ -11,11 +11,16 @@ from torch import nn
 
 from lowmed.config import TrainConfig
 from lowmed.contracts import RunDir
-from lowmed.errors import RunFailed
+from lowmed.errors import LowmedError, RunFailed
+from lowmed.models.checkpoint import CHECKPOINT_SCHEMA, Checkpoint, CheckpointHeader
 from lowmed.training import checkpoint
 from lowmed.training.checkpoint import CheckpointSaver
 from lowmed.training.train import resume_run, train
 from tests.conftest import FAST
+
+
+def header(classes: list[str] | None = None) -> CheckpointHeader:
+    return CheckpointHeader(config={}, preprocessing={}, task="binary", classes=classes or [])
 
 
 def epoch(saver: CheckpointSaver, model: nn.Module, history: list[dict], loss: float) -> bool:
@@ -25,7 +30,7 @@ def epoch(saver: CheckpointSaver, model: nn.Module, history: list[dict], loss: f
 
 def test_files_hold_each_epoch_as_it_was_when_it_ended(tmp_path):
     run, model, history = RunDir(tmp_path), nn.Linear(2, 1), []
-    with CheckpointSaver(run, "val_loss", {"classes": ["a", "b"]}, writes=True) as saver:
+    with CheckpointSaver(run, "val_loss", header(["a", "b"]), writes=True) as saver:
         with torch.no_grad():
             model.weight.fill_(1.0)
         assert epoch(saver, model, history, 0.5)
@@ -55,12 +60,12 @@ def test_a_newer_snapshot_replaces_one_not_yet_written_and_best_is_written_first
     def slow_save(path, state):
         first_write_started.set()
         release.wait(timeout=10)
-        written.append((path.name, state["epoch"]))
+        written.append((path.name, state.epoch))
         original(path, state)
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", slow_save)
     run, model, history = RunDir(tmp_path), nn.Linear(2, 1), []
-    with CheckpointSaver(run, "val_loss", {}, writes=True) as saver:
+    with CheckpointSaver(run, "val_loss", header(), writes=True) as saver:
         epoch(saver, model, history, 0.9)
         first_write_started.wait(timeout=10)  # epoch 1's best.pt is being written
         for loss in (0.8, 0.85, 0.7, 0.75):  # epochs 2-5; 2 and 4 are the best so far
@@ -77,7 +82,7 @@ def test_a_failed_write_is_raised_in_the_training_thread(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "save_checkpoint", full_disk)
     model, history = nn.Linear(2, 1), []
     with pytest.raises(RunFailed, match=r"could not write .*best.pt \(No space left on device\).*--resume"):
-        with CheckpointSaver(RunDir(tmp_path), "val_loss", {}, writes=True) as saver:
+        with CheckpointSaver(RunDir(tmp_path), "val_loss", header(), writes=True) as saver:
             epoch(saver, model, history, 0.5)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:  # the next epoch's submit (or the block's end) raises it
@@ -87,7 +92,7 @@ def test_a_failed_write_is_raised_in_the_training_thread(tmp_path, monkeypatch):
 def test_a_process_that_does_not_write_leaves_the_files_alone(tmp_path):
     """Under torchrun only rank 0 writes; the others keep the same record of the best epoch."""
     model, history = nn.Linear(2, 1), []
-    with CheckpointSaver(RunDir(tmp_path), "val_loss", {}, writes=False) as saver:
+    with CheckpointSaver(RunDir(tmp_path), "val_loss", header(), writes=False) as saver:
         assert epoch(saver, model, history, 0.5) and saver.best["epoch"] == 1
     assert list(tmp_path.iterdir()) == []
 
@@ -96,7 +101,7 @@ def test_a_run_whose_checkpoint_cannot_be_written_fails_and_resumes_once_mended(
     original = checkpoint.save_checkpoint
 
     def disk_full_from_epoch_3(path, state):
-        if state["epoch"] >= 3:
+        if state.epoch >= 3:
             raise OSError(28, "No space left on device")
         original(path, state)
 
@@ -114,4 +119,25 @@ def test_a_run_whose_checkpoint_cannot_be_written_fails_and_resumes_once_mended(
 def test_a_saver_writes_inside_its_with_block_only(tmp_path):
     """Outside it nothing would wait for the last files: refused, not silently unsaved."""
     with pytest.raises(RuntimeError, match="inside its with block"):
-        epoch(CheckpointSaver(RunDir(tmp_path), "val_loss", {}, writes=True), nn.Linear(2, 1), [], 0.5)
+        epoch(CheckpointSaver(RunDir(tmp_path), "val_loss", header(), writes=True), nn.Linear(2, 1), [], 0.5)
+
+
+def test_a_checkpoint_is_stamped_with_its_schema_and_older_and_foreign_files_are_told_apart(tmp_path):
+    written = Checkpoint(model={"w": torch.ones(2)}, header=header(["a", "b"]), epoch=3, phase="full", metrics={"x": 1})
+    written.write(tmp_path / "best.pt")
+    saved = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert saved["schema"] == CHECKPOINT_SCHEMA and saved["classes"] == ["a", "b"] and saved["epoch"] == 3
+
+    torch.save({key: value for key, value in saved.items() if key != "schema"}, tmp_path / "older.pt")  # schema 1
+    older = Checkpoint.read(tmp_path / "older.pt")
+    assert older.header == written.header and (older.epoch, older.phase, older.metrics) == (3, "full", {"x": 1})
+    assert older.training is None and torch.equal(older.model["w"], torch.ones(2))
+
+    torch.save({**saved, "schema": CHECKPOINT_SCHEMA + 1}, tmp_path / "newer.pt")
+    with pytest.raises(LowmedError, match="newer lowmed .*upgrade lowmed"):
+        Checkpoint.read(tmp_path / "newer.pt")
+    torch.save({"weight": torch.ones(1)}, tmp_path / "plain.pt")
+    with pytest.raises(LowmedError, match="not a checkpoint written by 'lowmed train'"):
+        Checkpoint.read(tmp_path / "plain.pt")
+    with pytest.raises(LowmedError, match="not a lowmed training checkpoint \\(no 'optimizer'\\)"):
+        Checkpoint.read_resumable(tmp_path / "best.pt")

@@ -288,7 +288,7 @@ def test_without_pydicom_a_dicom_file_names_the_extra_to_install(tmp_path, monke
 
 
 def test_lesion_boxes_on_a_dicom_image_use_its_size(tmp_path):
-    from lowmed.saliency.lesions import LesionBox, lesion_mask
+    from lowmed.data.lesions import LesionBox, lesion_mask
 
     write_dicom(tmp_path / "wide.dcm", pixels=np.zeros((20, 40), dtype=np.uint16))
     mask = lesion_mask(tmp_path / "wide.dcm", [LesionBox("wide.dcm", 20, 0, 20, 10)], 4)

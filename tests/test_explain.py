@@ -13,15 +13,15 @@ from PIL import Image
 from lowmed import train
 from lowmed.config import TrainConfig
 from lowmed.contracts import EvalDir, ExplainDir
+from lowmed.data.lesions import lesion_mask, read_lesions
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.synthetic import prepare_demo_dataset
-from lowmed.evaluation.predict import Normalizer
-from lowmed.evaluation.trained import TrainedModel
-from lowmed.models.preprocessing import Preprocessing
+from lowmed.models.forward import Normalizer
 from lowmed.models.registry import MODELS, build_model, get_model_spec
+from lowmed.models.trained import TrainedModel
+from lowmed.preprocessing import Preprocessing
 from lowmed.saliency.explain import Case, image_maps
-from lowmed.saliency.lesions import hits, lesion_mask, read_lesions
-from lowmed.saliency.maps import METHODS, rank_correlations, saliency_maps, target_layer
+from lowmed.saliency.maps import METHODS, hits, rank_correlations, saliency_maps, target_layer
 from tests.test_cli import run_cli
 
 

@@ -11,9 +11,9 @@ import torch
 from lowmed import evaluate, export, predict
 from lowmed.data.manifest import PreparedDataset
 from lowmed.errors import LowmedError
-from lowmed.evaluation.trained import TrainedModel
 from lowmed.exporting import ProbabilityModel, parity, parity_images
 from lowmed.models.registry import build_model, get_model_spec
+from lowmed.models.trained import TrainedModel
 from tests.test_cli import run_cli
 
 

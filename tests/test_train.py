@@ -15,7 +15,7 @@ from lowmed import evaluate, prepare
 from lowmed.config import TrainConfig
 from lowmed.device import cpuinfo_has_bf16
 from lowmed.errors import Interrupted, LowmedError, RunFailed
-from lowmed.evaluation import predict as predict_module
+from lowmed.models import forward as forward_module
 from lowmed.models.simple_cnn import SimpleCNN
 from lowmed.training import loop
 from lowmed.training.train import finetune, resume_run, train, train_model
@@ -265,7 +265,11 @@ def test_resume_inside_a_cached_phase(separable, tmp_path, monkeypatch, stop_at)
     pd.testing.assert_frame_equal(history(tmp_path / "whole")[columns], history(tmp_path / "cut")[columns], rtol=1e-5)
 
 
-def test_compile_trains_and_saves_plain_names(separable, tmp_path):
+def test_compile_trains_and_saves_plain_names(separable, tmp_path, monkeypatch):
+    """torch.compile wraps the module (whose state dict then says ``_orig_mod.``); the checkpoints keep the plain
+    names. The eager backend wraps alike without generating C++ code, which takes most of a minute on a CPU."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **options: compile_(module, backend="eager", **options))
     summary = train(
         TrainConfig(data=str(separable), epochs=1, compile=True, out=str(tmp_path / "run"), **FAST), quiet=True
     )
@@ -296,9 +300,9 @@ def test_cpu_precision_is_fp32_unless_asked_and_evaluation_follows_the_run(
     the run where the CPU has it natively. Images go channels-last on a CPU in either precision."""
     monkeypatch.setattr(device_module, "cpu_supports_bf16", lambda: native)
     layouts = []
-    real_model_input = predict_module.model_input
+    real_model_input = forward_module.model_input
     monkeypatch.setattr(
-        predict_module,
+        forward_module,
         "model_input",
         lambda *args, **kwargs: layouts.append(kwargs.get("channels_last")) or real_model_input(*args, **kwargs),
     )

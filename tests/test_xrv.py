@@ -16,12 +16,12 @@ from lowmed.cli import main
 from lowmed.config import TrainConfig
 from lowmed.data.loading import decode_square
 from lowmed.errors import Interrupted, LowmedError
-from lowmed.evaluation.predict import Normalizer, model_input
 from lowmed.io import sha256_file
-from lowmed.models.preprocessing import Preprocessing
+from lowmed.models.forward import Normalizer, model_input
 from lowmed.models.registry import build_model, get_model_spec
 from lowmed.models.weights import load_weights, weight_sources, weights_preprocessing
 from lowmed.models.xrv import preprocessing as xrv_preprocessing
+from lowmed.preprocessing import Preprocessing
 from lowmed.training.train import resume_run
 from tests.conftest import FAST
 from tests.test_train import interrupted_at_epoch

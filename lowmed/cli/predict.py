@@ -50,7 +50,7 @@ def predict_command(
 
     from lowmed.cli._render import render_explanations, stdout
     from lowmed.contracts import ExplainDir
-    from lowmed.inference import predict
+    from lowmed.prediction import predict
 
     result = predict(
         run_dir,

@@ -300,14 +300,14 @@ def render_summary(summary: "TrainSummary") -> None:
     table = Table(title=f"run {summary.run_dir}", title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    metrics = best["metrics"]
+    metrics = best.metrics
     rows = [
         ("arm", summary.arm),
         ("model", f"{summary.model} ({summary.parameters / 1e6:.2f} M parameters)"),
         ("weights", summary.weight_source + (f" {summary.weights.path}" if summary.weights.path else "")),
         ("train images", str(sum((summary.dataset.train_counts or {}).values()))),
         ("epochs", f"{summary.epochs_run} ({' → '.join(summary.phases)})"),
-        ("best epoch", f"{best['epoch']} ({best['phase']}, by {best['monitor']})"),
+        ("best epoch", f"{best.epoch} ({best.phase}, by {best.monitor})"),
         (
             "val loss / acc / AUROC",
             f"{metrics['val_loss']:.4f} / {metrics['val_accuracy']:.3f} / {metrics['val_auroc']:.3f}",

@@ -100,13 +100,13 @@ def render_tuning(record: "TuningRecord", best_config: Path) -> None:
     for column in ("trial", "state", record.metric, *names, "epochs"):
         table.add_column(column, overflow="fold")
     for trial in record.trials:
-        mark = " ★" if trial["number"] == record.best_trial else ""
+        mark = " ★" if trial.number == record.best_trial else ""
         table.add_row(
-            str(trial["number"]),
-            trial["state"] + ("" if trial["counted"] else " (not counted)"),
-            ("—" if trial["value"] is None else f"{trial['value']:.4f}") + mark,
-            *(short_value(trial["params"].get(name, "—")) for name in names),
-            str(trial["epochs"] or "—"),
+            str(trial.number),
+            trial.state + ("" if trial.counted else " (not counted)"),
+            ("—" if trial.value is None else f"{trial.value:.4f}") + mark,
+            *(short_value(trial.params.get(name, "—")) for name in names),
+            str(trial.epochs or "—"),
         )
     stdout.print(table)
     stdout.print(f"chosen: {record.chosen_text()} ({record.metric} {record.best_value:.4f}, trial {record.best_trial})")

@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 
 from lowmed.contracts import slug
+from lowmed.data.lesions import LesionBox, lesion_mask
 from lowmed.data.manifest import PreparedDataset
 from lowmed.errors import LowmedError
-from lowmed.evaluation.trained import TrainedModel
 from lowmed.io import staged_dir, write_csv
+from lowmed.models.trained import TrainedModel
 from lowmed.saliency.explain import Case, image_maps
 from lowmed.saliency.figures import GridCell, write_grid
-from lowmed.saliency.lesions import LesionBox, hits, lesion_mask
+from lowmed.saliency.maps import hits
 
 if TYPE_CHECKING:
     from lowmed.comparison.runs import Run

@@ -68,10 +68,10 @@ from lowmed.contracts import (
     TestRow,
     find_run_dirs,
 )
+from lowmed.data.lesions import read_lesions
 from lowmed.errors import LowmedError
 from lowmed.evaluation.stats import delong_test, holm, holm_by_family, mcnemar_test
 from lowmed.io import check_writable, write_csv, write_text
-from lowmed.saliency.lesions import read_lesions
 from lowmed.saliency.maps import check_method
 
 # the two-level bootstrap (seeds and patients resampled together) needs this many seeds to mean anything
@@ -115,7 +115,7 @@ def compare_runs(
     are the same, on the external set's images.
 
     ``explain``: a saliency method; ``explain_count`` test images of each dataset (with a finding; among those
-    ``lesions`` boxes, a ``lowmed.saliency.lesions`` CSV, when given) explained by every arm at each N, at the
+    ``lesions`` boxes, a ``lowmed.data.lesions`` CSV, when given) explained by every arm at each N, at the
     lowest seed: a grid PNG per image under ``explain/<method>/``, and per arm the pointing game (with
     ``lesions``) and the model-randomisation check."""
     known = {"dataset", "arm", "model", "per_class", "seed", "weights"}

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from lowmed.comparison.runs import Run, headline_name
-from lowmed.evaluation.metrics import accuracy, auroc, compute_metrics, expected_calibration_error, finite_mean
+from lowmed.evaluation.metrics import accuracy, auroc, compute_metrics, expected_calibration_error
 from lowmed.evaluation.stats import group_bootstrap_indices
+from lowmed.numeric import finite_mean
 
 # The calls at the evaluation's threshold, beside the headline metric: per arm, each with its interval
 THRESHOLDED = {"binary": ("balanced_accuracy", "sensitivity", "specificity"), "multiclass": ("balanced_accuracy",)}

@@ -85,12 +85,12 @@ class Run:
     def not_learned(self) -> str:
         """Empty for a run that learned; else what shows it did not: the checkpoint it was evaluated with had a
         validation AUROC near chance (early stopping can keep an epoch-1 model while later epochs learned)."""
-        best = self.summary.best or {}
-        auroc = (best.get("metrics") or {}).get("val_auroc")
-        if auroc is None or np.isnan(auroc) or auroc >= LEARNED_AUROC:
+        best = self.summary.best
+        auroc = best.metrics.get("val_auroc") if best else None
+        if best is None or auroc is None or np.isnan(auroc) or auroc >= LEARNED_AUROC:
             return ""
         return (
-            f"did not learn: stopped at epoch {self.summary.epochs_run}; its checkpoint (epoch {best['epoch']}) has "
+            f"did not learn: stopped at epoch {self.summary.epochs_run}; its checkpoint (epoch {best.epoch}) has "
             f"val AUROC {auroc:.3f}"
         )
 

@@ -21,9 +21,9 @@ import pandas as pd
 from PIL import Image
 
 from lowmed.data.formats import CsvColumns
+from lowmed.data.lesions import LesionBox, write_lesions
 from lowmed.data.manifest import PreparedDataset
 from lowmed.io import check_writable
-from lowmed.saliency.lesions import LesionBox, write_lesions
 
 SIZE = 64
 TARGET_COUNTS = {"train": 200, "val": 40, "test": 200}  # per class

@@ -18,21 +18,19 @@ from lowmed.contracts import EvalDir, EvalReport, RunDir
 from lowmed.data.loading import label_tensors
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import load_or_prepare
-from lowmed.device import inference_batch_size
+from lowmed.device import ACCELERATOR_INFERENCE_BATCH, inference_batch_size
 from lowmed.errors import LowmedError
 from lowmed.evaluation.metrics import compute_metrics, counted_labels, expected_calibration_error, probabilities
 from lowmed.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
-from lowmed.evaluation.predict import predict_files
 from lowmed.evaluation.stats import bootstrap_ci
-from lowmed.evaluation.trained import TrainedModel, run_status
 from lowmed.io import check_writable, staged_dir, write_csv
 from lowmed.locking import own_run_dir
-from lowmed.models.weights import load_checkpoint
+from lowmed.models.checkpoint import trained_model_name
+from lowmed.models.forward import predict_files
+from lowmed.models.trained import TrainedModel, run_status
 from lowmed.saliency.explain import confident_cases, explain_cases
 from lowmed.saliency.maps import check_method
 from lowmed.tracking import TrackSettings, open_tracker
-
-ACCELERATOR_BATCH = 64  # images per forward pass when evaluating on a GPU
 
 
 def evaluate(
@@ -97,7 +95,7 @@ def evaluate(
     names, absent = match_classes(classes, task, dataset, class_map or {})
     torch_device, precision = trained.device, trained.precision
     if batch_size is None:
-        batch_size = inference_batch_size(torch_device, ACCELERATOR_BATCH)
+        batch_size = inference_batch_size(torch_device, ACCELERATOR_INFERENCE_BATCH)
     if batch_size < 1:
         raise LowmedError(f"--batch-size {batch_size}: expected at least 1 image per forward pass")
     model, preprocessing, normalize = trained.model, trained.preprocessing, trained.normalize
@@ -298,8 +296,7 @@ def evaluate_model(
 ) -> EvalReport:
     """The seed project's call: ``evaluate_model(model_path=".../best.pt", dataset_root="./dataset",
     model_name="vgg19", split="test")``; returns metrics.json's content (``["metrics"]["f1"]`` and all)."""
-    trained = load_checkpoint(Path(model_path))
-    trained_as = trained.get("config", {}).get("model") if isinstance(trained, dict) else None
+    trained_as = trained_model_name(Path(model_path))
     if model_name and trained_as and model_name != trained_as:
         raise LowmedError(f"{model_path}: trained as {trained_as}, not {model_name}")
     return evaluate(None, checkpoint=str(model_path), data=dataset_root, split=split, **options)

@@ -13,18 +13,13 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from lowmed.numeric import finite_mean
+
 ECE_BINS = 10
 
 
 def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
     return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
-
-
-def finite_mean(values) -> float:
-    """The mean of the defined values (NaN, without a warning, when none is)."""
-    values = np.asarray(values, dtype=float)
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else float("nan")
 
 
 def _ratio(numerator: float, denominator: float) -> float:

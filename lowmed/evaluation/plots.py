@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-import matplotlib
+import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
-
-from lowmed.contracts import ComparisonDir  # noqa: E402
-from lowmed.evaluation.metrics import ECE_BINS, counted_labels  # noqa: E402
+from lowmed.contracts import ComparisonDir
+from lowmed.evaluation.metrics import ECE_BINS, counted_labels
+from lowmed.figures import plt, save_png
 
 
 def _curves(
@@ -29,23 +24,6 @@ def _curves(
         ]
     counted = [(name, *counted_labels(targets, probs, mask, k)) for k, name in enumerate(classes)]
     return [(name, y, score) for name, y, score in counted if 0 < y.sum() < len(y)]
-
-
-def _save(figure, path: Path) -> None:
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-@contextmanager
-def saved_figure(path: Path, figsize: tuple[float, float]) -> Iterator[plt.Figure]:
-    """A new figure to draw on, saved to ``path`` as a PNG when the block ends (and closed either way)."""
-    figure = plt.figure(figsize=figsize)
-    try:
-        yield figure
-        _save(figure, path)
-    finally:
-        plt.close(figure)
 
 
 def plot_roc(
@@ -87,7 +65,7 @@ def plot_roc(
         ylim=(0, 1.01),
     )
     axes.legend(loc="lower right", fontsize=7)
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_pr(
@@ -101,7 +79,7 @@ def plot_pr(
         xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.01), title="Precision–recall"
     )
     axes.legend(loc="lower left", fontsize=7)
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_confusion(path: Path, classes: list[str], confusion: list[list[int]]) -> None:
@@ -134,7 +112,7 @@ def plot_confusion(path: Path, classes: list[str], confusion: list[list[int]]) -
         )
         axes.set_xticklabels(classes, rotation=45, ha="right")
         axes.set_yticklabels(classes)
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_reliability(path: Path, confidence: np.ndarray, observed: np.ndarray, title: str, ece: float) -> None:
@@ -154,7 +132,7 @@ def plot_reliability(path: Path, confidence: np.ndarray, observed: np.ndarray, t
     axes.legend(loc="upper left", fontsize=8)
     histogram.bar(edges[:-1], counts, width=1 / ECE_BINS, align="edge", color="tab:gray", edgecolor="white")
     histogram.set(xlabel=title, ylabel="images", xlim=(0, 1))
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_learning_curves(target: ComparisonDir, curves) -> list[Path]:
@@ -177,7 +155,7 @@ def plot_learning_curves(target: ComparisonDir, curves) -> list[Path]:
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
         path = target.learning_curve(dataset)
-        _save(figure, path)
+        save_png(figure, path)
         written.append(path)
     return written
 
@@ -196,7 +174,7 @@ def plot_reliability_by_arm(path: Path, arms: dict[str, tuple[np.ndarray, np.nda
         axes.plot(mean_confidence, frequency, "o-", ms=4, label=label)
     axes.set(xlabel="predicted probability", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1.01), title=title)
     axes.legend(loc="upper left", fontsize=8)
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_image_grid(path: Path, images: list[np.ndarray], captions: list[str], title: str, columns: int = 4) -> None:
@@ -209,4 +187,4 @@ def plot_image_grid(path: Path, images: list[np.ndarray], captions: list[str], t
         axis.imshow(image, cmap="gray" if image.ndim == 2 else None)
         axis.set_title(caption, fontsize=7)
     figure.suptitle(title, fontsize=9)
-    _save(figure, path)
+    save_png(figure, path)

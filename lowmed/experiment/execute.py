@@ -186,7 +186,7 @@ def _tune(planned: PlannedCell, study: Study, skip_reasons: dict[str, str], show
         return
     planned.cell.record = record
     counted = record.counted
-    pruned = sum(t["state"] == "pruned" for t in counted)
+    pruned = sum(t.state == "pruned" for t in counted)
     planned.status = "done before" if record == before else "tuned"
     planned.detail = (
         f"{len(counted)} trials ({pruned} pruned); {record.metric} {record.best_value:.4f}; {record.recipe()}"

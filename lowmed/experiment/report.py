@@ -287,15 +287,15 @@ def _stage_outcome(stage: RunDir) -> str:
     summary = stage.read_summary()
     if summary.best is None:
         return f"; {summary.status}"
-    best = f"; best epoch {summary.best['epoch']} of {summary.epochs_run} by {summary.best['monitor']}"
+    best = f"; best epoch {summary.best.epoch} of {summary.epochs_run} by {summary.best.monitor}"
     if stage.self_supervised.is_file():
         record = SelfSupervisedRecord.read(stage.self_supervised)
         start = record.monitor["curve"][0][record.monitor["metric"]]
         return (
-            f"{best} {summary.best['value']:.3f} ({start:.3f} with the starting weights; {record.monitor['kind']}); "
+            f"{best} {summary.best.value:.3f} ({start:.3f} with the starting weights; {record.monitor['kind']}); "
             f"{record.leakage.sentence()}"
         )
-    return f"{best}, val AUROC {summary.best['metrics'].get('val_auroc', float('nan')):.3f} on that corpus"
+    return f"{best}, val AUROC {summary.best.metrics.get('val_auroc', float('nan')):.3f} on that corpus"
 
 
 def _shortfalls(study: Study) -> list[str]:
@@ -429,7 +429,7 @@ def _tuning_section(cells: list[PlannedCell]) -> list[str]:
     for planned in cells:
         record = planned.cell.record
         counted = record.counted
-        pruned = sum(t["state"] == "pruned" for t in counted)
+        pruned = sum(t.state == "pruned" for t in counted)
         chosen = ", ".join(f"{name} {short_value(value)}" for name, value in record.chosen.items())
         lines.append(
             f"| {planned.dataset} | {planned.arm.name} | {planned.per_class} | {planned.seed} | {len(counted)} "

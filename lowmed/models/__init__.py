@@ -1,1 +1,1 @@
-"""The model registry, classifier heads, Model A, and weight sources."""
+"""The model registry, classifier heads, Model A, weight sources, the shared forward pass and a loaded run."""

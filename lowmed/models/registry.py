@@ -16,9 +16,9 @@ from torch import nn
 
 from lowmed.errors import LowmedError
 from lowmed.models.heads import build_head
-from lowmed.models.preprocessing import Preprocessing
 from lowmed.models.simple_cnn import SimpleCNN
 from lowmed.models.stages import GlobalPool
+from lowmed.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)

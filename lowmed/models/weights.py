@@ -9,7 +9,6 @@ of a "pretrained" backbone is ever silently left random.
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from urllib.error import URLError
 
@@ -21,8 +20,9 @@ from lowmed.contracts import RunDir, WeightsReport
 from lowmed.errors import LowmedError
 from lowmed.io import sha256_file
 from lowmed.models import xrv
-from lowmed.models.preprocessing import Preprocessing
+from lowmed.models.checkpoint import Checkpoint, load_weights_file
 from lowmed.models.registry import MODELS, ModelSpec
+from lowmed.preprocessing import Preprocessing
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile
 
@@ -149,30 +149,16 @@ def _run_checkpoint(run_dir: Path) -> Path:
     raise LowmedError(f"{run_dir}: no {run.best.name} or {run.last.name}; expected a lowmed run dir")
 
 
-def load_checkpoint(path: Path) -> dict:
-    """``torch.load`` with ``weights_only=True``: a file that would run code is refused, never executed."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-        # torch.save writes a zip archive (or, before PyTorch 1.6, a pickle); anything else, such as a text file,
-        # makes the unpickler fail with whatever error the bytes happen to cause
-        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
-            raise ValueError("neither a PyTorch file nor a pickle")
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LowmedError(f"{path}: not a loadable weights file ({first_line})") from None
-
-
 def read_state_dict(path: Path, report: WeightsReport) -> dict[str, torch.Tensor]:
     """A backbone state dict from a plain state dict, a lowmed checkpoint or a {"state_dict": ...} file."""
-    loaded = load_checkpoint(path)
+    loaded = load_weights_file(path)
     if not isinstance(loaded, dict):
         raise LowmedError(f"{path}: expected a state dict (a mapping of names to tensors)")
-    if "model" in loaded and "config" in loaded:  # a lowmed checkpoint
-        report.source_model = loaded["config"].get("model")
-        report.source_preprocessing = loaded.get("preprocessing")
-        return {k.removeprefix("backbone."): v for k, v in loaded["model"].items() if k.startswith("backbone.")}
+    if Checkpoint.is_lowmed(loaded):
+        checkpoint = Checkpoint.from_file(loaded, path)
+        report.source_model = checkpoint.header.model_name
+        report.source_preprocessing = checkpoint.header.preprocessing
+        return {k.removeprefix("backbone."): v for k, v in checkpoint.model.items() if k.startswith("backbone.")}
     state = loaded.get("state_dict", loaded)
     cleaned = {}
     for key, value in state.items():

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lowmed.errors import LowmedError
-from lowmed.models.preprocessing import INPUT_NORMS, Preprocessing
+from lowmed.preprocessing import INPUT_NORMS, Preprocessing
 
 PREFIX = "xrv:"
 # The public datasets behind each weight, from torchxrayvision's model descriptions. RSNA's pneumonia challenge and

@@ -16,12 +16,11 @@ from lowmed.console import progress_bar, warn
 from lowmed.contracts import ExplainDir, ExplainRecord, slug
 from lowmed.data.loading import decode_square
 from lowmed.errors import LowmedError
-from lowmed.evaluation.trained import TrainedModel
 from lowmed.io import sha256_file, staged_dir, write_csv
 from lowmed.models.registry import get_model_spec
+from lowmed.models.trained import TrainedModel
 from lowmed.saliency.figures import write_overlay
-from lowmed.saliency.lesions import peak
-from lowmed.saliency.maps import check_method, randomisation_check, saliency_maps
+from lowmed.saliency.maps import check_method, peak, randomisation_check, saliency_maps
 
 LAYER_METHODS = ("gradcam", "gradcam++")  # the methods that explain a backbone layer rather than the input
 

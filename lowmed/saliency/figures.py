@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowmed.evaluation.plots import saved_figure
+from lowmed.figures import saved_figure
 
 COLOURMAP = "inferno"
 OVERLAY_ALPHA = 0.45

@@ -31,8 +31,8 @@ from scipy.stats import rankdata
 from torch import nn
 
 from lowmed.errors import LowmedError
-from lowmed.evaluation.metrics import finite_mean
-from lowmed.evaluation.predict import Normalizer
+from lowmed.models.forward import Normalizer
+from lowmed.numeric import finite_mean
 
 METHODS = ("gradcam", "gradcam++", "occlusion", "integrated-gradients")
 # the |mean rank correlation| between trained and randomised maps at or above which a method's maps "barely change"
@@ -201,3 +201,16 @@ def randomisation_check(
         reference=finite_mean(rank_correlations(first, second)),
         seed=seed,
     )
+
+
+# The pointing game (Zhang et al. 2016): a map is a hit when its peak falls inside a lesion box of its image; its
+# chance level is the share of the image the boxes cover.
+def peak(saliency: np.ndarray) -> tuple[int, int]:
+    """(row, column) of a map's maximum."""
+    row, column = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
+    return int(row), int(column)
+
+
+def hits(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Whether each map's peak falls inside its lesion mask."""
+    return np.array([mask[peak(saliency)] for saliency, mask in zip(maps, masks)], dtype=bool)

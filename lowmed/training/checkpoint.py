@@ -1,4 +1,5 @@
-"""Checkpoints written atomically (temporary file, fsync, rename) and read with ``weights_only=True``."""
+"""Writing a run's checkpoints while it trains (``lowmed.models.checkpoint`` is their contract), and the run dir
+they live in: continued, or replaced only when it holds a lowmed run."""
 
 from __future__ import annotations
 
@@ -14,14 +15,13 @@ from torch import nn
 
 from lowmed.contracts import RunDir
 from lowmed.errors import LowmedError, RunFailed
-from lowmed.io import atomic_path, write_csv, write_yaml
+from lowmed.io import write_csv, write_yaml
 from lowmed.locking import LOCK_FILE
-from lowmed.models.weights import load_checkpoint
+from lowmed.models.checkpoint import Checkpoint, CheckpointHeader, TrainingState
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
+    checkpoint.write(path)
 
 
 def _snapshot(value: Any) -> Any:
@@ -125,8 +125,10 @@ class CheckpointSaver:
     ``writes`` touches the files, on a background thread (``_BackgroundWriter``); every process keeps the same record
     of the best epoch. Use it as a context manager: leaving the block waits for the files."""
 
-    def __init__(self, run: RunDir, monitor: str, extras: dict, writes: bool, best: dict | None = None) -> None:
-        self.run, self.monitor, self.extras, self.writes = run, monitor, extras, writes
+    def __init__(
+        self, run: RunDir, monitor: str, header: CheckpointHeader, writes: bool, best: dict | None = None
+    ) -> None:
+        self.run, self.monitor, self.header, self.writes = run, monitor, header, writes
         self.best = best or {"value": None, "epoch": None, "phase": None}
         self._writer: _BackgroundWriter | None = None
 
@@ -159,25 +161,15 @@ class CheckpointSaver:
             if self._writer is None:
                 raise RuntimeError("a CheckpointSaver writes inside its with block only")
             weights = _snapshot(model.state_dict())
-            contents = {
-                "last": {
-                    "model": weights,
-                    **_snapshot(training_state),
-                    "epoch": row["epoch"],
-                    "best": dict(self.best),
-                    "history": _snapshot(history),
-                    **self.extras,
-                },
+            state = TrainingState(history=_snapshot(history), best=dict(self.best), **_snapshot(training_state))
+            contents: dict[str, Any] = {
+                "last": Checkpoint(model=weights, header=self.header, epoch=row["epoch"], training=state),
                 "history": pd.DataFrame(history),
             }
             if improved:
-                contents["best"] = {
-                    "model": weights,
-                    "epoch": row["epoch"],
-                    "phase": row["phase"],
-                    "metrics": dict(metrics),
-                    **self.extras,
-                }
+                contents["best"] = Checkpoint(
+                    model=weights, header=self.header, epoch=row["epoch"], phase=row["phase"], metrics=dict(metrics)
+                )
             self._writer.submit(contents)
         return improved
 
@@ -186,25 +178,17 @@ class CheckpointSaver:
         if self._writer is not None:
             self._writer.flush()
 
-    def best_weights(self, device: torch.device) -> dict:
+    def best_weights(self) -> dict:
         self.flush()
-        return torch.load(self.run.best, map_location=device, weights_only=True)["model"]
+        return Checkpoint.read(self.run.best).model
 
 
-def read_training_state(run: RunDir) -> dict:
-    """The state ``last.pt`` holds; a damaged file is reported, never half-used."""
+def read_training_state(run: RunDir) -> Checkpoint:
+    """``last.pt``, with all a resume needs; a damaged file is reported, never half-used."""
     try:
-        state = load_checkpoint(run.last)
+        return Checkpoint.read_resumable(run.last)
     except LowmedError as exc:  # e.g. cut short by a crash of an older version, or a full disk
-        raise LowmedError(
-            f"{run.last} is damaged and cannot be resumed ({exc}); start the run again with --overwrite"
-        ) from None
-    for key in ("model", "optimizer", "phase_index", "epoch", "history"):
-        if key not in state:
-            raise LowmedError(
-                f"{run.last}: not a lowmed training checkpoint (no {key!r}); start the run again with --overwrite"
-            )
-    return state
+        raise LowmedError(f"{exc}; start the run again with --overwrite") from None
 
 
 def check_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:

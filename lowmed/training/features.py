@@ -22,8 +22,8 @@ from lowmed.console import track
 from lowmed.data.augment import augment_batch
 from lowmed.data.loading import LabelledImages, index_chunks
 from lowmed.device import Precision, free_memory, inference_batch_size
-from lowmed.evaluation.predict import model_input
 from lowmed.models.folding import folded_for_inference
+from lowmed.models.forward import model_input
 from lowmed.models.stages import Stage, backbone_stages
 
 # TrainConfig fields that act only above a cache (what trains on it, for how long, how the best epoch is picked);

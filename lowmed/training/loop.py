@@ -19,15 +19,16 @@ from torch import nn
 
 from lowmed.config import TrainConfig
 from lowmed.console import console, progress_bar
-from lowmed.contracts import RunDir
+from lowmed.contracts import BestEpoch, RunDir
 from lowmed.data.augment import augment_batch
 from lowmed.data.loading import LabelledImages, index_chunks
 from lowmed.device import Precision, channels_last, inference_batch_size
 from lowmed.distributed import Distributed
 from lowmed.errors import RunFailed
 from lowmed.evaluation.metrics import accuracy, auroc, probabilities
-from lowmed.evaluation.predict import Normalizer, model_input, predict_logits
 from lowmed.interrupts import StopAfterBatch
+from lowmed.models.checkpoint import Checkpoint, CheckpointHeader
+from lowmed.models.forward import Normalizer, model_input, predict_logits
 from lowmed.models.registry import Classifier, layer_groups
 from lowmed.training.checkpoint import CheckpointSaver
 from lowmed.training.features import ActivationCache, PhaseCaches, SharedCaches
@@ -125,13 +126,24 @@ class LoopInputs:
     device: torch.device
     precision: Precision
     run_dir: RunDir
-    checkpoint_extras: dict  # config, preprocessing, classes... stored with every checkpoint
+    checkpoint_header: CheckpointHeader  # what every checkpoint carries besides the weights
     dist: Distributed = field(default_factory=Distributed)
     pretrained: bool = False  # the backbone started from weights (its batch-norm statistics mean something)
 
     @property
     def channels_last(self) -> bool:
         return channels_last(self.device)
+
+
+@dataclass
+class LoopResult:
+    """What the loop hands back to ``train``: one history row per epoch, the best epoch, each phase's cache report,
+    and the epoch after which a tuner's pruner stopped the run (None when it ran to its end)."""
+
+    history: list[dict]
+    best: BestEpoch
+    caches: dict
+    pruned_at: int | None
 
 
 @dataclass
@@ -179,18 +191,13 @@ def run_phases(
     inputs: LoopInputs,
     config: TrainConfig,
     phases: list[Phase],
-    state: dict | None,
+    state: Checkpoint | None,
     quiet: bool,
     trial: TrialHooks | None = None,
-) -> dict:
-    """Train through ``phases``, starting from ``state`` (a ``last.pt``) when resuming.
-
-    Returns the history (one row per epoch), the best epoch with its monitored value, each phase's cache, and
-    the epoch after which ``trial`` stopped the run (``pruned_at``; None when it ran to its end).
-    """
-    saver = CheckpointSaver(
-        inputs.run_dir, config.monitor, inputs.checkpoint_extras, inputs.dist.is_main, state["best"] if state else None
-    )
+) -> LoopResult:
+    """Train through ``phases``, starting from ``state`` (a ``last.pt``) when resuming."""
+    best = state.training.best if state and state.training else None
+    saver = CheckpointSaver(inputs.run_dir, config.monitor, inputs.checkpoint_header, inputs.dist.is_main, best)
     with StopAfterBatch() as stop, saver:
         return _run_phases(inputs, config, phases, state, quiet, stop, saver, trial)
 
@@ -199,24 +206,24 @@ def _run_phases(
     inputs: LoopInputs,
     config: TrainConfig,
     phases: list[Phase],
-    state: dict | None,
+    state: Checkpoint | None,
     quiet: bool,
     stop: StopAfterBatch,
     saver: CheckpointSaver,
     trial: TrialHooks | None,
-) -> dict:
+) -> LoopResult:
     model, device = inputs.model, inputs.device
-    history: list[dict] = list(state["history"]) if state else []
+    resumed = state.training if state else None  # last.pt's training state, for the phase it stopped in
+    history: list[dict] = list(resumed.history) if resumed else []
     caches = PhaseCaches(inputs, config, quiet, trial.caches if trial else None)
-    start_phase = state["phase_index"] if state else 0
-    for phase_index in range(start_phase, len(phases)):
+    for phase_index in range(resumed.phase_index if resumed else 0, len(phases)):
         phase = phases[phase_index]
-        resuming_here = state is not None and phase_index == state["phase_index"]
+        resuming_here = state is not None and resumed is not None and phase_index == resumed.phase_index
         if phase_index > 0 and not resuming_here:
             # each new phase starts from the best weights so far, not from the last epoch's
             saver.flush()
             inputs.dist.barrier()  # rank 0 has written best.pt
-            model.load_state_dict(saver.best_weights(device))
+            model.load_state_dict(saver.best_weights())
         frozen = set_trainable(model, phase, config.fine_tune_layers)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=phase.lr, weight_decay=config.weight_decay)
@@ -226,12 +233,12 @@ def _run_phases(
         scaler = torch.amp.GradScaler(device.type, enabled=inputs.precision.needs_scaler)
         phase_epoch, stale = 0, 0
         if resuming_here:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            phase_epoch, stale = state["phase_epoch"], state["stale_epochs"]
-            if state.get("phase_done"):
+            model.load_state_dict(state.model)
+            optimizer.load_state_dict(resumed.optimizer)
+            scheduler.load_state_dict(resumed.scheduler)
+            scaler.load_state_dict(resumed.scaler)
+            phase_epoch, stale = resumed.phase_epoch, resumed.stale_epochs
+            if resumed.phase_done:
                 continue
         cache_started = time.perf_counter()
         cache = None
@@ -301,7 +308,7 @@ def _run_phases(
             if not quiet:
                 _print_epoch(row, config.monitor, is_best)
             if trial is not None and trial.should_stop(row):
-                return {"history": history, "best": saver.best, "caches": caches.reports, "pruned_at": epoch}
+                return LoopResult(history, _best_epoch(saver, history), caches.reports, pruned_at=epoch)
             if stale >= config.patience:
                 if not quiet:
                     console.print(
@@ -310,7 +317,18 @@ def _run_phases(
                     )
                 break
         state = None
-    return {"history": history, "best": saver.best, "caches": caches.reports, "pruned_at": None}
+    return LoopResult(history, _best_epoch(saver, history), caches.reports, pruned_at=None)
+
+
+def _best_epoch(saver: CheckpointSaver, history: list[dict]) -> BestEpoch:
+    row = history[saver.best["epoch"] - 1]
+    return BestEpoch(
+        epoch=row["epoch"],
+        phase=row["phase"],
+        monitor=saver.monitor,
+        value=saver.best["value"],
+        metrics={k: v for k, v in row.items() if k.startswith("val_")},
+    )
 
 
 def _epoch_order(train: LabelledImages, balanced: bool, generator: torch.Generator) -> torch.Tensor:

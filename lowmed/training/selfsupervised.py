@@ -31,7 +31,7 @@ from torch import nn
 import lowmed
 from lowmed.config import PretrainConfig
 from lowmed.console import console, progress_bar
-from lowmed.contracts import MANIFEST, DatasetRef, RunDir, SelfSupervisedRecord, TrainSummary, slug
+from lowmed.contracts import MANIFEST, BestEpoch, DatasetRef, RunDir, SelfSupervisedRecord, TrainSummary, slug
 from lowmed.data.augment import ViewSettings, random_views
 from lowmed.data.leakage import guard_pretraining
 from lowmed.data.loading import LabelledImages, index_chunks, label_tensors, load_split
@@ -47,12 +47,13 @@ from lowmed.device import (
 )
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.evaluation.metrics import auroc
-from lowmed.evaluation.predict import Normalizer, predict_logits
 from lowmed.io import sha256_file
 from lowmed.locking import own_run_dir
-from lowmed.models.preprocessing import Preprocessing
+from lowmed.models.checkpoint import Checkpoint, CheckpointHeader
+from lowmed.models.forward import Normalizer, predict_logits
 from lowmed.models.registry import count_parameters, get_model_spec
 from lowmed.models.weights import load_weights, resolve_weights, weights_kind, weights_preprocessing
+from lowmed.preprocessing import Preprocessing
 from lowmed.training.checkpoint import CheckpointSaver, check_run_dir, read_training_state, start_run_dir
 from lowmed.training.loop import seed_everything
 
@@ -199,13 +200,13 @@ def pretrain(
         record.seconds = round(sum(row["seconds"] for row in trained), 2)
         record.write(run_dir.self_supervised)
         summary.status, summary.phases, summary.epochs_run = "completed", [PHASE], len(trained)
-        summary.best = {
-            "epoch": best["epoch"],
-            "phase": PHASE,
-            "monitor": config.monitor,
-            "value": best["value"],
-            "metrics": {k: history[best["epoch"]][k] for k in _MONITORED},
-        }
+        summary.best = BestEpoch(
+            epoch=best["epoch"],
+            phase=PHASE,
+            monitor=config.monitor,
+            value=best["value"],
+            metrics={k: history[best["epoch"]][k] for k in _MONITORED},
+        )
         summary.wall_seconds = round(time.perf_counter() - started, 2)
         summary.resumed = state is not None
         summary.epoch_seconds_total = record.seconds
@@ -274,7 +275,7 @@ def _run(
     preprocessing: Preprocessing,
     device: torch.device,
     run_dir: RunDir,
-    state: dict | None,
+    state: Checkpoint | None,
     quiet: bool,
 ) -> tuple[list[dict], dict]:
     """The epochs, from ``state`` (last.pt) when resuming: each one's views drawn from (seed, epoch), so a resumed
@@ -301,25 +302,26 @@ def _run(
     precision = Precision.choose(device, bool(config.amp))
     normalize = Normalizer(preprocessing, device)
     views = _views(config)
-    extras = {
-        "config": config.to_dict(),
-        "preprocessing": preprocessing.to_dict(),
-        "task": PHASE,
-        "classes": [],
-        "lowmed_version": lowmed.__version__,
-    }
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    header = CheckpointHeader(
+        config=config.to_dict(),
+        preprocessing=preprocessing.to_dict(),
+        task=PHASE,
+        classes=[],
+        lowmed_version=lowmed.__version__,
+    )
+    resumed = state.training if state else None
+    if state is not None and resumed is not None:
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(resumed.optimizer)
+        scheduler.load_state_dict(resumed.scheduler)
         if queue:  # lightly keeps the queue out of the state dict: it travels in last.pt by itself
-            criterion.memory_bank.bank.copy_(state["queue"]["bank"])
-            criterion.memory_bank.bank_ptr.copy_(state["queue"]["bank_ptr"])
-        history, start = list(state["history"]), state["epoch"] + 1
-        torch.set_rng_state(state["torch_rng"])
+            criterion.memory_bank.bank.copy_(resumed.queue["bank"])
+            criterion.memory_bank.bank_ptr.copy_(resumed.queue["bank_ptr"])
+        history, start = list(resumed.history), state.epoch + 1
+        torch.set_rng_state(resumed.torch_rng)
     else:
         history, start = [_monitor(model, val, images["task"], config, normalize, device, precision, 0)], 1
-    saver = CheckpointSaver(run_dir, config.monitor, extras, writes=True, best=state["best"] if state else None)
+    saver = CheckpointSaver(run_dir, config.monitor, header, writes=True, best=resumed.best if resumed else None)
     with saver, progress_bar(disable=quiet) as bar:
         task = bar.add_task(f"{config.method} · {config.model}", total=config.epochs, completed=start - 1, status="")
         if state is None:

@@ -35,13 +35,14 @@ from lowmed.data.subsample import last_subset, load_or_prepare, subsample
 from lowmed.device import Precision, channels_last, device_name, native_amp, resolve_device, software_versions
 from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
-from lowmed.evaluation.predict import Normalizer
 from lowmed.io import sha256_file
 from lowmed.locking import own_run_dir
-from lowmed.models.preprocessing import Preprocessing
+from lowmed.models.checkpoint import CheckpointHeader, trained_model_name
+from lowmed.models.forward import Normalizer
 from lowmed.models.registry import build_model, count_parameters, get_model_spec
-from lowmed.models.weights import load_checkpoint, load_weights, resolve_weights, weights_kind, weights_preprocessing
+from lowmed.models.weights import load_weights, resolve_weights, weights_kind, weights_preprocessing
 from lowmed.models.xrv import FORMAT_DATASETS, is_xrv, overlap
+from lowmed.preprocessing import Preprocessing
 from lowmed.tracking import TrackSettings, open_tracker
 from lowmed.training.checkpoint import check_run_dir, read_training_state, start_run_dir
 from lowmed.training.loop import (
@@ -167,13 +168,13 @@ def train(
             run_dir=run_dir,
             dist=dist,
             pretrained=report.source != "none",
-            checkpoint_extras={
-                "config": config.to_dict(),
-                "preprocessing": preprocessing.to_dict(),
-                "task": dataset.task,
-                "classes": dataset.classes,
-                "lowmed_version": lowmed.__version__,
-            },
+            checkpoint_header=CheckpointHeader(
+                config=config.to_dict(),
+                preprocessing=preprocessing.to_dict(),
+                task=dataset.task,
+                classes=dataset.classes,
+                lowmed_version=lowmed.__version__,
+            ),
         )
         phases = plan_phases(config, pretrained=report.source != "none")
         started = time.perf_counter()
@@ -195,19 +196,13 @@ def train(
         except RunFailed as exc:
             record(status="failed", error=str(exc))
             raise
-        history = result["history"]
+        history = result.history
         record(
-            status="pruned" if result["pruned_at"] else "completed",
-            error=f"stopped after epoch {result['pruned_at']} by the tuner's pruner" if result["pruned_at"] else None,
+            status="pruned" if result.pruned_at else "completed",
+            error=f"stopped after epoch {result.pruned_at} by the tuner's pruner" if result.pruned_at else None,
             phases=[p.name for p in phases],
             epochs_run=len(history),
-            best={
-                "epoch": result["best"]["epoch"],
-                "phase": result["best"]["phase"],
-                "monitor": config.monitor,
-                "value": result["best"]["value"],
-                "metrics": {k: v for k, v in history[result["best"]["epoch"] - 1].items() if k.startswith("val_")},
-            },
+            best=result.best,
             wall_seconds=round(time.perf_counter() - started, 2),  # this invocation (a resumed run: since resume)
             resumed=state is not None,
             epoch_seconds_total=round(sum(row["seconds"] for row in history), 2),
@@ -218,7 +213,7 @@ def train(
                 if any(r["phase"] == phase.name for r in history)
             },
             precision=precision.describe(),
-            caches={**earlier_caches, **result["caches"]},
+            caches={**earlier_caches, **result.caches},
             unreadable_files={name: split.unreadable for name, split in splits.items() if split.unreadable},
         )
     if tracker is not None:
@@ -272,8 +267,7 @@ def source_model_name(source: Path) -> str | None:
     if source.is_dir():  # a training run's config, or a pretraining's: both name their model
         config = RunDir(source).config
         return str(read_yaml(config).get("model")) if config.is_file() else None
-    checkpoint = load_checkpoint(source)
-    return checkpoint.get("config", {}).get("model") if isinstance(checkpoint, dict) else None
+    return trained_model_name(source)
 
 
 def train_model(

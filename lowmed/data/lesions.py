@@ -1,10 +1,8 @@
-"""Where the lesions are, and the pointing game that checks a saliency map against them.
+"""Where the lesions are: boxes from a CSV, and masks of them at a model's input size.
 
 ``lesions.csv`` holds one box per lesion: ``path`` (the image, relative to the CSV's folder or absolute), ``x``,
 ``y``, ``width``, ``height`` in the original image's pixels (the top-left corner, pixel i covering [i, i + 1)), as
-RSNA's pneumonia boxes are given. The demo data
-write one; a user's own boxes work the same way. The pointing game (Zhang et al. 2016) scores a map a hit when its
-peak falls inside a box of its image; its chance level is the share of the image the boxes cover.
+RSNA's pneumonia boxes are given. The demo data write one; a user's own boxes work the same way.
 """
 
 from __future__ import annotations
@@ -67,14 +65,3 @@ def lesion_mask(image: Path, boxes: list[LesionBox], size: int) -> np.ndarray:
         inside_y = (rows >= box.y) & (rows <= box.y + box.height)
         mask |= inside_y[:, None] & inside_x[None, :]
     return mask
-
-
-def peak(saliency: np.ndarray) -> tuple[int, int]:
-    """(row, column) of a map's maximum."""
-    row, column = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
-    return int(row), int(column)
-
-
-def hits(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Whether each map's peak falls inside its lesion mask."""
-    return np.array([mask[peak(saliency)] for saliency, mask in zip(maps, masks)], dtype=bool)

@@ -13,10 +13,10 @@ from torch import nn
 from lowmed.contracts import EvalReport, RunDir
 from lowmed.device import Precision, channels_last, native_amp, resolve_device
 from lowmed.errors import LowmedError
-from lowmed.evaluation.predict import Normalizer
-from lowmed.models.preprocessing import Preprocessing
+from lowmed.models.checkpoint import Checkpoint
+from lowmed.models.forward import Normalizer
 from lowmed.models.registry import build_model, get_model_spec
-from lowmed.models.weights import load_checkpoint
+from lowmed.preprocessing import Preprocessing
 
 
 @dataclass
@@ -43,28 +43,26 @@ class TrainedModel:
         """``checkpoint``: best | last of ``run_dir``, or a checkpoint file. ``amp``: by default as the run was
         trained, where this device has it."""
         path = checkpoint_path(run_dir, checkpoint)
-        trained = load_checkpoint(path)
-        if not (isinstance(trained, dict) and {"model", "config", "classes", "task", "preprocessing"} <= set(trained)):
-            raise LowmedError(f"{path}: not a checkpoint written by 'lowmed train'")
-        config, classes = trained["config"], list(trained["classes"])
+        trained = Checkpoint.read(path)
+        config, classes = trained.header.config, list(trained.header.classes)
         torch_device = resolve_device(device)
         amp = amp if amp is not None else bool(config.get("amp")) and native_amp(torch_device)
         model = build_model(get_model_spec(config["model"]), len(classes), config["head"])
         try:
-            model.load_state_dict(trained["model"])
+            model.load_state_dict(trained.model)
         except RuntimeError as exc:
             raise LowmedError(f"{path}: weights do not fit {config['model']} ({str(exc).splitlines()[0]})") from None
         model.to(torch_device).eval()
         if channels_last(torch_device):
             model.to(memory_format=torch.channels_last)
-        preprocessing = Preprocessing.from_dict(trained["preprocessing"])
+        preprocessing = Preprocessing.from_dict(trained.header.preprocessing)
         return cls(
             path=path,
             model=model,
-            task=trained["task"],
+            task=trained.header.task,
             classes=classes,
             config=config,
-            epoch=trained.get("epoch"),
+            epoch=trained.epoch,
             preprocessing=preprocessing,
             normalize=Normalizer(preprocessing, torch_device),
             device=torch_device,
@@ -113,3 +111,23 @@ def run_status(checkpoint: Path, doing: str, strict: bool = False) -> str | None
             strict,
         )
     return summary.status_label
+
+
+def saved_threshold(trained: TrainedModel) -> tuple[float | list[float] | None, str]:
+    """The threshold saved with the run's evaluations of this very checkpoint: a Youden one first (chosen on the
+    validation split), else the one evaluated with; 0.5 when the run has none. None for multi-class tasks."""
+    if trained.task == "multiclass":
+        return None, "multi-class: the most probable class"
+    reports = []
+    for metrics in sorted((trained.path.parent / "eval").glob(f"*/{EvalReport.FILE}")):
+        report = EvalReport.read(metrics)
+        if evaluated_with(report, trained):
+            reports.append(report)
+    chosen = [r for r in reports if r.threshold_source.startswith("youden")] or reports
+    if not chosen:
+        return 0.5, f"default 0.5: no saved evaluation of {trained.path.name} (run lowmed evaluate --threshold youden)"
+    report = chosen[0]
+    return (
+        report.threshold,
+        f"{report.threshold_source}; saved with {trained.path.parent.name}/eval/{Path(report.out).name}",
+    )

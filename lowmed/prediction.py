@@ -21,15 +21,14 @@ import pandas as pd
 
 import lowmed
 from lowmed.console import progress_bar, warn
-from lowmed.contracts import EvalReport, ExplainRecord, PredictionRecord, RunDir
+from lowmed.contracts import ExplainRecord, PredictionRecord, RunDir
 from lowmed.data.images import IMAGE_EXTENSIONS, inspect_image, list_files, refuse_undecodable_names
-from lowmed.device import inference_batch_size
+from lowmed.device import ACCELERATOR_INFERENCE_BATCH, inference_batch_size
 from lowmed.errors import LowmedError
-from lowmed.evaluation.evaluate import ACCELERATOR_BATCH
 from lowmed.evaluation.metrics import probabilities
-from lowmed.evaluation.predict import predict_files
-from lowmed.evaluation.trained import TrainedModel, evaluated_with, run_status
 from lowmed.io import check_writable, read_csv_file, sha256_file, write_csv
+from lowmed.models.forward import predict_files
+from lowmed.models.trained import TrainedModel, run_status, saved_threshold
 from lowmed.saliency.explain import explain_cases, input_cases
 from lowmed.saliency.maps import check_method
 
@@ -105,7 +104,7 @@ def predict(
         )
     cut, source = (threshold, "--threshold") if threshold is not None else saved_threshold(trained)
     if batch_size is None:
-        batch_size = inference_batch_size(trained.device, ACCELERATOR_BATCH)
+        batch_size = inference_batch_size(trained.device, ACCELERATOR_INFERENCE_BATCH)
     if batch_size < 1:
         raise LowmedError(f"--batch-size {batch_size}: expected at least 1 image per forward pass")
 
@@ -182,26 +181,6 @@ def _csv_paths(csv: Path, column: str) -> list[Path]:
     if frame.empty:
         raise LowmedError(f"{csv}: no rows")
     return [path if path.is_absolute() else csv.parent / path for path in map(Path, frame[column])]
-
-
-def saved_threshold(trained: TrainedModel) -> tuple[float | list[float] | None, str]:
-    """The threshold saved with the run's evaluations of this very checkpoint: a Youden one first (chosen on the
-    validation split), else the one evaluated with; 0.5 when the run has none. None for multi-class tasks."""
-    if trained.task == "multiclass":
-        return None, "multi-class: the most probable class"
-    reports = []
-    for metrics in sorted((trained.path.parent / "eval").glob(f"*/{EvalReport.FILE}")):
-        report = EvalReport.read(metrics)
-        if evaluated_with(report, trained):
-            reports.append(report)
-    chosen = [r for r in reports if r.threshold_source.startswith("youden")] or reports
-    if not chosen:
-        return 0.5, f"default 0.5: no saved evaluation of {trained.path.name} (run lowmed evaluate --threshold youden)"
-    report = chosen[0]
-    return (
-        report.threshold,
-        f"{report.threshold_source}; saved with {trained.path.parent.name}/eval/{Path(report.out).name}",
-    )
 
 
 def _table(paths: list[Path], readable: list[int], probs: np.ndarray, trained: TrainedModel, cut) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Turning uint8 image batches into model outputs, for validation during training and for evaluation."""
+"""The shared forward pass: uint8 image batches into model outputs (validation, evaluation, prediction, saliency)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 from lowmed.data.loading import LabelledImages, decoded_batches, index_chunks
 from lowmed.device import Precision, channels_last
 from lowmed.models.folding import folded_for_inference
-from lowmed.models.preprocessing import Preprocessing
+from lowmed.preprocessing import Preprocessing
 
 
 class Normalizer:
