@@ -62,6 +62,12 @@ class ConfigFile:
         return cls(**{name: coerce(value, hints[name], f"{source}: {name}") for name, value in values.items()})
 
     @classmethod
+    def from_record(cls, values: dict[str, Any]):
+        """Values lowmed itself wrote (a checkpoint's configuration): the fields this version knows, as written."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in values.items() if name in known})
+
+    @classmethod
     def from_yaml(cls, path: str | os.PathLike):
         return cls.from_dict(read_yaml(path, f"--config {path}"), source=str(path))
 

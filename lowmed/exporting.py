@@ -109,7 +109,7 @@ def is_export(folder: Path) -> bool:
 
 def parity_images(trained: TrainedModel) -> torch.Tensor:
     """Up to ``PARITY_IMAGES`` real images of the run's dataset (test split first), as [0, 1] float."""
-    dataset = PreparedDataset.load(trained.config["data"])
+    dataset = PreparedDataset.load(trained.config.data)
     frame = dataset.manifest.sort_values("split", key=lambda s: s.map({"test": 0, "val": 1, "train": 2}))
     paths = dataset.image_paths(frame.head(PARITY_IMAGES * 2))
     size = trained.preprocessing.input_size
@@ -191,7 +191,7 @@ def model_card(trained: TrainedModel, format: str, difference: float, images: in
     evaluation = run.evaluation("test")
     report = evaluation.read_report() if evaluation.exists() else None
     lines = [
-        f"# Model card: {trained.config['model']} for {trained.task} {', '.join(trained.classes)}",
+        f"# Model card: {trained.config.model} for {trained.task} {', '.join(trained.classes)}",
         "",
         f"Exported by lowmed {lowmed.__version__} as {format} from {trained.path} (epoch {trained.epoch}, "
         f"SHA-256 {sha256_file(trained.path)}).",

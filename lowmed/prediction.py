@@ -213,7 +213,7 @@ def _record(
         table=out.name,
         run=str(trained.path.parent) if RunDir(trained.path.parent).summary.is_file() else None,
         checkpoint={"path": str(trained.path), "epoch": trained.epoch, "sha256": sha256_file(trained.path)},
-        model=trained.config["model"],
+        model=trained.config.model,
         task=trained.task,
         classes=trained.classes,
         input_size=trained.preprocessing.input_size,

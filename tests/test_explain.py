@@ -139,7 +139,7 @@ def demo(tmp_path_factory):
 
 def _positive_test_cases(run, count):
     trained = TrainedModel.load(run, device="cpu")
-    dataset = PreparedDataset.load(trained.config["data"])
+    dataset = PreparedDataset.load(trained.config.data)
     test = dataset.split("test")
     paths = dataset.image_paths(test[test["label"] == "PNEUMONIA"])[:count]
     return trained, [Case(path, 1, "input", 0.0) for path in paths]

@@ -53,7 +53,7 @@ def test_the_parity_check_fails_against_another_model(run):
     export(run, "torchscript", quiet=True)
     trained = TrainedModel.load(run, device="cpu", amp=False)
     other = TrainedModel.load(run, device="cpu", amp=False)
-    other.model = build_model(get_model_spec("simplecnn"), 2, trained.config["head"]).eval()  # untrained
+    other.model = build_model(get_model_spec("simplecnn"), 2, trained.config.head).eval()  # untrained
     images = parity_images(trained)
     assert parity(run / "export-torchscript" / "model.pt", "torchscript", ProbabilityModel(trained), images) < 1e-4
     assert parity(run / "export-torchscript" / "model.pt", "torchscript", ProbabilityModel(other), images) > 1e-4

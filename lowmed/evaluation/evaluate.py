@@ -88,8 +88,8 @@ def evaluate(
     if data:
         dataset = load_or_prepare(Path(data).expanduser(), None, quiet, role="test")
     else:
-        dataset = PreparedDataset.load(config["data"])
-    external = dataset.root != Path(config["data"]).resolve()
+        dataset = PreparedDataset.load(config.data)
+    external = dataset.root != Path(config.data).resolve()
     out = EvalDir(Path(out)) if out else run.evaluation(split, dataset.root.name if external else None)
     check_writable(out.path, "--out")
     names, absent = match_classes(classes, task, dataset, class_map or {})
@@ -137,7 +137,7 @@ def evaluate(
         frame, targets, mask, probs = predict(dataset, split)
 
         def own_val():  # a chosen threshold comes from the run's own val split (loaded again only for external data)
-            return predict(PreparedDataset.load(config["data"]) if external else dataset, "val")
+            return predict(PreparedDataset.load(config.data) if external else dataset, "val")
 
         cut, cut_source = _threshold(threshold, task, split, own_val)
         result = compute_metrics(task, classes, targets, probs, mask, cut)
@@ -171,7 +171,7 @@ def evaluate(
             checkpoint={
                 "path": str(trained.path),
                 "epoch": trained.epoch,
-                "model": config["model"],
+                "model": config.model,
                 "run_status": status,
             },
             dataset={"prepared_dir": str(dataset.root), "external": external},

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lowmed.config import TrainConfig
 from lowmed.contracts import EvalReport, RunDir
 from lowmed.device import Precision, channels_last, native_amp, resolve_device
 from lowmed.errors import LowmedError
@@ -25,7 +26,7 @@ class TrainedModel:
     model: nn.Module  # on ``device``, eval mode
     task: str
     classes: list[str]
-    config: dict  # the run's TrainConfig values
+    config: TrainConfig  # the run's
     epoch: int | None
     preprocessing: Preprocessing
     normalize: Normalizer
@@ -44,14 +45,14 @@ class TrainedModel:
         trained, where this device has it."""
         path = checkpoint_path(run_dir, checkpoint)
         trained = Checkpoint.read(path)
-        config, classes = trained.header.config, list(trained.header.classes)
+        config, classes = TrainConfig.from_record(trained.header.config), list(trained.header.classes)
         torch_device = resolve_device(device)
-        amp = amp if amp is not None else bool(config.get("amp")) and native_amp(torch_device)
-        model = build_model(get_model_spec(config["model"]), len(classes), config["head"])
+        amp = amp if amp is not None else bool(config.amp) and native_amp(torch_device)
+        model = build_model(get_model_spec(config.model), len(classes), config.head)
         try:
             model.load_state_dict(trained.model)
         except RuntimeError as exc:
-            raise LowmedError(f"{path}: weights do not fit {config['model']} ({str(exc).splitlines()[0]})") from None
+            raise LowmedError(f"{path}: weights do not fit {config.model} ({str(exc).splitlines()[0]})") from None
         model.to(torch_device).eval()
         if channels_last(torch_device):
             model.to(memory_format=torch.channels_last)

@@ -92,7 +92,7 @@ def image_maps(trained: TrainedModel, cases: list[Case], method: str, seed: int 
     """The maps of ``cases`` by ``method`` and the randomisation check on the same images."""
     started = time.perf_counter()
     size = trained.preprocessing.input_size
-    model_name = trained.config["model"]
+    model_name = trained.config.model
     layer = get_model_spec(model_name).cam_layer  # once: a timm entry builds its network to know it
     images = torch.stack([decode_square(case.path, size) for case in cases]).float().div(255)
     targets = torch.tensor([case.target for case in cases])
