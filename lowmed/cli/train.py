@@ -1,222 +1,59 @@
 """lowmed train / lowmed finetune: one training run (Model A, B or C) into a run dir."""
 
-import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
+from lowmed.cli import _train_options as option
 from lowmed.cli._options import Overwrite, Quiet, Strict, Track, TrackExperiment, TrackUri
 from lowmed.config import TrainConfig
 
 if TYPE_CHECKING:
     from lowmed.contracts import TrainSummary
 
-_D = TrainConfig()  # defaults, shown in --help
-
 
 def train_command(
-    data: Annotated[
-        Optional[Path],
-        typer.Argument(help="Prepared dir, subset manifest (.csv) or raw dataset folder.", show_default=False),
-    ] = None,
-    config: Annotated[
-        Optional[Path],
-        typer.Option("--config", help="YAML of these options (a run's config.yaml repeats it); flags given here win."),
-    ] = None,
-    subset: Annotated[Optional[Path], typer.Option(help="Subset manifest from 'lowmed subsample'.")] = None,
-    per_class: Annotated[Optional[int], typer.Option(help="Subsample N train images per class on the fly.")] = None,
-    arm: Annotated[
-        Optional[str],
-        typer.Option(
-            help=(
-                "The study arm this run belongs to, as compare groups runs (e.g. A, B-imagenet, C-nih). \\[default: "
-                "A scratch, B ImageNet or C medical, from --weights]"
-            )
-        ),
-    ] = None,
-    model: Annotated[
-        Optional[str], typer.Option(help=f"Registry name or timm:<name> (see 'lowmed models'). \\[default: {_D.model}]")
-    ] = None,
-    weights: Annotated[
-        Optional[str],
-        typer.Option(
-            help=(
-                "none | imagenet | xrv:<name> (torchxrayvision, see 'lowmed models --weights') | PATH (weights file) | "
-                "RUN_DIR (Model C); auto = imagenet, none for simplecnn. "
-                "\\[default: auto]"
-            )
-        ),
-    ] = None,
-    weights_dir: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Where xrv:<name> weight files are (and are downloaded to). \\[default: torchxrayvision's cache]"
-        ),
-    ] = None,
-    input_channels: Annotated[
-        Optional[int],
-        typer.Option(help="1 (grey) or 3: what the weights expect. \\[default: the weights' (1 for xrv:, else 3)]"),
-    ] = None,
-    input_norm: Annotated[
-        Optional[str],
-        typer.Option(
-            help=(
-                "imagenet | xrv ([-1024, 1024]) | unit ([0, 1]) | MEAN,STD | a mean and a std per channel. "
-                "\\[default: the weights']"
-            )
-        ),
-    ] = None,
-    dataset_name: Annotated[
-        Optional[str],
-        typer.Option(
-            help=(
-                "The target's public dataset (nih, chexpert, padchest, mimic-cxr, rsna...), checked against what "
-                "xrv: weights were trained on. \\[default: from its prepare format]"
-            )
-        ),
-    ] = None,
-    allow_partial_weights: Annotated[
-        Optional[bool],
-        typer.Option("--allow-partial-weights", help="Train even when the weights cover only part of the backbone."),
-    ] = None,
-    head: Annotated[
-        Optional[str], typer.Option(help=f"mlp (512→256, the seed study's) | linear. \\[default: {_D.head}]")
-    ] = None,
-    epochs: Annotated[
-        Optional[int], typer.Option(help=f"Epochs (the frozen phase, for pretrained weights). \\[default: {_D.epochs}]")
-    ] = None,
-    batch_size: Annotated[
-        Optional[int],
-        typer.Option(
-            help=(
-                f"Images per step and per process (under torchrun the global batch is this × processes × "
-                f"--accumulate). \\[default: {_D.batch_size}]"
-            )
-        ),
-    ] = None,
-    accumulate: Annotated[
-        Optional[int],
-        typer.Option(
-            help=(
-                f"Add up the gradients of N batches before each optimizer step (for small GPUs). \\[default: "
-                f"{_D.accumulate}]"
-            )
-        ),
-    ] = None,
-    compile: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--compile",
-            help=(
-                "torch.compile the network (compiling takes about half a minute or more; no faster on small runs, "
-                "see benchmarks/README.md)."
-            ),
-        ),
-    ] = None,
-    sync_bn: Annotated[
-        Optional[bool],
-        typer.Option("--sync-bn", help="Under torchrun on GPUs: batch-norm statistics over all processes."),
-    ] = None,
-    lr: Annotated[Optional[float], typer.Option(help=f"Learning rate (AdamW). \\[default: {_D.lr:g}]")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help=f"\\[default: {_D.weight_decay:g}]")] = None,
-    freeze_base: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--freeze-base/--no-freeze-base",
-            help="Pretrained: train the head on a frozen backbone first. \\[default: freeze]",
-        ),
-    ] = None,
-    fine_tune_epochs: Annotated[
-        Optional[int],
-        typer.Option(help=f"Epochs of phase 2 (last layers unfrozen). \\[default: {_D.fine_tune_epochs}]"),
-    ] = None,
-    fine_tune_layers: Annotated[
-        Optional[int],
-        typer.Option(
-            help=(
-                f"Backbone layers (modules with weights) unfrozen in phase 2, counted from the top. \\[default: "
-                f"{_D.fine_tune_layers}]"
-            )
-        ),
-    ] = None,
-    fine_tune_lr: Annotated[Optional[float], typer.Option(help=f"\\[default: {_D.fine_tune_lr:g}]")] = None,
-    freeze_bn: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--freeze-bn/--no-freeze-bn",
-            help="Fine-tuning a pretrained backbone: keep its batch-norm statistics as pretrained (scale and shift "
-            "still train). \\[default: no-freeze-bn]",
-            show_default=False,
-        ),
-    ] = None,
-    image_size: Annotated[
-        Optional[int], typer.Option(help="Input size in px. \\[default: the model's, e.g. 224; 299 for inception_v3]")
-    ] = None,
-    augment_strength: Annotated[
-        Optional[float],
-        typer.Option(
-            help=f"0..1: rotation, shift, scale, flip, brightness/contrast. \\[default: {_D.augment_strength}]"
-        ),
-    ] = None,
-    cached_views: Annotated[
-        Optional[int],
-        typer.Option(
-            help=(
-                f"Train on the frozen layers' outputs cached for this many augmented views per image (0 = run "
-                f"the whole network every epoch). \\[default: {_D.cached_views}]"
-            )
-        ),
-    ] = None,
-    cache_finetune: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--cache-finetune/--no-cache-finetune",
-            help=(
-                "Fine-tuning: run the layers below the unfrozen ones once per cached view, not every epoch. "
-                "\\[default: cache-finetune]"
-            ),
-            show_default=False,
-        ),
-    ] = None,
-    patience: Annotated[
-        Optional[int],
-        typer.Option(
-            help=f"Early stop after this many epochs without a better --monitor value. \\[default: {_D.patience}]"
-        ),
-    ] = None,
-    monitor: Annotated[
-        Optional[str],
-        typer.Option(help=f"Metric that picks best.pt: val_loss | val_auroc | val_accuracy. \\[default: {_D.monitor}]"),
-    ] = None,
-    class_weights: Annotated[
-        Optional[str], typer.Option(help=f"auto (inverse train frequency) | none. \\[default: {_D.class_weights}]")
-    ] = None,
-    balanced_sampler: Annotated[
-        Optional[bool], typer.Option("--balanced-sampler", help="Sample classes equally instead of weighting the loss.")
-    ] = None,
-    device: Annotated[
-        Optional[str], typer.Option(help=f"auto | cpu | cuda | cuda:N | mps. \\[default: {_D.device}]")
-    ] = None,
-    amp: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--amp/--no-amp",
-            help=(
-                "Mixed precision: bf16 (fp16 with a gradient scaler on GPUs without bf16); on CPUs with native "
-                "bf16 also channels-last, 2–3× faster. \\[default: on for CUDA, off on CPUs]"
-            ),
-        ),
-    ] = None,
-    workers: Annotated[
-        Optional[int], typer.Option(help="DataLoader workers when images do not fit in memory. \\[default: 0]")
-    ] = None,
-    seed: Annotated[Optional[int], typer.Option(help=f"\\[default: {_D.seed}]")] = None,
-    out: Annotated[
-        Optional[Path],
-        typer.Option("--out", "-o", help="Run dir. \\[default: runs/<dataset>-<model>-<weights>-n<N>-seed<K>]"),
-    ] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run dir from its last.pt.")] = None,
+    ctx: typer.Context,
+    data: option.Data = None,
+    config: option.ConfigYaml = None,
+    subset: option.Subset = None,
+    per_class: option.PerClass = None,
+    arm: option.Arm = None,
+    model: option.Model = None,
+    weights: option.Weights = None,
+    weights_dir: option.WeightsDir = None,
+    input_channels: option.InputChannels = None,
+    input_norm: option.InputNorm = None,
+    dataset_name: option.DatasetName = None,
+    allow_partial_weights: option.AllowPartialWeights = None,
+    head: option.Head = None,
+    epochs: option.Epochs = None,
+    batch_size: option.BatchSize = None,
+    accumulate: option.Accumulate = None,
+    compile: option.Compile = None,
+    sync_bn: option.SyncBn = None,
+    lr: option.Lr = None,
+    weight_decay: option.WeightDecay = None,
+    freeze_base: option.FreezeBase = None,
+    fine_tune_epochs: option.FineTuneEpochs = None,
+    fine_tune_layers: option.FineTuneLayers = None,
+    fine_tune_lr: option.FineTuneLr = None,
+    freeze_bn: option.FreezeBn = None,
+    image_size: option.ImageSize = None,
+    augment_strength: option.AugmentStrength = None,
+    cached_views: option.CachedViews = None,
+    cache_finetune: option.CacheFinetune = None,
+    patience: option.Patience = None,
+    monitor: option.Monitor = None,
+    class_weights: option.ClassWeights = None,
+    balanced_sampler: option.BalancedSampler = None,
+    device: option.Device = None,
+    amp: option.Amp = None,
+    workers: option.Workers = None,
+    seed: option.Seed = None,
+    out: option.Out = None,
+    resume: option.Resume = None,
     overwrite: Overwrite = False,
     strict: Strict = False,
     track: Track = None,
@@ -236,7 +73,7 @@ def train_command(
         summary = resume_run(resume, quiet=quiet)
     else:
         tracking = TrackSettings.given(track, track_uri, track_experiment)
-        summary = train(train_config(locals()), overwrite=overwrite, quiet=quiet, strict=strict, track=tracking)
+        summary = train(train_config(ctx.params), overwrite=overwrite, quiet=quiet, strict=strict, track=tracking)
     render_summary(summary)
 
 
@@ -255,37 +92,67 @@ def train_config(arguments: dict) -> TrainConfig:
     return TrainConfig.from_dict(_given_options(arguments), source="options")
 
 
-def finetune_command(source: Path, **arguments) -> None:
+def finetune_command(
+    ctx: typer.Context,
+    source: option.Source,
+    data: option.Data = None,
+    config: option.ConfigYaml = None,
+    subset: option.Subset = None,
+    per_class: option.PerClass = None,
+    arm: option.Arm = None,
+    model: option.Model = None,
+    weights: option.Weights = None,
+    weights_dir: option.WeightsDir = None,
+    input_channels: option.InputChannels = None,
+    input_norm: option.InputNorm = None,
+    dataset_name: option.DatasetName = None,
+    allow_partial_weights: option.AllowPartialWeights = None,
+    head: option.Head = None,
+    epochs: option.Epochs = None,
+    batch_size: option.BatchSize = None,
+    accumulate: option.Accumulate = None,
+    compile: option.Compile = None,
+    sync_bn: option.SyncBn = None,
+    lr: option.Lr = None,
+    weight_decay: option.WeightDecay = None,
+    freeze_base: option.FreezeBase = None,
+    fine_tune_epochs: option.FineTuneEpochs = None,
+    fine_tune_layers: option.FineTuneLayers = None,
+    fine_tune_lr: option.FineTuneLr = None,
+    freeze_bn: option.FreezeBn = None,
+    image_size: option.ImageSize = None,
+    augment_strength: option.AugmentStrength = None,
+    cached_views: option.CachedViews = None,
+    cache_finetune: option.CacheFinetune = None,
+    patience: option.Patience = None,
+    monitor: option.Monitor = None,
+    class_weights: option.ClassWeights = None,
+    balanced_sampler: option.BalancedSampler = None,
+    device: option.Device = None,
+    amp: option.Amp = None,
+    workers: option.Workers = None,
+    seed: option.Seed = None,
+    out: option.Out = None,
+    overwrite: Overwrite = False,
+    strict: Strict = False,
+    track: Track = None,
+    track_uri: TrackUri = None,
+    track_experiment: TrackExperiment = None,
+    quiet: Quiet = False,
+) -> None:
     """Model C: fine-tune from an earlier run's (or a checkpoint's) backbone; the model defaults to the source's."""
     from lowmed.tracking import TrackSettings
     from lowmed.training.train import finetune
 
     summary = finetune(
         source,
-        overwrite=arguments["overwrite"],
-        quiet=arguments["quiet"],
-        strict=arguments["strict"],
-        track=TrackSettings.given(arguments["track"], arguments["track_uri"], arguments["track_experiment"]),
-        **_given_options(arguments),
+        overwrite=overwrite,
+        quiet=quiet,
+        strict=strict,
+        track=TrackSettings.given(track, track_uri, track_experiment),
+        **_given_options(ctx.params),
     )
     render_summary(summary)
-
-
-# finetune takes SOURCE and then exactly train's options: build its signature from train's so the two never drift.
-_source = inspect.Parameter(
-    "source",
-    inspect.Parameter.POSITIONAL_OR_KEYWORD,
-    annotation=Annotated[
-        Path, typer.Argument(help="Run dir or checkpoint whose backbone to start from.", show_default=False)
-    ],
-)
-finetune_command.__signature__ = inspect.signature(train_command).replace(
-    parameters=[_source, *(p for name, p in inspect.signature(train_command).parameters.items() if name != "resume")]
-)
-finetune_command.__annotations__ = {
-    "source": _source.annotation,
-    **{k: v for k, v in train_command.__annotations__.items() if k != "resume"},
-}
 
 
 def render_summary(summary: "TrainSummary") -> None:
