@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -209,7 +209,7 @@ def _record(
 ) -> PredictionRecord:
     return PredictionRecord(
         lowmed_version=lowmed.__version__,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         table=out.name,
         run=str(trained.path.parent) if RunDir(trained.path.parent).summary.is_file() else None,
         checkpoint={"path": str(trained.path), "epoch": trained.epoch, "sha256": sha256_file(trained.path)},

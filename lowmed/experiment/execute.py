@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from lowmed.comparison.compare import compare_runs, planned_power
@@ -221,7 +221,7 @@ class _Session:
     families: TestFamilies
     restored: list[str]
     started: float = field(default_factory=time.perf_counter)
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     log_entry: int | None = None  # this invocation's place in study.json, once written
     published_at: float = field(default_factory=time.monotonic)
     tracker: Tracker | None = None  # the study's track: store, opened before anything trains
