@@ -79,3 +79,7 @@ def test_self_supervised_throughput_table_matches_the_measurements():
 def test_model_d_check_tables_match_its_record():
     readme = (BENCHMARKS.parent / "README.md").read_text()
     assert script("selfsupervised").knn_table() in readme
+
+
+def test_finetune_arithmetic_table_matches_the_measurements():
+    assert script("finetune_arithmetic").table(result("finetune_arithmetic.json")) in README

@@ -136,6 +136,37 @@ class LoopInputs:
 
 
 @dataclass
+class PhaseRun:
+    """One phase as it trains: the module that takes the steps and everything that changes as they are taken."""
+
+    phase: Phase
+    index: int  # of the phase in the run's plan
+    frozen: list[nn.Module]
+    cache: ActivationCache | None  # the frozen layers' outputs, when the phase trains on them
+    trained: nn.Module  # the cache's top or the whole model; under torchrun, wrapped in DDP
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+    stop: StopAfterBatch
+    quiet: bool
+    epoch: int = 0  # epochs of this phase so far
+    stale: int = 0  # epochs since the monitored value last improved
+    generator: torch.Generator | None = None  # this epoch's: its order, augmentation and cached view
+
+    def training_state(self, patience: int) -> dict:
+        """What ``last.pt`` needs of this phase to continue it."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "phase_index": self.index,
+            "phase_epoch": self.epoch,
+            "phase_done": self.epoch >= self.phase.epochs or self.stale >= patience,
+            "stale_epochs": self.stale,
+        }
+
+
+@dataclass
 class LoopResult:
     """What the loop hands back to ``train``: one history row per epoch, the best epoch, each phase's cache report,
     and the epoch after which a tuner's pruner stopped the run (None when it ran to its end)."""
@@ -258,35 +289,22 @@ def _run_phases(
         )
         if config.compile:  # compiles what takes the steps; checkpoints keep the plain module's names
             trained = torch.compile(trained)
-        while phase_epoch < phase.epochs:
-            phase_epoch += 1
+        run = PhaseRun(phase, phase_index, frozen, cache, trained, optimizer, scheduler, scaler, stop, quiet)
+        run.epoch, run.stale = phase_epoch, stale  # where a resumed phase stopped
+        while run.epoch < phase.epochs:
+            run.epoch += 1
             epoch = len(history) + 1
-            generator = _epoch_generator(config.seed, phase_index, phase_epoch)
-            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+            run.generator = _epoch_generator(config.seed, phase_index, run.epoch)
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=run.generator)))
             epoch_started = time.perf_counter()
-            train_loss, seen, train_seconds, metrics = _epoch(
-                inputs,
-                config,
-                phase,
-                phase_index,
-                cache,
-                frozen,
-                trained,
-                optimizer,
-                scaler,
-                generator,
-                phase_epoch,
-                epoch,
-                quiet,
-                stop,
-            )
+            train_loss, seen, train_seconds, metrics = _epoch(inputs, config, run, epoch)
             scheduler.step(metrics[config.monitor])
             seconds = time.perf_counter() - epoch_started + setup_seconds  # training and validation
             setup_seconds = 0.0
             row = {
                 "phase": phase.name,
                 "epoch": epoch,
-                "phase_epoch": phase_epoch,
+                "phase_epoch": run.epoch,
                 "lr": optimizer.param_groups[0]["lr"],
                 "train_loss": train_loss,
                 **metrics,
@@ -294,22 +312,13 @@ def _run_phases(
                 "images_per_s": round(seen / train_seconds, 1),
             }
             history.append(row)
-            stale = 0 if _improved(history, phase.name, config.monitor) else stale + 1
-            training_state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "phase_index": phase_index,
-                "phase_epoch": phase_epoch,
-                "phase_done": phase_epoch >= phase.epochs or stale >= config.patience,
-                "stale_epochs": stale,
-            }
-            is_best = saver.epoch_end(model, metrics, history, training_state)
+            run.stale = 0 if _improved(history, phase.name, config.monitor) else run.stale + 1
+            is_best = saver.epoch_end(model, metrics, history, run.training_state(config.patience))
             if not quiet:
                 _print_epoch(row, config.monitor, is_best)
             if trial is not None and trial.should_stop(row):
                 return LoopResult(history, _best_epoch(saver, history), caches.reports, pruned_at=epoch)
-            if stale >= config.patience:
+            if run.stale >= config.patience:
                 if not quiet:
                     console.print(
                         f"[dim]early stop in {phase.name}: {config.monitor} did not improve for "
@@ -338,33 +347,18 @@ def _epoch_order(train: LabelledImages, balanced: bool, generator: torch.Generat
     return torch.randperm(len(train), generator=generator)
 
 
-def _epoch(
-    inputs: LoopInputs,
-    config: TrainConfig,
-    phase: Phase,
-    phase_index: int,
-    cache: ActivationCache | None,
-    frozen: list[nn.Module],
-    trained: nn.Module,
-    optimizer,
-    scaler,
-    generator: torch.Generator,
-    phase_epoch: int,
-    epoch: int,
-    quiet: bool,
-    stop: StopAfterBatch,
-) -> tuple[float, int, float, dict]:
-    """Train one epoch — the top of the network on cached activations, or the whole model on augmented images —
-    and validate.
+def _epoch(inputs: LoopInputs, config: TrainConfig, run: PhaseRun, epoch: int) -> tuple[float, int, float, dict]:
+    """Train the run's epoch (the phase's ``run.epoch``, the run's ``epoch``) — the top of the network on cached
+    activations, or the whole model on augmented images — and validate.
 
-    ``trained`` is the module that takes the steps (the cache's top or the model; under torchrun, wrapped in DDP).
     Returns the train loss, the images seen (by all processes), the seconds spent training (for images/s; the
     epoch's wall time adds validation) and the validation metrics.
     """
     model, device, dist = inputs.model, inputs.device, inputs.dist
+    phase, cache, trained, generator = run.phase, run.cache, run.trained, run.generator
     started = time.perf_counter()
     if dist.enabled:
-        order = dist.epoch_order(len(inputs.train), config.seed * 1_000 + phase_index, phase_epoch)
+        order = dist.epoch_order(len(inputs.train), config.seed * 1_000 + run.index, run.epoch)
     else:
         order = _epoch_order(inputs.train, config.balanced_sampler, generator)
     images_on_device = inputs.train.pixels is not None and inputs.train.pixels.device.type == device.type
@@ -374,14 +368,14 @@ def _epoch(
     # with --freeze-bn a pretrained backbone's statistics stay as they are while it fine-tunes
     freeze_bn = config.freeze_bn and inputs.pretrained and phase.name != "frozen"
     if cache is not None:
-        train_mode(cache.top, frozen, freeze_bn)
+        train_mode(cache.top, run.frozen, freeze_bn)
         batches = [(None, rows) for rows in chunks]
 
         def forward(_, rows):
-            return trained(cache.train_batch(phase_epoch, rows))
+            return trained(cache.train_batch(run.epoch, rows))
 
     else:
-        train_mode(model, frozen, freeze_bn)
+        train_mode(model, run.frozen, freeze_bn)
         batches = inputs.train.batches(chunks, config.workers)
 
         def forward(images, rows):
@@ -390,9 +384,7 @@ def _epoch(
 
             return trained(model_input(images, inputs.normalize, device, augment, inputs.channels_last))
 
-    train_loss, seen = _train_one_epoch(
-        inputs, config, phase, batches, len(chunks), forward, trained, optimizer, scaler, epoch, quiet, stop
-    )
+    train_loss, seen = _train_one_epoch(inputs, config, run, batches, len(chunks), forward, epoch)
     train_seconds = time.perf_counter() - started
     if cache is not None:
         batch = inference_batch_size(device, config.batch_size * 2)
@@ -403,18 +395,7 @@ def _epoch(
 
 
 def _train_one_epoch(
-    inputs: LoopInputs,
-    config: TrainConfig,
-    phase: Phase,
-    batches,
-    total: int,
-    forward,
-    trained: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    epoch: int,
-    quiet: bool,
-    stop: StopAfterBatch,
+    inputs: LoopInputs, config: TrainConfig, run: PhaseRun, batches, total: int, forward, epoch: int
 ) -> tuple[float, int]:
     """One pass over ``batches`` ((images, rows) pairs); an optimizer step every ``config.accumulate`` batches
     (one per batch by default), gradients averaged over processes only on those steps.
@@ -423,6 +404,7 @@ def _train_one_epoch(
     network on cached activations. The loss is copied to the CPU every SYNC_EVERY batches, not every batch.
     """
     train, device = inputs.train, inputs.device
+    phase, trained, optimizer, scaler = run.phase, run.trained, run.optimizer, run.scaler
     all_targets = train.targets.to(device)  # one copy per epoch; each batch picks its rows on the device
     all_mask = None if train.mask is None else train.mask.to(device)
     pending: list[torch.Tensor] = []
@@ -442,7 +424,7 @@ def _train_one_epoch(
         show(f"loss {np.average(losses, weights=sizes[: len(losses)]):.4f}")
 
     optimizer.zero_grad(set_to_none=True)
-    with progress_bar(disable=quiet) as bar:
+    with progress_bar(disable=run.quiet) as bar:
         task = bar.add_task(f"{phase.name} epoch {epoch}", total=total, status="")
 
         def show(text: str) -> None:
@@ -473,7 +455,7 @@ def _train_one_epoch(
             if step % SYNC_EVERY == 0:
                 check_pending(show)
             bar.advance(task)
-            stop.check()
+            run.stop.check()
         if pending:
             check_pending(show)
     return float(np.average(losses, weights=sizes)), sum(sizes)
