@@ -1071,6 +1071,60 @@ class StudyLog(Record):
 
 
 @dataclass(frozen=True)
+class StudyDir:
+    """A study's folder (its ``out:``), or its published record (``publish:``, the same names without checkpoints):
+    the one place its layout is spelt. Its tables are a ComparisonDir of the same folder."""
+
+    path: Path
+
+    @property
+    def runs(self) -> Path:
+        return self.path / "runs"
+
+    def run(self, name: str) -> Path:
+        return self.runs / name
+
+    def pretrain_stage(self, name: str) -> Path:
+        return self.path / "pretrain" / name
+
+    @property
+    def tuning(self) -> Path:
+        return self.path / "tuning"
+
+    @property
+    def subsets(self) -> Path:
+        return self.path / SUBSETS
+
+    def subset(self, dataset: str, per_class: int, seed: int) -> Path:
+        return subset_path(self.subsets / slug(dataset), per_class, seed)
+
+    def prepared(self, dataset: str) -> Path:
+        return self.path / "data" / slug(dataset)
+
+    def raw(self, dataset: str) -> Path:
+        """Where a demo dataset is generated before it is prepared."""
+        return self.path / "data" / "raw" / slug(dataset)
+
+    @property
+    def claims(self) -> Path:
+        """Under torchrun: which process took which grid run."""
+        return self.path / ".claims"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.md"
+
+    @property
+    def study_file(self) -> Path:
+        """The study's YAML as it was run (in a published record)."""
+        return self.path / "study.yaml"
+
+    @property
+    def tables(self) -> ComparisonDir:
+        return ComparisonDir(self.path)
+
+
+@dataclass(frozen=True)
 class ComparisonDir:
     """Where ``lowmed compare`` writes: compare.csv/.json/.md, stats.csv and one learning curve per dataset."""
 

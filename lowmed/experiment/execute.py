@@ -228,8 +228,7 @@ class _Session:
 
     @property
     def claims(self) -> Path:
-        """Under torchrun: which process took which grid run."""
-        return self.study.out / ".claims"
+        return self.study.folder.claims
 
 
 def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quiet: bool = False) -> StudyResult:
@@ -274,13 +273,13 @@ def _initialise(study: Study, study_path: Path) -> _Session:
     fixes the families of tests), and refuse any finished run the study file no longer describes."""
     if study.publish is not None:
         check_publish_folder(study.publish)  # before hours of training, not after
-    check_writable(study.out / "report.md", f"{study_path}: out:")
+    check_writable(study.folder.report, f"{study_path}: out:")
     dist = Distributed.from_environment(str(study.train.get("device", "auto")), timeout=GRID_WAIT)
     tracker = open_tracker(study.track) if dist.is_main else None
     planned: list = []
 
     def prepare_study() -> None:
-        shutil.rmtree(study.out / ".claims", ignore_errors=True)  # left by an invocation that was stopped
+        shutil.rmtree(study.folder.claims, ignore_errors=True)  # left by an invocation that was stopped
         pretrains, cells, runs = plan(study)
         restored = restore_published(study, study_path, pretrains, cells, runs)
         study_families(study, runs).write(study.out / TestFamilies.FILE)  # fixed before any run trains
@@ -368,7 +367,7 @@ def _finalise(session: _Session) -> StudyResult:
     result.power = _power(study, result.comparison, session.families)
     result.wall_seconds = time.perf_counter() - session.started
     result.log = _logged(session, result.wall_seconds, pretrains + cells + runs)
-    report = study.out / "report.md"
+    report = study.folder.report
     inputs = ReportInputs(PortablePaths.for_study(study.variables), result.power, figures)
     text = study_report(
         study, pretrains, runs, result.comparison, result.log, inputs, cells=cells, external=result.external
@@ -376,7 +375,8 @@ def _finalise(session: _Session) -> StudyResult:
     write_text(report, text)
     result.report = str(report)
     if session.tracker is not None:
-        tables = [study.out / name for name in ("report.md", "compare.csv", "compare.md", "compare.json", "groups.csv")]
+        written = study.folder.tables
+        tables = [report, written.table, written.markdown, written.record, written.groups]
         session.tracker.log_study(study.name, study.out, tables + list(figures.values()))
     if study.publish is not None and result.comparison is not None:
         publish_study(study, session.study_path, pretrains, runs, list(figures.values()))
@@ -392,7 +392,7 @@ def _power(study: Study, comparison: Comparison | None, families: TestFamilies) 
     root = (
         Path(spec.data)
         if spec.data and (Path(spec.data) / DATASET_INFO).is_file()
-        else study.out / "data" / slug(spec.name)
+        else study.folder.prepared(spec.name)
     )
     counts = None
     if (root / DATASET_INFO).is_file():

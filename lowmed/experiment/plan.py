@@ -16,7 +16,7 @@ from itertools import combinations
 from pathlib import Path
 
 from lowmed.console import warn
-from lowmed.contracts import DATASET_INFO, SUBSETS, FamilyMember, TestFamilies, is_prepared, slug, subset_path
+from lowmed.contracts import DATASET_INFO, FamilyMember, StudyDir, TestFamilies, is_prepared, slug
 from lowmed.data.leakage import guard_pretraining
 from lowmed.data.manifest import PreparedDataset
 from lowmed.experiment.portable import PortablePaths
@@ -71,7 +71,7 @@ def prepared(spec: DatasetSpec, out: Path, quiet: bool, role: str = "full") -> P
     from lowmed.data.subsample import source_changed
     from lowmed.data.synthetic import prepare_demo_dataset
 
-    target = out / "data" / slug(spec.name)
+    target = StudyDir(out).prepared(spec.name)
     options = dict(spec.prepare)
     role = options.pop("role", role)
     columns = CsvColumns(**{field: options.pop(key) for key, field in _CSV_COLUMN_OPTIONS.items() if key in options})
@@ -84,7 +84,7 @@ def prepared(spec: DatasetSpec, out: Path, quiet: bool, role: str = "full") -> P
             )
         return dataset
     if spec.demo:
-        return prepare_demo_dataset(spec.demo, out / "data" / "raw" / slug(spec.name), target, quiet)
+        return prepare_demo_dataset(spec.demo, StudyDir(out).raw(spec.name), target, quiet)
     source = Path(spec.data).expanduser()
     if is_prepared(source):
         return PreparedDataset.load(source)
@@ -145,7 +145,7 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
             name, values = pretrain_stage(study, arm, target)
             if name not in pretrains:
                 spec: DatasetSpec = arm.pretrain["dataset"]
-                run_dir = study.out / "pretrain" / name
+                run_dir = study.folder.pretrain_stage(name)
                 role = "unlabelled" if arm.self_supervised else "full"
                 data = str(prepared(spec, study.out, True, role).root) if prepare_data else spec.data or spec.demo
                 if arm.self_supervised:
@@ -162,7 +162,7 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
             pretrain_of[(arm.name, target)] = pretrains[name]
     _guard_pretraining_data(study, pretrain_of, prepare_data)
     cells: dict[tuple, PlannedCell] = {}
-    tuning = study.out / "tuning"
+    tuning = study.folder.tuning
     runs = []
     for spec in study.datasets:
         dataset = prepared(spec, study.out, quiet=True) if prepare_data else None
@@ -170,7 +170,7 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
             prepared(external, study.out, quiet=True, role="test")
         for per_class in study.per_class:
             for seed in study.seeds:
-                subset = subset_path(study.out / SUBSETS / slug(spec.name), per_class, seed)
+                subset = study.folder.subset(spec.name, per_class, seed)
                 if dataset is not None and not subset.is_file():
                     subsample(dataset.root, per_class, seed=seed, out=subset, quiet=True)
                 for arm in study.arms:
@@ -186,7 +186,7 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
                         "model": arm.model,
                         "weights": weights,
                         "seed": seed,
-                        "out": str(study.out / "runs" / name),
+                        "out": str(study.folder.run(name)),
                     }
                     cell = None
                     if study.tune is not None:
@@ -201,7 +201,7 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
                                 Cell(cell_name, base, tuning / cell_name, storage), arm, spec.name, per_class, seed
                             )
                         cell = cells[key]
-                    runs.append(PlannedRun(name, study.out / "runs" / name, values, arm, spec.name, cell=cell))
+                    runs.append(PlannedRun(name, study.folder.run(name), values, arm, spec.name, cell=cell))
     return list(pretrains.values()), list(cells.values()), runs
 
 
@@ -238,7 +238,7 @@ def _guard_pretraining_data(
 
 def _prepared_already(spec: DatasetSpec, out: Path) -> PreparedDataset | None:
     """A dataset as the study has it prepared (or as given prepared); None before the study prepares it."""
-    target = out / "data" / slug(spec.name)
+    target = StudyDir(out).prepared(spec.name)
     if (target / DATASET_INFO).is_file():
         return PreparedDataset.load(target)
     if spec.data and is_prepared(Path(spec.data).expanduser()):

@@ -30,10 +30,10 @@ from lowmed.comparison.compare import compare_runs
 from lowmed.config import TrainConfig
 from lowmed.console import warn
 from lowmed.contracts import (
-    SUBSETS,
     Comparison,
     EvalReport,
     RunDir,
+    StudyDir,
     StudyLog,
     TestFamilies,
     TrainSummary,
@@ -61,17 +61,18 @@ def publish_study(
     check_publish_folder(target)
     portable = PortablePaths.for_study(study.variables)
     with staged_dir(target) as staging:
-        shutil.copy2(study_path, staging / "study.yaml")
-        write_text(staging / "report.md", portable.text((study.out / "report.md").read_text(encoding="utf-8")))
+        record = StudyDir(staging)
+        shutil.copy2(study_path, record.study_file)
+        write_text(record.report, portable.text(study.folder.report.read_text(encoding="utf-8")))
         _copy_json(study.out / StudyLog.FILE, staging / StudyLog.FILE, portable)
         shutil.copy2(study.out / TestFamilies.FILE, staging / TestFamilies.FILE)
         for figure in figures:
             shutil.copy2(figure, staging / figure.name)
         for run in runs:
             if run.status in ("trained", "done before"):
-                _publish_run(RunDir(run.run_dir), RunDir(staging / "runs" / run.run_dir.name), study.split, portable)
+                _publish_run(RunDir(run.run_dir), RunDir(record.run(run.run_dir.name)), study.split, portable)
         for stage in pretrains:
-            source, copy = RunDir(stage.run_dir), RunDir(staging / "pretrain" / stage.run_dir.name)
+            source, copy = RunDir(stage.run_dir), RunDir(record.pretrain_stage(stage.run_dir.name))
             if source.config.is_file():
                 _copy_yaml(source.config, copy.config, portable)
                 shutil.copy2(source.history, _folder(copy.history))
@@ -79,9 +80,9 @@ def publish_study(
                     _copy_json(source.summary, copy.path / STAGE_RECORD, portable)
                 if source.self_supervised.is_file():
                     _copy_json(source.self_supervised, copy.self_supervised, portable)
-        for sidecar in sorted((study.out / SUBSETS).glob("*/*.yaml")):
-            _copy_yaml(sidecar, _folder(staging / SUBSETS / sidecar.parent.name / sidecar.name), portable)
-    runs_folder = Path(portable.text(str((target / "runs").absolute())))
+        for sidecar in sorted(study.folder.subsets.glob("*/*.yaml")):
+            _copy_yaml(sidecar, _folder(record.subsets / sidecar.parent.name / sidecar.name), portable)
+    runs_folder = Path(portable.text(str(StudyDir(target).runs.absolute())))
     return compare_runs([runs_folder], split=study.split, out=runs_folder.parent, quiet=True, **study.compare)
 
 
@@ -144,7 +145,7 @@ def restore_published(
     restored, otherwise = [], []
     stage_names: dict[str, set[str]] = {}  # a planned stage -> the stage folders its published runs name
     for job in runs:
-        source = RunDir(record / "runs" / job.run_dir.name)
+        source = RunDir(StudyDir(record).run(job.run_dir.name))
         if job.run_dir.exists() or not source.summary.is_file() or not source.evaluation(study.split).exists():
             continue
         differences = _trained_otherwise(source, job, study, portable)
@@ -176,7 +177,7 @@ def restore_published(
             or not all(RunDir(r.run_dir).state() == "completed" for r in users)
         ):
             continue
-        published = RunDir(record / "pretrain" / names.pop())
+        published = RunDir(StudyDir(record).pretrain_stage(names.pop()))
         if published.config.is_file():  # a record written before stages kept their train.json has no stage.json
             with staged_dir(stage.run_dir) as staging:
                 paths = (*_PATH_OPTIONS, "weights", "init", "target")

@@ -19,7 +19,6 @@ from lowmed.comparison.render import (
 from lowmed.contracts import (
     PRIMARY,
     SECONDARY,
-    SUBSETS,
     Comparison,
     RunDir,
     SelfSupervisedRecord,
@@ -27,8 +26,6 @@ from lowmed.contracts import (
     TestRow,
     TrainSummary,
     short_value,
-    slug,
-    subset_path,
 )
 from lowmed.data.manifest import PreparedDataset, read_info
 from lowmed.experiment.checklist import ReportInputs, reporting_checklist
@@ -303,7 +300,7 @@ def _shortfalls(study: Study) -> list[str]:
     lines = []
     for spec in study.datasets:
         for per_class in study.per_class:
-            subset = subset_path(study.out / SUBSETS / slug(spec.name), per_class, study.seeds[0])
+            subset = study.folder.subset(spec.name, per_class, study.seeds[0])
             drawn = PreparedDataset.load(subset).subset if subset.is_file() else None
             if drawn and drawn.shortfalls:
                 counts = drawn.counts["train"]

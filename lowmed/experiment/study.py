@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lowmed.config import PretrainConfig, TrainConfig, check_seed, first_repeated
-from lowmed.contracts import read_yaml, slug
+from lowmed.contracts import StudyDir, read_yaml, slug
 from lowmed.errors import LowmedError, quoted
 from lowmed.tracking import TrackSettings
 from lowmed.tuning import TuneSettings
@@ -87,6 +87,10 @@ class Study:
     notes: str = ""  # what the reader of the report needs to know first: choices made, what was traded
     variables: dict[str, str] = field(default_factory=dict)  # the environment variables its file names, as set
     track: TrackSettings | None = None  # each run and the study logged to MLflow (experiment: the study's name)
+
+    @property
+    def folder(self) -> StudyDir:
+        return StudyDir(self.out)
 
     @property
     def split(self) -> str:
