@@ -217,8 +217,7 @@ def reporting_checklist(
     for arm in study.arms:
         summary = next((s for s in summaries if s.arm == arm.name), None)
         if arm.pretrain:
-            stage = next(run for run in runs if run.arm is arm).values["weights"]
-            corpus = next(job for job in pretrains if str(job.run_dir) == stage)
+            corpus = next(run for run in runs if run.arm is arm).stage
             source = inputs.weights_text(
                 str(corpus.values.get("init" if arm.self_supervised else "weights", "none")), None
             )
@@ -234,8 +233,8 @@ def reporting_checklist(
             )
             how = f"self-supervised ({arm.pretrain['method']}, no labels) " if arm.self_supervised else ""
             guard = ""
-            if RunDir(stage).self_supervised.is_file():
-                guard = f"; {SelfSupervisedRecord.read(RunDir(stage).self_supervised).leakage.sentence()}"
+            if RunDir(corpus.run_dir).self_supervised.is_file():
+                guard = f"; {SelfSupervisedRecord.read(RunDir(corpus.run_dir).self_supervised).leakage.sentence()}"
             items.append(
                 f"**Initial weights** ({arm.name}): {arm.model} from {source}, pretrained {how}by lowmed on "
                 f"{arm.pretrain['dataset'].name} (prepared manifest SHA-256 "

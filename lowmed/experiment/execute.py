@@ -321,7 +321,7 @@ def _run(session: _Session, quiet: bool) -> list[PlannedRun]:
             if isinstance(job, PlannedCell):
                 _tune(job, study, skip_reasons, None if quiet else lambda line: _say(bar, prefix + line))
             elif job.arm is None:
-                users = [run for run in runs if run.values.get("weights") == str(job.run_dir)]
+                users = [run for run in runs if run.stage is job]
                 needed = any(RunDir(run.run_dir).state() != "completed" for run in users)
                 _execute(job, study, skip_reasons, dist, needed)
             else:
@@ -331,7 +331,7 @@ def _run(session: _Session, quiet: bool) -> list[PlannedRun]:
                     session.tracker.log_run(job.run_dir)
             if job.arm is None and job.status in ("failed", "skipped"):
                 for run in runs:  # the arm that needed this pretraining cannot run
-                    if run.arm.pretrain is not None and run.values["weights"] == str(job.run_dir):
+                    if run.stage is job:
                         skip_reasons[run.arm.name] = f"pretrain stage {job.name} {job.status}: {job.detail}"
             if not quiet:
                 detail = f" — {job.detail}" if job.detail else ""

@@ -61,6 +61,7 @@ class PlannedRun:
     detail: str = ""
     cell: PlannedCell | None = None  # the tuning cell whose chosen values this run takes
     self_supervised: bool = False  # a stage of lowmed pretrain on unlabelled images
+    stage: "PlannedRun | None" = None  # the pretrain stage whose weights this run starts from
 
 
 def prepared(spec: DatasetSpec, out: Path, quiet: bool, role: str = "full") -> PreparedDataset:
@@ -201,7 +202,9 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
                                 Cell(cell_name, base, tuning / cell_name, storage), arm, spec.name, per_class, seed
                             )
                         cell = cells[key]
-                    runs.append(PlannedRun(name, study.folder.run(name), values, arm, spec.name, cell=cell))
+                    runs.append(
+                        PlannedRun(name, study.folder.run(name), values, arm, spec.name, cell=cell, stage=stage)
+                    )
     return list(pretrains.values()), list(cells.values()), runs
 
 

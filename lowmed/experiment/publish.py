@@ -155,7 +155,8 @@ def restore_published(
         if TrainSummary.read(source.summary).completed:
             published_weights = _restore_run(source, job, study.split, portable, record)
             restored.append(job.name)
-            stage_names.setdefault(str(job.values.get("weights")), set()).add(Path(published_weights).name)
+            if job.stage is not None:
+                stage_names.setdefault(job.stage.name, set()).add(Path(published_weights).name)
     log = study.out / StudyLog.FILE
     if restored and not log.exists():  # the invocations that made the runs taken: the study's wall time counts them
         write_json(_folder(log), _local_json(record / StudyLog.FILE, portable))
@@ -169,8 +170,8 @@ def restore_published(
     for planned in cells:
         _restore_cell(planned, study, runs)
     for stage in pretrains:
-        users = [run for run in runs if run.values.get("weights") == str(stage.run_dir)]
-        names = stage_names.get(str(stage.run_dir), set())
+        users = [run for run in runs if run.stage is stage]
+        names = stage_names.get(stage.name, set())
         if (
             stage.run_dir.exists()
             or len(names) != 1

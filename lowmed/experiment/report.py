@@ -167,10 +167,10 @@ def _setup(
         f"{', '.join(map(str, study.seeds))} (one seed draws the same subset for every arm; subsets are "
         "nested in N)."
     )
-    stages_of: dict[str, list[str]] = {}  # a self-supervised arm has a stage per target dataset
+    stages_of: dict[str, list[Path]] = {}  # a self-supervised arm has a stage per target dataset
     for run in runs:
-        if run.arm.pretrain and run.values["weights"] not in stages_of.setdefault(run.arm.name, []):
-            stages_of[run.arm.name].append(run.values["weights"])
+        if run.stage is not None and run.stage.run_dir not in stages_of.setdefault(run.arm.name, []):
+            stages_of[run.arm.name].append(run.stage.run_dir)
     for arm in study.arms:
         how = f"self-supervised ({arm.pretrain['method']}) " if arm.self_supervised else ""
         source = (
@@ -393,11 +393,11 @@ def _time_section(
         evaluation = [e.read_report().seconds for e in evaluated if e.exists()]
         builds = [sum(c.get("build_seconds") or 0 for c in s.caches.values()) for s in own]
         tuning = [cell.cell.record.seconds for cell in cells if cell.arm is arm]
-        stages = {job.values.get("weights") for job in jobs}
+        stages = {id(job.stage) for job in jobs if job.stage is not None}
         pretrained = [
             RunDir(stage.run_dir).read_summary().epoch_seconds_total or 0
             for stage in pretrains
-            if str(stage.run_dir) in stages and RunDir(stage.run_dir).summary.is_file()
+            if id(stage) in stages and RunDir(stage.run_dir).summary.is_file()
         ]
         lines.append(
             f"| {arm.name} | {len(own)} | {_mean([s.epoch_seconds_total or 0 for s in own]) / 60:.2f} | "
