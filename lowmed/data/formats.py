@@ -503,12 +503,7 @@ def read_csv_dataset(src: Path, columns: CsvColumns, *, allow_outside_root: bool
         _refuse_blank(table, label_columns, src)
     rows = []
     for line, record in enumerate(table.to_dict("records"), start=2):
-        path = (root / str(record[columns.path])).resolve()
-        if not allow_outside_root and not path.is_relative_to(root):
-            raise LowmedError(
-                f"{src}: row {line}: path {record[columns.path]!r} points outside {root}; "
-                "pass --allow-outside-root if that is intended"
-            )
+        path = _row_path(root, record[columns.path], f"{src}: row {line}", allow_outside_root)
         split = None
         if columns.split:
             split = _SPLIT_ALIASES.get(str(record[columns.split]).strip().lower())
@@ -562,12 +557,7 @@ def read_unlabelled(src: Path, columns: CsvColumns, *, allow_outside_root: bool 
     root = src.parent.resolve()
     rows = []
     for line, record in enumerate(table.to_dict("records"), start=2):
-        path = (root / str(record[columns.path])).resolve()
-        if not allow_outside_root and not path.is_relative_to(root):
-            raise LowmedError(
-                f"{src}: row {line}: path {record[columns.path]!r} points outside {root}; "
-                "pass --allow-outside-root if that is intended"
-            )
+        path = _row_path(root, record[columns.path], f"{src}: row {line}", allow_outside_root)
         rows.append(
             {
                 "path": str(path),
@@ -627,6 +617,16 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
             f"{path}: missing column(s) {', '.join(map(repr, missing))}; found {', '.join(map(repr, table.columns))}"
         )
     return table
+
+
+def _row_path(root: Path, given, where: str, allow_outside_root: bool) -> Path:
+    """A CSV row's image path, resolved against the CSV's folder; one outside it only when the user allows it."""
+    path = (root / str(given)).resolve()
+    if not allow_outside_root and not path.is_relative_to(root):
+        raise LowmedError(
+            f"{where}: path {given!r} points outside {root}; pass --allow-outside-root if that is intended"
+        )
+    return path
 
 
 def _refuse_blank(table: pd.DataFrame, columns: list[str], path: Path) -> None:
