@@ -73,6 +73,21 @@ def test_the_readme_attention_table_is_the_published_comparisons():
     assert len(grids) == 1 and f"results/quickstart-attention/explain/occlusion/{grids[0].name}" in readme
 
 
+def test_the_readme_sentence_on_the_other_saliency_methods_is_their_published_files():
+    """The quickstart study explained by the two methods its record does not show: the README's sentence about them
+    is read off their arms.csv."""
+    published = ComparisonDir(ROOT / "results" / "quickstart-attention")
+    integrated = pd.read_csv(published.explanations("integrated-gradients") / "arms.csv")
+    gradcam = pd.read_csv(published.explanations("gradcam") / "arms.csv")
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    rho = integrated["rank_correlation_randomised"]
+    assert integrated["flagged"].all() and len(integrated) == len(gradcam) == 6
+    assert f"(ρ {rho.min():.2f}–{rho.max():.2f} against a reference of {integrated['reference'].iloc[0]:.2f})" in readme
+    hits, images = gradcam["hits"], gradcam["images"].iloc[0]
+    zero = int((hits == 0).sum())
+    assert f"in {hits.min()}–{hits.max()} of {images} images (0 in {zero} of {len(gradcam)} cells)" in readme
+
+
 def _independent_primary(published: Path) -> pd.DataFrame:
     """The primary family's tests computed again from the published predictions.csv files with none of lowmed's
     code: scikit-learn's AUROC, a patient bootstrap of its own (stratified by class), the t with Satterthwaite
