@@ -93,7 +93,7 @@ def test_a_process_that_does_not_write_leaves_the_files_alone(tmp_path):
     """Under torchrun only rank 0 writes; the others keep the same record of the best epoch."""
     model, history = nn.Linear(2, 1), []
     with CheckpointSaver(RunDir(tmp_path), "val_loss", header(), writes=False) as saver:
-        assert epoch(saver, model, history, 0.5) and saver.best["epoch"] == 1
+        assert epoch(saver, model, history, 0.5) and saver.best.epoch == 1
     assert list(tmp_path.iterdir()) == []
 
 

@@ -52,12 +52,21 @@ class CheckpointHeader:
         return self.config.get("model")
 
 
+@dataclass
+class BestSoFar:
+    """The best epoch so far, as a run's CheckpointSaver keeps it while training and ``last.pt`` records it."""
+
+    value: float | None = None  # of the monitored metric
+    epoch: int | None = None
+    phase: str | None = None
+
+
 @dataclass(kw_only=True)
 class TrainingState:
     """What ``last.pt`` adds so that a run continues exactly where it stopped."""
 
     history: list[dict]  # one row per epoch so far
-    best: dict  # the best epoch so far, as the CheckpointSaver keeps it: value, epoch, phase
+    best: BestSoFar
     optimizer: dict
     scheduler: dict | None = None
     phase_index: int = 0
@@ -92,6 +101,7 @@ class Checkpoint:
             values |= {"phase": self.phase, "metrics": self.metrics}
         if self.training is not None:
             values |= {f.name: getattr(self.training, f.name) for f in fields(TrainingState)}
+            values["best"] = asdict(self.training.best)
         return values
 
     def write(self, path: Path) -> None:
@@ -120,6 +130,7 @@ class Checkpoint:
             if missing:
                 raise LowmedError(f"{path}: not a lowmed training checkpoint (no {missing[0]!r})")
             training = TrainingState(**{key: loaded[key] for key in _TRAINING_KEYS if key in loaded})
+            training.best = BestSoFar(**loaded["best"])
         return cls(
             model=loaded["model"],
             header=CheckpointHeader(**{key: loaded[key] for key in _HEADER_KEYS if key in loaded}),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from lowmed.contracts import RunDir
 from lowmed.errors import LowmedError, RunFailed
 from lowmed.io import write_csv, write_yaml
 from lowmed.locking import LOCK_FILE
-from lowmed.models.checkpoint import Checkpoint, CheckpointHeader, TrainingState
+from lowmed.models.checkpoint import BestSoFar, Checkpoint, CheckpointHeader, TrainingState
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
@@ -126,10 +127,10 @@ class CheckpointSaver:
     of the best epoch. Use it as a context manager: leaving the block waits for the files."""
 
     def __init__(
-        self, run: RunDir, monitor: str, header: CheckpointHeader, writes: bool, best: dict | None = None
+        self, run: RunDir, monitor: str, header: CheckpointHeader, writes: bool, best: BestSoFar | None = None
     ) -> None:
         self.run, self.monitor, self.header, self.writes = run, monitor, header, writes
-        self.best = best or {"value": None, "epoch": None, "phase": None}
+        self.best = best or BestSoFar()
         self._writer: _BackgroundWriter | None = None
 
     def __enter__(self) -> "CheckpointSaver":
@@ -147,21 +148,21 @@ class CheckpointSaver:
     def is_better(self, value: float) -> bool:
         if math.isnan(value):
             return False
-        if self.best["value"] is None:
+        if self.best.value is None:
             return True
-        return value < self.best["value"] if self.monitor == "val_loss" else value > self.best["value"]
+        return value < self.best.value if self.monitor == "val_loss" else value > self.best.value
 
     def epoch_end(self, model: nn.Module, metrics: dict, history: list[dict], training_state: dict) -> bool:
         """Record the epoch that ends ``history``; True when it is the best so far."""
         row = history[-1]
         improved = self.is_better(metrics[self.monitor])
         if improved:
-            self.best = {"value": metrics[self.monitor], "epoch": row["epoch"], "phase": row["phase"]}
+            self.best = BestSoFar(value=metrics[self.monitor], epoch=row["epoch"], phase=row["phase"])
         if self.writes:
             if self._writer is None:
                 raise RuntimeError("a CheckpointSaver writes inside its with block only")
             weights = _snapshot(model.state_dict())
-            state = TrainingState(history=_snapshot(history), best=dict(self.best), **_snapshot(training_state))
+            state = TrainingState(history=_snapshot(history), best=replace(self.best), **_snapshot(training_state))
             contents: dict[str, Any] = {
                 "last": Checkpoint(model=weights, header=self.header, epoch=row["epoch"], training=state),
                 "history": pd.DataFrame(history),

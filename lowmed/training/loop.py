@@ -330,12 +330,12 @@ def _run_phases(
 
 
 def _best_epoch(saver: CheckpointSaver, history: list[dict]) -> BestEpoch:
-    row = history[saver.best["epoch"] - 1]
+    row = history[saver.best.epoch - 1]
     return BestEpoch(
         epoch=row["epoch"],
         phase=row["phase"],
         monitor=saver.monitor,
-        value=saver.best["value"],
+        value=saver.best.value,
         metrics={k: v for k, v in row.items() if k.startswith("val_")},
     )
 

@@ -49,7 +49,7 @@ from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.evaluation.metrics import auroc
 from lowmed.io import sha256_file
 from lowmed.locking import own_run_dir
-from lowmed.models.checkpoint import Checkpoint, CheckpointHeader
+from lowmed.models.checkpoint import BestSoFar, Checkpoint, CheckpointHeader
 from lowmed.models.forward import Normalizer, predict_logits
 from lowmed.models.registry import count_parameters, get_model_spec
 from lowmed.models.weights import load_weights, resolve_weights, weights_kind, weights_preprocessing
@@ -195,17 +195,17 @@ def pretrain(
             raise
         trained = [row for row in history if row["epoch"] > 0]
         record.monitor["curve"] = [{k: row.get(k) for k in ("epoch", "train_loss", *_MONITORED)} for row in history]
-        record.best_epoch, record.best_value = best["epoch"], best["value"]
+        record.best_epoch, record.best_value = best.epoch, best.value
         record.images_per_s = round(float(np.median([row["images_per_s"] for row in trained])), 1)
         record.seconds = round(sum(row["seconds"] for row in trained), 2)
         record.write(run_dir.self_supervised)
         summary.status, summary.phases, summary.epochs_run = "completed", [PHASE], len(trained)
         summary.best = BestEpoch(
-            epoch=best["epoch"],
+            epoch=best.epoch,
             phase=PHASE,
             monitor=config.monitor,
-            value=best["value"],
-            metrics={k: history[best["epoch"]][k] for k in _MONITORED},
+            value=best.value,
+            metrics={k: history[best.epoch][k] for k in _MONITORED},
         )
         summary.wall_seconds = round(time.perf_counter() - started, 2)
         summary.resumed = state is not None
@@ -213,7 +213,7 @@ def pretrain(
         summary.train_images_per_s = {PHASE: record.images_per_s}
         summary.write(run_dir.summary)
         if not quiet:
-            console.print(f"[bold]{run_dir.path}[/]: {overlap.sentence()}; best epoch {best['epoch']}", highlight=False)
+            console.print(f"[bold]{run_dir.path}[/]: {overlap.sentence()}; best epoch {best.epoch}", highlight=False)
         return summary
 
 
@@ -277,7 +277,7 @@ def _run(
     run_dir: RunDir,
     state: Checkpoint | None,
     quiet: bool,
-) -> tuple[list[dict], dict]:
+) -> tuple[list[dict], BestSoFar]:
     """The epochs, from ``state`` (last.pt) when resuming: each one's views drawn from (seed, epoch), so a resumed
     run replays what the uninterrupted one would have done."""
     corpus, val = images["corpus"], images["val"]
