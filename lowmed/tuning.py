@@ -229,7 +229,7 @@ def settings_from_file(path: str | Path) -> dict:
 
 
 @dataclass
-class Cell:
+class TuningCell:
     """One tuning cell: the trials start from ``base`` (TrainConfig values) and run in ``folder``."""
 
     name: str
@@ -267,7 +267,7 @@ def tuned_options(record: TuningRecord) -> dict:
 
 
 def tune_cell(
-    cell: Cell, settings: TuneSettings, quiet: bool = False, on_trial: Callable[[str], None] | None = None
+    cell: TuningCell, settings: TuneSettings, quiet: bool = False, on_trial: Callable[[str], None] | None = None
 ) -> TuningRecord:
     """Run (or resume) ``cell``'s trials until ``settings.trials`` have finished; write and return the record.
 
@@ -404,7 +404,7 @@ def _status(finished: list, settings: TuneSettings) -> str:
     return f"best {settings.metric} {best:.4f}"
 
 
-def _trial_line(cell: Cell, trial, settings: TuneSettings) -> str:
+def _trial_line(cell: TuningCell, trial, settings: TuneSettings) -> str:
     values = ", ".join(f"{name}={short_value(value)}" for name, value in trial.params.items())  # as chosen_text
     state = trial.state.name.lower()
     if trial.value is None:
@@ -413,7 +413,7 @@ def _trial_line(cell: Cell, trial, settings: TuneSettings) -> str:
     return f"{cell.name} trial {trial.number}: {outcome} ({values})"
 
 
-def _run_trial(trial, cell: Cell, settings: TuneSettings, caches, numbers: list[int]) -> float:
+def _run_trial(trial, cell: TuningCell, settings: TuneSettings, caches, numbers: list[int]) -> float:
     """One trial: a lowmed run with the suggested values, stopped by the pruner when its validation curve is
     hopeless. Its checkpoints are removed afterwards; its config, history and train.json stay."""
     import optuna
@@ -454,7 +454,7 @@ def _run_trial(trial, cell: Cell, settings: TuneSettings, caches, numbers: list[
     return float(summary.best.value)
 
 
-def _record(cell: Cell, settings: TuneSettings, study, name: str, url: str, optuna) -> TuningRecord:
+def _record(cell: TuningCell, settings: TuneSettings, study, name: str, url: str, optuna) -> TuningRecord:
     finished, _ = _finished_and_running(study, optuna)
     counted = {t.number for t in finished[: settings.trials]}
     completed = [t for t in finished if t.number in counted and t.state == optuna.trial.TrialState.COMPLETE]
@@ -517,7 +517,7 @@ def tune(
     if folder.is_dir() and any(folder.iterdir()) and not tuned_here:
         raise LowmedError(f"--out {folder}: exists and is not a tuning folder; choose another --out")
     check_writable(folder / TuningRecord.FILE, "--out")
-    record = tune_cell(Cell(folder.name, base, folder), settings, quiet)
+    record = tune_cell(TuningCell(folder.name, base, folder), settings, quiet)
     best_config = folder / "best-config.yaml"
     write_yaml(best_config, TrainConfig.from_dict({**base, **tuned_options(record)}, source=str(best_config)).to_dict())
     return record, best_config

@@ -139,11 +139,11 @@ def test_ctrl_c_after_a_runs_last_batch_still_stops_the_tuning_and_the_study(sep
     """A Ctrl-C that lands after a run's last batch used to be lost: the tuning went on with its next trial."""
     from lowmed import interrupts
     from lowmed.errors import Interrupted
-    from lowmed.tuning import Cell, TuneSettings, tune_cell
+    from lowmed.tuning import TuneSettings, TuningCell, tune_cell
 
     monkeypatch.setattr(interrupts._STOP_ASKED, "is_set", lambda: True)
     settings = TuneSettings.from_dict({"space": {"lr": [0.001]}, "trials": 2}, "tune")
-    cell = Cell("c", {"data": str(separable), "image_size": 32, "epochs": 1}, tmp_path / "cell")
+    cell = TuningCell("c", {"data": str(separable), "image_size": 32, "epochs": 1}, tmp_path / "cell")
     with pytest.raises(Interrupted, match="run the same command again to go on, with the finished trials kept"):
         tune_cell(cell, settings, quiet=True)
     assert not (tmp_path / "cell" / "trial-000").exists()

@@ -19,7 +19,7 @@ from lowmed.contracts import RunDir, TuningRecord
 from lowmed.errors import LowmedError
 from lowmed.training.features import SharedCaches
 from lowmed.training.loop import TrialHooks
-from lowmed.tuning import Cell, TuneSettings, cell_space, tune_cell
+from lowmed.tuning import TuneSettings, TuningCell, cell_space, tune_cell
 from tests.conftest import FAST
 
 QUICK = {**FAST, "epochs": 3, "batch_size": 8}
@@ -157,7 +157,7 @@ def test_trials_reuse_the_frozen_features_and_train_as_without(trained_run, sepa
     """Two trials with the same values: the second reuses the first's caches and trains exactly as the first."""
     base = {**QUICK, "data": str(separable), "weights": str(trained_run), "fine_tune_epochs": 2, "fine_tune_layers": 2}
     settings = TuneSettings.from_dict({"space": {"lr": [0.001]}, "trials": 2, "pruner": "none"}, "tune")
-    record = tune_cell(Cell("reuse", base, tmp_path / "reuse"), settings, quiet=True)
+    record = tune_cell(TuningCell("reuse", base, tmp_path / "reuse"), settings, quiet=True)
     assert [t["value"] for t in record.counted][0] == record.counted[1]["value"]
     first, second = (RunDir(tmp_path / "reuse" / f"trial-00{i}").read_summary() for i in (0, 1))
     assert not first.caches["frozen"]["reused"] and second.caches["frozen"]["reused"]
@@ -223,7 +223,7 @@ def test_a_study_tunes_every_arm_with_the_same_budget_on_validation_only(kermany
     for record in records:  # scratch arms train in one phase: no fine-tuning value is searched or claimed
         assert list(record.space) == ["lr"] and list(record.chosen) == ["lr"]
     for run in result.runs:  # every seed takes its cell's values (tuned on seed 0), recorded in config.yaml
-        record = next(c.cell.record for c in result.cells if c is run.cell)
+        record = next(c.cell.record for c in result.cells if c is run.tuning)
         config = TrainConfig.from_yaml(RunDir(run.run_dir).config)
         assert config.lr == record.chosen["lr"] and config.monitor == record.metric
         assert RunDir(run.run_dir).read_tuning() == record

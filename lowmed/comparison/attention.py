@@ -18,7 +18,7 @@ from lowmed.errors import LowmedError
 from lowmed.io import staged_dir, write_csv
 from lowmed.models.trained import TrainedModel
 from lowmed.saliency.explain import Case, image_maps
-from lowmed.saliency.figures import GridCell, write_grid
+from lowmed.saliency.figures import GridPanel, write_grid
 from lowmed.saliency.maps import hits
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def explain_arms(
                 key=lambda run: (run.summary.dataset.per_class or 0, run.entity),
             )
             paths, targets, labels = _test_images(chosen[0], count, boxes, seed)
-            grids: list[dict[str, dict[str, GridCell]]] = [defaultdict(dict) for _ in paths]
+            grids: list[dict[str, dict[str, GridPanel]]] = [defaultdict(dict) for _ in paths]
             images, outlines = None, None  # the grid shows the first run's input and its lesion masks
             for run in chosen:
                 trained = TrainedModel.load(run.path, _evaluated_checkpoint(run), device)
@@ -65,7 +65,7 @@ def explain_arms(
                 row_label = f"N={run.summary.dataset.per_class or 'all'}/class"
                 for k, (case, saliency) in enumerate(zip(cases, explained.maps)):
                     caption = f"p={case.probability:.2f}" + ("" if hit is None else (" · hit" if hit[k] else " · miss"))
-                    grids[k][row_label][run.entity] = GridCell(saliency, caption)
+                    grids[k][row_label][run.entity] = GridPanel(saliency, caption)
                 check = explained.record.randomisation
                 rows.append(
                     {

@@ -32,8 +32,8 @@ from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.evaluation.evaluate import evaluate
 from lowmed.experiment.checklist import ReportInputs, draw_figures
 from lowmed.experiment.plan import (
-    PlannedCell,
     PlannedRun,
+    PlannedTuning,
     differences_from_plan,
     external_sets,
     plan,
@@ -63,7 +63,7 @@ class StudyResult:
     study: Study
     pretrain: list[PlannedRun]
     runs: list[PlannedRun]
-    cells: list[PlannedCell] = field(default_factory=list)
+    cells: list[PlannedTuning] = field(default_factory=list)
     comparison: Comparison | None = None
     report: str | None = None
     wall_seconds: float = 0.0
@@ -88,10 +88,10 @@ def _execute(
         job.status, job.detail = "skipped", skip_reasons[job.arm.name]
         return
     tuning = None
-    if job.cell is not None:
-        tuning = job.cell.cell.record or _read_record(job.cell)
+    if job.tuning is not None:
+        tuning = job.tuning.cell.record or _read_record(job.tuning)
         if tuning is None:
-            job.status, job.detail = "skipped", f"tuning cell {job.cell.name} did not finish"
+            job.status, job.detail = "skipped", f"tuning cell {job.tuning.name} did not finish"
             return
         job.values = {**job.values, **tuned_options(tuning)}
     run = RunDir(job.run_dir)
@@ -101,7 +101,7 @@ def _execute(
         return
     if job.arm is None and state == "completed" and not run.best.is_file():
         state = "new"  # a stage restored from a published record, without its checkpoint, that a new run needs
-    if job.cell is not None and state in ("completed", "resumable"):  # its cell's chosen values, now known
+    if job.tuning is not None and state in ("completed", "resumable"):  # its cell's chosen values, now known
         _check_as_planned(run, job.values)
     if state == "completed":
         job.status = "done before"
@@ -164,13 +164,13 @@ def _check_as_planned(run: RunDir, planned: dict, options: type[ConfigFile] = Tr
         )
 
 
-def _read_record(planned: PlannedCell) -> TuningRecord | None:
+def _read_record(planned: PlannedTuning) -> TuningRecord | None:
     """A cell's ``tuning.json``, if it has been tuned (by an earlier invocation, or another torchrun process)."""
     path = planned.cell.record_path
     return TuningRecord.read(path) if path.is_file() else None
 
 
-def _tune(planned: PlannedCell, study: Study, skip_reasons: dict[str, str], show) -> None:
+def _tune(planned: PlannedTuning, study: Study, skip_reasons: dict[str, str], show) -> None:
     """Tune one cell (or find it tuned); an arm whose cell cannot be tuned is skipped with the reason."""
     if planned.arm.name in skip_reasons:
         planned.status, planned.detail = "skipped", skip_reasons[planned.arm.name]
@@ -216,7 +216,7 @@ class _Session:
     study_path: Path
     dist: Distributed
     pretrains: list[PlannedRun]
-    cells: list[PlannedCell]
+    cells: list[PlannedTuning]
     runs: list[PlannedRun]
     families: TestFamilies
     restored: list[str]
@@ -293,7 +293,7 @@ def _initialise(study: Study, study_path: Path) -> _Session:
         done = RunDir(job.run_dir)
         if done.state() in ("completed", "resumable"):
             options = PretrainConfig if job.self_supervised else TrainConfig
-            _check_as_planned(done, {k: v for k, v in job.values.items() if not (job.cell and k in tuned)}, options)
+            _check_as_planned(done, {k: v for k, v in job.values.items() if not (job.tuning and k in tuned)}, options)
     return _Session(study, study_path, dist, pretrains, cells, runs, families, restored, tracker=tracker)
 
 
@@ -318,7 +318,7 @@ def _run(session: _Session, quiet: bool) -> list[PlannedRun]:
                 bar.advance(task)  # another process has it
                 continue
             bar.update(task, status=f"{job.name}")
-            if isinstance(job, PlannedCell):
+            if isinstance(job, PlannedTuning):
                 _tune(job, study, skip_reasons, None if quiet else lambda line: _say(bar, prefix + line))
             elif job.arm is None:
                 users = [run for run in runs if run.stage is job]

@@ -21,7 +21,7 @@ from lowmed.data.leakage import guard_pretraining
 from lowmed.data.manifest import PreparedDataset
 from lowmed.experiment.portable import PortablePaths
 from lowmed.experiment.study import Arm, DatasetSpec, Study
-from lowmed.tuning import Cell
+from lowmed.tuning import TuningCell
 
 # a dataset's prepare options, as in 'lowmed prepare', that name CSV columns
 _CSV_COLUMN_OPTIONS = {
@@ -34,10 +34,10 @@ _CSV_COLUMN_OPTIONS = {
 
 
 @dataclass
-class PlannedCell:
+class PlannedTuning:
     """A tuning cell of the study: one (dataset, arm, N), tuned on one seed's subset."""
 
-    cell: Cell
+    cell: TuningCell
     arm: Arm
     dataset: str
     per_class: int
@@ -59,7 +59,7 @@ class PlannedRun:
     dataset: str = ""
     status: str = "planned"
     detail: str = ""
-    cell: PlannedCell | None = None  # the tuning cell whose chosen values this run takes
+    tuning: PlannedTuning | None = None  # the tuning cell whose chosen values this run takes
     self_supervised: bool = False  # a stage of lowmed pretrain on unlabelled images
     stage: "PlannedRun | None" = None  # the pretrain stage whose weights this run starts from
 
@@ -132,7 +132,7 @@ def pretrain_stage(study: Study, arm: Arm, target: str | None = None) -> tuple[s
     return slug(f"{arm.model}-on-{spec.name}-{digest}"), values
 
 
-def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], list[PlannedCell], list[PlannedRun]]:
+def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], list[PlannedTuning], list[PlannedRun]]:
     """The pretrain stages, the tuning cells and the grid of runs. With ``prepare_data`` the datasets are prepared
     and the subsets drawn (a dry run leaves both out)."""
     from lowmed.data.subsample import subsample
@@ -162,7 +162,7 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
                 )
             pretrain_of[(arm.name, target)] = pretrains[name]
     _guard_pretraining_data(study, pretrain_of, prepare_data)
-    cells: dict[tuple, PlannedCell] = {}
+    cells: dict[tuple, PlannedTuning] = {}
     tuning = study.folder.tuning
     runs = []
     for spec in study.datasets:
@@ -198,12 +198,16 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
                             cell_name = slug(f"{spec.name}-{arm.name}-{arm.model}-n{per_class}{suffix}")
                             base = {k: v for k, v in values.items() if k != "out"}
                             storage = f"sqlite:///{(tuning / 'optuna.db').resolve()}"
-                            cells[key] = PlannedCell(
-                                Cell(cell_name, base, tuning / cell_name, storage), arm, spec.name, per_class, seed
+                            cells[key] = PlannedTuning(
+                                TuningCell(cell_name, base, tuning / cell_name, storage),
+                                arm,
+                                spec.name,
+                                per_class,
+                                seed,
                             )
                         cell = cells[key]
                     runs.append(
-                        PlannedRun(name, study.folder.run(name), values, arm, spec.name, cell=cell, stage=stage)
+                        PlannedRun(name, study.folder.run(name), values, arm, spec.name, tuning=cell, stage=stage)
                     )
     return list(pretrains.values()), list(cells.values()), runs
 

@@ -41,7 +41,7 @@ from lowmed.contracts import (
 )
 from lowmed.data.manifest import read_info
 from lowmed.errors import LowmedError
-from lowmed.experiment.plan import PlannedCell, PlannedRun, differences_from_plan
+from lowmed.experiment.plan import PlannedRun, PlannedTuning, differences_from_plan
 from lowmed.experiment.portable import PortablePaths
 from lowmed.experiment.study import Study
 from lowmed.io import sha256_file, staged_dir, write_csv, write_json, write_text, write_yaml
@@ -134,7 +134,7 @@ def _below(path: str, root: str | None, portable: PortablePaths) -> str:
 
 
 def restore_published(
-    study: Study, study_path: Path, pretrains: list[PlannedRun], cells: list[PlannedCell], runs: list[PlannedRun]
+    study: Study, study_path: Path, pretrains: list[PlannedRun], cells: list[PlannedTuning], runs: list[PlannedRun]
 ) -> list[str]:
     """Copy into ``study.out`` every planned run it lacks that the published record holds finished and evaluated,
     then the tuning records and pretrain stages those runs complete; returns the runs restored."""
@@ -200,7 +200,7 @@ def _trained_otherwise(source: RunDir, job: PlannedRun, study: Study, portable: 
     values |= {name: job.values[name] for name in _PATH_OPTIONS if name in job.values}
     if _is_path(str(job.values.get("weights", "none"))):
         values["weights"] = job.values["weights"]
-    tuned = {param.name for param in study.tune.space} | {"monitor"} if study.tune and job.cell else set()
+    tuned = {param.name for param in study.tune.space} | {"monitor"} if study.tune and job.tuning else set()
     planned = {name: value for name, value in job.values.items() if name not in tuned}
     return differences_from_plan(TrainConfig.from_dict(values, str(source.config)), planned, str(source.path))
 
@@ -238,8 +238,8 @@ def _restore_run(source: RunDir, job: PlannedRun, split: str, portable: Portable
         shutil.copy2(source.history, copy.history)
         if source.tuning.is_file():
             tuning = _local_json(source.tuning, portable)
-            if job.cell is not None and job.cell.cell.storage:
-                tuning["storage"] = job.cell.cell.storage  # where this machine keeps the cell's trials
+            if job.tuning is not None and job.tuning.cell.storage:
+                tuning["storage"] = job.tuning.cell.storage  # where this machine keeps the cell's trials
             write_json(copy.tuning, tuning)
         evaluation, restored = source.evaluation(split), copy.evaluation(split)
         metrics = _local_json(evaluation.metrics, portable)
@@ -260,14 +260,14 @@ def _is_path(weights: str) -> bool:
     return weights not in ("none", "auto", "imagenet") and not weights.startswith("xrv:")
 
 
-def _restore_cell(planned: PlannedCell, study: Study, runs: list[PlannedRun]) -> None:
+def _restore_cell(planned: PlannedTuning, study: Study, runs: list[PlannedRun]) -> None:
     """A tuning cell's record, from a finished run of it that carries a copy: its trials ran on the machine that
     published it, and the cell's other runs (more seeds, say) take the values it chose there, under this machine's
     name for the same cell."""
     cell = planned.cell
     if cell.record_path.is_file() or study.tune is None:
         return
-    members = [RunDir(run.run_dir) for run in runs if run.cell is planned]
+    members = [RunDir(run.run_dir) for run in runs if run.tuning is planned]
     copies = [run.tuning for run in members if run.state() == "completed" and run.tuning.is_file()]
     if not copies:
         return

@@ -29,7 +29,7 @@ from lowmed.contracts import (
 )
 from lowmed.data.manifest import PreparedDataset, read_info
 from lowmed.experiment.checklist import ReportInputs, reporting_checklist
-from lowmed.experiment.plan import PlannedCell, PlannedRun, external_sets
+from lowmed.experiment.plan import PlannedRun, PlannedTuning, external_sets
 from lowmed.experiment.study import Study
 
 
@@ -67,7 +67,7 @@ def study_report(
     comparison: Comparison | None,
     log: StudyLog,
     inputs: ReportInputs,
-    cells: list[PlannedCell] = (),
+    cells: list[PlannedTuning] = (),
     external: dict[str, Comparison] | None = None,
 ) -> str:
     """The study's ``report.md``: setup, headline, results, conclusions, and (``external``: per external test set,
@@ -369,7 +369,7 @@ def _time_section(
     pretrains: list[PlannedRun],
     done: list[PlannedRun],
     summaries: list[TrainSummary],
-    cells: list[PlannedCell],
+    cells: list[PlannedTuning],
 ) -> list[str]:
     """Where the time went, per arm: training per run (of which building the cached activations), evaluation per
     run, tuning per cell and the arm's pretraining, from the runs' own records."""
@@ -414,7 +414,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def _tuning_section(cells: list[PlannedCell]) -> list[str]:
+def _tuning_section(cells: list[PlannedTuning]) -> list[str]:
     """Per cell: the trials spent, the values chosen and the validation value they reached."""
     lines = [
         "",

@@ -57,7 +57,7 @@ def write_overlay(path: Path, image: np.ndarray, saliency: np.ndarray, title: st
 
 
 @dataclass
-class GridCell:
+class GridPanel:
     """One arm's map of the grid's image at one N."""
 
     saliency: np.ndarray
@@ -67,7 +67,7 @@ class GridCell:
 def write_grid(
     path: Path,
     image: np.ndarray,
-    rows: dict[str, dict[str, GridCell]],
+    rows: dict[str, dict[str, GridPanel]],
     title: str,
     lesions: np.ndarray | None = None,
 ) -> None:
