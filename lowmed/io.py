@@ -150,12 +150,12 @@ def staged_dir(out: Path) -> Iterator[Path]:
     staging.mkdir(parents=True)
     try:
         yield staging
-        publish_dir(staging, out)
+        swap_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def publish_dir(staging: Path, out: Path) -> None:
+def swap_into_place(staging: Path, out: Path) -> None:
     """Move a finished staging dir into place, replacing ``out`` only once everything is written."""
     if out.exists():
         retired = out.with_name(f".{out.name}.old-{os.getpid()}")
