@@ -762,6 +762,10 @@ class RunDir:
         """The eval dir of ``split``; of another prepared dataset's split when ``external`` names it."""
         return EvalDir(self.path / "eval" / (f"external-{external}-{split}" if external else split))
 
+    def evaluations(self) -> list[EvalDir]:
+        """Every saved evaluation of the run, in name order."""
+        return [EvalDir(path.parent) for path in sorted((self.path / "eval").glob(f"*/{EvalReport.FILE}"))]
+
     def read_summary(self) -> TrainSummary:
         """train.json; a run that says it is running while no other process owns the run dir was killed."""
         summary = TrainSummary.read(self.summary)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowmed.console import warn
-from lowmed.contracts import EvalDir, EvalReport, RunDir, read_yaml
+from lowmed.contracts import EvalDir, RunDir, read_yaml
 from lowmed.errors import LowmedError
 
 TRACKERS = ("mlflow",)
@@ -128,14 +128,14 @@ class Tracker:
         for step, row in enumerate(history, start=1):
             if step > logged_steps:
                 metrics += [Metric(key, value, 0, step) for key, value in row.items()]
-        for evaluation in _evaluations(run):
+        for evaluation in run.evaluations():
             metrics += [Metric(key, value, 0, 0) for key, value in _evaluation_metrics(evaluation).items()]
         for start in range(0, len(metrics), _BATCH):
             self.client.log_batch(run_id, metrics=metrics[start : start + _BATCH])
         self.client.set_tag(run_id, _HISTORY_STEPS, str(len(history)))
         for path in (run.config, run.summary, run.history, run.self_supervised, run.tuning):
             _artifact(self.client, run_id, path, None)
-        for evaluation in _evaluations(run):
+        for evaluation in run.evaluations():
             for path in sorted(evaluation.path.glob("*")):
                 _artifact(self.client, run_id, path, f"eval/{evaluation.path.name}")
         self.client.set_terminated(run_id, _STATUS.get(summary.status, "FINISHED"))
@@ -215,10 +215,6 @@ def _history_rows(path: Path) -> list[dict[str, float]]:
         {key: float(value) for key, value in row.items() if not math.isnan(value)}
         for row in numeric.to_dict(orient="records")
     ]
-
-
-def _evaluations(run: RunDir) -> list[EvalDir]:
-    return [EvalDir(path.parent) for path in sorted((run.path / "eval").glob(f"*/{EvalReport.FILE}"))]
 
 
 def _evaluation_metrics(evaluation: EvalDir) -> dict[str, float]:

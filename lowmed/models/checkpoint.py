@@ -129,8 +129,8 @@ class Checkpoint:
             missing = [key for key in ("optimizer", "history", "best") if key not in loaded]
             if missing:
                 raise LowmedError(f"{path}: not a lowmed training checkpoint (no {missing[0]!r})")
-            training = TrainingState(**{key: loaded[key] for key in _TRAINING_KEYS if key in loaded})
-            training.best = BestSoFar(**loaded["best"])
+            values = {key: loaded[key] for key in _TRAINING_KEYS if key in loaded}
+            training = TrainingState(**values | {"best": BestSoFar(**loaded["best"])})
         return cls(
             model=loaded["model"],
             header=CheckpointHeader(**{key: loaded[key] for key in _HEADER_KEYS if key in loaded}),

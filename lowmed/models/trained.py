@@ -119,11 +119,8 @@ def saved_threshold(trained: TrainedModel) -> tuple[float | list[float] | None, 
     validation split), else the one evaluated with; 0.5 when the run has none. None for multi-class tasks."""
     if trained.task == "multiclass":
         return None, "multi-class: the most probable class"
-    reports = []
-    for metrics in sorted((trained.path.parent / "eval").glob(f"*/{EvalReport.FILE}")):
-        report = EvalReport.read(metrics)
-        if evaluated_with(report, trained):
-            reports.append(report)
+    evaluated = (evaluation.read_report() for evaluation in RunDir(trained.path.parent).evaluations())
+    reports = [report for report in evaluated if evaluated_with(report, trained)]
     chosen = [r for r in reports if r.threshold_source.startswith("youden")] or reports
     if not chosen:
         return 0.5, f"default 0.5: no saved evaluation of {trained.path.name} (run lowmed evaluate --threshold youden)"

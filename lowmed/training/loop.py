@@ -289,8 +289,9 @@ def _run_phases(
         )
         if config.compile:  # compiles what takes the steps; checkpoints keep the plain module's names
             trained = torch.compile(trained)
-        run = PhaseRun(phase, phase_index, frozen, cache, trained, optimizer, scheduler, scaler, stop, quiet)
-        run.epoch, run.stale = phase_epoch, stale  # where a resumed phase stopped
+        run = PhaseRun(
+            phase, phase_index, frozen, cache, trained, optimizer, scheduler, scaler, stop, quiet, phase_epoch, stale
+        )
         while run.epoch < phase.epochs:
             run.epoch += 1
             epoch = len(history) + 1
