@@ -36,9 +36,9 @@ from lowmed.data.prepare import prepare
 from lowmed.data.subsample import subsample
 from lowmed.device import CPU_INFERENCE_BATCH
 from lowmed.evaluation.evaluate import evaluate
+from lowmed.models.blocks import backbone_blocks
 from lowmed.models.folding import folded_for_inference
 from lowmed.models.registry import build_model, get_model_spec
-from lowmed.models.stages import backbone_stages
 from lowmed.training.train import train
 
 # where lowmed calls folded_for_inference; the unfolded side replaces it there with the network as it is
@@ -46,13 +46,13 @@ CALL_SITES = ("lowmed.training.features.folded_for_inference", "lowmed.models.fo
 
 
 def networks(names: list[str]) -> dict[str, nn.Module]:
-    """Each model whole, in eval mode, plus EfficientNet-Lite0's stages below blocks.4 (its fine-tuning cache)."""
+    """Each model whole, in eval mode, plus EfficientNet-Lite0's blocks below blocks.4 (its fine-tuning cache)."""
     torch.manual_seed(0)
     built = {name: build_model(get_model_spec(name), 2).eval() for name in names}
     if "timm:efficientnet_lite0" in built:
-        stages = backbone_stages(built["timm:efficientnet_lite0"].backbone)
-        cut = [name for name, _ in stages].index("blocks.4.0")
-        built["timm:efficientnet_lite0 below blocks.4"] = nn.Sequential(*(module for _, module in stages[:cut]))
+        blocks = backbone_blocks(built["timm:efficientnet_lite0"].backbone)
+        cut = [name for name, _ in blocks].index("blocks.4.0")
+        built["timm:efficientnet_lite0 below blocks.4"] = nn.Sequential(*(module for _, module in blocks[:cut]))
     return built
 
 

@@ -8,7 +8,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from lowmed.contracts import read_yaml
 from lowmed.errors import LowmedError, quoted
@@ -46,6 +46,8 @@ def check_seed(seed: int, flag: str = "--seed") -> None:
 class ConfigFile:
     """A run's options as a dataclass that round-trips to YAML: unknown keys and wrongly typed values are refused by
     name."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # every subclass is a dataclass
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -15,8 +15,8 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,7 +38,7 @@ LAST_SUBSET = "last-subset.txt"
 
 # The arm a run belongs to when nobody named it (--arm): derived from its kind of weight source, as lowmed did
 # before arms had names.
-DERIVED_ARMS = {
+DERIVED_ARMS: dict[str | None, str] = {
     "none": "A scratch",
     "imagenet": "B ImageNet",
     "xrv": "C medical",
@@ -87,6 +87,7 @@ class ReadsLikeADict(Mapping):
     holds too."""
 
     ALSO_KEYS: ClassVar[tuple[str, ...]] = ()
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # every subclass is a dataclass
 
     def __getitem__(self, name: str) -> Any:
         if not isinstance(name, str) or name not in self._names():
@@ -134,7 +135,7 @@ class SubsetRecord(ReadsLikeADict):
 DATASET_SCHEMA = 1  # of dataset.yaml as this lowmed writes it (files without ``schema`` are 1)
 # What a manifest's group (the unit kept whole in one split, and resampled by the bootstrap) is, per source layout:
 # a patient, except for HAM10000 (a lesion, several images each) and the generic csv (the user's --group-column)
-GROUP_UNITS = {"ham10000": "lesion", "csv": "group", "unlabelled": "group"}
+GROUP_UNITS: dict[str | None, str] = {"ham10000": "lesion", "csv": "group", "unlabelled": "group"}
 
 
 @dataclass(kw_only=True)
@@ -214,7 +215,7 @@ class DatasetInfo(ReadsLikeADict):
                 raise LowmedError(f"{path}: missing field {name!r}; expected a {DATASET_INFO} from 'lowmed prepare'")
         if not isinstance(values["classes"], list) or not all(isinstance(c, str) for c in values["classes"]):
             raise LowmedError(f"{path}: 'classes' must be a list of class names")
-        splits = values.get("splits") if isinstance(values.get("splits"), dict) else {}
+        splits = values["splits"] if isinstance(values.get("splits"), dict) else {}
         values["splits"] = _typed(SplitRecord, {"origin": {}, **splits}, f"{path}: splits")
         return _typed(cls, values, str(path))
 
@@ -389,6 +390,13 @@ class TrainSummary(Record):
         return "failed (killed)" if self.status == "killed" else self.status
 
     @property
+    def best_epoch(self) -> BestEpoch:
+        """The best epoch of a run that trained at least one."""
+        if self.best is None:
+            raise LowmedError(f"{self.run_dir}: the run has no best epoch ({self.status_label}, no epoch finished)")
+        return self.best
+
+    @property
     def model_path(self) -> str:
         """The best checkpoint (the seed project's ``train_model`` returned it)."""
         return str(RunDir(self.run_dir).best)
@@ -549,7 +557,7 @@ class EvalReport(Record):
     threshold: float | list[float] | None = None
     threshold_source: str = "fixed"
     metrics: dict[str, float]
-    ci95: dict[str, list[float]] = field(default_factory=dict)
+    ci95: dict[str, list[float | None]] = field(default_factory=dict)  # None where the bootstrap gave none
     per_class: dict[str, dict] = field(default_factory=dict)
     confusion_matrix: list[list[int]] | None = None
     bootstrap: dict = field(default_factory=dict)
@@ -570,6 +578,13 @@ class EvalReport(Record):
         report = super().read(path)
         report.out = str(Path(path).parent)
         return report
+
+    @property
+    def folder(self) -> EvalDir:
+        """The eval dir this report was read from or written to."""
+        if self.out is None:
+            raise LowmedError("this evaluation was never saved: it has no folder of files")
+        return EvalDir(Path(self.out))
 
 
 @dataclass(frozen=True)
@@ -787,9 +802,9 @@ class RunDir:
         return "resumable" if self.last.is_file() and status != "failed" else "new"  # killed: resumable
 
 
-def find_run_dirs(paths: list[str | os.PathLike]) -> list[RunDir]:
+def find_run_dirs(paths: Sequence[str | os.PathLike]) -> list[RunDir]:
     """Every run dir at or below ``paths`` (a folder holding a train.json), each once, in path order."""
-    found = set()
+    found: set[Path] = set()
     for path in map(Path, paths):
         if not path.exists():
             raise LowmedError(f"{path}: no such folder of runs")
@@ -839,8 +854,8 @@ class RunRow(ReadsLikeADict):
     seed: int
     metric: str
     value: float
-    ci_low: float
-    ci_high: float
+    ci_low: float | None  # None where the run's evaluation had no interval
+    ci_high: float | None
     accuracy: float = float("nan")
     balanced_accuracy: float = float("nan")
     sensitivity: float = float("nan")  # binary tasks

@@ -51,7 +51,8 @@ class Distributed:
         if cuda:
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo", **({"timeout": timeout} if timeout else {}))
+            options: dict[str, Any] = {"timeout": timeout} if timeout else {}
+            dist.init_process_group("nccl" if cuda else "gloo", **options)
         return cls(world_size, int(os.environ["RANK"]), local_rank, enabled=True)
 
     def device(self, requested: str) -> torch.device:
@@ -76,7 +77,13 @@ class Distributed:
 
     def epoch_order(self, size: int, seed: int, epoch: int) -> torch.Tensor:
         """This rank's share of a seeded shuffle; every rank gets as many images (the shuffle wraps around)."""
-        sampler = DistributedSampler(range(size), num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed)
+        sampler: DistributedSampler[int] = DistributedSampler(
+            range(size),  # type: ignore[arg-type]  # a sampler reads only the dataset's length
+            num_replicas=self.world_size,
+            rank=self.rank,
+            shuffle=True,
+            seed=seed,
+        )
         sampler.set_epoch(epoch)
         return torch.tensor(list(sampler), dtype=torch.long)
 

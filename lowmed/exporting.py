@@ -109,6 +109,7 @@ def is_export(folder: Path) -> bool:
 
 def parity_images(trained: TrainedModel) -> torch.Tensor:
     """Up to ``PARITY_IMAGES`` real images of the run's dataset (test split first), as [0, 1] float."""
+    assert trained.config.data is not None  # a trained run names its data
     dataset = PreparedDataset.load(trained.config.data)
     frame = dataset.manifest.sort_values("split", key=lambda s: s.map({"test": 0, "val": 1, "train": 2}))
     paths = dataset.image_paths(frame.head(PARITY_IMAGES * 2))
@@ -256,7 +257,7 @@ def _training_lines(summary: TrainSummary) -> list[str]:
         + (f" {weights.name or weights.path} (SHA-256 {weights.sha256})" if weights.source != "none" else "")
         + f"; seed {summary.seed}.",
         (
-            f"- Best epoch {summary.best.epoch} of {summary.epochs_run}, by {summary.best.monitor}; status "
+            f"- Best epoch {summary.best_epoch.epoch} of {summary.epochs_run}, by {summary.best_epoch.monitor}; status "
             f"{summary.status_label}."
             if summary.completed
             else f"- The run did not finish ({summary.status_label}, {summary.epochs_run} epoch(s) recorded): the "

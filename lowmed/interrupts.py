@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import Any
 
 from lowmed.console import console
 
@@ -24,7 +25,7 @@ class StopAfterBatch:
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: Any = None  # the SIGINT handler to put back
 
     def __enter__(self) -> "StopAfterBatch":
         if threading.current_thread() is threading.main_thread():

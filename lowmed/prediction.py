@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,7 +51,7 @@ class Predictions:
 
 def predict(
     run_dir: str | os.PathLike | None,
-    inputs: list[str | os.PathLike],
+    inputs: Sequence[str | os.PathLike],
     *,
     out: str | os.PathLike = "predictions.csv",
     checkpoint: str = "best",
@@ -149,7 +150,7 @@ def predict(
     )
 
 
-def collect_inputs(inputs: list[str | os.PathLike], path_column: str = "path") -> list[Path]:
+def collect_inputs(inputs: Sequence[str | os.PathLike], path_column: str = "path") -> list[Path]:
     """The image files ``inputs`` name, in order: files as given, folders' images (by extension, recursively),
     and a CSV's ``path_column`` (relative paths from the CSV's folder)."""
     if not inputs:

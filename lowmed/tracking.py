@@ -20,6 +20,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lowmed.console import warn
 from lowmed.contracts import EvalDir, RunDir, read_yaml
@@ -76,7 +77,7 @@ class Tracker:
     """An open MLflow store and experiment; ``open_tracker`` makes one."""
 
     settings: TrackSettings
-    client: object
+    client: Any  # mlflow's MlflowClient
     experiment_id: str
     uri: str
     _logged: dict[str, str] = field(default_factory=dict)  # identity → MLflow run id, this session

@@ -177,8 +177,9 @@ def _param(name: str, given: Any, where: str, base: dict) -> Param:
     if isinstance(given, list):
         if not given:
             raise LowmedError(f"{where}: an empty list of choices; give at least one")
-        param = Param(name, choices=tuple(coerce(choice, hint, where) for choice in given))
-        values = list(param.choices)
+        choices = tuple(coerce(choice, hint, where) for choice in given)
+        param = Param(name, choices=choices)
+        values = list(choices)
         repeated = first_repeated(values)
         if repeated is not None:
             raise LowmedError(f"{where}: the choice {repeated!r} is listed twice; list each once")
@@ -451,7 +452,7 @@ def _run_trial(trial, cell: TuningCell, settings: TuneSettings, caches, numbers:
     if summary.status == "pruned":
         trial.set_user_attr("outcome", summary.error)
         raise optuna.TrialPruned(summary.error)
-    return float(summary.best.value)
+    return float(summary.best_epoch.value)
 
 
 def _record(cell: TuningCell, settings: TuneSettings, study, name: str, url: str, optuna) -> TuningRecord:
@@ -508,9 +509,11 @@ def tune(
     config.validate()
     base = config.to_dict()
     base.pop("out")
+    data = config.subset or config.data
+    assert data is not None  # validate(): DATA or --subset
     if config.per_class and not config.subset:  # one subset drawn once, for every trial
-        base["subset"] = str(subsample(config.data, config.per_class, seed=config.seed, quiet=quiet).path)
-    source = Path(config.subset or config.data)
+        base["subset"] = str(subsample(data, config.per_class, seed=config.seed, quiet=quiet).path)
+    source = Path(data)
     size = f"n{config.per_class}" if config.per_class else "all"
     folder = Path(out) if out else Path("runs") / slug(f"tune-{source.stem}-{config.model}-{size}-seed{config.seed}")
     tuned_here = any((folder / name).is_file() for name in ("optuna.db", TuningRecord.FILE))

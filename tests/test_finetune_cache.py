@@ -1,4 +1,4 @@
-"""Fine-tuning on cached activations: the stages compose to the backbone, the frozen layers run once per view, the
+"""Fine-tuning on cached activations: the blocks compose to the backbone, the frozen layers run once per view, the
 cached path trains exactly as the whole network does, and it steps aside when the activations do not fit."""
 
 import json
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from lowmed.config import TrainConfig
+from lowmed.models.blocks import backbone_blocks
 from lowmed.models.registry import MODELS, build_model, get_model_spec
-from lowmed.models.stages import backbone_stages
 from lowmed.training import features
 from lowmed.training.train import finetune, train
 from tests.conftest import FAST
@@ -26,19 +26,19 @@ def test_stages_compose_to_the_backbone(name):
     torch.manual_seed(0)
     backbone = build_model(get_model_spec(name), 2).backbone.eval()
     x = torch.randn(2, 3, 64, 64)
-    stages = backbone_stages(backbone)
-    assert stages is not None and len({stage_name for stage_name, _ in stages}) == len(stages)
+    blocks = backbone_blocks(backbone)
+    assert blocks is not None and len({block_name for block_name, _ in blocks}) == len(blocks)
     with torch.no_grad():
         chained = x
-        for _, module in stages:
+        for _, module in blocks:
             chained = module(chained)
         assert torch.allclose(chained, backbone(x), atol=1e-5)
-    stage_parameters = {id(p) for _, module in stages for p in module.parameters()}
-    assert stage_parameters == {id(p) for p in backbone.parameters()}  # every weight lies in one of them
+    block_parameters = {id(p) for _, module in blocks for p in module.parameters()}
+    assert block_parameters == {id(p) for p in backbone.parameters()}  # every weight lies in one of them
 
 
-def test_inception_is_not_a_chain_of_stages():
-    assert backbone_stages(build_model(get_model_spec("inception_v3"), 2).backbone) is None
+def test_inception_is_not_a_chain_of_blocks():
+    assert backbone_blocks(build_model(get_model_spec("inception_v3"), 2).backbone) is None
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +72,8 @@ def test_finetune_runs_the_frozen_layers_once_per_view(separable, source, tmp_pa
     once = 2 * train_images + val_images + 2
     assert sum(calls) == once
     caches = summary["caches"]
-    stage_names = [name for name, _ in backbone_stages(build_model(get_model_spec("simplecnn"), 2).backbone)]
-    assert caches["finetune"]["boundary"] in stage_names[:-1] and caches["finetune"]["views"] == 2
+    block_names = [name for name, _ in backbone_blocks(build_model(get_model_spec("simplecnn"), 2).backbone)]
+    assert caches["finetune"]["boundary"] in block_names[:-1] and caches["finetune"]["views"] == 2
     assert caches["frozen"]["boundary"] == "backbone" and caches["frozen"]["dtype"] == "float32"
     assert caches["frozen"]["computed_from"] == caches["finetune"]["boundary"]
     assert json.loads((tmp_path / "cached" / "train.json").read_text())["caches"] == caches

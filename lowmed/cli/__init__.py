@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 import traceback
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -78,7 +78,7 @@ def _leave_process_group() -> None:
         distributed.leave_process_group()
 
 
-def _usage_errors() -> tuple[type[Exception], ...]:
+def _usage_errors() -> tuple[type[Any], ...]:  # click's exceptions: exit_code, ctx, format_message
     """The exception Typer raises for a usage error: click's, from the copy Typer vendors (0.2x) or click itself."""
     found = []
     for module in ("typer._click.exceptions", "click.exceptions"):

@@ -78,7 +78,6 @@ def evaluate_command(
 
     With --explain, saliency maps of the --explain-count most confident true positives, false positives and false
     negatives per class, under explain/ in the output dir."""
-    from lowmed.contracts import EvalDir
     from lowmed.evaluation.evaluate import evaluate, parse_class_map
     from lowmed.tracking import TrackSettings
 
@@ -106,7 +105,7 @@ def evaluate_command(
     if explain is not None:
         from lowmed.cli._render import render_explanations
 
-        render_explanations(EvalDir(Path(report.out)).explanations)
+        render_explanations(report.folder.explanations)
 
 
 def _interval(values) -> str:

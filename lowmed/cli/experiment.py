@@ -30,6 +30,7 @@ def experiment_command(
 
     from lowmed.cli._render import stdout
     from lowmed.experiment import run_experiment
+    from lowmed.experiment.plan import PlannedJob, PlannedRun, PlannedTuning
     from lowmed.experiment.report import grouped_problems
 
     result = run_experiment(study, dry_run=dry_run, quiet=quiet)
@@ -46,7 +47,7 @@ def experiment_command(
     table.add_column("arm", overflow="fold")
     table.add_column("weights", overflow="fold")
     table.add_column("status", overflow="fold")
-    jobs = [(job, job.values, "") for job in result.pretrain]
+    jobs: list[tuple[PlannedJob | PlannedTuning, dict, str]] = [(job, job.values, "") for job in result.pretrain]
     jobs += [(cell, cell.cell.base, "tuning: ") for cell in result.cells]
     jobs += [(job, job.values, "") for job in result.runs]
     shared = {key: names for key, names in grouped_problems(j for j, _, _ in jobs).items() if len(names) > 1}
@@ -55,7 +56,7 @@ def experiment_command(
         detail = " (see below)" if (job.status, job.detail) in shared else f": {job.detail}"
         table.add_row(
             job.name,
-            job.arm.name if job.arm else "(pretrain stage)",
+            job.arm.name if isinstance(job, (PlannedRun, PlannedTuning)) else "(pretrain stage)",
             Path(weights).name if "/" in weights else weights,
             kind + job.status + (detail if job.detail else ""),
         )

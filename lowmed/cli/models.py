@@ -36,11 +36,11 @@ def models_command(
                 stdout.print(" · ".join(row.values()), highlight=False, markup=False)
             return
         table = Table(title="weight sources (--weights)", title_justify="left")
-        columns = ("weights", "model", "input", "trained_on", "file")
-        for column in columns:
+        sources = ("weights", "model", "input", "trained_on", "file")
+        for column in sources:
             table.add_column(column.replace("_", " "), no_wrap=column in ("weights", "model", "file"))
         for row in rows:
-            table.add_row(*(row[column] for column in columns))
+            table.add_row(*(row[column] for column in sources))
         stdout.print(table)
         return
     from lowmed.models.registry import MODELS, count_parameters

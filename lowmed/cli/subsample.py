@@ -53,7 +53,7 @@ def subsample_command(
         prepared_dir=prepared_dir,
         quiet=quiet,
     )
-    sidecar = subset.dataset.subset
+    sidecar = subset.record
     counts = {"train available": sidecar.train_available["counts"], **sidecar.counts}
     images = {"train available": sidecar.train_available["images"], **sidecar.images}
     stdout.print(counts_table(f"subset: {per_class} per class, seed {seed}", counts, images))

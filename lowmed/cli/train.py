@@ -163,7 +163,7 @@ def render_summary(summary: "TrainSummary") -> None:
 
     if not is_rank_zero():  # under torchrun every process returns the summary; one shows it
         return
-    best = summary.best
+    best = summary.best_epoch
     table = Table(title=f"run {summary.run_dir}", title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column()

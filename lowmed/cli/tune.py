@@ -1,7 +1,7 @@
 """lowmed tune: one cell's training options searched with a budget of trials, chosen on the validation split."""
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -12,10 +12,6 @@ if TYPE_CHECKING:
 
 
 def tune_command(
-    data: Annotated[
-        Optional[Path],
-        typer.Argument(help="Prepared dir, subset manifest (.csv) or raw dataset folder.", show_default=False),
-    ] = None,
     space: Annotated[
         Path,
         typer.Option(
@@ -25,7 +21,11 @@ def tune_command(
             ),
             show_default=False,
         ),
-    ] = ...,
+    ],
+    data: Annotated[
+        Optional[Path],
+        typer.Argument(help="Prepared dir, subset manifest (.csv) or raw dataset folder.", show_default=False),
+    ] = None,
     config: Annotated[
         Optional[Path],
         typer.Option("--config", help="YAML of the fixed training options (as 'lowmed train --config'); flags win."),
@@ -76,7 +76,7 @@ def tune_command(
     from lowmed.cli.train import train_config
     from lowmed.tuning import TuneSettings, settings_from_file, tune
 
-    options = {"data": data, "config": config, "model": model, "weights": weights, "subset": subset}
+    options: dict[str, Any] = {"data": data, "config": config, "model": model, "weights": weights, "subset": subset}
     options |= {"per_class": per_class, "seed": seed, "image_size": image_size, "device": device}
     run_config = train_config(options)
     given = settings_from_file(space)

@@ -84,6 +84,7 @@ def explain_arms(
                         "flagged": check["flagged"],
                     }
                 )
+            assert images is not None  # chosen holds a run at least
             for k, (path, grid) in enumerate(zip(paths, grids), start=1):
                 write_grid(
                     staging / f"{slug(dataset)}-{k:02d}-{slug(path.stem)}.png",

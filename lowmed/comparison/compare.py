@@ -13,9 +13,11 @@ study, the pairs found.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,7 +61,6 @@ from lowmed.contracts import (
     Comparison,
     ComparisonDir,
     Estimate,
-    EvalDir,
     FamilyMember,
     GroupRow,
     PowerRow,
@@ -84,7 +85,7 @@ MIXED_INTERVAL = "t over runs on different test sets"
 
 
 def compare_runs(
-    paths: list[str | os.PathLike],
+    paths: Sequence[str | os.PathLike],
     *,
     split: str = "test",
     metric: str = "auroc",
@@ -196,7 +197,7 @@ def compare_runs(
 
 
 def _planned_families(
-    families: TestFamilies | str | os.PathLike | None, paths: list[str | os.PathLike]
+    families: TestFamilies | str | os.PathLike | None, paths: Sequence[str | os.PathLike]
 ) -> TestFamilies | None:
     """The families given, or a study's ``families.json`` in a RUNS path or up to two folders above it."""
     if isinstance(families, TestFamilies):
@@ -213,7 +214,7 @@ def _planned_families(
 
 
 def _bootstrap_unit(runs: list[Run]) -> str:
-    units = {run.report.bootstrap.get("unit") for run in runs} - {None}
+    units = {run.report.bootstrap["unit"] for run in runs if run.report.bootstrap.get("unit")}
     return " / ".join(sorted(units)) or "patient"
 
 
@@ -395,7 +396,8 @@ def _paired_tests(
                 a, b = b, a  # the difference reads as other arm − baseline
             jobs.append((key, a, b, member is not None))
     rows: list[TestRow] = []
-    primary, secondary = [], []
+    primary: list[FamilyMember] = []
+    secondary: list[FamilyMember] = []
     for key, a, b, planned_primary in track(jobs, len(jobs), "Paired tests", quiet):
         by_seed_a, by_seed_b = cells[key][a], cells[key][b]
         pairs = [(by_seed_a[s], by_seed_b[s]) for s in sorted(set(by_seed_a) & set(by_seed_b))]
@@ -420,7 +422,7 @@ def _tests_for_pair(
     per_seed_draws = np.array([scored[id(x)].draws[name] - scored[id(y)].draws[name] for x, y in pairs])
     parts = components(per_seed, np.nanmean(per_seed_draws, axis=0))
     low, high = parts.interval()
-    base = {"dataset": member.dataset, "per_class": member.per_class, "a": member.a, "b": member.b}
+    base: dict[str, Any] = {"dataset": member.dataset, "per_class": member.per_class, "a": member.a, "b": member.b}
     base |= {"vs_baseline": vs_baseline, "metric": name}
     rows = [
         TestRow(
@@ -511,7 +513,7 @@ def per_seed_tests(
     tests = []
     if task == "binary":
         tests.append(("DeLong", "auroc", delong_test(targets, probs_a[:, 1], probs_b[:, 1])))
-    if task != "multilabel":
+    if correct_a is not None and correct_b is not None:  # single-label tasks keep their calls
         tests.append(("McNemar", "accuracy", mcnemar_test(correct_a, correct_b)))
     return tests
 
@@ -623,7 +625,7 @@ def compare_models(
         name: evaluate(None, checkpoint=str(path), data=dataset_root, split=split, **options)
         for name, path in model_paths.items()
     }
-    tables = {name: by_path(pd.read_csv(EvalDir(Path(report.out)).predictions)) for name, report in reports.items()}
+    tables = {name: by_path(pd.read_csv(report.folder.predictions)) for name, report in reports.items()}
     arrays = {
         name: prediction_arrays(tables[name], report, report.dataset["prepared_dir"])
         for name, report in reports.items()

@@ -264,7 +264,9 @@ def descriptive_table(rows: list[TestRow]) -> Table:
 def headline_table(comparison: Comparison) -> Table:
     """Per dataset and N, each arm's mean test metric over seeds with its interval, the primary test's difference
     to the baseline with its Holm-adjusted p, and its balanced accuracy with its interval."""
-    primary = {(row.dataset, row.per_class, row.a): row for row in comparison.tests(PRIMARY) if row.vs_baseline}
+    primary: dict[tuple[str | None, int | None, str], TestRow] = {
+        (row.dataset, row.per_class, row.a): row for row in comparison.tests(PRIMARY) if row.vs_baseline
+    }
     baseline = comparison.baseline
     metric = metric_label(comparison.groups[0].metric)
     columns = [

@@ -80,13 +80,16 @@ def metric_on(run: Run, name: str, indices: np.ndarray) -> float:
         return auroc(task, targets, probs, mask)
     if name == "accuracy" and task == "multiclass":
         return accuracy(task, targets, probs)
-    if name in ("balanced_accuracy", "sensitivity", "specificity") and task != "multilabel":
-        return _called_rate(name, targets, run.predicted[indices], len(classes))
+    predicted = run.predicted  # the saved calls (none for multi-label)
+    if name in ("balanced_accuracy", "sensitivity", "specificity") and predicted is not None:
+        return _called_rate(name, targets, predicted[indices], len(classes))
     if name == CALIBRATION and task == "binary":
         return expected_calibration_error(probs[:, 1], targets == 1)
     if name == CALIBRATION and task == "multiclass":
         return expected_calibration_error(probs.max(axis=1), probs.argmax(axis=1) == targets)
-    return compute_metrics(task, classes, targets, probs, mask, run.report.threshold or 0.5).metrics[name]
+    threshold = run.report.threshold
+    cut = 0.5 if threshold is None else np.asarray(threshold, dtype=float) if isinstance(threshold, list) else threshold
+    return compute_metrics(task, classes, targets, probs, mask, cut).metrics[name]
 
 
 def _called_rate(name: str, targets: np.ndarray, predicted: np.ndarray, classes: int) -> float:

@@ -117,6 +117,7 @@ def prediction_arrays(
     if task == "multilabel":
         truth = table[[f"true:{c}" for c in classes]].set_axis(classes, axis=1)
         targets, mask = label_tensors(truth, task, classes, read_info(prepared_dir).uncertain_policy)
+        assert mask is not None  # multi-label targets come with the mask of their known labels
         return targets.numpy(), probs, mask.numpy()
     targets, _ = label_tensors(table, task, classes)
     return targets.numpy(), probs, None

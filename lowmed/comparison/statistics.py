@@ -22,6 +22,7 @@ family fixed beforehand; a member without a result counts with p = 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -106,7 +107,7 @@ def satterthwaite_df(se_patient: float, sd_seed: float, seeds: int) -> float:
     return float((se_patient**2 + seed_term) ** 2 / (seed_term**2 / (seeds - 1)))
 
 
-def two_level_bootstrap(per_seed_draws: np.ndarray, seed: int, level: float = 0.95) -> dict[str, float]:
+def two_level_bootstrap(per_seed_draws: np.ndarray, seed: int, level: float = 0.95) -> dict[str, Any]:
     """Seeds and patients resampled together: ``per_seed_draws`` is (seeds, B), each row one seed's difference on
     the same B patient resamples; each replicate draws n seeds with replacement and averages them on its patient
     resample. Percentile interval; two-sided p floored at 1/(B+1)."""

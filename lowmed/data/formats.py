@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -192,6 +193,7 @@ def source_stamp(found: SourceRecords) -> str:
     that label them (a source CSV, the CSV files beside the images). Another stamp later means the source changed
     since it was prepared, and its prepared copy is stale."""
     root = found.root
+    assert root is not None  # the readers record where they read
     indexes = [root] if root.is_file() else sorted(root.glob("*.csv"))
     digest = hashlib.sha256()
     for path in sorted({*found.records["path"].astype(str), *map(str, indexes)}):
@@ -250,6 +252,7 @@ def read_imagefolder(src: Path) -> SourceRecords:
         raise LowmedError(f"{src}: the imagefolder format needs a folder")
     subdirs = _visible_dirs(src)
     split_dirs = [(d, _SPLIT_ALIASES[d.name.lower()]) for d in subdirs if d.name.lower() in _SPLIT_ALIASES]
+    layout: list[tuple[str | None, Path]]
     if split_dirs:
         split_dirs.sort(key=lambda item: SPLITS.index(item[1]))
         layout = [(split, class_dir) for split_dir, split in split_dirs for class_dir in _class_dirs(split_dir)]
@@ -319,8 +322,8 @@ def read_rsna(src: Path) -> SourceRecords:
         detail = classes_table.drop_duplicates("patientId").set_index("patientId")["class"].to_dict()
     target = pd.to_numeric(table["Target"], errors="coerce")
     if target.isna().any() or not target.isin([0, 1]).all():
-        row = int(np.flatnonzero(target.isna() | ~target.isin([0, 1]))[0]) + 2
-        raise LowmedError(f"{labels_path}: row {row}, column 'Target': expected 0 or 1")
+        line = int(np.flatnonzero(target.isna() | ~target.isin([0, 1]))[0]) + 2
+        raise LowmedError(f"{labels_path}: row {line}, column 'Target': expected 0 or 1")
     positive = target.groupby(table["patientId"], sort=False).max()
     rows, excluded = [], []
     for patient, label in positive.items():
@@ -328,7 +331,12 @@ def read_rsna(src: Path) -> SourceRecords:
         if path is None:
             excluded.append({"path": f"{patient}.dcm", "reason": "listed in the labels, image file not found"})
             continue
-        row = {"path": str(path), "label": RSNA_CLASSES[int(label)], "group": patient, "given_split": None}
+        row: dict[str, Any] = {
+            "path": str(path),
+            "label": RSNA_CLASSES[int(label)],
+            "group": patient,
+            "given_split": None,
+        }
         rows.append(row | ({"rsna_class": detail.get(patient, "")} if detail else {}))
     notes = [
         f"RSNA pneumonia: {len(positive)} images from {labels_path.name} (several boxes per image made one row); "
@@ -467,7 +475,7 @@ def read_nih(src: Path) -> SourceRecords:
             excluded.append({"path": name, "reason": "listed in Data_Entry CSV, image file not found"})
             continue
         split = None if official_test is None else ("test" if name in official_test else "train")
-        row = {"path": str(path), "group": f"patient{record['Patient ID']}", "given_split": split}
+        row: dict[str, Any] = {"path": str(path), "group": f"patient{record['Patient ID']}", "given_split": split}
         row.update({finding: int(finding in findings) for finding in NIH_FINDINGS})
         for key in ("Patient Age", "Patient Gender", "View Position"):
             if key in record:

@@ -40,7 +40,7 @@ def is_system_file(path: Path) -> bool:
 
 def list_files(root: Path) -> list[Path]:
     """Every file below ``root`` (sorted, hidden and system files and folders skipped)."""
-    found = []
+    found: list[Path] = []
     for directory, subdirs, files in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d.lower() not in _SKIPPED_DIRS)
         found.extend(Path(directory) / f for f in sorted(files) if not is_system_file(Path(f)))

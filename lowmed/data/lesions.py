@@ -7,6 +7,7 @@ RSNA's pneumonia boxes are given. The demo data write one; a user's own boxes wo
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def write_lesions(path: Path, boxes: list[LesionBox]) -> None:
     write_csv(path, pd.DataFrame([asdict(box) for box in boxes], columns=COLUMNS))
 
 
-def read_lesions(csv: str | Path) -> dict[Path, list[LesionBox]]:
+def read_lesions(csv: str | os.PathLike) -> dict[Path, list[LesionBox]]:
     """The boxes of ``csv`` by the resolved path of their image."""
     csv = Path(csv)
     frame = read_csv_file(csv, f"--lesions {csv}")

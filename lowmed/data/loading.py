@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,7 @@ class LabelledImages:
             return
         loader = torch.utils.data.DataLoader(
             _FileImages(self.paths, self.size),
-            batch_sampler=chunks,
+            batch_sampler=[rows.tolist() for rows in chunks],
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
         )
@@ -141,19 +142,18 @@ def decoded_batches(
     """
 
     def decode(rows: range) -> tuple[torch.Tensor, list[int]]:
-        images = {row: _decode_or_none(paths[row], size) for row in rows}
-        readable = [row for row, image in images.items() if image is not None]
-        pixels = torch.stack([images[row] for row in readable]) if readable else torch.empty(0, 3, size, size)
-        return pixels.to(torch.uint8), readable
+        decoded = {row: _decode_or_none(paths[row], size) for row in rows}
+        images = {row: image for row, image in decoded.items() if image is not None}
+        pixels = torch.stack(list(images.values())) if images else torch.empty(0, 3, size, size)
+        return pixels.to(torch.uint8), list(images)
 
     chunks = [range(i, min(i + batch_size, len(paths))) for i in range(0, len(paths), batch_size)]
     with ThreadPoolExecutor(max_workers=ahead) as pool:
-        pending = [pool.submit(decode, rows) for rows in chunks[:ahead]]
+        pending = deque(pool.submit(decode, rows) for rows in chunks[:ahead])
         for index in range(len(chunks)):
             if index + ahead < len(chunks):
                 pending.append(pool.submit(decode, chunks[index + ahead]))
-            yield pending[index].result()
-            pending[index] = None  # the batch is the caller's now
+            yield pending.popleft().result()  # the batch is the caller's now
 
 
 def too_many_unreadable(split: LabelledImages) -> bool:

@@ -354,7 +354,10 @@ def _split_share_warnings(manifest: pd.DataFrame, split_info: SplitRecord) -> li
     for split in ("val", "test"):
         if origin.get(split) != "made":
             continue
-        asked, got = split_info.fraction(split) * pool, int(sizes.get(split, 0))
+        fraction = split_info.fraction(split)
+        if fraction is None:  # not recorded: nothing to hold the split's size to
+            continue
+        asked, got = fraction * pool, int(sizes.get(split, 0))
         if abs(got - asked) > max(2, 0.25 * asked):
             reason = (
                 f"--min-val-per-class {split_info.min_val_per_class} sets a floor per class (lower it for a "

@@ -41,6 +41,12 @@ class Subset:
     seed: int
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def record(self) -> SubsetRecord:
+        """The subset's sidecar (``subset-N-seedK.yaml``)."""
+        assert self.dataset.subset is not None  # a subset manifest is read with its sidecar
+        return self.dataset.subset
+
 
 def subsample(
     data: str | os.PathLike,

@@ -85,13 +85,14 @@ def evaluate(
     trained = TrainedModel.load(run_dir, checkpoint, device, amp)
     task, classes, config = trained.task, trained.classes, trained.config
     run = RunDir(trained.path.parent)
+    assert config.data is not None  # a trained run names its data
     if data:
         dataset = load_or_prepare(Path(data).expanduser(), None, quiet, role="test")
     else:
         dataset = PreparedDataset.load(config.data)
     external = dataset.root != Path(config.data).resolve()
-    out = EvalDir(Path(out)) if out else run.evaluation(split, dataset.root.name if external else None)
-    check_writable(out.path, "--out")
+    eval_dir = EvalDir(Path(out)) if out else run.evaluation(split, dataset.root.name if external else None)
+    check_writable(eval_dir.path, "--out")
     names, absent = match_classes(classes, task, dataset, class_map or {})
     torch_device, precision = trained.device, trained.precision
     if batch_size is None:
@@ -184,7 +185,7 @@ def evaluate(
             images_per_s=round(len(frame) / seconds, 1),
             lowmed_version=lowmed.__version__,
         )
-        with staged_dir(out.path) as staging:
+        with staged_dir(eval_dir.path) as staging:
             written = EvalDir(staging)
             report.write(written.metrics)
             write_csv(written.metrics_table, _metrics_table(result.flat(), intervals))
@@ -195,7 +196,7 @@ def evaluate(
                     dataset.image_paths(frame), task, classes, targets, probs, mask, cut, explain_count
                 )
                 explain_cases(trained, cases, explain, written.explanations.path, seed, quiet)
-        report.out = str(out.path)
+        report.out = str(eval_dir.path)
     if tracker is not None and run.summary.is_file():
         tracker.log_run(run.path)
     return report
@@ -257,8 +258,9 @@ def match_classes(
                 f"--class-map {given}={target}: the model has no class {target!r} ({', '.join(model_classes)})"
             )
     by_lower = {name.lower(): name for name in model_classes}
-    names = {name: class_map.get(name) or by_lower.get(name.lower()) for name in dataset.classes}
-    unknown = [name for name, ours in names.items() if ours is None]
+    matched = {name: class_map.get(name) or by_lower.get(name.lower()) for name in dataset.classes}
+    names = {name: ours for name, ours in matched.items() if ours is not None}
+    unknown = [name for name in matched if name not in names]
     if unknown:
         raise LowmedError(
             f"--data {dataset.root}: class(es) {', '.join(unknown)} are not among the model's "

@@ -152,8 +152,11 @@ def _binary(classes: list[str], y: np.ndarray, score: np.ndarray, threshold: flo
         "brier": float(np.mean((score - y) ** 2)),
         "ece": expected_calibration_error(score, y == 1),
     }
-    per_class = {classes[0]: {"support": int(np.sum(y == 0))}, classes[1]: {"support": int(np.sum(y == 1))}}
-    confusion = [[rates["tn"], rates["fp"]], [rates["fn"], rates["tp"]]]
+    per_class: dict[str, dict[str, float]] = {
+        classes[0]: {"support": int(np.sum(y == 0))},
+        classes[1]: {"support": int(np.sum(y == 1))},
+    }
+    confusion = [[int(rates["tn"]), int(rates["fp"])], [int(rates["fn"]), int(rates["tp"])]]
     return Metrics(metrics, per_class, confusion)
 
 

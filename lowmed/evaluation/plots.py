@@ -138,7 +138,7 @@ def plot_reliability(path: Path, confidence: np.ndarray, observed: np.ndarray, t
 def plot_learning_curves(target: ComparisonDir, curves) -> list[Path]:
     """One PNG per dataset: the metric against training images per class, a line per arm and model, with its
     95 % interval as a band. ``curves``: rows of dataset, arm, model, per_class, metric, mean, ci_low, ci_high."""
-    written = []
+    written: list[Path] = []
     if curves.empty:  # no run was trained on a per-class subset
         return written
     for dataset, part in curves.groupby("dataset"):

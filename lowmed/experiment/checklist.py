@@ -31,7 +31,7 @@ from lowmed.contracts import (
 )
 from lowmed.data.augment import MAX_INTENSITY, MAX_ROTATION_DEG, MAX_SCALE, MAX_SHIFT
 from lowmed.data.manifest import read_info
-from lowmed.experiment.plan import PlannedRun
+from lowmed.experiment.plan import PlannedPretraining, PlannedRun
 from lowmed.experiment.portable import PortablePaths
 from lowmed.experiment.study import Study
 
@@ -67,10 +67,11 @@ def draw_figures(comparison: Comparison, out: Path) -> dict[str, Path]:
         for group in groups:
             tables = [_predictions(row.run, comparison.split) for row in _runs_of(comparison, group)]
             arms[group.entity] = _calibration(pd.concat(tables), comparison.runs[0].task)
-        if all(value is not None for value in arms.values()):
+        calibrated = {entity: curve for entity, curve in arms.items() if curve is not None}
+        if len(calibrated) == len(arms):
             path = out / f"reliability-{dataset}.png"
             title = f"Reliability at N = {groups[0].per_class} per class ({dataset}, seeds pooled)"
-            plot_reliability_by_arm(path, arms, title)
+            plot_reliability_by_arm(path, calibrated, title)
             figures[f"reliability-{dataset}"] = path
     best = _best_group(comparison)
     if best is not None and comparison.runs[0].task != "multilabel":
@@ -98,10 +99,10 @@ def draw_figures(comparison: Comparison, out: Path) -> dict[str, Path]:
 def _largest_n(comparison: Comparison) -> dict[str, list[GroupRow]]:
     by_dataset: dict[str, list[GroupRow]] = {}
     for group in comparison.groups:
-        if group.per_class is not None:
+        if group.per_class is not None and group.dataset is not None:
             by_dataset.setdefault(group.dataset, []).append(group)
     return {
-        dataset: [g for g in groups if g.per_class == max(g.per_class for g in groups)]
+        dataset: [g for g in groups if g.per_class == max(g.per_class or 0 for g in groups)]
         for dataset, groups in by_dataset.items()
     }
 
@@ -158,7 +159,7 @@ def _thumbnail(path: Path, size: int = 160) -> np.ndarray | None:
 
 def reporting_checklist(
     study: Study,
-    pretrains: list[PlannedRun],
+    pretrains: list[PlannedPretraining],
     runs: list[PlannedRun],
     summaries: list[TrainSummary],
     comparison: Comparison,
@@ -216,8 +217,8 @@ def reporting_checklist(
         )
     for arm in study.arms:
         summary = next((s for s in summaries if s.arm == arm.name), None)
-        if arm.pretrain:
-            corpus = next(run for run in runs if run.arm is arm).stage
+        if arm.pretrain is not None:
+            corpus = next(run.pretraining for run in runs if run.arm is arm and run.pretraining is not None)
             source = inputs.weights_text(
                 str(corpus.values.get("init" if arm.self_supervised else "weights", "none")), None
             )
@@ -231,13 +232,13 @@ def reporting_checklist(
                 if digests
                 else "no run trained from it yet"
             )
-            how = f"self-supervised ({arm.pretrain['method']}, no labels) " if arm.self_supervised else ""
+            how = f"self-supervised ({arm.pretrain.method}, no labels) " if arm.self_supervised else ""
             guard = ""
             if RunDir(corpus.run_dir).self_supervised.is_file():
                 guard = f"; {SelfSupervisedRecord.read(RunDir(corpus.run_dir).self_supervised).leakage.sentence()}"
             items.append(
                 f"**Initial weights** ({arm.name}): {arm.model} from {source}, pretrained {how}by lowmed on "
-                f"{arm.pretrain['dataset'].name} (prepared manifest SHA-256 "
+                f"{arm.pretrain.dataset.name} (prepared manifest SHA-256 "
                 f"{read_info(corpus.values['data']).manifest_sha256}){guard}; {checkpoint}."
             )
         else:

@@ -32,11 +32,14 @@ from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.evaluation.evaluate import evaluate
 from lowmed.experiment.checklist import ReportInputs, draw_figures
 from lowmed.experiment.plan import (
+    PlannedJob,
+    PlannedPretraining,
     PlannedRun,
     PlannedTuning,
     differences_from_plan,
     external_sets,
     plan,
+    prepare_study_data,
     study_families,
 )
 from lowmed.experiment.portable import PortablePaths
@@ -61,7 +64,7 @@ class StudyResult:
     and the report (``report`` is None for a dry run, and in torchrun's other processes)."""
 
     study: Study
-    pretrain: list[PlannedRun]
+    pretrain: list[PlannedPretraining]
     runs: list[PlannedRun]
     cells: list[PlannedTuning] = field(default_factory=list)
     comparison: Comparison | None = None
@@ -75,7 +78,7 @@ class StudyResult:
 
 
 def _execute(
-    job: PlannedRun, study: Study, skip_reasons: dict[str, str], dist: Distributed, needed: bool = True
+    job: PlannedJob, study: Study, skip_reasons: dict[str, str], dist: Distributed, needed: bool = True
 ) -> None:
     """Train (or resume) one run across ``dist``'s processes and evaluate it; record what happened in
     ``job.status``. A pretrain stage no unfinished run needs (``needed`` False) is not trained.
@@ -84,31 +87,34 @@ def _execute(
     retried once from scratch, except in a run shared by several processes: they cannot retry in step after one
     of them crashed alone, so the study stops there (run it again to resume).
     """
-    if job.arm is not None and job.arm.name in skip_reasons:
-        job.status, job.detail = "skipped", skip_reasons[job.arm.name]
+    grid_run = job if isinstance(job, PlannedRun) else None  # else a pretraining
+    if grid_run is not None and grid_run.arm.name in skip_reasons:
+        job.status, job.detail = "skipped", skip_reasons[grid_run.arm.name]
         return
     tuning = None
-    if job.tuning is not None:
-        tuning = job.tuning.cell.record or _read_record(job.tuning)
+    if grid_run is not None and grid_run.tuning is not None:
+        tuning = grid_run.tuning.cell.record or _read_record(grid_run.tuning)
         if tuning is None:
-            job.status, job.detail = "skipped", f"tuning cell {job.tuning.name} did not finish"
+            job.status, job.detail = "skipped", f"tuning cell {grid_run.tuning.name} did not finish"
             return
         job.values = {**job.values, **tuned_options(tuning)}
     run = RunDir(job.run_dir)
     state = dist.share(run.state())  # rank 0's reading, before any rank writes there
-    if job.arm is None and not needed:
+    if grid_run is None and not needed:
         job.status, job.detail = ("done before", "") if state == "completed" else ("not needed", "its runs are done")
         return
-    if job.arm is None and state == "completed" and not run.best.is_file():
+    if grid_run is None and state == "completed" and not run.best.is_file():
         state = "new"  # a stage restored from a published record, without its checkpoint, that a new run needs
-    if job.tuning is not None and state in ("completed", "resumable"):  # its cell's chosen values, now known
+    if tuning is not None and state in ("completed", "resumable"):  # its cell's chosen values, now known
         _check_as_planned(run, job.values)
     if state == "completed":
         job.status = "done before"
     else:
         for attempt in (1, 2):
             try:
-                if job.self_supervised:  # one process: a pretraining on unlabelled images is not data-parallel
+                if (
+                    isinstance(job, PlannedPretraining) and job.self_supervised
+                ):  # one process: a pretraining on unlabelled images is not data-parallel
                     _pretrain(job, resume=state == "resumable" and attempt == 1)
                 elif state == "resumable" and attempt == 1:
                     resume_run(job.run_dir, quiet=True, dist=dist)
@@ -120,8 +126,8 @@ def _execute(
                 raise
             except LowmedError as exc:
                 job.status, job.detail = "skipped", str(exc)
-                if job.arm is not None:
-                    skip_reasons[job.arm.name] = str(exc)
+                if grid_run is not None:
+                    skip_reasons[grid_run.arm.name] = str(exc)
                 return
             except Exception as exc:  # a failure during the run: once more, from scratch
                 if dist.enabled:
@@ -134,14 +140,14 @@ def _execute(
             return
     if tuning is not None and not run.tuning.is_file():
         tuning.write(run.tuning)
-    if job.arm is not None and not run.evaluation(study.split).exists():
+    if grid_run is not None and not run.evaluation(study.split).exists():
         evaluate(job.run_dir, quiet=True, **study.evaluate)
-    for external in external_sets(study, job.dataset).values() if job.arm is not None else ():
+    for external in external_sets(study, job.dataset).values() if grid_run is not None else ():
         if not run.evaluation("test", external.root.name).exists():
             evaluate(job.run_dir, data=external.root, quiet=True, **{**study.evaluate, "split": "test"})
 
 
-def _pretrain(job: PlannedRun, resume: bool) -> None:
+def _pretrain(job: PlannedPretraining, resume: bool) -> None:
     from lowmed.training.selfsupervised import pretrain, resume_pretraining
 
     if resume:
@@ -175,6 +181,7 @@ def _tune(planned: PlannedTuning, study: Study, skip_reasons: dict[str, str], sh
     if planned.arm.name in skip_reasons:
         planned.status, planned.detail = "skipped", skip_reasons[planned.arm.name]
         return
+    assert study.tune is not None  # a study without tune: plans no cell
     before = _read_record(planned)
     try:
         record = tune_cell(planned.cell, study.tune, quiet=True, on_trial=show)
@@ -215,7 +222,7 @@ class _Session:
     study: Study
     study_path: Path
     dist: Distributed
-    pretrains: list[PlannedRun]
+    pretrains: list[PlannedPretraining]
     cells: list[PlannedTuning]
     runs: list[PlannedRun]
     families: TestFamilies
@@ -240,7 +247,7 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
     """
     study = load_study(study_path)
     if dry_run:
-        pretrains, cells, runs = plan(study, prepare_data=False)
+        pretrains, cells, runs = plan(study)
         record = study.out / Comparison.FILE
         earlier = Comparison.read(record) if record.is_file() else None
         power = _power(study, earlier, study_families(study, runs))
@@ -276,10 +283,11 @@ def _initialise(study: Study, study_path: Path) -> _Session:
     check_writable(study.folder.report, f"{study_path}: out:")
     dist = Distributed.from_environment(str(study.train.get("device", "auto")), timeout=GRID_WAIT)
     tracker = open_tracker(study.track) if dist.is_main else None
-    planned: list = []
+    planned: list[tuple[list[PlannedPretraining], list[PlannedTuning], list[PlannedRun], list[str]]] = []
 
     def prepare_study() -> None:
         shutil.rmtree(study.folder.claims, ignore_errors=True)  # left by an invocation that was stopped
+        prepare_study_data(study)
         pretrains, cells, runs = plan(study)
         restored = restore_published(study, study_path, pretrains, cells, runs)
         study_families(study, runs).write(study.out / TestFamilies.FILE)  # fixed before any run trains
@@ -289,11 +297,13 @@ def _initialise(study: Study, study_path: Path) -> _Session:
     pretrains, cells, runs, restored = planned[0] if planned else (*plan(study), [])
     families = TestFamilies.read(study.out / TestFamilies.FILE)
     tuned = {param.name for param in study.tune.space} | {"monitor"} if study.tune else set()
-    for job in pretrains + runs:  # before anything trains (a tuned run's chosen values: once its cell is tuned)
+    for job in [*pretrains, *runs]:  # before anything trains (a tuned run's chosen values: once its cell is tuned)
         done = RunDir(job.run_dir)
         if done.state() in ("completed", "resumable"):
-            options = PretrainConfig if job.self_supervised else TrainConfig
-            _check_as_planned(done, {k: v for k, v in job.values.items() if not (job.tuning and k in tuned)}, options)
+            self_supervised = isinstance(job, PlannedPretraining) and job.self_supervised
+            tuned_here = tuned if isinstance(job, PlannedRun) and job.tuning is not None else set()
+            values = {k: v for k, v in job.values.items() if k not in tuned_here}
+            _check_as_planned(done, values, PretrainConfig if self_supervised else TrainConfig)
     return _Session(study, study_path, dist, pretrains, cells, runs, families, restored, tracker=tracker)
 
 
@@ -314,25 +324,24 @@ def _run(session: _Session, quiet: bool) -> list[PlannedRun]:
                 raise Interrupted("stopped")
             if dist.enabled and runs and job is runs[0]:
                 dist.barrier()  # every cell is tuned before any run takes its values
-            if job.arm is not None and dist.world_size > 1 and not _claim(session.claims / job.name):
+            if isinstance(job, PlannedRun) and dist.world_size > 1 and not _claim(session.claims / job.name):
                 bar.advance(task)  # another process has it
                 continue
             bar.update(task, status=f"{job.name}")
             if isinstance(job, PlannedTuning):
                 _tune(job, study, skip_reasons, None if quiet else lambda line: _say(bar, prefix + line))
-            elif job.arm is None:
-                users = [run for run in runs if run.stage is job]
+            elif isinstance(job, PlannedPretraining):
+                users = [run for run in runs if run.pretraining is job]
                 needed = any(RunDir(run.run_dir).state() != "completed" for run in users)
                 _execute(job, study, skip_reasons, dist, needed)
+                if job.status in ("failed", "skipped"):
+                    for run in users:  # the arm that needed this pretraining cannot run
+                        skip_reasons[run.arm.name] = f"pretrain stage {job.name} {job.status}: {job.detail}"
             else:
                 _execute(job, study, skip_reasons, alone)
                 own_runs.append(job)
                 if session.tracker is not None and job.status in ("trained", "done before"):
                     session.tracker.log_run(job.run_dir)
-            if job.arm is None and job.status in ("failed", "skipped"):
-                for run in runs:  # the arm that needed this pretraining cannot run
-                    if run.stage is job:
-                        skip_reasons[run.arm.name] = f"pretrain stage {job.name} {job.status}: {job.detail}"
             if not quiet:
                 detail = f" — {job.detail}" if job.detail else ""
                 if job.detail and (job.status, job.detail) in said:

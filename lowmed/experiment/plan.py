@@ -50,18 +50,33 @@ class PlannedTuning:
         return self.cell.name
 
 
-@dataclass
-class PlannedRun:
+@dataclass(kw_only=True)
+class PlannedJob:
+    """A run the study trains, and what became of it."""
+
     name: str
     run_dir: Path
-    values: dict  # TrainConfig fields (PretrainConfig fields for a self-supervised stage)
-    arm: Arm | None = None  # None for a pretrain stage
-    dataset: str = ""
+    values: dict  # TrainConfig fields (PretrainConfig fields for a self-supervised pretraining)
+    dataset: str  # the study dataset it trains on: for a pretraining, its corpus
     status: str = "planned"
     detail: str = ""
+
+
+@dataclass(kw_only=True)
+class PlannedPretraining(PlannedJob):
+    """A pretraining whose weights an arm's runs start from: ``lowmed train`` on a labelled corpus, or
+    ``lowmed pretrain`` on unlabelled images (self-supervised)."""
+
+    self_supervised: bool = False
+
+
+@dataclass(kw_only=True)
+class PlannedRun(PlannedJob):
+    """A run of the study's grid: one arm, dataset, N and seed."""
+
+    arm: Arm
     tuning: PlannedTuning | None = None  # the tuning cell whose chosen values this run takes
-    self_supervised: bool = False  # a stage of lowmed pretrain on unlabelled images
-    stage: "PlannedRun | None" = None  # the pretrain stage whose weights this run starts from
+    pretraining: PlannedPretraining | None = None  # the pretraining whose weights this run starts from
 
 
 def prepared(spec: DatasetSpec, out: Path, quiet: bool, role: str = "full") -> PreparedDataset:
@@ -86,6 +101,7 @@ def prepared(spec: DatasetSpec, out: Path, quiet: bool, role: str = "full") -> P
         return dataset
     if spec.demo:
         return prepare_demo_dataset(spec.demo, StudyDir(out).raw(spec.name), target, quiet)
+    assert spec.data is not None  # a dataset gives data or demo
     source = Path(spec.data).expanduser()
     if is_prepared(source):
         return PreparedDataset.load(source)
@@ -113,8 +129,9 @@ def pretrain_stage(study: Study, arm: Arm, target: str | None = None) -> tuple[s
     """The stage's name and its TrainConfig values (all but ``data`` and ``out``); for a self-supervised arm its
     PretrainConfig values, for the study dataset ``target`` (whose val and test images its corpus is guarded
     against, and whose val split monitors it): one stage per target."""
-    spec: DatasetSpec = arm.pretrain["dataset"]
-    options = {k: v for k, v in arm.pretrain.items() if k != "dataset"}
+    if arm.pretrain is None:
+        raise ValueError(f"arm {arm.name} is not pretrained by lowmed")
+    spec, options = arm.pretrain.dataset, arm.pretrain.options
     if arm.self_supervised:
         shared = {k: v for k, v in study.train.items() if k in _SHARED_WITH_SELF_SUPERVISED}
         values = {**shared, **options, "model": arm.model}
@@ -128,56 +145,71 @@ def pretrain_stage(study: Study, arm: Arm, target: str | None = None) -> tuple[s
     made = {"values": named, "dataset": corpus, **({"target": target} if arm.self_supervised else {})}
     digest = hashlib.sha256(json.dumps(made, sort_keys=True, default=str).encode()).hexdigest()[:8]
     if arm.self_supervised:
-        return slug(f"{arm.model}-{options['method']}-on-{spec.name}-for-{target}-{digest}"), values
+        return slug(f"{arm.model}-{arm.pretrain.method}-on-{spec.name}-for-{target}-{digest}"), values
     return slug(f"{arm.model}-on-{spec.name}-{digest}"), values
 
 
-def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], list[PlannedTuning], list[PlannedRun]]:
-    """The pretrain stages, the tuning cells and the grid of runs. With ``prepare_data`` the datasets are prepared
-    and the subsets drawn (a dry run leaves both out)."""
+def prepare_study_data(study: Study) -> None:
+    """Prepare every dataset the study reads inside its folder (its datasets, their external test sets, the
+    pretraining corpora) and draw each dataset's subsets, one per N and seed; what is there already is kept."""
     from lowmed.data.subsample import subsample
 
-    pretrains: dict[str, PlannedRun] = {}
-    pretrain_of: dict[tuple[str, str | None], PlannedRun] = {}  # (arm, its target: self-supervised only) -> stage
+    for arm in study.arms:
+        if arm.pretrain is not None:
+            prepared(arm.pretrain.dataset, study.out, True, "unlabelled" if arm.self_supervised else "full")
+    for spec in study.datasets:
+        dataset = prepared(spec, study.out, quiet=True)
+        for external in spec.external:
+            prepared(external, study.out, quiet=True, role="test")
+        for per_class in study.per_class:
+            for seed in study.seeds:
+                subset = study.folder.subset(spec.name, per_class, seed)
+                if not subset.is_file():
+                    subsample(dataset.root, per_class, seed=seed, out=subset, quiet=True)
+
+
+def plan(study: Study) -> tuple[list[PlannedPretraining], list[PlannedTuning], list[PlannedRun]]:
+    """The pretrain stages, the tuning cells and the grid of runs, computed from the study file and the data
+    ``prepare_study_data`` prepared; nothing is written. Before that (a dry run), a dataset stands in the runs'
+    values by its name, and a pretraining corpus by its source."""
+    pretrains: dict[str, PlannedPretraining] = {}
+    # (arm, its target: self-supervised only) -> the pretraining
+    pretrain_of: dict[tuple[str, str | None], PlannedPretraining] = {}
     for arm in study.arms:
         if arm.pretrain is None:
             continue
         for target in [spec.name for spec in study.datasets] if arm.self_supervised else [None]:
             name, values = pretrain_stage(study, arm, target)
             if name not in pretrains:
-                spec: DatasetSpec = arm.pretrain["dataset"]
+                spec = arm.pretrain.dataset
                 run_dir = study.folder.pretrain_stage(name)
-                role = "unlabelled" if arm.self_supervised else "full"
-                data = str(prepared(spec, study.out, True, role).root) if prepare_data else spec.data or spec.demo
-                if arm.self_supervised:
-                    values = {**values, "target": _target_data(study, target, prepare_data)}
+                corpus = _prepared_already(spec, study.out)
+                data = str(corpus.root) if corpus is not None else spec.data or spec.demo
+                if target is not None:  # self-supervised: a stage per target
+                    values = {**values, "target": _target_data(study, target)}
                 else:
                     values = {**values, "arm": name}
-                pretrains[name] = PlannedRun(
-                    name,
-                    run_dir,
-                    {**values, "data": data, "out": str(run_dir)},
+                pretrains[name] = PlannedPretraining(
+                    name=name,
+                    run_dir=run_dir,
+                    values={**values, "data": data, "out": str(run_dir)},
                     dataset=spec.name,
                     self_supervised=arm.self_supervised,
                 )
             pretrain_of[(arm.name, target)] = pretrains[name]
-    _guard_pretraining_data(study, pretrain_of, prepare_data)
+    _guard_pretraining_data(study, pretrain_of)
     cells: dict[tuple, PlannedTuning] = {}
     tuning = study.folder.tuning
-    runs = []
+    runs: list[PlannedRun] = []
     for spec in study.datasets:
-        dataset = prepared(spec, study.out, quiet=True) if prepare_data else None
-        for external in spec.external if prepare_data else ():
-            prepared(external, study.out, quiet=True, role="test")
+        dataset = _prepared_already(spec, study.out)
         for per_class in study.per_class:
             for seed in study.seeds:
                 subset = study.folder.subset(spec.name, per_class, seed)
-                if dataset is not None and not subset.is_file():
-                    subsample(dataset.root, per_class, seed=seed, out=subset, quiet=True)
                 for arm in study.arms:
                     name = slug(f"{spec.name}-{arm.name}-{arm.model}-n{per_class}-seed{seed}")
-                    stage = pretrain_of.get((arm.name, spec.name)) or pretrain_of.get((arm.name, None))
-                    weights = str(stage.run_dir) if stage is not None else arm.weights
+                    pretraining = pretrain_of.get((arm.name, spec.name)) or pretrain_of.get((arm.name, None))
+                    weights = str(pretraining.run_dir) if pretraining is not None else arm.weights
                     values = {
                         **study.train,
                         **arm.options,
@@ -206,30 +238,31 @@ def plan(study: Study, prepare_data: bool = True) -> tuple[list[PlannedRun], lis
                                 seed,
                             )
                         cell = cells[key]
-                    runs.append(
-                        PlannedRun(name, study.folder.run(name), values, arm, spec.name, tuning=cell, stage=stage)
+                    planned = PlannedRun(
+                        name=name,
+                        run_dir=study.folder.run(name),
+                        values=values,
+                        dataset=spec.name,
+                        arm=arm,
+                        tuning=cell,
+                        pretraining=pretraining,
                     )
+                    runs.append(planned)
     return list(pretrains.values()), list(cells.values()), runs
 
 
-def _guard_pretraining_data(
-    study: Study, pretrain_of: dict[tuple[str, str | None], PlannedRun], prepare_data: bool
-) -> None:
+def _guard_pretraining_data(study: Study, pretrain_of: dict[tuple[str, str | None], PlannedPretraining]) -> None:
     """Refuse a study whose pretraining data holds images of a target's val or test split, before anything trains
-    (``lowmed.data.leakage``, image by image). A dry run (no ``prepare_data``) checks what is prepared already and
-    says where a pretraining source and a target's folders overlap, to be checked when the study runs."""
-
-    def dataset(spec: DatasetSpec, role: str = "full") -> PreparedDataset | None:
-        return prepared(spec, study.out, True, role) if prepare_data else _prepared_already(spec, study.out)
-
+    (``lowmed.data.leakage``, image by image). Before the data are prepared (a dry run), say where a pretraining
+    source and a target's folders overlap, to be checked when the study runs."""
     for (arm, target), stage in pretrain_of.items():
-        corpus_spec = next(a.pretrain["dataset"] for a in study.arms if a.name == arm)
-        corpus = dataset(corpus_spec, "unlabelled" if stage.self_supervised else "full")
+        corpus_spec = next(a.pretrain.dataset for a in study.arms if a.name == arm and a.pretrain is not None)
+        corpus = _prepared_already(corpus_spec, study.out)
         for spec in study.datasets:
             if target not in (None, spec.name):
                 continue
             what = f"arm {arm}'s pretraining data ({corpus_spec.name})"
-            target_data = dataset(spec)
+            target_data = _prepared_already(spec, study.out)
             if corpus is not None and target_data is not None:
                 trained, selected = (
                     (corpus.manifest, None) if stage.self_supervised else (corpus.split("train"), corpus.split("val"))
@@ -259,10 +292,10 @@ def _nested(one: Path, other: Path) -> bool:
     return one.is_relative_to(other) or other.is_relative_to(one)
 
 
-def _target_data(study: Study, name: str, prepare_data: bool) -> str:
-    """A study dataset's prepared dir (its name in a dry run), the target of a self-supervised stage."""
-    spec = next(spec for spec in study.datasets if spec.name == name)
-    return str(prepared(spec, study.out, quiet=True).root) if prepare_data else name
+def _target_data(study: Study, name: str) -> str:
+    """A study dataset's prepared dir (its name before it is prepared), the target of a self-supervised stage."""
+    dataset = _prepared_already(next(spec for spec in study.datasets if spec.name == name), study.out)
+    return str(dataset.root) if dataset is not None else name
 
 
 def study_baseline(study: Study) -> str | None:
@@ -281,7 +314,8 @@ def study_families(study: Study, runs: list[PlannedRun]) -> TestFamilies:
     baseline = None if study.pairs else study_baseline(study)
     entity = {arm.name: f"{arm.name} · {arm.model}" for arm in study.arms}
     planned = {frozenset(pair): pair for pair in study.pairs}  # compare.pairs: the primary family, as a − b
-    primary, secondary = [], []
+    primary: list[FamilyMember] = []
+    secondary: list[FamilyMember] = []
     for spec in study.datasets:
         dataset = next(Path(run.values["data"]).name for run in runs if run.dataset == spec.name)
         for per_class in study.per_class:

@@ -41,7 +41,7 @@ from lowmed.contracts import (
 )
 from lowmed.data.manifest import read_info
 from lowmed.errors import LowmedError
-from lowmed.experiment.plan import PlannedRun, PlannedTuning, differences_from_plan
+from lowmed.experiment.plan import PlannedPretraining, PlannedRun, PlannedTuning, differences_from_plan
 from lowmed.experiment.portable import PortablePaths
 from lowmed.experiment.study import Study
 from lowmed.io import sha256_file, staged_dir, write_csv, write_json, write_text, write_yaml
@@ -53,11 +53,12 @@ _PATH_OPTIONS = ("data", "subset", "out")
 
 
 def publish_study(
-    study: Study, study_path: Path, pretrains: list[PlannedRun], runs: list[PlannedRun], figures: list[Path]
+    study: Study, study_path: Path, pretrains: list[PlannedPretraining], runs: list[PlannedRun], figures: list[Path]
 ) -> Comparison:
     """Replace ``study.publish`` with the study's record, then compare the published runs into it; returns that
     comparison."""
     target = study.publish
+    assert target is not None  # a study with publish:
     check_publish_folder(target)
     portable = PortablePaths.for_study(study.variables)
     with staged_dir(target) as staging:
@@ -134,7 +135,11 @@ def _below(path: str, root: str | None, portable: PortablePaths) -> str:
 
 
 def restore_published(
-    study: Study, study_path: Path, pretrains: list[PlannedRun], cells: list[PlannedTuning], runs: list[PlannedRun]
+    study: Study,
+    study_path: Path,
+    pretrains: list[PlannedPretraining],
+    cells: list[PlannedTuning],
+    runs: list[PlannedRun],
 ) -> list[str]:
     """Copy into ``study.out`` every planned run it lacks that the published record holds finished and evaluated,
     then the tuning records and pretrain stages those runs complete; returns the runs restored."""
@@ -155,8 +160,8 @@ def restore_published(
         if TrainSummary.read(source.summary).completed:
             published_weights = _restore_run(source, job, study.split, portable, record)
             restored.append(job.name)
-            if job.stage is not None:
-                stage_names.setdefault(job.stage.name, set()).add(Path(published_weights).name)
+            if job.pretraining is not None:
+                stage_names.setdefault(job.pretraining.name, set()).add(Path(published_weights).name)
     log = study.out / StudyLog.FILE
     if restored and not log.exists():  # the invocations that made the runs taken: the study's wall time counts them
         write_json(_folder(log), _local_json(record / StudyLog.FILE, portable))
@@ -170,7 +175,7 @@ def restore_published(
     for planned in cells:
         _restore_cell(planned, study, runs)
     for stage in pretrains:
-        users = [run for run in runs if run.stage is stage]
+        users = [run for run in runs if run.pretraining is stage]
         names = stage_names.get(stage.name, set())
         if (
             stage.run_dir.exists()
@@ -182,8 +187,8 @@ def restore_published(
         if published.config.is_file():  # a record written before stages kept their train.json has no stage.json
             with staged_dir(stage.run_dir) as staging:
                 paths = (*_PATH_OPTIONS, "weights", "init", "target")
-                planned = {name: stage.values[name] for name in paths if name in stage.values}
-                _write_local_yaml(published.config, RunDir(staging).config, portable, planned)
+                planned_paths = {name: stage.values[name] for name in paths if name in stage.values}
+                _write_local_yaml(published.config, RunDir(staging).config, portable, planned_paths)
                 shutil.copy2(published.history, staging / published.history.name)
                 if (published.path / STAGE_RECORD).is_file():
                     summary = _local_json(published.path / STAGE_RECORD, portable)

@@ -4,7 +4,7 @@ a reporting checklist a reviewer can hold against TRIPOD+AI and CLAIM."""
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import lowmed
@@ -29,7 +29,7 @@ from lowmed.contracts import (
 )
 from lowmed.data.manifest import PreparedDataset, read_info
 from lowmed.experiment.checklist import ReportInputs, reporting_checklist
-from lowmed.experiment.plan import PlannedRun, PlannedTuning, external_sets
+from lowmed.experiment.plan import PlannedPretraining, PlannedRun, PlannedTuning, external_sets
 from lowmed.experiment.study import Study
 
 
@@ -62,12 +62,12 @@ def _sentence(row: TestRow | dict) -> str:
 
 def study_report(
     study: Study,
-    pretrains: list[PlannedRun],
+    pretrains: list[PlannedPretraining],
     runs: list[PlannedRun],
     comparison: Comparison | None,
     log: StudyLog,
     inputs: ReportInputs,
-    cells: list[PlannedTuning] = (),
+    cells: Sequence[PlannedTuning] = (),
     external: dict[str, Comparison] | None = None,
 ) -> str:
     """The study's ``report.md``: setup, headline, results, conclusions, and (``external``: per external test set,
@@ -129,7 +129,7 @@ def study_report(
         lines += _time_section(study, pretrains, done, summaries, tuned)
     if comparison:
         lines += ["", *reporting_checklist(study, pretrains, runs, summaries, comparison, log, inputs)]
-    problems = grouped_problems(pretrains + cells + runs)
+    problems = grouped_problems([*pretrains, *cells, *runs])
     if problems:
         lines += ["", "## Skipped or failed runs", ""]
         for (status, detail), names in problems.items():
@@ -150,7 +150,7 @@ def _incomplete(done: int, planned: int) -> list[str]:
 
 
 def _setup(
-    study: Study, pretrains: list[PlannedRun], runs: list[PlannedRun], summaries: list[TrainSummary], inputs
+    study: Study, pretrains: list[PlannedPretraining], runs: list[PlannedRun], summaries: list[TrainSummary], inputs
 ) -> list[str]:
     lines = []
     units = []  # what the bootstrap resamples whole, per dataset
@@ -169,17 +169,16 @@ def _setup(
     )
     stages_of: dict[str, list[Path]] = {}  # a self-supervised arm has a stage per target dataset
     for run in runs:
-        if run.stage is not None and run.stage.run_dir not in stages_of.setdefault(run.arm.name, []):
-            stages_of[run.arm.name].append(run.stage.run_dir)
+        pretraining = run.pretraining
+        if pretraining is not None and pretraining.run_dir not in stages_of.setdefault(run.arm.name, []):
+            stages_of[run.arm.name].append(pretraining.run_dir)
     for arm in study.arms:
-        how = f"self-supervised ({arm.pretrain['method']}) " if arm.self_supervised else ""
-        source = (
-            f"pretrained {how}by lowmed on {arm.pretrain['dataset'].name} ("
-            + "; ".join(f"stage {Path(stage).name}{_stage_outcome(RunDir(stage))}" for stage in stages_of[arm.name])
-            + ")"
-            if arm.pretrain
-            else inputs.weights_text(arm.weights, _arm_summary(arm.name, summaries))
-        )
+        if arm.pretrain is not None:
+            how = f"self-supervised ({arm.pretrain.method}) " if arm.self_supervised else ""
+            stages = (f"stage {Path(stage).name}{_stage_outcome(RunDir(stage))}" for stage in stages_of[arm.name])
+            source = f"pretrained {how}by lowmed on {arm.pretrain.dataset.name} ({'; '.join(stages)})"
+        else:
+            source = inputs.weights_text(arm.weights, _arm_summary(arm.name, summaries))
         lines.append(
             f"- Arm **{arm.name}**: {arm.model}, weights {source}"
             + (f", own options {arm.options}" if arm.options else "")
@@ -366,7 +365,7 @@ def results_tables(comparison: Comparison) -> str:
 
 def _time_section(
     study: Study,
-    pretrains: list[PlannedRun],
+    pretrains: list[PlannedPretraining],
     done: list[PlannedRun],
     summaries: list[TrainSummary],
     cells: list[PlannedTuning],
@@ -392,8 +391,8 @@ def _time_section(
         evaluated = [RunDir(job.run_dir).evaluation(study.split) for job in jobs]
         evaluation = [e.read_report().seconds for e in evaluated if e.exists()]
         builds = [sum(c.get("build_seconds") or 0 for c in s.caches.values()) for s in own]
-        tuning = [cell.cell.record.seconds for cell in cells if cell.arm is arm]
-        stages = {id(job.stage) for job in jobs if job.stage is not None}
+        tuning = [cell.cell.record.seconds for cell in cells if cell.arm is arm and cell.cell.record is not None]
+        stages = {id(job.pretraining) for job in jobs if job.pretraining is not None}
         pretrained = [
             RunDir(stage.run_dir).read_summary().epoch_seconds_total or 0
             for stage in pretrains
@@ -425,6 +424,8 @@ def _tuning_section(cells: list[PlannedTuning]) -> list[str]:
     ]
     for planned in cells:
         record = planned.cell.record
+        if record is None:  # not tuned (its arm was skipped)
+            continue
         counted = record.counted
         pruned = sum(t.state == "pruned" for t in counted)
         chosen = ", ".join(f"{name} {short_value(value)}" for name, value in record.chosen.items())

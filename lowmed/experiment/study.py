@@ -53,19 +53,31 @@ class DatasetSpec:
 
 
 @dataclass
+class ArmPretraining:
+    """An arm's ``pretrain:``: its corpus, and the TrainConfig options of a supervised pretraining or the
+    PretrainConfig options (with a method) of a self-supervised one on unlabelled images."""
+
+    dataset: DatasetSpec
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str | None:
+        """The self-supervised method (moco, simclr); None for a supervised pretraining."""
+        return self.options.get("method")
+
+
+@dataclass
 class Arm:
     name: str
     model: str
     weights: str = "none"  # none | imagenet | PATH | RUN_DIR; replaced by the pretrain run when pretrain is set
-    # {dataset: DatasetSpec, and TrainConfig options for a supervised pretraining, or PretrainConfig options (with a
-    # method) for a self-supervised one on unlabelled images}
-    pretrain: dict | None = None
+    pretrain: ArmPretraining | None = None
     options: dict = field(default_factory=dict)  # TrainConfig options for this arm only
 
     @property
     def self_supervised(self) -> bool:
         """Model D: pretrained by lowmed without labels, on the user's own images."""
-        return self.pretrain is not None and "method" in self.pretrain
+        return self.pretrain is not None and self.pretrain.method is not None
 
 
 @dataclass
@@ -224,27 +236,30 @@ def _dataset_spec(values: Any, where: str) -> DatasetSpec:
     return DatasetSpec(**values)
 
 
+def _arm_pretraining(values: Any, where: str) -> ArmPretraining:
+    # with a method, a self-supervised stage on unlabelled images (PretrainConfig), else a supervised one
+    config = PretrainConfig if isinstance(values, dict) and "method" in values else TrainConfig
+    options = dict(_checked_keys(values, {"dataset", *config.__dataclass_fields__}, f"{where}.pretrain"))
+    dataset = _dataset_spec(options.pop("dataset", None), f"{where}.pretrain.dataset")
+    for name in ("weights", "init"):
+        if name in options:
+            options[name] = _expand(str(options[name]), f"{where}.pretrain.{name}")
+    if config is PretrainConfig:
+        fixed = sorted(set(options) & {"data", "target", "out"})
+        if fixed:
+            raise LowmedError(
+                f"{where}.pretrain: {', '.join(fixed)} are set by the study (the corpus is pretrain.dataset, the "
+                "target each dataset of the study)"
+            )
+        PretrainConfig.from_dict(options, f"{where}.pretrain")
+    return ArmPretraining(dataset, options)
+
+
 def _arm(values: Any, where: str, index: int) -> Arm:
     values = _checked_keys(values, _ARM_KEYS, where)
     if "model" not in values:
         raise LowmedError(f"{where} needs a model")
-    pretrain = values.get("pretrain")
-    if pretrain is not None:
-        # with a method, a self-supervised stage on unlabelled images (PretrainConfig), else a supervised one
-        options = PretrainConfig if isinstance(pretrain, dict) and "method" in pretrain else TrainConfig
-        pretrain = dict(_checked_keys(pretrain, {"dataset", *options.__dataclass_fields__}, f"{where}.pretrain"))
-        pretrain["dataset"] = _dataset_spec(pretrain.get("dataset"), f"{where}.pretrain.dataset")
-        for name in ("weights", "init"):
-            if name in pretrain:
-                pretrain[name] = _expand(str(pretrain[name]), f"{where}.pretrain.{name}")
-        if options is PretrainConfig:
-            fixed = sorted(set(pretrain) & {"data", "target", "out"})
-            if fixed:
-                raise LowmedError(
-                    f"{where}.pretrain: {', '.join(fixed)} are set by the study (the corpus is pretrain.dataset, the "
-                    "target each dataset of the study)"
-                )
-            PretrainConfig.from_dict({k: v for k, v in pretrain.items() if k != "dataset"}, f"{where}.pretrain")
+    pretrain = _arm_pretraining(values["pretrain"], where) if values.get("pretrain") is not None else None
     return Arm(
         name=str(values.get("name", f"arm{index + 1}")),
         model=str(values["model"]),
@@ -277,21 +292,21 @@ def _check_whole(study: Study, path: Path) -> None:
         where = f"{path}: arm {arm.name!r}"
         try:
             model = get_model_spec(arm.model)
-            if arm.self_supervised:
-                weights = arm.pretrain.get("init", "auto")
+            if arm.pretrain is not None and arm.self_supervised:
+                weights = arm.pretrain.options.get("init", "auto")
                 if importlib.util.find_spec("lightly") is None:
                     raise LowmedError(
                         "its self-supervised pretraining needs lightly; install it with: pip install 'lowmed[ssl]'"
                     )
-            elif arm.pretrain:
-                weights = {**study.train, **arm.pretrain}.get("weights", "none")
+            elif arm.pretrain is not None:
+                weights = {**study.train, **arm.pretrain.options}.get("weights", "none")
             else:
                 weights = arm.weights
             weights_kind(resolve_weights(str(weights), model.name), model)
         except LowmedError as exc:
             raise LowmedError(f"{where}: {exc}") from None
-        if arm.pretrain:
-            corpus = arm.pretrain["dataset"]
+        if arm.pretrain is not None:
+            corpus = arm.pretrain.dataset
             if specs.setdefault(corpus.name, corpus) != corpus:
                 raise LowmedError(
                     f"{where}: pretrain dataset {corpus.name!r} differs from another dataset of that "
@@ -299,7 +314,7 @@ def _check_whole(study: Study, path: Path) -> None:
                 )
     for spec in specs.values():
         if spec.data and not Path(spec.data).expanduser().exists():
-            users = [arm.name for arm in study.arms if arm.pretrain and arm.pretrain["dataset"].name == spec.name]
+            users = [arm.name for arm in study.arms if arm.pretrain and arm.pretrain.dataset.name == spec.name]
             whose = f" (pretraining of arm {', '.join(map(repr, users))})" if users else ""
             raise LowmedError(f"{path}: dataset {spec.name!r}{whose}: data {spec.data} does not exist")
     for spec in study.datasets:

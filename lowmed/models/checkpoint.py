@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lowmed.errors import LowmedError
+from lowmed.errors import LowmedError, RunFailed
 from lowmed.io import atomic_path
 
 CHECKPOINT_SCHEMA = 2  # 1: lowmed before this contract (no ``schema`` key); the same keys
@@ -59,6 +59,12 @@ class BestSoFar:
     value: float | None = None  # of the monitored metric
     epoch: int | None = None
     phase: str | None = None
+
+    def reached(self) -> tuple[int, float]:
+        """The best epoch and its value, once an epoch was trained."""
+        if self.epoch is None or self.value is None:
+            raise RunFailed("no epoch was trained: the run has no best epoch (are its epochs 0?)")
+        return self.epoch, self.value
 
 
 @dataclass(kw_only=True)

@@ -10,6 +10,7 @@ activations disappears. On a CPU this is most of the cost of EfficientNet's earl
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any, TypeGuard
 
 import torch
 from torch import fx, nn
@@ -36,21 +37,21 @@ def folded_for_inference(module: nn.Module) -> nn.Module:
     calls = Counter(node.target for node in folded.graph.nodes if node.op == "call_module")
     count = 0
     for node in list(folded.graph.nodes):
-        norm = modules.get(node.target) if node.op == "call_module" else None
+        norm = modules.get(_module_name(node)) if node.op == "call_module" else None
         source = node.args[0] if node.args else None
         if not (_foldable_norm(norm) and isinstance(source, fx.Node) and source.op == "call_module"):
             continue
-        conv = modules[source.target]
+        conv = modules[_module_name(source)]
         if type(conv) is not nn.Conv2d or len(source.users) > 1 or calls[source.target] > 1 or calls[node.target] > 1:
             continue  # the convolution's output, or either module, is used elsewhere too
         if _parents(folded, node, source) & shared:
             continue  # replacing a child of a container shared with the original would change the original
-        _replace(folded, source.target, _merged(conv, norm))
+        _replace(folded, _module_name(source), _merged(conv, norm))
         if type(norm) is nn.BatchNorm2d:
             node.replace_all_uses_with(source)
             folded.graph.erase_node(node)
         else:  # timm's BatchNormAct2d: its dropout and activation stay
-            _replace(folded, node.target, nn.Sequential(norm.drop, norm.act))
+            _replace(folded, _module_name(node), nn.Sequential(norm.get_submodule("drop"), norm.get_submodule("act")))
         count += 1
     if count == 0:
         return module
@@ -59,7 +60,13 @@ def folded_for_inference(module: nn.Module) -> nn.Module:
     return folded
 
 
-def _foldable_norm(module: nn.Module | None) -> bool:
+def _module_name(node: fx.Node) -> str:
+    """A ``call_module`` node's target: the qualified name of its module."""
+    assert isinstance(node.target, str)
+    return node.target
+
+
+def _foldable_norm(module: nn.Module | None) -> TypeGuard[nn.BatchNorm2d]:
     """A 2-d batch norm in eval mode with running statistics: plain, or timm's norm + dropout + activation."""
     if not isinstance(module, nn.BatchNorm2d) or module.training or module.running_var is None:
         return False
@@ -70,23 +77,18 @@ def _foldable_norm(module: nn.Module | None) -> bool:
 
 def _merged(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
     """One convolution computing ``norm(conv(x))`` with ``norm``'s running statistics."""
+    assert norm.running_var is not None and norm.running_mean is not None  # _foldable_norm: it tracks them
     with torch.no_grad():
         scale = torch.rsqrt(norm.running_var + norm.eps)
         shift = -norm.running_mean * scale
         if norm.affine:
             scale, shift = scale * norm.weight, shift * norm.weight + norm.bias
         bias = shift if conv.bias is None else conv.bias * scale + shift
+        geometry: dict[str, Any] = {
+            name: getattr(conv, name) for name in ("kernel_size", "stride", "padding", "dilation", "groups")
+        }
         merged = nn.Conv2d(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups,
-            bias=True,
-            padding_mode=conv.padding_mode,
-            device="meta",
+            conv.in_channels, conv.out_channels, **geometry, bias=True, padding_mode=conv.padding_mode, device="meta"
         )
         # the product keeps the weight's memory format (channels-last where the network was converted)
         weight = conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
@@ -96,7 +98,7 @@ def _merged(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 def _parents(root: nn.Module, *nodes: fx.Node) -> set[int]:
-    return {id(root.get_submodule(node.target.rpartition(".")[0])) for node in nodes}
+    return {id(root.get_submodule(_module_name(node).rpartition(".")[0])) for node in nodes}
 
 
 def _replace(root: nn.Module, qualified_name: str, module: nn.Module) -> None:

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torchvision
 from torch import nn
 
 from lowmed.errors import LowmedError
+from lowmed.models.blocks import GlobalPool
 from lowmed.models.heads import build_head
 from lowmed.models.simple_cnn import SimpleCNN
-from lowmed.models.stages import GlobalPool
 from lowmed.preprocessing import Preprocessing
 
 
@@ -162,7 +162,7 @@ def _timm_spec(name: str) -> ModelSpec:
     def build() -> nn.Module:
         return timm.create_model(timm_name, pretrained=False, num_classes=0)
 
-    probe = build()
+    probe: Any = build()  # a timm model: its attributes are timm's
     cfg = probe.pretrained_cfg
     preprocessing = Preprocessing(int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
     return ModelSpec(
@@ -174,7 +174,7 @@ def _timm_spec(name: str) -> ModelSpec:
         preprocessing,
         f"timm {timm_name}",
         timm_name=timm_name,
-        cam_layer=probe.feature_info[-1]["module"],  # timm's name for its last feature stage
+        cam_layer=probe.feature_info[-1]["module"],  # timm's name for the module of its last feature map
     )
 
 

@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from lowmed.models.stages import GlobalPool
+from lowmed.models.blocks import GlobalPool
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from lowmed.config import TrainConfig
 from lowmed.contracts import EvalReport, RunDir
@@ -16,14 +15,14 @@ from lowmed.device import Precision, channels_last, native_amp, resolve_device
 from lowmed.errors import LowmedError
 from lowmed.models.checkpoint import Checkpoint
 from lowmed.models.forward import Normalizer
-from lowmed.models.registry import build_model, get_model_spec
+from lowmed.models.registry import Classifier, build_model, get_model_spec
 from lowmed.preprocessing import Preprocessing
 
 
 @dataclass
 class TrainedModel:
     path: Path  # the checkpoint file
-    model: nn.Module  # on ``device``, eval mode
+    model: Classifier  # on ``device``, eval mode
     task: str
     classes: list[str]
     config: TrainConfig  # the run's
@@ -127,5 +126,5 @@ def saved_threshold(trained: TrainedModel) -> tuple[float | list[float] | None, 
     report = chosen[0]
     return (
         report.threshold,
-        f"{report.threshold_source}; saved with {trained.path.parent.name}/eval/{Path(report.out).name}",
+        f"{report.threshold_source}; saved with {trained.path.parent.name}/eval/{report.folder.path.name}",
     )

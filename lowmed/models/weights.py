@@ -73,11 +73,14 @@ def weight_sources(weights_dir: str | None = None) -> list[dict]:
         }
     )
     for name, datasets in xrv.TRAINED_ON.items():
+        xrv_file: Path | None
         try:
-            path = xrv.expected_file(name, weights_dir)[0]
+            xrv_file = xrv.expected_file(name, weights_dir)[0]
         except LowmedError:  # torchxrayvision not installed: the names are known, the files are not
-            path = None
-        rows.append(_source_row(xrv.model_for(name), f"xrv:{name}", xrv.preprocessing(name), ", ".join(datasets), path))
+            xrv_file = None
+        rows.append(
+            _source_row(xrv.model_for(name), f"xrv:{name}", xrv.preprocessing(name), ", ".join(datasets), xrv_file)
+        )
     return rows
 
 

@@ -35,7 +35,7 @@ TRAINED_ON = {
     "resnet50-res512-all": ("padchest", "nih", "rsna", "siim", "vindr-cxr"),
 }
 # the target dataset's name for the overlap check, from the layout 'lowmed prepare' read it in
-FORMAT_DATASETS = {"nih": "nih", "chexpert": "chexpert"}
+FORMAT_DATASETS: dict[str | None, str] = {"nih": "nih", "chexpert": "chexpert"}
 
 
 def is_xrv(weights: str) -> bool:

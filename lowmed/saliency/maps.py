@@ -32,6 +32,7 @@ from torch import nn
 
 from lowmed.errors import LowmedError
 from lowmed.models.forward import Normalizer
+from lowmed.models.registry import Classifier
 from lowmed.numeric import finite_mean
 
 METHODS = ("gradcam", "gradcam++", "occlusion", "integrated-gradients")
@@ -69,14 +70,14 @@ class InputSpaceModel(nn.Module):
         return self.network(self.normalize(image))
 
 
-def target_layer(network: nn.Module, layer: str) -> nn.Module:
+def target_layer(network: Classifier, layer: str) -> nn.Module:
     """The module of ``network`` (a lowmed ``Classifier``) whose feature maps Grad-CAM explains: ``layer`` is its
     registry entry's ``cam_layer``, a path inside the backbone."""
     return network.backbone.get_submodule(layer)
 
 
 def saliency_maps(
-    network: nn.Module, layer: str, normalize: Normalizer, images: torch.Tensor, targets: torch.Tensor, method: str
+    network: Classifier, layer: str, normalize: Normalizer, images: torch.Tensor, targets: torch.Tensor, method: str
 ) -> np.ndarray:
     """(N, H, W) non-negative float32 maps for ``images`` (float [0, 1], (N, 3, H, W), on the network's device),
     each explaining the logit of its ``targets`` class; ``layer``: the registry's ``cam_layer`` of the network."""
@@ -130,15 +131,16 @@ def _gradcam_plus_plus(model: nn.Module, layer: nn.Module, x: torch.Tensor, targ
     return (weights * activations).sum(dim=1, keepdim=True).clamp(min=0)
 
 
-def randomised(network: nn.Module, seed: int) -> nn.Module:
+def randomised(network: Classifier, seed: int) -> Classifier:
     """A copy of ``network`` with every layer's weights re-initialised as at construction (seeded), in eval mode."""
     device = next(network.parameters()).device
     fresh = copy.deepcopy(network).cpu()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for module in fresh.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
     return fresh.to(device).eval()
 
 
@@ -183,7 +185,7 @@ class RandomisationCheck:
 
 
 def randomisation_check(
-    network: nn.Module,
+    network: Classifier,
     layer: str,
     normalize: Normalizer,
     images: torch.Tensor,

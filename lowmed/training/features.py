@@ -4,7 +4,7 @@ Frozen layers are in eval mode (their batch-norm statistics fixed), so their out
 the augmentation drawn. lowmed therefore runs them over every training image in a few augmented views, and over
 every validation image once, and trains the rest of the network on those outputs: epoch e uses view e mod K. In
 the frozen phase the cached part is the whole backbone and the head trains on pooled features; in fine-tuning it
-is every stage below the first one that trains (``lowmed.models.stages``). What trains sees the same kind of
+is every block below the first one that trains (``lowmed.models.blocks``). What trains sees the same kind of
 inputs as when the whole network runs every epoch — drawn from a pool of K augmentations per image instead of a
 fresh one — at a fraction of the cost. The cached part runs with its batch norms folded into the convolutions
 before them (``lowmed.models.folding``).
@@ -22,9 +22,9 @@ from lowmed.console import track
 from lowmed.data.augment import augment_batch
 from lowmed.data.loading import LabelledImages, index_chunks
 from lowmed.device import Precision, free_memory, inference_batch_size
+from lowmed.models.blocks import Block, backbone_blocks
 from lowmed.models.folding import folded_for_inference
 from lowmed.models.forward import model_input
-from lowmed.models.stages import Stage, backbone_stages
 
 # TrainConfig fields that act only above a cache (what trains on it, for how long, how the best epoch is picked);
 # every other field, including any added later, is taken to change the cached activations
@@ -51,9 +51,9 @@ _ABOVE_THE_CACHE = {
 
 @dataclass
 class ActivationCache:
-    boundary: str  # the last cached stage ("backbone": pooled features)
+    boundary: str  # the last cached block ("backbone": pooled features)
     top: nn.Module  # what trains: from the cached activations to the logits
-    above: nn.Module | None  # the backbone's stages in ``top`` (None when the head alone trains)
+    above: nn.Module | None  # the backbone's blocks in ``top`` (None when the head alone trains)
     train_views: torch.Tensor  # (views, train images, *activation shape), on the training device
     val: torch.Tensor  # (val images, *activation shape)
     compute_dtype: torch.dtype  # the dtype the cached part produced (storage may be float16 to fit the budget)
@@ -92,9 +92,10 @@ class ActivationCache:
         return self._as_input(view[rows], copy=False)  # indexing by rows has copied them already
 
     def pooled_features(self, head: nn.Module, precision: Precision, batch_size: int) -> "ActivationCache":
-        """The frozen phase's cache computed from this one: the backbone's remaining stages (frozen in that phase,
+        """The frozen phase's cache computed from this one: the backbone's remaining blocks (frozen in that phase,
         so in eval mode) over every cached view, instead of the whole backbone over the images again."""
         started = time.perf_counter()
+        assert self.above is not None  # the fine-tuning phase's cache, with the backbone blocks above it
         above = folded_for_inference(self.above.eval())
         with torch.no_grad(), precision.autocast(self.val.device):  # not inference mode: the head trains on them
             views = torch.stack([self._forward(above, view, batch_size) for view in self.train_views])
@@ -170,17 +171,17 @@ class PhaseCaches:
                 key = SharedCaches.key(self.config, "backbone")
                 kept = self.shared.get("frozen", key) if self.shared else None
                 if kept is not None:
-                    cache = _reused(kept, self.inputs.model.head, None)
+                    pooled = _reused(kept, self.inputs.model.head, None)
                 else:
                     batch = inference_batch_size(self.inputs.device, self.config.batch_size * 2)
-                    cache = ahead.pooled_features(self.inputs.model.head, self.inputs.precision, batch)
+                    pooled = ahead.pooled_features(self.inputs.model.head, self.inputs.precision, batch)
                     if self.shared:
-                        self.shared.keep("frozen", key, cache)
+                        self.shared.keep("frozen", key, pooled)
                 reused = {"reused": kept is not None} if self.shared else {}
-                self.reports["frozen"] = {**cache.report(), "computed_from": ahead.boundary, **reused}
-                return cache
-        cache, self.reports[phase] = build_cache(self.inputs, self.config, phase, frozen, self.quiet, self.shared)
-        return cache
+                self.reports["frozen"] = {**pooled.report(), "computed_from": ahead.boundary, **reused}
+                return pooled
+        built, self.reports[phase] = build_cache(self.inputs, self.config, phase, frozen, self.quiet, self.shared)
+        return built
 
 
 def build_cache(
@@ -260,23 +261,23 @@ def build_cache(
     return cache, cache.report()
 
 
-def split_at_cache(backbone: nn.Module, frozen: list[nn.Module]) -> tuple[list[Stage], list[Stage]] | str:
-    """The backbone's stages below the first that trains (or is random in training), whose outputs can be cached,
+def split_at_cache(backbone: nn.Module, frozen: list[nn.Module]) -> tuple[list[Block], list[Block]] | str:
+    """The backbone's blocks below the first that trains (or is random in training), whose outputs can be cached,
     and the rest, which run every epoch; or why the backbone cannot be split."""
-    stages = backbone_stages(backbone)
-    if stages is None:
-        return f"{type(backbone).__name__} is not a chain of stages (lowmed.models.stages)"
+    blocks = backbone_blocks(backbone)
+    if blocks is None:
+        return f"{type(backbone).__name__} is not a chain of blocks (lowmed.models.blocks)"
     frozen_ids = {id(module) for module in frozen}
-    cut = next((i for i, (_, module) in enumerate(stages) if not _same_every_epoch(module, frozen_ids)), len(stages))
+    cut = next((i for i, (_, module) in enumerate(blocks) if not _same_every_epoch(module, frozen_ids)), len(blocks))
     if cut == 0:
-        return f"the first stage ({stages[0][0]}) trains"
-    return stages[:cut], stages[cut:]
+        return f"the first block ({blocks[0][0]}) trains"
+    return blocks[:cut], blocks[cut:]
 
 
-def _same_every_epoch(stage: nn.Module, frozen_ids: set[int]) -> bool:
-    """Whether a stage gives the same output for the same input every epoch: every layer with weights and every
+def _same_every_epoch(block: nn.Module, frozen_ids: set[int]) -> bool:
+    """Whether a block gives the same output for the same input every epoch: every layer with weights and every
     normalisation layer in it is frozen (so in eval mode), and nothing in it drops out at random."""
-    for module in stage.modules():
+    for module in block.modules():
         has_weights = any(True for _ in module.parameters(recurse=False))
         if (has_weights or isinstance(module, nn.modules.batchnorm._NormBase)) and id(module) not in frozen_ids:
             return False

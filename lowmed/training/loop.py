@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -66,6 +67,7 @@ class Criterion:
         logits = logits.float()
         if self.task != "multilabel":
             return nn.functional.cross_entropy(logits, targets, weight=self.weights)
+        assert mask is not None  # multi-label targets come with the mask of their known labels
         losses = nn.functional.binary_cross_entropy_with_logits(
             logits, targets, reduction="none", pos_weight=self.weights
         )
@@ -77,6 +79,7 @@ def class_weights(task: str, targets: torch.Tensor, mask: torch.Tensor | None, c
     if task != "multilabel":
         counts = torch.bincount(targets, minlength=classes).float().clamp(min=1)
         return counts.sum() / (classes * counts)
+    assert mask is not None  # multi-label targets come with the mask of their known labels
     positives = (targets * mask).sum(0)
     negatives = ((1 - targets) * mask).sum(0)
     return torch.where(positives > 0, negatives / positives.clamp(min=1), torch.ones_like(positives)).clamp(max=100)
@@ -151,7 +154,7 @@ class PhaseRun:
     quiet: bool
     epoch: int = 0  # epochs of this phase so far
     stale: int = 0  # epochs since the monitored value last improved
-    generator: torch.Generator | None = None  # this epoch's: its order, augmentation and cached view
+    generator: torch.Generator = field(default_factory=torch.Generator)  # this epoch's: order, augmentation, view
 
     def training_state(self, patience: int) -> dict:
         """What ``last.pt`` needs of this phase to continue it."""
@@ -249,8 +252,8 @@ def _run_phases(
     caches = PhaseCaches(inputs, config, quiet, trial.caches if trial else None)
     for phase_index in range(resumed.phase_index if resumed else 0, len(phases)):
         phase = phases[phase_index]
-        resuming_here = state is not None and resumed is not None and phase_index == resumed.phase_index
-        if phase_index > 0 and not resuming_here:
+        resumed_here = resumed if resumed is not None and phase_index == resumed.phase_index else None
+        if phase_index > 0 and resumed_here is None:
             # each new phase starts from the best weights so far, not from the last epoch's
             saver.flush()
             inputs.dist.barrier()  # rank 0 has written best.pt
@@ -263,13 +266,14 @@ def _run_phases(
         )
         scaler = torch.amp.GradScaler(device.type, enabled=inputs.precision.needs_scaler)
         phase_epoch, stale = 0, 0
-        if resuming_here:
+        if resumed_here is not None:
+            assert state is not None and resumed_here.scheduler is not None and resumed_here.scaler is not None
             model.load_state_dict(state.model)
-            optimizer.load_state_dict(resumed.optimizer)
-            scheduler.load_state_dict(resumed.scheduler)
-            scaler.load_state_dict(resumed.scaler)
-            phase_epoch, stale = resumed.phase_epoch, resumed.stale_epochs
-            if resumed.phase_done:
+            optimizer.load_state_dict(resumed_here.optimizer)
+            scheduler.load_state_dict(resumed_here.scheduler)
+            scaler.load_state_dict(resumed_here.scaler)
+            phase_epoch, stale = resumed_here.phase_epoch, resumed_here.stale_epochs
+            if resumed_here.phase_done:
                 continue
         cache_started = time.perf_counter()
         cache = None
@@ -288,7 +292,7 @@ def _run_phases(
             else inputs.dist.wrap(model, find_unused=model.aux_head is not None)
         )
         if config.compile:  # compiles what takes the steps; checkpoints keep the plain module's names
-            trained = torch.compile(trained)
+            trained = cast(nn.Module, torch.compile(trained))
         run = PhaseRun(
             phase, phase_index, frozen, cache, trained, optimizer, scheduler, scaler, stop, quiet, phase_epoch, stale
         )
@@ -331,12 +335,13 @@ def _run_phases(
 
 
 def _best_epoch(saver: CheckpointSaver, history: list[dict]) -> BestEpoch:
-    row = history[saver.best.epoch - 1]
+    epoch, value = saver.best.reached()
+    row = history[epoch - 1]
     return BestEpoch(
         epoch=row["epoch"],
         phase=row["phase"],
         monitor=saver.monitor,
-        value=saver.best.value,
+        value=value,
         metrics={k: v for k, v in row.items() if k.startswith("val_")},
     )
 
@@ -370,7 +375,7 @@ def _epoch(inputs: LoopInputs, config: TrainConfig, run: PhaseRun, epoch: int) -
     freeze_bn = config.freeze_bn and inputs.pretrained and phase.name != "frozen"
     if cache is not None:
         train_mode(cache.top, run.frozen, freeze_bn)
-        batches = [(None, rows) for rows in chunks]
+        batches: Iterable[tuple[torch.Tensor | None, torch.Tensor]] = [(None, rows) for rows in chunks]
 
         def forward(_, rows):
             return trained(cache.train_batch(run.epoch, rows))
@@ -436,7 +441,8 @@ def _train_one_epoch(
             rows = rows.to(device, non_blocking=True)  # already there, unless the images are read per batch
             targets = all_targets[rows]
             mask = None if all_mask is None else all_mask[rows]
-            gradient_sync = trained.no_sync() if hasattr(trained, "no_sync") and not steps_now else nullcontext()
+            no_sync = getattr(trained, "no_sync", None)  # DDP's, also through torch.compile's wrapper
+            gradient_sync = no_sync() if no_sync is not None and not steps_now else nullcontext()
             with gradient_sync:
                 with inputs.precision.autocast(device):
                     output = forward(images, rows)
@@ -462,7 +468,7 @@ def _train_one_epoch(
     return float(np.average(losses, weights=sizes)), sum(sizes)
 
 
-def _direction(monitor: str) -> str:
+def _direction(monitor: str) -> Literal["min", "max"]:
     return "min" if monitor == "val_loss" else "max"
 
 

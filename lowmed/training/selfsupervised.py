@@ -20,9 +20,10 @@ import copy
 import math
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ KNN_TEMPERATURE = 0.07  # the weight of a neighbour's vote is exp(cosine similar
 PHASE = "self-supervised"
 
 
-def lightly_modules():
+def lightly_modules() -> tuple[Any, ...]:
     """lightly's loss, heads and momentum update; a missing lightly is one line naming the extra."""
     try:
         from lightly.loss import NTXentLoss
@@ -92,7 +93,8 @@ class ContrastiveModel(nn.Module):
         head = moco_head if config.method == "moco" else simclr_head
         self.backbone = backbone
         self.projector = head(feature_dim, config.hidden_dim, config.projection_dim)
-        self.key_backbone = self.key_projector = None
+        self.key_backbone: nn.Module | None = None
+        self.key_projector: nn.Module | None = None
         if config.method == "moco":
             self.key_backbone, self.key_projector = copy.deepcopy(backbone), copy.deepcopy(self.projector)
             deactivate(self.key_backbone)
@@ -104,6 +106,7 @@ class ContrastiveModel(nn.Module):
     @torch.no_grad()
     def keys(self, x: torch.Tensor, momentum: float) -> torch.Tensor:
         """MoCo: the momentum encoder moved towards the online one, then its projections of ``x``."""
+        assert self.key_backbone is not None and self.key_projector is not None  # MoCo's
         update_momentum = lightly_modules()[4]
         update_momentum(self.backbone, self.key_backbone, momentum)
         update_momentum(self.projector, self.key_projector, momentum)
@@ -122,6 +125,7 @@ def pretrain(
     ``train.json`` (``pretrain.json`` holds the method, the views, the leakage guard and the monitor's curve)."""
     loss_class = lightly_modules()[0]
     config.validate()
+    assert config.data is not None and config.target is not None  # validate() requires them
     spec = get_model_spec(config.model)
     corpus = load_or_prepare(Path(config.data).expanduser(), None, quiet, role="unlabelled")
     if corpus.role != "unlabelled":
@@ -133,6 +137,7 @@ def pretrain(
     if target.split("val").empty:
         raise LowmedError(f"--target {target.root}: no val split to monitor the pretraining on")
     config = _resolved(config, spec, corpus, target)
+    assert config.out is not None and config.image_size is not None  # _resolved fills them
     run_dir = RunDir(config.out)
     with own_run_dir(run_dir.path, "pretrain"):
         check_run_dir(run_dir, resume, overwrite)
@@ -159,14 +164,14 @@ def pretrain(
                 "prepared_dir": str(corpus.root),
                 "manifest_sha256": corpus.info.manifest_sha256,
                 "images": len(corpus.manifest),
-                "used": len(images["corpus"]),
+                "used": len(images.corpus),
                 "groups": int(rows["group"].nunique()),
             },
             target={
                 "prepared_dir": str(target.root),
                 "manifest_sha256": target.info.manifest_sha256,
                 "monitor_split": "val",
-                "monitor_images": len(images["val"]),
+                "monitor_images": len(images.val),
             },
             leakage=overlap,
             monitor={
@@ -195,17 +200,18 @@ def pretrain(
             raise
         trained = [row for row in history if row["epoch"] > 0]
         record.monitor["curve"] = [{k: row.get(k) for k in ("epoch", "train_loss", *_MONITORED)} for row in history]
-        record.best_epoch, record.best_value = best.epoch, best.value
+        best_epoch, best_value = best.reached()
+        record.best_epoch, record.best_value = best_epoch, best_value
         record.images_per_s = round(float(np.median([row["images_per_s"] for row in trained])), 1)
         record.seconds = round(sum(row["seconds"] for row in trained), 2)
         record.write(run_dir.self_supervised)
         summary.status, summary.phases, summary.epochs_run = "completed", [PHASE], len(trained)
         summary.best = BestEpoch(
-            epoch=best.epoch,
+            epoch=best_epoch,
             phase=PHASE,
             monitor=config.monitor,
-            value=best.value,
-            metrics={k: history[best.epoch][k] for k in _MONITORED},
+            value=best_value,
+            metrics={k: history[best_epoch][k] for k in _MONITORED},
         )
         summary.wall_seconds = round(time.perf_counter() - started, 2)
         summary.resumed = state is not None
@@ -213,7 +219,7 @@ def pretrain(
         summary.train_images_per_s = {PHASE: record.images_per_s}
         summary.write(run_dir.summary)
         if not quiet:
-            console.print(f"[bold]{run_dir.path}[/]: {overlap.sentence()}; best epoch {best.epoch}", highlight=False)
+            console.print(f"[bold]{run_dir.path}[/]: {overlap.sentence()}; best epoch {best_epoch}", highlight=False)
         return summary
 
 
@@ -249,12 +255,18 @@ def _contract(source: dict | None, spec, config: PretrainConfig) -> Preprocessin
     """The input contract of the starting weights (a lowmed run's or torchxrayvision's, else the model's) at this
     run's image size."""
     contract = Preprocessing.from_dict(source) if source else spec.preprocessing
+    assert config.image_size is not None  # _resolved fills it
     return contract.with_input(config.image_size, None, None)
 
 
-def _images(
-    corpus: PreparedDataset, rows, target: PreparedDataset, size: int, quiet: bool
-) -> dict[str, LabelledImages]:
+@dataclass
+class _Images:
+    corpus: LabelledImages
+    val: LabelledImages  # the target's, to monitor the features on
+    task: str  # the target's
+
+
+def _images(corpus: PreparedDataset, rows, target: PreparedDataset, size: int, quiet: bool) -> _Images:
     """The corpus (after the guard) and the target's val split, decoded once; nothing of the test split."""
     if not quiet:
         console.print(f"decoding {len(rows)} corpus images and {len(target.split('val'))} val images at {size} px")
@@ -264,13 +276,13 @@ def _images(
     checked = load_split(target.image_paths(val), targets, mask, size)
     if pictures.pixels is None or checked.pixels is None:
         raise LowmedError(f"{corpus.root}: too many images to hold in memory at {size} px; lower --image-size")
-    return {"corpus": pictures, "val": checked, "task": target.task}
+    return _Images(pictures, checked, target.task)
 
 
 def _run(
     model: ContrastiveModel,
     loss_class,
-    images: dict,
+    images: _Images,
     config: PretrainConfig,
     preprocessing: Preprocessing,
     device: torch.device,
@@ -280,7 +292,8 @@ def _run(
 ) -> tuple[list[dict], BestSoFar]:
     """The epochs, from ``state`` (last.pt) when resuming: each one's views drawn from (seed, epoch), so a resumed
     run replays what the uninterrupted one would have done."""
-    corpus, val = images["corpus"], images["val"]
+    corpus, val = images.corpus, images.val
+    assert corpus.pixels is not None  # _images decoded them
     batch_size = min(config.batch_size, len(corpus))
     steps_per_epoch = len(index_chunks(torch.arange(len(corpus)), batch_size, drop_last=True))
     queue = min(config.queue, len(corpus)) if config.method == "moco" else 0
@@ -311,16 +324,18 @@ def _run(
     )
     resumed = state.training if state else None
     if state is not None and resumed is not None:
+        assert state.epoch is not None and resumed.scheduler is not None and resumed.torch_rng is not None  # last.pt
         model.load_state_dict(state.model)
         optimizer.load_state_dict(resumed.optimizer)
         scheduler.load_state_dict(resumed.scheduler)
         if queue:  # lightly keeps the queue out of the state dict: it travels in last.pt by itself
+            assert resumed.queue is not None
             criterion.memory_bank.bank.copy_(resumed.queue["bank"])
             criterion.memory_bank.bank_ptr.copy_(resumed.queue["bank_ptr"])
         history, start = list(resumed.history), state.epoch + 1
         torch.set_rng_state(resumed.torch_rng)
     else:
-        history, start = [_monitor(model, val, images["task"], config, normalize, device, precision, 0)], 1
+        history, start = [_monitor(model, val, images.task, config, normalize, device, precision, 0)], 1
     saver = CheckpointSaver(run_dir, config.monitor, header, writes=True, best=resumed.best if resumed else None)
     with saver, progress_bar(disable=quiet) as bar:
         task = bar.add_task(f"{config.method} · {config.model}", total=config.epochs, completed=start - 1, status="")
@@ -330,7 +345,7 @@ def _run(
             generator = torch.Generator()
             generator.manual_seed(config.seed * 1_000_003 + epoch)
             order = torch.randperm(len(corpus), generator=generator)
-            started, losses = time.perf_counter(), []
+            started, losses = time.perf_counter(), list[float]()
             model.train()
             for rows in index_chunks(order, batch_size, drop_last=True):
                 step = (epoch - 1) * steps_per_epoch + len(losses)
@@ -354,7 +369,7 @@ def _run(
                 if not math.isfinite(losses[-1]):
                     raise RunFailed(f"the loss became {losses[-1]} at epoch {epoch}; lower --lr or raise --temperature")
             seconds = time.perf_counter() - started
-            row = _monitor(model, val, images["task"], config, normalize, device, precision, epoch)
+            row = _monitor(model, val, images.task, config, normalize, device, precision, epoch)
             row |= {
                 "train_loss": float(np.mean(losses)),
                 "lr": optimizer.param_groups[0]["lr"],

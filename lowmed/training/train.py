@@ -96,7 +96,8 @@ def train(
     if chosen and dist.is_main:
         console.print(chosen, highlight=False, soft_wrap=True)
     config = _resolved(config, spec, dataset, Path(runs_root))
-    run_dir = RunDir(config.out)
+    assert config.out is not None and config.image_size is not None  # _resolved fills them
+    run_dir, image_size = RunDir(config.out), config.image_size
     device = dist.device(config.device)
     seed_everything(config.seed)
     model = build_model(spec, len(dataset.classes), config.head)
@@ -110,8 +111,8 @@ def train(
         preprocessing = _input_contract(report, spec, config)
         config = replace(config, input_channels=preprocessing.channels, input_norm=preprocessing.norm)  # config.yaml
     images = len(dataset.split("train")) + len(dataset.split("val"))
-    estimate = estimate_training_memory(model, config.image_size, config.batch_size, images, device)
-    check_fits(estimate, device, config.image_size, config.batch_size)  # before the run dir is touched
+    estimate = estimate_training_memory(model, image_size, config.batch_size, images, device)
+    check_fits(estimate, device, image_size, config.batch_size)  # before the run dir is touched
     with own_run_dir(run_dir.path, "train", enabled=dist.is_main):  # one process at a time in a run dir
         dist.on_main(lambda: check_run_dir(run_dir, resume, overwrite))
         state = read_training_state(run_dir) if resume else None
@@ -127,7 +128,7 @@ def train(
             console.print(
                 f"[bold]{run_dir.path}[/] (arm {config.arm}): {spec.name}, {report.summary()}", highlight=False
             )
-        splits = _load_splits(dataset, config.image_size, device, strict)
+        splits = _load_splits(dataset, image_size, device, strict)
         dist.on_main(lambda: _check_disk_space(run_dir.path, count_parameters(model)))
         if not resume:
             dist.on_main(lambda: start_run_dir(run_dir, config.to_dict()))  # only rank 0 writes the run dir
@@ -306,10 +307,13 @@ def _dataset(config: TrainConfig, quiet: bool) -> PreparedDataset:
         dataset = PreparedDataset.load(config.subset)
         if config.data is not None:
             _check_subset_of(dataset, Path(config.data).expanduser())
-    elif config.per_class:
-        dataset = subsample(config.data, config.per_class, seed=config.seed, quiet=quiet).dataset
     else:
-        dataset = load_or_prepare(Path(config.data).expanduser(), None, quiet)
+        assert config.data is not None  # validate(): DATA or --subset
+        data = Path(config.data).expanduser()
+        if config.per_class:
+            dataset = subsample(data, config.per_class, seed=config.seed, quiet=quiet).dataset
+        else:
+            dataset = load_or_prepare(data, None, quiet)
     return dataset.check_trainable()
 
 
@@ -388,6 +392,7 @@ def _input_contract(report: WeightsReport, spec, config: TrainConfig) -> Preproc
     """What the network is fed: the weights' contract (a lowmed run's or torchxrayvision's, else the model's), with
     the run's own image size and any --input-channels / --input-norm."""
     source = Preprocessing.from_dict(report.source_preprocessing) if report.source_preprocessing else spec.preprocessing
+    assert config.image_size is not None  # _resolved fills it
     return source.with_input(config.image_size, config.input_channels, config.input_norm)
 
 
@@ -397,7 +402,7 @@ def _pretraining_overlap(
     """For weights whose training data is known: whether the target may be among it. A lowmed run's images are
     checked one by one (refused when they reach the target's val or test split, ``lowmed.data.leakage``); a
     published weight's datasets by name (warned, if ``say``)."""
-    if report.source == "run":
+    if report.source == "run" and report.path is not None:
         return _run_weights_overlap(Path(report.path), dataset, say, strict)
     if report.trained_on is None:
         return None
@@ -451,10 +456,11 @@ def _load_splits(dataset: PreparedDataset, image_size: int, device: torch.device
                 f"{dataset.manifest_path}: no {name} rows; expected a prepared dataset with a {name} split"
             )
         targets, mask = label_tensors(frame, dataset.task, dataset.classes, uncertain)
-        splits[name] = load_split(dataset.image_paths(frame), targets, mask, image_size)
-        _report_unreadable(name, splits[name], dataset, strict)
-        if device.type == "cuda" and splits[name].pixels is not None:
-            splits[name].pixels = splits[name].pixels.to(device)  # decoded once, then no host-to-GPU copies
+        split = load_split(dataset.image_paths(frame), targets, mask, image_size)
+        _report_unreadable(name, split, dataset, strict)
+        if device.type == "cuda" and split.pixels is not None:
+            split.pixels = split.pixels.to(device)  # decoded once, then no host-to-GPU copies
+        splits[name] = split
     return splits
 
 
@@ -491,6 +497,7 @@ def _summary(
     dist: Distributed,
 ) -> TrainSummary:
     counts = dataset.subset.counts if dataset.subset else dataset.info.counts
+    assert config.out is not None and config.arm is not None  # _resolved fills them
     return TrainSummary(
         run_dir=config.out,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
