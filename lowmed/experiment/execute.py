@@ -308,14 +308,14 @@ def _initialise(study: Study, study_path: Path) -> _Session:
 
 
 def _run(session: _Session, quiet: bool) -> list[PlannedRun]:
-    """Every job in order (stages, tuning cells, runs), the record published now and then; returns the grid runs
+    """Every job in order (``_job_order``), the record published now and then; returns the grid runs
     this process trained (under torchrun, each process its own)."""
     study, dist, runs = session.study, session.dist, session.runs
     alone = Distributed()  # a grid run is small: each process trains its own, on its own GPU
     own_runs: list[PlannedRun] = []
     said: set[tuple[str, str]] = set()  # outcomes whose reason was shown: an arm's skip reason once, not per run
     skip_reasons: dict[str, str] = {}
-    jobs = session.pretrains + session.cells + runs
+    jobs = _job_order(session)
     prefix = f"[process {dist.rank}] " if dist.world_size > 1 else ""
     with progress_bar(transient=False, disable=quiet or not dist.is_main) as bar:
         task = bar.add_task(f"study {study.name}", total=len(jobs), status="")
@@ -337,7 +337,7 @@ def _run(session: _Session, quiet: bool) -> list[PlannedRun]:
                 if job.status in ("failed", "skipped"):
                     for run in users:  # the arm that needed this pretraining cannot run
                         skip_reasons[run.arm.name] = f"pretrain stage {job.name} {job.status}: {job.detail}"
-            else:
+            elif isinstance(job, PlannedRun):
                 _execute(job, study, skip_reasons, alone)
                 own_runs.append(job)
                 if session.tracker is not None and job.status in ("trained", "done before"):
@@ -353,6 +353,18 @@ def _run(session: _Session, quiet: bool) -> list[PlannedRun]:
             if study.publish is not None and not dist.enabled and job.status == "trained" and due:
                 _finalise(session)  # the record so far, marked incomplete
     return own_runs
+
+
+def _job_order(session: _Session) -> list[PlannedJob | PlannedTuning]:
+    """The pretrainings, then each tuning cell followed by the runs that take its values, so that a study stopped
+    early holds finished runs of every cell tuned so far (and publishes them). Under torchrun every cell comes first:
+    the processes wait for all of them at one barrier before the grid."""
+    if session.dist.enabled:
+        return [*session.pretrains, *session.cells, *session.runs]
+    ordered: list[PlannedJob | PlannedTuning] = [*session.pretrains]
+    for cell in session.cells:
+        ordered += [cell, *(run for run in session.runs if run.tuning is cell)]
+    return ordered + [run for run in session.runs if run.tuning is None]
 
 
 def _finalise(session: _Session) -> StudyResult:

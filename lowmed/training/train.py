@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from lowmed.contracts import (
     slug,
 )
 from lowmed.data.leakage import CHECKED_NONE, guard_pretraining, run_shaping_rows
-from lowmed.data.loading import label_tensors, load_split, too_many_unreadable
+from lowmed.data.loading import LabelledImages, label_tensors, load_split, too_many_unreadable
 from lowmed.data.manifest import PreparedDataset
 from lowmed.data.subsample import last_subset, load_or_prepare, subsample
 from lowmed.device import Precision, channels_last, device_name, native_amp, resolve_device, software_versions
@@ -37,17 +37,19 @@ from lowmed.distributed import Distributed
 from lowmed.errors import Interrupted, LowmedError, RunFailed
 from lowmed.io import sha256_file
 from lowmed.locking import own_run_dir
-from lowmed.models.checkpoint import CheckpointHeader, trained_model_name
+from lowmed.models.checkpoint import Checkpoint, CheckpointHeader, trained_model_name
 from lowmed.models.forward import Normalizer
-from lowmed.models.registry import build_model, count_parameters, get_model_spec
+from lowmed.models.registry import Classifier, ModelSpec, build_model, count_parameters, get_model_spec
 from lowmed.models.weights import load_weights, resolve_weights, weights_kind, weights_preprocessing
 from lowmed.models.xrv import FORMAT_DATASETS, is_xrv, overlap
 from lowmed.preprocessing import Preprocessing
-from lowmed.tracking import TrackSettings, open_tracker
+from lowmed.tracking import Tracker, TrackSettings, open_tracker
 from lowmed.training.checkpoint import check_run_dir, read_training_state, start_run_dir
 from lowmed.training.loop import (
     Criterion,
     LoopInputs,
+    LoopResult,
+    Phase,
     TrialHooks,
     class_weights,
     plan_phases,
@@ -80,6 +82,46 @@ def train(
     data and no subset, the subset ``lowmed subsample`` last wrote below ``./lowmed-data`` is taken (and said).
     ``track``: the finished run is logged to MLflow (``lowmed.tracking``; its store is opened before any work).
     """
+    setup = _set_up(config, resume, quiet, Path(runs_root), dist, track)
+    with own_run_dir(setup.run_dir.path, "train", enabled=setup.dist.is_main):  # one process at a time in a run dir
+        setup.dist.on_main(lambda: check_run_dir(setup.run_dir, resume, overwrite))
+        run = _open_run(setup, resume, strict, trial)
+        started = time.perf_counter()
+        result = _run_loop(run, trial)
+        _record(run, result, time.perf_counter() - started)
+    if setup.tracker is not None:
+        setup.tracker.log_run(setup.run_dir.path)
+    return run.summary
+
+
+@dataclass
+class _Setup:
+    """A run before its run dir is touched: the resolved config, the data, the model and its starting weights.
+    Every refusal that needs no run dir is made while it is built."""
+
+    config: TrainConfig  # resolved: out, arm, image size and input contract filled in
+    spec: ModelSpec
+    dataset: PreparedDataset
+    run_dir: RunDir
+    image_size: int
+    device: torch.device
+    dist: Distributed
+    model: Classifier
+    weights: WeightsReport | None  # the starting weights and their contract; a resumed run reads its own
+    preprocessing: Preprocessing | None
+    chosen: str | None  # the subset taken when no data was given
+    quiet: bool
+    tracker: Tracker | None  # the store the finished run is logged to
+
+
+def _set_up(
+    config: TrainConfig,
+    resume: bool,
+    quiet: bool,
+    runs_root: Path,
+    dist: Distributed | None,
+    track: TrackSettings | None,
+) -> _Setup:
     chosen = None
     if config.data is None and config.subset is None:
         subset = last_subset()
@@ -95,7 +137,7 @@ def train(
     dataset = _dataset(config, quiet)
     if chosen and dist.is_main:
         console.print(chosen, highlight=False, soft_wrap=True)
-    config = _resolved(config, spec, dataset, Path(runs_root))
+    config = _resolved(config, spec, dataset, runs_root)
     assert config.out is not None and config.image_size is not None  # _resolved fills them
     run_dir, image_size = RunDir(config.out), config.image_size
     device = dist.device(config.device)
@@ -105,6 +147,7 @@ def train(
         if device.type != "cuda":
             raise LowmedError("--sync-bn: synchronised batch norm needs GPUs (NCCL); leave it off on CPUs")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    report, preprocessing = None, None
     if not resume:  # weights that cannot be had or do not fit are refused before anything is written
         report = load_weights(model.backbone, spec, config.weights, config.allow_partial_weights, config.weights_dir)
         _check_source_model(report, spec.name)
@@ -113,113 +156,143 @@ def train(
     images = len(dataset.split("train")) + len(dataset.split("val"))
     estimate = estimate_training_memory(model, image_size, config.batch_size, images, device)
     check_fits(estimate, device, image_size, config.batch_size)  # before the run dir is touched
-    with own_run_dir(run_dir.path, "train", enabled=dist.is_main):  # one process at a time in a run dir
-        dist.on_main(lambda: check_run_dir(run_dir, resume, overwrite))
-        state = read_training_state(run_dir) if resume else None
-        earlier_caches = {}  # a resumed run keeps what its finished phases recorded
-        if resume:
-            earlier = run_dir.read_summary()
-            report, earlier_caches = earlier.weights, earlier.caches
-            preprocessing = _input_contract(report, spec, config)
-        # every refusal, and the images, before anything in the run dir changes: an --overwrite that stops here
-        # leaves the old run as it was
-        pretraining_overlap = _pretraining_overlap(report, dataset, config.dataset_name, dist.is_main, strict)
-        if not quiet:
-            console.print(
-                f"[bold]{run_dir.path}[/] (arm {config.arm}): {spec.name}, {report.summary()}", highlight=False
-            )
-        splits = _load_splits(dataset, image_size, device, strict)
-        dist.on_main(lambda: _check_disk_space(run_dir.path, count_parameters(model)))
-        if not resume:
-            dist.on_main(lambda: start_run_dir(run_dir, config.to_dict()))  # only rank 0 writes the run dir
-        summary = _summary(config, dataset, report, preprocessing.to_dict(), device, count_parameters(model), dist)
-        summary.tuning_trial = trial.number if trial else None
-        summary.dataset.chosen = earlier.dataset.chosen if resume else chosen
-        summary.pretraining_overlap = pretraining_overlap
+    return _Setup(
+        config, spec, dataset, run_dir, image_size, device, dist, model, report, preprocessing, chosen, quiet, tracker
+    )
 
-        def record(**changes) -> None:
-            for name, value in changes.items():
-                setattr(summary, name, value)
-            if dist.is_main:
-                summary.write(run_dir.summary)
 
-        record(status="running")
-        precision = Precision.choose(device, bool(config.amp))
-        if precision.enabled and not native_amp(device) and dist.is_main:
-            warn(f"--amp: this {device.type} has no native {precision.describe()}; it is emulated, slower than fp32")
-        weights = (
-            class_weights(dataset.task, splits["train"].targets, splits["train"].mask, len(dataset.classes))
-            if config.class_weights == "auto" and not config.balanced_sampler
-            else None
+@dataclass
+class _OpenRun:
+    """A run in its run dir: its summary as written so far, its images, and the loop's inputs and phases."""
+
+    setup: _Setup
+    summary: TrainSummary
+    splits: dict[str, LabelledImages]
+    inputs: LoopInputs
+    phases: list[Phase]
+    state: Checkpoint | None  # last.pt, when resuming
+    earlier_caches: dict  # what a resumed run's finished phases recorded
+    precision: Precision
+
+    def record(self, **changes: Any) -> None:
+        """Update ``train.json`` (rank 0 writes it)."""
+        for name, value in changes.items():
+            setattr(self.summary, name, value)
+        if self.setup.dist.is_main:
+            self.summary.write(self.setup.run_dir.summary)
+
+
+def _open_run(setup: _Setup, resume: bool, strict: bool, trial: TrialHooks | None) -> _OpenRun:
+    """Read what a resumed run left, refuse what must be refused, decode the images, and only then write the run
+    dir: an --overwrite that stops here leaves the old run as it was."""
+    config, dataset, run_dir, dist = setup.config, setup.dataset, setup.run_dir, setup.dist
+    model, device = setup.model, setup.device
+    state = read_training_state(run_dir) if resume else None
+    report, preprocessing, earlier_caches, chosen = setup.weights, setup.preprocessing, {}, setup.chosen
+    if resume:  # the starting weights, and what the finished phases recorded, as the run wrote them
+        earlier = run_dir.read_summary()
+        report, earlier_caches, chosen = earlier.weights, earlier.caches, earlier.dataset.chosen
+        preprocessing = _input_contract(report, setup.spec, config)
+    assert report is not None and preprocessing is not None  # _set_up's, or the resumed run's
+    pretraining_overlap = _pretraining_overlap(report, dataset, config.dataset_name, dist.is_main, strict)
+    if not setup.quiet:
+        console.print(
+            f"[bold]{run_dir.path}[/] (arm {config.arm}): {setup.spec.name}, {report.summary()}", highlight=False
         )
-        model.to(device)
-        if channels_last(device):
-            model.to(memory_format=torch.channels_last)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        inputs = LoopInputs(
-            model=model,
-            train=splits["train"],
-            val=splits["val"],
+    splits = _load_splits(dataset, setup.image_size, device, strict)
+    dist.on_main(lambda: _check_disk_space(run_dir.path, count_parameters(model)))
+    if not resume:
+        dist.on_main(lambda: start_run_dir(run_dir, config.to_dict()))  # only rank 0 writes the run dir
+    summary = _summary(config, dataset, report, preprocessing.to_dict(), device, count_parameters(model), dist)
+    summary.tuning_trial = trial.number if trial else None
+    summary.dataset.chosen = chosen
+    summary.pretraining_overlap = pretraining_overlap
+    summary.status = "running"
+    if dist.is_main:
+        summary.write(run_dir.summary)
+    precision = Precision.choose(device, bool(config.amp))
+    if precision.enabled and not native_amp(device) and dist.is_main:
+        warn(f"--amp: this {device.type} has no native {precision.describe()}; it is emulated, slower than fp32")
+    weights = (
+        class_weights(dataset.task, splits["train"].targets, splits["train"].mask, len(dataset.classes))
+        if config.class_weights == "auto" and not config.balanced_sampler
+        else None
+    )
+    model.to(device)
+    if channels_last(device):
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    pretrained = report.source != "none"
+    inputs = LoopInputs(
+        model=model,
+        train=splits["train"],
+        val=splits["val"],
+        task=dataset.task,
+        criterion=Criterion(dataset.task, None if weights is None else weights.to(device)),
+        normalize=Normalizer(preprocessing, device),
+        device=device,
+        precision=precision,
+        run_dir=run_dir,
+        dist=dist,
+        pretrained=pretrained,
+        checkpoint_header=CheckpointHeader(
+            config=config.to_dict(),
+            preprocessing=preprocessing.to_dict(),
             task=dataset.task,
-            criterion=Criterion(dataset.task, None if weights is None else weights.to(device)),
-            normalize=Normalizer(preprocessing, device),
-            device=device,
-            precision=precision,
-            run_dir=run_dir,
-            dist=dist,
-            pretrained=report.source != "none",
-            checkpoint_header=CheckpointHeader(
-                config=config.to_dict(),
-                preprocessing=preprocessing.to_dict(),
-                task=dataset.task,
-                classes=dataset.classes,
-                lowmed_version=lowmed.__version__,
-            ),
+            classes=dataset.classes,
+            lowmed_version=lowmed.__version__,
+        ),
+    )
+    phases = plan_phases(config, pretrained=pretrained)
+    return _OpenRun(setup, summary, splits, inputs, phases, state, earlier_caches, precision)
+
+
+def _run_loop(run: _OpenRun, trial: TrialHooks | None) -> LoopResult:
+    """The training loop; a stop or a failure is recorded in ``train.json`` before it is raised."""
+    config, run_dir = run.setup.config, run.setup.run_dir
+    try:
+        return run_phases(run.inputs, config, run.phases, run.state, run.setup.quiet, trial)
+    except KeyboardInterrupt:
+        run.record(status="interrupted")
+        raise Interrupted(
+            f"interrupted; {run_dir.last.name} holds the last finished epoch; continue with: "
+            f"lowmed train --resume {run_dir.path}"
+        ) from None
+    except torch.cuda.OutOfMemoryError:
+        message = (
+            f"out of GPU memory at --batch-size {config.batch_size}, --image-size {config.image_size} "
+            f"({config.model}); try --batch-size {max(2, config.batch_size // 2)} or a smaller --image-size"
         )
-        phases = plan_phases(config, pretrained=report.source != "none")
-        started = time.perf_counter()
-        try:
-            result = run_phases(inputs, config, phases, state, quiet, trial)
-        except KeyboardInterrupt:
-            record(status="interrupted")
-            raise Interrupted(
-                f"interrupted; {run_dir.last.name} holds the last finished epoch; continue with: "
-                f"lowmed train --resume {run_dir.path}"
-            ) from None
-        except torch.cuda.OutOfMemoryError:
-            message = (
-                f"out of GPU memory at --batch-size {config.batch_size}, --image-size {config.image_size} "
-                f"({config.model}); try --batch-size {max(2, config.batch_size // 2)} or a smaller --image-size"
-            )
-            record(status="failed", error=message)
-            raise RunFailed(message) from None
-        except RunFailed as exc:
-            record(status="failed", error=str(exc))
-            raise
-        history = result.history
-        record(
-            status="pruned" if result.pruned_at else "completed",
-            error=f"stopped after epoch {result.pruned_at} by the tuner's pruner" if result.pruned_at else None,
-            phases=[p.name for p in phases],
-            epochs_run=len(history),
-            best=result.best,
-            wall_seconds=round(time.perf_counter() - started, 2),  # this invocation (a resumed run: since resume)
-            resumed=state is not None,
-            epoch_seconds_total=round(sum(row["seconds"] for row in history), 2),
-            # per phase: a phase on cached activations runs only the top of the network and is far faster
-            train_images_per_s={
-                phase.name: round(float(np.median([r["images_per_s"] for r in history if r["phase"] == phase.name])), 1)
-                for phase in phases
-                if any(r["phase"] == phase.name for r in history)
-            },
-            precision=precision.describe(),
-            caches={**earlier_caches, **result.caches},
-            unreadable_files={name: split.unreadable for name, split in splits.items() if split.unreadable},
-        )
-    if tracker is not None:
-        tracker.log_run(run_dir.path)
-    return summary
+        run.record(status="failed", error=message)
+        raise RunFailed(message) from None
+    except RunFailed as exc:
+        run.record(status="failed", error=str(exc))
+        raise
+
+
+def _record(run: _OpenRun, result: LoopResult, seconds: float) -> None:
+    """How the run went, in ``train.json``: its status, best epoch, time and throughput per phase."""
+    history = result.history
+    run.record(
+        status="pruned" if result.pruned_at else "completed",
+        error=f"stopped after epoch {result.pruned_at} by the tuner's pruner" if result.pruned_at else None,
+        phases=[p.name for p in run.phases],
+        epochs_run=len(history),
+        best=result.best,
+        wall_seconds=round(seconds, 2),  # this invocation (a resumed run: since resume)
+        resumed=run.state is not None,
+        epoch_seconds_total=round(sum(row["seconds"] for row in history), 2),
+        # per phase: a phase on cached activations runs only the top of the network and is far faster
+        train_images_per_s={
+            phase.name: round(float(np.median([r["images_per_s"] for r in history if r["phase"] == phase.name])), 1)
+            for phase in run.phases
+            if any(r["phase"] == phase.name for r in history)
+        },
+        precision=run.precision.describe(),
+        caches={**run.earlier_caches, **result.caches},
+        unreadable_files={name: split.unreadable for name, split in run.splits.items() if split.unreadable},
+    )
 
 
 def resume_run(run_dir: str | os.PathLike, *, quiet: bool = False, dist: Distributed | None = None) -> TrainSummary:
