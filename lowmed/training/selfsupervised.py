@@ -123,7 +123,7 @@ def pretrain(
 ) -> TrainSummary:
     """Pretrain a backbone on ``config.data`` for ``config.target``; returns the summary also written to
     ``train.json`` (``pretrain.json`` holds the method, the views, the leakage guard and the monitor's curve)."""
-    loss_class = lightly_modules()[0]
+    lightly_modules()  # a missing lightly is refused before any work
     config.validate()
     assert config.data is not None and config.target is not None  # validate() requires them
     spec = get_model_spec(config.model)
@@ -186,7 +186,7 @@ def pretrain(
             model.to(memory_format=torch.channels_last)
         started = time.perf_counter()
         try:
-            history, best = _run(model, loss_class, images, config, preprocessing, device, run_dir, state, quiet)
+            history, best = _run(model, images, config, preprocessing, run_dir, state, quiet)
         except KeyboardInterrupt:
             summary.status = "interrupted"
             summary.write(run_dir.summary)
@@ -279,13 +279,38 @@ def _images(corpus: PreparedDataset, rows, target: PreparedDataset, size: int, q
     return _Images(pictures, checked, target.task)
 
 
+@dataclass
+class _Pretraining:
+    """What each step and each monitoring pass of a pretraining reads."""
+
+    model: ContrastiveModel
+    criterion: Any  # lightly's NTXentLoss (MoCo: with its memory bank)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    normalize: Normalizer
+    device: torch.device
+    precision: Precision
+    config: PretrainConfig
+    views: ViewSettings
+    total_steps: int
+
+    def training_state(self) -> dict:
+        """What ``last.pt`` needs to continue the pretraining."""
+        bank = self.criterion.memory_bank
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "queue": {"bank": bank.bank, "bank_ptr": bank.bank_ptr} if bank.size[0] else None,
+            "phase_index": 0,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+
 def _run(
     model: ContrastiveModel,
-    loss_class,
     images: _Images,
     config: PretrainConfig,
     preprocessing: Preprocessing,
-    device: torch.device,
     run_dir: RunDir,
     state: Checkpoint | None,
     quiet: bool,
@@ -294,10 +319,11 @@ def _run(
     run replays what the uninterrupted one would have done."""
     corpus, val = images.corpus, images.val
     assert corpus.pixels is not None  # _images decoded them
+    device = resolve_device(config.device)
     batch_size = min(config.batch_size, len(corpus))
     steps_per_epoch = len(index_chunks(torch.arange(len(corpus)), batch_size, drop_last=True))
     queue = min(config.queue, len(corpus)) if config.method == "moco" else 0
-    criterion = loss_class(
+    criterion = lightly_modules()[0](
         temperature=config.temperature, memory_bank_size=(queue, config.projection_dim) if queue else 0
     )
     criterion.to(device)
@@ -313,8 +339,18 @@ def _run(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     precision = Precision.choose(device, bool(config.amp))
-    normalize = Normalizer(preprocessing, device)
-    views = _views(config)
+    run = _Pretraining(
+        model,
+        criterion,
+        optimizer,
+        scheduler,
+        Normalizer(preprocessing, device),
+        device,
+        precision,
+        config,
+        _views(config),
+        total,
+    )
     header = CheckpointHeader(
         config=config.to_dict(),
         preprocessing=preprocessing.to_dict(),
@@ -335,12 +371,12 @@ def _run(
         history, start = list(resumed.history), state.epoch + 1
         torch.set_rng_state(resumed.torch_rng)
     else:
-        history, start = [_monitor(model, val, images.task, config, normalize, device, precision, 0)], 1
+        history, start = [_monitor(run, val, images.task, 0)], 1
     saver = CheckpointSaver(run_dir, config.monitor, header, writes=True, best=resumed.best if resumed else None)
     with saver, progress_bar(disable=quiet) as bar:
         task = bar.add_task(f"{config.method} · {config.model}", total=config.epochs, completed=start - 1, status="")
         if state is None:
-            saver.epoch_end(model, history[0], history, _training_state(optimizer, scheduler, criterion))
+            saver.epoch_end(model, history[0], history, run.training_state())
         for epoch in range(start, config.epochs + 1):
             generator = torch.Generator()
             generator.manual_seed(config.seed * 1_000_003 + epoch)
@@ -349,27 +385,12 @@ def _run(
             model.train()
             for rows in index_chunks(order, batch_size, drop_last=True):
                 step = (epoch - 1) * steps_per_epoch + len(losses)
-                losses.append(
-                    _step(
-                        model,
-                        criterion,
-                        optimizer,
-                        corpus.pixels[rows],
-                        views,
-                        generator,
-                        normalize,
-                        device,
-                        precision,
-                        config,
-                        step,
-                        total,
-                    )
-                )
+                losses.append(_step(run, corpus.pixels[rows], generator, step))
                 scheduler.step()
                 if not math.isfinite(losses[-1]):
                     raise RunFailed(f"the loss became {losses[-1]} at epoch {epoch}; lower --lr or raise --temperature")
             seconds = time.perf_counter() - started
-            row = _monitor(model, val, images.task, config, normalize, device, precision, epoch)
+            row = _monitor(run, val, images.task, epoch)
             row |= {
                 "train_loss": float(np.mean(losses)),
                 "lr": optimizer.param_groups[0]["lr"],
@@ -377,50 +398,44 @@ def _run(
                 "images_per_s": round(len(losses) * batch_size / seconds, 1),  # corpus images (two views each)
             }
             history.append(row)
-            saver.epoch_end(model, row, history, _training_state(optimizer, scheduler, criterion))
+            saver.epoch_end(model, row, history, run.training_state())
             bar.update(
                 task, advance=1, status=f"loss {row['train_loss']:.3f} · {config.monitor} {row[config.monitor]:.3f}"
             )
     return history, saver.best
 
 
-def _step(
-    model, criterion, optimizer, pixels, views, generator, normalize, device, precision, config, step, total
-) -> float:
+def _step(run: _Pretraining, pixels: torch.Tensor, generator: torch.Generator, step: int) -> float:
     """One optimizer step on two views of each image of the batch."""
+    device, model, config = run.device, run.model, run.config
     x = pixels.to(device, non_blocking=True).float().div_(255)
-    first, second = (normalize(random_views(x, views, generator)) for _ in range(2))
+    first, second = (run.normalize(random_views(x, run.views, generator)) for _ in range(2))
     if channels_last(device):
         first, second = (v.contiguous(memory_format=torch.channels_last) for v in (first, second))
-    with precision.autocast(device):
+    with run.precision.autocast(device):
         if config.method == "moco":
             cosine_schedule = lightly_modules()[5]
-            momentum = cosine_schedule(step, total, config.momentum, 1.0)
-            loss = criterion(model(first), model.keys(second, momentum))
+            momentum = cosine_schedule(step, run.total_steps, config.momentum, 1.0)
+            loss = run.criterion(model(first), model.keys(second, momentum))
         else:
-            loss = criterion(model(first), model(second))
-    optimizer.zero_grad(set_to_none=True)
+            loss = run.criterion(model(first), model(second))
+    run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    optimizer.step()
+    run.optimizer.step()
     return float(loss.detach())
 
 
-def _training_state(optimizer, scheduler, criterion) -> dict:
-    bank = criterion.memory_bank
-    return {
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "queue": {"bank": bank.bank, "bank_ptr": bank.bank_ptr} if bank.size[0] else None,
-        "phase_index": 0,
-        "torch_rng": torch.get_rng_state(),
-    }
-
-
-def _monitor(model, val: LabelledImages, task: str, config, normalize, device, precision, epoch: int) -> dict:
+def _monitor(run: _Pretraining, val: LabelledImages, task: str, epoch: int) -> dict:
     """The backbone's features of the target's val images, each classified by its k nearest other val images
     (cosine similarity, votes weighted by exp(similarity / 0.07)): AUROC and accuracy of those votes."""
+    device, config = run.device, run.config
     features = predict_logits(
-        model.backbone, val, normalize, device, precision, inference_batch_size(device, 2 * config.batch_size)
+        run.model.backbone,
+        val,
+        run.normalize,
+        device,
+        run.precision,
+        inference_batch_size(device, 2 * config.batch_size),
     )
     features = nn.functional.normalize(features.float(), dim=1)
     similarity = features @ features.T
