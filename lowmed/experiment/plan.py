@@ -172,6 +172,9 @@ def plan(study: Study) -> tuple[list[PlannedPretraining], list[PlannedTuning], l
     """The pretrain stages, the tuning cells and the grid of runs, computed from the study file and the data
     ``prepare_study_data`` prepared; nothing is written. Before that (a dry run), a dataset stands in the runs'
     values by its name, and a pretraining corpus by its source."""
+    corpora = [arm.pretrain.dataset for arm in study.arms if arm.pretrain is not None]
+    # each dataset's prepared folder, read once: None before prepare_study_data
+    found = {spec.name: _prepared_already(spec, study.out) for spec in [*study.datasets, *corpora]}
     pretrains: dict[str, PlannedPretraining] = {}
     # (arm, its target: self-supervised only) -> the pretraining
     pretrain_of: dict[tuple[str, str | None], PlannedPretraining] = {}
@@ -183,10 +186,11 @@ def plan(study: Study) -> tuple[list[PlannedPretraining], list[PlannedTuning], l
             if name not in pretrains:
                 spec = arm.pretrain.dataset
                 run_dir = study.folder.pretrain_stage(name)
-                corpus = _prepared_already(spec, study.out)
+                corpus = found[spec.name]
                 data = str(corpus.root) if corpus is not None else spec.data or spec.demo
-                if target is not None:  # self-supervised: a stage per target
-                    values = {**values, "target": _target_data(study, target)}
+                if target is not None:  # self-supervised: a stage per target, its prepared dir (before: its name)
+                    target_data = found[target]
+                    values = {**values, "target": str(target_data.root) if target_data is not None else target}
                 else:
                     values = {**values, "arm": name}
                 pretrains[name] = PlannedPretraining(
@@ -197,12 +201,12 @@ def plan(study: Study) -> tuple[list[PlannedPretraining], list[PlannedTuning], l
                     self_supervised=arm.self_supervised,
                 )
             pretrain_of[(arm.name, target)] = pretrains[name]
-    _guard_pretraining_data(study, pretrain_of)
+    _guard_pretraining_data(study, pretrain_of, found)
     cells: dict[tuple, PlannedTuning] = {}
     tuning = study.folder.tuning
     runs: list[PlannedRun] = []
     for spec in study.datasets:
-        dataset = _prepared_already(spec, study.out)
+        dataset = found[spec.name]
         for per_class in study.per_class:
             for seed in study.seeds:
                 subset = study.folder.subset(spec.name, per_class, seed)
@@ -251,18 +255,22 @@ def plan(study: Study) -> tuple[list[PlannedPretraining], list[PlannedTuning], l
     return list(pretrains.values()), list(cells.values()), runs
 
 
-def _guard_pretraining_data(study: Study, pretrain_of: dict[tuple[str, str | None], PlannedPretraining]) -> None:
+def _guard_pretraining_data(
+    study: Study,
+    pretrain_of: dict[tuple[str, str | None], PlannedPretraining],
+    found: dict[str, PreparedDataset | None],
+) -> None:
     """Refuse a study whose pretraining data holds images of a target's val or test split, before anything trains
     (``lowmed.data.leakage``, image by image). Before the data are prepared (a dry run), say where a pretraining
     source and a target's folders overlap, to be checked when the study runs."""
     for (arm, target), stage in pretrain_of.items():
         corpus_spec = next(a.pretrain.dataset for a in study.arms if a.name == arm and a.pretrain is not None)
-        corpus = _prepared_already(corpus_spec, study.out)
+        corpus = found[corpus_spec.name]
         for spec in study.datasets:
             if target not in (None, spec.name):
                 continue
             what = f"arm {arm}'s pretraining data ({corpus_spec.name})"
-            target_data = _prepared_already(spec, study.out)
+            target_data = found[spec.name]
             if corpus is not None and target_data is not None:
                 trained, selected = (
                     (corpus.manifest, None) if stage.self_supervised else (corpus.split("train"), corpus.split("val"))
@@ -290,12 +298,6 @@ def _nested(one: Path, other: Path) -> bool:
     """The same folder, or one inside the other."""
     one, other = one.expanduser().resolve(), other.expanduser().resolve()
     return one.is_relative_to(other) or other.is_relative_to(one)
-
-
-def _target_data(study: Study, name: str) -> str:
-    """A study dataset's prepared dir (its name before it is prepared), the target of a self-supervised stage."""
-    dataset = _prepared_already(next(spec for spec in study.datasets if spec.name == name), study.out)
-    return str(dataset.root) if dataset is not None else name
 
 
 def study_baseline(study: Study) -> str | None:
