@@ -295,13 +295,15 @@ def tune_cell(
         storage=storage,
         load_if_exists=True,
         direction=DIRECTIONS[settings.metric],
-        sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=min(10, max(4, settings.trials // 3))),
+        sampler=_sampler(optuna, settings, trials_before=0),
         pruner=(
             optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=PRUNE_WARMUP_EPOCHS)
             if settings.pruner == "median"
             else optuna.pruners.NopPruner()
         ),
     )
+    if study.trials:  # resumed: a sampler seeded as at the start would draw the first trials' values again
+        study.sampler = _sampler(optuna, settings, trials_before=len(study.trials))
     if owned:  # lowmed's own file: a trial still marked running was left by a stopped invocation
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
@@ -339,6 +341,14 @@ _STOPPED = (
     "tuning of {cell} stopped; a trial it was in is not counted; run the same command again to go on, with the "
     "finished trials kept"
 )
+
+
+def _sampler(optuna, settings: TuneSettings, trials_before: int):
+    """The TPE sampler, seeded by the settings' seed and the trials the study already holds: a fresh study draws as
+    it always has, and a resumed one (after a stop, or a larger budget) goes on to new values, the same ones each
+    time it resumes at the same point."""
+    startup = min(10, max(4, settings.trials // 3))
+    return optuna.samplers.TPESampler(seed=settings.seed + trials_before, n_startup_trials=startup)
 
 
 def _optuna():

@@ -111,7 +111,7 @@ def test_two_processes_match_one_with_the_same_global_batch(small, tmp_path):
 
 def test_resume_under_torchrun(small, tmp_path):
     process = subprocess.Popen(
-        torchrun("train", small, "--epochs", "40", "--batch-size", "8", "--out", tmp_path / "run", *FLAGS),
+        torchrun("train", small, "--epochs", "16", "--batch-size", "8", "--out", tmp_path / "run", *FLAGS),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -126,7 +126,7 @@ def test_resume_under_torchrun(small, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = pd.read_csv(history)
-    assert list(resumed["epoch"]) == list(range(1, 41))
+    assert list(resumed["epoch"]) == list(range(1, 17))
 
 
 def test_study_under_torchrun_pretrains_together_and_shares_out_the_grid(small, chexpert, tmp_path):
@@ -145,7 +145,7 @@ def test_study_under_torchrun_pretrains_together_and_shares_out_the_grid(small, 
                             "model": "simplecnn",
                             "pretrain": {
                                 "dataset": {"name": "cx", "data": str(chexpert)},
-                                "epochs": 40,
+                                "epochs": 16,
                                 "patience": 100,
                                 "batch_size": 4,
                             },
@@ -185,7 +185,7 @@ def test_study_under_torchrun_pretrains_together_and_shares_out_the_grid(small, 
     assert spread.returncode == 0, spread.stderr[-3000:]
     pretrain = json.loads((pretrain_dir / "train.json").read_text())
     assert pretrain["processes"] == 2 and pretrain["status"] == "completed" and pretrain["resumed"]
-    assert list(pd.read_csv(pretrain_dir / "history.csv")["epoch"]) == list(range(1, 41))
+    assert list(pd.read_csv(pretrain_dir / "history.csv")["epoch"]) == list(range(1, 17))
     names = [f"cxr-{arm}-simplecnn-n8-seed{seed}" for seed in (0, 1) for arm in "ac"]
     for name in names:  # each grid run trained by one process, alone, and evaluated
         assert json.loads((out / "runs" / name / "train.json").read_text())["processes"] == 1

@@ -15,7 +15,16 @@ from lowmed.config import TrainConfig
 from lowmed.data.loading import decode_square, decoded_batches
 from lowmed.errors import LowmedError
 from lowmed.evaluation.evaluate import _youden
-from lowmed.evaluation.metrics import average_precision, binary_auroc, compute_metrics
+from lowmed.evaluation.metrics import (
+    auroc,
+    average_precision,
+    binary_auroc,
+    compute_metrics,
+    expected_calibration_error,
+    resampled_auroc,
+    resampled_ece,
+    resampled_recalls,
+)
 from lowmed.evaluation.stats import bootstrap_ci, group_bootstrap_indices
 from tests.conftest import FAST
 from tests.factory import make_kermany, write_broken_files, write_image
@@ -83,6 +92,32 @@ def test_multilabel_metrics_leave_out_masked_labels():
             sk.average_precision_score(targets[keep, k], probs[keep, k])
         )
     assert result.metrics["mean_auroc"] == pytest.approx(np.mean([result.per_class[c]["auroc"] for c in "xyz"]))
+
+
+@pytest.mark.parametrize("task, classes", [("binary", 2), ("multiclass", 4)])
+def test_metrics_on_all_resamples_at_once_are_each_resamples_own(task, classes):
+    """The comparison scores every resample at once; each value must be the one that resample alone gives: the AUROC
+    bit for bit (ties, a resample short of a class, one holding a single class), the recalls and calibration too."""
+    rng = np.random.default_rng(1)
+    targets = rng.integers(0, classes, 60)
+    probs = rng.dirichlet(np.ones(classes), 60).round(1)  # coarse: many tied scores
+    predicted = probs.argmax(axis=1)
+    counts = rng.poisson(1.0, (40, 60))
+    counts[0, targets != 0] = 0  # one class only
+    counts[1, targets == classes - 1] = 0  # a class missing
+    counts[2] = 1  # the whole set
+    for row, value in zip(counts, resampled_auroc(task, targets, probs, counts)):
+        drawn = np.repeat(np.arange(60), row)
+        expected = auroc(task, targets[drawn], probs[drawn])
+        assert value == expected or (np.isnan(value) and np.isnan(expected))
+    recalls = resampled_recalls(targets, predicted, classes, counts)
+    ece = resampled_ece(probs.max(axis=1), predicted == targets, counts)
+    for row, row_recalls, row_ece in zip(counts, recalls, ece):
+        drawn = np.repeat(np.arange(60), row)
+        t, p = targets[drawn], predicted[drawn]
+        expected = [np.mean(p[t == k] == k) if np.any(t == k) else np.nan for k in range(classes)]
+        np.testing.assert_array_equal(row_recalls, expected)
+        assert row_ece == pytest.approx(expected_calibration_error(probs[drawn].max(axis=1), p == t), abs=1e-12)
 
 
 def test_auroc_and_ap_undefined_without_both_outcomes():

@@ -108,6 +108,7 @@ def test_lowmed_tune_one_cell_resumes_and_writes_a_config_to_train(separable, tm
     assert code == 0, output
     again = TuningRecord.read(out / "tuning.json")  # a larger budget continues the same trials
     assert again.budget == 4 and again.trials[:3] == record.trials and len(again.counted) == 4
+    assert again.trials[3].params["lr"] not in [t.params["lr"] for t in record.trials]  # new values, not trial 0's
 
 
 def _tuning_stopped(separable, tmp_path, space: dict, when: str, stop: int) -> tuple[list[str], Path, subprocess.Popen]:

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from lowmed.comparison.runs import Run, headline_name
-from lowmed.evaluation.metrics import accuracy, auroc, compute_metrics, expected_calibration_error
+from lowmed.evaluation.metrics import (
+    accuracy,
+    auroc,
+    compute_metrics,
+    resampled_auroc,
+    resampled_ece,
+    resampled_recalls,
+)
 from lowmed.evaluation.stats import group_bootstrap_indices
 from lowmed.numeric import finite_mean
 
@@ -20,16 +27,17 @@ CALIBRATION = "ece"
 
 @dataclass
 class TestSet:
-    """The images some runs were all evaluated on (in path order) and B resamples of them, shared by those runs."""
+    """The images some runs were all evaluated on (in path order) and B resamples of them, shared by those runs:
+    ``counts[b, i]`` is how many times resample ``b`` holds image ``i``."""
 
     __test__ = False
 
     paths: tuple[str, ...]
-    indices: list[np.ndarray]
+    counts: np.ndarray
 
     @property
     def resamples(self) -> int:
-        return len(self.indices)
+        return len(self.counts)
 
 
 @dataclass
@@ -59,19 +67,39 @@ def score_runs(runs: list[Run], metric: str, resamples: int, seed: int) -> dict[
             targets = run.arrays[0]
             strata = targets if run.report.task != "multilabel" else (targets > 0).any(axis=1)
             groups = run.table["group"].to_numpy()
-            test_sets[key] = TestSet(paths, list(group_bootstrap_indices(groups, np.asarray(strata), resamples, seed)))
+            drawn = group_bootstrap_indices(groups, np.asarray(strata), resamples, seed)
+            test_sets[key] = TestSet(paths, np.stack([np.bincount(indices, minlength=len(paths)) for indices in drawn]))
         test_set = test_sets[key]
         names = (headline_name(run.report.task, metric), *detail_metrics(run.report.task))
-        everything = np.arange(len(paths))
-        values = {name: metric_on(run, name, everything) for name in names}
-        draws = {name: np.array([metric_on(run, name, indices) for indices in test_set.indices]) for name in names}
+        whole = np.ones((1, len(paths)), dtype=np.int64)  # the full test set, as a resample holding each image once
+        values = {name: float(metric_draws(run, name, whole)[0]) for name in names}
+        draws = {name: metric_draws(run, name, test_set.counts) for name in names}
         scored[id(run)] = Scored(run, test_set, values, draws)
     return scored
 
 
-def metric_on(run: Run, name: str, indices: np.ndarray) -> float:
-    """One metric of ``run`` on the images at ``indices`` (a resample): the AUROCs, accuracy, the thresholded calls
-    and calibration by their fast paths, anything else through ``compute_metrics``."""
+def metric_draws(run: Run, name: str, counts: np.ndarray) -> np.ndarray:
+    """One metric of ``run`` on every resample (a row of ``counts``): the AUROCs, the thresholded calls and the
+    calibration of a single-label task all resamples at once, anything else one resample at a time."""
+    task, classes = run.report.task, len(run.report.classes)
+    targets, probs, _ = run.arrays
+    if name in ("auroc", "macro_auroc") and task != "multilabel":
+        return resampled_auroc(task, targets, probs, counts)
+    if name in ("balanced_accuracy", "sensitivity", "specificity") and run.predicted is not None:
+        recalls = resampled_recalls(targets, run.predicted, classes, counts)  # of the saved calls
+        if name == "balanced_accuracy":
+            return np.array([finite_mean(row) for row in recalls])
+        return recalls[:, 1 if name == "sensitivity" else 0]  # the positive class's recall, the negative one's
+    if name == CALIBRATION and task == "binary":
+        return resampled_ece(probs[:, 1], targets == 1, counts)
+    if name == CALIBRATION and task == "multiclass":
+        return resampled_ece(probs.max(axis=1), probs.argmax(axis=1) == targets, counts)
+    images = np.arange(counts.shape[1])
+    return np.array([_metric_on(run, name, np.repeat(images, row)) for row in counts])
+
+
+def _metric_on(run: Run, name: str, indices: np.ndarray) -> float:
+    """A metric that ``metric_draws`` has no all-at-once path for, on the images at ``indices``."""
     task, classes = run.report.task, run.report.classes
     targets, probs, mask = run.arrays
     targets, probs = targets[indices], probs[indices]
@@ -80,26 +108,6 @@ def metric_on(run: Run, name: str, indices: np.ndarray) -> float:
         return auroc(task, targets, probs, mask)
     if name == "accuracy" and task == "multiclass":
         return accuracy(task, targets, probs)
-    predicted = run.predicted  # the saved calls (none for multi-label)
-    if name in ("balanced_accuracy", "sensitivity", "specificity") and predicted is not None:
-        return _called_rate(name, targets, predicted[indices], len(classes))
-    if name == CALIBRATION and task == "binary":
-        return expected_calibration_error(probs[:, 1], targets == 1)
-    if name == CALIBRATION and task == "multiclass":
-        return expected_calibration_error(probs.max(axis=1), probs.argmax(axis=1) == targets)
     threshold = run.report.threshold
     cut = 0.5 if threshold is None else np.asarray(threshold, dtype=float) if isinstance(threshold, list) else threshold
     return compute_metrics(task, classes, targets, probs, mask, cut).metrics[name]
-
-
-def _called_rate(name: str, targets: np.ndarray, predicted: np.ndarray, classes: int) -> float:
-    """Recall of the saved calls: per class, then their mean (balanced accuracy), or of one class of a binary task
-    (sensitivity: the positive class; specificity: the negative one)."""
-    recalls = [
-        float(np.mean(predicted[targets == k] == k)) if np.any(targets == k) else float("nan") for k in range(classes)
-    ]
-    if name == "sensitivity":
-        return recalls[1]
-    if name == "specificity":
-        return recalls[0]
-    return finite_mean(recalls)

@@ -36,6 +36,64 @@ def binary_auroc(y: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
+def resampled_binary_auroc(y: np.ndarray, score: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``binary_auroc`` on many resamples at once, each a row of ``counts`` (how often it holds each image): the
+    same Mann–Whitney count of positive–negative pairs, ties half, exact in float64 like the rank formula, so each
+    value is the one a resample's own call gives."""
+    codes = np.unique(score, return_inverse=True)[1].ravel()  # equal scores share a code, in score order
+    rows, levels = len(counts), int(codes.max()) + 1
+    cells = (codes[None, :] + levels * np.arange(rows)[:, None]).ravel()
+
+    def tally(selected: np.ndarray) -> np.ndarray:  # per resample, per score level: how many selected images
+        weights = (counts * selected).ravel().astype(float)
+        return np.bincount(cells, weights=weights, minlength=rows * levels).reshape(rows, levels)
+
+    positive, negative = tally(y == 1), tally(y != 1)
+    below = np.cumsum(negative, axis=1) - negative
+    wins = (positive * (below + 0.5 * negative)).sum(axis=1)
+    pairs = positive.sum(axis=1) * negative.sum(axis=1)
+    return np.divide(wins, pairs, out=np.full(rows, np.nan), where=pairs > 0)
+
+
+def resampled_auroc(task: str, targets: np.ndarray, probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``auroc`` of a binary or multi-class task on each resample (a row of ``counts``): multi-class, the mean over
+    the classes a resample holds, NaN where it holds fewer than two."""
+    if task == "binary":
+        return resampled_binary_auroc(targets, probs[:, 1], counts)
+    total, present = np.zeros(len(counts)), np.zeros(len(counts), dtype=int)
+    for c in range(probs.shape[1]):  # in class order, as the mean over a resample's classes adds them
+        held = counts[:, targets == c].sum(axis=1) > 0
+        total += np.where(held, resampled_binary_auroc((targets == c).astype(int), probs[:, c], counts), 0.0)
+        present += held
+    return np.divide(total, present, out=np.full(len(counts), np.nan), where=present >= 2)
+
+
+def resampled_recalls(targets: np.ndarray, predicted: np.ndarray, classes: int, counts: np.ndarray) -> np.ndarray:
+    """Each class's recall of the calls ``predicted`` on each resample (a row of ``counts``): resamples × classes,
+    NaN where a resample holds no image of the class."""
+    recalls = np.full((len(counts), classes), np.nan)
+    for k in range(classes):
+        held = counts[:, targets == k].sum(axis=1)
+        hits = counts[:, (targets == k) & (predicted == k)].sum(axis=1)
+        np.divide(hits, held, out=recalls[:, k], where=held > 0)
+    return recalls
+
+
+def resampled_ece(confidence: np.ndarray, correct: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``expected_calibration_error`` on each resample (a row of ``counts``)."""
+    index = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
+    rows = len(counts)
+    cells = (index[None, :] + ECE_BINS * np.arange(rows)[:, None]).ravel()
+
+    def binned(values: np.ndarray) -> np.ndarray:
+        weights = (counts * values).ravel().astype(float)
+        return np.bincount(cells, weights=weights, minlength=rows * ECE_BINS).reshape(rows, ECE_BINS)
+
+    gap = np.abs(binned(confidence) - binned(correct.astype(float)))
+    images = counts.sum(axis=1)
+    return np.divide(gap.sum(axis=1), images, out=np.full(rows, np.nan), where=images > 0)
+
+
 def average_precision(y: np.ndarray, score: np.ndarray) -> float:
     """Area under the precision–recall curve as a step sum over distinct thresholds (scikit-learn's AP)."""
     positives = y.sum()
