@@ -38,8 +38,8 @@ def measure(data: Path, image_size: int, per_class: int, threads: int) -> dict:
     result = {"threads": threads, "image_size": image_size, "per_class": per_class, "cpu": "", "layers": {}}
     result["cpu"] = device_name(torch.device("cpu"))
     with tempfile.TemporaryDirectory() as scratch:
-        prepared = prepare(data / "chest_xray", Path(scratch) / "kermany", quiet=True).root
-        subset = subsample(prepared, per_class, seed=0, quiet=True).dataset.manifest_path
+        prepared = prepare(data / "chest_xray", Path(scratch) / "kermany").root
+        subset = subsample(prepared, per_class, seed=0).dataset.manifest_path
         for layers in LAYERS:
             config = TrainConfig(
                 subset=str(subset),
@@ -53,7 +53,7 @@ def measure(data: Path, image_size: int, per_class: int, threads: int) -> dict:
                 patience=100,
                 out=str(Path(scratch) / f"run-{layers}"),
             )
-            summary = train(config, quiet=True)
+            summary = train(config)
             history = pd.read_csv(RunDir(config.out).history)
             tuned = history[history["phase"] == "finetune"]["images_per_s"].iloc[1:]  # the first builds the cache
             lowmed = float(tuned.median())

@@ -108,8 +108,8 @@ def speed_table(results: dict) -> str:
 
 def runs(args) -> None:
     out = Path(args.out)
-    prepared = prepare(args.data, out / "prepared", quiet=True)
-    subset = subsample(prepared.root, args.per_class, out=out / "subset.csv", quiet=True)
+    prepared = prepare(args.data, out / "prepared")
+    subset = subsample(prepared.root, args.per_class, out=out / "subset.csv")
     for seed in [int(s) for s in args.seeds.split(",")]:
         for kind in ("unfolded", "folded"):
             run = out / f"B-{kind}-seed{seed}"
@@ -126,10 +126,10 @@ def runs(args) -> None:
                     arm=f"B-{kind}",
                     out=str(run),
                 )
-                train(config, quiet=True)
-                evaluate(run, bootstrap=1000, quiet=True)
+                train(config)
+                evaluate(run, bootstrap=1000)
             print(f"{run.name}: trained and evaluated")
-    compare_runs([out], out=out, bootstrap=1000, resamples=1000, quiet=True)
+    compare_runs([out], out=out, bootstrap=1000, resamples=1000)
     from paired_arms import auroc_table, keep  # this folder's script (on the path when this file runs as a script)
 
     source = ComparisonDir(out)

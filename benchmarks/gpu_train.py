@@ -39,7 +39,7 @@ def lowmed_images_per_s(
             out=f"{runs}/run",
         )
         started = time.perf_counter()
-        summary = train(config, quiet=True)
+        summary = train(config)
         wall = time.perf_counter() - started
         rows = pd.read_csv(RunDir(f"{runs}/run").history)
     steady = rows["images_per_s"].iloc[1:] if len(rows) > 1 else rows["images_per_s"]

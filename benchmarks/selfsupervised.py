@@ -41,8 +41,8 @@ def measure(data: Path, threads: int, scratch: Path) -> dict:
     listed.assign(path=[str(data / "chest_xray_unlabelled" / p) for p in listed["path"]]).to_csv(
         corpus_csv, index=False
     )
-    corpus = prepare(corpus_csv, scratch / "corpus", role="unlabelled", allow_outside_root=True, quiet=True).root
-    target = prepare(data / "chest_xray", scratch / "target", quiet=True).root
+    corpus = prepare(corpus_csv, scratch / "corpus", role="unlabelled", allow_outside_root=True).root
+    target = prepare(data / "chest_xray", scratch / "target").root
     weights = data.parent / "weights" / "efficientnet_lite0_imagenet_timm.pth"
     result = {"threads": threads, "batch": BATCH, "cpu": device_name(torch.device("cpu")), "sizes": {}}
     for size in SIZES:
@@ -78,7 +78,7 @@ def _lowmed_rate(corpus: Path, target: Path, weights: Path, size: int, out: Path
         image_size=size,
         out=str(out),
     )
-    pretrain(config, overwrite=True, quiet=True)
+    pretrain(config, overwrite=True)
     import pandas as pd
 
     return float(pd.read_csv(out / "history.csv")["images_per_s"].iloc[-1])

@@ -230,7 +230,7 @@ def child_fullrun(args) -> dict:
     else:
         with tempfile.TemporaryDirectory() as runs:
             started = time.perf_counter()
-            summary = train(TrainConfig(**recipe(args), out=f"{runs}/run"), quiet=True)
+            summary = train(TrainConfig(**recipe(args), out=f"{runs}/run"))
             wall = time.perf_counter() - started
             history = pd.read_csv(RunDir(f"{runs}/run").history)
         result = {
@@ -262,7 +262,7 @@ def child_tunedcell(args) -> dict:
     settings = TuneSettings.from_dict({"space": TUNED_SPACE, "trials": args.trials}, "the benchmark", base)
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        record = tune_cell(Cell("benchmark", base, Path(folder)), settings, quiet=True)
+        record = tune_cell(Cell("benchmark", base, Path(folder)), settings)
         wall = time.perf_counter() - started
         trials = []
         for trial in record.counted:
@@ -289,7 +289,7 @@ def child_prepare(args) -> dict:
             seconds, count = time.perf_counter() - started, len(files)
         else:
             started = time.perf_counter()
-            dataset = prepare(args.tree, f"{out}/p", cache_size=args.cache_size, quiet=True)
+            dataset = prepare(args.tree, f"{out}/p", cache_size=args.cache_size)
             seconds, count = time.perf_counter() - started, len(dataset.manifest)
     return {"images": count, "seconds": seconds, "images_per_s": count / seconds, "peak_rss_mb": peak_rss_mb()}
 
@@ -319,10 +319,10 @@ def child_load(args) -> dict:
     """Scaling: lowmed's prepare, subsample and one decode pass over the training images."""
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        dataset = prepare(args.tree, f"{out}/p", quiet=True)
+        dataset = prepare(args.tree, f"{out}/p")
         prepared = time.perf_counter() - started
         started = time.perf_counter()
-        subset = subsample(dataset.root, 10**9, out=f"{out}/all.csv", quiet=True).dataset
+        subset = subsample(dataset.root, 10**9, out=f"{out}/all.csv").dataset
         subsampled = time.perf_counter() - started
         started = time.perf_counter()
         images = split_images(subset, "train", args.image_size)
@@ -508,8 +508,8 @@ def main() -> None:
         "settings": vars(args),
     }
     try:
-        prepared = prepare(args.data, work / "prepared", quiet=True)
-        subset = subsample(prepared.root, args.per_class, out=work / "subset.csv", quiet=True).dataset
+        prepared = prepare(args.data, work / "prepared")
+        subset = subsample(prepared.root, args.per_class, out=work / "subset.csv").dataset
         materialize_tree(subset, work / "tree")  # the reference reads exactly the same subset, as files
         common = {
             "subset": work / "subset.csv",
@@ -582,8 +582,8 @@ def main() -> None:
             for split in ("train", "val"):  # the subset's own images, as ~1500 px originals
                 count = sum(1 for _ in (work / "tree" / split).rglob("*.jpeg"))
                 scaled_tree(work / "tree" / split, work / "fullres" / split, count, longer_side=1500)
-            big_prepared = prepare(work / "fullres", work / "fullres-prepared", min_val_per_class=5, quiet=True)
-            big_subset = subsample(big_prepared.root, 10**9, out=work / "fullres.csv", quiet=True)
+            big_prepared = prepare(work / "fullres", work / "fullres-prepared", min_val_per_class=5)
+            big_subset = subsample(big_prepared.root, 10**9, out=work / "fullres.csv")
             materialize_tree(big_subset.dataset, work / "fullres-tree")
             results["fullres"] = run_child(
                 "epoch",

@@ -22,6 +22,7 @@ _API = {
     "compare_runs": "lowmed.comparison",
     "compare_models": "lowmed.comparison",
     "run_experiment": "lowmed.experiment",
+    "log_to_terminal": "lowmed.console",
 }
 __all__ = ["__version__", *_API]
 

@@ -65,7 +65,6 @@ def export(
     out: str | os.PathLike | None = None,
     checkpoint: str = "best",
     overwrite: bool = False,
-    quiet: bool = False,
 ) -> Exported:
     """Write ``model.onnx`` or ``model.pt`` (TorchScript), ``preprocessing.json`` and ``MODEL_CARD.md`` to ``out``
     (default ``RUN_DIR/export-<format>``), after checking the export against PyTorch on real images of the run's
@@ -85,7 +84,7 @@ def export(
     run_status(trained.path, "exported")
     wrapped = ProbabilityModel(trained).eval()
     images = parity_images(trained)
-    with progress_bar(disable=quiet) as bar:
+    with progress_bar() as bar:
         bar.add_task(f"exporting {format}", total=None, status="")
         with staged_dir(out) as staging:
             model_path = staging / FORMATS[format]

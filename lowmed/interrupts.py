@@ -7,7 +7,7 @@ import signal
 import threading
 from typing import Any
 
-from lowmed.console import console
+from lowmed.console import log
 
 # Ctrl-C asked for a stop: set by StopAfterBatch and kept when the run it landed in had already finished its last
 # batch, so that what runs the runs (a tuning cell, a study) stops before the next one instead of going on
@@ -41,7 +41,7 @@ class StopAfterBatch:
             raise KeyboardInterrupt
         self.requested = True
         _STOP_ASKED.set()
-        console.print("[yellow]stopping after this batch (Ctrl-C again to stop at once)")
+        log.warning("stopping after this batch (Ctrl-C again to stop at once)")
 
     def check(self) -> None:
         if self.requested:

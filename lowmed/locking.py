@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -17,9 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from lowmed.console import warn
 from lowmed.errors import LowmedError
 from lowmed.io import check_writable
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lowmed.lock"
 _held: dict[Path, int] = {}  # the run dirs this process owns, and how many times it took each
@@ -136,7 +138,7 @@ def _acquire(path: Path, command: str) -> None:
                     "if that process is gone"
                 ) from None
             if _remove_stale(lock, seen):
-                warn(
+                log.warning(
                     f"run dir {path}: took over the lock of process {held.get('pid')} ({held.get('command')}, "
                     f"since {held.get('since')}), which is no longer running"
                 )

@@ -10,6 +10,7 @@ in the sidecar beside it (``predictions.json``, ``lowmed.contracts.PredictionRec
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 import lowmed
-from lowmed.console import progress_bar, warn
+from lowmed.console import progress_bar
 from lowmed.contracts import ExplainRecord, PredictionRecord, RunDir
 from lowmed.data.images import IMAGE_EXTENSIONS, inspect_image, list_files, refuse_undecodable_names
 from lowmed.device import ACCELERATOR_INFERENCE_BATCH, inference_batch_size
@@ -32,6 +33,8 @@ from lowmed.models.forward import predict_files
 from lowmed.models.trained import TrainedModel, run_status, saved_threshold
 from lowmed.saliency.explain import explain_cases, input_cases
 from lowmed.saliency.maps import check_method
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,7 +67,6 @@ def predict(
     explain: str | None = None,
     explain_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
-    quiet: bool = False,
 ) -> Predictions:
     """Predict every image among ``inputs`` (files, folders searched recursively, or CSVs with a ``path_column``)
     with ``run_dir``'s checkpoint and write ``out``.
@@ -110,7 +112,7 @@ def predict(
         raise LowmedError(f"--batch-size {batch_size}: expected at least 1 image per forward pass")
 
     started = time.perf_counter()
-    with progress_bar(disable=quiet) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("predicting", total=len(paths), status="")
         logits, readable = predict_files(
             trained.model,
@@ -131,12 +133,14 @@ def predict(
     table = _table(paths, readable, probs, trained, cut)
     unreadable = len(paths) - len(readable)
     if unreadable:
-        warn(f"{unreadable} of {len(paths)} file(s) could not be read; their reasons are in the error column of {out}")
+        log.warning(
+            f"{unreadable} of {len(paths)} file(s) could not be read; their reasons are in the error column of {out}"
+        )
     write_csv(out, table)
     _record(trained, out, cut, source, tta, len(paths), unreadable, status).write(sidecar)
     if explain is not None:
         cases = input_cases([paths[row] for row in readable], trained.task, probs[readable])
-        explain_cases(trained, cases, explain, explanations, quiet=quiet)
+        explain_cases(trained, cases, explain, explanations)
     return Predictions(
         out=out,
         table=table,

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowmed.console import warn
 from lowmed.contracts import EvalDir, RunDir, read_yaml
 from lowmed.errors import LowmedError
+
+log = logging.getLogger(__name__)
 
 TRACKERS = ("mlflow",)
 SMALL_ARTEFACT_BYTES = 2**20  # files larger than this (a big test set's predictions) stay in the run dir only
@@ -186,7 +187,7 @@ def open_tracker(settings: TrackSettings | None) -> Tracker | None:
 
 def _warn_failed(what: str, uri: str, exc: Exception) -> None:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    warn(
+    log.warning(
         f"could not log {what} to MLflow at {uri} ({type(exc).__name__}: {reason}); its files are complete, and "
         "logging it again (lowmed evaluate RUN --track mlflow) updates the same MLflow run"
     )

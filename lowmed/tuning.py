@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lowmed.config import MONITORS, TrainConfig, coerce, first_repeated
-from lowmed.console import progress_bar
+from lowmed.console import nested, progress_bar
 from lowmed.contracts import Trial, TuningRecord, read_yaml, short_value, slug
 from lowmed.errors import Interrupted, LowmedError, RunFailed, quoted
 from lowmed.interrupts import stop_asked
@@ -267,13 +267,11 @@ def tuned_options(record: TuningRecord) -> dict:
     return {**record.chosen, "monitor": record.metric}
 
 
-def tune_cell(
-    cell: TuningCell, settings: TuneSettings, quiet: bool = False, on_trial: Callable[[str], None] | None = None
-) -> TuningRecord:
+def tune_cell(cell: TuningCell, settings: TuneSettings, on_trial: Callable[[str], None] | None = None) -> TuningRecord:
     """Run (or resume) ``cell``'s trials until ``settings.trials`` have finished; write and return the record.
 
     A cell whose record already holds this budget of these trials is not tuned again. ``on_trial`` is given a line
-    per finished trial (for a caller that shows its own progress bar and runs this ``quiet``).
+    per finished trial (for a caller that shows its own progress bar and runs this inside ``nested()``).
     """
     from lowmed.training.features import SharedCaches
 
@@ -308,7 +306,7 @@ def tune_cell(
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     caches = SharedCaches()
-    with progress_bar(transient=False, disable=quiet) as bar:
+    with progress_bar(transient=False) as bar:
         task = bar.add_task(f"tuning {cell.name}", total=settings.trials, status="")
         while True:
             finished, running = _finished_and_running(study, optuna)
@@ -448,7 +446,8 @@ def _run_trial(trial, cell: TuningCell, settings: TuneSettings, caches, numbers:
         return trial.should_prune()
 
     try:
-        summary = train(config, overwrite=True, quiet=True, trial=TrialHooks(trial.number, should_stop, caches))
+        with nested():  # the cell's bar shows the trials; a trial's own lines only with -v
+            summary = train(config, overwrite=True, trial=TrialHooks(trial.number, should_stop, caches))
     except Interrupted:  # Ctrl-C: the trial failed (not counted) and the tuning stops, to resume later
         raise Interrupted(_STOPPED.format(cell=cell.name)) from None
     except RunFailed as exc:  # diverged (a loss that is not finite): a hopeless trial, as a pruned one
@@ -505,9 +504,7 @@ def _record(cell: TuningCell, settings: TuneSettings, study, name: str, url: str
     )
 
 
-def tune(
-    config: TrainConfig, settings: TuneSettings, out: str | Path | None = None, *, quiet: bool = False
-) -> tuple[TuningRecord, Path]:
+def tune(config: TrainConfig, settings: TuneSettings, out: str | Path | None = None) -> tuple[TuningRecord, Path]:
     """``lowmed tune``: tune one cell — ``config``'s data, model, weights, N and seed — into ``out`` (an existing
     tuning folder resumes).
 
@@ -522,7 +519,7 @@ def tune(
     data = config.subset or config.data
     assert data is not None  # validate(): DATA or --subset
     if config.per_class and not config.subset:  # one subset drawn once, for every trial
-        base["subset"] = str(subsample(data, config.per_class, seed=config.seed, quiet=quiet).path)
+        base["subset"] = str(subsample(data, config.per_class, seed=config.seed).path)
     source = Path(data)
     size = f"n{config.per_class}" if config.per_class else "all"
     folder = Path(out) if out else Path("runs") / slug(f"tune-{source.stem}-{config.model}-{size}-seed{config.seed}")
@@ -530,7 +527,7 @@ def tune(
     if folder.is_dir() and any(folder.iterdir()) and not tuned_here:
         raise LowmedError(f"--out {folder}: exists and is not a tuning folder; choose another --out")
     check_writable(folder / TuningRecord.FILE, "--out")
-    record = tune_cell(TuningCell(folder.name, base, folder), settings, quiet)
+    record = tune_cell(TuningCell(folder.name, base, folder), settings)
     best_config = folder / "best-config.yaml"
     write_yaml(best_config, TrainConfig.from_dict({**base, **tuned_options(record)}, source=str(best_config)).to_dict())
     return record, best_config

@@ -34,13 +34,13 @@ def separable(tmp_path_factory):
     src = make_kermany(
         root / "src", {"train": {"NORMAL": 60, "PNEUMONIA": 60}, "test": {"NORMAL": 10, "PNEUMONIA": 10}}
     )
-    return prepare(src, root / "prepared", min_val_per_class=15, quiet=True).root
+    return prepare(src, root / "prepared", min_val_per_class=15).root
 
 
 @pytest.fixture(scope="session")
 def trained_run(separable, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "simplecnn"
-    train(TrainConfig(data=str(separable), epochs=3, out=str(run), **FAST), quiet=True)
+    train(TrainConfig(data=str(separable), epochs=3, out=str(run), **FAST))
     return run
 
 
@@ -49,4 +49,4 @@ def small(tmp_path_factory):
     """A prepared binary dataset of 64 training images: for tests that start real processes."""
     root = tmp_path_factory.mktemp("small")
     src = make_kermany(root / "src", {"train": {"NORMAL": 32, "PNEUMONIA": 32}, "test": {"NORMAL": 4, "PNEUMONIA": 4}})
-    return prepare(src, root / "prepared", min_val_per_class=6, quiet=True).root
+    return prepare(src, root / "prepared", min_val_per_class=6).root

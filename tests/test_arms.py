@@ -59,7 +59,7 @@ def test_two_arms_of_one_model_and_weight_kind_stay_apart(tmp_path, kermany, che
         evaluate={"bootstrap": 20, "split": "val"},
         compare={"resamples": 20, "baseline": "A-slow"},
     )
-    result = run_experiment(study, quiet=True)
+    result = run_experiment(study)
     out = tmp_path / "study"
     assert len(result.pretrain) == 2 and {run.status for run in result.runs} == {"trained"}
     assert result.pretrain[0].run_dir != result.pretrain[1].run_dir
@@ -171,23 +171,21 @@ def named_runs(separable, tmp_path_factory):
     """The same data, model and seed trained as two named arms."""
     root = tmp_path_factory.mktemp("named")
     for arm, lr in (("first", 1e-3), ("second", 3e-3)):
-        train(
-            TrainConfig(data=str(separable), arm=arm, epochs=2, out=str(root / arm), **{**FAST, "lr": lr}), quiet=True
-        )
+        train(TrainConfig(data=str(separable), arm=arm, epochs=2, out=str(root / arm), **{**FAST, "lr": lr}))
     return root
 
 
 def test_compare_baseline_option(named_runs, tmp_path):
-    result = compare_runs([named_runs], baseline="first", out=tmp_path, bootstrap=20, resamples=20, quiet=True)
+    result = compare_runs([named_runs], baseline="first", out=tmp_path, bootstrap=20, resamples=20)
     assert result.baseline == "first" and {row["arm"] for row in result.runs} == {"first", "second"}
     primary = [row for row in result.comparisons if row["test"] == PRIMARY_TEST]
     assert [(row["a"], row["b"]) for row in primary] == [("second · simplecnn", "first · simplecnn")]
-    unset = compare_runs([named_runs], out=tmp_path / "unset", bootstrap=20, resamples=20, quiet=True)
+    unset = compare_runs([named_runs], out=tmp_path / "unset", bootstrap=20, resamples=20)
     assert unset.baseline is None  # two arms trained from scratch: no default baseline, all pairs
     with pytest.raises(
         LowmedError, match="--baseline 'third': no such arm among the runs; they have 'first', 'second'"
     ):
-        compare_runs([named_runs], baseline="third", out=tmp_path, quiet=True)
+        compare_runs([named_runs], baseline="third", out=tmp_path)
 
 
 def test_two_runs_in_one_cell_are_refused_naming_both(trained_run, tmp_path, capsys):
@@ -213,9 +211,9 @@ def test_run_dirs_of_an_earlier_lowmed_still_compare_and_evaluate(trained_run, t
     read = RunDir(old).read_summary()
     assert read.schema == SCHEMA and read.arm == "A scratch" and read.dataset.manifest_sha256
 
-    report = evaluate(old, bootstrap=10, quiet=True)
+    report = evaluate(old, bootstrap=10)
     assert report["n"] == report.n > 0 and RunDir(old).evaluation("test").exists()
-    result = compare_runs([old], out=tmp_path / "cmp", quiet=True)
+    result = compare_runs([old], out=tmp_path / "cmp")
     assert result.runs[0]["arm"] == "A scratch" and result.baseline == "A scratch"
 
 
@@ -238,9 +236,9 @@ def test_two_prepared_datasets_of_one_folder_name_stay_apart(tmp_path):
             tmp_path / where / "src",
             {"train": {"NORMAL": counts, "PNEUMONIA": counts}, "test": {"NORMAL": 6, "PNEUMONIA": 6}},
         )
-        prepared = prepare(src, tmp_path / where / "target", min_val_per_class=4, quiet=True)
-        train(TrainConfig(data=str(prepared.root), epochs=1, out=str(runs / where), **FAST), quiet=True)
-    result = compare_runs([runs], bootstrap=10, resamples=10, out=tmp_path / "cmp", quiet=True)
+        prepared = prepare(src, tmp_path / where / "target", min_val_per_class=4)
+        train(TrainConfig(data=str(prepared.root), epochs=1, out=str(runs / where), **FAST))
+    result = compare_runs([runs], bootstrap=10, resamples=10, out=tmp_path / "cmp")
     names = sorted(row["dataset"] for row in result.runs)
     assert len(set(names)) == 2 and all(name.startswith("target@") for name in names)
     assert len(result.groups) == 2 and len(result.figures) == 0  # trained on all images: no learning curve
@@ -252,8 +250,8 @@ def test_every_train_config_field_is_one_option_and_every_option_a_field():
     command = typer.main.get_command(app)
     fields = set(TrainConfig.__dataclass_fields__)
     for name, extra in (
-        ("train", {"config", "resume", "overwrite", "strict", "quiet", *TRACK_OPTIONS}),
-        ("finetune", {"source", "config", "overwrite", "strict", "quiet", *TRACK_OPTIONS}),
+        ("train", {"config", "resume", "overwrite", "strict", "quiet", "verbose", *TRACK_OPTIONS}),
+        ("finetune", {"source", "config", "overwrite", "strict", "quiet", "verbose", *TRACK_OPTIONS}),
     ):
         params = [param.name for param in command.commands[name].params]
         assert len(params) == len(set(params)), name

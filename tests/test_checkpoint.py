@@ -108,11 +108,11 @@ def test_a_run_whose_checkpoint_cannot_be_written_fails_and_resumes_once_mended(
     monkeypatch.setattr(checkpoint, "save_checkpoint", disk_full_from_epoch_3)
     run = tmp_path / "run"
     with pytest.raises(RunFailed, match="No space left on device"):
-        train(TrainConfig(data=str(separable), epochs=5, out=str(run), **FAST), quiet=True)
+        train(TrainConfig(data=str(separable), epochs=5, out=str(run), **FAST))
     summary = RunDir(run).read_summary()
     assert summary.status == "failed" and f"lowmed train --resume {run}" in summary.error
     monkeypatch.setattr(checkpoint, "save_checkpoint", original)
-    resumed = resume_run(run, quiet=True)
+    resumed = resume_run(run)
     assert resumed.status == "completed" and len(pd.read_csv(RunDir(run).history)) == 5
 
 

@@ -1,6 +1,7 @@
 """The command line as a user meets it: exit codes, one-line errors, tracebacks only with --debug."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 
 import lowmed
 from lowmed.cli import main
+from lowmed.config import TrainConfig
 
 
 def run_cli(capsys, *args):
@@ -209,3 +211,54 @@ def test_model_names_never_wrap_piped_or_in_a_narrow_terminal(capsys, monkeypatc
         main(["models"])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" · ")[0] for line in lines] == list(MODELS)  # plain lines, whole names
+
+
+@pytest.fixture
+def fresh_logging():
+    """The ``lowmed`` logger as a Python user finds it (no handler of lowmed's, no level), put back afterwards."""
+    from lowmed.console import log
+
+    kept = (list(log.handlers), log.propagate, log.level)
+    log.handlers, log.propagate = [], True
+    log.setLevel(logging.NOTSET)
+    yield log
+    log.handlers, log.propagate = kept[0], kept[1]
+    log.setLevel(kept[2])
+
+
+def test_progress_lines_show_by_default_and_not_with_quiet_or_from_python(capsys, separable, tmp_path, fresh_logging):
+    train = ["train", str(separable), "--epochs", "1", "--image-size", "32", "--lr", "0.002"]
+    code, _, said = run_cli(capsys, *train, "--out", str(tmp_path / "default"))
+    assert code in (0, None) and "epoch   1" in said
+    code, _, said = run_cli(capsys, *train, "--out", str(tmp_path / "quiet"), "-q")
+    assert code in (0, None) and "epoch" not in said and str(tmp_path / "quiet") not in said
+
+    fresh_logging.handlers, fresh_logging.propagate = [], True
+    fresh_logging.setLevel(logging.NOTSET)
+    lowmed.train(TrainConfig(data=str(separable), epochs=1, image_size=32, out=str(tmp_path / "python")))
+    assert capsys.readouterr().err == ""  # a library says nothing below a warning unless asked to
+
+
+def test_a_nested_call_shows_warnings_its_caller_shows_its_lines_and_verbose_shows_all(capsys, fresh_logging):
+    from lowmed.console import log_to_terminal, nested, progress_bar
+
+    caller, inner = logging.getLogger("lowmed.experiment.execute"), logging.getLogger("lowmed.training.loop")
+    log_to_terminal(logging.INFO)
+    with nested(caller):
+        caller.info("[1/2] a run: trained")
+        inner.info("epoch 1")
+        inner.warning("a warning")
+        assert progress_bar().disable
+    inner.info("epoch 2")
+    said = capsys.readouterr().err
+    assert "[1/2] a run: trained" in said and "warning: a warning" in said and "epoch 2" in said
+    assert "epoch 1" not in said and caller.level == logging.NOTSET and fresh_logging.level == logging.INFO
+
+    log_to_terminal(logging.DEBUG)  # -v
+    with nested(caller):
+        inner.info("epoch 1")
+    with nested():  # a torchrun process other than the first: warnings only, even with -v
+        inner.info("from process 1")
+        inner.warning("process 1 warns")
+    said = capsys.readouterr().err
+    assert "epoch 1" in said and "from process 1" not in said and "process 1 warns" in said

@@ -138,7 +138,7 @@ def test_broken_dicom_files_never_stop_prepare(tmp_path):
     source = _dicom_tree(tmp_path / "raw")
     for index, (write, _) in enumerate(BROKEN.values()):
         write(source / "NORMAL" / f"broken{index}.dcm")
-    dataset = prepare(source, tmp_path / "prepared", min_val_per_class=2, quiet=True)
+    dataset = prepare(source, tmp_path / "prepared", min_val_per_class=2)
     assert len(dataset.manifest) == 32 and len(dataset.info["excluded"]) == len(BROKEN)
 
 
@@ -168,7 +168,7 @@ def _written(prepared):
 
 def test_dicom_trees_prepare_with_patient_groups_and_no_identifying_tags(tmp_path):
     source = _dicom_tree(tmp_path / "raw")
-    dataset = prepare(source, tmp_path / "prepared", min_val_per_class=2, quiet=True)
+    dataset = prepare(source, tmp_path / "prepared", min_val_per_class=2)
     manifest = dataset.manifest
     assert len(manifest) == 32 and set(manifest["mode"]) == {"DICOM"}
     assert manifest["group"].str.fullmatch(r"MRN[NP]\d{3}").all() and manifest["group"].nunique() == 16
@@ -181,8 +181,8 @@ def test_dicom_trees_prepare_with_patient_groups_and_no_identifying_tags(tmp_pat
         others = set(manifest.loc[manifest["split"] != split, "group"])
         assert not set(manifest.loc[manifest["split"] == split, "group"]) & others
     run = tmp_path / "run"
-    train(TrainConfig(data=str(dataset.root), epochs=1, out=str(run), **FAST), quiet=True)
-    evaluate(run, bootstrap=10, quiet=True)
+    train(TrainConfig(data=str(dataset.root), epochs=1, out=str(run), **FAST))
+    evaluate(run, bootstrap=10)
     for output in [*run.rglob("*.json"), *run.rglob("*.csv"), *run.rglob("*.yaml")]:
         text = output.read_text()
         assert not any(secret in text for secret in ("Doe", "Jane", "19700101", "ACC987654")), output
@@ -190,7 +190,7 @@ def test_dicom_trees_prepare_with_patient_groups_and_no_identifying_tags(tmp_pat
 
 def test_hashed_groups_keep_the_patients_together_and_no_patient_id(tmp_path):
     source = _dicom_tree(tmp_path / "raw")
-    dataset = prepare(source, tmp_path / "prepared", min_val_per_class=2, hash_groups=True, quiet=True)
+    dataset = prepare(source, tmp_path / "prepared", min_val_per_class=2, hash_groups=True)
     groups = dataset.manifest["group"]
     assert groups.str.fullmatch(r"[0-9a-f]{16}").all() and groups.nunique() == 16
     assert "MRN" not in _written(tmp_path / "prepared") and dataset.info["groups_hashed"] is True
@@ -251,7 +251,7 @@ def make_rsna(root, patients=24):
 def test_the_rsna_layout_prepares_one_row_per_image_grouped_by_patient(tmp_path):
     source = make_rsna(tmp_path / "rsna")
     source.mkdir(exist_ok=True)
-    dataset = prepare(source, tmp_path / "prepared", min_val_per_class=2, quiet=True)
+    dataset = prepare(source, tmp_path / "prepared", min_val_per_class=2)
     manifest = dataset.manifest
     assert dataset.info["source"]["format"] == "rsna" and dataset.classes == ["NORMAL", "PNEUMONIA"]
     assert len(manifest) == 23 and manifest["group"].is_unique
@@ -267,7 +267,7 @@ def test_frontal_only_keeps_pa_and_ap_views_and_the_cache_holds_png_copies(tmp_p
     for label in ("NORMAL", "PNEUMONIA"):  # two lateral views per class
         for index in range(2):
             write_dicom(source / label / f"lateral{index}.dcm", PatientID=f"L{label}{index}", ViewPosition="LL")
-    dataset = prepare(source, tmp_path / "prepared", min_val_per_class=2, frontal_only=True, cache_size=16, quiet=True)
+    dataset = prepare(source, tmp_path / "prepared", min_val_per_class=2, frontal_only=True, cache_size=16)
     assert len(dataset.manifest) == 32 and set(dataset.manifest["view_position"]) == {"PA", "AP"}
     reasons = [item["reason"] for item in dataset.info["excluded"]]
     assert reasons.count("not a frontal view (ViewPosition LL; --frontal-only)") == 4

@@ -157,7 +157,7 @@ def test_youden_threshold():
 
 def test_evaluate_a_trained_run_end_to_end(trained_run):
     before = {p.name: p.read_bytes() for p in trained_run.iterdir() if p.is_file()}
-    report = evaluate(trained_run, bootstrap=200, quiet=True)
+    report = evaluate(trained_run, bootstrap=200)
     folder = trained_run / "eval" / "test"
     assert {p.name for p in folder.iterdir()} == {
         "metrics.json",
@@ -187,13 +187,13 @@ def test_evaluate_a_trained_run_end_to_end(trained_run):
         with Image.open(png) as image:
             image.verify()
             assert image.format == "PNG"
-    evaluate(trained_run, bootstrap=10, quiet=True)  # a re-run replaces its own outputs
+    evaluate(trained_run, bootstrap=10)  # a re-run replaces its own outputs
     assert {p.name: p.read_bytes() for p in trained_run.iterdir() if p.is_file()} == before  # training files untouched
 
 
 def test_youden_threshold_comes_from_val_only(trained_run, tmp_path):
-    report = evaluate(trained_run, threshold="youden", bootstrap=0, out=tmp_path / "test", quiet=True)
-    evaluate(trained_run, split="val", bootstrap=0, out=tmp_path / "val", quiet=True)
+    report = evaluate(trained_run, threshold="youden", bootstrap=0, out=tmp_path / "test")
+    evaluate(trained_run, split="val", bootstrap=0, out=tmp_path / "val")
     val = pd.read_csv(tmp_path / "val" / "predictions.csv")
     expected = _youden((val["label"] == "PNEUMONIA").to_numpy().astype(int), val["prob:PNEUMONIA"].to_numpy())
     assert report["threshold"] == pytest.approx(expected)
@@ -202,9 +202,9 @@ def test_youden_threshold_comes_from_val_only(trained_run, tmp_path):
 
 def test_multiclass_and_multilabel_runs_evaluate(ham, chexpert, tmp_path):
     for name, source in (("ham", ham), ("cx", chexpert)):
-        data = prepare(source, tmp_path / name, quiet=True).root
-        train(TrainConfig(data=str(data), epochs=1, out=str(tmp_path / f"run-{name}"), **FAST), quiet=True)
-        report = evaluate(tmp_path / f"run-{name}", bootstrap=50, quiet=True)
+        data = prepare(source, tmp_path / name).root
+        train(TrainConfig(data=str(data), epochs=1, out=str(tmp_path / f"run-{name}"), **FAST))
+        report = evaluate(tmp_path / f"run-{name}", bootstrap=50)
         folder = tmp_path / f"run-{name}" / "eval" / "test"
         assert (folder / "roc.png").is_file() and (folder / "reliability.png").is_file()
         assert report.bootstrap["unit"] == {"ham": "lesion", "cx": "patient"}[name]  # what the resampled groups are
@@ -222,7 +222,6 @@ def test_seed_project_evaluate_model(trained_run, separable):
         model_name="simplecnn",
         split="test",
         bootstrap=20,
-        quiet=True,
     )
     assert 0 <= results["metrics"]["accuracy"] <= 1 and "f1" in results["metrics"]
     assert "metrics" in results and "ci95" in results and dict(results)["split"] == "test"
@@ -232,9 +231,9 @@ def test_seed_project_evaluate_model(trained_run, separable):
 
 
 def test_external_data_must_share_the_classes(trained_run, ham, tmp_path):
-    other = prepare(ham, tmp_path / "ham", quiet=True).root
+    other = prepare(ham, tmp_path / "ham").root
     with pytest.raises(LowmedError, match=r"are not among the model.s \(NORMAL, PNEUMONIA\)"):
-        evaluate(trained_run, data=other, quiet=True)
+        evaluate(trained_run, data=other)
 
 
 @pytest.mark.parametrize(
@@ -249,7 +248,7 @@ def test_external_data_must_share_the_classes(trained_run, ham, tmp_path):
 )
 def test_bad_evaluate_options(trained_run, options, message):
     with pytest.raises(LowmedError, match=message):
-        evaluate(trained_run, quiet=True, **options)
+        evaluate(trained_run, **options)
 
 
 def test_cpu_evaluation_batches_default_to_16(trained_run, tmp_path, monkeypatch):
@@ -258,8 +257,8 @@ def test_cpu_evaluation_batches_default_to_16(trained_run, tmp_path, monkeypatch
     sizes = []
     real = evaluate_module.predict_files
     monkeypatch.setattr(evaluate_module, "predict_files", lambda *a: sizes.append(a[6]) or real(*a))
-    evaluate(trained_run, out=tmp_path / "default", bootstrap=0, device="cpu", quiet=True)
-    evaluate(trained_run, out=tmp_path / "given", bootstrap=0, device="cpu", batch_size=8, quiet=True)
+    evaluate(trained_run, out=tmp_path / "default", bootstrap=0, device="cpu")
+    evaluate(trained_run, out=tmp_path / "given", bootstrap=0, device="cpu", batch_size=8)
     assert sizes == [16, 8]
 
 
@@ -277,11 +276,11 @@ def test_decoded_batches_keep_order_and_leave_out_unreadable_files(tmp_path):
 def test_evaluation_leaves_out_test_images_gone_since_training(tmp_path, capsys):
     counts = {"train": {"NORMAL": 12, "PNEUMONIA": 12}, "test": {"NORMAL": 5, "PNEUMONIA": 5}}
     source = make_kermany(tmp_path / "src", counts)
-    prepared = prepare(source, tmp_path / "prepared", min_val_per_class=3, quiet=True)
-    train(TrainConfig(data=str(prepared.root), epochs=1, out=str(tmp_path / "run"), **FAST), quiet=True)
+    prepared = prepare(source, tmp_path / "prepared", min_val_per_class=3)
+    train(TrainConfig(data=str(prepared.root), epochs=1, out=str(tmp_path / "run"), **FAST))
     gone = prepared.image_paths(prepared.split("test"))[2]
     gone.unlink()
-    report = evaluate(tmp_path / "run", bootstrap=0, quiet=True)
+    report = evaluate(tmp_path / "run", bootstrap=0)
     assert "1 test image(s) could not be read and are left out" in " ".join(capsys.readouterr())
     assert report["n"] == 9
     predictions = pd.read_csv(tmp_path / "run" / "eval" / "test" / "predictions.csv")

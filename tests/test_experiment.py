@@ -91,14 +91,14 @@ def test_a_study_continues_from_its_published_record_on_another_machine(study, t
     """Its runs and checkpoints gone (another machine with the repository only), the study finds every published run
     done and trains nothing; with a third seed it trains that seed's runs alone, and the pretrain stage again for
     them — the same stage, bit for bit, on a CPU."""
-    first = run_experiment(study, quiet=True)
+    first = run_experiment(study)
     shutil.rmtree(first.study.out)
 
     def no_training(config, **kwargs):
         raise AssertionError(f"trained {config.out}")
 
     monkeypatch.setattr("lowmed.experiment.execute.train", no_training)
-    again = run_experiment(study, quiet=True)
+    again = run_experiment(study)
     assert {run.status for run in again.runs if run.arm.name != "B"} == {"done before"}
     assert len(again.restored) == 8 and again.pretrain[0].status == "done before"
     assert [cell.status for cell in again.cells] == []  # no tuning in this study: nothing to restore there
@@ -112,7 +112,7 @@ def test_a_study_continues_from_its_published_record_on_another_machine(study, t
     monkeypatch.setattr("lowmed.experiment.execute.train", train_module.train)
     values = yaml.safe_load(study.read_text())
     study.write_text(yaml.safe_dump({**values, "seeds": [0, 1, 2]}))
-    more = run_experiment(study, quiet=True)
+    more = run_experiment(study)
     trained = sorted(run.name for run in more.runs if run.status == "trained")
     assert trained == sorted(f"cxr-{arm}-simplecnn-n{n}-seed2" for arm in ("a", "c") for n in (5, 10))
     assert more.pretrain[0].status == "trained"  # its checkpoint was not published; seed 2's C runs need it
@@ -124,7 +124,7 @@ def test_a_study_continues_from_its_published_record_on_another_machine(study, t
 
     shutil.rmtree(first.study.out)  # a later version of the study: its record's runs are not taken for its own
     study.write_text(yaml.safe_dump({**values, "seeds": [0], "train": {**values["train"], "epochs": 3}}))
-    changed = run_experiment(study, quiet=True)
+    changed = run_experiment(study)
     assert changed.restored == [] and {run.status for run in changed.runs if run.arm.name != "B"} == {"trained"}
     assert len(changed.log.invocations) == 1  # the earlier version's invocations are not this study's
 
@@ -139,7 +139,7 @@ def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, m
         return real_train(config, **kwargs)
 
     monkeypatch.setattr("lowmed.experiment.execute.train", flaky_train)
-    result = run_experiment(study, quiet=True)
+    result = run_experiment(study)
     statuses = {run.name: (run.status, run.detail) for run in result.runs}
     assert result.pretrain[0].status == "trained"
     assert all(statuses[f"cxr-b-resnet18-n{n}-seed{s}"][0] == "skipped" for n in (5, 10) for s in (0, 1))
@@ -168,7 +168,7 @@ def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, m
 
     _check_published(tmp_path / "published", result)
 
-    again = run_experiment(study, quiet=True)  # resumable: nothing is trained twice
+    again = run_experiment(study)  # resumable: nothing is trained twice
     assert {run.status for run in again.runs} == {"done before", "skipped"}
     assert again.pretrain[0].status == "done before"
     assert [i["worked"] for i in again.log.invocations] == [9, 0]  # 1 stage + 8 runs, then nothing
@@ -196,7 +196,7 @@ def _check_published(published, result):
     report = (published / "report.md").read_text()
     recorded = Comparison.read(published / "compare.json")
     assert recorded.runs[0]["run"].startswith(str(published / "runs"))
-    again = compare_runs([published / "runs"], out=published.parent / "again", quiet=True, **recorded.options())
+    again = compare_runs([published / "runs"], out=published.parent / "again", **recorded.options())
     assert results_tables(again) in report and headline_table(again).markdown(title=False) in report
     assert pd.read_csv(published / "stats.csv").equals(pd.read_csv(published.parent / "again" / "stats.csv"))
     assert pd.read_csv(published / "stats.csv").equals(pd.read_csv(result.study.out / "stats.csv"))
@@ -209,15 +209,15 @@ def test_publish_keeps_a_folder_that_is_not_a_published_study(study, tmp_path):
     values.update(arms=values["arms"][:1], per_class=[5], seeds=[0])
     study.write_text(yaml.safe_dump(values))
     with pytest.raises(LowmedError, match="the folder exists and is not a published study"):
-        run_experiment(study, quiet=True)
+        run_experiment(study)
     assert (tmp_path / "published" / "notes.txt").read_text() == "mine"
     assert not (tmp_path / "study" / "runs").exists()  # refused before anything was trained
 
 
 def test_compare_aggregates_seeds_and_reports_missing_evaluations(trained_run, tmp_path):
     with pytest.raises(LowmedError, match="no completed, evaluated runs"):
-        compare_runs([trained_run], evaluate_missing=False, out=tmp_path, quiet=True, split="val")
-    result = compare_runs([trained_run.parent], bootstrap=30, resamples=30, out=tmp_path, quiet=True)
+        compare_runs([trained_run], evaluate_missing=False, out=tmp_path, split="val")
+    result = compare_runs([trained_run.parent], bootstrap=30, resamples=30, out=tmp_path)
     assert len(result.runs) == 1 and result.groups[0]["n"] == 1
     assert result.runs[0]["arm"] == "A scratch"
     for name in ("compare.csv", "compare.json", "compare.md", "stats.csv"):
@@ -273,13 +273,12 @@ def test_every_example_study_plans(example, tmp_path, monkeypatch):
 
 
 def test_seed_project_compare_models(trained_run, separable, tmp_path):
-    train(TrainConfig(data=str(separable), epochs=2, seed=5, out=str(tmp_path / "other"), **FAST), quiet=True)
+    train(TrainConfig(data=str(separable), epochs=2, seed=5, out=str(tmp_path / "other"), **FAST))
     comparison = compare_models(
         {"first": trained_run / "best.pt", "second": tmp_path / "other" / "best.pt"},
         separable,
         split="test",
         bootstrap=20,
-        quiet=True,
     )
     assert set(comparison["metrics"]) == {"first", "second"} and "auroc" in comparison["ci95"]["first"]
     assert {row["test"] for row in comparison["tests"]} == {"DeLong", "McNemar"}
@@ -299,7 +298,7 @@ def test_a_run_that_did_not_learn_is_flagged_in_the_table_the_notes_and_the_conc
     summary = json.loads((runs / "A" / "train.json").read_text())  # its checkpoint at chance
     summary["best"]["metrics"]["val_auroc"] = 0.5
     (runs / "A" / "train.json").write_text(json.dumps(summary))
-    comparison = compare_runs([runs], bootstrap=20, resamples=20, baseline="A", out=tmp_path / "c", quiet=True)
+    comparison = compare_runs([runs], bootstrap=20, resamples=20, baseline="A", out=tmp_path / "c")
     flags = {row["arm"]: row["not_learned"] for row in comparison.runs}
     epoch, best = summary["epochs_run"], summary["best"]["epoch"]
     assert (
@@ -325,7 +324,7 @@ def test_a_running_study_publishes_its_record_marked_incomplete(study, tmp_path,
         return real_publish(study, *args)
 
     monkeypatch.setattr("lowmed.experiment.execute.publish_study", publishing)
-    result = run_experiment(study, quiet=True)
+    result = run_experiment(study)
     assert [run.status for run in result.runs] == ["trained", "trained"]
     assert len(reports) == 3  # after the first run, after the second, and at the end
     assert "**Incomplete: 1 of 2 runs.**" in reports[0] and "Incomplete" not in reports[-1]

@@ -133,7 +133,7 @@ def demo(tmp_path_factory):
     prepared = prepare_demo_dataset("target", root / "raw", root / "target")
     run = root / "run"
     config = TrainConfig(data=str(prepared.root), image_size=64, epochs=20, patience=20, lr=2e-3, out=str(run))
-    train(config, quiet=True)
+    train(config)
     return root, run
 
 
@@ -149,7 +149,7 @@ def test_the_randomisation_check_sets_a_trained_model_apart_from_random_ones_on_
     """Grad-CAM++ maps of two re-initialised networks are alike (they follow the image); the trained network's
     maps are not like a re-initialised one's."""
     trained, cases = _positive_test_cases(demo[1], 16)
-    check = image_maps(trained, cases, "gradcam++", quiet=True).record.randomisation
+    check = image_maps(trained, cases, "gradcam++").record.randomisation
     assert check["reference"] > 0.4 and abs(check["correlation"]) < check["reference"] - 0.2, check
     assert not check["flagged"] and "depend on the learned weights" in check["verdict"]
 

@@ -24,14 +24,14 @@ def run(trained_run, tmp_path):
 
 @pytest.mark.parametrize("format", ["onnx", "torchscript"])
 def test_an_export_reloads_and_gives_the_runs_probabilities_at_any_batch_size(format, run, separable, tmp_path, capsys):
-    evaluate(run, threshold="youden", bootstrap=20, quiet=True)
+    evaluate(run, threshold="youden", bootstrap=20)
     code, out, err = run_cli(capsys, "export", str(run), "--format", format, "-q")
     assert code in (0, None), err
     folder = run / f"export-{format}"
     assert "max |Δp|" in out
     dataset = PreparedDataset.load(separable)
     images = dataset.image_paths(dataset.split("test"))[:5]
-    expected = predict(run, images, out=tmp_path / "p.csv", quiet=True).table["prob:PNEUMONIA"].to_numpy()
+    expected = predict(run, images, out=tmp_path / "p.csv").table["prob:PNEUMONIA"].to_numpy()
     from lowmed.data.loading import decode_square
 
     pixels = torch.stack([decode_square(p, 32) for p in images]).float().div(255)
@@ -50,7 +50,7 @@ def test_an_export_reloads_and_gives_the_runs_probabilities_at_any_batch_size(fo
 
 
 def test_the_parity_check_fails_against_another_model(run):
-    export(run, "torchscript", quiet=True)
+    export(run, "torchscript")
     trained = TrainedModel.load(run, device="cpu", amp=False)
     other = TrainedModel.load(run, device="cpu", amp=False)
     other.model = build_model(get_model_spec("simplecnn"), 2, trained.config.head).eval()  # untrained

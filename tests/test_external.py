@@ -64,8 +64,8 @@ def test_a_raw_folder_given_to_evaluate_is_scored_whole_with_classes_matched_ign
 def test_a_raw_folder_that_changed_since_it_was_scored_is_prepared_again(run, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     site = _other_site(tmp_path)
-    assert evaluate(run, data=site, bootstrap=0, quiet=True).n == 20
-    assert evaluate(run, data=site, bootstrap=0, quiet=True).n == 20  # unchanged: the prepared copy is used
+    assert evaluate(run, data=site, bootstrap=0).n == 20
+    assert evaluate(run, data=site, bootstrap=0).n == 20  # unchanged: the prepared copy is used
     for removed in sorted((site / "normal").iterdir())[:4]:
         removed.unlink()
     image = Image.open(next((site / "pneumonia").iterdir())).convert("L")
@@ -78,7 +78,7 @@ def test_a_raw_folder_that_changed_since_it_was_scored_is_prepared_again(run, tm
 
 
 def test_class_names_that_differ_need_a_class_map(run, tmp_path, capsys):
-    site = prepare(_other_site(tmp_path, ("healthy", "sick")), tmp_path / "prepared", role="test", quiet=True)
+    site = prepare(_other_site(tmp_path, ("healthy", "sick")), tmp_path / "prepared", role="test")
     code, _, err = run_cli(capsys, "evaluate", str(run), "--data", str(site.root))
     assert code == 2 and "healthy, sick are not among the model's (NORMAL, PNEUMONIA)" in err and "--class-map" in err
     code, _, err = run_cli(capsys, "evaluate", str(run), "--data", str(site.root), "--class-map", "healthy=ILL")
@@ -95,14 +95,14 @@ def test_split_all_scores_every_image_of_a_prepared_dataset(run, separable):
 
 
 def test_a_set_with_some_of_a_multiclass_models_classes_is_evaluated_over_those(ham, tmp_path):
-    dataset = prepare(ham, tmp_path / "ham", min_val_per_class=2, quiet=True)
+    dataset = prepare(ham, tmp_path / "ham", min_val_per_class=2)
     run = tmp_path / "run"
-    train(TrainConfig(data=str(dataset.root), epochs=1, out=str(run), **FAST), quiet=True)
+    train(TrainConfig(data=str(dataset.root), epochs=1, out=str(run), **FAST))
     rows = dataset.manifest[dataset.manifest["label"].isin(["bcc", "mel", "nv"])]
     pd.DataFrame({"path": dataset.image_paths(rows), "label": rows["label"].str.upper()}).to_csv(
         tmp_path / "clinic.csv", index=False
     )
-    clinic = prepare(tmp_path / "clinic.csv", tmp_path / "clinic", role="test", allow_outside_root=True, quiet=True)
+    clinic = prepare(tmp_path / "clinic.csv", tmp_path / "clinic", role="test", allow_outside_root=True)
     report = evaluate(run, data=clinic.root, bootstrap=0)
     assert report.absent_classes == ["akiec", "bkl", "df", "vasc"] and report.n == len(rows)
     assert 0 <= report.metrics["macro_auroc"] <= 1 and 0 <= report.metrics["balanced_accuracy"] <= 1
@@ -141,7 +141,7 @@ def test_a_study_evaluates_every_run_on_its_external_sets_and_reports_them_besid
             }
         )
     )
-    result = run_experiment(study, quiet=True)
+    result = run_experiment(study)
     assert PreparedDataset.load(tmp_path / "out" / "data" / "site").role == "test"
     aurocs = {"own": [], "site": []}
     for run in result.runs:
@@ -178,7 +178,7 @@ def test_compare_on_an_external_set_leaves_out_the_runs_not_evaluated_on_it(run,
     from lowmed import compare_runs
 
     with pytest.raises(LowmedError, match="no completed runs evaluated on the external test set site found") as refused:
-        compare_runs([run], external="site", out=tmp_path / "c", quiet=True)
+        compare_runs([run], external="site", out=tmp_path / "c")
     assert (
         f"(1 left out; {run}: not evaluated on the external test set site; run: lowmed evaluate {run} --data DIR"
         in (str(refused.value))
@@ -210,8 +210,8 @@ def test_a_study_keeps_its_prepared_copy_of_a_source_that_changed_and_says_so(tm
 
     site = _other_site(tmp_path)
     spec = DatasetSpec(name="site", data=str(site), prepare={"role": "test"})
-    first = prepared(spec, tmp_path / "study", quiet=True)
+    first = prepared(spec, tmp_path / "study")
     next((site / "normal").iterdir()).unlink()
-    again = prepared(spec, tmp_path / "study", quiet=True)
+    again = prepared(spec, tmp_path / "study")
     assert len(again.manifest) == len(first.manifest) == 20
     assert "changed since this study prepared it" in " ".join(capsys.readouterr().err.split())

@@ -44,7 +44,7 @@ def test_inception_is_not_a_chain_of_blocks():
 @pytest.fixture(scope="module")
 def source(separable, tmp_path_factory):
     run = tmp_path_factory.mktemp("source") / "run"
-    train(TrainConfig(data=str(separable), epochs=1, out=str(run), **FAST), quiet=True)
+    train(TrainConfig(data=str(separable), epochs=1, out=str(run), **FAST))
     return run
 
 
@@ -64,7 +64,7 @@ def first_conv_images(monkeypatch) -> list[int]:
 
 def test_finetune_runs_the_frozen_layers_once_per_view(separable, source, tmp_path, monkeypatch):
     calls = first_conv_images(monkeypatch)
-    summary = finetune(source, separable, cached_views=2, out=str(tmp_path / "cached"), quiet=True, **FINETUNE)
+    summary = finetune(source, separable, cached_views=2, out=str(tmp_path / "cached"), **FINETUNE)
     train_images = sum(summary["dataset"]["train_counts"].values())
     val_images = sum(summary["dataset"]["val_counts"].values())
     # for both phases together: two views of the train set, the val set once, two probe images (the memory
@@ -79,14 +79,14 @@ def test_finetune_runs_the_frozen_layers_once_per_view(separable, source, tmp_pa
     assert json.loads((tmp_path / "cached" / "train.json").read_text())["caches"] == caches
 
     calls.clear()
-    finetune(source, separable, cache_finetune=False, out=str(tmp_path / "whole"), quiet=True, **FINETUNE)
+    finetune(source, separable, cache_finetune=False, out=str(tmp_path / "whole"), **FINETUNE)
     whole_batches = train_images // FAST["batch_size"] * FAST["batch_size"]
     assert sum(calls) - once >= FINETUNE["fine_tune_epochs"] * (whole_batches + val_images)
 
 
 def test_cached_finetune_trains_as_the_whole_network_does(separable, source, tmp_path):
     """Without augmentation every view is the image itself: both paths must see the same numbers."""
-    options = {**FINETUNE, "augment_strength": 0.0, "quiet": True}
+    options = {**FINETUNE, "augment_strength": 0.0}
     finetune(source, separable, out=str(tmp_path / "cached"), **options)
     finetune(source, separable, cache_finetune=False, out=str(tmp_path / "whole"), **options)
     columns = ["phase", "epoch", "train_loss", "val_loss", "val_auroc"]
@@ -96,7 +96,7 @@ def test_cached_finetune_trains_as_the_whole_network_does(separable, source, tmp
 
 
 def test_activations_that_do_not_fit_go_to_float16_or_are_not_cached(separable, source, tmp_path, monkeypatch):
-    summary = finetune(source, separable, out=str(tmp_path / "fits"), quiet=True, **FINETUNE)
+    summary = finetune(source, separable, out=str(tmp_path / "fits"), **FINETUNE)
     report = summary["caches"]["finetune"]
     images = report["views"] * sum(summary["dataset"]["train_counts"].values()) + sum(
         summary["dataset"]["val_counts"].values()
@@ -104,17 +104,17 @@ def test_activations_that_do_not_fit_go_to_float16_or_are_not_cached(separable, 
     float32_bytes = images * torch.Size(report["shape"]).numel() * 4
 
     monkeypatch.setattr(features, "memory_budget", lambda device: int(float32_bytes * 0.75))
-    half = finetune(source, separable, out=str(tmp_path / "half"), quiet=True, **FINETUNE)
+    half = finetune(source, separable, out=str(tmp_path / "half"), **FINETUNE)
     assert half["caches"]["finetune"]["dtype"] == "float16"
     assert half["caches"]["finetune"]["boundary"] == report["boundary"]
 
     monkeypatch.setattr(features, "memory_budget", lambda device: 16)
-    none = finetune(source, separable, out=str(tmp_path / "none"), quiet=True, **FINETUNE)
+    none = finetune(source, separable, out=str(tmp_path / "none"), **FINETUNE)
     assert none["caches"]["finetune"]["boundary"] is None
     assert "exceed the budget" in none["caches"]["finetune"]["reason"]
     assert none["status"] == "completed" and none["epochs_run"] == FINETUNE["epochs"] + FINETUNE["fine_tune_epochs"]
 
 
 def test_runs_from_scratch_cache_nothing(separable, tmp_path):
-    summary = train(TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "run"), **FAST), quiet=True)
+    summary = train(TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "run"), **FAST))
     assert summary["caches"] == {}

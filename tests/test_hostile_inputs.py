@@ -145,7 +145,7 @@ def test_ctrl_c_after_a_runs_last_batch_still_stops_the_tuning_and_the_study(sep
     settings = TuneSettings.from_dict({"space": {"lr": [0.001]}, "trials": 2}, "tune")
     cell = TuningCell("c", {"data": str(separable), "image_size": 32, "epochs": 1}, tmp_path / "cell")
     with pytest.raises(Interrupted, match="run the same command again to go on, with the finished trials kept"):
-        tune_cell(cell, settings, quiet=True)
+        tune_cell(cell, settings)
     assert not (tmp_path / "cell" / "trial-000").exists()
     study = tmp_path / "study.yaml"
     dataset = {"name": "cxr", "data": str(kermany), "prepare": {"min_val_per_class": 4}}
@@ -155,7 +155,7 @@ def test_ctrl_c_after_a_runs_last_batch_still_stops_the_tuning_and_the_study(sep
     from lowmed import run_experiment
 
     with pytest.raises(Interrupted, match=f"continue it with: lowmed experiment {study}"):
-        run_experiment(study, quiet=True)
+        run_experiment(study)
 
 
 def test_ctrl_c_anywhere_else_is_one_line_and_exit_130(monkeypatch, capsys):

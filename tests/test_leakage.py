@@ -20,9 +20,9 @@ def on_its_test_images(separable, tmp_path_factory):
     """A run trained on a dataset made of the separable set's test folder: it has seen every target test image."""
     root = tmp_path_factory.mktemp("leaky")
     source = shutil.copytree(separable.parent / "src" / "test", root / "src")
-    dataset = prepare(source, root / "prepared", min_val_per_class=2, test_fraction=0.2, quiet=True)
+    dataset = prepare(source, root / "prepared", min_val_per_class=2, test_fraction=0.2)
     run = root / "run"
-    train(TrainConfig(data=str(dataset.root), epochs=1, out=str(run), **FAST), quiet=True)
+    train(TrainConfig(data=str(dataset.root), epochs=1, out=str(run), **FAST))
     return run
 
 
@@ -39,7 +39,7 @@ def test_weights_from_a_run_on_the_same_dataset_are_checked_and_kept(separable, 
     """Its val split chose checkpoints in both stages, as a val split does: no leak."""
     out = tmp_path / "finetuned"
     config = TrainConfig(data=str(separable), weights=str(trained_run), epochs=1, out=str(out), **FAST)
-    summary = train(config, quiet=True)
+    summary = train(config)
     assert summary.pretraining_overlap["status"] == CHECKED_NONE
     assert TrainSummary.read(out / "train.json").pretraining_overlap["kept_from_train"] > 0
 

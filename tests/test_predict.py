@@ -32,7 +32,7 @@ def _read(path):
 
 
 def test_files_folders_and_a_csv_match_evaluate_and_a_broken_file_is_listed(run, test_images, tmp_path, capsys):
-    report = evaluate(run, bootstrap=0, quiet=True)  # threshold 0.5, saved with eval/test
+    report = evaluate(run, bootstrap=0)  # threshold 0.5, saved with eval/test
     broken = write_broken_files(tmp_path / "broken")
     pd.DataFrame({"path": [str(p) for p in test_images[2:]]}).to_csv(tmp_path / "list.csv", index=False)
     out = tmp_path / "p.csv"
@@ -61,13 +61,13 @@ def test_files_folders_and_a_csv_match_evaluate_and_a_broken_file_is_listed(run,
     assert record.threshold == 0.5 and record.threshold_source == "fixed; saved with run/eval/test"
     assert record.images == len(table) and record.unreadable == 3
     assert "predicted, 3 unreadable" in stdout
-    again = predict(run, [out], out=out.with_name("again.csv"), quiet=True)  # its own output back as input
+    again = predict(run, [out], out=out.with_name("again.csv"))  # its own output back as input
     assert list(again.table["path"]) == list(table["path"])
 
 
 def test_the_saved_youden_threshold_is_used_and_a_given_one_wins(run, test_images, tmp_path):
-    report = evaluate(run, threshold="youden", bootstrap=0, quiet=True)
-    result = predict(run, test_images, out=tmp_path / "a.csv", quiet=True)
+    report = evaluate(run, threshold="youden", bootstrap=0)
+    result = predict(run, test_images, out=tmp_path / "a.csv")
     assert result.threshold == pytest.approx(report.threshold)
     assert result.threshold_source.startswith("youden on the val split")
     table = _read(tmp_path / "a.csv")
@@ -75,13 +75,13 @@ def test_the_saved_youden_threshold_is_used_and_a_given_one_wins(run, test_image
     assert (table["predicted"] == expected).all()
     assert table["threshold"].to_numpy() == pytest.approx(np.full(len(table), report.threshold))
 
-    given = predict(run, test_images, out=tmp_path / "b.csv", threshold=0.9, quiet=True)
+    given = predict(run, test_images, out=tmp_path / "b.csv", threshold=0.9)
     assert given.threshold == 0.9 and given.threshold_source == "--threshold"
 
 
 def test_without_a_saved_evaluation_the_threshold_is_one_half_and_says_so(run, test_images, tmp_path):
     shutil.rmtree(run / "eval", ignore_errors=True)
-    result = predict(run, test_images[:3], out=tmp_path / "p.csv", quiet=True)
+    result = predict(run, test_images[:3], out=tmp_path / "p.csv")
     assert result.threshold == 0.5 and "no saved evaluation of best.pt" in result.threshold_source
 
 
@@ -119,10 +119,10 @@ def test_a_multi_label_run_calls_each_finding_at_its_own_youden_threshold(chexpe
     from lowmed.config import TrainConfig
     from tests.conftest import FAST
 
-    data = prepare(chexpert, tmp_path / "prepared", quiet=True).root
+    data = prepare(chexpert, tmp_path / "prepared").root
     run = tmp_path / "run"
-    train(TrainConfig(data=str(data), epochs=1, out=str(run), **FAST), quiet=True)
-    report = evaluate(run, threshold="youden", bootstrap=0, quiet=True)
+    train(TrainConfig(data=str(data), epochs=1, out=str(run), **FAST))
+    report = evaluate(run, threshold="youden", bootstrap=0)
     dataset = PreparedDataset.load(data)
     images = dataset.image_paths(dataset.split("test"))[:6]
     code, stdout, err = run_cli(capsys, "predict", str(run), *map(str, images), "--out", str(tmp_path / "p.csv"))
@@ -134,7 +134,7 @@ def test_a_multi_label_run_calls_each_finding_at_its_own_youden_threshold(chexpe
 
 
 def test_a_moved_run_still_finds_its_saved_threshold(run, test_images, tmp_path):
-    report = evaluate(run, threshold="youden", bootstrap=0, quiet=True)
+    report = evaluate(run, threshold="youden", bootstrap=0)
     moved = shutil.move(run, tmp_path / "moved")
-    result = predict(moved, test_images[:3], out=tmp_path / "p.csv", quiet=True)
+    result = predict(moved, test_images[:3], out=tmp_path / "p.csv")
     assert result.threshold == pytest.approx(report.threshold)

@@ -34,7 +34,7 @@ def test_kermany_group_from_file_name(name, group):
 
 
 def test_kermany_tree_small_val_is_rebuilt_by_patient(kermany, tmp_path):
-    dataset = prepare(kermany, tmp_path / "out", quiet=True)
+    dataset = prepare(kermany, tmp_path / "out")
     manifest, info = dataset.manifest, dataset.info
     assert dataset.task == "binary" and dataset.classes == ["NORMAL", "PNEUMONIA"]
     assert len(manifest) == 128
@@ -61,7 +61,7 @@ def test_given_val_kept_when_large_enough(tmp_path):
             "test": {"NORMAL": 5, "PNEUMONIA": 5},
         },
     )
-    dataset = prepare(src, tmp_path / "out", min_val_per_class=5, quiet=True)
+    dataset = prepare(src, tmp_path / "out", min_val_per_class=5)
     assert dataset.info["splits"]["origin"] == {"train": "given", "val": "given", "test": "given"}
     assert dataset.info["counts"]["val"] == {"NORMAL": 6, "PNEUMONIA": 6}
 
@@ -70,7 +70,7 @@ def test_class_folder_case_differs_across_splits(tmp_path):
     src = make_kermany(
         tmp_path / "src", {"train": {"NORMAL": 6, "PNEUMONIA": 6}, "test": {"Normal": 3, "Pneumonia": 3}}
     )
-    dataset = prepare(src, tmp_path / "out", min_val_per_class=1, quiet=True)
+    dataset = prepare(src, tmp_path / "out", min_val_per_class=1)
     assert dataset.classes == ["NORMAL", "PNEUMONIA"]
     assert dataset.info["counts"]["test"] == {"NORMAL": 3, "PNEUMONIA": 3}
 
@@ -82,9 +82,9 @@ def test_labels_differing_by_case_or_spaces_are_refused_or_merged_when_asked(tmp
     source = tmp_path / "labels.csv"
     source.write_text("path,label\n" + "".join(f"{i}.png,{labels[i % 4]}\n" for i in range(40)))
     with pytest.raises(LowmedError, match="'NORMAL' \\(10\\) and 'normal' \\(10\\) and ' NORMAL' \\(10\\)"):
-        prepare(source, tmp_path / "refused", quiet=True)
+        prepare(source, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
-    dataset = prepare(source, tmp_path / "out", normalize_labels=True, min_val_per_class=2, quiet=True)
+    dataset = prepare(source, tmp_path / "out", normalize_labels=True, min_val_per_class=2)
     assert dataset.classes == ["NORMAL", "PNEUMONIA"] and dataset.task == "binary"
     assert sum(dataset.info["counts"][split]["NORMAL"] for split in dataset.info["counts"]) == 30
     assert any("'normal' → 'NORMAL'" in note for note in dataset.info["notes"])
@@ -95,12 +95,12 @@ def test_made_splits_far_from_the_fractions_asked_are_said(tmp_path):
         write_image(tmp_path / f"{index}.png", index)
     source = tmp_path / "labels.csv"
     source.write_text("path,label\n" + "".join(f"{i}.png,{'AB'[i % 2]}\n" for i in range(60)))
-    dataset = prepare(source, tmp_path / "out", quiet=True)
+    dataset = prepare(source, tmp_path / "out")
     val = dataset.info["counts"]["val"]
     assert sum(val.values()) > 20  # the floor of --min-val-per-class 20, capped at half of each class
     assert any(w.startswith(f"val split: {sum(val.values())} of 60 images") for w in dataset.info["warnings"])
     with pytest.raises(LowmedError, match="--strict: val split"):
-        prepare(source, tmp_path / "strict", strict=True, quiet=True)
+        prepare(source, tmp_path / "strict", strict=True)
     assert not (tmp_path / "strict").exists()
 
 
@@ -113,7 +113,7 @@ def test_bad_files_excluded_with_reasons_and_odd_modes_accepted(tmp_path):
     }
     cmyk = src / "train" / "PNEUMONIA" / "cmyk.jpg"
     Image.fromarray(image_array(600)).convert("CMYK").save(cmyk)
-    dataset = prepare(src, tmp_path / "out", min_val_per_class=1, quiet=True)
+    dataset = prepare(src, tmp_path / "out", min_val_per_class=1)
     excluded = {item["path"]: item["reason"] for item in dataset.info["excluded"]}
     assert excluded[str(broken["zero"].resolve())] == "empty file (0 bytes)"
     assert excluded[str(broken["text"].resolve())] == "not an image file"
@@ -135,7 +135,7 @@ def test_duplicate_across_splits_removed_from_train_as_leakage(tmp_path):
     original = sorted((src / "train" / "PNEUMONIA").iterdir())[0]
     twin = src / "train" / "PNEUMONIA" / "person9999_virus_1.jpeg"
     shutil.copy(original, twin)
-    dataset = prepare(src, tmp_path / "out", min_val_per_class=1, quiet=True)
+    dataset = prepare(src, tmp_path / "out", min_val_per_class=1)
     paths = set(dataset.manifest["path"])
     assert str(test_file.resolve()) in paths and str(leaked.resolve()) not in paths
     assert dataset.info["leakage_removed"] == [
@@ -156,7 +156,7 @@ def test_flat_folder_gets_made_splits(tmp_path):
     for label_index, label in enumerate(["benign", "malignant", "other"]):
         for i in range(30):
             write_image(src / label / f"{label}_{i}.png", 100 * label_index + i, label=label_index)
-    dataset = prepare(src, tmp_path / "out", seed=3, min_val_per_class=3, quiet=True)
+    dataset = prepare(src, tmp_path / "out", seed=3, min_val_per_class=3)
     assert dataset.task == "multiclass"
     assert set(dataset.info["splits"]["origin"].values()) == {"made"}
     counts = dataset.info["counts"]
@@ -166,7 +166,7 @@ def test_flat_folder_gets_made_splits(tmp_path):
 
 
 def test_ham10000_splits_are_disjoint_by_lesion(ham, tmp_path):
-    dataset = prepare(ham, tmp_path / "out", quiet=True)
+    dataset = prepare(ham, tmp_path / "out")
     assert dataset.task == "multiclass" and len(dataset.classes) == 7
     groups = split_groups(dataset.manifest)
     assert not groups["train"] & groups["val"] and not groups["train"] & groups["test"]
@@ -181,12 +181,12 @@ def test_ham10000_missing_image_is_reported(tmp_path, ham):
     shutil.copytree(ham, src)
     victim = next(src.rglob("ISIC_0000003.jpg"))
     victim.unlink()
-    dataset = prepare(src, tmp_path / "out", quiet=True)
+    dataset = prepare(src, tmp_path / "out")
     assert {"path": "ISIC_0000003", "reason": "listed in metadata, image file not found"} in dataset.info["excluded"]
 
 
 def test_chexpert_uncertain_labels_frontal_only_and_patient_groups(chexpert, tmp_path):
-    dataset = prepare(chexpert, tmp_path / "out", frontal_only=True, uncertain="zeros", quiet=True)
+    dataset = prepare(chexpert, tmp_path / "out", frontal_only=True, uncertain="zeros")
     manifest = dataset.manifest
     assert dataset.task == "multilabel" and len(dataset.classes) == 14
     assert dataset.info["uncertain"] == "zeros" and dataset.info["frontal_only"] is True
@@ -208,11 +208,11 @@ def test_chexpert_bad_label_value_is_refused(tmp_path, chexpert):
     table.loc[3, "Edema"] = "maybe"
     table.to_csv(csv, index=False)
     with pytest.raises(LowmedError, match=r"train.csv: row 5, column 'Edema': value 'maybe' is not 1, 0, -1 or empty"):
-        prepare(src, tmp_path / "out", quiet=True)
+        prepare(src, tmp_path / "out")
 
 
 def test_nih_multilabel_by_patient(nih, tmp_path):
-    dataset = prepare(nih, tmp_path / "out", quiet=True)
+    dataset = prepare(nih, tmp_path / "out")
     assert dataset.task == "multilabel" and dataset.classes[0] == "Atelectasis"
     groups = split_groups(dataset.manifest)
     assert not groups["train"] & groups["test"] and not groups["train"] & groups["val"]
@@ -226,7 +226,7 @@ def test_nih_official_lists_give_test_split(tmp_path, nih):
     test_names = [n for n in names if n.startswith(("00000001", "00000002"))]
     (src / "test_list.txt").write_text("\n".join(test_names))
     (src / "train_val_list.txt").write_text("\n".join(n for n in names if n not in test_names))
-    dataset = prepare(src, tmp_path / "out", quiet=True)
+    dataset = prepare(src, tmp_path / "out")
     assert sorted(dataset.split("test")["path"].map(lambda p: p.rsplit("/", 1)[1])) == test_names
 
 
@@ -238,19 +238,19 @@ def test_csv_format_with_columns_and_escape_check(tmp_path):
         rows.append({"file": f"img/{i}.png", "diagnosis": "yes" if i % 2 else "no", "patient": f"p{i // 2}"})
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     columns = CsvColumns(path="file", label="diagnosis", group="patient")
-    dataset = prepare(root / "labels.csv", tmp_path / "out", csv_columns=columns, min_val_per_class=2, quiet=True)
+    dataset = prepare(root / "labels.csv", tmp_path / "out", csv_columns=columns, min_val_per_class=2)
     assert dataset.classes == ["no", "yes"] and len(dataset.manifest) == 24
     rows.append({"file": "../outside.png", "diagnosis": "no", "patient": "p99"})
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     with pytest.raises(LowmedError, match=r"row 26: path '../outside.png' points outside"):
-        prepare(root / "labels.csv", tmp_path / "out2", csv_columns=columns, quiet=True)
+        prepare(root / "labels.csv", tmp_path / "out2", csv_columns=columns)
     with pytest.raises(LowmedError, match=r"missing column\(s\) 'label'"):
-        prepare(root / "labels.csv", tmp_path / "out3", format="csv", csv_columns=CsvColumns(path="file"), quiet=True)
+        prepare(root / "labels.csv", tmp_path / "out3", format="csv", csv_columns=CsvColumns(path="file"))
 
 
 def test_cache_writes_resized_copies(tmp_path):
     src = make_kermany(tmp_path / "src", {"train": {"NORMAL": 8, "PNEUMONIA": 8}}, size=64)
-    dataset = prepare(src, tmp_path / "out", cache_size=24, min_val_per_class=1, workers=2, quiet=True)
+    dataset = prepare(src, tmp_path / "out", cache_size=24, min_val_per_class=1, workers=2)
     for cached in dataset.image_paths():
         assert cached.is_relative_to(tmp_path / "out" / "cache")
         with Image.open(cached) as image:
@@ -278,16 +278,16 @@ def test_bad_sources_are_refused_without_output(tmp_path, make_problem, message)
     src = tmp_path / "src"
     make_problem(src)
     with pytest.raises(LowmedError, match=message):
-        prepare(src, tmp_path / "out", quiet=True)
+        prepare(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] in ([], ["src"])
 
 
 def test_existing_output_needs_overwrite(kermany, tmp_path):
-    prepare(kermany, tmp_path / "out", quiet=True)
+    prepare(kermany, tmp_path / "out")
     with pytest.raises(LowmedError, match="holds a prepared dataset; choose another folder or pass --overwrite"):
-        prepare(kermany, tmp_path / "out", quiet=True)
-    again = prepare(kermany, tmp_path / "out", seed=5, overwrite=True, quiet=True)
+        prepare(kermany, tmp_path / "out")
+    again = prepare(kermany, tmp_path / "out", seed=5, overwrite=True)
     assert again.info["seed"] == 5
 
 
@@ -302,13 +302,13 @@ def test_existing_output_needs_overwrite(kermany, tmp_path):
 )
 def test_bad_options(kermany, tmp_path, options, message):
     with pytest.raises(LowmedError, match=message):
-        prepare(kermany, tmp_path / "out", quiet=True, **options)
+        prepare(kermany, tmp_path / "out", **options)
 
 
 def test_dataset_yaml_is_a_versioned_contract(kermany, tmp_path):
     """dataset.yaml reads back as the record prepare wrote; one from an earlier lowmed (no schema, no val_rebuilt
     when the val split was kept, a later field unknown here) still reads; one from a newer lowmed is refused."""
-    dataset = prepare(kermany, tmp_path / "out", quiet=True)
+    dataset = prepare(kermany, tmp_path / "out")
     path = tmp_path / "out" / "dataset.yaml"
     assert DatasetInfo.read(path) == dataset.info and dataset.info.schema == 1
     assert dataset.info.source_format == "imagefolder" and dataset.info.uncertain_policy == "ignore"

@@ -47,7 +47,7 @@ def wait_for_epochs(run_dir, epochs, process, timeout=120):
 
 def test_kill_9_mid_run_then_resume_matches_the_uninterrupted_run(small, tmp_path):
     epochs = 24
-    train(TrainConfig(data=str(small), epochs=epochs, patience=100, out=str(tmp_path / "whole"), **FAST), quiet=True)
+    train(TrainConfig(data=str(small), epochs=epochs, patience=100, out=str(tmp_path / "whole"), **FAST))
     process = subprocess.Popen(
         lowmed("train", small, "--epochs", epochs, "--out", tmp_path / "killed", *TRAIN_FLAGS),
         stdout=subprocess.DEVNULL,
@@ -88,11 +88,11 @@ def test_ctrl_c_stops_after_the_batch_marks_interrupted_and_exits_130(small, tmp
     assert summary["status"] == "interrupted"
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert state["epoch"] == len(pd.read_csv(tmp_path / "run" / "history.csv"))
-    assert resume_run(tmp_path / "run", quiet=True)["epochs_run"] == 40
+    assert resume_run(tmp_path / "run")["epochs_run"] == 40
 
 
 def test_truncated_checkpoint_is_detected_and_reported(small, tmp_path):
-    train(TrainConfig(data=str(small), epochs=2, out=str(tmp_path / "run"), **FAST), quiet=True)
+    train(TrainConfig(data=str(small), epochs=2, out=str(tmp_path / "run"), **FAST))
     summary = TrainSummary.read(tmp_path / "run" / "train.json")
     summary.status = "interrupted"  # as if stopped after epoch 2, and its last.pt then damaged
     summary.write(tmp_path / "run" / "train.json")
@@ -108,30 +108,30 @@ def _sixty_per_class(tmp_path):
     src = make_kermany(
         tmp_path / "src", {"train": {"NORMAL": 60, "PNEUMONIA": 60}, "test": {"NORMAL": 4, "PNEUMONIA": 4}}
     )
-    return prepare(src, tmp_path / "p", min_val_per_class=4, quiet=True)
+    return prepare(src, tmp_path / "p", min_val_per_class=4)
 
 
 def test_images_deleted_after_prepare_are_skipped_with_a_warning(tmp_path):
     data = _sixty_per_class(tmp_path)
     victim = data.split("train")["path"].iloc[0]
     os.remove(victim)
-    summary = train(TrainConfig(data=str(data.root), epochs=1, out=str(tmp_path / "run"), **FAST), quiet=True)
+    summary = train(TrainConfig(data=str(data.root), epochs=1, out=str(tmp_path / "run"), **FAST))
     assert summary["unreadable_files"] == {"train": [victim]}
     for path in data.split("train")["path"].iloc[1:20]:  # far more than 1 %: the run refuses to go on
         os.remove(path)
     with pytest.raises(RunFailed, match="unreadable — too many to go on"):
-        train(TrainConfig(data=str(data.root), epochs=1, out=str(tmp_path / "run2"), **FAST), quiet=True)
+        train(TrainConfig(data=str(data.root), epochs=1, out=str(tmp_path / "run2"), **FAST))
     assert not (tmp_path / "run2").exists()  # stopped before it wrote anything: no run dir left to read as killed
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
     with pytest.raises(RunFailed, match="too many to go on"):  # an --overwrite that stops keeps the old run
-        train(TrainConfig(data=str(data.root), epochs=1, out=str(tmp_path / "run"), **FAST), overwrite=True, quiet=True)
+        train(TrainConfig(data=str(data.root), epochs=1, out=str(tmp_path / "run"), **FAST), overwrite=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
 
 
 def test_a_strict_overwrite_refused_for_unreadable_images_keeps_the_old_run(tmp_path):
     data = _sixty_per_class(tmp_path)
     run = tmp_path / "run"
-    train(TrainConfig(data=str(data.root), epochs=1, out=str(run), **FAST), quiet=True)
+    train(TrainConfig(data=str(data.root), epochs=1, out=str(run), **FAST))
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     os.remove(data.split("train")["path"].iloc[0])
     done = subprocess.run(
@@ -146,13 +146,13 @@ def test_a_strict_overwrite_refused_for_unreadable_images_keeps_the_old_run(tmp_
 def test_unwritable_run_dir_is_refused_before_training(small, tmp_path):
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(LowmedError, match="a-file is a file; expected a folder"):
-        train(TrainConfig(data=str(small), epochs=1, out=str(tmp_path / "a-file" / "run"), **FAST), quiet=True)
+        train(TrainConfig(data=str(small), epochs=1, out=str(tmp_path / "a-file" / "run"), **FAST))
 
 
 def test_not_enough_disk_space_is_refused_before_training(small, tmp_path, monkeypatch):
     monkeypatch.setattr("shutil.disk_usage", lambda path: type("Usage", (), {"free": 1000})())
     with pytest.raises(LowmedError, match="MB free, but the checkpoints of this model need about"):
-        train(TrainConfig(data=str(small), epochs=1, out=str(tmp_path / "run"), **FAST), quiet=True)
+        train(TrainConfig(data=str(small), epochs=1, out=str(tmp_path / "run"), **FAST))
 
 
 UNWRITABLE = Path("/sys/lowmed-corpus")  # refused even to root, as CI runs: /sys is not writable by anyone
@@ -205,11 +205,11 @@ def bad_inputs(root, small, trained_run) -> list[BadInput]:
     negative = root / "negative.yaml"
     negative.write_text(f"data: {small}\nepochs: -2\n")
     other = root / "other"
-    prepare(make_kermany(root / "other-src", {"train": {"A": 6, "B": 6}}), other, min_val_per_class=1, quiet=True)
+    prepare(make_kermany(root / "other-src", {"train": {"A": 6, "B": 6}}), other, min_val_per_class=1)
     foreign_subset = root / "foreign.csv"
     pd.read_csv(other / "manifest.csv").to_csv(foreign_subset, index=False)
     (root / "foreign.yaml").write_text(yaml.safe_dump({"prepared_dir": str(small)}))
-    drawn_elsewhere = subsample(other, 2, out=root / "drawn-elsewhere.csv", quiet=True).path
+    drawn_elsewhere = subsample(other, 2, out=root / "drawn-elsewhere.csv").path
     incompatible = root / "simple.pth"
     from lowmed.models.registry import build_model, get_model_spec
 
@@ -223,7 +223,7 @@ def bad_inputs(root, small, trained_run) -> list[BadInput]:
     summary.write(unfinished / "train.json")
     ambiguous = root / "ambiguous"
     for seed in (1, 2):
-        subsample(small, 4, seed=seed, out=ambiguous / "lowmed-data" / "small" / "subsets" / f"s{seed}.csv", quiet=True)
+        subsample(small, 4, seed=seed, out=ambiguous / "lowmed-data" / "small" / "subsets" / f"s{seed}.csv")
     rows = [
         (
             "duplicated image ids",
@@ -377,7 +377,7 @@ def test_a_run_dir_has_one_owner_and_a_killed_run_says_so(small, tmp_path, capsy
     killed = RunDir(run).read_summary()
     assert (killed.status, killed.status_label) == ("killed", "failed (killed)") and "--resume" in killed.error
     assert RunDir(run).state() == "resumable"
-    assert resume_run(run, quiet=True).completed
+    assert resume_run(run).completed
     assert f"took over the lock of process {process.pid}" in capsys.readouterr().err
     assert RunDir(run).read_summary().status == "completed" and owner(run) is None
 
@@ -461,14 +461,14 @@ def test_a_lock_still_being_written_is_waited_for(tmp_path, monkeypatch, live_pr
 
 def test_resume_of_a_completed_run_says_so_and_touches_nothing(small, tmp_path, capsys):
     run = tmp_path / "run"
-    train(TrainConfig(data=str(small), epochs=1, out=str(run), **FAST), quiet=True)
+    train(TrainConfig(data=str(small), epochs=1, out=str(run), **FAST))
     before = snapshot(run)
     with pytest.raises(SystemExit) as exit:
         main(["train", "--resume", str(run)])
     said = capsys.readouterr().out.strip()
     assert exit.value.code == 0 and said == f"{run}: already completed; nothing to resume (its files are untouched)"
     assert snapshot(run) == before
-    assert resume_run(run, quiet=True).completed and snapshot(run) == before
+    assert resume_run(run).completed and snapshot(run) == before
 
 
 def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate(small, tmp_path, monkeypatch):
@@ -476,7 +476,7 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate(small, tmp
     with pytest.raises(
         LowmedError, match=r"training needs about .* \(images .*, model .*, one batch .*\), but cpu has 1 MiB"
     ):
-        train(TrainConfig(data=str(small), epochs=1, out=str(tmp_path / "run"), **FAST), quiet=True)
+        train(TrainConfig(data=str(small), epochs=1, out=str(tmp_path / "run"), **FAST))
     assert not (tmp_path / "run").exists()
 
 

@@ -43,7 +43,7 @@ def test_the_reported_tables_are_what_the_runs_give(name, tmp_path, monkeypatch)
     monkeypatch.chdir(ROOT)  # the runs are recorded by their path in the repository
     published = Path(name)
     recorded = Comparison.read(ComparisonDir(published).record)
-    again = compare_runs([published / "runs"], out=tmp_path, quiet=True, evaluate_missing=False, **recorded.options())
+    again = compare_runs([published / "runs"], out=tmp_path, evaluate_missing=False, **recorded.options())
 
     for table in ("compare.csv", "stats.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(published / table), pd.read_csv(tmp_path / table))

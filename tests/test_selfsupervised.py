@@ -29,7 +29,7 @@ QUICK = {"image_size": 32, "batch_size": 16, "epochs": 2}
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory, kermany):
-    return prepare(kermany, tmp_path_factory.mktemp("target") / "cxr", min_val_per_class=4, quiet=True)
+    return prepare(kermany, tmp_path_factory.mktemp("target") / "cxr", min_val_per_class=4)
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +53,14 @@ def _test_paths(target) -> set[str]:
 
 
 def test_a_folder_or_a_csv_of_images_without_labels_is_an_unlabelled_corpus(archive, tmp_path):
-    corpus = prepare(archive, tmp_path / "folder", quiet=True)  # no class folders: detected
+    corpus = prepare(archive, tmp_path / "folder")  # no class folders: detected
     assert corpus.role == "unlabelled" and corpus.task == "unlabelled" and len(corpus.manifest) == 120
     assert set(corpus.manifest["split"]) == {"train"} and "label" not in corpus.manifest
     assert corpus.info.counts == {"train": {"(unlabelled)": 120}}
     paths = pd.DataFrame({"path": [f"images/{p.name}" for p in sorted(archive.iterdir())][:30]})
     paths["group"] = [f"g{k // 3}" for k in range(30)]
     paths.to_csv(archive.parent / "archive.csv", index=False)
-    listed = prepare(archive.parent / "archive.csv", tmp_path / "csv", quiet=True)  # no label column: detected
+    listed = prepare(archive.parent / "archive.csv", tmp_path / "csv")  # no label column: detected
     assert listed.role == "unlabelled" and listed.info.groups == {"train": 10}
     with pytest.raises(SystemExit) as exit_info:
         main(["train", str(tmp_path / "csv"), "--epochs", "1"])
@@ -129,7 +129,7 @@ def test_a_two_epoch_stage_trains_an_arm_and_its_monitor_never_opens_a_test_imag
 
     monkeypatch.setattr(PIL.Image, "open", recording_open)
     out = tmp_path / "simclr"
-    summary = pretrain(PretrainConfig(data=str(archive), target=str(target.root), out=str(out), **QUICK), quiet=True)
+    summary = pretrain(PretrainConfig(data=str(archive), target=str(target.root), out=str(out), **QUICK))
     monkeypatch.setattr(PIL.Image, "open", real_open)
     assert opened and not opened & _test_paths(target)
     record = SelfSupervisedRecord.read(RunDir(out).self_supervised)
@@ -238,7 +238,7 @@ def test_a_study_arm_pretrains_on_unlabelled_images_and_is_reported(kermany, arc
             }
         )
     )
-    result = run_experiment(study, quiet=True)
+    result = run_experiment(study)
     (stage,) = result.pretrain
     assert stage.status == "trained" and stage.self_supervised and stage.name.startswith("simplecnn-moco-on-archive")
     assert {run.status for run in result.runs} == {"trained"}

@@ -115,14 +115,14 @@ def _primary(comparison):
 
 def test_seeds_that_disagree_are_not_significant_and_seeds_that_agree_are(tmp_path):
     _two_arms(tmp_path / "disagree", [0.03, -0.02, -0.07])
-    disagree = _primary(compare_runs([tmp_path / "disagree"], baseline="A", resamples=200, quiet=True))
+    disagree = _primary(compare_runs([tmp_path / "disagree"], baseline="A", resamples=200))
     assert disagree.favours_a == 1 and disagree.favours_b == 2
     assert disagree.se_patient < 0.015 < 0.04 < disagree.sd_seed  # the test set's variance is tiny next to the seeds'
     assert disagree.seed_share > 0.9 and disagree.df < 3
     assert not disagree.significant and disagree.p > 0.3
 
     _two_arms(tmp_path / "agree", [0.03, 0.035, 0.025])
-    agree = _primary(compare_runs([tmp_path / "agree"], baseline="A", resamples=200, quiet=True))
+    agree = _primary(compare_runs([tmp_path / "agree"], baseline="A", resamples=200))
     assert agree.favours_a == 3 and agree.significant and agree.p < 0.01
     assert agree.ci_low > 0
 
@@ -159,7 +159,7 @@ def test_bootstrap_p_values_are_floored_at_one_over_b_plus_one():
 def test_ten_seeds_add_the_two_level_bootstrap_as_a_sensitivity_check(tmp_path):
     differences = [0.02, 0.03, 0.01, 0.025, 0.015, 0.02, 0.03, 0.01, 0.02, 0.025]
     _two_arms(tmp_path / "runs", differences)
-    comparison = compare_runs([tmp_path / "runs"], baseline="A", resamples=100, quiet=True)
+    comparison = compare_runs([tmp_path / "runs"], baseline="A", resamples=100)
     (two_level,) = comparison.tests("sensitivity")
     primary = _primary(comparison)
     assert two_level.seeds == 10 and two_level.estimate == primary.estimate
@@ -180,13 +180,12 @@ def test_the_holm_family_is_fixed_by_the_study_not_by_one_compare_call(tmp_path)
     TestFamilies(source="study synthetic, fixed when planned", baseline="A", primary=members).write(
         study / TestFamilies.FILE
     )
-    whole = compare_runs([study / "runs"], out=tmp_path / "whole", resamples=200, quiet=True)
-    part = compare_runs([study / "runs" / "n50"], out=tmp_path / "part", resamples=200, quiet=True)
+    whole = compare_runs([study / "runs"], out=tmp_path / "whole", resamples=200)
+    part = compare_runs([study / "runs" / "n50"], out=tmp_path / "part", resamples=200)
     found = compare_runs(
         [study / "runs" / "n50"],
         out=tmp_path / "found",
         resamples=200,
-        quiet=True,
         families=TestFamilies(source="the runs compared", baseline="A", primary=members[:1]),
     )
     in_whole, in_part = (next(r for r in c.tests(PRIMARY) if r.per_class == 50) for c in (whole, part))
@@ -218,7 +217,7 @@ def test_a_planned_pair_is_tested_as_the_study_wrote_it(tmp_path):
     _two_arms(tmp_path / "runs", [0.03, 0.035, 0.025])
     member = FamilyMember(dataset="synthetic", per_class=50, a="B · simplecnn", b="A · simplecnn")
     families = TestFamilies(source="study resolution, fixed when planned", baseline=None, primary=[member])
-    comparison = compare_runs([tmp_path / "runs"], resamples=100, quiet=True, families=families)
+    comparison = compare_runs([tmp_path / "runs"], resamples=100, families=families)
     row = _primary(comparison)
     assert (row.a, row.b, row.family, row.vs_baseline) == ("B · simplecnn", "A · simplecnn", PRIMARY, True)
     assert row.estimate > 0  # B − A, B being the better arm here

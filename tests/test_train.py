@@ -44,7 +44,7 @@ def interrupted_at_epoch(monkeypatch, epoch: int):
 
 
 def test_simplecnn_learns_the_separable_task(separable, tmp_path):
-    summary = train(TrainConfig(data=str(separable), epochs=8, out=str(tmp_path / "run"), **FAST), quiet=True)
+    summary = train(TrainConfig(data=str(separable), epochs=8, out=str(tmp_path / "run"), **FAST))
     assert summary["status"] == "completed"
     assert summary["best"]["metrics"]["val_accuracy"] >= 0.95
     run = tmp_path / "run"
@@ -58,12 +58,12 @@ def test_simplecnn_learns_the_separable_task(separable, tmp_path):
 
 def test_resume_after_interruption_equals_uninterrupted_run(separable, tmp_path, monkeypatch):
     config = TrainConfig(data=str(separable), epochs=5, **FAST)
-    train(TrainConfig(**{**config.to_dict(), "out": str(tmp_path / "whole")}), quiet=True)
+    train(TrainConfig(**{**config.to_dict(), "out": str(tmp_path / "whole")}))
 
     with interrupted_at_epoch(monkeypatch, 3), pytest.raises(Interrupted, match="lowmed train --resume"):
-        train(TrainConfig(**{**config.to_dict(), "out": str(tmp_path / "cut")}), quiet=True)
+        train(TrainConfig(**{**config.to_dict(), "out": str(tmp_path / "cut")}))
     assert len(history(tmp_path / "cut")) == 2
-    summary = resume_run(tmp_path / "cut", quiet=True)
+    summary = resume_run(tmp_path / "cut")
     assert summary["resumed"] is True and summary["epochs_run"] == 5
     whole, resumed = history(tmp_path / "whole"), history(tmp_path / "cut")
     columns = ["epoch", "phase", "lr", "train_loss", "val_loss", "val_accuracy"]
@@ -72,17 +72,15 @@ def test_resume_after_interruption_equals_uninterrupted_run(separable, tmp_path,
 
 def test_existing_run_dir_is_not_overwritten(separable, tmp_path):
     config = TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "run"), **FAST)
-    train(config, quiet=True)
+    train(config)
     with pytest.raises(LowmedError, match="exists; continue it with --resume"):
-        train(config, quiet=True)
-    assert train(config, overwrite=True, quiet=True)["status"] == "completed"
+        train(config)
+    assert train(config, overwrite=True)["status"] == "completed"
 
 
 def test_frozen_phase_leaves_the_backbone_untouched(separable, tmp_path):
-    train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "source"), **FAST), quiet=True)
-    summary = finetune(
-        tmp_path / "source", separable, epochs=2, fine_tune_epochs=0, out=str(tmp_path / "c"), quiet=True, **FAST
-    )
+    train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "source"), **FAST))
+    summary = finetune(tmp_path / "source", separable, epochs=2, fine_tune_epochs=0, out=str(tmp_path / "c"), **FAST)
     assert summary["phases"] == ["frozen"] and summary["weight_source"] == "run"
     assert summary["weights"]["matched"] == summary["weights"]["backbone_tensors"] and not summary["weights"]["missing"]
     source = torch.load(tmp_path / "source" / "best.pt", weights_only=True)["model"]
@@ -94,12 +92,12 @@ def test_frozen_phase_leaves_the_backbone_untouched(separable, tmp_path):
 
 
 def test_freeze_bn_keeps_the_pretrained_statistics_while_the_weights_fine_tune(separable, tmp_path):
-    train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "source"), **FAST), quiet=True)
+    train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "source"), **FAST))
     source = torch.load(tmp_path / "source" / "best.pt", weights_only=True)["model"]
     options = {"epochs": 1, "fine_tune_epochs": 2, "fine_tune_layers": 1000, **FAST}
     for frozen in (True, False):
         out = tmp_path / f"freeze-{frozen}"
-        finetune(tmp_path / "source", separable, out=str(out), quiet=True, freeze_bn=frozen, **options)
+        finetune(tmp_path / "source", separable, out=str(out), freeze_bn=frozen, **options)
         tuned = torch.load(out / "last.pt", weights_only=True)["model"]
         statistics = [k for k in source if k.startswith("backbone.") and k.endswith(("running_mean", "running_var"))]
         kept = [torch.equal(source[k], tuned[k]) for k in statistics]
@@ -109,12 +107,11 @@ def test_freeze_bn_keeps_the_pretrained_statistics_while_the_weights_fine_tune(s
 
 
 def test_finetune_equals_train_with_run_dir_weights(separable, tmp_path):
-    train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "source"), **FAST), quiet=True)
+    train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "source"), **FAST))
     options = {"epochs": 2, "fine_tune_epochs": 2, "fine_tune_layers": 4, **FAST}
-    finetune(tmp_path / "source", separable, out=str(tmp_path / "a"), quiet=True, **options)
+    finetune(tmp_path / "source", separable, out=str(tmp_path / "a"), **options)
     train(
         TrainConfig(data=str(separable), weights=str(tmp_path / "source"), out=str(tmp_path / "b"), **options),
-        quiet=True,
     )
     a, b = history(tmp_path / "a"), history(tmp_path / "b")
     assert list(a["phase"]) == ["frozen", "frozen", "finetune", "finetune"]
@@ -125,9 +122,7 @@ def test_cpu_autocast_takes_one_optimizer_step_per_batch(separable, tmp_path):
     steps = []
     handle = register_optimizer_step_post_hook(lambda *args: steps.append(1))
     try:
-        summary = train(
-            TrainConfig(data=str(separable), epochs=2, amp=True, out=str(tmp_path / "run"), **FAST), quiet=True
-        )
+        summary = train(TrainConfig(data=str(separable), epochs=2, amp=True, out=str(tmp_path / "run"), **FAST))
     finally:
         handle.remove()
     train_images = sum(summary["dataset"]["train_counts"].values())
@@ -142,9 +137,7 @@ def test_cuda_amp_path(separable, tmp_path, monkeypatch, bf16):
     steps = []
     handle = register_optimizer_step_post_hook(lambda *args: steps.append(1))
     try:
-        summary = train(
-            TrainConfig(data=str(separable), epochs=2, device="cuda", out=str(tmp_path / "run"), **FAST), quiet=True
-        )
+        summary = train(TrainConfig(data=str(separable), epochs=2, device="cuda", out=str(tmp_path / "run"), **FAST))
     finally:
         handle.remove()
     assert summary["amp"] is True and summary["precision"] == ("bfloat16" if bf16 else "float16")
@@ -155,7 +148,7 @@ def test_cuda_amp_path(separable, tmp_path, monkeypatch, bf16):
 def test_nan_loss_stops_the_run_and_marks_it_failed(separable, tmp_path, monkeypatch):
     monkeypatch.setattr(loop.Criterion, "__call__", lambda self, *args: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(RunFailed, match=r"the loss became nan at epoch 1, batch 1"):
-        train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "run"), **FAST), quiet=True)
+        train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "run"), **FAST))
     summary = json.loads((tmp_path / "run" / "train.json").read_text())
     assert summary["status"] == "failed" and "loss became nan" in summary["error"]
 
@@ -169,7 +162,6 @@ def test_seed_project_python_api(separable, tmp_path):
         image_size=32,
         batch_size=16,
         checkpoint_dir=tmp_path / "checkpoints",
-        quiet=True,
     )
     assert results["model_path"].endswith("best.pt") and (tmp_path / "checkpoints").is_dir()
     assert results["run_dir"].startswith(str(tmp_path / "checkpoints"))
@@ -185,14 +177,13 @@ def test_seed_project_python_api(separable, tmp_path):
 
 def test_inception_auxiliary_head_trains_at_299_px(tmp_path):
     src = make_kermany(tmp_path / "src", {"train": {"NORMAL": 4, "PNEUMONIA": 4}})
-    data = prepare(src, tmp_path / "p", min_val_per_class=1, quiet=True).root
+    data = prepare(src, tmp_path / "p", min_val_per_class=1).root
     with pytest.raises(LowmedError, match="--image-size 224: inception_v3 needs at least 299 px"):
-        train(TrainConfig(data=str(data), model="inception_v3", weights="none", image_size=224), quiet=True)
+        train(TrainConfig(data=str(data), model="inception_v3", weights="none", image_size=224))
     summary = train(
         TrainConfig(
             data=str(data), model="inception_v3", weights="none", epochs=1, batch_size=3, out=str(tmp_path / "run")
         ),
-        quiet=True,
     )
     assert summary["status"] == "completed" and summary["preprocessing"]["input_size"] == 299
     tuned = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
@@ -200,17 +191,17 @@ def test_inception_auxiliary_head_trains_at_299_px(tmp_path):
 
 
 def test_multilabel_training_masks_uncertain_labels(chexpert, tmp_path):
-    data = prepare(chexpert, tmp_path / "p", uncertain="ignore", quiet=True).root
-    summary = train(TrainConfig(data=str(data), epochs=1, out=str(tmp_path / "run"), **FAST), quiet=True)
+    data = prepare(chexpert, tmp_path / "p", uncertain="ignore").root
+    summary = train(TrainConfig(data=str(data), epochs=1, out=str(tmp_path / "run"), **FAST))
     assert summary["dataset"]["task"] == "multilabel" and summary["status"] == "completed"
 
 
 def test_config_yaml_repeats_the_run(separable, tmp_path):
-    train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "a"), **FAST), quiet=True)
+    train(TrainConfig(data=str(separable), epochs=2, out=str(tmp_path / "a"), **FAST))
     saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
     assert saved["image_size"] == 32 and saved["weights"] == "none" and saved["amp"] is False
     again = TrainConfig.from_yaml(tmp_path / "a" / "config.yaml")
-    train(TrainConfig(**{**again.to_dict(), "out": str(tmp_path / "b")}), quiet=True)
+    train(TrainConfig(**{**again.to_dict(), "out": str(tmp_path / "b")}))
     pd.testing.assert_frame_equal(
         history(tmp_path / "a").drop(columns=["seconds", "images_per_s"]),
         history(tmp_path / "b").drop(columns=["seconds", "images_per_s"]),
@@ -218,7 +209,7 @@ def test_config_yaml_repeats_the_run(separable, tmp_path):
 
 
 def test_frozen_phase_runs_the_backbone_once_per_view_not_per_epoch(separable, tmp_path, monkeypatch):
-    train(TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "source"), **FAST), quiet=True)
+    train(TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "source"), **FAST))
     calls = []
     real_forward = SimpleCNN.forward
     monkeypatch.setattr(SimpleCNN, "forward", lambda self, x: calls.append(len(x)) or real_forward(self, x))
@@ -229,7 +220,6 @@ def test_frozen_phase_runs_the_backbone_once_per_view_not_per_epoch(separable, t
         fine_tune_epochs=0,
         cached_views=2,
         out=str(tmp_path / "cached"),
-        quiet=True,
         **FAST,
     )
     train_images = sum(summary["dataset"]["train_counts"].values())
@@ -245,7 +235,6 @@ def test_frozen_phase_runs_the_backbone_once_per_view_not_per_epoch(separable, t
         fine_tune_epochs=0,
         cached_views=0,
         out=str(tmp_path / "uncached"),
-        quiet=True,
         **FAST,
     )
     assert sum(calls) >= 6 * (train_images // FAST["batch_size"] * FAST["batch_size"] + val_images)
@@ -255,12 +244,12 @@ def test_frozen_phase_runs_the_backbone_once_per_view_not_per_epoch(separable, t
 def test_resume_inside_a_cached_phase(separable, tmp_path, monkeypatch, stop_at):
     """Resumed in fine-tuning, the run rebuilds from the images the cache the whole run carried over from its
     frozen phase: the histories must agree."""
-    train(TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "source"), **FAST), quiet=True)
+    train(TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "source"), **FAST))
     options = {"epochs": 4, "fine_tune_epochs": 3, "fine_tune_layers": 6, **FAST}
-    finetune(tmp_path / "source", separable, out=str(tmp_path / "whole"), quiet=True, **options)
+    finetune(tmp_path / "source", separable, out=str(tmp_path / "whole"), **options)
     with interrupted_at_epoch(monkeypatch, stop_at), pytest.raises(Interrupted):
-        finetune(tmp_path / "source", separable, out=str(tmp_path / "cut"), quiet=True, **options)
-    resume_run(tmp_path / "cut", quiet=True)
+        finetune(tmp_path / "source", separable, out=str(tmp_path / "cut"), **options)
+    resume_run(tmp_path / "cut")
     columns = ["phase", "epoch", "train_loss", "val_loss"]
     pd.testing.assert_frame_equal(history(tmp_path / "whole")[columns], history(tmp_path / "cut")[columns], rtol=1e-5)
 
@@ -270,9 +259,7 @@ def test_compile_trains_and_saves_plain_names(separable, tmp_path, monkeypatch):
     names. The eager backend wraps alike without generating C++ code, which takes most of a minute on a CPU."""
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda module, **options: compile_(module, backend="eager", **options))
-    summary = train(
-        TrainConfig(data=str(separable), epochs=1, compile=True, out=str(tmp_path / "run"), **FAST), quiet=True
-    )
+    summary = train(TrainConfig(data=str(separable), epochs=1, compile=True, out=str(tmp_path / "run"), **FAST))
     assert summary["status"] == "completed"
     saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
     assert not any(key.startswith("_orig_mod") for key in saved)
@@ -306,15 +293,15 @@ def test_cpu_precision_is_fp32_unless_asked_and_evaluation_follows_the_run(
         "model_input",
         lambda *args, **kwargs: layouts.append(kwargs.get("channels_last")) or real_model_input(*args, **kwargs),
     )
-    fp32 = train(TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "fp32"), **FAST), quiet=True)
+    fp32 = train(TrainConfig(data=str(separable), epochs=1, out=str(tmp_path / "fp32"), **FAST))
     assert fp32.amp is False and fp32.precision == "off"
-    assert evaluate(tmp_path / "fp32", bootstrap=0, quiet=True).precision == "off" and set(layouts) == {True}
+    assert evaluate(tmp_path / "fp32", bootstrap=0).precision == "off" and set(layouts) == {True}
     layouts.clear()
     capsys.readouterr()
-    bf16 = train(TrainConfig(data=str(separable), epochs=1, amp=True, out=str(tmp_path / "bf16"), **FAST), quiet=True)
+    bf16 = train(TrainConfig(data=str(separable), epochs=1, amp=True, out=str(tmp_path / "bf16"), **FAST))
     assert bf16.precision == "bfloat16" and set(layouts) == {True}
     assert ("emulated, slower than fp32" in capsys.readouterr().err) is not native
-    report = evaluate(tmp_path / "bf16", bootstrap=0, quiet=True)
+    report = evaluate(tmp_path / "bf16", bootstrap=0)
     assert report.precision == ("bfloat16" if native else "off")
 
 
@@ -332,5 +319,5 @@ def test_early_stopping_follows_the_monitored_value(monitor, epochs_run, best_ep
     config = TrainConfig(
         data=str(separable), epochs=4, patience=1, monitor=monitor, out=str(tmp_path / monitor), **FAST
     )
-    summary = train(config, quiet=True)
+    summary = train(config)
     assert summary.epochs_run == epochs_run and summary.best["epoch"] == best_epoch

@@ -158,7 +158,7 @@ def test_trials_reuse_the_frozen_features_and_train_as_without(trained_run, sepa
     """Two trials with the same values: the second reuses the first's caches and trains exactly as the first."""
     base = {**QUICK, "data": str(separable), "weights": str(trained_run), "fine_tune_epochs": 2, "fine_tune_layers": 2}
     settings = TuneSettings.from_dict({"space": {"lr": [0.001]}, "trials": 2, "pruner": "none"}, "tune")
-    record = tune_cell(TuningCell("reuse", base, tmp_path / "reuse"), settings, quiet=True)
+    record = tune_cell(TuningCell("reuse", base, tmp_path / "reuse"), settings)
     assert [t["value"] for t in record.counted][0] == record.counted[1]["value"]
     first, second = (RunDir(tmp_path / "reuse" / f"trial-00{i}").read_summary() for i in (0, 1))
     assert not first.caches["frozen"]["reused"] and second.caches["frozen"]["reused"]
@@ -170,7 +170,7 @@ def test_trials_reuse_the_frozen_features_and_train_as_without(trained_run, sepa
 
 def test_a_pruned_run_stops_there_and_is_no_run_to_compare(separable, tmp_path):
     hooks = TrialHooks(7, lambda row: row["epoch"] == 2, SharedCaches())
-    summary = train(TrainConfig(data=str(separable), out=str(tmp_path / "t"), **QUICK), quiet=True, trial=hooks)
+    summary = train(TrainConfig(data=str(separable), out=str(tmp_path / "t"), **QUICK), trial=hooks)
     assert summary.status == "pruned" and summary.epochs_run == 2 and summary.tuning_trial == 7
     assert "stopped after epoch 2" in summary.error
 
@@ -216,7 +216,7 @@ def test_a_study_tunes_every_arm_with_the_same_budget_on_validation_only(kermany
             opened["on"] = False
 
     monkeypatch.setattr("lowmed.experiment.execute.tune_cell", recording_tune_cell)
-    result = run_experiment(study, quiet=True)
+    result = run_experiment(study)
     assert opened["paths"] and not opened["paths"] & _test_paths(prepared)
     assert [c.name for c in result.cells] == ["cxr-a-simplecnn-n6", "cxr-a-linear-simplecnn-n6"]
     records = [c.cell.record for c in result.cells]
@@ -235,7 +235,7 @@ def test_a_study_tunes_every_arm_with_the_same_budget_on_validation_only(kermany
     assert "## Tuning" in report and "The test split was never read while tuning" in report
     assert len(result.comparison.runs) == 4  # the trials are no runs of the comparison
 
-    again = run_experiment(study, quiet=True)  # resumed: nothing tuned or trained again
+    again = run_experiment(study)  # resumed: nothing tuned or trained again
     assert {c.status for c in again.cells} == {"done before"} and {r.status for r in again.runs} == {"done before"}
 
 
@@ -313,7 +313,7 @@ def test_a_tuned_run_is_not_reported_under_values_its_cell_no_longer_chooses(ker
             evaluate={"bootstrap": 0},
         )
 
-    first = run_experiment(write({"lr": [0.001]}), quiet=True)
+    first = run_experiment(write({"lr": [0.001]}))
     assert first.runs[0].status == "trained" and first.cells[0].cell.record.chosen == {"lr": 0.001}
     with pytest.raises(LowmedError, match=r"cxr-a-simplecnn-n6-seed0 was trained with lr 0.001 \(now 0.002\)"):
-        run_experiment(write({"lr": [0.002]}), quiet=True)
+        run_experiment(write({"lr": [0.002]}))

@@ -70,7 +70,7 @@ def test_train_evaluate_and_finetune_from_xrv_weights(separable, xrv_cache, tmp_
     config = TrainConfig(
         data=str(separable), model="densenet121", weights=f"xrv:{ALL}", weights_dir=str(xrv_cache), **QUICK
     )
-    summary = train(TrainConfig(**{**config.to_dict(), "out": str(tmp_path / "c")}), quiet=True)
+    summary = train(TrainConfig(**{**config.to_dict(), "out": str(tmp_path / "c")}))
     report = summary.weights
     assert report.source == "xrv" and report.name == f"xrv:{ALL}" and summary.arm == "C medical"
     assert report.matched == report.backbone_tensors and not report.missing  # every backbone tensor matched
@@ -81,8 +81,8 @@ def test_train_evaluate_and_finetune_from_xrv_weights(separable, xrv_cache, tmp_
     resolved = TrainConfig.from_yaml(tmp_path / "c" / "config.yaml")
     assert (resolved.input_channels, resolved.input_norm) == (1, "xrv")
     assert torch.load(tmp_path / "c" / "best.pt", weights_only=True)["preprocessing"] == contract
-    assert evaluate(tmp_path / "c", bootstrap=0, quiet=True).n == 20
-    again = finetune(tmp_path / "c", separable, out=str(tmp_path / "c2"), quiet=True, **QUICK)
+    assert evaluate(tmp_path / "c", bootstrap=0).n == 20
+    again = finetune(tmp_path / "c", separable, out=str(tmp_path / "c2"), **QUICK)
     assert again.preprocessing == contract and again.weights.source == "run"
 
 
@@ -152,7 +152,7 @@ def test_offline_without_the_file_names_file_url_and_folder(separable, tmp_path,
 )
 def test_unknown_or_mismatched_xrv_names_are_refused(separable, weights, model, message, tmp_path):
     with pytest.raises(LowmedError, match=message):
-        train(TrainConfig(data=str(separable), model=model, weights=weights, out=str(tmp_path / "r")), quiet=True)
+        train(TrainConfig(data=str(separable), model=model, weights=weights, out=str(tmp_path / "r")))
 
 
 def test_each_xrv_weight_declares_its_input_size(xrv_cache):
@@ -161,7 +161,7 @@ def test_each_xrv_weight_declares_its_input_size(xrv_cache):
 
 
 def test_pretraining_overlap_is_warned_recorded_and_marked(nih, xrv_cache, tmp_path, capsys):
-    prepared = prepare(nih, tmp_path / "nih", quiet=True)
+    prepared = prepare(nih, tmp_path / "nih")
     options = {**QUICK, "data": str(prepared.root), "model": "densenet121", "weights_dir": str(xrv_cache)}
     flagged = train(TrainConfig(**options, weights="xrv:densenet121-res224-nih", out=str(tmp_path / "runs" / "c")))
     warning = " ".join(capsys.readouterr().err.split())
@@ -169,11 +169,10 @@ def test_pretraining_overlap_is_warned_recorded_and_marked(nih, xrv_cache, tmp_p
     assert flagged.pretraining_overlap == {"status": "possible", "weights_trained_on": ["nih"], "target": "nih"}
     named = train(
         TrainConfig(**options, weights="xrv:densenet121-res224-nih", dataset_name="kermany", arm="C-named"),
-        quiet=True,
         runs_root=tmp_path / "other",
     )
     assert named.pretraining_overlap["status"] == "none known"
-    comparison = compare_runs([tmp_path / "runs"], bootstrap=0, resamples=10, quiet=True)
+    comparison = compare_runs([tmp_path / "runs"], bootstrap=0, resamples=10)
     assert "Pretraining overlap possible: arm C medical (xrv:densenet121-res224-nih" in comparison.overlap
     assert comparison.overlap in (tmp_path / "runs" / "compare.md").read_text()
 
@@ -198,11 +197,11 @@ def test_a_foreign_input_contract_is_kept_on_resume_and_finetune(separable, tmp_
     options = {**FAST, "data": str(separable), "epochs": 3, "input_channels": 1, "input_norm": "0.5,0.25"}
     contract = {"input_size": 32, "channels": 1, "mean": [0.5], "std": [0.25]}
     with interrupted_at_epoch(monkeypatch, 2), pytest.raises(Interrupted):
-        train(TrainConfig(**options, out=str(tmp_path / "cut")), quiet=True)
-    resumed = resume_run(tmp_path / "cut", quiet=True)
+        train(TrainConfig(**options, out=str(tmp_path / "cut")))
+    resumed = resume_run(tmp_path / "cut")
     assert resumed.resumed and resumed.preprocessing == contract
     assert yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())["input_norm"] == "0.5,0.25"
-    tuned = finetune(tmp_path / "cut", separable, out=str(tmp_path / "ft"), quiet=True, **{**FAST, "epochs": 1})
+    tuned = finetune(tmp_path / "cut", separable, out=str(tmp_path / "ft"), **{**FAST, "epochs": 1})
     assert tuned.preprocessing == contract
     assert Preprocessing.from_dict(contract).norm == "0.5,0.25"
 

@@ -7,6 +7,7 @@ once, and each command imports its core module (torch, pandas, matplotlib) when 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import traceback
@@ -27,7 +28,7 @@ from lowmed.cli.pretrain import pretrain_command
 from lowmed.cli.subsample import subsample_command
 from lowmed.cli.train import finetune_command, train_command
 from lowmed.cli.tune import tune_command
-from lowmed.console import console, one_line
+from lowmed.console import console, log_to_terminal, one_line
 from lowmed.errors import LowmedError, RunFailed
 
 app = typer.Typer(
@@ -69,6 +70,7 @@ def _root(
     ] = None,
 ) -> None:
     _debug["on"] = debug or bool(os.environ.get("LOWMED_DEBUG"))
+    log_to_terminal(logging.INFO)  # a command's --quiet or -v changes it as its options are read
 
 
 def _leave_process_group() -> None:

@@ -1,12 +1,44 @@
 """Option aliases shared by several commands, so each is spelt and documented once."""
 
+import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from lowmed.console import log
+
+
+def _output_level(level: int):
+    """An option's callback that sets what lowmed shows as the option is read (its value is not used further)."""
+
+    def chosen(value: bool) -> bool:
+        if value:
+            log.setLevel(level)
+        return value
+
+    return chosen
+
+
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (recorded in every output).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Quiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="Warnings and errors only: no progress bars or lines.",
+        callback=_output_level(logging.WARNING),
+    ),
+]
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Also the lines of every run a study or tuning cell runs (debug level).",
+        callback=_output_level(logging.DEBUG),
+    ),
+]
 Strict = Annotated[bool, typer.Option("--strict", help="Make warnings errors (exit 2; nothing is written).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output instead of refusing.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", min=0, help="Worker processes (default: all cores).")]

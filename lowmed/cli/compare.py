@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from lowmed.cli._options import Device, Explain, ExplainCount, Quiet, Seed
+from lowmed.cli._options import Device, Explain, ExplainCount, Quiet, Seed, Verbose
 
 if TYPE_CHECKING:
     from lowmed.contracts import Comparison
@@ -75,6 +75,7 @@ def compare_command(
     ] = None,
     device: Device = "auto",
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Each arm over seeds with intervals from seeds and the test set, paired tests between arms (Holm within
     pre-specified families), learning curves.
@@ -101,7 +102,6 @@ def compare_command(
         explain_count=explain_count,
         lesions=lesions,
         device=device,
-        quiet=quiet,
         external=external,
     )
     render_comparison(result, power)

@@ -22,6 +22,7 @@ from lowmed.cli._options import (
     TrackExperiment,
     TrackUri,
     Tta,
+    Verbose,
 )
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ def evaluate_command(
     track_uri: TrackUri = None,
     track_experiment: TrackExperiment = None,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Metrics with 95 % bootstrap intervals, calibration, ROC/PR/confusion/reliability plots, predictions.
 
@@ -99,7 +101,6 @@ def evaluate_command(
         strict=strict,
         class_map=parse_class_map(class_map),
         track=TrackSettings.given(track, track_uri, track_experiment),
-        quiet=quiet,
     )
     render_report(report)
     if explain is not None:

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from lowmed.cli._options import Quiet
+from lowmed.cli._options import Quiet, Verbose
 
 
 def experiment_command(
@@ -18,6 +18,7 @@ def experiment_command(
         ),
     ] = False,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run datasets × named arms × per-class sizes × seeds under identical conditions, then compare and report.
 
@@ -33,7 +34,7 @@ def experiment_command(
     from lowmed.experiment.plan import PlannedJob, PlannedRun, PlannedTuning
     from lowmed.experiment.report import grouped_problems
 
-    result = run_experiment(study, dry_run=dry_run, quiet=quiet)
+    result = run_experiment(study, dry_run=dry_run)
     if not dry_run and result.report is None:
         return  # another of torchrun's processes: rank 0 shows the study
     spec = result.study

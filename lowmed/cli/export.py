@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lowmed.cli._options import Checkpoint, Overwrite, Quiet
+from lowmed.cli._options import Checkpoint, Overwrite, Quiet, Verbose
 
 
 def export_command(
@@ -19,13 +19,14 @@ def export_command(
     checkpoint: Checkpoint = "best",
     overwrite: Overwrite = False,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """[0, 1] RGB in, probabilities out (normalisation and softmax inside), dynamic batch size; checked against
     PyTorch on real images of the run's dataset before anything is written."""
     from lowmed.cli._render import stdout
     from lowmed.exporting import PARITY_TOLERANCE, export
 
-    result = export(run_dir, format, out=out, checkpoint=checkpoint, overwrite=overwrite, quiet=quiet)
+    result = export(run_dir, format, out=out, checkpoint=checkpoint, overwrite=overwrite)
     stdout.print(
         f"Wrote {result.model} with preprocessing.json and MODEL_CARD.md · parity against PyTorch on "
         f"{result.parity_images} images: max |Δp| {result.parity:.2e} (allowed {PARITY_TOLERANCE:g})"

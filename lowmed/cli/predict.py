@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lowmed.cli._options import Amp, BatchSize, Checkpoint, Device, Explain, Overwrite, Quiet, Tta
+from lowmed.cli._options import Amp, BatchSize, Checkpoint, Device, Explain, Overwrite, Quiet, Tta, Verbose
 
 SHOWN_ROWS = 10
 
@@ -41,6 +41,7 @@ def predict_command(
     ] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Probabilities and predicted labels for new images, preprocessed as the run was trained; unreadable files
     are listed with the reason and the rest go on. With --explain, a saliency map of every image (the positive class
@@ -66,7 +67,6 @@ def predict_command(
         explain=explain,
         explain_dir=explain_dir,
         overwrite=overwrite,
-        quiet=quiet,
     )
     shown = result.table.head(SHOWN_ROWS)
     table = Table(title=f"{len(result.table)} image(s) · threshold {result.threshold_source}", title_justify="left")

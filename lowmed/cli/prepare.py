@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from lowmed.cli._options import OutDir, Overwrite, Quiet, Seed, Strict, Workers
+from lowmed.cli._options import OutDir, Overwrite, Quiet, Seed, Strict, Verbose, Workers
 from lowmed.contracts import DEFAULT_PREPARED_ROOT
 from lowmed.errors import LowmedError
 
@@ -80,6 +80,7 @@ def prepare_command(
     strict: Strict = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Verify every image (DICOM too), remove duplicates and leakage, make missing splits by patient, write
     manifest.csv and dataset.yaml."""
@@ -88,7 +89,7 @@ def prepare_command(
     from lowmed.data.synthetic import prepare_demo
 
     if demo:
-        for dataset in prepare_demo(out or DEFAULT_PREPARED_ROOT / "demo", quiet=quiet).values():
+        for dataset in prepare_demo(out or DEFAULT_PREPARED_ROOT / "demo").values():
             render_prepared(dataset)
         return
     if src is None:
@@ -120,14 +121,13 @@ def prepare_command(
         normalize_labels=normalize_labels,
         strict=strict,
         overwrite=overwrite,
-        quiet=quiet,
     )
     render_prepared(dataset)
 
 
 def render_prepared(dataset) -> None:
     from lowmed.cli._render import counts_table, stdout
-    from lowmed.console import warn
+    from lowmed.console import log
 
     info = dataset.info
     images = dataset.manifest["split"].value_counts().to_dict()
@@ -140,7 +140,7 @@ def render_prepared(dataset) -> None:
     for note in info.notes + ([info.splits.val_rebuilt] if info.splits.val_rebuilt else []):
         stdout.print(f"[dim]note: {escape(note)}")
     for message in info.warnings:
-        warn(message)
+        log.warning(message)
     excluded = info.excluded
     if excluded:
         stdout.print(f"[yellow]{len(excluded)} file(s) excluded[/] (all listed in dataset.yaml):")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lowmed.cli._options import Device, Overwrite, Quiet, Seed, Strict
+from lowmed.cli._options import Device, Overwrite, Quiet, Seed, Strict, Verbose
 from lowmed.errors import LowmedError
 
 
@@ -62,6 +62,7 @@ def pretrain_command(
     strict: Strict = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train a backbone on unlabelled images with SimCLR or MoCo v2 (needs lowmed\\[ssl]); then train on labels from
     it with: lowmed train DATA --weights RUN_DIR.
@@ -77,7 +78,7 @@ def pretrain_command(
     from lowmed.training.selfsupervised import pretrain, resume_pretraining
 
     if resume is not None:
-        summary = resume_pretraining(resume, quiet=quiet)
+        summary = resume_pretraining(resume)
     else:
         if unlabelled is None:
             raise LowmedError("give UNLABELLED (a folder of images, a CSV of paths or a prepared corpus), or --resume")
@@ -100,9 +101,7 @@ def pretrain_command(
             "device": device,
             "seed": seed,
         }
-        summary = pretrain(
-            PretrainConfig.from_dict(values, "pretrain"), overwrite=overwrite, quiet=quiet, strict=strict
-        )
+        summary = pretrain(PretrainConfig.from_dict(values, "pretrain"), overwrite=overwrite, strict=strict)
     record = SelfSupervisedRecord.read(RunDir(summary.run_dir).self_supervised)
     table = Table(title=f"{record.method} · {record.model} · {record.monitor['kind']}", title_justify="left")
     for column in ("epoch", "train loss", "kNN AUROC", "kNN accuracy"):

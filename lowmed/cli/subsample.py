@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lowmed.cli._options import Quiet, Seed
+from lowmed.cli._options import Quiet, Seed, Verbose
 
 
 def subsample_command(
@@ -37,10 +37,11 @@ def subsample_command(
         Optional[Path], typer.Option(help="Where a raw DATA is prepared (default: ./lowmed-data/<name>).")
     ] = None,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Keep N training images per class, spread over patients; nested in N for one seed."""
     from lowmed.cli._render import counts_table, stdout
-    from lowmed.console import warn
+    from lowmed.console import log
     from lowmed.data.subsample import subsample
 
     subset = subsample(
@@ -51,14 +52,13 @@ def subsample_command(
         strict=strict,
         materialize=materialize,
         prepared_dir=prepared_dir,
-        quiet=quiet,
     )
     sidecar = subset.record
     counts = {"train available": sidecar.train_available["counts"], **sidecar.counts}
     images = {"train available": sidecar.train_available["images"], **sidecar.images}
     stdout.print(counts_table(f"subset: {per_class} per class, seed {seed}", counts, images))
     for message in subset.warnings:
-        warn(message)
+        log.warning(message)
     stdout.print(f"Wrote {subset.path} (and {subset.path.with_suffix('.yaml').name})")
     if materialize:
         stdout.print(f"Wrote folder tree {materialize}")

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from lowmed.cli import _train_options as option
-from lowmed.cli._options import Overwrite, Quiet, Strict, Track, TrackExperiment, TrackUri
+from lowmed.cli._options import Overwrite, Quiet, Strict, Track, TrackExperiment, TrackUri, Verbose
 from lowmed.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ def train_command(
     track_uri: TrackUri = None,
     track_experiment: TrackExperiment = None,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train one model: from scratch (Model A), from ImageNet (Model B) or from a medical run (Model C)."""
     from lowmed.contracts import RunDir
@@ -70,10 +71,10 @@ def train_command(
         typer.echo(f"{resume}: already completed; nothing to resume (its files are untouched)")
         return
     if resume:
-        summary = resume_run(resume, quiet=quiet)
+        summary = resume_run(resume)
     else:
         tracking = TrackSettings.given(track, track_uri, track_experiment)
-        summary = train(train_config(ctx.params), overwrite=overwrite, quiet=quiet, strict=strict, track=tracking)
+        summary = train(train_config(ctx.params), overwrite=overwrite, strict=strict, track=tracking)
     render_summary(summary)
 
 
@@ -139,6 +140,7 @@ def finetune_command(
     track_uri: TrackUri = None,
     track_experiment: TrackExperiment = None,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Model C: fine-tune from an earlier run's (or a checkpoint's) backbone; the model defaults to the source's."""
     from lowmed.tracking import TrackSettings
@@ -147,7 +149,6 @@ def finetune_command(
     summary = finetune(
         source,
         overwrite=overwrite,
-        quiet=quiet,
         strict=strict,
         track=TrackSettings.given(track, track_uri, track_experiment),
         **_given_options(ctx.params),

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from lowmed.cli._options import Quiet
+from lowmed.cli._options import Quiet, Verbose
 
 if TYPE_CHECKING:
     from lowmed.contracts import TuningRecord
@@ -67,6 +67,7 @@ def tune_command(
         ),
     ] = None,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Search training options for one (data, model, weights, N, seed) with a budget of trials.
 
@@ -82,7 +83,7 @@ def tune_command(
     given = settings_from_file(space)
     given |= {k: v for k, v in {"trials": trials, "metric": metric, "storage": storage}.items() if v is not None}
     settings = TuneSettings.from_dict(given, f"--space {space}", base=run_config.to_dict())
-    record, best_config = tune(run_config, settings, out, quiet=quiet)
+    record, best_config = tune(run_config, settings, out)
     render_tuning(record, best_config)
 
 

@@ -33,7 +33,6 @@ def explain_arms(
     boxes: dict[Path, list[LesionBox]] | None = None,
     seed: int = 0,
     device: str = "auto",
-    quiet: bool = False,
 ) -> list[dict]:
     """Explain ``count`` test images of each dataset by every arm at each N, at the dataset's lowest seed, into
     ``out`` (replaced whole): a grid PNG per image and ``arms.csv``; returns arms.csv's rows. ``boxes``
@@ -58,7 +57,7 @@ def explain_arms(
                     Case(path, target, "test image", float(probability.loc[key, f"prob:{trained.classes[target]}"]))
                     for path, key, target in zip(paths, labels.index, targets)
                 ]
-                explained = image_maps(trained, cases, method, seed, quiet)
+                explained = image_maps(trained, cases, method, seed)
                 if images is None:
                     images, outlines = explained.images, masks
                 hit = None if masks is None else hits(explained.maps, masks)

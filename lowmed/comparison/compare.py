@@ -102,7 +102,6 @@ def compare_runs(
     explain_count: int = 4,
     lesions: str | os.PathLike | None = None,
     device: str = "auto",
-    quiet: bool = False,
     external: str | None = None,
 ) -> Comparison:
     """Compare every completed run below ``paths``; write compare.csv/json/md, groups.csv, stats.csv and learning
@@ -134,7 +133,7 @@ def compare_runs(
     boxes = read_lesions(lesions) if lesions is not None else None
     planned = _planned_families(families, paths)
     check_writable(Path(out or paths[0]) / "compare.csv", "--out")
-    runs, skipped = load_runs(find_run_dirs(paths), split, evaluate_missing, bootstrap, quiet, external)
+    runs, skipped = load_runs(find_run_dirs(paths), split, evaluate_missing, bootstrap, external)
     if not runs:
         what = (
             f"completed runs evaluated on the external test set {external}" if external else "completed, evaluated runs"
@@ -148,7 +147,7 @@ def compare_runs(
     run_rows = [_run_row(run, scored[id(run)], metric) for run in runs]
     run_rows.sort(key=lambda row: (row.dataset, row.per_class or 0, row.arm, row.model, row.seed))
     groups = _aggregate(runs, scored, metric, list(by))
-    tests, found = _paired_tests(runs, scored, metric, baseline, seed, quiet, planned)
+    tests, found = _paired_tests(runs, scored, metric, baseline, seed, planned)
     families_used = planned or found
     _correct(tests, families_used)
     tests.sort(key=_test_order)
@@ -161,7 +160,7 @@ def compare_runs(
     from lowmed.comparison.attention import explain_arms
 
     attention = (
-        explain_arms(runs, explain, explain_count, target.explanations(explain), boxes, seed, device, quiet)
+        explain_arms(runs, explain, explain_count, target.explanations(explain), boxes, seed, device)
         if explain is not None
         else []
     )
@@ -373,7 +372,6 @@ def _paired_tests(
     metric: str,
     baseline: str | None,
     seed: int,
-    quiet: bool,
     planned: TestFamilies | None = None,
 ) -> tuple[list[TestRow], TestFamilies]:
     """Every pair of arms/models on the same dataset, N and test images, the baseline arm as ``b`` (or as a planned
@@ -398,7 +396,7 @@ def _paired_tests(
     rows: list[TestRow] = []
     primary: list[FamilyMember] = []
     secondary: list[FamilyMember] = []
-    for key, a, b, planned_primary in track(jobs, len(jobs), "Paired tests", quiet):
+    for key, a, b, planned_primary in track(jobs, len(jobs), "Paired tests"):
         by_seed_a, by_seed_b = cells[key][a], cells[key][b]
         pairs = [(by_seed_a[s], by_seed_b[s]) for s in sorted(set(by_seed_a) & set(by_seed_b))]
         pairs = [(x, y) for x, y in pairs if scored[id(x)].test_set is scored[id(y)].test_set]

@@ -9,6 +9,7 @@ averaged.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -16,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lowmed.console import warn
 from lowmed.contracts import EvalReport, RunDir, TrainSummary, TuningRecord
 from lowmed.data.loading import label_tensors
 from lowmed.data.manifest import read_info
 from lowmed.errors import LowmedError
+
+log = logging.getLogger(__name__)
 
 # a run whose checkpoint's validation AUROC is below this did not learn: its comparisons say nothing about pretraining
 LEARNED_AUROC = 0.55
@@ -135,7 +137,6 @@ def load_runs(
     split: str,
     evaluate_missing: bool,
     bootstrap: int,
-    quiet: bool,
     external: str | None = None,
 ) -> tuple[list[Run], list[dict]]:
     """Completed runs with their evaluations (made on the fly where missing, except on an ``external`` set, whose
@@ -169,10 +170,10 @@ def load_runs(
                 continue
             from lowmed.evaluation.evaluate import evaluate
 
-            evaluate(run.path, split=split, bootstrap=bootstrap, quiet=quiet)
+            evaluate(run.path, split=split, bootstrap=bootstrap)
         runs.append(Run(run, summary, evaluation.read_report(), pd.read_csv(evaluation.predictions)))
     for item in skipped:
-        warn(f"{item['run']} left out: {item['reason']}")
+        log.warning(f"{item['run']} left out: {item['reason']}")
     return runs, skipped
 
 

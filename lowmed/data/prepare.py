@@ -54,7 +54,6 @@ def prepare(
     normalize_labels: bool = False,
     strict: bool = False,
     overwrite: bool = False,
-    quiet: bool = False,
 ) -> PreparedDataset:
     """Read ``src``, verify every image, remove duplicates and leakage, make the missing splits,
     and write ``manifest.csv`` and ``dataset.yaml`` (and resized copies with ``cache_size``) to ``out``.
@@ -90,7 +89,7 @@ def prepare(
             raise LowmedError(f"{src}: found images without labels; an external test set (--role test) needs labels")
         role = "unlabelled"
     with staged_dir(out) as staging:
-        records, excluded = _inspect_all(source, staging, cache_size, workers, quiet)
+        records, excluded = _inspect_all(source, staging, cache_size, workers)
         records = _patient_groups(records, hash_groups)
         if frontal_only and "view_position" in records:
             records, excluded = _frontal_views(records, excluded)
@@ -192,7 +191,7 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
 
 
 def _inspect_all(
-    source: SourceRecords, staging: Path, cache_size: int | None, workers: int | None, quiet: bool
+    source: SourceRecords, staging: Path, cache_size: int | None, workers: int | None
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Open every image once (in parallel); keep the good ones, list the others with a reason."""
     paths = source.records["path"].tolist()
@@ -205,9 +204,9 @@ def _inspect_all(
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             pool.submit(int).result()
-            results = list(track(pool.map(inspect, paths, chunksize=16), len(paths), "Verifying images", quiet))
+            results = list(track(pool.map(inspect, paths, chunksize=16), len(paths), "Verifying images"))
     else:
-        results = list(track(map(inspect, paths), len(paths), "Verifying images", quiet))
+        results = list(track(map(inspect, paths), len(paths), "Verifying images"))
     found = pd.DataFrame(results, index=source.records.index)
     records = pd.concat([source.records, found.drop(columns=["ok", "reason"])], axis=1)
     bad = ~found["ok"].astype(bool)

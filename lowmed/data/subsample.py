@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -13,7 +14,6 @@ import pandas as pd
 
 import lowmed
 from lowmed.config import check_seed
-from lowmed.console import console, warn
 from lowmed.contracts import (
     DATASET_INFO,
     DEFAULT_PREPARED_ROOT,
@@ -29,6 +29,8 @@ from lowmed.data.formats import CsvColumns, read_source, source_stamp
 from lowmed.data.manifest import PreparedDataset, bucket_names, count_table, positives_matrix
 from lowmed.errors import LowmedError
 from lowmed.io import check_writable, sha256_file, staged_dir, write_csv, write_text
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,7 +59,6 @@ def subsample(
     strict: bool = False,
     materialize: str | os.PathLike | None = None,
     prepared_dir: str | os.PathLike | None = None,
-    quiet: bool = False,
 ) -> Subset:
     """Write a manifest whose train rows are ``per_class`` images per class (val/test rows unchanged).
 
@@ -74,7 +75,7 @@ def subsample(
         if Path(out).suffix != ".csv":
             raise LowmedError(f"--out {out}: expected a .csv file name for the subset manifest")
         check_writable(out, "--out")
-    dataset = load_or_prepare(Path(data).expanduser(), prepared_dir, quiet)
+    dataset = load_or_prepare(Path(data).expanduser(), prepared_dir)
     train = dataset.check_trainable().split("train")
     picked, shortfalls = _pick_nested(train, dataset.task, dataset.classes, per_class, seed)
     if shortfalls and strict:
@@ -139,9 +140,7 @@ def last_subset(root: Path = DEFAULT_PREPARED_ROOT) -> Path:
     )
 
 
-def load_or_prepare(
-    data: Path, prepared_dir: str | os.PathLike | None, quiet: bool, role: str = "full"
-) -> PreparedDataset:
+def load_or_prepare(data: Path, prepared_dir: str | os.PathLike | None, role: str = "full") -> PreparedDataset:
     """A prepared dir or subset manifest as is; a raw dataset folder prepared with defaults (once), in ``role``
     (``prepare``'s: full, or test for an external test set)."""
     if is_prepared(data):
@@ -162,23 +161,22 @@ def load_or_prepare(
             )
         stale = source_changed(existing)
         if not stale:
-            if not quiet:
-                console.print(f"Using {target}, prepared earlier from {data}")
+            log.info(f"Using {target}, prepared earlier from {data}")
             return existing
     from lowmed.data.prepare import prepare
 
     if stale:
-        warn(
+        log.warning(
             f"{data} changed since it was prepared into {target} (images added, removed or modified); "
             "preparing it again"
         )
-    elif not quiet:
+    else:
         what = {
             "test": "as an external test set (every image a test image)",
             "unlabelled": "as an unlabelled corpus",
         }.get(role, "with default options")
-        console.print(f"{data} is a raw dataset: preparing it into {target} {what}")
-    return prepare(data, target, role=role, overwrite=stale, quiet=quiet)
+        log.info(f"{data} is a raw dataset: preparing it into {target} {what}")
+    return prepare(data, target, role=role, overwrite=stale)
 
 
 def source_changed(dataset: PreparedDataset, csv_columns: CsvColumns | None = None) -> bool:

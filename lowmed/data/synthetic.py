@@ -149,18 +149,18 @@ def make_corpus(root: str | Path, seed: int = 1, images: int = CORPUS_IMAGES) ->
     return root
 
 
-def prepare_demo_dataset(kind: str, raw: str | Path, out: str | Path, quiet: bool = True) -> PreparedDataset:
+def prepare_demo_dataset(kind: str, raw: str | Path, out: str | Path) -> PreparedDataset:
     """Write one demo dataset (``target`` or ``corpus``) into ``raw`` and prepare it into ``out``."""
     from lowmed.data.prepare import prepare
 
     if kind == "target":
-        return prepare(make_target(raw), out, quiet=quiet)
+        return prepare(make_target(raw), out)
     columns = CsvColumns(path="path", labels=CORPUS_FINDINGS, group="patient")
-    return prepare(make_corpus(raw) / "labels.csv", out, format="csv", csv_columns=columns, quiet=quiet)
+    return prepare(make_corpus(raw) / "labels.csv", out, format="csv", csv_columns=columns)
 
 
-def prepare_demo(root: str | Path, quiet: bool = True) -> dict[str, PreparedDataset]:
+def prepare_demo(root: str | Path) -> dict[str, PreparedDataset]:
     """Both demo datasets: raw under ``root/raw/``, prepared into ``root/target`` and ``root/corpus``."""
     root = Path(root)
     check_writable(root, "--out")
-    return {kind: prepare_demo_dataset(kind, root / "raw" / kind, root / kind, quiet) for kind in ("target", "corpus")}
+    return {kind: prepare_demo_dataset(kind, root / "raw" / kind, root / kind) for kind in ("target", "corpus")}

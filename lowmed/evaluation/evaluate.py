@@ -52,7 +52,6 @@ def evaluate(
     class_map: dict[str, str] | None = None,
     strict: bool = False,
     track: TrackSettings | None = None,
-    quiet: bool = False,
 ) -> EvalReport:
     """Evaluate a run's checkpoint on ``split`` of its own prepared dataset (or of ``data``: external
     validation) and write ``metrics.json``, ``metrics.csv``, ``predictions.csv`` and PNG plots.
@@ -87,7 +86,7 @@ def evaluate(
     run = RunDir(trained.path.parent)
     assert config.data is not None  # a trained run names its data
     if data:
-        dataset = load_or_prepare(Path(data).expanduser(), None, quiet, role="test")
+        dataset = load_or_prepare(Path(data).expanduser(), None, role="test")
     else:
         dataset = PreparedDataset.load(config.data)
     external = dataset.root != Path(config.data).resolve()
@@ -143,7 +142,7 @@ def evaluate(
         cut, cut_source = _threshold(threshold, task, split, own_val)
         result = compute_metrics(task, classes, targets, probs, mask, cut)
         intervals, resampling = _intervals(
-            task, classes, frame, dataset.info.group_unit, targets, probs, mask, cut, bootstrap, seed, quiet
+            task, classes, frame, dataset.info.group_unit, targets, probs, mask, cut, bootstrap, seed
         )
         seconds = time.perf_counter() - started
         report = EvalReport(
@@ -195,7 +194,7 @@ def evaluate(
                 cases = confident_cases(
                     dataset.image_paths(frame), task, classes, targets, probs, mask, cut, explain_count
                 )
-                explain_cases(trained, cases, explain, written.explanations.path, seed, quiet)
+                explain_cases(trained, cases, explain, written.explanations.path, seed)
         report.out = str(eval_dir.path)
     if tracker is not None and run.summary.is_file():
         tracker.log_run(run.path)
@@ -213,7 +212,6 @@ def _intervals(
     cut,
     resamples: int,
     seed: int,
-    quiet: bool,
 ) -> tuple[dict, dict]:
     """95 % intervals of every metric by a bootstrap over the manifest's groups (``group_unit``: patients, or
     lesions for HAM10000; images where the layout knows none), stratified by class; and how they were drawn
@@ -230,7 +228,7 @@ def _intervals(
                 task, classes, targets[indices], probs[indices], None if mask is None else mask[indices], cut
             ).flat()
 
-        intervals = bootstrap_ci(statistic, groups, np.asarray(strata), resamples, seed, quiet)
+        intervals = bootstrap_ci(statistic, groups, np.asarray(strata), resamples, seed)
     resampling = {
         "resamples": resamples,
         "unit": group_unit if groups_known else "image",

@@ -39,13 +39,12 @@ def bootstrap_ci(
     strata: np.ndarray,
     resamples: int,
     seed: int,
-    quiet: bool = True,
     level: float = 0.95,
 ) -> dict[str, list[float]]:
     """Percentile intervals for every value ``statistic(indices)`` returns; NaN draws are left out."""
     draws: dict[str, list[float]] = {}
     samples = group_bootstrap_indices(groups, strata, resamples, seed)
-    for indices in track(samples, resamples, "Bootstrap", quiet):
+    for indices in track(samples, resamples, "Bootstrap"):
         for name, value in statistic(indices).items():
             draws.setdefault(name, []).append(value)
     tail = (1 - level) / 2 * 100

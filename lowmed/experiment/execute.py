@@ -11,6 +11,7 @@ the subsets, and writes the comparison and the report once every process has fin
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import shutil
@@ -24,7 +25,7 @@ from lowmed.comparison.compare import compare_runs, planned_power
 from lowmed.comparison.render import metric_label
 from lowmed.comparison.statistics import PowerPlan
 from lowmed.config import ConfigFile, PretrainConfig, TrainConfig
-from lowmed.console import progress_bar
+from lowmed.console import nested, progress_bar
 from lowmed.contracts import DATASET_INFO, PRIMARY, Comparison, RunDir, StudyLog, TestFamilies, TuningRecord, slug
 from lowmed.data.manifest import read_info
 from lowmed.distributed import Distributed
@@ -51,6 +52,8 @@ from lowmed.io import check_writable, write_text
 from lowmed.tracking import Tracker, open_tracker
 from lowmed.training.train import resume_run, train
 from lowmed.tuning import tune_cell, tuned_options
+
+log = logging.getLogger(__name__)
 
 # under torchrun, a process that has finished its share of the grid waits this long for the slowest one
 GRID_WAIT = timedelta(hours=24)
@@ -117,9 +120,9 @@ def _execute(
                 ):  # one process: a pretraining on unlabelled images is not data-parallel
                     _pretrain(job, resume=state == "resumable" and attempt == 1)
                 elif state == "resumable" and attempt == 1:
-                    resume_run(job.run_dir, quiet=True, dist=dist)
+                    resume_run(job.run_dir, dist=dist)
                 else:
-                    train(TrainConfig.from_dict(job.values, source=job.name), overwrite=True, quiet=True, dist=dist)
+                    train(TrainConfig.from_dict(job.values, source=job.name), overwrite=True, dist=dist)
                 job.status, job.detail = "trained", f"on the second try, after {job.detail}" if attempt == 2 else ""
                 break
             except Interrupted:
@@ -141,19 +144,19 @@ def _execute(
     if tuning is not None and not run.tuning.is_file():
         tuning.write(run.tuning)
     if grid_run is not None and not run.evaluation(study.split).exists():
-        evaluate(job.run_dir, quiet=True, **study.evaluate)
+        evaluate(job.run_dir, **study.evaluate)
     for external in external_sets(study, job.dataset).values() if grid_run is not None else ():
         if not run.evaluation("test", external.root.name).exists():
-            evaluate(job.run_dir, data=external.root, quiet=True, **{**study.evaluate, "split": "test"})
+            evaluate(job.run_dir, data=external.root, **{**study.evaluate, "split": "test"})
 
 
 def _pretrain(job: PlannedPretraining, resume: bool) -> None:
     from lowmed.training.selfsupervised import pretrain, resume_pretraining
 
     if resume:
-        resume_pretraining(job.run_dir, quiet=True)
+        resume_pretraining(job.run_dir)
     else:
-        pretrain(PretrainConfig.from_dict(job.values, source=job.name), overwrite=True, quiet=True)
+        pretrain(PretrainConfig.from_dict(job.values, source=job.name), overwrite=True)
 
 
 def _check_as_planned(run: RunDir, planned: dict, options: type[ConfigFile] = TrainConfig) -> None:
@@ -184,7 +187,8 @@ def _tune(planned: PlannedTuning, study: Study, skip_reasons: dict[str, str], sh
     assert study.tune is not None  # a study without tune: plans no cell
     before = _read_record(planned)
     try:
-        record = tune_cell(planned.cell, study.tune, quiet=True, on_trial=show)
+        with nested(log):  # the study's bar and lines show the cell's progress
+            record = tune_cell(planned.cell, study.tune, on_trial=show)
     except Interrupted:
         raise
     except (LowmedError, RunFailed) as exc:
@@ -198,10 +202,6 @@ def _tune(planned: PlannedTuning, study: Study, skip_reasons: dict[str, str], sh
     planned.detail = (
         f"{len(counted)} trials ({pruned} pruned); {record.metric} {record.best_value:.4f}; {record.recipe()}"
     )
-
-
-def _say(bar, line: str) -> None:
-    bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _claim(path: Path) -> bool:
@@ -238,7 +238,7 @@ class _Session:
         return self.study.folder.claims
 
 
-def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quiet: bool = False) -> StudyResult:
+def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False) -> StudyResult:
     """Run (or resume) the whole study and write ``report.md``; with ``dry_run`` only plan it.
 
     Under torchrun every process returns the runs' outcomes; only rank 0's result names the report. With
@@ -254,7 +254,7 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False, quie
         return StudyResult(study, pretrains, runs, cells, power=power)
     session = _initialise(study, Path(study_path))
     try:
-        own_runs = _run(session, quiet)
+        own_runs = _run(session)
     except (Interrupted, KeyboardInterrupt):  # Ctrl-C anywhere: the study goes on from where it stopped
         raise Interrupted(
             f"study {study.name} stopped; its finished runs and trials are kept; continue it with: "
@@ -307,7 +307,7 @@ def _initialise(study: Study, study_path: Path) -> _Session:
     return _Session(study, study_path, dist, pretrains, cells, runs, families, restored, tracker=tracker)
 
 
-def _run(session: _Session, quiet: bool) -> list[PlannedRun]:
+def _run(session: _Session) -> list[PlannedRun]:
     """Every job in order (``_job_order``), the record published now and then; returns the grid runs
     this process trained (under torchrun, each process its own)."""
     study, dist, runs = session.study, session.dist, session.runs
@@ -317,7 +317,7 @@ def _run(session: _Session, quiet: bool) -> list[PlannedRun]:
     skip_reasons: dict[str, str] = {}
     jobs = _job_order(session)
     prefix = f"[process {dist.rank}] " if dist.world_size > 1 else ""
-    with progress_bar(transient=False, disable=quiet or not dist.is_main) as bar:
+    with progress_bar(transient=False, disable=not dist.is_main) as bar:
         task = bar.add_task(f"study {study.name}", total=len(jobs), status="")
         for index, job in enumerate(jobs, start=1):
             if stop_asked():  # Ctrl-C after the last batch of the job before: stop here
@@ -329,25 +329,26 @@ def _run(session: _Session, quiet: bool) -> list[PlannedRun]:
                 continue
             bar.update(task, status=f"{job.name}")
             if isinstance(job, PlannedTuning):
-                _tune(job, study, skip_reasons, None if quiet else lambda line: _say(bar, prefix + line))
+                _tune(job, study, skip_reasons, lambda line: log.info(prefix + line))
             elif isinstance(job, PlannedPretraining):
                 users = [run for run in runs if run.pretraining is job]
                 needed = any(RunDir(run.run_dir).state() != "completed" for run in users)
-                _execute(job, study, skip_reasons, dist, needed)
+                with nested(log):  # the study's bar and lines show the job's progress
+                    _execute(job, study, skip_reasons, dist, needed)
                 if job.status in ("failed", "skipped"):
                     for run in users:  # the arm that needed this pretraining cannot run
                         skip_reasons[run.arm.name] = f"pretrain stage {job.name} {job.status}: {job.detail}"
             elif isinstance(job, PlannedRun):
-                _execute(job, study, skip_reasons, alone)
+                with nested(log):
+                    _execute(job, study, skip_reasons, alone)
                 own_runs.append(job)
                 if session.tracker is not None and job.status in ("trained", "done before"):
                     session.tracker.log_run(job.run_dir)
-            if not quiet:
-                detail = f" — {job.detail}" if job.detail else ""
-                if job.detail and (job.status, job.detail) in said:
-                    detail = " (as above)"
-                said.add((job.status, job.detail))
-                _say(bar, f"{prefix}[{index}/{len(jobs)}] {job.name}: {job.status}{detail}")
+            detail = f" — {job.detail}" if job.detail else ""
+            if job.detail and (job.status, job.detail) in said:
+                detail = " (as above)"
+            said.add((job.status, job.detail))
+            log.info(f"{prefix}[{index}/{len(jobs)}] {job.name}: {job.status}{detail}")
             bar.advance(task)
             due = time.monotonic() - session.published_at >= PUBLISH_EVERY.total_seconds()
             if study.publish is not None and not dist.enabled and job.status == "trained" and due:
@@ -370,40 +371,40 @@ def _job_order(session: _Session) -> list[PlannedJob | PlannedTuning]:
 def _finalise(session: _Session) -> StudyResult:
     """Compare the finished runs, write the report (marked incomplete while runs are missing) and study.json (this
     invocation's entry updated in place), and publish the record."""
-    study, pretrains, cells, runs = session.study, session.pretrains, session.cells, session.runs
-    result = StudyResult(study, pretrains, runs, cells, restored=session.restored)
-    finished = [r for r in runs if r.status in ("trained", "done before")]
-    figures: dict[str, Path] = {}
-    if finished:
-        result.comparison = compare_runs(
-            [r.run_dir for r in finished],
-            split=study.split,
-            out=study.out,
-            quiet=True,
-            families=session.families,
-            **study.compare,
+    with nested(log):  # comparing and publishing show no bars or lines of their own
+        study, pretrains, cells, runs = session.study, session.pretrains, session.cells, session.runs
+        result = StudyResult(study, pretrains, runs, cells, restored=session.restored)
+        finished = [r for r in runs if r.status in ("trained", "done before")]
+        figures: dict[str, Path] = {}
+        if finished:
+            result.comparison = compare_runs(
+                [r.run_dir for r in finished],
+                split=study.split,
+                out=study.out,
+                families=session.families,
+                **study.compare,
+            )
+            result.external = _external_comparisons(study, finished, session.families)
+            figures = draw_figures(result.comparison, study.out)
+        result.power = _power(study, result.comparison, session.families)
+        result.wall_seconds = time.perf_counter() - session.started
+        result.log = _logged(session, result.wall_seconds, pretrains + cells + runs)
+        report = study.folder.report
+        inputs = ReportInputs(PortablePaths.for_study(study.variables), result.power, figures)
+        text = study_report(
+            study, pretrains, runs, result.comparison, result.log, inputs, cells=cells, external=result.external
         )
-        result.external = _external_comparisons(study, finished, session.families)
-        figures = draw_figures(result.comparison, study.out)
-    result.power = _power(study, result.comparison, session.families)
-    result.wall_seconds = time.perf_counter() - session.started
-    result.log = _logged(session, result.wall_seconds, pretrains + cells + runs)
-    report = study.folder.report
-    inputs = ReportInputs(PortablePaths.for_study(study.variables), result.power, figures)
-    text = study_report(
-        study, pretrains, runs, result.comparison, result.log, inputs, cells=cells, external=result.external
-    )
-    write_text(report, text)
-    result.report = str(report)
-    if session.tracker is not None:
-        written = study.folder.tables
-        tables = [report, written.table, written.markdown, written.record, written.groups]
-        session.tracker.log_study(study.name, study.out, tables + list(figures.values()))
-    if study.publish is not None and result.comparison is not None:
-        publish_study(study, session.study_path, pretrains, runs, list(figures.values()))
-        result.published = study.publish
-        session.published_at = time.monotonic()
-    return result
+        write_text(report, text)
+        result.report = str(report)
+        if session.tracker is not None:
+            written = study.folder.tables
+            tables = [report, written.table, written.markdown, written.record, written.groups]
+            session.tracker.log_study(study.name, study.out, tables + list(figures.values()))
+        if study.publish is not None and result.comparison is not None:
+            publish_study(study, session.study_path, pretrains, runs, list(figures.values()))
+            result.published = study.publish
+            session.published_at = time.monotonic()
+        return result
 
 
 def _power(study: Study, comparison: Comparison | None, families: TestFamilies) -> PowerPlan:
@@ -440,7 +441,6 @@ def _external_comparisons(study: Study, finished: list[PlannedRun], families: Te
             external=folder,
             out=study.out / "external" / slug(name),
             evaluate_missing=False,
-            quiet=True,
             families=families,
             **study.compare,
         )
@@ -454,7 +454,7 @@ def _logged(session: _Session, seconds: float, jobs: list) -> StudyLog:
     many processes, how many runs and cells it trained or tuned (0 for one that found everything done), and the
     command that ran it."""
     path = session.study.out / StudyLog.FILE
-    log = StudyLog.read(path) if path.is_file() else StudyLog(study=session.study.name)
+    study_log = StudyLog.read(path) if path.is_file() else StudyLog(study=session.study.name)
     entry = {
         "started": session.started_at.isoformat(timespec="seconds"),
         "seconds": round(seconds, 1),
@@ -463,12 +463,12 @@ def _logged(session: _Session, seconds: float, jobs: list) -> StudyLog:
         "command": _command(session.study_path),
     }
     if session.log_entry is None:
-        log.invocations.append(entry)
-        session.log_entry = len(log.invocations) - 1
+        study_log.invocations.append(entry)
+        session.log_entry = len(study_log.invocations) - 1
     else:
-        log.invocations[session.log_entry] = entry
-    log.write(path)
-    return log
+        study_log.invocations[session.log_entry] = entry
+    study_log.write(path)
+    return study_log
 
 
 def _command(study_path: str | os.PathLike) -> str:

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
 
-from lowmed.console import warn
 from lowmed.contracts import DATASET_INFO, FamilyMember, StudyDir, TestFamilies, is_prepared, slug
 from lowmed.data.leakage import guard_pretraining
 from lowmed.data.manifest import PreparedDataset
 from lowmed.experiment.portable import PortablePaths
 from lowmed.experiment.study import Arm, DatasetSpec, Study
 from lowmed.tuning import TuningCell
+
+log = logging.getLogger(__name__)
 
 # a dataset's prepare options, as in 'lowmed prepare', that name CSV columns
 _CSV_COLUMN_OPTIONS = {
@@ -79,7 +81,7 @@ class PlannedRun(PlannedJob):
     pretraining: PlannedPretraining | None = None  # the pretraining whose weights this run starts from
 
 
-def prepared(spec: DatasetSpec, out: Path, quiet: bool, role: str = "full") -> PreparedDataset:
+def prepared(spec: DatasetSpec, out: Path, role: str = "full") -> PreparedDataset:
     """The dataset, prepared once inside the study's folder (demo data generated there); ``role="test"`` for an
     external test set, ``"unlabelled"`` for a self-supervised stage's corpus."""
     from lowmed.data.formats import CsvColumns
@@ -94,24 +96,24 @@ def prepared(spec: DatasetSpec, out: Path, quiet: bool, role: str = "full") -> P
     if (target / DATASET_INFO).is_file():
         dataset = PreparedDataset.load(target)
         if not spec.demo and source_changed(dataset, columns):
-            warn(
+            log.warning(
                 f"{spec.data} changed since this study prepared it into {target}; the study keeps its copy so that "
                 "its runs stay comparable (a new study prepares the source as it is now)"
             )
         return dataset
     if spec.demo:
-        return prepare_demo_dataset(spec.demo, StudyDir(out).raw(spec.name), target, quiet)
+        return prepare_demo_dataset(spec.demo, StudyDir(out).raw(spec.name), target)
     assert spec.data is not None  # a dataset gives data or demo
     source = Path(spec.data).expanduser()
     if is_prepared(source):
         return PreparedDataset.load(source)
-    return prepare(source, target, csv_columns=columns, role=role, quiet=quiet, **options)
+    return prepare(source, target, csv_columns=columns, role=role, **options)
 
 
 def external_sets(study: Study, dataset: str) -> dict[str, PreparedDataset]:
     """The external test sets of the study's dataset ``dataset`` by their names, prepared (once) in its folder."""
     spec = next(spec for spec in study.datasets if spec.name == dataset)
-    return {external.name: prepared(external, study.out, quiet=True, role="test") for external in spec.external}
+    return {external.name: prepared(external, study.out, role="test") for external in spec.external}
 
 
 # What names a pretraining corpus in a stage's identity: the fields that change what the stage learns, as they were
@@ -156,16 +158,16 @@ def prepare_study_data(study: Study) -> None:
 
     for arm in study.arms:
         if arm.pretrain is not None:
-            prepared(arm.pretrain.dataset, study.out, True, "unlabelled" if arm.self_supervised else "full")
+            prepared(arm.pretrain.dataset, study.out, "unlabelled" if arm.self_supervised else "full")
     for spec in study.datasets:
-        dataset = prepared(spec, study.out, quiet=True)
+        dataset = prepared(spec, study.out)
         for external in spec.external:
-            prepared(external, study.out, quiet=True, role="test")
+            prepared(external, study.out, role="test")
         for per_class in study.per_class:
             for seed in study.seeds:
                 subset = study.folder.subset(spec.name, per_class, seed)
                 if not subset.is_file():
-                    subsample(dataset.root, per_class, seed=seed, out=subset, quiet=True)
+                    subsample(dataset.root, per_class, seed=seed, out=subset)
 
 
 def plan(study: Study) -> tuple[list[PlannedPretraining], list[PlannedTuning], list[PlannedRun]]:
@@ -277,7 +279,7 @@ def _guard_pretraining_data(
                 )
                 guard_pretraining(trained, target_data, what, selected=selected, say=False)
             elif corpus_spec.data and spec.data and _nested(Path(corpus_spec.data), Path(spec.data)):
-                warn(
+                log.warning(
                     f"{what} and dataset {spec.name} share folders ({corpus_spec.data}, {spec.data}); lowmed compares "
                     "them image by image before anything trains and refuses pretraining data that holds the "
                     "dataset's val or test images"

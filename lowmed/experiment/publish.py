@@ -20,6 +20,7 @@ and weights) and counts as done; so are the tuning cells and pretrain stages who
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -28,7 +29,6 @@ import yaml
 
 from lowmed.comparison.compare import compare_runs
 from lowmed.config import TrainConfig
-from lowmed.console import warn
 from lowmed.contracts import (
     Comparison,
     EvalReport,
@@ -46,6 +46,8 @@ from lowmed.experiment.portable import PortablePaths
 from lowmed.experiment.study import Study
 from lowmed.io import sha256_file, staged_dir, write_csv, write_json, write_text, write_yaml
 from lowmed.tuning import cell_space
+
+log = logging.getLogger(__name__)
 
 STAGE_RECORD = "stage.json"  # a pretrain stage's train.json, in a published record
 # the options of a run that name files of the machine it ran on: a restored run takes this machine's (planned) ones
@@ -84,7 +86,7 @@ def publish_study(
         for sidecar in sorted(study.folder.subsets.glob("*/*.yaml")):
             _copy_yaml(sidecar, _folder(record.subsets / sidecar.parent.name / sidecar.name), portable)
     runs_folder = Path(portable.text(str(StudyDir(target).runs.absolute())))
-    return compare_runs([runs_folder], split=study.split, out=runs_folder.parent, quiet=True, **study.compare)
+    return compare_runs([runs_folder], split=study.split, out=runs_folder.parent, **study.compare)
 
 
 def check_publish_folder(target: Path) -> None:
@@ -162,12 +164,12 @@ def restore_published(
             restored.append(job.name)
             if job.pretraining is not None:
                 stage_names.setdefault(job.pretraining.name, set()).add(Path(published_weights).name)
-    log = study.out / StudyLog.FILE
-    if restored and not log.exists():  # the invocations that made the runs taken: the study's wall time counts them
-        write_json(_folder(log), _local_json(record / StudyLog.FILE, portable))
+    study_log = study.out / StudyLog.FILE
+    if restored and not study_log.exists():  # the invocations that made the runs taken count in its wall time
+        write_json(_folder(study_log), _local_json(record / StudyLog.FILE, portable))
     if otherwise:
         name, differences = otherwise[0]
-        warn(
+        log.warning(
             f"{len(otherwise)} run(s) of the published record {record} were trained under other options than the "
             f"study now plans (e.g. {name}: {', '.join(differences[:2])}); they are trained again, and the record "
             "is replaced once the study publishes"

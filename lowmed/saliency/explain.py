@@ -3,6 +3,7 @@ randomisation check (``lowmed evaluate --explain``, ``lowmed predict --explain``
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ import pandas as pd
 import torch
 
 import lowmed
-from lowmed.console import progress_bar, warn
+from lowmed.console import progress_bar
 from lowmed.contracts import ExplainDir, ExplainRecord, slug
 from lowmed.data.loading import decode_square
 from lowmed.errors import LowmedError
@@ -21,6 +22,8 @@ from lowmed.models.registry import get_model_spec
 from lowmed.models.trained import TrainedModel
 from lowmed.saliency.figures import write_overlay
 from lowmed.saliency.maps import check_method, peak, randomisation_check, saliency_maps
+
+log = logging.getLogger(__name__)
 
 LAYER_METHODS = ("gradcam", "gradcam++")  # the methods that explain a backbone layer rather than the input
 
@@ -88,7 +91,7 @@ def input_cases(paths: list[Path], task: str, probs: np.ndarray) -> list[Case]:
     return [Case(path, int(k), "input", float(p[k])) for path, k, p in zip(paths, targets, probs)]
 
 
-def image_maps(trained: TrainedModel, cases: list[Case], method: str, seed: int = 0, quiet: bool = False) -> ImageMaps:
+def image_maps(trained: TrainedModel, cases: list[Case], method: str, seed: int = 0) -> ImageMaps:
     """The maps of ``cases`` by ``method`` and the randomisation check on the same images."""
     started = time.perf_counter()
     size = trained.preprocessing.input_size
@@ -97,7 +100,7 @@ def image_maps(trained: TrainedModel, cases: list[Case], method: str, seed: int 
     images = torch.stack([decode_square(case.path, size) for case in cases]).float().div(255)
     targets = torch.tensor([case.target for case in cases])
     on_device = images.to(trained.device)
-    with progress_bar(disable=quiet) as bar:
+    with progress_bar() as bar:
         task = bar.add_task(f"{method} maps", total=3, status="trained network")
         maps = saliency_maps(trained.model, layer, trained.normalize, on_device, targets, method)
         bar.update(task, advance=1, status="re-initialised networks")
@@ -122,15 +125,13 @@ def image_maps(trained: TrainedModel, cases: list[Case], method: str, seed: int 
     return ImageMaps(images, maps, check.per_image, record)
 
 
-def explain_cases(
-    trained: TrainedModel, cases: list[Case], method: str, out: Path, seed: int = 0, quiet: bool = False
-) -> ExplainRecord:
+def explain_cases(trained: TrainedModel, cases: list[Case], method: str, out: Path, seed: int = 0) -> ExplainRecord:
     """Explain ``cases`` into ``out`` (replaced whole): a PNG per image (image, heat map, overlay), ``index.csv``,
     ``maps.npz`` and ``explain.json``. A randomisation check that flags the method is also said on screen."""
     check_method(method)
     if not cases:
         raise LowmedError(f"no images to explain in {out}")
-    explained = image_maps(trained, cases, method, seed, quiet)
+    explained = image_maps(trained, cases, method, seed)
     rows = []
     with staged_dir(out) as staging:
         written = ExplainDir(staging)
@@ -161,5 +162,5 @@ def explain_cases(
         np.savez_compressed(written.maps, maps=explained.maps.astype(np.float16), png=[r["png"] for r in rows])
         explained.record.write(written.record)
     if explained.record.randomisation["flagged"]:
-        warn(explained.record.randomisation["verdict"])
+        log.warning(explained.record.randomisation["verdict"])
     return explained.record

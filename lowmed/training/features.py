@@ -151,8 +151,8 @@ class PhaseCaches:
     ``shared`` (tuning trials), caches another run built with the same inputs are reused.
     """
 
-    def __init__(self, inputs, config, quiet: bool, shared: SharedCaches | None = None) -> None:
-        self.inputs, self.config, self.quiet, self.shared = inputs, config, quiet, shared
+    def __init__(self, inputs, config, shared: SharedCaches | None = None) -> None:
+        self.inputs, self.config, self.shared = inputs, config, shared
         self.reports: dict[str, dict] = {}
         self._finetune: ActivationCache | None = None  # built ahead, during the frozen phase
 
@@ -165,7 +165,7 @@ class PhaseCaches:
             cache, self._finetune = self._finetune, None
             return cache
         if phase == "frozen" and finetune_frozen is not None:
-            ahead, report = build_cache(self.inputs, self.config, "finetune", finetune_frozen, self.quiet, self.shared)
+            ahead, report = build_cache(self.inputs, self.config, "finetune", finetune_frozen, self.shared)
             if ahead is not None:
                 self._finetune, self.reports["finetune"] = ahead, report
                 key = SharedCaches.key(self.config, "backbone")
@@ -180,12 +180,12 @@ class PhaseCaches:
                 reused = {"reused": kept is not None} if self.shared else {}
                 self.reports["frozen"] = {**pooled.report(), "computed_from": ahead.boundary, **reused}
                 return pooled
-        built, self.reports[phase] = build_cache(self.inputs, self.config, phase, frozen, self.quiet, self.shared)
+        built, self.reports[phase] = build_cache(self.inputs, self.config, phase, frozen, self.shared)
         return built
 
 
 def build_cache(
-    inputs, config, phase: str, frozen: list[nn.Module], quiet: bool, shared: SharedCaches | None = None
+    inputs, config, phase: str, frozen: list[nn.Module], shared: SharedCaches | None = None
 ) -> tuple[ActivationCache | None, dict]:
     """The cache for a phase, from the images (or kept in ``shared``), and what ``train.json`` records of it: its
     boundary and size, or why there is none. ``frozen``: the backbone layers frozen in that phase.
@@ -229,7 +229,7 @@ def build_cache(
     batch = inference_batch_size(inputs.device, config.batch_size * 2)
     train_views = []
     label = "Caching frozen features" if phase == "frozen" else f"Caching activations after {boundary}"
-    for view in track(range(views), views, label, quiet):
+    for view in track(range(views), views, label):
         generator = torch.Generator().manual_seed(config.seed * 7919 + view)
         train_views.append(
             _activations(

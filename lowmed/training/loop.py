@@ -6,6 +6,7 @@ and dropout alike — so a resumed run replays exactly what the uninterrupted ru
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from lowmed.config import TrainConfig
-from lowmed.console import console, progress_bar
+from lowmed.console import progress_bar
 from lowmed.contracts import BestEpoch, RunDir
 from lowmed.data.augment import augment_batch
 from lowmed.data.loading import LabelledImages, index_chunks
@@ -33,6 +34,8 @@ from lowmed.models.forward import Normalizer, model_input, predict_logits
 from lowmed.models.registry import Classifier, layer_groups
 from lowmed.training.checkpoint import CheckpointSaver
 from lowmed.training.features import ActivationCache, PhaseCaches, SharedCaches
+
+log = logging.getLogger(__name__)
 
 AUX_LOSS_WEIGHT = 0.4  # Inception v3's auxiliary classifier, as in the paper
 SYNC_EVERY = 20  # batches between copies of the loss to the CPU (each copy waits for the GPU)
@@ -151,7 +154,6 @@ class PhaseRun:
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
     scaler: torch.amp.GradScaler
     stop: StopAfterBatch
-    quiet: bool
     epoch: int = 0  # epochs of this phase so far
     stale: int = 0  # epochs since the monitored value last improved
     generator: torch.Generator = field(default_factory=torch.Generator)  # this epoch's: order, augmentation, view
@@ -226,14 +228,13 @@ def run_phases(
     config: TrainConfig,
     phases: list[Phase],
     state: Checkpoint | None,
-    quiet: bool,
     trial: TrialHooks | None = None,
 ) -> LoopResult:
     """Train through ``phases``, starting from ``state`` (a ``last.pt``) when resuming."""
     best = state.training.best if state and state.training else None
     saver = CheckpointSaver(inputs.run_dir, config.monitor, inputs.checkpoint_header, inputs.dist.is_main, best)
     with StopAfterBatch() as stop, saver:
-        return _run_phases(inputs, config, phases, state, quiet, stop, saver, trial)
+        return _run_phases(inputs, config, phases, state, stop, saver, trial)
 
 
 def _run_phases(
@@ -241,7 +242,6 @@ def _run_phases(
     config: TrainConfig,
     phases: list[Phase],
     state: Checkpoint | None,
-    quiet: bool,
     stop: StopAfterBatch,
     saver: CheckpointSaver,
     trial: TrialHooks | None,
@@ -249,7 +249,7 @@ def _run_phases(
     model, device = inputs.model, inputs.device
     resumed = state.training if state else None  # last.pt's training state, for the phase it stopped in
     history: list[dict] = list(resumed.history) if resumed else []
-    caches = PhaseCaches(inputs, config, quiet, trial.caches if trial else None)
+    caches = PhaseCaches(inputs, config, trial.caches if trial else None)
     for phase_index in range(resumed.phase_index if resumed else 0, len(phases)):
         phase = phases[phase_index]
         resumed_here = resumed if resumed is not None and phase_index == resumed.phase_index else None
@@ -281,9 +281,7 @@ def _run_phases(
             following = phases[phase_index + 1] if phase_index + 1 < len(phases) else None
             finetune_frozen = frozen_layers(model, following, config.fine_tune_layers) if following else None
             cache = caches.for_phase(phase.name, frozen, finetune_frozen)
-            if not quiet:
-                note = cache.describe() if cache else caches.reports[phase.name]["reason"]
-                console.print(f"[dim]{phase.name}: {note}")
+            log.info(f"{phase.name}: {cache.describe() if cache else caches.reports[phase.name]['reason']}")
         setup_seconds = time.perf_counter() - cache_started  # counted in the phase's first epoch
         # under torchrun, the module that trains this phase is wrapped once its frozen layers are set
         trained = (
@@ -294,7 +292,7 @@ def _run_phases(
         if config.compile:  # compiles what takes the steps; checkpoints keep the plain module's names
             trained = cast(nn.Module, torch.compile(trained))
         run = PhaseRun(
-            phase, phase_index, frozen, cache, trained, optimizer, scheduler, scaler, stop, quiet, phase_epoch, stale
+            phase, phase_index, frozen, cache, trained, optimizer, scheduler, scaler, stop, phase_epoch, stale
         )
         while run.epoch < phase.epochs:
             run.epoch += 1
@@ -319,16 +317,11 @@ def _run_phases(
             history.append(row)
             run.stale = 0 if _improved(history, phase.name, config.monitor) else run.stale + 1
             is_best = saver.epoch_end(model, metrics, history, run.training_state(config.patience))
-            if not quiet:
-                _print_epoch(row, config.monitor, is_best)
+            _log_epoch(row, is_best)
             if trial is not None and trial.should_stop(row):
                 return LoopResult(history, _best_epoch(saver, history), caches.reports, pruned_at=epoch)
             if run.stale >= config.patience:
-                if not quiet:
-                    console.print(
-                        f"[dim]early stop in {phase.name}: {config.monitor} did not improve for "
-                        f"{config.patience} epochs"
-                    )
+                log.info(f"early stop in {phase.name}: {config.monitor} did not improve for {config.patience} epochs")
                 break
         state = None
     return LoopResult(history, _best_epoch(saver, history), caches.reports, pruned_at=None)
@@ -430,7 +423,7 @@ def _train_one_epoch(
         show(f"loss {np.average(losses, weights=sizes[: len(losses)]):.4f}")
 
     optimizer.zero_grad(set_to_none=True)
-    with progress_bar(disable=run.quiet) as bar:
+    with progress_bar() as bar:
         task = bar.add_task(f"{phase.name} epoch {epoch}", total=total, status="")
 
         def show(text: str) -> None:
@@ -482,14 +475,11 @@ def _improved(history: list[dict], phase: str, monitor: str) -> bool:
     return current < min(earlier) if _direction(monitor) == "min" else current > max(earlier)
 
 
-def _print_epoch(row: dict, monitor: str, is_best: bool) -> None:
-    mark = " [green]★ best" if is_best else ""
-    console.print(
+def _log_epoch(row: dict, is_best: bool) -> None:
+    log.info(
         f"{row['phase']:>8} epoch {row['epoch']:>3}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}"
         f"  val_acc {row['val_accuracy']:.3f}  val_auroc {row['val_auroc']:.3f}  lr {row['lr']:.1e}"
-        f"  {row['images_per_s']:.0f} img/s{mark}",
-        highlight=False,
-        soft_wrap=True,
+        f"  {row['images_per_s']:.0f} img/s{'  ★ best' if is_best else ''}"
     )
 
 

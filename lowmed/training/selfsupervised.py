@@ -17,6 +17,7 @@ features and chooses ``best.pt`` — epoch 0 is the starting weights, so the cur
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import time
@@ -31,7 +32,7 @@ from torch import nn
 
 import lowmed
 from lowmed.config import PretrainConfig
-from lowmed.console import console, progress_bar
+from lowmed.console import progress_bar
 from lowmed.contracts import MANIFEST, BestEpoch, DatasetRef, RunDir, SelfSupervisedRecord, TrainSummary, slug
 from lowmed.data.augment import ViewSettings, random_views
 from lowmed.data.leakage import guard_pretraining
@@ -57,6 +58,8 @@ from lowmed.models.weights import load_weights, resolve_weights, weights_kind, w
 from lowmed.preprocessing import Preprocessing
 from lowmed.training.checkpoint import CheckpointSaver, check_run_dir, read_training_state, start_run_dir
 from lowmed.training.loop import seed_everything
+
+log = logging.getLogger(__name__)
 
 KNN_TEMPERATURE = 0.07  # the weight of a neighbour's vote is exp(cosine similarity / this), as in Wu et al. 2018
 PHASE = "self-supervised"
@@ -118,7 +121,6 @@ def pretrain(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    quiet: bool = False,
     strict: bool = False,
 ) -> TrainSummary:
     """Pretrain a backbone on ``config.data`` for ``config.target``; returns the summary also written to
@@ -127,13 +129,13 @@ def pretrain(
     config.validate()
     assert config.data is not None and config.target is not None  # validate() requires them
     spec = get_model_spec(config.model)
-    corpus = load_or_prepare(Path(config.data).expanduser(), None, quiet, role="unlabelled")
+    corpus = load_or_prepare(Path(config.data).expanduser(), None, role="unlabelled")
     if corpus.role != "unlabelled":
         raise LowmedError(
             f"{config.data}: a labelled dataset; self-supervised pretraining takes images without labels (prepare "
             "them with --role unlabelled)"
         )
-    target = load_or_prepare(Path(config.target).expanduser(), None, quiet).check_trainable()
+    target = load_or_prepare(Path(config.target).expanduser(), None).check_trainable()
     if target.split("val").empty:
         raise LowmedError(f"--target {target.root}: no val split to monitor the pretraining on")
     config = _resolved(config, spec, corpus, target)
@@ -149,7 +151,7 @@ def pretrain(
         backbone = spec.build_backbone()
         report = load_weights(backbone, spec, config.init, weights_dir=config.weights_dir)
         preprocessing = _contract(report.source_preprocessing, spec, config)
-        images = _images(corpus, rows, target, config.image_size, quiet)
+        images = _images(corpus, rows, target, config.image_size)
         if not resume:
             start_run_dir(run_dir, config.to_dict())
         summary = _summary(config, corpus, report, preprocessing, device, count_parameters(backbone))
@@ -186,7 +188,7 @@ def pretrain(
             model.to(memory_format=torch.channels_last)
         started = time.perf_counter()
         try:
-            history, best = _run(model, images, config, preprocessing, run_dir, state, quiet)
+            history, best = _run(model, images, config, preprocessing, run_dir, state)
         except KeyboardInterrupt:
             summary.status = "interrupted"
             summary.write(run_dir.summary)
@@ -218,8 +220,7 @@ def pretrain(
         summary.epoch_seconds_total = record.seconds
         summary.train_images_per_s = {PHASE: record.images_per_s}
         summary.write(run_dir.summary)
-        if not quiet:
-            console.print(f"[bold]{run_dir.path}[/]: {overlap.sentence()}; best epoch {best_epoch}", highlight=False)
+        log.info(f"{run_dir.path}: {overlap.sentence()}; best epoch {best_epoch}")
         return summary
 
 
@@ -266,10 +267,9 @@ class _Images:
     task: str  # the target's
 
 
-def _images(corpus: PreparedDataset, rows, target: PreparedDataset, size: int, quiet: bool) -> _Images:
+def _images(corpus: PreparedDataset, rows, target: PreparedDataset, size: int) -> _Images:
     """The corpus (after the guard) and the target's val split, decoded once; nothing of the test split."""
-    if not quiet:
-        console.print(f"decoding {len(rows)} corpus images and {len(target.split('val'))} val images at {size} px")
+    log.info(f"decoding {len(rows)} corpus images and {len(target.split('val'))} val images at {size} px")
     pictures = load_split(corpus.image_paths(rows), torch.zeros(len(rows), dtype=torch.long), None, size)
     val = target.split("val")
     targets, mask = label_tensors(val, target.task, target.classes, target.info.uncertain_policy)
@@ -313,7 +313,6 @@ def _run(
     preprocessing: Preprocessing,
     run_dir: RunDir,
     state: Checkpoint | None,
-    quiet: bool,
 ) -> tuple[list[dict], BestSoFar]:
     """The epochs, from ``state`` (last.pt) when resuming: each one's views drawn from (seed, epoch), so a resumed
     run replays what the uninterrupted one would have done."""
@@ -373,7 +372,7 @@ def _run(
     else:
         history, start = [_monitor(run, val, images.task, 0)], 1
     saver = CheckpointSaver(run_dir, config.monitor, header, writes=True, best=resumed.best if resumed else None)
-    with saver, progress_bar(disable=quiet) as bar:
+    with saver, progress_bar() as bar:
         task = bar.add_task(f"{config.method} · {config.model}", total=config.epochs, completed=start - 1, status="")
         if state is None:
             saver.epoch_end(model, history[0], history, run.training_state())
@@ -483,7 +482,7 @@ def _summary(config, corpus: PreparedDataset, report, preprocessing, device, par
     )
 
 
-def resume_pretraining(run_dir: str | os.PathLike, *, quiet: bool = False) -> TrainSummary:
+def resume_pretraining(run_dir: str | os.PathLike) -> TrainSummary:
     """Continue an interrupted pretraining from its ``last.pt`` with its own ``config.yaml``; a completed one is left
     as it is."""
     run = RunDir(run_dir)
@@ -492,4 +491,4 @@ def resume_pretraining(run_dir: str | os.PathLike, *, quiet: bool = False) -> Tr
     if run.state() == "completed":
         return run.read_summary()
     config = PretrainConfig.from_yaml(run.config)
-    return pretrain(replace(config, out=str(run.path)), resume=True, quiet=quiet)
+    return pretrain(replace(config, out=str(run.path)), resume=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +18,7 @@ from torch import nn
 
 import lowmed
 from lowmed.config import TrainConfig
-from lowmed.console import console, warn, warn_or_refuse
+from lowmed.console import nested, warn_or_refuse
 from lowmed.contracts import (
     DERIVED_ARMS,
     MANIFEST,
@@ -58,6 +60,8 @@ from lowmed.training.loop import (
 )
 from lowmed.training.memory import check_fits, estimate_training_memory
 
+log = logging.getLogger(__name__)
+
 DEFAULT_RUNS_ROOT = Path("runs")
 
 
@@ -66,7 +70,6 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    quiet: bool = False,
     runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
     dist: Distributed | None = None,
     trial: TrialHooks | None = None,
@@ -82,13 +85,15 @@ def train(
     data and no subset, the subset ``lowmed subsample`` last wrote below ``./lowmed-data`` is taken (and said).
     ``track``: the finished run is logged to MLflow (``lowmed.tracking``; its store is opened before any work).
     """
-    setup = _set_up(config, resume, quiet, Path(runs_root), dist, track)
-    with own_run_dir(setup.run_dir.path, "train", enabled=setup.dist.is_main):  # one process at a time in a run dir
-        setup.dist.on_main(lambda: check_run_dir(setup.run_dir, resume, overwrite))
-        run = _open_run(setup, resume, strict, trial)
-        started = time.perf_counter()
-        result = _run_loop(run, trial)
-        _record(run, result, time.perf_counter() - started)
+    dist = dist if dist is not None else Distributed.from_environment(config.device)
+    with nullcontext() if dist.is_main else nested():  # under torchrun, the first process speaks for all
+        setup = _set_up(config, resume, Path(runs_root), dist, track)
+        with own_run_dir(setup.run_dir.path, "train", enabled=dist.is_main):  # one process at a time in a run dir
+            dist.on_main(lambda: check_run_dir(setup.run_dir, resume, overwrite))
+            run = _open_run(setup, resume, strict, trial)
+            started = time.perf_counter()
+            result = _run_loop(run, trial)
+            _record(run, result, time.perf_counter() - started)
     if setup.tracker is not None:
         setup.tracker.log_run(setup.run_dir.path)
     return run.summary
@@ -110,16 +115,14 @@ class _Setup:
     weights: WeightsReport | None  # the starting weights and their contract; a resumed run reads its own
     preprocessing: Preprocessing | None
     chosen: str | None  # the subset taken when no data was given
-    quiet: bool
     tracker: Tracker | None  # the store the finished run is logged to
 
 
 def _set_up(
     config: TrainConfig,
     resume: bool,
-    quiet: bool,
     runs_root: Path,
-    dist: Distributed | None,
+    dist: Distributed,
     track: TrackSettings | None,
 ) -> _Setup:
     chosen = None
@@ -128,15 +131,13 @@ def _set_up(
         chosen = f"no DATA given: took {subset}, the subset 'lowmed subsample' last wrote"
         config = replace(config, subset=str(subset))
     config.validate()
-    dist = dist if dist is not None else Distributed.from_environment(config.device)
-    quiet = quiet or not dist.is_main
     tracker = open_tracker(track) if dist.is_main else None
     if dist.enabled and config.balanced_sampler:
         raise LowmedError("--balanced-sampler: not available under torchrun; use --class-weights auto")
     spec = get_model_spec(config.model)
-    dataset = _dataset(config, quiet)
-    if chosen and dist.is_main:
-        console.print(chosen, highlight=False, soft_wrap=True)
+    dataset = _dataset(config)
+    if chosen:
+        log.warning(chosen)  # shown with --quiet too: the data was not named
     config = _resolved(config, spec, dataset, runs_root)
     assert config.out is not None and config.image_size is not None  # _resolved fills them
     run_dir, image_size = RunDir(config.out), config.image_size
@@ -157,7 +158,7 @@ def _set_up(
     estimate = estimate_training_memory(model, image_size, config.batch_size, images, device)
     check_fits(estimate, device, image_size, config.batch_size)  # before the run dir is touched
     return _Setup(
-        config, spec, dataset, run_dir, image_size, device, dist, model, report, preprocessing, chosen, quiet, tracker
+        config, spec, dataset, run_dir, image_size, device, dist, model, report, preprocessing, chosen, tracker
     )
 
 
@@ -195,10 +196,7 @@ def _open_run(setup: _Setup, resume: bool, strict: bool, trial: TrialHooks | Non
         preprocessing = _input_contract(report, setup.spec, config)
     assert report is not None and preprocessing is not None  # _set_up's, or the resumed run's
     pretraining_overlap = _pretraining_overlap(report, dataset, config.dataset_name, dist.is_main, strict)
-    if not setup.quiet:
-        console.print(
-            f"[bold]{run_dir.path}[/] (arm {config.arm}): {setup.spec.name}, {report.summary()}", highlight=False
-        )
+    log.info(f"{run_dir.path} (arm {config.arm}): {setup.spec.name}, {report.summary()}")
     splits = _load_splits(dataset, setup.image_size, device, strict)
     dist.on_main(lambda: _check_disk_space(run_dir.path, count_parameters(model)))
     if not resume:
@@ -212,7 +210,7 @@ def _open_run(setup: _Setup, resume: bool, strict: bool, trial: TrialHooks | Non
         summary.write(run_dir.summary)
     precision = Precision.choose(device, bool(config.amp))
     if precision.enabled and not native_amp(device) and dist.is_main:
-        warn(f"--amp: this {device.type} has no native {precision.describe()}; it is emulated, slower than fp32")
+        log.warning(f"--amp: this {device.type} has no native {precision.describe()}; it is emulated, slower than fp32")
     weights = (
         class_weights(dataset.task, splits["train"].targets, splits["train"].mask, len(dataset.classes))
         if config.class_weights == "auto" and not config.balanced_sampler
@@ -252,7 +250,7 @@ def _run_loop(run: _OpenRun, trial: TrialHooks | None) -> LoopResult:
     """The training loop; a stop or a failure is recorded in ``train.json`` before it is raised."""
     config, run_dir = run.setup.config, run.setup.run_dir
     try:
-        return run_phases(run.inputs, config, run.phases, run.state, run.setup.quiet, trial)
+        return run_phases(run.inputs, config, run.phases, run.state, trial)
     except KeyboardInterrupt:
         run.record(status="interrupted")
         raise Interrupted(
@@ -295,7 +293,7 @@ def _record(run: _OpenRun, result: LoopResult, seconds: float) -> None:
     )
 
 
-def resume_run(run_dir: str | os.PathLike, *, quiet: bool = False, dist: Distributed | None = None) -> TrainSummary:
+def resume_run(run_dir: str | os.PathLike, *, dist: Distributed | None = None) -> TrainSummary:
     """Continue an interrupted run from its ``last.pt`` with its own ``config.yaml``; a completed run is left
     untouched (its summary is returned)."""
     run = RunDir(run_dir)
@@ -304,7 +302,7 @@ def resume_run(run_dir: str | os.PathLike, *, quiet: bool = False, dist: Distrib
     if run.state() == "completed":
         return run.read_summary()
     config = TrainConfig.from_yaml(run.config)
-    return train(replace(config, out=str(run.path)), resume=True, quiet=quiet, dist=dist)
+    return train(replace(config, out=str(run.path)), resume=True, dist=dist)
 
 
 def finetune(
@@ -312,7 +310,6 @@ def finetune(
     data: str | os.PathLike | None = None,
     *,
     overwrite: bool = False,
-    quiet: bool = False,
     strict: bool = False,
     runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
     track: TrackSettings | None = None,
@@ -333,7 +330,7 @@ def finetune(
         if values["model"] is None:
             raise LowmedError(f"SOURCE {source} is a plain weights file; say which architecture with --model")
     config = TrainConfig.from_dict(values, source="finetune")
-    return train(config, overwrite=overwrite, quiet=quiet, strict=strict, runs_root=runs_root, track=track)
+    return train(config, overwrite=overwrite, strict=strict, runs_root=runs_root, track=track)
 
 
 def source_model_name(source: Path) -> str | None:
@@ -351,7 +348,6 @@ def train_model(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     overwrite: bool = False,
-    quiet: bool = False,
     **options: Any,
 ) -> TrainSummary:
     """Python entry point in the seed project's spelling: ``train_model(model_name="vgg19",
@@ -361,7 +357,7 @@ def train_model(
     ``summary["model_path"]`` (the best checkpoint) read as in the seed project.
     """
     if resume:
-        summary = resume_run(resume, quiet=quiet)
+        summary = resume_run(resume)
     else:
         values = dict(options)
         if "learning_rate" in values:
@@ -371,11 +367,11 @@ def train_model(
         if dataset_root:
             values["data"] = str(dataset_root)
         config = TrainConfig.from_dict(values, source="train_model()")
-        summary = train(config, overwrite=overwrite, quiet=quiet, runs_root=checkpoint_dir or DEFAULT_RUNS_ROOT)
+        summary = train(config, overwrite=overwrite, runs_root=checkpoint_dir or DEFAULT_RUNS_ROOT)
     return summary
 
 
-def _dataset(config: TrainConfig, quiet: bool) -> PreparedDataset:
+def _dataset(config: TrainConfig) -> PreparedDataset:
     if config.subset:
         dataset = PreparedDataset.load(config.subset)
         if config.data is not None:
@@ -384,9 +380,9 @@ def _dataset(config: TrainConfig, quiet: bool) -> PreparedDataset:
         assert config.data is not None  # validate(): DATA or --subset
         data = Path(config.data).expanduser()
         if config.per_class:
-            dataset = subsample(data, config.per_class, seed=config.seed, quiet=quiet).dataset
+            dataset = subsample(data, config.per_class, seed=config.seed).dataset
         else:
-            dataset = load_or_prepare(data, None, quiet)
+            dataset = load_or_prepare(data, None)
     return dataset.check_trainable()
 
 
