@@ -10,8 +10,10 @@ from lowmed import prepare, train
 from lowmed.cli import main
 from lowmed.config import TrainConfig
 from lowmed.contracts import TrainSummary
-from lowmed.data.leakage import CHECKED_NONE
+from lowmed.data.leakage import CHECKED_NONE, guard_pretraining
+from lowmed.errors import LowmedError
 from tests.conftest import FAST
+from tests.factory import make_kermany, write_image
 from tests.test_hostile_inputs import refused
 
 
@@ -82,3 +84,22 @@ def test_a_study_that_pretrains_on_its_targets_test_folder_is_refused_before_any
     assert not (tmp_path / "out" / "runs").exists() and not (tmp_path / "out" / "pretrain").exists()
     line = refused(capsys, ["experiment", study, "--dry-run"])  # prepared now: the dry run checks it too
     assert "arm C's pretraining data (site) saw images" in line
+
+
+def test_a_patient_id_the_targets_own_folders_reuse_is_no_leak_but_a_foreign_image_with_it_is(tmp_path):
+    """Kermany's Kaggle folders reuse ``personN`` between train and test. The target's own train and val images,
+    choosing a pretraining's checkpoint as they choose the target run's, add nothing the target does not already do;
+    an image from elsewhere under a test patient's id is refused."""
+    source = make_kermany(tmp_path / "chest_xray")
+    val_patient = next((source / "val" / "PNEUMONIA").iterdir()).name.split("_")[0]  # e.g. person12
+    write_image(source / "test" / "PNEUMONIA" / f"{val_patient}_virus_9999.jpeg", 9999, 32, label=1)
+    target = prepare(source, tmp_path / "prepared", min_val_per_class=4)
+    assert set(target.split("val")["group"]) & set(target.split("test")["group"])  # the folders' own reuse
+    monitored = guard_pretraining(
+        target.manifest.iloc[:0], target, "a stage monitored on the target", selected=target.split("val")
+    )
+    assert monitored.kept_from_train == 0
+
+    elsewhere = target.split("val").assign(sha1="0" * 40)  # same patient ids, other images
+    with pytest.raises(LowmedError, match="its checkpoint was chosen with"):
+        guard_pretraining(target.manifest.iloc[:0], target, "a run on other images", selected=elsewhere)

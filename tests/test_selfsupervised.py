@@ -67,17 +67,17 @@ def test_a_folder_or_a_csv_of_images_without_labels_is_an_unlabelled_corpus(arch
     assert exit_info.value.code == 2  # nothing to learn labels from
 
 
-def _corpus_csv(archive, folder, extra=None, group_of_first=None):
-    """The archive as a CSV corpus in ``folder`` (``extra``: one more image copied in; ``group_of_first``: the
-    first image's group)."""
+def _corpus_csv(archive, folder, extra=None, group_of_own=None):
+    """The archive as a CSV corpus in ``folder`` (``extra``: one more image copied in; ``group_of_own``: the group
+    of one of the archive's own images, not one of the target's)."""
     shutil.copytree(archive, folder / "images")
     if extra is not None:
         shutil.copy(extra, folder / "images" / "copied-test-image.jpeg")  # same bytes
     rows = [
         {"path": f"images/{p.name}", "group": f"archive-{k}"} for k, p in enumerate(sorted(folder.glob("images/*")))
     ]
-    if group_of_first is not None:
-        rows[0]["group"] = group_of_first
+    if group_of_own is not None:
+        rows[-1]["group"] = group_of_own  # extra-039.png
     pd.DataFrame(rows).to_csv(folder / "corpus.csv", index=False)
     return folder / "corpus.csv"
 
@@ -91,7 +91,7 @@ def test_a_corpus_that_holds_the_targets_test_images_is_refused_by_content_or_by
     if planted == "a copy of a test image":
         corpus = _corpus_csv(archive, tmp_path / "corpus", extra=test_rows["path"].iloc[0])
     else:
-        corpus = _corpus_csv(archive, tmp_path / "corpus", group_of_first=test_rows["group"].iloc[-1])
+        corpus = _corpus_csv(archive, tmp_path / "corpus", group_of_own=test_rows["group"].iloc[-1])
     out = tmp_path / "ssl"
     arguments = ["pretrain", str(corpus), "--target", str(target.root), "--out", str(out), "--epochs", "1", "-q"]
     with pytest.raises(SystemExit) as exit_info:

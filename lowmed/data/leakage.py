@@ -34,24 +34,32 @@ def guard_pretraining(
     """Refuse (exit 2) pretraining whose ``trained`` rows (manifest rows with sha1 and group) share an image or a
     group with the target's val or test split, or whose ``selected`` rows (those that chose its checkpoint) share
     one with its test split; say (``say``), and keep, what it trained on of the target's train split (``strict``:
-    refuse that too). A val split shared as a val split is no leak: it chose checkpoints in both stages."""
+    refuse that too).
+
+    The target's own images in their own roles are no leak: its train images trained on, its train and val images
+    choosing checkpoints (a self-supervised stage monitored on the target, a run on the same dataset), do in the
+    pretraining what they do in the target's own run. What their patient ids share with its test split is then the
+    target's own split's doing (Kermany's Kaggle folders reuse ``personN`` between train and test), not the
+    pretraining's."""
     overlap = CorpusOverlap(target=target.root.name, target_manifest_sha256=target.info.manifest_sha256)
+    foreign = trained[~_own_images(trained, target, ("train",))]  # all but the target's train images
+    choosing = selected[~_own_images(selected, target, ("train", "val"))] if selected is not None else None
     leaked: list[pd.Series] = []  # paths of pretraining images that are the target's val or test images
     chose = 0  # selected rows among the target's test images
     for split in ("train", *GUARDED_SPLITS):
         part = target.split(split)
         if part.empty:
             continue
-        shared = _shared(trained, part, overlap, split)
         if split == "train":
+            shared = _shared(trained, part, overlap, split)
             overlap.kept_from_train = int(shared.sum())
             overlap.examples = trained.loc[shared, "path"].head(5).tolist()
-        else:
-            leaked.append(trained.loc[shared, "path"])
-        if split == "test" and selected is not None and not selected.empty:
-            chosen = _shared(selected, part)
+            continue
+        leaked.append(foreign.loc[_shared(foreign, part, overlap, split), "path"])
+        if split == "test" and choosing is not None and not choosing.empty:
+            chosen = _shared(choosing, part)
             chose = int(chosen.sum())
-            leaked.append(selected.loc[chosen, "path"])
+            leaked.append(choosing.loc[chosen, "path"])
     examples = pd.concat(leaked) if leaked else pd.Series(dtype=str)
     if not examples.empty:
         counts = ", ".join(
@@ -71,6 +79,13 @@ def guard_pretraining(
             strict,
         )
     return overlap
+
+
+def _own_images(rows: pd.DataFrame, target: PreparedDataset, splits: tuple[str, ...]) -> pd.Series:
+    """Per row: one of the target's images in ``splits``, by content."""
+    if "sha1" not in rows or "sha1" not in target.manifest:
+        return pd.Series(False, index=rows.index)
+    return rows["sha1"].isin(set(target.manifest.loc[target.manifest["split"].isin(splits), "sha1"]))
 
 
 def _shared(rows: pd.DataFrame, part: pd.DataFrame, overlap: CorpusOverlap | None = None, split: str = "") -> pd.Series:
