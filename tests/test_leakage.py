@@ -6,7 +6,7 @@ import shutil
 import pytest
 import yaml
 
-from lowmed import prepare, train
+from lowmed import prepare, subsample, train
 from lowmed.cli import main
 from lowmed.config import TrainConfig
 from lowmed.contracts import TrainSummary
@@ -91,14 +91,24 @@ def test_a_patient_id_the_targets_own_folders_reuse_is_no_leak_but_a_foreign_ima
     choosing a pretraining's checkpoint as they choose the target run's, add nothing the target does not already do;
     an image from elsewhere under a test patient's id is refused."""
     source = make_kermany(tmp_path / "chest_xray")
-    val_patient = next((source / "val" / "PNEUMONIA").iterdir()).name.split("_")[0]  # e.g. person12
-    write_image(source / "test" / "PNEUMONIA" / f"{val_patient}_virus_9999.jpeg", 9999, 32, label=1)
+    reused = [
+        path.name.split("_")[0] for split in ("val", "train") for path in (source / split / "PNEUMONIA").iterdir()
+    ]
+    for k, patient in enumerate(reused[:12]):  # e.g. person12: test images under val and train patients' ids
+        write_image(source / "test" / "PNEUMONIA" / f"{patient}_virus_{9000 + k}.jpeg", 9000 + k, 32, label=1)
     target = prepare(source, tmp_path / "prepared", min_val_per_class=4)
     assert set(target.split("val")["group"]) & set(target.split("test")["group"])  # the folders' own reuse
     monitored = guard_pretraining(
         target.manifest.iloc[:0], target, "a stage monitored on the target", selected=target.split("val")
     )
     assert monitored.kept_from_train == 0
+    subset = subsample(target.root, 2, seed=0).dataset  # a study's target: train images it left out chose too
+    guard_pretraining(
+        target.manifest.iloc[:0],
+        subset,
+        "a stage monitored on the whole dataset",
+        selected=target.manifest[target.manifest["split"] != "test"],
+    )
 
     elsewhere = target.split("val").assign(sha1="0" * 40)  # same patient ids, other images
     with pytest.raises(LowmedError, match="its checkpoint was chosen with"):

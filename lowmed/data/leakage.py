@@ -82,10 +82,12 @@ def guard_pretraining(
 
 
 def _own_images(rows: pd.DataFrame, target: PreparedDataset, splits: tuple[str, ...]) -> pd.Series:
-    """Per row: one of the target's images in ``splits``, by content."""
-    if "sha1" not in rows or "sha1" not in target.manifest:
+    """Per row: one of the target's images in ``splits``, by content; of a subset, one of its whole dataset's (the
+    train images a subset leaves out are no test images either)."""
+    manifest = PreparedDataset.load(target.root).manifest if target.subset is not None else target.manifest
+    if "sha1" not in rows or "sha1" not in manifest:
         return pd.Series(False, index=rows.index)
-    return rows["sha1"].isin(set(target.manifest.loc[target.manifest["split"].isin(splits), "sha1"]))
+    return rows["sha1"].isin(set(manifest.loc[manifest["split"].isin(splits), "sha1"]))
 
 
 def _shared(rows: pd.DataFrame, part: pd.DataFrame, overlap: CorpusOverlap | None = None, split: str = "") -> pd.Series:
