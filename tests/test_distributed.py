@@ -152,7 +152,7 @@ def test_study_under_torchrun_pretrains_together_and_shares_out_the_grid(small, 
                         },
                     ],
                     "per_class": [8],
-                    "seeds": [0, 1],
+                    "seeds": [0],
                     "train": {
                         "image_size": 32,
                         "batch_size": 8,
@@ -186,14 +186,14 @@ def test_study_under_torchrun_pretrains_together_and_shares_out_the_grid(small, 
     pretrain = json.loads((pretrain_dir / "train.json").read_text())
     assert pretrain["processes"] == 2 and pretrain["status"] == "completed" and pretrain["resumed"]
     assert list(pd.read_csv(pretrain_dir / "history.csv")["epoch"]) == list(range(1, 17))
-    names = [f"cxr-{arm}-simplecnn-n8-seed{seed}" for seed in (0, 1) for arm in "ac"]
+    names = [f"cxr-{arm}-simplecnn-n8-seed0" for arm in "ac"]
     for name in names:  # each grid run trained by one process, alone, and evaluated
         assert json.loads((out / "runs" / name / "train.json").read_text())["processes"] == 1
         assert (out / "runs" / name / "eval" / "test" / "metrics.json").is_file()
     assert spread.stderr.count(f"{pretrain_dir.name}: trained") == 2  # the pretrain stage: both processes, resumed
     assert all(spread.stderr.count(f"{name}: trained") == 1 for name in names)  # a grid run: whichever claimed it
     report = (out / "report.md").read_text()
-    assert "5 of 5 completed" in report and "on up to 2 processes" in report and "## Conclusions" in report
+    assert "3 of 3 completed" in report and "on up to 2 processes" in report and "## Conclusions" in report
 
     # a grid run trained by one of torchrun's processes is the run one process trains (with torchrun's one thread)
     single = subprocess.run(
@@ -204,7 +204,7 @@ def test_study_under_torchrun_pretrains_together_and_shares_out_the_grid(small, 
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    for name in names[::2]:
+    for name in names[:1]:  # arm A (C starts from a stage pretrained on two processes in one study, one in the other)
         spread_history, single_history = (
             pd.read_csv(tmp_path / study_out / "runs" / name / "history.csv") for study_out in ("spread", "single")
         )
@@ -213,5 +213,5 @@ def test_study_under_torchrun_pretrains_together_and_shares_out_the_grid(small, 
 
     again = subprocess.run(torchrun("experiment", study("spread")), capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("done before") == 6  # the pretrain stage seen by both processes, the grid by one each
+    assert again.stderr.count("done before") == 4  # the pretrain stage seen by both processes, the grid by one each
     assert not (out / ".claims").exists()
