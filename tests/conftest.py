@@ -1,10 +1,19 @@
+import logging
+
 import pytest
 
 from lowmed import prepare, train
 from lowmed.config import TrainConfig
+from lowmed.console import log_to_terminal
 from tests.factory import make_chexpert, make_ham10000, make_kermany, make_nih
 
 FAST = {"image_size": 32, "batch_size": 16, "lr": 1e-3}  # tiny images, quick learning
+
+
+@pytest.fixture(autouse=True)
+def terminal_output():
+    """Every test sees lowmed's output on stderr as a command shows it, whatever an earlier test's -q left."""
+    log_to_terminal(logging.INFO)
 
 
 @pytest.fixture(scope="session")
