@@ -17,7 +17,7 @@ from lowmed.evaluation.metrics import (
     resampled_ece,
     resampled_recalls,
 )
-from lowmed.evaluation.stats import group_bootstrap_indices
+from lowmed.evaluation.stats import group_bootstrap_counts
 from lowmed.numeric import finite_mean
 
 # The calls at the evaluation's threshold, beside the headline metric: per arm, each with its interval
@@ -67,8 +67,9 @@ def score_runs(runs: list[Run], metric: str, resamples: int, seed: int) -> dict[
             targets = run.arrays[0]
             strata = targets if run.report.task != "multilabel" else (targets > 0).any(axis=1)
             groups = run.table["group"].to_numpy()
-            drawn = group_bootstrap_indices(groups, np.asarray(strata), resamples, seed)
-            test_sets[key] = TestSet(paths, np.stack([np.bincount(indices, minlength=len(paths)) for indices in drawn]))
+            test_sets[key] = TestSet(
+                paths, np.stack(list(group_bootstrap_counts(groups, np.asarray(strata), resamples, seed)))
+            )
         test_set = test_sets[key]
         names = (headline_name(run.report.task, metric), *detail_metrics(run.report.task))
         whole = np.ones((1, len(paths)), dtype=np.int64)  # the full test set, as a resample holding each image once

@@ -42,8 +42,10 @@ def guard_pretraining(
     target's own split's doing (Kermany's Kaggle folders reuse ``personN`` between train and test), not the
     pretraining's."""
     overlap = CorpusOverlap(target=target.root.name, target_manifest_sha256=target.info.manifest_sha256)
-    foreign = trained[~_own_images(trained, target, ("train",))]  # all but the target's train images
-    choosing = selected[~_own_images(selected, target, ("train", "val"))] if selected is not None else None
+    # of a subset, its whole dataset's: the train images a subset leaves out are no test images either
+    whole = PreparedDataset.load(target.root).manifest if target.subset is not None else target.manifest
+    foreign = trained[~_own_images(trained, whole, ("train",))]  # all but the target's train images
+    choosing = selected[~_own_images(selected, whole, ("train", "val"))] if selected is not None else None
     leaked: list[pd.Series] = []  # paths of pretraining images that are the target's val or test images
     chose = 0  # selected rows among the target's test images
     for split in ("train", *GUARDED_SPLITS):
@@ -81,10 +83,8 @@ def guard_pretraining(
     return overlap
 
 
-def _own_images(rows: pd.DataFrame, target: PreparedDataset, splits: tuple[str, ...]) -> pd.Series:
-    """Per row: one of the target's images in ``splits``, by content; of a subset, one of its whole dataset's (the
-    train images a subset leaves out are no test images either)."""
-    manifest = PreparedDataset.load(target.root).manifest if target.subset is not None else target.manifest
+def _own_images(rows: pd.DataFrame, manifest: pd.DataFrame, splits: tuple[str, ...]) -> pd.Series:
+    """Per row: one of the ``manifest``'s images in ``splits``, by content."""
     if "sha1" not in rows or "sha1" not in manifest:
         return pd.Series(False, index=rows.index)
     return rows["sha1"].isin(set(manifest.loc[manifest["split"].isin(splits), "sha1"]))

@@ -41,18 +41,21 @@ def resampled_binary_auroc(y: np.ndarray, score: np.ndarray, counts: np.ndarray)
     same Mann–Whitney count of positive–negative pairs, ties half, exact in float64 like the rank formula, so each
     value is the one a resample's own call gives."""
     codes = np.unique(score, return_inverse=True)[1].ravel()  # equal scores share a code, in score order
-    rows, levels = len(counts), int(codes.max()) + 1
-    cells = (codes[None, :] + levels * np.arange(rows)[:, None]).ravel()
-
-    def tally(selected: np.ndarray) -> np.ndarray:  # per resample, per score level: how many selected images
-        weights = (counts * selected).ravel().astype(float)
-        return np.bincount(cells, weights=weights, minlength=rows * levels).reshape(rows, levels)
-
-    positive, negative = tally(y == 1), tally(y != 1)
+    levels = int(codes.max()) + 1
+    positive, negative = _tally(counts, codes, levels, y == 1), _tally(counts, codes, levels, y != 1)
     below = np.cumsum(negative, axis=1) - negative
     wins = (positive * (below + 0.5 * negative)).sum(axis=1)
     pairs = positive.sum(axis=1) * negative.sum(axis=1)
-    return np.divide(wins, pairs, out=np.full(rows, np.nan), where=pairs > 0)
+    return np.divide(wins, pairs, out=np.full(len(counts), np.nan), where=pairs > 0)
+
+
+def _tally(counts: np.ndarray, codes: np.ndarray, levels: int, values: np.ndarray) -> np.ndarray:
+    """Per resample (a row of ``counts``) and per level of ``codes`` (one per image): the sum of ``values`` over the
+    images the resample holds, each as often as it holds it."""
+    rows = len(counts)
+    cells = (codes[None, :] + levels * np.arange(rows)[:, None]).ravel()
+    weights = (counts * values).ravel().astype(float)
+    return np.bincount(cells, weights=weights, minlength=rows * levels).reshape(rows, levels)
 
 
 def resampled_auroc(task: str, targets: np.ndarray, probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -82,16 +85,9 @@ def resampled_recalls(targets: np.ndarray, predicted: np.ndarray, classes: int, 
 def resampled_ece(confidence: np.ndarray, correct: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """``expected_calibration_error`` on each resample (a row of ``counts``)."""
     index = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
-    rows = len(counts)
-    cells = (index[None, :] + ECE_BINS * np.arange(rows)[:, None]).ravel()
-
-    def binned(values: np.ndarray) -> np.ndarray:
-        weights = (counts * values).ravel().astype(float)
-        return np.bincount(cells, weights=weights, minlength=rows * ECE_BINS).reshape(rows, ECE_BINS)
-
-    gap = np.abs(binned(confidence) - binned(correct.astype(float)))
+    gap = np.abs(_tally(counts, index, ECE_BINS, confidence) - _tally(counts, index, ECE_BINS, correct.astype(float)))
     images = counts.sum(axis=1)
-    return np.divide(gap.sum(axis=1), images, out=np.full(rows, np.nan), where=images > 0)
+    return np.divide(gap.sum(axis=1), images, out=np.full(len(counts), np.nan), where=images > 0)
 
 
 def average_precision(y: np.ndarray, score: np.ndarray) -> float:

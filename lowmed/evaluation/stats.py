@@ -11,8 +11,8 @@ from scipy.stats import binomtest, norm, rankdata
 from lowmed.console import track
 
 
-def group_bootstrap_indices(groups: np.ndarray, strata: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
-    """Yield image indices of ``resamples`` bootstrap samples.
+def group_bootstrap_counts(groups: np.ndarray, strata: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Yield, for each of ``resamples`` bootstrap samples, how many times it holds each image.
 
     Each sample draws whole groups (patients/lesions) with replacement, as many from each stratum
     (the group's class) as the stratum has, and takes every image of every drawn group.
@@ -23,14 +23,20 @@ def group_bootstrap_indices(groups: np.ndarray, strata: np.ndarray, resamples: i
     group_stratum = np.asarray(strata)[first_image]
     members = [np.flatnonzero(group_stratum == s) for s in np.unique(group_stratum)]
     rng = np.random.default_rng(seed)
-    image_order = np.arange(len(codes))
     for _ in range(resamples):
         counts = np.zeros(len(unique_groups), dtype=np.int64)
         for stratum_groups in members:
             counts += np.bincount(
                 stratum_groups[rng.integers(0, len(stratum_groups), len(stratum_groups))], minlength=len(unique_groups)
             )
-        yield np.repeat(image_order, counts[codes])
+        yield counts[codes]
+
+
+def group_bootstrap_indices(groups: np.ndarray, strata: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """The image indices of ``group_bootstrap_counts``' samples, in image order."""
+    images = np.arange(len(groups))
+    for counts in group_bootstrap_counts(groups, strata, resamples, seed):
+        yield np.repeat(images, counts)
 
 
 def bootstrap_ci(
