@@ -16,7 +16,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -1047,6 +1047,25 @@ class Comparison(Record):
     def primary(self) -> list[TestRow]:
         """The primary test of every pair of arms in the primary family, then the secondary family."""
         return [row for row in self.comparisons if row.test == PRIMARY_TEST]
+
+    def relocated(self, runs: str, out: str) -> Comparison:
+        """The same comparison of the same runs, copied into the folder ``runs`` (found there by their folder names),
+        with its files in ``out``: a study's published record, which ``lowmed compare`` on it makes again."""
+
+        def moved(run: str) -> str:
+            return str(Path(runs) / Path(run).name)
+
+        return replace(
+            self,
+            runs=[replace(row, run=moved(row.run)) for row in self.runs],
+            # a skipped run's reason names it too (the command that would evaluate it)
+            skipped=[
+                {key: value.replace(entry["run"], moved(entry["run"])) for key, value in entry.items()}
+                for entry in self.skipped
+            ],
+            figures=[str(Path(out) / Path(figure).name) for figure in self.figures],
+            out=out,
+        )
 
     def options(self) -> dict:
         """compare_runs' keyword arguments that make this comparison again (an older record's unknowns left out)."""

@@ -198,8 +198,10 @@ def _check_published(published, result):
     assert recorded.runs[0]["run"].startswith(str(published / "runs"))
     again = compare_runs([published / "runs"], out=published.parent / "again", **recorded.options())
     assert results_tables(again) in report and headline_table(again).markdown(title=False) in report
-    assert pd.read_csv(published / "stats.csv").equals(pd.read_csv(published.parent / "again" / "stats.csv"))
+    for table in ("compare.csv", "groups.csv", "stats.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(published / table), pd.read_csv(published.parent / "again" / table))
     assert pd.read_csv(published / "stats.csv").equals(pd.read_csv(result.study.out / "stats.csv"))
+    assert {Path(figure).parent for figure in recorded.figures} == {published}
 
 
 def test_publish_keeps_a_folder_that_is_not_a_published_study(study, tmp_path):

@@ -185,6 +185,12 @@ def compare_runs(
         external=external,
         out=str(target.path),
     )
+    write_comparison(comparison, target, power)
+    return comparison
+
+
+def write_comparison(comparison: Comparison, target: ComparisonDir, power: bool = False) -> None:
+    """compare.csv/.json/.md, groups.csv, stats.csv (and ``power``: power.csv) of a comparison, into ``target``."""
     write_csv(target.table, runs_frame(comparison.runs))
     write_csv(target.groups, groups_frame(comparison.groups))
     write_csv(target.stats, tests_frame(comparison.comparisons))
@@ -192,7 +198,6 @@ def compare_runs(
         write_csv(target.power, power_frame(power_rows(comparison)))
     comparison.write(target.record)
     write_text(target.markdown, comparison_markdown(comparison))
-    return comparison
 
 
 def _planned_families(

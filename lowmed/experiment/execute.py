@@ -401,7 +401,7 @@ def _finalise(session: _Session) -> StudyResult:
             tables = [report, written.table, written.markdown, written.record, written.groups]
             session.tracker.log_study(study.name, study.out, tables + list(figures.values()))
         if study.publish is not None and result.comparison is not None:
-            publish_study(study, session.study_path, pretrains, runs, list(figures.values()))
+            publish_study(study, session.study_path, pretrains, runs, result.comparison, list(figures.values()))
             result.published = study.publish
             session.published_at = time.monotonic()
         return result

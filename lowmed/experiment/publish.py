@@ -4,13 +4,13 @@ the report's tables again, and a study run again on another machine continues fr
 
 Layout: the study file as ``study.yaml``, ``report.md``, ``study.json``, ``families.json`` (the planned families
 of tests) and the report's figures; the comparison (``compare.csv/.json/.md``, ``groups.csv``, ``stats.csv``,
-learning curves), made by ``lowmed compare`` on the published runs themselves; ``runs/<run>/`` with
-``config.yaml``, ``train.json``, ``history.csv``, ``tuning.json`` and ``eval/<split>/metrics.json`` +
-``predictions.csv`` (image paths relative to the dataset's source folder); ``pretrain/<stage>/`` with the stage's
-``config.yaml``, ``history.csv``, its train.json as ``stage.json`` (a stage is no run of the comparison) and, for a
-self-supervised stage, ``pretrain.json``;
-``subsets/<dataset>/*.yaml``, what each drawn subset holds. Paths are written against the study's anchors
-(``lowmed.experiment.portable``).
+learning curves): the study's own, of its finished runs, with the published runs in their place, which is what
+``lowmed compare`` on the published runs makes again; ``runs/<run>/`` with ``config.yaml``, ``train.json``,
+``history.csv``, ``tuning.json`` and ``eval/<split>/metrics.json`` + ``predictions.csv`` (image paths relative
+to the dataset's source folder); ``pretrain/<stage>/`` with the stage's ``config.yaml``, ``history.csv``, its
+train.json as ``stage.json`` (a stage is no run of the comparison) and, for a self-supervised stage,
+``pretrain.json``; ``subsets/<dataset>/*.yaml``, what each drawn subset holds. Paths are written against the
+study's anchors (``lowmed.experiment.portable``).
 
 Restoring is the other way: a run of the plan that this machine's ``out:`` lacks but the record holds, finished
 and evaluated, is copied in with this machine's paths (after checking that it trained on the same data, subset
@@ -27,10 +27,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from lowmed.comparison.compare import compare_runs
+from lowmed.comparison.compare import write_comparison
 from lowmed.config import TrainConfig
 from lowmed.contracts import (
     Comparison,
+    ComparisonDir,
     EvalReport,
     RunDir,
     StudyDir,
@@ -55,21 +56,29 @@ _PATH_OPTIONS = ("data", "subset", "out")
 
 
 def publish_study(
-    study: Study, study_path: Path, pretrains: list[PlannedPretraining], runs: list[PlannedRun], figures: list[Path]
+    study: Study,
+    study_path: Path,
+    pretrains: list[PlannedPretraining],
+    runs: list[PlannedRun],
+    comparison: Comparison,
+    figures: list[Path],
 ) -> Comparison:
-    """Replace ``study.publish`` with the study's record, then compare the published runs into it; returns that
-    comparison."""
+    """Replace ``study.publish`` with the study's record: its files, and ``comparison`` (of the study's finished
+    runs) as the comparison of the published runs; returns that comparison."""
     target = study.publish
     assert target is not None  # a study with publish:
     check_publish_folder(target)
     portable = PortablePaths.for_study(study.variables)
+    record_folder = Path(portable.text(str(target.absolute())))  # as the record names its own files
+    published = comparison.relocated(runs=str(StudyDir(record_folder).runs), out=str(record_folder))
     with staged_dir(target) as staging:
         record = StudyDir(staging)
+        write_comparison(published, ComparisonDir(staging), power=bool(study.compare.get("power")))
         shutil.copy2(study_path, record.study_file)
         write_text(record.report, portable.text(study.folder.report.read_text(encoding="utf-8")))
         _copy_json(study.out / StudyLog.FILE, staging / StudyLog.FILE, portable)
         shutil.copy2(study.out / TestFamilies.FILE, staging / TestFamilies.FILE)
-        for figure in figures:
+        for figure in [*figures, *map(Path, comparison.figures)]:
             shutil.copy2(figure, staging / figure.name)
         for run in runs:
             if run.status in ("trained", "done before"):
@@ -85,8 +94,7 @@ def publish_study(
                     _copy_json(source.self_supervised, copy.self_supervised, portable)
         for sidecar in sorted(study.folder.subsets.glob("*/*.yaml")):
             _copy_yaml(sidecar, _folder(record.subsets / sidecar.parent.name / sidecar.name), portable)
-    runs_folder = Path(portable.text(str(StudyDir(target).runs.absolute())))
-    return compare_runs([runs_folder], split=study.split, out=runs_folder.parent, **study.compare)
+    return published
 
 
 def check_publish_folder(target: Path) -> None:
