@@ -267,6 +267,14 @@ def tuned_options(record: TuningRecord) -> dict:
     return {**record.chosen, "monitor": record.metric}
 
 
+def finished_record(cell: TuningCell, settings: TuneSettings) -> TuningRecord | None:
+    """The cell's record, where it holds this budget of these trials: then the cell is not tuned again."""
+    if not cell.record_path.is_file():
+        return None
+    record = TuningRecord.read(cell.record_path)
+    return record if (record.optuna_study, record.budget) == (cell.optuna_study(settings), settings.trials) else None
+
+
 def tune_cell(cell: TuningCell, settings: TuneSettings, on_trial: Callable[[str], None] | None = None) -> TuningRecord:
     """Run (or resume) ``cell``'s trials until ``settings.trials`` have finished; write and return the record.
 
@@ -275,11 +283,10 @@ def tune_cell(cell: TuningCell, settings: TuneSettings, on_trial: Callable[[str]
     """
     from lowmed.training.features import SharedCaches
 
+    done = finished_record(cell, settings)
+    if done is not None:
+        return done
     name = cell.optuna_study(settings)
-    if cell.record_path.is_file():
-        record = TuningRecord.read(cell.record_path)
-        if record.optuna_study == name and record.budget == settings.trials:
-            return record
     optuna = _optuna()
     if settings.storage is None:  # lowmed's own database, in the cell's folder
         cell.folder.mkdir(parents=True, exist_ok=True)

@@ -98,9 +98,14 @@ def test_a_study_continues_from_its_published_record_on_another_machine(study, t
         raise AssertionError(f"trained {config.out}")
 
     monkeypatch.setattr("lowmed.experiment.execute.train", no_training)
+    preview = run_experiment(study, dry_run=True)  # what the new machine's user sees first
+    held = [run.name for run in preview.runs if (run.status, run.detail) == ("done before", "in the published record")]
+    assert len(held) == 8 and preview.restored == held and preview.pretrain[0].status == "done before"
+    assert {run.status for run in preview.runs if run.name not in held} == {"planned"}
+    assert not first.study.out.exists()  # and it wrote nothing
     again = run_experiment(study)
     assert {run.status for run in again.runs if run.arm.name != "B"} == {"done before"}
-    assert len(again.restored) == 8 and again.pretrain[0].status == "done before"
+    assert again.restored == held and again.pretrain[0].status == "done before"
     assert [cell.status for cell in again.cells] == []  # no tuning in this study: nothing to restore there
     assert len(again.log.invocations) == 2  # the record's invocation, and this one
     pd.testing.assert_frame_equal(

@@ -1,6 +1,7 @@
 """Tuning fairly: the same budget per arm, chosen on validation only, resumable, with checked search spaces."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -317,3 +318,37 @@ def test_a_tuned_run_is_not_reported_under_values_its_cell_no_longer_chooses(ker
     assert first.runs[0].status == "trained" and first.cells[0].cell.record.chosen == {"lr": 0.001}
     with pytest.raises(LowmedError, match=r"cxr-a-simplecnn-n6-seed0 was trained with lr 0.001 \(now 0.002\)"):
         run_experiment(write({"lr": [0.002]}))
+
+
+def test_a_tuned_study_continues_from_its_published_record_with_its_cells_tuned(kermany, tmp_path, monkeypatch):
+    """On a machine with the record only, each cell's record comes back with its runs: nothing is tuned or trained
+    again, and a seed added later takes the values the cell chose on the first machine."""
+    values = {
+        "arms": [{"name": "A", "model": "simplecnn"}],
+        "seeds": [0],
+        "train": {**QUICK, "epochs": 2},
+        "tune": {"space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}, "trials": 2},
+        "evaluate": {"bootstrap": 20},
+        "compare": {"resamples": 20},
+        "publish": str(tmp_path / "published"),
+    }
+    study = _tuned_study(tmp_path, kermany, **values)
+    first = run_experiment(study)
+    chosen = first.cells[0].cell.record.chosen
+    shutil.rmtree(tmp_path / "study")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tuned or trained again")
+
+    preview = run_experiment(study, dry_run=True)
+    assert [(c.status, c.detail) for c in preview.cells] == [("done before", "in the published record")]
+    monkeypatch.setattr("lowmed.tuning._run_trial", refuse)
+    monkeypatch.setattr("lowmed.experiment.execute.train", refuse)
+    again = run_experiment(study)
+    assert [c.status for c in again.cells] == ["done before"] and [r.status for r in again.runs] == ["done before"]
+
+    monkeypatch.undo()
+    study.write_text(yaml.safe_dump({**yaml.safe_load(study.read_text()), "seeds": [0, 1]}))
+    more = run_experiment(study)
+    assert [r.status for r in more.runs] == ["done before", "trained"]
+    assert TrainConfig.from_yaml(RunDir(more.runs[1].run_dir).config).lr == chosen["lr"]

@@ -14,7 +14,10 @@ def experiment_command(
         bool,
         typer.Option(
             "--dry-run",
-            help="Check the study, print the grid, its size and the smallest difference it can detect; train nothing.",
+            help=(
+                "Check the study, print the grid with what is done (here or in the published record) and the "
+                "smallest difference it can detect; train nothing."
+            ),
         ),
     ] = False,
     quiet: Quiet = False,
@@ -23,8 +26,8 @@ def experiment_command(
     """Run datasets × named arms × per-class sizes × seeds under identical conditions, then compare and report.
 
     The whole study file is checked first (arm names, models, weights, data paths). With ``publish:`` the report
-    and each run's small files are copied there, and compared again from those files. Under torchrun, pretrain stages
-    train across all processes and each process trains grid runs of its own.
+    and each run's small files are copied there, with the comparison that ``lowmed compare`` makes of them. Under
+    torchrun, pretrain stages train across all processes and each process trains grid runs of its own.
     """
     from rich.markup import escape
     from rich.table import Table
@@ -64,7 +67,12 @@ def experiment_command(
     stdout.print(table)
     for (status, reason), names in shared.items():
         stdout.print(f"[yellow]{len(names)} runs {status}:[/] {escape(reason)}", highlight=False, soft_wrap=True)
-    if result.restored:
+    if result.restored and dry_run:
+        stdout.print(
+            f"{len(result.restored)} finished runs of the published record {spec.publish} would be taken as done "
+            "(once their data, subsets and weights are checked)"
+        )
+    elif result.restored:
         stdout.print(f"{len(result.restored)} finished runs taken from the published record {spec.publish}")
     if result.power is not None:
         stdout.print(f"Sample size: {escape(result.power.sentence())}", highlight=False, soft_wrap=True)

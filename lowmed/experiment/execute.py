@@ -44,14 +44,14 @@ from lowmed.experiment.plan import (
     study_families,
 )
 from lowmed.experiment.portable import PortablePaths
-from lowmed.experiment.publish import check_publish_folder, publish_study, restore_published
+from lowmed.experiment.publish import check_publish_folder, publish_study, published_runs, restore_published
 from lowmed.experiment.report import study_report
 from lowmed.experiment.study import Study, load_study
 from lowmed.interrupts import stop_asked
 from lowmed.io import check_writable, write_text
 from lowmed.tracking import Tracker, open_tracker
 from lowmed.training.train import resume_run, train
-from lowmed.tuning import tune_cell, tuned_options
+from lowmed.tuning import finished_record, tune_cell, tuned_options
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class StudyResult:
     external: dict[str, Comparison] = field(default_factory=dict)  # per external test set: the paired tests on it
     published: Path | None = None  # the study's publish folder, once written
     power: PowerPlan | None = None  # the smallest difference the primary test can detect at the planned seeds
-    restored: list[str] = field(default_factory=list)  # runs taken from the published record as done
+    restored: list[str] = field(default_factory=list)  # runs taken from the published record (dry run: held)
 
 
 def _execute(
@@ -248,10 +248,11 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False) -> S
     study = load_study(study_path)
     if dry_run:
         pretrains, cells, runs = plan(study)
-        record = study.out / Comparison.FILE
-        earlier = Comparison.read(record) if record.is_file() else None
+        held = _preview(study, pretrains, cells, runs)
+        records = [study.out / Comparison.FILE, *([study.publish / Comparison.FILE] if study.publish else [])]
+        earlier = next((Comparison.read(record) for record in records if record.is_file()), None)
         power = _power(study, earlier, study_families(study, runs))
-        return StudyResult(study, pretrains, runs, cells, power=power)
+        return StudyResult(study, pretrains, runs, cells, power=power, restored=held)
     session = _initialise(study, Path(study_path))
     try:
         own_runs = _run(session)
@@ -273,6 +274,35 @@ def run_experiment(study_path: str | os.PathLike, *, dry_run: bool = False) -> S
     if not session.dist.is_main:
         return StudyResult(study, session.pretrains, session.runs, session.cells, restored=session.restored)
     return _finalise(session)
+
+
+def _preview(
+    study: Study, pretrains: list[PlannedPretraining], cells: list[PlannedTuning], runs: list[PlannedRun]
+) -> list[str]:
+    """A dry run's statuses: what an invocation now would find done, in ``out:`` or in the published record (taken
+    as done there once its data are checked), and so not train; returns the runs the record holds."""
+    held = published_runs(study, runs)
+    for run in runs:
+        if RunDir(run.run_dir).state() == "completed":
+            run.status = "done before"
+        elif run.name in held:
+            run.status, run.detail = "done before", "in the published record"
+    for cell in cells:
+        members = [run for run in runs if run.tuning is cell]
+        if study.tune is not None and finished_record(cell.cell, study.tune) is not None:
+            cell.status = "done before"
+        elif any(run.name in held for run in members):  # its record travels with its runs
+            cell.status, cell.detail = "done before", "in the published record"
+    for stage in pretrains:
+        users = [run for run in runs if run.pretraining is stage]
+        if RunDir(stage.run_dir).state() == "completed":
+            stage.status = "done before"
+        elif users and all(run.status == "done before" for run in users):  # restored with them, or not needed
+            in_record = any(run.name in held for run in users)
+            stage.status, stage.detail = (
+                ("done before", "in the published record") if in_record else ("not needed", "its runs are done")
+            )
+    return held
 
 
 def _initialise(study: Study, study_path: Path) -> _Session:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -159,19 +160,14 @@ def restore_published(
     portable = PortablePaths.for_study(study.variables)
     restored, otherwise = [], []
     stage_names: dict[str, set[str]] = {}  # a planned stage -> the stage folders its published runs name
-    for job in runs:
-        source = RunDir(StudyDir(record).run(job.run_dir.name))
-        if job.run_dir.exists() or not source.summary.is_file() or not source.evaluation(study.split).exists():
-            continue
-        differences = _trained_otherwise(source, job, study, portable)
+    for job, source, differences in _held_in_record(study, runs, portable):
         if differences:  # an earlier version of the study (another image size, say): trained again
             otherwise.append((job.name, differences))
             continue
-        if TrainSummary.read(source.summary).completed:
-            published_weights = _restore_run(source, job, study.split, portable, record)
-            restored.append(job.name)
-            if job.pretraining is not None:
-                stage_names.setdefault(job.pretraining.name, set()).add(Path(published_weights).name)
+        published_weights = _restore_run(source, job, study.split, portable, record)
+        restored.append(job.name)
+        if job.pretraining is not None:
+            stage_names.setdefault(job.pretraining.name, set()).add(Path(published_weights).name)
     study_log = study.out / StudyLog.FILE
     if restored and not study_log.exists():  # the invocations that made the runs taken count in its wall time
         write_json(_folder(study_log), _local_json(record / StudyLog.FILE, portable))
@@ -206,6 +202,30 @@ def restore_published(
                 if published.self_supervised.is_file():
                     write_json(RunDir(staging).self_supervised, _local_json(published.self_supervised, portable))
     return restored
+
+
+def published_runs(study: Study, runs: list[PlannedRun]) -> list[str]:
+    """The planned runs that ``restore_published`` would take as done, by name (it also checks that they trained
+    on the same prepared data, subset and weights, which needs the data prepared)."""
+    record = study.publish
+    if record is None or not (record / StudyLog.FILE).is_file():
+        return []
+    portable = PortablePaths.for_study(study.variables)
+    return [job.name for job, _, differences in _held_in_record(study, runs, portable) if not differences]
+
+
+def _held_in_record(
+    study: Study, runs: list[PlannedRun], portable: PortablePaths
+) -> Iterator[tuple[PlannedRun, RunDir, list[str]]]:
+    """Each planned run this machine's ``out:`` lacks that the published record holds finished and evaluated, with
+    its published copy and how its options differ from the plan (none: the same run)."""
+    assert study.publish is not None
+    for job in runs:
+        source = RunDir(StudyDir(study.publish).run(job.run_dir.name))
+        if job.run_dir.exists() or not source.summary.is_file() or not source.evaluation(study.split).exists():
+            continue
+        if TrainSummary.read(source.summary).completed:
+            yield job, source, _trained_otherwise(source, job, study, portable)
 
 
 def _trained_otherwise(source: RunDir, job: PlannedRun, study: Study, portable: PortablePaths) -> list[str]:
