@@ -300,3 +300,22 @@ def test_a_study_with_a_self_supervised_arm_is_refused_before_anything_runs_with
     )
     with pytest.raises(LowmedError, match=r"arm 'D': .*pip install 'lowmed\[ssl\]'"):
         load_study(study)
+
+
+def test_a_stage_that_never_beats_its_starting_weights_says_its_arm_starts_from_them(
+    target, archive, tmp_path, monkeypatch, capsys
+):
+    from lowmed.experiment.report import _stage_outcome
+    from lowmed.training import selfsupervised
+
+    real_monitor = selfsupervised._monitor
+
+    def worse_every_epoch(run, val, task, epoch):
+        return {**real_monitor(run, val, task, epoch), "knn_auroc": 0.9 - 0.1 * epoch}
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(selfsupervised, "_monitor", worse_every_epoch)
+    out = tmp_path / "ssl"
+    summary = pretrain(PretrainConfig(data=str(archive), target=str(target.root), out=str(out), **QUICK))
+    assert summary.best.epoch == 0 and "no epoch beat the starting weights" in capsys.readouterr().err
+    assert "no epoch beat the starting weights, so the arm's runs start from them" in _stage_outcome(RunDir(out))

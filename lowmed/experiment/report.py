@@ -287,9 +287,12 @@ def _stage_outcome(stage: RunDir) -> str:
     if stage.self_supervised.is_file():
         record = SelfSupervisedRecord.read(stage.self_supervised)
         start = record.monitor["curve"][0][record.monitor["metric"]]
+        unchanged = (
+            ": no epoch beat the starting weights, so the arm's runs start from them" if summary.best.epoch == 0 else ""
+        )
         return (
-            f"{best} {summary.best.value:.3f} ({start:.3f} with the starting weights; {record.monitor['kind']}); "
-            f"{record.leakage.sentence()}"
+            f"{best} {summary.best.value:.3f} ({start:.3f} with the starting weights; {record.monitor['kind']})"
+            f"{unchanged}; {record.leakage.sentence()}"
         )
     return f"{best}, val AUROC {summary.best.metrics.get('val_auroc', float('nan')):.3f} on that corpus"
 

@@ -221,6 +221,12 @@ def pretrain(
         summary.train_images_per_s = {PHASE: record.images_per_s}
         summary.write(run_dir.summary)
         log.info(f"{run_dir.path}: {overlap.sentence()}; best epoch {best_epoch}")
+        if best_epoch == 0 and trained:
+            log.warning(
+                f"{run_dir.path}: no epoch beat the starting weights on the monitor ({config.monitor} "
+                f"{best_value:.3f} at the start), so best.pt holds the starting weights: runs from it start where "
+                "they would without this pretraining (try more epochs, a lower --lr, or a larger corpus)"
+            )
         return summary
 
 
