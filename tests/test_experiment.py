@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import statistics
 from datetime import timedelta
 from pathlib import Path
 from urllib.error import URLError
@@ -16,11 +17,11 @@ from lowmed import compare_models, compare_runs, run_experiment, train
 from lowmed.cli import main
 from lowmed.comparison.render import headline_table
 from lowmed.config import TrainConfig
-from lowmed.contracts import PRIMARY_TEST, Comparison, StudyLog, TrainSummary
+from lowmed.contracts import PRIMARY_TEST, Comparison, RunDir, StudyLog, TrainSummary
 from lowmed.errors import LowmedError
 from lowmed.experiment import execute as execute_module
 from lowmed.experiment import load_study
-from lowmed.experiment.report import results_tables
+from lowmed.experiment.report import _time_section, results_tables
 from lowmed.training import train as train_module
 from tests.conftest import FAST
 
@@ -168,6 +169,13 @@ def test_study_end_to_end_with_skip_retry_and_resume(study, tmp_path, offline, m
     assert len(primary) == 2 and set(primary["seeds"]) == {2}  # A vs C at N = 5 and 10, two seeds each
     assert {"DeLong", "McNemar"} <= set(stats["test"])
     assert (out / "learning_curve_cxr.png").is_file()
+    assert "## Where the time went" in report
+    done = [run for run in result.runs if run.status == "trained"]
+    summaries = [RunDir(run.run_dir).read_summary() for run in done]
+    for summary, seconds in zip([s for s in summaries if s.arm == "A"], (60, 120, 180, 6000)):
+        summary.epoch_seconds_total = seconds  # one run slowed by a paused machine does not set the arm's cost
+    costs = "\n".join(_time_section(result.study, result.pretrain, done, summaries, result.cells))
+    assert f"| A | 4 | {statistics.median([60, 120, 180, 6000]) / 60:.2f} |" in costs
     source = json.loads((out / "runs" / "cxr-c-simplecnn-n5-seed0" / "train.json").read_text())
     assert source["weight_source"] == "run" and source["weights"]["missing"] == []
 

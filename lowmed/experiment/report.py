@@ -4,6 +4,7 @@ a reporting checklist a reviewer can hold against TRIPOD+AI and CLAIM."""
 from __future__ import annotations
 
 import platform
+import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -379,8 +380,9 @@ def _time_section(
         "",
         "## Where the time went",
         "",
-        "Per arm, from the runs' records (train.json, metrics.json, tuning.json): the mean per run of the training "
-        "epochs (of which the cached activations' builds) and of the evaluation, and the tuning trials per cell.",
+        "Per arm, from the runs' records (train.json, metrics.json, tuning.json): the median per run of the training "
+        "epochs (of which the cached activations' builds) and of the evaluation, and of the tuning trials per cell "
+        "(medians: a run slowed by a busy or paused machine does not set its arm's cost); the pretraining in all.",
         "",
         "| arm | runs | training, min per run | of which cache builds, s | evaluation, s per run "
         "| tuning, min per cell | pretraining, min |",
@@ -402,9 +404,9 @@ def _time_section(
             if id(stage) in stages and RunDir(stage.run_dir).summary.is_file()
         ]
         lines.append(
-            f"| {arm.name} | {len(own)} | {_mean([s.epoch_seconds_total or 0 for s in own]) / 60:.2f} | "
-            f"{_mean(builds):.1f} | {_mean(evaluation):.1f} | "
-            + (f"{_mean(tuning) / 60:.1f}" if tuning else "—")
+            f"| {arm.name} | {len(own)} | {_median([s.epoch_seconds_total or 0 for s in own]) / 60:.2f} | "
+            f"{_median(builds):.1f} | {_median(evaluation):.1f} | "
+            + (f"{_median(tuning) / 60:.1f}" if tuning else "—")
             + " | "
             + (f"{sum(pretrained) / 60:.1f}" if pretrained else "—")
             + " |"
@@ -412,8 +414,8 @@ def _time_section(
     return lines
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
 
 
 def _tuning_section(cells: list[PlannedTuning]) -> list[str]:
