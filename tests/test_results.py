@@ -158,6 +158,13 @@ def _independent_primary(published: Path) -> pd.DataFrame:
             areas.append((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
         return np.mean(areas)
 
+    resampled: dict[tuple, np.ndarray] = {}  # per run, its AUROC on every resample (a baseline run serves many pairs)
+
+    def on_resamples(run: tuple) -> np.ndarray:
+        if run not in resampled:
+            resampled[run] = np.array([auroc(runs[run], r) for r in resamples])
+        return resampled[run]
+
     families = json.loads((published / "families.json").read_text())
     rows = []
     for member in families["primary"]:
@@ -169,15 +176,7 @@ def _independent_primary(published: Path) -> pd.DataFrame:
         per_seed = np.array(
             [auroc(runs[(a, member["per_class"], s)]) - auroc(runs[(b, member["per_class"], s)]) for s in seeds]
         )
-        draws = [
-            np.mean(
-                [
-                    auroc(runs[(a, member["per_class"], s)], r) - auroc(runs[(b, member["per_class"], s)], r)
-                    for s in seeds
-                ]
-            )
-            for r in resamples
-        ]
+        draws = np.mean([on_resamples((a, n, s)) - on_resamples((b, n, s)) for s in seeds], axis=0)
         seed_term = per_seed.var(ddof=1) / len(seeds)
         variance = np.var(draws, ddof=1) + seed_term
         df = variance**2 / (seed_term**2 / (len(seeds) - 1))
