@@ -10,7 +10,6 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from lowmed.contracts import read_yaml
 from lowmed.errors import LowmedError, quoted
 from lowmed.preprocessing import parse_input_norm
 
@@ -71,6 +70,8 @@ class ConfigFile:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike):
+        from lowmed.contracts import read_yaml  # the file contracts and yaml: not at the CLI's start
+
         return cls.from_dict(read_yaml(path, f"--config {path}"), source=str(path))
 
 

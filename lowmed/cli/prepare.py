@@ -7,7 +7,6 @@ import typer
 from rich.markup import escape
 
 from lowmed.cli._options import OutDir, Overwrite, Quiet, Seed, Strict, Verbose, Workers
-from lowmed.contracts import DEFAULT_PREPARED_ROOT
 from lowmed.errors import LowmedError
 
 _SHOWN_EXCLUSIONS = 10
@@ -84,6 +83,7 @@ def prepare_command(
 ) -> None:
     """Verify every image (DICOM too), remove duplicates and leakage, make missing splits by patient, write
     manifest.csv and dataset.yaml."""
+    from lowmed.contracts import DEFAULT_PREPARED_ROOT
     from lowmed.data.formats import CsvColumns
     from lowmed.data.prepare import prepare
     from lowmed.data.synthetic import prepare_demo
