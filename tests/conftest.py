@@ -1,6 +1,8 @@
 import logging
+import os
 
 import pytest
+import torch
 
 from lowmed import prepare, train
 from lowmed.config import TrainConfig
@@ -8,6 +10,16 @@ from lowmed.console import log_to_terminal
 from tests.factory import make_chexpert, make_ham10000, make_kermany, make_nih
 
 FAST = {"image_size": 32, "batch_size": 16, "lr": 1e-3}  # tiny images, quick learning
+
+
+def pytest_configure(config):
+    """Under pytest-xdist the workers share the cores: each worker, and each process it starts, takes its share of
+    threads rather than all of them (OpenMP threads spinning on a busy core slow everyone down)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 @pytest.fixture(autouse=True)

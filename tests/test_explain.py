@@ -145,6 +145,7 @@ def _positive_test_cases(run, count):
     return trained, [Case(path, 1, "input", 0.0) for path in paths]
 
 
+@pytest.mark.xdist_group("demo")  # one worker trains the module's demo model for both its tests
 def test_the_randomisation_check_sets_a_trained_model_apart_from_random_ones_on_the_demo_data(demo):
     """Grad-CAM++ maps of two re-initialised networks are alike (they follow the image); the trained network's
     maps are not like a re-initialised one's."""
@@ -154,6 +155,7 @@ def test_the_randomisation_check_sets_a_trained_model_apart_from_random_ones_on_
     assert not check["flagged"] and "depend on the learned weights" in check["verdict"]
 
 
+@pytest.mark.xdist_group("demo")
 def test_compare_explains_every_arm_and_scores_the_pointing_game_above_chance(demo, tmp_path, capsys):
     root, run = demo
     lesions = root / "raw" / "lesions.csv"

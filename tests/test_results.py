@@ -136,33 +136,35 @@ def _independent_primary(published: Path) -> pd.DataFrame:
     members = [np.flatnonzero(groups == g) for g in range(groups.max() + 1)]
     strata = [[g for g in range(len(members)) if truth[members[g][0]] == k] for k in range(len(classes))]
     rng = np.random.default_rng(2026)  # whole patients (lesions) drawn with replacement, as many of each class
-    resamples = [
+    resampled_rows = [
         np.concatenate([members[g] for stratum in strata for g in rng.choice(stratum, len(stratum))])
         for _ in range(300)
     ]
+    weights = np.array([np.bincount(rows, minlength=len(truth)) for rows in resampled_rows])  # a row's copies
+    one_vs_rest = range(1, 2) if len(classes) == 2 else range(len(classes))
 
-    def auroc(table, rows=None):
-        """scikit-learn on the full test set; the Mann–Whitney rank form (the same number, faster) on resamples."""
+    def auroc(table):
+        """scikit-learn's AUROC on the full test set."""
         scores = table[[f"prob:{c}" for c in classes]].to_numpy()
-        if rows is None:
-            if len(classes) == 2:
-                return roc_auc_score(truth, scores[:, 1])
-            return roc_auc_score(truth, scores, multi_class="ovr", average="macro", labels=range(len(classes)))
-        one_vs_rest = [
-            (truth[rows] == k, scores[rows, k]) for k in (range(1, 2) if len(classes) == 2 else range(len(classes)))
-        ]
-        areas = []
-        for positive, score in one_vs_rest:
-            ranks = scipy_stats.rankdata(score)
-            n1, n0 = positive.sum(), (~positive).sum()
-            areas.append((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-        return np.mean(areas)
+        if len(classes) == 2:
+            return roc_auc_score(truth, scores[:, 1])
+        return roc_auc_score(truth, scores, multi_class="ovr", average="macro", labels=range(len(classes)))
+
+    def weighted_auroc(score: np.ndarray, positive: np.ndarray) -> np.ndarray:
+        """The Mann–Whitney AUROC (ties count a half) of every resample at once, each row weighted by its copies."""
+        order = np.argsort(score, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(score[order]) != 0])  # one block per distinct score
+        pos = np.add.reduceat(weights[:, order] * positive[order], starts, axis=1)
+        neg = np.add.reduceat(weights[:, order] * ~positive[order], starts, axis=1)
+        below = np.cumsum(neg, axis=1) - neg  # negatives scored strictly lower
+        return (pos * (below + neg / 2)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
 
     resampled: dict[tuple, np.ndarray] = {}  # per run, its AUROC on every resample (a baseline run serves many pairs)
 
     def on_resamples(run: tuple) -> np.ndarray:
         if run not in resampled:
-            resampled[run] = np.array([auroc(runs[run], r) for r in resamples])
+            scores = runs[run][[f"prob:{c}" for c in classes]].to_numpy()
+            resampled[run] = np.mean([weighted_auroc(scores[:, k], truth == k) for k in one_vs_rest], axis=0)
         return resampled[run]
 
     families = json.loads((published / "families.json").read_text())
