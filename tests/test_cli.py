@@ -262,3 +262,19 @@ def test_a_nested_call_shows_warnings_its_caller_shows_its_lines_and_verbose_sho
         inner.warning("process 1 warns")
     said = capsys.readouterr().err
     assert "epoch 1" in said and "from process 1" not in said and "process 1 warns" in said
+
+
+def test_every_commands_help_wraps_its_paragraphs_to_the_terminal(capsys, monkeypatch):
+    """Each paragraph of a command's description is one line on a wide terminal: the source's line breaks are not
+    kept, so a narrow terminal wraps it once."""
+    import inspect
+
+    from lowmed.cli import app
+
+    monkeypatch.setenv("COLUMNS", "2000")
+    for command in app.registered_commands:
+        code, out, _ = run_cli(capsys, command.name, "--help")
+        lines = [line.strip() for line in out.splitlines()]
+        for paragraph in inspect.cleandoc(command.callback.__doc__).split("\n\n"):
+            words = " ".join(paragraph.split()).replace("\\[", "[")
+            assert code == 0 and words in lines, (command.name, words)

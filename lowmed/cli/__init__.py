@@ -7,6 +7,7 @@ once, and each command imports its core module (torch, pandas, matplotlib) when 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import sys
@@ -40,18 +41,29 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
-app.command("prepare")(prepare_command)
-app.command("subsample")(subsample_command)
-app.command("train")(train_command)
-app.command("finetune")(finetune_command)
-app.command("pretrain")(pretrain_command)
-app.command("tune")(tune_command)
-app.command("evaluate")(evaluate_command)
-app.command("predict")(predict_command)
-app.command("compare")(compare_command)
-app.command("experiment")(experiment_command)
-app.command("export")(export_command)
-app.command("models")(models_command)
+
+
+def _paragraphs(docstring: str | None) -> str:
+    """A command's docstring as its help: each paragraph one line for the terminal to wrap (Typer keeps the source's
+    line breaks after the first paragraph, and a terminal narrower than the source then breaks each line twice)."""
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in inspect.cleandoc(docstring or "").split("\n\n"))
+
+
+for _name, _command in {
+    "prepare": prepare_command,
+    "subsample": subsample_command,
+    "train": train_command,
+    "finetune": finetune_command,
+    "pretrain": pretrain_command,
+    "tune": tune_command,
+    "evaluate": evaluate_command,
+    "predict": predict_command,
+    "compare": compare_command,
+    "experiment": experiment_command,
+    "export": export_command,
+    "models": models_command,
+}.items():
+    app.command(_name, help=_paragraphs(_command.__doc__))(_command)
 
 _debug = {"on": False}  # set by --debug or LOWMED_DEBUG=1 for the current invocation
 

@@ -25,8 +25,8 @@ def experiment_command(
 ) -> None:
     """Run datasets × named arms × per-class sizes × seeds under identical conditions, then compare and report.
 
-    The whole study file is checked first (arm names, models, weights, data paths). With ``publish:`` the report
-    and each run's small files are copied there, with the comparison that ``lowmed compare`` makes of them. Under
+    The whole study file is checked first (arm names, models, weights, data paths). With 'publish:' the report
+    and each run's small files are copied there, with the comparison that 'lowmed compare' makes of them. Under
     torchrun, pretrain stages train across all processes and each process trains grid runs of its own.
     """
     from rich.markup import escape
