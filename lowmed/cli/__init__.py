@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import traceback
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.markup import escape
@@ -49,7 +49,7 @@ def _paragraphs(docstring: str | None) -> str:
     return "\n\n".join(" ".join(paragraph.split()) for paragraph in inspect.cleandoc(docstring or "").split("\n\n"))
 
 
-for _name, _command in {
+_COMMANDS: dict[str, Callable[..., None]] = {
     "prepare": prepare_command,
     "subsample": subsample_command,
     "train": train_command,
@@ -62,7 +62,8 @@ for _name, _command in {
     "experiment": experiment_command,
     "export": export_command,
     "models": models_command,
-}.items():
+}
+for _name, _command in _COMMANDS.items():
     app.command(_name, help=_paragraphs(_command.__doc__))(_command)
 
 _debug = {"on": False}  # set by --debug or LOWMED_DEBUG=1 for the current invocation
