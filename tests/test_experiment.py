@@ -128,7 +128,16 @@ def test_a_study_continues_from_its_published_record_on_another_machine(study, t
     checklist = (first.study.out / "report.md").read_text()
     assert f"the pretrained checkpoint's SHA-256 {restored.weights.sha256}" in checklist
 
-    shutil.rmtree(first.study.out)  # a later version of the study: its record's runs are not taken for its own
+    shutil.rmtree(first.study.out)  # C's pretraining changed: its runs are not the record's, A's still are
+    arms = [arm | {"pretrain": arm["pretrain"] | {"epochs": 2}} if arm["name"] == "C" else arm for arm in values["arms"]]
+    study.write_text(yaml.safe_dump({**values, "arms": arms}))
+    monkeypatch.setattr("lowmed.experiment.execute.train", no_training)
+    restaged = run_experiment(study, dry_run=True)
+    assert sorted(restaged.restored) == sorted(f"cxr-a-simplecnn-n{n}-seed{s}" for n in (5, 10) for s in (0, 1))
+    assert restaged.pretrain[0].status == "planned"
+
+    monkeypatch.setattr("lowmed.experiment.execute.train", train_module.train)
+    shutil.rmtree(first.study.out, ignore_errors=True)  # a later version of the study: its record's runs are not taken
     study.write_text(yaml.safe_dump({**values, "seeds": [0], "train": {**values["train"], "epochs": 3}}))
     changed = run_experiment(study)
     assert changed.restored == [] and {run.status for run in changed.runs if run.arm.name != "B"} == {"trained"}

@@ -232,12 +232,16 @@ def _trained_otherwise(source: RunDir, job: PlannedRun, study: Study, portable: 
     """How a published run's options differ from what the study plans for it (its files by the planned paths; a
     tuned run's tuned options by its cell's record, so not compared here)."""
     values = portable.local_data(yaml.safe_load(source.config.read_text(encoding="utf-8")))
+    stage = Path(str(values.get("weights"))).name  # a pretrain stage's folder: its name holds its options' digest
     values |= {name: job.values[name] for name in _PATH_OPTIONS if name in job.values}
     if _is_path(str(job.values.get("weights", "none"))):
         values["weights"] = job.values["weights"]
     tuned = {param.name for param in study.tune.space} | {"monitor"} if study.tune and job.tuning else set()
     planned = {name: value for name, value in job.values.items() if name not in tuned}
-    return differences_from_plan(TrainConfig.from_dict(values, str(source.config)), planned, str(source.path))
+    differences = differences_from_plan(TrainConfig.from_dict(values, str(source.config)), planned, str(source.path))
+    if job.pretraining is not None and stage != job.pretraining.name:
+        differences.append(f"pretrain stage {stage} (now {job.pretraining.name})")
+    return differences
 
 
 def _restore_run(source: RunDir, job: PlannedRun, split: str, portable: PortablePaths, record: Path) -> str:
