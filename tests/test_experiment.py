@@ -129,7 +129,7 @@ def test_a_study_continues_from_its_published_record_on_another_machine(study, t
     assert f"the pretrained checkpoint's SHA-256 {restored.weights.sha256}" in checklist
 
     shutil.rmtree(first.study.out)  # C's pretraining changed: its runs are not the record's, A's still are
-    arms = [arm | {"pretrain": arm["pretrain"] | {"epochs": 2}} if arm["name"] == "C" else arm for arm in values["arms"]]
+    arms = [{**a, "pretrain": {**a["pretrain"], "epochs": 2}} if "pretrain" in a else a for a in values["arms"]]
     study.write_text(yaml.safe_dump({**values, "arms": arms}))
     monkeypatch.setattr("lowmed.experiment.execute.train", no_training)
     restaged = run_experiment(study, dry_run=True)
