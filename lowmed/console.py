@@ -112,8 +112,15 @@ def one_line(message: str) -> str:
     return f"{text[:head]} … ({len(text) - head - tail} characters left out) … {text[-tail:]}"
 
 
-def warn_or_refuse(message: str, strict: bool) -> None:
-    """A warning; with ``--strict``, bad input instead (exit 2)."""
+_warned: set[str] = set()  # the warnings given once per process
+
+
+def warn_or_refuse(message: str, strict: bool, once: bool = False) -> None:
+    """A warning; with ``--strict``, bad input instead (exit 2). ``once``: not again in this process, for a warning
+    that a study's every run or a tuning cell's every trial would repeat word for word."""
     if strict:
         raise LowmedError(f"--strict: {message}")
+    if once and message in _warned:
+        return
+    _warned.add(message)
     log.warning(message)

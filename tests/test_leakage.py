@@ -37,13 +37,18 @@ def test_weights_from_a_run_that_trained_on_the_targets_test_images_are_refused(
     assert not out.exists()
 
 
-def test_weights_from_a_run_on_the_same_dataset_are_checked_and_kept(separable, trained_run, tmp_path):
-    """Its val split chose checkpoints in both stages, as a val split does: no leak."""
-    out = tmp_path / "finetuned"
-    config = TrainConfig(data=str(separable), weights=str(trained_run), epochs=1, out=str(out), **FAST)
-    summary = train(config)
-    assert summary.pretraining_overlap["status"] == CHECKED_NONE
-    assert TrainSummary.read(out / "train.json").pretraining_overlap["kept_from_train"] > 0
+def test_weights_from_a_run_on_the_same_dataset_are_checked_and_kept(
+    separable, trained_run, tmp_path, capsys, monkeypatch
+):
+    """Its val split chose checkpoints in both stages, as a val split does: no leak. The train images it shares are
+    said once per process, as a study's runs from one stage would repeat it."""
+    monkeypatch.setattr("lowmed.console._warned", set())  # whatever an earlier test in this process was told
+    for name in ("finetuned", "again"):
+        config = TrainConfig(data=str(separable), weights=str(trained_run), epochs=1, out=str(tmp_path / name), **FAST)
+        summary = train(config)
+        assert summary.pretraining_overlap["status"] == CHECKED_NONE
+        assert TrainSummary.read(tmp_path / name / "train.json").pretraining_overlap["kept_from_train"] > 0
+    assert capsys.readouterr().err.count(f"--weights {trained_run} holds") == 1
 
 
 def _study(path, out, target, pretraining):

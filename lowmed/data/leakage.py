@@ -79,6 +79,7 @@ def guard_pretraining(
             f"{what} holds {overlap.kept_from_train} of the train images (or patients) of {target.root}; kept (no "
             "validation or test image is among them)",
             strict,
+            once=True,  # a study's runs from one stage say it alike
         )
     return overlap
 
