@@ -1,6 +1,7 @@
 """External test sets: prepared with every image a test image, scored whole, classes matched by name or mapped, and
 a set that lacks some of the model's classes evaluated over those it has."""
 
+import os
 import shutil
 
 import pandas as pd
@@ -214,4 +215,23 @@ def test_a_study_keeps_its_prepared_copy_of_a_source_that_changed_and_says_so(tm
     next((site / "normal").iterdir()).unlink()
     again = prepared(spec, tmp_path / "study")
     assert len(again.manifest) == len(first.manifest) == 20
+    assert "changed since this study prepared it" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_copy_of_the_same_source_is_no_change_but_a_relabelled_image_is(ham, tmp_path, capsys):
+    """New modification times (a copy on another machine, a fresh download) leave a source as it was; a label
+    changed in its metadata, the file's size the same, does not."""
+    from lowmed.experiment.plan import prepared
+    from lowmed.experiment.study import DatasetSpec
+
+    source = shutil.copytree(ham, tmp_path / "ham")
+    spec = DatasetSpec(name="ham", data=str(source))
+    prepared(spec, tmp_path / "study")
+    for path in source.rglob("*"):
+        os.utime(path, (1e9, 1e9))
+    prepared(spec, tmp_path / "study")
+    assert "changed since" not in capsys.readouterr().err
+    metadata = source / "HAM10000_metadata.csv"
+    metadata.write_text(metadata.read_text().replace(",mel,", ",bcc,", 1))
+    prepared(spec, tmp_path / "study")
     assert "changed since this study prepared it" in " ".join(capsys.readouterr().err.split())

@@ -188,21 +188,26 @@ def read_source(
     return found
 
 
+STAMP_VERSION = "2:"  # stamps before it hashed modification times, so that a copy of a source read as changed
+
+
 def source_stamp(found: SourceRecords) -> str:
-    """A hash of what a source holds now: each candidate image's path, size and modification time, and the files
-    that label them (a source CSV, the CSV files beside the images). Another stamp later means the source changed
-    since it was prepared, and its prepared copy is stale."""
+    """A hash of what a source holds now: each candidate image's path and size, and the content of the files that
+    label them (a source CSV, the CSV files beside the images). Another stamp later means the source changed since
+    it was prepared, and its prepared copy is stale; a copy of the same files (another machine, a fresh download,
+    new modification times) keeps its stamp."""
     root = found.root
     assert root is not None  # the readers record where they read
     indexes = [root] if root.is_file() else sorted(root.glob("*.csv"))
     digest = hashlib.sha256()
-    for path in sorted({*found.records["path"].astype(str), *map(str, indexes)}):
+    for path in sorted(set(found.records["path"].astype(str))):
         try:
-            facts = os.stat(path)
-            digest.update(f"{path}\0{facts.st_size}\0{facts.st_mtime_ns}\n".encode())
+            digest.update(f"{path}\0{os.stat(path).st_size}\n".encode())
         except OSError:
             digest.update(f"{path}\0missing\n".encode())
-    return digest.hexdigest()
+    for index in indexes:
+        digest.update(f"{index}\0{hashlib.sha256(index.read_bytes()).hexdigest()}\n".encode())
+    return STAMP_VERSION + digest.hexdigest()
 
 
 def _label_spellings(labels: pd.Series) -> dict[str, pd.Series]:

@@ -25,7 +25,7 @@ from lowmed.contracts import (
     subset_path,
     subset_sidecar,
 )
-from lowmed.data.formats import CsvColumns, read_source, source_stamp
+from lowmed.data.formats import STAMP_VERSION, CsvColumns, read_source, source_stamp
 from lowmed.data.manifest import PreparedDataset, bucket_names, count_table, positives_matrix
 from lowmed.errors import LowmedError
 from lowmed.io import check_writable, sha256_file, staged_dir, write_csv, write_text
@@ -182,9 +182,10 @@ def load_or_prepare(data: Path, prepared_dir: str | os.PathLike | None, role: st
 def source_changed(dataset: PreparedDataset, csv_columns: CsvColumns | None = None) -> bool:
     """Whether the raw dataset a prepared one was made from holds other images now (or another label file), read
     as it was prepared (``csv_columns`` as given to prepare). A source that is gone, or a dataset prepared before
-    lowmed kept stamps, counts as unchanged: nothing to compare."""
+    lowmed kept stamps of this kind, counts as unchanged: nothing to compare."""
     source = Path(dataset.source_path or "")
-    if not dataset.info.source_stamp or not dataset.source_path or not source.exists():
+    stamp = dataset.info.source_stamp or ""
+    if not stamp.startswith(STAMP_VERSION) or not dataset.source_path or not source.exists():
         return False
     try:
         found = read_source(
