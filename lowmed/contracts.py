@@ -1012,6 +1012,14 @@ class PowerRow(ReadsLikeADict):
 
 
 @dataclass(kw_only=True)
+class SkippedRun(ReadsLikeADict):
+    """A run a comparison left out, and why (with the command that would let it in, where there is one)."""
+
+    run: str
+    reason: str
+
+
+@dataclass(kw_only=True)
 class Comparison(Record):
     """``compare.json``: every run's value, the seed aggregates and the paired tests, as ``lowmed compare`` made
     them."""
@@ -1027,7 +1035,7 @@ class Comparison(Record):
     groups: list[GroupRow]  # groups.csv's rows
     comparisons: list[TestRow]  # stats.csv's rows
     families: TestFamilies | None = None  # the families Holm's correction ran within
-    skipped: list[dict] = field(default_factory=list)
+    skipped: list[SkippedRun] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
     recipes: str = ""  # whether the arms were tuned, and alike (compare.recipes_statement)
     overlap: str = ""  # arms whose pretraining may have seen the target's images (compare.overlap_statement)
@@ -1060,7 +1068,7 @@ class Comparison(Record):
             runs=[replace(row, run=moved(row.run)) for row in self.runs],
             # a skipped run's reason names it too (the command that would evaluate it)
             skipped=[
-                {key: value.replace(entry["run"], moved(entry["run"])) for key, value in entry.items()}
+                SkippedRun(run=moved(entry.run), reason=entry.reason.replace(entry.run, moved(entry.run)))
                 for entry in self.skipped
             ],
             figures=[str(Path(out) / Path(figure).name) for figure in self.figures],
@@ -1078,6 +1086,7 @@ class Comparison(Record):
 
     @classmethod
     def _upgraded(cls, values: dict, schema: int, path: Path) -> dict:
+        values["skipped"] = [_typed(SkippedRun, entry, f"{path}: skipped") for entry in values.get("skipped", [])]
         if schema < 3:  # untyped rows, tests without families: read as they were, for the attention section
             values["runs"], values["groups"], values["comparisons"] = [], [], []
             return values

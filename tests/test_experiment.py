@@ -248,6 +248,20 @@ def test_compare_aggregates_seeds_and_reports_missing_evaluations(trained_run, t
         assert (tmp_path / name).is_file()
 
 
+def test_a_run_left_out_of_a_comparison_is_recorded_with_why_and_moves_with_it(trained_run, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(trained_run, runs / "evaluated")
+    shutil.copytree(trained_run, runs / "not-evaluated")
+    shutil.rmtree(runs / "not-evaluated" / "eval", ignore_errors=True)
+    compare_runs([runs / "evaluated"], bootstrap=0, resamples=10, out=tmp_path / "first")  # evaluates it
+    compare_runs([runs], evaluate_missing=False, resamples=10, out=tmp_path / "cmp")
+    (skipped,) = Comparison.read(tmp_path / "cmp" / "compare.json").skipped
+    assert skipped.run == str(runs / "not-evaluated") and f"lowmed evaluate {skipped.run} --split" in skipped.reason
+    moved = Comparison.read(tmp_path / "cmp" / "compare.json").relocated(str(tmp_path / "record"), str(tmp_path))
+    assert moved.skipped[0].run == str(tmp_path / "record" / "not-evaluated")
+    assert f"lowmed evaluate {moved.skipped[0].run} --split" in moved.skipped[0].reason
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -138,7 +138,7 @@ def compare_runs(
         what = (
             f"completed runs evaluated on the external test set {external}" if external else "completed, evaluated runs"
         )
-        why = f" ({len(skipped)} left out; {skipped[0]['run']}: {skipped[0]['reason']})" if skipped else ""
+        why = f" ({len(skipped)} left out; {skipped[0].run}: {skipped[0].reason})" if skipped else ""
         raise LowmedError(f"no {what} found below {', '.join(map(str, paths))}{why}")
     name_datasets(runs)
     check_one_run_per_place(runs)

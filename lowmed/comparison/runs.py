@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lowmed.contracts import EvalReport, RunDir, TrainSummary, TuningRecord
+from lowmed.contracts import EvalReport, RunDir, SkippedRun, TrainSummary, TuningRecord
 from lowmed.data.loading import label_tensors
 from lowmed.data.manifest import read_info
 from lowmed.errors import LowmedError
@@ -138,7 +138,7 @@ def load_runs(
     evaluate_missing: bool,
     bootstrap: int,
     external: str | None = None,
-) -> tuple[list[Run], list[dict]]:
+) -> tuple[list[Run], list[SkippedRun]]:
     """Completed runs with their evaluations (made on the fly where missing, except on an ``external`` set, whose
     data lowmed cannot know), and the runs left out, with why."""
     runs, skipped = [], []
@@ -147,25 +147,25 @@ def load_runs(
         if summary.tuning_trial is not None or summary.kind != "supervised":
             continue  # a tuning trial (chosen on validation, never evaluated), or a self-supervised pretraining
         if not summary.completed:
-            skipped.append({"run": str(run.path), "reason": f"status {summary.status_label}, not completed"})
+            skipped.append(SkippedRun(run=str(run.path), reason=f"status {summary.status_label}, not completed"))
             continue
         evaluation = run.evaluation(split, external)
         if not evaluation.exists() and external is not None:
             skipped.append(
-                {
-                    "run": str(run.path),
-                    "reason": f"not evaluated on the external test set {external}; run: lowmed evaluate {run.path} "
+                SkippedRun(
+                    run=str(run.path),
+                    reason=f"not evaluated on the external test set {external}; run: lowmed evaluate {run.path} "
                     f"--data DIR (DIR: the prepared set, a folder named {external})",
-                }
+                )
             )
             continue
         if not evaluation.exists():
             if not evaluate_missing:
                 skipped.append(
-                    {
-                        "run": str(run.path),
-                        "reason": f"no evaluation on {split}; run: lowmed evaluate {run.path} --split {split}",
-                    }
+                    SkippedRun(
+                        run=str(run.path),
+                        reason=f"no evaluation on {split}; run: lowmed evaluate {run.path} --split {split}",
+                    )
                 )
                 continue
             from lowmed.evaluation.evaluate import evaluate
@@ -173,7 +173,7 @@ def load_runs(
             evaluate(run.path, split=split, bootstrap=bootstrap)
         runs.append(Run(run, summary, evaluation.read_report(), pd.read_csv(evaluation.predictions)))
     for item in skipped:
-        log.warning(f"{item['run']} left out: {item['reason']}")
+        log.warning(f"{item.run} left out: {item.reason}")
     return runs, skipped
 
 
