@@ -3,6 +3,7 @@ synthetic predictions whose per-seed differences are set, against a hand computa
 by a study."""
 
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -223,3 +224,7 @@ def test_a_planned_pair_is_tested_as_the_study_wrote_it(tmp_path):
     assert row.estimate > 0  # B − A, B being the better arm here
     headline = headline_table(comparison).markdown(title=False)
     assert "primary difference [95 % CI]" in headline and "− A: +0.0" in headline
+    for run in (tmp_path / "runs").glob("b-*"):  # a partial record: one scratch arm finished, its pair not yet
+        shutil.move(run, tmp_path / run.name)
+    partial = compare_runs([tmp_path / "runs"], resamples=100, families=families)
+    assert partial.baseline is None and "− A [95 % CI]" not in headline_table(partial).markdown(title=False)

@@ -142,7 +142,9 @@ def compare_runs(
         raise LowmedError(f"no {what} found below {', '.join(map(str, paths))}{why}")
     name_datasets(runs)
     check_one_run_per_place(runs)
-    baseline = choose_baseline(runs, baseline if baseline is not None else (planned.baseline if planned else None))
+    if baseline is None and planned is not None:  # the study's families, fixed when planned, say which (or none)
+        baseline = planned.baseline
+    baseline = choose_baseline(runs, baseline) if baseline is not None or planned is None else None
     scored = score_runs(runs, metric, resamples, seed)
     run_rows = [_run_row(run, scored[id(run)], metric) for run in runs]
     run_rows.sort(key=lambda row: (row.dataset, row.per_class or 0, row.arm, row.model, row.seed))
