@@ -26,10 +26,13 @@ PUBLISHED = sorted(
 )
 
 
-def test_both_public_data_studies_are_committed_with_the_wall_times_the_readme_gives():
-    assert {"public-kermany", "public-ham10000"} <= set(STUDIES)
+PUBLIC = {"public-kermany": "Kermany", "public-ham10000": "HAM10000", "public-resolution": "resolution check"}
+
+
+def test_the_public_data_studies_are_committed_with_the_wall_times_the_readme_gives():
+    assert set(PUBLIC) <= set(STUDIES)
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
-    for name, label in (("public-kermany", "Kermany"), ("public-ham10000", "HAM10000")):
+    for name, label in PUBLIC.items():
         minutes = round(StudyLog.read(ROOT / "results" / name / StudyLog.FILE).seconds / 60)
         report = (ROOT / "results" / name / "report.md").read_text(encoding="utf-8")
         incomplete = re.search(r"\*\*Incomplete: \d+ of \d+ runs\.\*\*", report)
@@ -194,7 +197,7 @@ def _independent_primary(published: Path) -> pd.DataFrame:
     return frame.assign(p_holm=adjusted)
 
 
-@pytest.mark.parametrize("name", ["public-kermany", "public-ham10000"])
+@pytest.mark.parametrize("name", sorted(PUBLIC))
 def test_the_published_decisions_agree_with_an_independent_computation(name):
     published = ROOT / "results" / name
     mine = _independent_primary(published)
