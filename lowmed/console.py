@@ -120,7 +120,8 @@ def warn_or_refuse(message: str, strict: bool, once: bool = False) -> None:
     that a study's every run or a tuning cell's every trial would repeat word for word."""
     if strict:
         raise LowmedError(f"--strict: {message}")
-    if once and message in _warned:
-        return
-    _warned.add(message)
+    if once:
+        if message in _warned:
+            return
+        _warned.add(message)
     log.warning(message)

@@ -178,9 +178,7 @@ def _independent_primary(published: Path) -> pd.DataFrame:
         seeds = sorted(seed for arm, size, seed in runs if arm == a and size == n and (b, n, seed) in runs)
         if len(seeds) < 2:  # a partial record: the pair is not tested until both arms have two seeds
             continue
-        per_seed = np.array(
-            [auroc(runs[(a, member["per_class"], s)]) - auroc(runs[(b, member["per_class"], s)]) for s in seeds]
-        )
+        per_seed = np.array([auroc(runs[(a, n, s)]) - auroc(runs[(b, n, s)]) for s in seeds])
         draws = np.mean([on_resamples((a, n, s)) - on_resamples((b, n, s)) for s in seeds], axis=0)
         seed_term = per_seed.var(ddof=1) / len(seeds)
         variance = np.var(draws, ddof=1) + seed_term

@@ -142,9 +142,9 @@ def compare_runs(
         raise LowmedError(f"no {what} found below {', '.join(map(str, paths))}{why}")
     name_datasets(runs)
     check_one_run_per_place(runs)
-    if baseline is None and planned is not None:  # the study's families, fixed when planned, say which (or none)
-        baseline = planned.baseline
-    baseline = choose_baseline(runs, baseline) if baseline is not None or planned is None else None
+    requested = planned.baseline if baseline is None and planned is not None else baseline
+    # a study's families, fixed when planned, say which arm (or that there is none); without them, the runs do
+    baseline = None if requested is None and planned is not None else choose_baseline(runs, requested)
     scored = score_runs(runs, metric, resamples, seed)
     run_rows = [_run_row(run, scored[id(run)], metric) for run in runs]
     run_rows.sort(key=lambda row: (row.dataset, row.per_class or 0, row.arm, row.model, row.seed))
